@@ -1,0 +1,10 @@
+"""``python -m jailshim``."""
+
+from __future__ import annotations
+
+import sys
+
+from jailshim.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

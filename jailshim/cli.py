@@ -1,0 +1,254 @@
+"""Command line: parse flags and JAILSHIM_* variables, run one command, map failures to codes.
+
+``main(argv) -> int`` is the only place that turns an exception into an exit code (through
+errors.EXIT_CODES). Command modules are imported only when their command runs: start-up time is
+part of the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from jailshim import __version__
+from jailshim.errors import JailshimError, UsageError, exit_code_for
+
+__all__ = ["ENV_PREFIX", "main", "parse_args"]
+
+ENV_PREFIX = "JAILSHIM_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class _Opt:
+    flag: str
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    repeat: bool = False  # repeatable flag; the variable is comma-separated
+    switch: bool = False  # takes no value; the variable is 1/0, true/false, yes/no
+    number: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+_OPTIONS = (
+    _Opt("--chroot", "the jail directory (default: from the daemon's config)", "DIR"),
+    _Opt("--user", "the daemon's user; checks run as this user", "NAME|UID"),
+    _Opt("--group", "the daemon's group (default: the user's primary group)", "NAME|GID"),
+    _Opt(
+        "--device",
+        "a device to provide: null zero full random urandom tty "
+        "(repeatable; default: urandom random null)",
+        "NAME",
+        repeat=True,
+    ),
+    _Opt(
+        "--strategy",
+        "how to make nodes (default: auto)",
+        choices=("auto", "mknod", "bind", "tmpfs"),
+    ),
+    _Opt(
+        "--log-socket", "a host log socket to bring into the jail (repeatable)", "PATH", repeat=True
+    ),
+    _Opt("--haproxy-config", "haproxy's configuration file (default: from -f)", "FILE"),
+    _Opt(
+        "--wait-addr",
+        "an address the daemon binds; wait until it is usable (repeatable)",
+        "ADDR",
+        repeat=True,
+    ),
+    _Opt("--timeout", "retry budget in seconds for checks (default: 30)", "SECONDS", number=True),
+    _Opt("--dry-run", "print the plan and change nothing", switch=True),
+    _Opt(
+        "--log-format",
+        "log format on stderr (default: auto, JSON unless a TTY)",
+        choices=("auto", "json", "console"),
+    ),
+    _Opt(
+        "--log-level",
+        "least severe level logged (default: info)",
+        choices=("debug", "info", "warning", "error"),
+    ),
+    _Opt("--init", "stay as PID 1: forward signals, reap zombies", switch=True),
+    _Opt("--allow-writable-jail", "accept a jail writable by non-root users (warns)", switch=True),
+    _Opt("--no-repair", "fail instead of replacing a wrong entry at a device's name", switch=True),
+    _Opt("--no-verify", "prepare only; skip the in-jail checks", switch=True),
+)
+
+_COMMANDS = {
+    "run": "prepare, verify, then exec COMMAND (after --)",
+    "prepare": "make the jail right and exit (systemd ExecStartPre=)",
+    "check": "verify only, change nothing",
+    "teardown": "undo what prepare mounted or created",
+    "doctor": "inspect a running daemon (--pid) or a jail (--chroot)",
+    "explain": "explain error lines from a file or stdin",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message[0].upper()}{message[1:]}; see `jailshim --help`.")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    for opt in _OPTIONS:
+        help_text = f"{opt.help} [{opt.env}]"
+        if opt.switch:
+            common.add_argument(
+                opt.flag, action="store_const", const=True, default=None, help=help_text
+            )
+        else:
+            common.add_argument(
+                opt.flag,
+                action="append" if opt.repeat else "store",
+                choices=opt.choices,
+                metavar=opt.metavar,
+                default=None,
+                help=help_text,
+            )
+    parser = _Parser(
+        prog="jailshim",
+        description="Start chrooted daemons safely: prepare the jail's dev/, prove entropy can "
+        "be read inside it, then hand over to the daemon.",
+        epilog="Exit codes: 0 ok, 64 usage, 69 a check still failing when the retry budget ran "
+        "out, 71 OS error while preparing, 77 not permitted (names the missing power), "
+        "78 configuration error (daemon config, unsafe jail), 126/127 COMMAND not executable / "
+        "not found; with --init, the daemon's status or 128+signal.",
+    )
+    parser.add_argument("--version", action="version", version=f"jailshim {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    for name, summary in _COMMANDS.items():
+        p = sub.add_parser(name, parents=[common], help=summary, description=summary)
+        if name == "run":
+            p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+        elif name == "doctor":
+            p.add_argument("--pid", type=int, help="the daemon's PID")
+        elif name == "explain":
+            p.add_argument("file", nargs="?", metavar="FILE", help="error lines (default: stdin)")
+    return parser
+
+
+def _env_value(opt: _Opt, raw: str) -> Any:
+    if opt.switch:
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return None
+        raise UsageError(f"{opt.env}={raw!r} is not a yes/no value; use 1 or 0.")
+    if opt.repeat:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if opt.choices and raw not in opt.choices:
+        raise UsageError(f"{opt.env}={raw!r} is not one of {', '.join(opt.choices)}.")
+    return raw
+
+
+def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
+    """Flags first; a JAILSHIM_<NAME> variable fills each option the flags left unset."""
+    environ = dict(os.environ) if environ is None else environ
+    args = _build_parser().parse_args(list(argv))
+    for opt in _OPTIONS:
+        if getattr(args, opt.dest) is None and opt.env in environ:
+            setattr(args, opt.dest, _env_value(opt, environ[opt.env]))
+    if args.timeout is not None:
+        try:
+            args.timeout = float(args.timeout)
+        except ValueError:
+            args.timeout = -1.0
+        if not args.timeout > 0:
+            raise UsageError("--timeout must be a positive number of seconds, such as 30.")
+    if getattr(args, "argv", None) and args.argv[0] == "--":
+        args.argv = args.argv[1:]
+    return args
+
+
+def _spec_from(args: argparse.Namespace) -> Any:
+    from jailshim.devices import DEFAULT_DEVICES, select
+    from jailshim.plan import Strategy
+    from jailshim.spec import Spec, resolve_identity
+
+    if args.chroot is None:
+        raise UsageError(f"jailshim {args.command} needs --chroot DIR (or JAILSHIM_CHROOT).")
+    return Spec(
+        chroot=args.chroot,
+        devices=select(args.device or DEFAULT_DEVICES),
+        identity=resolve_identity(args.user, args.group),
+        strategy=Strategy(args.strategy or "auto"),
+        dry_run=bool(args.dry_run),
+        allow_writable_jail=bool(args.allow_writable_jail),
+        repair=not args.no_repair,
+        verify=not args.no_verify,
+        timeout=args.timeout or 30.0,
+    )
+
+
+def _dispatch(args: argparse.Namespace, log: Any) -> int:
+    if args.command == "prepare":
+        from jailshim.prepare import prepare
+
+        spec = _spec_from(args)
+        log.bind_context(chroot=spec.chroot)
+        prepare(spec, log.get_logger())
+        return 0
+    if args.command == "teardown":
+        from jailshim.jail.safepath import Jail
+        from jailshim.teardown import teardown
+
+        spec = _spec_from(args)
+        log.bind_context(chroot=spec.chroot)
+        with Jail(spec.chroot) as jail:
+            teardown(jail, log.get_logger())
+        return 0
+    raise UsageError(
+        f"jailshim {args.command} is not implemented yet; see the README for what works."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from jailshim import log
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        log.setup(os.environ.get(ENV_PREFIX + "LOG_FORMAT", "auto"))
+        return _report(exc, log)
+    log.setup(args.log_format or "auto", args.log_level or "info")
+    log.bind_context(command=args.command)
+    try:
+        return _dispatch(args, log)
+    except JailshimError as exc:
+        return _report(exc, log)
+    except KeyboardInterrupt:
+        log.get_logger().warning("interrupted")
+        return 130
+    except Exception as exc:  # a bug: still one sentence; the traceback only when asked for
+        logger = log.get_logger()
+        logger.error(
+            "failed",
+            error=f"jailshim hit an internal error ({exc!r}); please report it with the output "
+            "of the same command run with --log-level debug.",
+            exit_code=70,
+        )
+        logger.debug("traceback", exc_info=True)
+        return 70
+
+
+def _report(exc: JailshimError, log: Any) -> int:
+    code = exit_code_for(exc)
+    log.get_logger().error("failed", error=exc.sentence, exit_code=code, **exc.facts)
+    return code

@@ -1,0 +1,77 @@
+"""Every failure jailshim reports, and the one table that maps them to exit codes.
+
+Each exception carries one sentence for the operator: what was wrong and what to do.
+Nothing else in the package chooses an exit code.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_CODES",
+    "CheckFailed",
+    "CommandNotExecutable",
+    "CommandNotFound",
+    "ConfigError",
+    "JailshimError",
+    "NotPermitted",
+    "PrepareOSError",
+    "UsageError",
+    "exit_code_for",
+]
+
+
+class JailshimError(Exception):
+    """A failure with one operator-facing sentence (``str(exc)``)."""
+
+    def __init__(self, sentence: str, **facts: object) -> None:
+        super().__init__(sentence)
+        self.sentence = sentence
+        self.facts = facts
+
+
+class UsageError(JailshimError):
+    """The command line or a JAILSHIM_* variable is wrong."""
+
+
+class CheckFailed(JailshimError):
+    """A verification still failed when the retry budget ran out."""
+
+
+class PrepareOSError(JailshimError):
+    """The kernel refused something for a reason other than missing powers."""
+
+
+class NotPermitted(JailshimError):
+    """This process lacks a power it needs (a capability, a writable or device-capable fs)."""
+
+
+class ConfigError(JailshimError):
+    """The daemon's configuration or the jail on disk is wrong or unsafe."""
+
+
+class CommandNotExecutable(JailshimError):
+    """The command to hand over to exists but cannot be executed."""
+
+
+class CommandNotFound(JailshimError):
+    """The command to hand over to does not exist."""
+
+
+# The one table. Codes follow sysexits.h and the shell's 126/127 convention.
+EXIT_CODES: dict[type[JailshimError], int] = {
+    UsageError: 64,  # EX_USAGE
+    CheckFailed: 69,  # EX_UNAVAILABLE
+    PrepareOSError: 71,  # EX_OSERR
+    NotPermitted: 77,  # EX_NOPERM
+    ConfigError: 78,  # EX_CONFIG
+    CommandNotExecutable: 126,
+    CommandNotFound: 127,
+}
+
+
+def exit_code_for(exc: JailshimError) -> int:
+    """The exit code of ``exc``: its own class's entry, else its nearest listed base's."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 70  # EX_SOFTWARE: a JailshimError subclass someone forgot to list

@@ -1,0 +1,214 @@
+"""Safe access to the jail: every path is walked from a directory fd, never through a symlink.
+
+The jail may be writable by the daemon's user, who could plant dev -> /etc or
+dev/urandom -> /etc/shadow. Every lookup here is dirfd-relative with O_NOFOLLOW, so no symlink
+inside the jail is ever followed and nothing outside it is ever created, changed or mounted on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+
+from jailshim.errors import ConfigError, UsageError
+from jailshim.jail.mounts import MountTable
+
+__all__ = [
+    "O_PATH_NOFOLLOW",
+    "Entry",
+    "EntryKind",
+    "Jail",
+    "inspect_entry",
+    "writable_by_non_root",
+]
+
+O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_TRIAL = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class EntryKind(StrEnum):
+    ABSENT = "nothing"
+    CHAR = "a character device"
+    BLOCK = "a block device"
+    REGULAR = "a regular file"
+    SYMLINK = "a symlink"
+    DIRECTORY = "a directory"
+    FIFO = "a FIFO"
+    SOCKET = "a socket"
+
+
+def _kind(mode: int) -> EntryKind:
+    for test, kind in (
+        (stat.S_ISCHR, EntryKind.CHAR),
+        (stat.S_ISBLK, EntryKind.BLOCK),
+        (stat.S_ISREG, EntryKind.REGULAR),
+        (stat.S_ISLNK, EntryKind.SYMLINK),
+        (stat.S_ISDIR, EntryKind.DIRECTORY),
+        (stat.S_ISFIFO, EntryKind.FIFO),
+    ):
+        if test(mode):
+            return kind
+    return EntryKind.SOCKET
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What stands at one name in a jail directory, as lstat and a trial open saw it."""
+
+    name: str
+    kind: EntryKind
+    rdev: int = 0
+    mode: int = 0
+    ino: int = 0
+    size: int = 0
+    mountpoint: bool = False
+    open_errno: int = 0  # errno of the trial open of a character device (EACCES on nodev)
+    link_target: str = ""
+    dir_empty: bool = True
+
+    def describe(self) -> str:
+        """A phrase for logs: 'a symlink to /etc/passwd', 'a character device 1:3'."""
+        if self.kind is EntryKind.SYMLINK:
+            return f"a symlink to {self.link_target}"
+        if self.kind in (EntryKind.CHAR, EntryKind.BLOCK):
+            text = f"{self.kind} {os.major(self.rdev)}:{os.minor(self.rdev)} mode {self.mode:04o}"
+            return text + (
+                f" that cannot be opened ({errno.errorcode.get(self.open_errno, self.open_errno)})"
+                if self.open_errno
+                else ""
+            )
+        if self.kind is EntryKind.REGULAR:
+            return f"a regular file of {self.size} bytes"
+        return str(self.kind)
+
+
+def writable_by_non_root(st: os.stat_result) -> bool:
+    """Whether some user other than root can create or rename entries in this directory."""
+    mode = st.st_mode
+    return bool(
+        (st.st_uid != 0 and mode & stat.S_IWUSR)
+        or (st.st_gid != 0 and mode & stat.S_IWGRP)
+        or mode & stat.S_IWOTH
+    )
+
+
+def inspect_entry(dir_fd: int, dir_path: str, name: str, mounts: MountTable) -> Entry:
+    """lstat ``name`` in ``dir_fd`` and, for a character device, try to open it."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return Entry(name, EntryKind.ABSENT)
+    kind = _kind(st.st_mode)
+    link_target, dir_empty, open_errno = "", True, 0
+    if kind is EntryKind.SYMLINK:
+        link_target = os.readlink(name, dir_fd=dir_fd)
+    elif kind is EntryKind.DIRECTORY:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+        try:
+            dir_empty = not os.listdir(fd)
+        finally:
+            os.close(fd)
+    elif kind is EntryKind.CHAR:
+        try:
+            os.close(os.open(name, _OPEN_TRIAL, dir_fd=dir_fd))
+        except OSError as exc:
+            open_errno = exc.errno or 0
+    return Entry(
+        name=name,
+        kind=kind,
+        rdev=st.st_rdev,
+        mode=stat.S_IMODE(st.st_mode),
+        ino=st.st_ino,
+        size=st.st_size,
+        mountpoint=mounts.at(f"{dir_path}/{name}") is not None,
+        open_errno=open_errno,
+        link_target=link_target,
+        dir_empty=dir_empty,
+    )
+
+
+class Jail:
+    """An open handle on the jail directory; every other path is reached from it."""
+
+    def __init__(self, path: str) -> None:
+        if not path or not path.strip():
+            raise UsageError(
+                "--chroot is empty; give the jail directory, such as /var/lib/haproxy."
+            )
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"The jail {path} does not exist; create it or fix --chroot.", chroot=path
+            ) from None
+        except NotADirectoryError:
+            what = "a symlink" if os.path.islink(path) else "not a directory"
+            raise ConfigError(
+                f"The jail {path} is {what}; --chroot must name a real directory "
+                "(jailshim never follows a symlink to the jail).",
+                chroot=path,
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ConfigError(
+                    f"The jail {path} is a symlink; --chroot must name the real directory.",
+                    chroot=path,
+                ) from None
+            raise
+        # The kernel's own name for the directory, as mountinfo spells mount points.
+        self.real = os.readlink(f"/proc/self/fd/{self.fd}")
+        st = os.fstat(self.fd)
+        root = os.stat("/")
+        if (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
+            self.close()
+            raise ConfigError(
+                "The jail is /, which is no jail; give a directory below it.", chroot=path
+            )
+        self.stat = st
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Jail:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def open_dir(self, name: str) -> int | None:
+        """An O_PATH fd on the directory ``name`` in the jail, or None when nothing is there.
+
+        A symlink or anything else at that name is a configuration error: jail/dev -> /dev
+        would put the host's own /dev in reach of every later step.
+        """
+        try:
+            return os.open(
+                name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd
+            )
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+        st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        found = (
+            f"a symlink to {os.readlink(name, dir_fd=self.fd)}"
+            if stat.S_ISLNK(st.st_mode)
+            else str(_kind(st.st_mode))
+        )
+        raise ConfigError(
+            f"{self.real}/{name} is {found}, not a directory; jailshim never follows symlinks "
+            f"inside a jail: replace it with a real directory.",
+            chroot=self.path,
+        )

@@ -1,0 +1,256 @@
+"""Pure: from what the jail holds and what this process may do, decide a step per device.
+
+No syscalls here. ``survey`` (jail/survey.py) gathers the facts; ``decide`` turns them into a
+Plan that --dry-run prints and apply.py carries out. The ladder, from cheapest to most work:
+
+    nothing      the node is there, right, and opens
+    mknod        create it (needs CAP_MKNOD in the initial user namespace, a non-nodev fs)
+    bind         bind the host's node onto an empty file (needs CAP_SYS_ADMIN over the mount ns)
+    tmpfs+bind   the jail is read-only: a small tmpfs over jail/dev, then bind inside it
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+
+from jailshim.devices import Device
+from jailshim.errors import ConfigError
+from jailshim.jail.powers import Powers
+from jailshim.jail.safepath import Entry, EntryKind
+
+__all__ = [
+    "Action",
+    "DevDir",
+    "DeviceStep",
+    "Plan",
+    "Strategy",
+    "Survey",
+    "decide",
+    "describe_errno",
+    "is_right",
+    "missing_powers",
+    "refusal_sentence",
+]
+
+
+class Strategy(StrEnum):
+    AUTO = "auto"
+    MKNOD = "mknod"
+    BIND = "bind"
+    TMPFS = "tmpfs"
+
+
+class Action(StrEnum):
+    NOTHING = "nothing"
+    MKNOD = "mknod"
+    BIND = "bind"
+
+
+@dataclass(frozen=True)
+class DevDir:
+    """jail/dev as surveyed. ``exists`` False means it must be created (if the jail allows)."""
+
+    exists: bool
+    readonly: bool  # of dev's filesystem, or of the jail's when dev is absent
+    nodev: bool
+    ours_tmpfs: bool = False  # a tmpfs jailshim mounted earlier (writable, nodev by design)
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Everything ``decide`` needs to know, gathered by jail/survey.py."""
+
+    jail: str
+    dev: DevDir
+    entries: dict[str, Entry]
+    powers: Powers
+
+
+@dataclass(frozen=True)
+class DeviceStep:
+    device: Device
+    action: Action
+    found: Entry
+    reason: str
+
+    @property
+    def displaces(self) -> bool:
+        """Whether a wrong entry must be moved aside first."""
+        return self.action is not Action.NOTHING and self.found.kind is not EntryKind.ABSENT
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: Strategy
+    make_dev_dir: bool
+    mount_tmpfs: bool
+    steps: tuple[DeviceStep, ...]
+    nodev: bool = False  # the nodes would land on a nodev filesystem
+
+    @property
+    def changes_anything(self) -> bool:
+        return (
+            self.make_dev_dir
+            or self.mount_tmpfs
+            or any(s.action is not Action.NOTHING for s in self.steps)
+        )
+
+    def render(self) -> str:
+        """The plan as a few lines for people (--dry-run)."""
+        lines = []
+        if self.make_dev_dir:
+            lines.append("create dev/ (mode 0755)")
+        if self.mount_tmpfs:
+            lines.append("mount a tmpfs over dev/ (mode 0755, nodev, nosuid, noexec)")
+        for s in self.steps:
+            what = f"dev/{s.device.name:<8} {s.device.numbers:<5} {s.action:<8}"
+            lines.append(f"{what} found {s.found.describe()}: {s.reason}")
+        return "\n".join(lines)
+
+
+def is_right(device: Device, entry: Entry) -> bool:
+    """The node is the allowlisted device, everyone may read and write it, and it opens."""
+    return (
+        entry.kind is EntryKind.CHAR
+        and entry.rdev == device.rdev
+        and entry.mode & 0o666 == 0o666
+        and entry.open_errno not in (errno.EACCES, errno.EPERM)
+    )
+
+
+def _refuse_unrepairable(survey: Survey, steps: list[tuple[Device, Entry]], repair: bool) -> None:
+    for device, entry in steps:
+        where = f"{survey.jail}/dev/{device.name}"
+        if entry.kind is EntryKind.ABSENT:
+            continue
+        if not repair:
+            raise ConfigError(
+                f"{where} is {entry.describe()}, not the {device.name} device "
+                f"{device.numbers}; remove it, or drop --no-repair to let jailshim replace it.",
+                device=device.name,
+            )
+        if entry.kind is EntryKind.DIRECTORY and not entry.dir_empty:
+            raise ConfigError(
+                f"{where} is a directory that is not empty; jailshim will not delete data: "
+                f"move it away and run again.",
+                device=device.name,
+            )
+        if entry.mountpoint:
+            raise ConfigError(
+                f"{where} is a mount point of {entry.describe()} that jailshim did not make; "
+                f"unmount it and run again.",
+                device=device.name,
+            )
+
+
+def missing_powers(powers: Powers, nodev: bool) -> str:
+    """Why mknod and bind cannot work here, as a clause (empty when nothing is known missing)."""
+    parts = []
+    if not powers.can_mknod:
+        parts.append(
+            f"{powers.no_mknod_because} (mknod needs CAP_MKNOD in the initial user namespace)"
+        )
+    elif nodev:
+        parts.append("the filesystem is mounted nodev, so nodes made there do not open")
+    if not powers.can_mount:
+        parts.append(
+            f"{powers.no_mount_because} (mounting needs CAP_SYS_ADMIN in the user namespace that "
+            "owns the mount namespace)"
+        )
+    return "; ".join(parts)
+
+
+REMEDY = (
+    "run jailshim as root in the initial user namespace, or give it CAP_SYS_ADMIN over its own "
+    "mount namespace (podman/docker --cap-add=SYS_ADMIN, unshare --mount), or ship the nodes "
+    "in the image"
+)
+
+
+def refusal_sentence(where: str, tried: list[str], powers: Powers, nodev: bool) -> str:
+    """The one sentence for exit 77: what was tried, what the kernel said, what is missing."""
+    missing = missing_powers(powers, nodev)
+    return (
+        f"Cannot make {where}: the kernel refused {' and '.join(tried)}"
+        + (f"; {missing}" if missing else "")
+        + f"; {REMEDY}."
+    )
+
+
+def decide(
+    survey: Survey,
+    devices: tuple[Device, ...],
+    strategy: Strategy = Strategy.AUTO,
+    *,
+    repair: bool = True,
+) -> Plan:
+    """The plan for ``devices``; raises ConfigError when the jail itself rules every step out.
+
+    When the powers predict that every step will be refused, the plan still says what to try:
+    apply.py then reports what the kernel really answered (exit 77), having changed nothing.
+    """
+    dev = survey.dev
+    wrong = [
+        (d, survey.entries[d.name]) for d in devices if not is_right(d, survey.entries[d.name])
+    ]
+    if not wrong:  # idempotent: a right jail is left alone, whatever the strategy
+        steps = tuple(
+            DeviceStep(d, Action.NOTHING, survey.entries[d.name], "already right") for d in devices
+        )
+        return Plan(strategy, False, False, steps)
+
+    doubt = missing_powers(survey.powers, dev.nodev)
+    mount_tmpfs = strategy is Strategy.TMPFS and not dev.ours_tmpfs
+    if dev.readonly and not dev.ours_tmpfs:
+        if strategy in (Strategy.MKNOD, Strategy.BIND):
+            raise ConfigError(
+                f"{survey.jail}/dev is on a read-only filesystem, so --strategy {strategy} cannot "
+                "create anything there; use --strategy tmpfs or auto.",
+            )
+        mount_tmpfs = True
+    if mount_tmpfs:
+        if not dev.exists:
+            raise ConfigError(
+                f"{survey.jail} is read-only and has no dev/ directory to mount a tmpfs on; "
+                "create the empty directory dev/ in the image.",
+            )
+        # The tmpfs hides everything below it: every device is bound afresh, wrong or not.
+        reason = "inside the new tmpfs (nodev)" + (
+            "" if survey.powers.can_mount else f"; expected to be refused: {doubt}"
+        )
+        steps = tuple(
+            DeviceStep(d, Action.BIND, Entry(d.name, EntryKind.ABSENT), reason) for d in devices
+        )
+        return Plan(strategy, False, True, steps)
+
+    _refuse_unrepairable(survey, wrong, repair)
+    mknod_works = survey.powers.can_mknod and not dev.nodev
+    steps_list = []
+    for d in devices:
+        entry = survey.entries[d.name]
+        if is_right(d, entry):
+            steps_list.append(DeviceStep(d, Action.NOTHING, entry, "already right"))
+            continue
+        if strategy is Strategy.MKNOD or (strategy is Strategy.AUTO and mknod_works):
+            action, reason = Action.MKNOD, "mknod, mode 0666, owner root"
+            if not mknod_works:
+                reason += f"; expected to be refused: {doubt}"
+        elif strategy is Strategy.BIND or survey.powers.can_mount:
+            why = "asked for" if strategy is Strategy.BIND else doubt
+            action, reason = Action.BIND, f"bind the host's {d.host_path} ({why})"
+            if not survey.powers.can_mount:
+                reason += f"; expected to be refused: {doubt}"
+        else:
+            action, reason = Action.MKNOD, f"mknod, then bind; expected to be refused: {doubt}"
+        if entry.kind is not EntryKind.ABSENT:
+            reason += f"; replacing {entry.describe()}"
+        steps_list.append(DeviceStep(d, action, entry, reason))
+    return Plan(strategy, not dev.exists, False, tuple(steps_list), nodev=dev.nodev)
+
+
+def describe_errno(err: int) -> str:
+    """"EPERM: Operation not permitted", for log sentences."""
+    return f"{errno.errorcode.get(err, str(err))}: {os.strerror(err)}"

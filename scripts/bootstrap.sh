@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install everything jailshim's demo and tests need on a fresh Debian 12 machine (as root):
+# Debian packages first, then a .venv with jailshim and its test tools. Safe to run again;
+# it does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-seccomp   # the interpreter; seccomp filters for getrandom tests
+  util-linux iproute2 procps             # unshare, ip netns, ps
+  haproxy openssl                        # the daemon jailshim starts first, and certificates
+  unbound knot-dnsutils gnutls-bin faketime  # the DNS-over-TLS demo and reseed tests
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Debian's haproxy and unbound units must not start on the host: policy-rc.d says no.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's own interpreter, not whatever python3 is first on PATH: it is the one a fresh
+# machine has, and the one python3-seccomp is built for.
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  rm -rf .venv
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.jailshim-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi
