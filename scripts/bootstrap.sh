@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   python3 python3-venv python3-seccomp   # the interpreter; seccomp filters for getrandom tests
-  util-linux iproute2 procps             # unshare, ip netns, ps
+  util-linux uidmap iproute2 procps      # unshare, ip netns, ps
   haproxy openssl                        # the daemon jailshim starts first, and certificates
   unbound knot-dnsutils gnutls-bin faketime  # the DNS-over-TLS demo and reseed tests
 )

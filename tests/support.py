@@ -1,0 +1,127 @@
+"""Helpers shared by the tests: run the CLI, read its events, look into jails, snapshot dirs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+NSRUN = str(TESTS / "nsrun.py")
+JAIL_READER = str(TESTS / "jail_reader.py")
+NOBODY = 65534
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip when ``condition`` is false on a laptop; under CI=true a skip is a failure."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and this test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log events on stderr (every stderr line must be one)."""
+        return [json.loads(line) for line in self.stderr.splitlines() if line.strip()]
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+    @property
+    def error(self) -> str:
+        """The one failure sentence; asserts there is exactly one failure event."""
+        failures = self.named("failed")
+        assert len(failures) == 1, self.stderr
+        return str(failures[0]["error"])
+
+
+def jailshim_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jailshim", *args]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAILSHIM_")}
+    env.update(extra)
+    return env
+
+
+def run(*args: str, env: dict[str, str] | None = None, wrap: list[str] | None = None) -> Result:
+    """Run ``jailshim ARGS`` (optionally under ``wrap``, e.g. unshare) and capture everything."""
+    argv = [*(wrap or []), *jailshim_argv(*args)]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=env or clean_env(), timeout=120, check=False
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def read_in_jail(
+    jail: Path, name: str, uid: int = NOBODY, wrap: list[str] | None = None
+) -> dict[str, Any]:
+    """What ``name`` under jail/dev is and reads, seen from inside the chroot as ``uid``."""
+    proc = subprocess.run(
+        [*(wrap or []), sys.executable, JAIL_READER, str(jail), name, str(uid), str(uid)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+def snapshot(top: Path) -> dict[str, tuple[Any, ...]]:
+    """Every entry below ``top`` (not following symlinks) with type, mode, owner and content."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            content: Any = None
+            if stat.S_ISREG(st.st_mode):
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            elif stat.S_ISCHR(st.st_mode):
+                content = st.st_rdev
+            found[str(path.relative_to(top))] = (
+                stat.S_IFMT(st.st_mode),
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_ino,
+                content,
+            )
+    return found
+
+
+def mount_lines() -> int:
+    return len(Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def mounts_below(path: Path) -> list[str]:
+    prefix = str(path.resolve())
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def unmount_below(path: Path) -> None:
+    """Detach every mount at or below ``path``, deepest first (test clean-up)."""
+    for point in sorted(mounts_below(path), key=lambda p: p.count("/"), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)

@@ -1,0 +1,84 @@
+"""Prepare twice changes nothing; teardown undoes exactly what prepare made."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from jailshim.cli import main
+from tests.support import mount_lines, mounts_below, run, snapshot
+
+
+def test_hundred_prepares_leave_the_mount_table_unchanged(nodev_jail: Path) -> None:
+    """Bind strategy (the one that mounts): run 2..101 add no mount and change no entry."""
+    assert run("prepare", "--chroot", str(nodev_jail)).code == 0
+    lines = mount_lines()
+    after_first = snapshot(nodev_jail)
+    for _ in range(100):
+        assert main(["prepare", "--chroot", str(nodev_jail), "--log-level", "error"]) == 0
+    assert mount_lines() == lines
+    assert snapshot(nodev_jail) == after_first
+
+
+def test_second_prepare_reports_everything_unchanged(jail: Path) -> None:
+    """The second run creates nothing and says so."""
+    assert run("prepare", "--chroot", str(jail)).code == 0
+    second = run("prepare", "--chroot", str(jail))
+    assert second.named("prepared")[0]["created"] == []
+    assert not second.named("device")
+
+
+def test_teardown_restores_the_jail_exactly(nodev_jail: Path) -> None:
+    """prepare + teardown: same entries, same inodes, no mounts left, record gone."""
+    (nodev_jail / "etc").mkdir()
+    before = snapshot(nodev_jail)
+    assert run("prepare", "--chroot", str(nodev_jail), "--device", "zero").code == 0
+    assert run("teardown", "--chroot", str(nodev_jail)).code == 0
+    assert snapshot(nodev_jail) == before
+    assert mounts_below(nodev_jail) == [str(nodev_jail)]
+
+
+def test_teardown_leaves_what_changed_since_prepare(jail: Path) -> None:
+    """A node replaced after prepare is not ours any more: teardown leaves it and says so."""
+    assert run("prepare", "--chroot", str(jail), "--device", "null").code == 0
+    node = jail / "dev" / "null"
+    node.unlink()
+    node.write_text("operator's file")
+    result = run("teardown", "--chroot", str(jail))
+    assert result.code == 0
+    assert node.read_text() == "operator's file"
+    assert "changed since prepare" in result.named("teardown")[0]["outcome"]
+
+
+def test_teardown_without_prepare_does_nothing(jail: Path) -> None:
+    """No record, no change."""
+    before = snapshot(jail)
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert snapshot(jail) == before
+
+
+def test_failure_half_way_rolls_back_everything(jail: Path, area: Path) -> None:
+    """The second device fails after the first was bound: the bind, placeholder and dev/ go."""
+    fake = area / "fake-random"
+    fake.write_text("")
+    script = f"""
+        mount --bind {fake} /dev/random
+        {sys.executable} -m jailshim prepare --chroot {jail} --strategy bind \
+            --device urandom --device random
+        echo "rc=$?"
+        echo "mounts=$(grep -c " {jail}" /proc/self/mountinfo)"
+        echo "entries=$(ls -A {jail} | wc -l)"
+    """
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "rc=78" in proc.stdout, proc.stderr
+    assert "mounts=0" in proc.stdout and "entries=0" in proc.stdout
+    events = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [e["step"] for e in events if e["event"] == "rollback"] == ["unbind urandom", "rmdir dev"]
+    assert "not the random device 1:8" in events[-1]["error"]

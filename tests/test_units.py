@@ -1,0 +1,145 @@
+"""Small pure pieces: mountinfo parsing, powers, the exit-code table, CLI and env handling."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from jailshim import log
+from jailshim.cli import parse_args
+from jailshim.devices import ALLOWLIST, select
+from jailshim.errors import (
+    EXIT_CODES,
+    CheckFailed,
+    CommandNotExecutable,
+    CommandNotFound,
+    ConfigError,
+    JailshimError,
+    NotPermitted,
+    PrepareOSError,
+    UsageError,
+    exit_code_for,
+)
+from jailshim.jail.mounts import MountTable, parse_mountinfo
+from jailshim.jail.powers import decide_powers, parse_effective_caps
+
+MOUNTINFO = (
+    "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
+    "36 22 0:6 /urandom /srv/my\\040jail/dev/urandom ro,nosuid - devtmpfs devtmpfs rw\n"
+    "37 22 0:40 / /srv/j/dev rw,nodev - tmpfs jailshim rw,mode=755\n"
+    "garbage line\n"
+)
+
+
+def test_mountinfo_is_parsed_with_octal_escapes() -> None:
+    """Spaces in mount points arrive as \\040 and are decoded; junk lines are skipped."""
+    table = MountTable(parse_mountinfo(MOUNTINFO))
+    assert len(table) == 3
+    assert table.at("/srv/my jail/dev/urandom") is not None
+    entry = table.at("/srv/j/dev")
+    assert entry is not None and entry.source == "jailshim" and entry.fstype == "tmpfs"
+    assert [e.mount_point for e in table.below("/srv")] == [
+        "/srv/my jail/dev/urandom",
+        "/srv/j/dev",
+    ]
+
+
+def test_powers_from_capabilities_and_namespaces() -> None:
+    """CAP_MKNOD counts only in the initial user namespace; mounting needs the mount ns owner."""
+    full = (1 << 27) | (1 << 21)
+    assert decide_powers(full, True, None) == decide_powers(full, True, True)
+    assert decide_powers(full, True, None).can_mknod
+    userns = decide_powers(full, False, True)
+    assert not userns.can_mknod and userns.can_mount
+    parent_owned = decide_powers(full, False, False)
+    assert not parent_owned.can_mount and "parent user namespace" in parent_owned.no_mount_because
+    none = decide_powers(0, True, None)
+    assert "CAP_MKNOD" in none.no_mknod_because and "CAP_SYS_ADMIN" in none.no_mount_because
+    assert parse_effective_caps("Name:\tx\nCapEff:\t000001ffffffffff\n") == 0x1FFFFFFFFFF
+
+
+def test_exit_code_table_is_complete_and_documented() -> None:
+    """Every failure class maps to its documented code."""
+    assert {cls: code for cls, code in EXIT_CODES.items()} == {
+        UsageError: 64,
+        CheckFailed: 69,
+        PrepareOSError: 71,
+        NotPermitted: 77,
+        ConfigError: 78,
+        CommandNotExecutable: 126,
+        CommandNotFound: 127,
+    }
+
+    class Unlisted(JailshimError):
+        pass
+
+    class SubConfig(ConfigError):
+        pass
+
+    assert exit_code_for(SubConfig("x")) == 78
+    assert exit_code_for(Unlisted("x")) == 70
+
+
+def test_device_allowlist() -> None:
+    """Only the six allowlisted character devices, with fixed numbers; /dev/ prefix accepted."""
+    assert {d: ALLOWLIST[d].numbers for d in ALLOWLIST} == {
+        "null": "1:3",
+        "zero": "1:5",
+        "full": "1:7",
+        "random": "1:8",
+        "urandom": "1:9",
+        "tty": "5:0",
+    }
+    assert [d.name for d in select(["/dev/urandom", "null", "urandom"])] == ["urandom", "null"]
+    with pytest.raises(UsageError):
+        select(["sda"])
+
+
+def test_environment_fills_unset_options_and_flags_win() -> None:
+    """JAILSHIM_* fills what the flags left unset; a flag always wins."""
+    env = {
+        "JAILSHIM_CHROOT": "/from/env",
+        "JAILSHIM_DEVICE": "zero, null",
+        "JAILSHIM_DRY_RUN": "yes",
+        "JAILSHIM_TIMEOUT": "5",
+        "JAILSHIM_STRATEGY": "bind",
+    }
+    args = parse_args(["prepare"], env)
+    assert args.chroot == "/from/env" and args.device == ["zero", "null"]
+    assert args.dry_run is True and args.timeout == 5.0 and args.strategy == "bind"
+    args = parse_args(["prepare", "--chroot", "/flag", "--device", "tty"], env)
+    assert args.chroot == "/flag" and args.device == ["tty"]
+    with pytest.raises(UsageError, match="JAILSHIM_STRATEGY"):
+        parse_args(["prepare"], {"JAILSHIM_STRATEGY": "magic"})
+    with pytest.raises(UsageError, match="yes/no"):
+        parse_args(["prepare"], {"JAILSHIM_INIT": "maybe"})
+
+
+def test_run_takes_the_command_after_double_dash() -> None:
+    """Everything after -- is the daemon's argv, untouched."""
+    args = parse_args(["run", "--chroot", "/j", "--", "haproxy", "-f", "/x", "--chroot"], {})
+    assert args.argv == ["haproxy", "-f", "/x", "--chroot"]
+
+
+def test_json_logs_when_not_a_tty() -> None:
+    """auto on a non-TTY stream: one JSON object per line, event first."""
+    stream = io.StringIO()
+    log.setup("auto", "info", stream=stream)
+    log.get_logger().info("hello", device="urandom")
+    line = json.loads(stream.getvalue())
+    assert next(iter(line)) == "timestamp" and line["event"] == "hello"
+    assert line["device"] == "urandom" and line["level"] == "info"
+
+
+def test_console_logs_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """console format is plain text; NO_COLOR keeps ANSI codes out; levels filter."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    stream = io.StringIO()
+    log.setup("console", "warning", stream=stream)
+    log.get_logger().info("hidden")
+    log.get_logger().warning("shown", device="null")
+    text = stream.getvalue()
+    assert "hidden" not in text and "shown" in text and "device=null" in text
+    assert "\x1b[" not in text
