@@ -252,5 +252,5 @@ def decide(
 
 
 def describe_errno(err: int) -> str:
-    """"EPERM: Operation not permitted", for log sentences."""
+    """ "EPERM: Operation not permitted", for log sentences."""
     return f"{errno.errorcode.get(err, str(err))}: {os.strerror(err)}"

@@ -80,5 +80,8 @@ def test_failure_half_way_rolls_back_everything(jail: Path, area: Path) -> None:
     assert "rc=78" in proc.stdout, proc.stderr
     assert "mounts=0" in proc.stdout and "entries=0" in proc.stdout
     events = [json.loads(line) for line in proc.stderr.splitlines()]
-    assert [e["step"] for e in events if e["event"] == "rollback"] == ["unbind urandom", "rmdir dev"]
+    assert [e["step"] for e in events if e["event"] == "rollback"] == [
+        "unbind urandom",
+        "rmdir dev",
+    ]
     assert "not the random device 1:8" in events[-1]["error"]
