@@ -203,6 +203,17 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
         spec = _spec_from(args)
         log.bind_context(chroot=spec.chroot)
         prepare(spec, log.get_logger())
+        if spec.verify and not spec.dry_run:
+            from jailshim.check import check
+
+            check(spec, log.get_logger())
+        return 0
+    if args.command == "check":
+        from jailshim.check import check
+
+        spec = _spec_from(args)
+        log.bind_context(chroot=spec.chroot)
+        check(spec, log.get_logger())
         return 0
     if args.command == "teardown":
         from jailshim.jail.safepath import Jail

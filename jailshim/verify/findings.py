@@ -1,0 +1,216 @@
+"""Findings and the pure judgements that produce them: facts in, verdict out, no syscalls.
+
+The probe child gathers facts (stat results, errnos, bytes read) and these functions decide
+what they mean, so every verdict can be tested without a jail.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from jailshim.devices import ENTROPY_DEVICES, Device
+
+__all__ = [
+    "DeviceFacts",
+    "Finding",
+    "judge_device",
+    "judge_getrandom",
+    "render_table",
+]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's verdict: what was seen and, when it failed, what to do."""
+
+    check: str
+    ok: bool
+    detail: str
+    remedy: str = ""
+    transient: bool = False  # worth waiting for: the state may clear by itself
+    warning: bool = False  # passed, but the operator should know
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the probe child saw at dev/NAME, as the daemon's user."""
+
+    lstat_errno: int = 0
+    is_char: bool = False
+    is_symlink: bool = False
+    kind: str = ""  # "a regular file of 4096 bytes" when not a character device
+    numbers: str = ""  # "1:9"
+    mode: int = 0
+    open_errno: int = 0
+    samples: tuple[bytes, ...] = ()  # two reads of 64 bytes from an entropy device
+    read_errno: int = 0
+    write_result: str = ""  # "ok", "ENOSPC" ... for null/zero/full
+    nodev: bool = False  # the node's filesystem is mounted nodev
+
+
+_PREPARE = "run `jailshim prepare` on this jail (or ship the node in the image)"
+
+
+def _err(code: int) -> str:
+    return errno.errorcode.get(code, str(code))
+
+
+def judge_device(device: Device, facts: DeviceFacts, uid: int, getrandom_usable: bool) -> Finding:
+    """The verdict on one device node as the daemon's user would meet it."""
+    check = f"dev/{device.name}"
+    stakes = (
+        ""
+        if getrandom_usable or device.name not in ENTROPY_DEVICES
+        else " getrandom() is unusable here, so every crypto library depends on this node."
+    )
+    if facts.lstat_errno == errno.ENOENT:
+        return Finding(
+            check, False, f"dev/{device.name} does not exist.{stakes}", _PREPARE, transient=True
+        )
+    if facts.lstat_errno:
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} cannot be reached as uid {uid} "
+            f"({_err(facts.lstat_errno)}).{stakes}",
+            "make the jail and its dev/ searchable by the daemon's user (mode 0755)",
+        )
+    if not facts.is_char:
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} is {facts.kind}, not the character device "
+            f"{device.numbers}.{stakes}",
+            _PREPARE + "; it replaces the wrong entry",
+        )
+    if facts.numbers != device.numbers:
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} is the character device {facts.numbers}, "
+            f"not {device.numbers}.{stakes}",
+            _PREPARE + "; it replaces the wrong node",
+        )
+    if facts.open_errno:
+        why = (
+            "the filesystem is mounted nodev"
+            if facts.nodev
+            else f"mode {facts.mode:04o} does not let uid {uid} open it"
+        )
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} cannot be opened as uid {uid} "
+            f"({_err(facts.open_errno)}: {why}).{stakes}",
+            _PREPARE + " (it binds the host's node on nodev filesystems and fixes the mode)",
+        )
+    if device.name in ENTROPY_DEVICES:
+        return _judge_entropy(check, device, facts)
+    return _judge_plain(check, device, facts)
+
+
+def _judge_entropy(check: str, device: Device, facts: DeviceFacts) -> Finding:
+    if facts.read_errno == errno.EAGAIN:
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} has no entropy yet (EAGAIN): the kernel RNG is not initialised.",
+            "wait for the kernel RNG (rng-tools/haveged, or virtio-rng for VMs)",
+            transient=True,
+        )
+    if facts.read_errno or len(facts.samples) != 2 or any(len(s) != 64 for s in facts.samples):
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} opened but did not give 2 x 64 bytes ({_err(facts.read_errno)}).",
+            _PREPARE,
+        )
+    first, second = facts.samples
+    if first == second or len(set(first)) <= 1:
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} gives constant or repeated bytes: not a random source.",
+            _PREPARE,
+        )
+    return Finding(check, True, f"character device {facts.numbers}, read 2 x 64 distinct bytes")
+
+
+def _judge_plain(check: str, device: Device, facts: DeviceFacts) -> Finding:
+    expected = {"null": "ok", "zero": "ok", "full": "ENOSPC", "tty": ""}[device.name]
+    if facts.write_result != expected:
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} does not behave as {device.name}: "
+            f"a write gave {facts.write_result or 'nothing'}, expected {expected}.",
+            _PREPARE,
+        )
+    return Finding(check, True, f"character device {facts.numbers}, behaves as {device.name}")
+
+
+def judge_getrandom(err: int) -> tuple[Finding, Finding, bool]:
+    """Verdicts on the kernel RNG and on getrandom() from one getrandom(GRND_NONBLOCK) errno.
+
+    Returns (rng finding, getrandom finding, getrandom usable).
+    """
+    if err in (errno.ENOSYS, errno.EPERM):
+        return (
+            Finding(
+                "kernel RNG",
+                True,
+                "readiness unknown: getrandom() is denied, so only the devices can tell",
+                warning=True,
+            ),
+            Finding(
+                "getrandom()",
+                True,
+                f"denied ({_err(err)}: a seccomp filter or an old kernel): OpenSSL, GnuTLS and "
+                "Python fall back to dev/urandom, so the jail's device nodes are essential",
+                warning=True,
+            ),
+            False,
+        )
+    getrandom_ok = Finding("getrandom()", True, "usable")
+    if err == errno.EAGAIN:
+        return (
+            Finding(
+                "kernel RNG",
+                False,
+                "not initialised yet: getrandom(GRND_NONBLOCK) answered EAGAIN",
+                "wait for the kernel RNG (rng-tools/haveged, or virtio-rng for VMs)",
+                transient=True,
+            ),
+            getrandom_ok,
+            True,
+        )
+    if err:
+        return (
+            Finding(
+                "kernel RNG", False, f"getrandom() failed with {_err(err)}", "check the kernel"
+            ),
+            getrandom_ok,
+            True,
+        )
+    return Finding("kernel RNG", True, "initialised"), getrandom_ok, True
+
+
+def render_table(findings: list[Finding]) -> str:
+    """A table for people: ✓/✗, the check, the finding, the remedy."""
+    width = max((len(f.check) for f in findings), default=5)
+    lines = []
+    for f in findings:
+        mark = "✓" if f.ok and not f.warning else ("!" if f.ok else "✗")
+        lines.append(f"{mark} {f.check:<{width}}  {f.detail}")
+        if f.remedy and not f.ok:
+            lines.append(f"  {'':<{width}}  → {f.remedy}")
+    return "\n".join(lines)

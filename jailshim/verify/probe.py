@@ -1,0 +1,203 @@
+"""The in-jail probe: fork, chroot, drop to the daemon's user, gather facts, report over a pipe.
+
+A check run as root outside the jail proves nothing about a daemon running as nobody inside it:
+root ignores modes, and the host's /dev is not the jail's. So the child does exactly what the
+daemon will do (chroot, chdir /, setgroups, setgid, setuid, in that order: after setuid the
+process could no longer change its groups), then looks at the jail the way the daemon will.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import stat
+import time
+from typing import Any
+
+from jailshim.devices import ENTROPY_DEVICES, Device
+from jailshim.spec import Identity
+from jailshim.verify.findings import DeviceFacts, Finding, judge_device, judge_getrandom
+
+__all__ = ["run_probe"]
+
+_PROBE_DEADLINE = 10.0  # seconds; a probe that hangs (a blocking read) is killed
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+_OPEN_RDWR = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+
+
+def _kind(st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink"
+    if stat.S_ISREG(st.st_mode):
+        return f"a regular file of {st.st_size} bytes"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO"
+    if stat.S_ISBLK(st.st_mode):
+        return f"a block device {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    return "a socket"
+
+
+def _device_facts(device: Device) -> DeviceFacts:
+    """lstat, open, read (and write) /dev/NAME as the current user; all errors are facts."""
+    path = f"/dev/{device.name}"
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return DeviceFacts(lstat_errno=exc.errno or errno.EIO)
+    if not stat.S_ISCHR(st.st_mode):
+        return DeviceFacts(is_symlink=stat.S_ISLNK(st.st_mode), kind=_kind(st))
+    base: dict[str, Any] = {
+        "is_char": True,
+        "numbers": f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}",
+        "mode": stat.S_IMODE(st.st_mode),
+    }
+    if device.name == "tty":  # opening needs a controlling terminal; identity is what matters
+        return DeviceFacts(**base)
+    entropy = device.name in ENTROPY_DEVICES
+    try:
+        fd = os.open(path, _OPEN_READ if entropy else _OPEN_RDWR)
+    except OSError as exc:
+        try:
+            nodev = bool(os.statvfs(path).f_flag & os.ST_NODEV)
+        except OSError:
+            nodev = False
+        return DeviceFacts(**base, open_errno=exc.errno or errno.EIO, nodev=nodev)
+    try:
+        if entropy:
+            try:
+                return DeviceFacts(**base, samples=(os.read(fd, 64), os.read(fd, 64)))
+            except OSError as exc:
+                return DeviceFacts(**base, read_errno=exc.errno or errno.EIO)
+        try:
+            os.write(fd, b"x")
+            written = "ok"
+        except OSError as exc:
+            written = errno.errorcode.get(exc.errno or 0, "error")
+        return DeviceFacts(**base, write_result=written)
+    finally:
+        os.close(fd)
+
+
+def _drop(identity: Identity) -> Finding:
+    os.setgroups(list(identity.groups))
+    os.setgid(identity.gid)
+    os.setuid(identity.uid)
+    if identity.uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:
+            return Finding(
+                "privileges", False, "setuid(0) succeeded after the drop", "report a bug"
+            )
+    return Finding("privileges", True, "")  # detail filled in by the parent from /proc
+
+
+def _child(jail: str, identity: Identity | None, devices: tuple[Device, ...], out: int) -> None:
+    def emit(finding: Finding) -> None:
+        os.write(out, (json.dumps(finding.to_json()) + "\n").encode())
+
+    from jailshim.verify.openssl import OpenSSLProbe
+
+    openssl = OpenSSLProbe()  # before chroot: libcrypto and its first seed come from the host
+    os.chroot(jail)
+    os.chdir("/")
+    emit(_drop(identity) if identity is not None else Finding("privileges", True, ""))
+    try:
+        os.getrandom(1, os.GRND_NONBLOCK)
+        gr_errno = 0
+    except OSError as exc:
+        gr_errno = exc.errno or errno.EIO
+    rng, getrandom, usable = judge_getrandom(gr_errno)
+    emit(rng)
+    emit(getrandom)
+    uid = os.getuid()
+    for device in devices:
+        emit(judge_device(device, _device_facts(device), uid, usable))
+    emit(openssl.reseed())
+
+
+def _privileges(pid: int, identity: Identity | None, reported: Finding) -> Finding:
+    """Confirm the drop from outside: the child's /proc status (readable while it is a zombie)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError as exc:
+        return Finding(
+            "privileges", False, f"cannot read the probe's status ({exc})", "report a bug"
+        )
+    uids = fields["Uid"].split()
+    gids = fields["Gid"].split()
+    groups = sorted(int(g) for g in fields["Groups"].split())
+    seen = f"uid {'/'.join(uids)}, gid {'/'.join(gids)}, groups {groups or 'none'}"
+    if identity is None:
+        return Finding(
+            "privileges",
+            True,
+            f"checked as {seen}: no --user given, so modes were not tested as the daemon's user",
+            warning=True,
+        )
+    want_u, want_g = str(identity.uid), str(identity.gid)
+    if not reported.ok:
+        return reported
+    if set(uids) != {want_u} or set(gids) != {want_g} or groups != sorted(identity.groups):
+        return Finding(
+            "privileges", False, f"the probe ran as {seen}, not as {identity.name}", "report a bug"
+        )
+    return Finding("privileges", True, f"ran as {identity.name} ({seen}); setuid(0) refused")
+
+
+def run_probe(jail: str, identity: Identity | None, devices: tuple[Device, ...]) -> list[Finding]:
+    """Run the probe once in a child and return its findings (the child is always reaped)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's stack
+        code = 0
+        try:
+            os.close(read_end)
+            _child(jail, identity, devices, write_end)
+        except BaseException as exc:
+            finding = Finding("probe", False, f"could not enter the jail: {exc}", "check --chroot")
+            try:
+                os.write(write_end, (json.dumps(finding.to_json()) + "\n").encode())
+            finally:
+                code = 1
+        os._exit(code)
+    os.close(write_end)
+    chunks, deadline, hung = [], time.monotonic() + _PROBE_DEADLINE, False
+    try:
+        while True:
+            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                hung = True
+                os.kill(pid, signal.SIGKILL)
+                break
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        findings = [Finding.from_json(json.loads(line)) for line in b"".join(chunks).splitlines()]
+        if findings and findings[0].check == "privileges":
+            findings[0] = _privileges(pid, identity, findings[0])
+        if hung:
+            findings.append(
+                Finding(
+                    "probe",
+                    False,
+                    f"the probe did not finish within {_PROBE_DEADLINE:.0f}s (a blocking read?)",
+                    "look for a device in the jail that blocks on read",
+                    transient=True,
+                )
+            )
+        elif not findings:
+            findings = [Finding("probe", False, "the probe child reported nothing", "report a bug")]
+        return findings
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)

@@ -1,0 +1,97 @@
+"""Run the probe until it passes, a permanent failure shows, or the time budget runs out.
+
+Transient states (the kernel RNG not initialised yet, a node that another step of the
+container's start is still creating) are waited for; a wrong device or a permission problem will
+not fix itself, so it fails at once. tenacity is imported only when a first attempt failed:
+a healthy jail pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jailshim.verify.findings import Finding
+
+__all__ = ["Outcome", "verify_with_retries"]
+
+_MAX_WAIT = 2.0  # seconds between attempts at most
+
+
+def _failing(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if not f.ok]
+
+
+def _waitable(findings: list[Finding]) -> bool:
+    failing = _failing(findings)
+    return bool(failing) and all(f.transient for f in failing)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The last attempt's findings and how long it took to get there."""
+
+    findings: list[Finding]
+    attempts: int
+    elapsed: float
+
+    @property
+    def failing(self) -> list[Finding]:
+        return _failing(self.findings)
+
+    def sentence(self) -> str:
+        """One sentence for exit 69: the first failing check, what was seen, what to do."""
+        failing = self.failing
+        first = failing[0]
+        more = f" (and {len(failing) - 1} more failing, see the log)" if len(failing) > 1 else ""
+        when = (
+            f"still failing after {self.attempts} attempts in {self.elapsed:.1f}s "
+            "(the --timeout budget)"
+            if _waitable(self.findings)
+            else "failed"
+        )
+        return f"Check {first.check} {when}: {first.detail.rstrip('.')}; {first.remedy}.{more}"
+
+
+def verify_with_retries(probe: Callable[[], list[Finding]], timeout: float, log: Any) -> Outcome:
+    """Attempt until every check passes, one fails for good, or ``timeout`` seconds are spent."""
+    start = time.monotonic()
+    attempt = 0
+
+    def one_attempt() -> list[Finding]:
+        nonlocal attempt
+        attempt += 1
+        findings = probe()
+        failing = _failing(findings)
+        log.log(
+            30 if failing else 20,
+            "check.attempt",
+            attempt=attempt,
+            ok=not failing,
+            reason="; ".join(f"{f.check}: {f.detail}" for f in failing) or None,
+            elapsed_ms=round((time.monotonic() - start) * 1000, 1),
+        )
+        return findings
+
+    def remaining() -> float:
+        return timeout - (time.monotonic() - start)
+
+    findings = one_attempt()
+    if _waitable(findings) and remaining() > 0:
+        import tenacity
+
+        def capped(state: tenacity.RetryCallState) -> float:
+            backoff: float = min(_MAX_WAIT, 0.1 * 2.0 ** int(state.attempt_number))
+            return max(0.0, min(backoff, remaining()))
+
+        time.sleep(min(0.1, remaining()))
+        retrying = tenacity.Retrying(
+            stop=lambda state: remaining() <= 0,
+            wait=capped,
+            retry=tenacity.retry_if_result(_waitable),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else [],
+        )
+        findings = retrying(one_attempt)
+    return Outcome(findings, attempt, time.monotonic() - start)

@@ -1,0 +1,219 @@
+"""`jailshim check`: the in-jail probe as the daemon's user, with retries, against real jails."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import TESTS, need, run, snapshot
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+SECCOMP_RUN = str(TESTS / "seccomp_run.py")
+
+
+@pytest.fixture
+def seccomp_ready(root: None) -> None:
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True, check=False
+    )
+    need(probe.returncode == 0, "needs Debian's python3-seccomp for /usr/bin/python3")
+
+
+def under_seccomp(*mode: str, ipc: bool = False) -> list[str]:
+    return [*(["unshare", "--ipc"] if ipc else []), SYSTEM_PYTHON, SECCOMP_RUN, *mode, "--"]
+
+
+@pytest.fixture
+def prepared(jail: Path) -> Path:
+    """A jail made right by `prepare --no-verify`."""
+    result = run("prepare", "--chroot", str(jail), "--no-verify")
+    assert result.code == 0, result.stderr
+    return jail
+
+
+def findings(result_events: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    return {str(e["check"]): e for e in result_events if e["event"] == "check"}
+
+
+def test_prepared_jail_passes_as_nobody(prepared: Path) -> None:
+    """Every check passes in a prepared jail; the probe really ran as nobody; nothing changes."""
+    before = snapshot(prepared)
+    result = run("check", "--chroot", str(prepared), "--user", "nobody")
+    assert result.code == 0, result.stderr
+    seen = findings(result.events)
+    assert all(f["ok"] for f in seen.values()), seen
+    assert set(seen) >= {"privileges", "kernel RNG", "getrandom()", "dev/urandom", "dev/random"}
+    assert "uid 65534/65534/65534/65534" in str(seen["privileges"]["detail"])
+    assert "reseeded" in str(seen["OpenSSL reseed"]["detail"])
+    assert snapshot(prepared) == before
+
+
+def test_prepare_runs_the_check_unless_no_verify(jail: Path) -> None:
+    """prepare verifies after preparing; --no-verify skips it."""
+    result = run("prepare", "--chroot", str(jail), "--user", "nobody")
+    assert result.code == 0 and result.named("checked"), result.stderr
+    again = run("prepare", "--chroot", str(jail), "--no-verify")
+    assert not again.named("checked")
+
+
+def _break(jail: Path, how: str) -> None:
+    node = jail / "dev" / "urandom"
+    if how == "missing":
+        node.unlink()
+    elif how == "mode-0600":
+        node.chmod(0o600)
+    elif how == "zero-file":
+        node.unlink()
+        node.write_bytes(b"\0" * 4096)
+    elif how == "null-numbers":
+        node.unlink()
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+
+
+@pytest.mark.parametrize(
+    ("how", "needle"),
+    [
+        ("missing", "dev/urandom still failing after"),
+        ("mode-0600", "EACCES: mode 0600 does not let uid 65534 open it"),
+        ("zero-file", "is a regular file of 4096 bytes, not the character device 1:9"),
+        ("null-numbers", "is the character device 1:3, not 1:9"),
+    ],
+)
+def test_broken_node_fails_with_69(prepared: Path, how: str, needle: str) -> None:
+    """Each broken node: exit 69 with a sentence naming what was found and the remedy."""
+    _break(prepared, how)
+    result = run("check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "0.5")
+    assert result.code == 69
+    assert needle in result.error
+    assert "jailshim prepare" in result.error
+
+
+def test_permanent_failure_is_not_retried(prepared: Path) -> None:
+    """A wrong device will not fix itself: one attempt, no waiting."""
+    _break(prepared, "null-numbers")
+    result = run("check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "30")
+    assert result.code == 69
+    assert len(result.named("check.attempt")) == 1
+
+
+def test_nodev_node_fails(nodev_jail: Path) -> None:
+    """A mknod'ed node on a nodev filesystem: named as nodev."""
+    (nodev_jail / "dev").mkdir()
+    os.mknod(nodev_jail / "dev" / "urandom", stat.S_IFCHR | 0o666, os.makedev(1, 9))
+    result = run("check", "--chroot", str(nodev_jail), "--user", "nobody", "--device", "urandom")
+    assert result.code == 69
+    assert "the filesystem is mounted nodev" in result.error
+
+
+def test_jail_readable_only_by_root_fails_for_nobody(prepared: Path) -> None:
+    """Mode 0700 on the jail: root could read it, the daemon's user cannot."""
+    prepared.chmod(0o700)
+    result = run("check", "--chroot", str(prepared), "--user", "nobody", "--device", "urandom")
+    assert result.code == 69
+    assert "cannot be reached as uid 65534 (EACCES)" in result.error
+
+
+def test_device_appearing_later_is_waited_for(prepared: Path) -> None:
+    """A missing node is transient: when it appears during the wait, check passes."""
+    node = prepared / "dev" / "urandom"
+    node.unlink()
+
+    def create_later() -> None:
+        time.sleep(1.0)
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 9))
+
+    maker = threading.Thread(target=create_later)
+    maker.start()
+    try:
+        result = run("check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "20")
+    finally:
+        maker.join()
+    assert result.code == 0, result.stderr
+    attempts = result.named("check.attempt")
+    assert len(attempts) > 1 and attempts[0]["ok"] is False and attempts[-1]["ok"] is True
+    assert all("attempt" in a and "elapsed_ms" in a for a in attempts)
+
+
+@pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
+def test_getrandom_denied_is_reported_and_devices_become_essential(
+    prepared: Path, seccomp_ready: None, err: str
+) -> None:
+    """getrandom denied: reported as a warning; a prepared jail still passes; a missing device
+    is an error that says getrandom is unusable."""
+    wrap = under_seccomp("deny", err)
+    result = run("check", "--chroot", str(prepared), "--user", "nobody", wrap=wrap)
+    assert result.code == 0, result.stderr
+    seen = findings(result.events)
+    assert f"denied ({err}" in str(seen["getrandom()"]["detail"])
+    assert seen["getrandom()"]["level"] == "warning"
+    (prepared / "dev" / "urandom").unlink()
+    broken = run(
+        "check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "0.3", wrap=wrap
+    )
+    assert broken.code == 69
+    assert "getrandom() is unusable here" in broken.error
+
+
+def test_rng_not_ready_is_waited_for(prepared: Path, seccomp_ready: None) -> None:
+    """getrandom answers EAGAIN for 1.5 s: check retries, logs each attempt, then passes."""
+    wrap = under_seccomp("not-ready", "1.5")
+    result = run(
+        "check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "20", wrap=wrap
+    )
+    assert result.code == 0, result.stderr
+    attempts = result.named("check.attempt")
+    assert len(attempts) >= 3
+    assert "not initialised yet" in str(attempts[0]["reason"])
+
+
+def test_rng_not_ready_longer_than_the_budget_exits_69(prepared: Path, seccomp_ready: None) -> None:
+    """A budget shorter than the delay: exit 69 naming the kernel RNG."""
+    wrap = under_seccomp("not-ready", "30")
+    start = time.monotonic()
+    result = run(
+        "check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "1", wrap=wrap
+    )
+    assert result.code == 69
+    assert "Check kernel RNG still failing after" in result.error
+    assert time.monotonic() - start < 15
+
+
+def test_openssl_reseed_fails_in_empty_jail_without_getrandom(
+    jail: Path, seccomp_ready: None
+) -> None:
+    """getrandom ENOSYS + OpenSSL's seeded marker + no nodes: the reseed fails as in the story."""
+    wrap = under_seccomp("deny", "ENOSYS", "--shm-marker", ipc=True)
+    result = run("check", "--chroot", str(jail), "--user", "nobody", "--timeout", "0.3", wrap=wrap)
+    assert result.code == 69
+    reseed = findings(result.events)["OpenSSL reseed"]
+    assert reseed["ok"] is False
+    assert "error retrieving entropy" in str(reseed["detail"])
+
+
+def test_openssl_reseed_passes_in_prepared_jail_without_getrandom(
+    prepared: Path, seccomp_ready: None
+) -> None:
+    """The same conditions with the nodes in place: OpenSSL reseeds from dev/urandom."""
+    wrap = under_seccomp("deny", "ENOSYS", "--shm-marker", ipc=True)
+    result = run("check", "--chroot", str(prepared), "--user", "nobody", wrap=wrap)
+    assert result.code == 0, result.stderr
+    assert findings(result.events)["OpenSSL reseed"]["ok"] is True
+
+
+def test_healthy_check_never_imports_tenacity(prepared: Path) -> None:
+    """The retry library is only loaded after a failed first attempt."""
+    code = (
+        "import sys; from jailshim.cli import main; "
+        f"rc = main(['check', '--chroot', {str(prepared)!r}, '--user', 'nobody', "
+        "'--log-level', 'error']); "
+        "print(rc, 'tenacity' in sys.modules, 'pyroute2' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["0", "False", "False"], proc.stderr

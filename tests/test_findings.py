@@ -1,0 +1,77 @@
+"""Pure verdicts of the probe: facts in, findings out."""
+
+from __future__ import annotations
+
+import errno
+
+from jailshim.devices import ALLOWLIST
+from jailshim.verify.findings import (
+    DeviceFacts,
+    Finding,
+    judge_device,
+    judge_getrandom,
+    render_table,
+)
+
+URANDOM = ALLOWLIST["urandom"]
+GOOD = DeviceFacts(
+    is_char=True, numbers="1:9", mode=0o666, samples=(bytes(range(64)), bytes(range(1, 65)))
+)
+
+
+def test_good_entropy_device_passes() -> None:
+    """A 1:9 node that gives two different, non-constant reads passes."""
+    assert judge_device(URANDOM, GOOD, 65534, True).ok
+
+
+def test_constant_or_repeated_bytes_fail() -> None:
+    """Zeros, or the same 64 bytes twice, are not randomness."""
+    zeros = DeviceFacts(is_char=True, numbers="1:9", samples=(b"\0" * 64, b"\0" * 64))
+    same = DeviceFacts(is_char=True, numbers="1:9", samples=(bytes(range(64)),) * 2)
+    for facts in (zeros, same):
+        verdict = judge_device(URANDOM, facts, 65534, True)
+        assert not verdict.ok and not verdict.transient
+
+
+def test_missing_is_transient_and_says_getrandom_matters_when_denied() -> None:
+    """ENOENT is worth waiting for; with getrandom unusable the stakes are spelt out."""
+    verdict = judge_device(URANDOM, DeviceFacts(lstat_errno=errno.ENOENT), 65534, False)
+    assert verdict.transient and "getrandom() is unusable" in verdict.detail
+
+
+def test_null_full_behaviour() -> None:
+    """null accepts writes, full answers ENOSPC."""
+    null, full = ALLOWLIST["null"], ALLOWLIST["full"]
+    assert judge_device(
+        null, DeviceFacts(is_char=True, numbers="1:3", write_result="ok"), 0, True
+    ).ok
+    assert judge_device(
+        full, DeviceFacts(is_char=True, numbers="1:7", write_result="ENOSPC"), 0, True
+    ).ok
+    assert not judge_device(
+        full, DeviceFacts(is_char=True, numbers="1:7", write_result="ok"), 0, True
+    ).ok
+
+
+def test_getrandom_verdicts() -> None:
+    """EAGAIN: RNG not ready (transient); ENOSYS/EPERM: unusable (warning); 0: all good."""
+    rng, gr, usable = judge_getrandom(errno.EAGAIN)
+    assert not rng.ok and rng.transient and gr.ok and usable
+    rng, gr, usable = judge_getrandom(errno.ENOSYS)
+    assert rng.ok and gr.warning and not usable
+    rng, gr, usable = judge_getrandom(0)
+    assert rng.ok and gr.ok and not gr.warning and usable
+
+
+def test_table_marks_and_remedies() -> None:
+    """✓ for passes, ! for warnings, ✗ with an arrowed remedy for failures."""
+    text = render_table(
+        [
+            Finding("dev/urandom", True, "fine"),
+            Finding("getrandom()", True, "denied", warning=True),
+            Finding("dev/null", False, "missing", "run prepare"),
+        ]
+    )
+    lines = text.splitlines()
+    assert lines[0].startswith("✓ dev/urandom") and lines[1].startswith("! getrandom()")
+    assert lines[2].startswith("✗ dev/null") and lines[3].strip() == "→ run prepare"
