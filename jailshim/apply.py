@@ -9,6 +9,7 @@ that statvfs did not show) falls down the ladder: mknod -> bind.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import time
@@ -21,7 +22,15 @@ from jailshim.errors import ConfigError, JailshimError, NotPermitted, PrepareOSE
 from jailshim.jail import mounts
 from jailshim.jail.powers import Powers
 from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail
-from jailshim.plan import Action, DeviceStep, Plan, Strategy, describe_errno, refusal_sentence
+from jailshim.plan import (
+    Action,
+    DeviceStep,
+    Plan,
+    SocketStep,
+    Strategy,
+    describe_errno,
+    refusal_sentence,
+)
 from jailshim.state import Kind, Record
 
 __all__ = ["Applied", "apply_plan"]
@@ -44,6 +53,10 @@ class Applied:
         self.created = created
 
 
+def _rmdir(name: str, dir_fd: int) -> None:
+    os.rmdir(name, dir_fd=dir_fd)
+
+
 def _ms(start: float) -> float:
     return round((time.monotonic() - start) * 1000, 3)
 
@@ -61,6 +74,7 @@ class _Run:
         self.undo: list[tuple[str, Callable[[], None]]] = []
         self.records: list[Record] = []
         self.created: list[str] = []
+        self.fds: list[int] = []  # fds the undo steps may still need; closed when apply ends
 
     @property
     def dev(self) -> int:
@@ -74,7 +88,7 @@ class _Run:
     def make_dev_dir(self) -> None:
         os.mkdir("dev", 0o755, dir_fd=self.jail.fd)
         self.undo.append(("rmdir dev", lambda: os.rmdir("dev", dir_fd=self.jail.fd)))
-        self.records.append(Record(Kind.MKDIR, "dev"))
+        self.records.append(Record(Kind.MKDIR, "dev", where=""))
         self.dev_fd = self.jail.open_dir("dev")
         self.log.info("dev.created", path=f"{self.jail.real}/dev")
 
@@ -110,9 +124,11 @@ class _Run:
 
     # -- one device -----------------------------------------------------------------------------
 
-    def displace(self, name: str, found: str) -> None:
+    def displace(
+        self, name: str, found: str, dir_fd: int | None = None, where: str = "dev"
+    ) -> None:
         """Move a wrong entry aside (kept, never deleted: teardown puts it back)."""
-        dev_fd, n = self.dev, 0
+        dev_fd, n = (self.dev if dir_fd is None else dir_fd), 0
         while True:
             aside = f".jailshim-displaced-{name}" + (f".{n}" if n else "")
             try:
@@ -127,8 +143,8 @@ class _Run:
                 lambda: os.rename(aside, name, src_dir_fd=dev_fd, dst_dir_fd=dev_fd),
             )
         )
-        self.records.append(Record(Kind.DISPLACED, name, aside=aside))
-        self.log.warning("device.displaced", device=name, found=found, moved_to=f"dev/{aside}")
+        self.records.append(Record(Kind.DISPLACED, name, aside=aside, where=where))
+        self.log.warning("device.displaced", device=name, found=found, moved_to=f"{where}/{aside}")
 
     def mknod(self, device: Device) -> int:
         """mknod at a temporary name, check it opens, rename into place. 0 or the refusal errno."""
@@ -298,6 +314,68 @@ class _Run:
             refusal_sentence(where, tried, self.powers, self.nodev), device=device.name
         )
 
+    def socket(self, step: SocketStep) -> None:
+        """Bind the host's log socket at the same path in the jail, making dirs on the way."""
+        start, path = time.monotonic(), step.facts.path
+        parent, name = os.path.split(path)
+        where = parent.strip("/")
+        dir_fd, missing = self.jail.walk(where)
+        self.fds.append(dir_fd)
+        made = where[: len(where) - len("/".join(missing))].strip("/")
+        for part in missing:
+            os.mkdir(part, 0o755, dir_fd=dir_fd)
+            self.undo.append((f"rmdir {made}/{part}", functools.partial(_rmdir, part, dir_fd)))
+            self.records.append(Record(Kind.MKDIR, part, where=made))
+            dir_fd = os.open(
+                part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+            self.fds.append(dir_fd)
+            made = f"{made}/{part}".strip("/")
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            self.displace(name, step.reason, dir_fd, where)
+        except FileNotFoundError:
+            pass
+        source = os.open(path, O_PATH_NOFOLLOW)
+        try:
+            if not stat.S_ISSOCK(os.fstat(source).st_mode):
+                raise ConfigError(
+                    f"The host's {path} stopped being a socket; start the log daemon."
+                )
+            os.close(
+                os.open(
+                    name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o444,
+                    dir_fd=dir_fd,
+                )
+            )
+            target = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
+            ino = os.fstat(target).st_ino
+            try:
+                mounts.bind(source, target)
+            except OSError:
+                os.unlink(name, dir_fd=dir_fd)
+                raise
+            finally:
+                os.close(target)
+        finally:
+            os.close(source)
+
+        def undo_socket(d: int = dir_fd) -> None:
+            fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=d)
+            try:
+                mounts.unmount(fd)
+            finally:
+                os.close(fd)
+            os.unlink(name, dir_fd=d)
+
+        self.undo.append((f"unbind {path}", undo_socket))
+        self.records.append(Record(Kind.SOCKET, name, ino=ino, where=where))
+        self.log.info(
+            "log_socket", path=path, strategy="bind", outcome="bound", elapsed_ms=_ms(start)
+        )
+
     def rollback(self) -> None:
         for what, action in reversed(self.undo):
             try:
@@ -319,6 +397,12 @@ def apply_plan(jail: Jail, dev_fd: int | None, plan: Plan, powers: Powers, log: 
         for step in plan.steps:
             if step.action is not Action.NOTHING:
                 run.device(step)
+        for sock in plan.sockets:
+            if sock.action is Action.BIND:
+                run.socket(sock)
+                run.created.append(sock.facts.path)
+            elif sock.reason.startswith("skipped"):
+                log.warning("log_socket", path=sock.facts.path, outcome=sock.reason)
         if run.records:
             state.save(run.dev, state.load(run.dev, f"{jail.real}/dev") + run.records)
     except JailshimError:
@@ -333,4 +417,6 @@ def apply_plan(jail: Jail, dev_fd: int | None, plan: Plan, powers: Powers, log: 
         ) from None
     finally:
         os.umask(old_umask)
+        for fd in run.fds:
+            os.close(fd)
     return Applied(run.dev_fd, run.records, run.created)

@@ -85,6 +85,8 @@ _OPTIONS = (
     _Opt("--allow-writable-jail", "accept a jail writable by non-root users (warns)", switch=True),
     _Opt("--no-repair", "fail instead of replacing a wrong entry at a device's name", switch=True),
     _Opt("--no-verify", "prepare only; skip the in-jail checks", switch=True),
+    _Opt("--no-config-check", "run: skip the daemon's own config check (haproxy -c)", switch=True),
+    _Opt("--kill-group", "with --init, forward signals to the daemon's process group", switch=True),
 )
 
 _COMMANDS = {
@@ -176,23 +178,33 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     return args
 
 
-def _spec_from(args: argparse.Namespace) -> Any:
+def _spec_from(args: argparse.Namespace, **overrides: Any) -> Any:
+    """The Spec for this run; ``overrides`` (from a daemon's config) fill unset flags."""
     from jailshim.devices import DEFAULT_DEVICES, select
     from jailshim.plan import Strategy
     from jailshim.spec import Spec, resolve_identity
 
-    if args.chroot is None:
+    chroot = args.chroot if args.chroot is not None else overrides.get("chroot")
+    if chroot is None:
         raise UsageError(f"jailshim {args.command} needs --chroot DIR (or JAILSHIM_CHROOT).")
+    sockets = tuple(dict.fromkeys([*(args.log_socket or []), *overrides.get("sockets", ())]))
+    for path in sockets:
+        if not path.startswith("/"):
+            raise UsageError(f"--log-socket {path!r} must be an absolute path, such as /dev/log.")
     return Spec(
-        chroot=args.chroot,
+        chroot=chroot,
         devices=select(args.device or DEFAULT_DEVICES),
-        identity=resolve_identity(args.user, args.group),
+        identity=resolve_identity(
+            args.user if args.user is not None else overrides.get("user"),
+            args.group if args.group is not None else overrides.get("group"),
+        ),
         strategy=Strategy(args.strategy or "auto"),
         dry_run=bool(args.dry_run),
         allow_writable_jail=bool(args.allow_writable_jail),
         repair=not args.no_repair,
         verify=not args.no_verify,
         timeout=args.timeout or 30.0,
+        sockets=sockets,
     )
 
 
@@ -215,6 +227,10 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
         log.bind_context(chroot=spec.chroot)
         check(spec, log.get_logger())
         return 0
+    if args.command == "run":
+        from jailshim.run import run
+
+        return run(args, log)
     if args.command == "teardown":
         from jailshim.jail.safepath import Jail
         from jailshim.teardown import teardown

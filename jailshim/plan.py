@@ -26,6 +26,8 @@ __all__ = [
     "DevDir",
     "DeviceStep",
     "Plan",
+    "SocketFacts",
+    "SocketStep",
     "Strategy",
     "Survey",
     "decide",
@@ -60,6 +62,23 @@ class DevDir:
 
 
 @dataclass(frozen=True)
+class SocketFacts:
+    """A host unix socket (a daemon's log target) and what stands at its path in the jail."""
+
+    path: str  # absolute, the same on the host and inside the jail
+    host_problem: str  # "" when the host path is a socket; else what is wrong with it
+    host_id: tuple[int, int]
+    missing_dirs: tuple[str, ...]  # directories to create on the way, deepest last
+    entry: Entry  # at the path in the jail (ABSENT when a directory is missing)
+    entry_id: tuple[int, int]
+    readonly: bool  # the filesystem of the deepest existing directory
+
+    @property
+    def under_dev(self) -> bool:
+        return self.path.startswith("/dev/") and self.path.count("/") == 2
+
+
+@dataclass(frozen=True)
 class Survey:
     """Everything ``decide`` needs to know, gathered by jail/survey.py."""
 
@@ -67,6 +86,7 @@ class Survey:
     dev: DevDir
     entries: dict[str, Entry]
     powers: Powers
+    sockets: tuple[SocketFacts, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,12 +103,20 @@ class DeviceStep:
 
 
 @dataclass(frozen=True)
+class SocketStep:
+    facts: SocketFacts
+    action: Action  # NOTHING or BIND
+    reason: str
+
+
+@dataclass(frozen=True)
 class Plan:
     strategy: Strategy
     make_dev_dir: bool
     mount_tmpfs: bool
     steps: tuple[DeviceStep, ...]
     nodev: bool = False  # the nodes would land on a nodev filesystem
+    sockets: tuple[SocketStep, ...] = ()
 
     @property
     def changes_anything(self) -> bool:
@@ -108,6 +136,8 @@ class Plan:
         for s in self.steps:
             what = f"dev/{s.device.name:<8} {s.device.numbers:<5} {s.action:<8}"
             lines.append(f"{what} found {s.found.describe()}: {s.reason}")
+        for sock in self.sockets:
+            lines.append(f"{sock.facts.path:<20} {sock.action:<8} {sock.reason}")
         return "\n".join(lines)
 
 
@@ -193,14 +223,17 @@ def decide(
     apply.py then reports what the kernel really answered (exit 77), having changed nothing.
     """
     dev = survey.dev
+    sockets = _socket_steps(survey, dev_gets_tmpfs=False)
     wrong = [
         (d, survey.entries[d.name]) for d in devices if not is_right(d, survey.entries[d.name])
     ]
-    if not wrong:  # idempotent: a right jail is left alone, whatever the strategy
+    dev_writes = any(s.action is Action.BIND and s.facts.under_dev for s in sockets)
+    if not wrong and not (dev_writes and dev.readonly and not dev.ours_tmpfs):
+        # idempotent: a right jail is left alone, whatever the strategy
         steps = tuple(
             DeviceStep(d, Action.NOTHING, survey.entries[d.name], "already right") for d in devices
         )
-        return Plan(strategy, False, False, steps)
+        return Plan(strategy, False, False, steps, sockets=sockets)
 
     doubt = missing_powers(survey.powers, dev.nodev)
     mount_tmpfs = strategy is Strategy.TMPFS and not dev.ours_tmpfs
@@ -224,7 +257,8 @@ def decide(
         steps = tuple(
             DeviceStep(d, Action.BIND, Entry(d.name, EntryKind.ABSENT), reason) for d in devices
         )
-        return Plan(strategy, False, True, steps)
+        sockets = _socket_steps(survey, dev_gets_tmpfs=True)
+        return Plan(strategy, False, True, steps, sockets=sockets)
 
     _refuse_unrepairable(survey, wrong, repair)
     mknod_works = survey.powers.can_mknod and not dev.nodev
@@ -248,7 +282,37 @@ def decide(
         if entry.kind is not EntryKind.ABSENT:
             reason += f"; replacing {entry.describe()}"
         steps_list.append(DeviceStep(d, action, entry, reason))
-    return Plan(strategy, not dev.exists, False, tuple(steps_list), nodev=dev.nodev)
+    return Plan(
+        strategy, not dev.exists, False, tuple(steps_list), nodev=dev.nodev, sockets=sockets
+    )
+
+
+def _socket_steps(survey: Survey, *, dev_gets_tmpfs: bool) -> tuple[SocketStep, ...]:
+    """Bind each host log socket at the same path in the jail, unless it already is there."""
+    steps = []
+    for facts in survey.sockets:
+        hidden = dev_gets_tmpfs and facts.under_dev  # the new tmpfs hides what was there
+        if facts.host_problem:
+            steps.append(SocketStep(facts, Action.NOTHING, f"skipped: {facts.host_problem}"))
+        elif not hidden and facts.entry_id == facts.host_id:
+            steps.append(SocketStep(facts, Action.NOTHING, "already bound"))
+        else:
+            if facts.readonly and not facts.under_dev:
+                raise ConfigError(
+                    f"{survey.jail}{facts.path} is on a read-only filesystem, so the log socket "
+                    f"cannot be bound there; ship an empty file at {facts.path} in the jail "
+                    "image, or log to /dev/log.",
+                )
+            if not hidden and facts.entry.kind is EntryKind.DIRECTORY:
+                raise ConfigError(
+                    f"{survey.jail}{facts.path} is a directory, not a place for the log socket; "
+                    "remove it.",
+                )
+            reason = f"bind the host's socket {facts.path}"
+            if not hidden and facts.entry.kind is not EntryKind.ABSENT:
+                reason += f"; replacing {facts.entry.describe()}"
+            steps.append(SocketStep(facts, Action.BIND, reason))
+    return tuple(steps)
 
 
 def describe_errno(err: int) -> str:

@@ -28,7 +28,7 @@ def prepare(spec: Spec, log: Any) -> Plan:
                 log.warning("jail.writable", detail=warning)
             table = read_mount_table()
             powers = survey_powers()
-            facts = survey(jail, dev_fd, spec.devices, table, powers)
+            facts = survey(jail, dev_fd, spec.devices, table, powers, sockets=spec.sockets)
             plan = decide(facts, spec.devices, spec.strategy, repair=spec.repair)
             if spec.dry_run:
                 sys.stdout.write(plan.render() + "\n")

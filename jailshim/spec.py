@@ -71,3 +71,4 @@ class Spec:
     repair: bool = True
     verify: bool = True
     timeout: float = 30.0
+    sockets: tuple[str, ...] = ()  # host unix sockets to bind at the same path in the jail

@@ -26,11 +26,12 @@ _VERSION = 1
 
 
 class Kind(StrEnum):
-    MKDIR = "mkdir"  # created jail/dev
+    MKDIR = "mkdir"  # created the directory `name` in `where`
     TMPFS = "tmpfs"  # mounted a tmpfs over jail/dev
     DISPLACED = "displaced"  # moved a wrong entry aside to `aside`
     MKNOD = "mknod"  # created a node
     BIND = "bind"  # created a placeholder (inode `ino`) and bound the host's node onto it
+    SOCKET = "socket"  # the same, for a host log socket (`where` is its directory)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Record:
     ino: int = 0
     rdev: int = 0
     aside: str = ""
+    where: str = "dev"  # the directory holding `name`, relative to the jail ("" is the jail)
 
 
 def _read_text(dev_fd: int) -> str | None:
@@ -61,7 +63,14 @@ def load(dev_fd: int | None, where: str) -> list[Record]:
             return []
         data = json.loads(text)
         return [
-            Record(Kind(r["kind"]), str(r["name"]), int(r["ino"]), int(r["rdev"]), str(r["aside"]))
+            Record(
+                Kind(r["kind"]),
+                str(r["name"]),
+                int(r["ino"]),
+                int(r["rdev"]),
+                str(r["aside"]),
+                str(r.get("where", "dev")),
+            )
             for r in data["records"]
         ]
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -24,9 +24,20 @@ def _lstat(dev_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _undo(jail: Jail, dev_fd: int, record: Record, table: mounts.MountTable) -> str:
+def _undo(jail: Jail, record: Record, table: mounts.MountTable) -> str:
     """Undo one record; returns what was done, or why it was left."""
-    name, dev_path = record.name, f"{jail.real}/dev"
+    dir_fd = jail.open_dir(record.where) if record.where else os.dup(jail.fd)
+    if dir_fd is None:
+        return f"left: {record.where}/ is gone"
+    try:
+        return _undo_in(jail, dir_fd, record, table)
+    finally:
+        os.close(dir_fd)
+
+
+def _undo_in(jail: Jail, dev_fd: int, record: Record, table: mounts.MountTable) -> str:
+    name = record.name
+    dev_path = f"{jail.real}/{record.where}".rstrip("/")
     if record.kind is Kind.MKNOD:
         st = _lstat(dev_fd, name)
         if (
@@ -37,7 +48,7 @@ def _undo(jail: Jail, dev_fd: int, record: Record, table: mounts.MountTable) -> 
             return "left: changed since prepare"
         os.unlink(name, dir_fd=dev_fd)
         return "removed node"
-    if record.kind is Kind.BIND:
+    if record.kind in (Kind.BIND, Kind.SOCKET):
         if table.at(f"{dev_path}/{name}") is not None:
             fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=dev_fd)
             try:
@@ -55,17 +66,21 @@ def _undo(jail: Jail, dev_fd: int, record: Record, table: mounts.MountTable) -> 
         os.rename(record.aside, name, src_dir_fd=dev_fd, dst_dir_fd=dev_fd)
         return f"restored from dev/{record.aside}"
     if record.kind is Kind.TMPFS:
-        entry = table.at(dev_path)
+        entry = table.at(f"{jail.real}/dev")
         if entry is None or entry.fstype != "tmpfs" or entry.source != state.TMPFS_SOURCE:
             return "left: no jailshim tmpfs on dev/"
-        mounts.unmount(dev_fd)
+        fd = os.open("dev", O_PATH_NOFOLLOW, dir_fd=jail.fd)
+        try:
+            mounts.unmount(fd)
+        finally:
+            os.close(fd)
         return "unmounted tmpfs"
     # Kind.MKDIR
     try:
-        os.rmdir("dev", dir_fd=jail.fd)
+        os.rmdir(name, dir_fd=dev_fd)
     except OSError as exc:
-        return f"left dev/: {exc.strerror}"
-    return "removed dev/"
+        return f"left {record.where}/{name}/: {exc.strerror}".replace("//", "/")
+    return f"removed {record.where}/{name}/".lstrip("/")
 
 
 def teardown(jail: Jail, log: Any) -> int:
@@ -84,7 +99,7 @@ def teardown(jail: Jail, log: Any) -> int:
         state.remove(dev_fd)
         for done, record in enumerate(reversed(records)):
             try:
-                outcome = _undo(jail, dev_fd, record, table)
+                outcome = _undo(jail, record, table)
             except OSError as exc:
                 remaining = records[: len(records) - done]
                 with contextlib.suppress(OSError):
@@ -97,7 +112,7 @@ def teardown(jail: Jail, log: Any) -> int:
             log.info("teardown", kind=str(record.kind), device=record.name, outcome=outcome)
             if record.kind is Kind.TMPFS:  # what was below the tmpfs is dev/ from now on
                 os.close(dev_fd)
-                dev_fd = jail.open_dir("dev") or os.open("/", O_PATH_NOFOLLOW)
+                dev_fd = jail.open_dir("dev") or os.dup(jail.fd)
         return len(records)
     finally:
         os.close(dev_fd)

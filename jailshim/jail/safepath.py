@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
+from typing import NoReturn
 
 from jailshim.errors import ConfigError, UsageError
 from jailshim.jail.mounts import MountTable
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_NOFOLLOW = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_TRIAL = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -187,28 +189,52 @@ class Jail:
         self.close()
 
     def open_dir(self, name: str) -> int | None:
-        """An O_PATH fd on the directory ``name`` in the jail, or None when nothing is there.
+        """An O_PATH fd on the directory ``name`` (may contain /) in the jail, or None when
+        some component is missing.
 
-        A symlink or anything else at that name is a configuration error: jail/dev -> /dev
+        A symlink or anything else at a component is a configuration error: jail/dev -> /dev
         would put the host's own /dev in reach of every later step.
         """
-        try:
-            return os.open(
-                name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd
-            )
-        except FileNotFoundError:
+        fd, missing = self.walk(name)
+        if missing:
+            os.close(fd)
             return None
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-        st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        return fd
+
+    def walk(self, relative: str) -> tuple[int, list[str]]:
+        """Walk ``relative`` (a/b/c) down from the jail without following any symlink.
+
+        Returns an O_PATH fd on the deepest directory that exists and the names still missing
+        below it (empty when the whole path exists). The caller closes the fd.
+        """
+        parts = [p for p in relative.split("/") if p and p != "."]
+        if ".." in parts:
+            raise ConfigError(f"{relative!r} climbs out of the jail with '..'; give a plain path.")
+        fd = os.dup(self.fd)
+        for i, part in enumerate(parts):
+            try:
+                nxt = os.open(part, _DIR_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                return fd, parts[i:]
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    os.close(fd)
+                    raise
+                self._refuse_non_directory(fd, part, "/".join([self.real, *parts[:i], part]))
+            os.close(fd)
+            fd = nxt
+        return fd, []
+
+    def _refuse_non_directory(self, dir_fd: int, name: str, where: str) -> NoReturn:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         found = (
-            f"a symlink to {os.readlink(name, dir_fd=self.fd)}"
+            f"a symlink to {os.readlink(name, dir_fd=dir_fd)}"
             if stat.S_ISLNK(st.st_mode)
             else str(_kind(st.st_mode))
         )
+        os.close(dir_fd)
         raise ConfigError(
-            f"{self.real}/{name} is {found}, not a directory; jailshim never follows symlinks "
-            f"inside a jail: replace it with a real directory.",
+            f"{where} is {found}, not a directory; jailshim never follows symlinks "
+            "inside a jail: replace it with a real directory.",
             chroot=self.path,
         )

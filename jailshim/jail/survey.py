@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from jailshim.devices import Device
 from jailshim.errors import ConfigError
 from jailshim.jail.mounts import MountTable
 from jailshim.jail.powers import Powers
 from jailshim.jail.safepath import Entry, EntryKind, Jail, inspect_entry, writable_by_non_root
-from jailshim.plan import DevDir, Survey
+from jailshim.plan import DevDir, SocketFacts, Survey
 from jailshim.state import TMPFS_SOURCE
 
 __all__ = ["check_ownership", "survey"]
@@ -38,8 +39,53 @@ def check_ownership(jail: Jail, dev_fd: int | None, *, allow_writable: bool) -> 
     return [f"writable by a non-root user: {w}" for w in found]
 
 
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def survey_socket(jail: Jail, path: str, mounts: MountTable) -> SocketFacts:
+    """The host socket at ``path`` and what stands at the same path inside the jail."""
+    host_problem, host_id = "", (0, 0)
+    try:
+        st = os.stat(path)
+        host_id = _identity(st)
+        if not stat.S_ISSOCK(st.st_mode):
+            host_problem = f"the host's {path} is not a socket, logs will be lost"
+    except OSError as exc:
+        host_problem = f"the host's {path} does not exist ({exc.strerror}), logs will be lost"
+    parent, name = os.path.split(path.rstrip("/"))
+    fd, missing = jail.walk(parent)
+    try:
+        readonly = bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
+        if missing:
+            entry, entry_id = Entry(name, EntryKind.ABSENT), (0, 0)
+        else:
+            where = jail.real + (parent if parent != "/" else "")
+            entry = inspect_entry(fd, where, name, mounts)
+            entry_id = (0, 0)
+            if entry.kind is not EntryKind.ABSENT:
+                entry_id = _identity(os.stat(name, dir_fd=fd, follow_symlinks=False))
+    finally:
+        os.close(fd)
+    return SocketFacts(
+        path=path,
+        host_problem=host_problem,
+        host_id=host_id,
+        missing_dirs=tuple(missing),
+        entry=entry,
+        entry_id=entry_id,
+        readonly=readonly,
+    )
+
+
 def survey(
-    jail: Jail, dev_fd: int | None, devices: tuple[Device, ...], mounts: MountTable, powers: Powers
+    jail: Jail,
+    dev_fd: int | None,
+    devices: tuple[Device, ...],
+    mounts: MountTable,
+    powers: Powers,
+    *,
+    sockets: tuple[str, ...] = (),
 ) -> Survey:
     fs_fd = dev_fd if dev_fd is not None else jail.fd
     flags = os.fstatvfs(fs_fd).f_flag
@@ -61,4 +107,10 @@ def survey(
         )
         for d in devices
     }
-    return Survey(jail=jail.real, dev=dev, entries=entries, powers=powers)
+    return Survey(
+        jail=jail.real,
+        dev=dev,
+        entries=entries,
+        powers=powers,
+        sockets=tuple(survey_socket(jail, path, mounts) for path in sockets),
+    )

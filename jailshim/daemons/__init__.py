@@ -1,0 +1,1 @@
+"""Daemon adapters: read what a daemon's own configuration says about its jail."""

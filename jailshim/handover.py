@@ -1,0 +1,92 @@
+"""Hand the process over to the daemon: exec it, or exec the lean supervisor (--init)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+from typing import Any, NoReturn
+
+from jailshim.errors import CommandNotExecutable, CommandNotFound
+
+__all__ = ["clean_environment", "exec_command", "other_init", "supervise"]
+
+# PID-1 programs that already reap zombies: running `--init` under them doubles the init.
+_REAPING_INITS = {
+    "tini",
+    "dumb-init",
+    "docker-init",
+    "catatonit",
+    "s6-svscan",
+    "runit",
+    "systemd",
+    "init",
+    "podman-init",
+}
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def clean_environment() -> dict[str, str]:
+    """The environment for the daemon: everything but jailshim's own JAILSHIM_* variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("JAILSHIM_")}
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def exec_command(binary: str, argv: list[str], log: Any) -> NoReturn:
+    """Replace jailshim with the daemon (same PID, argv and environment less JAILSHIM_*)."""
+    log.info("handover", mode="exec", command=argv)
+    _flush()
+    try:
+        os.execve(binary, argv, clean_environment())
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise CommandNotFound(
+                f"{argv[0]}: command not found at exec time ({binary})."
+            ) from None
+        raise CommandNotExecutable(
+            f"{binary} could not be executed ({exc.strerror}); check its mode, its interpreter "
+            "line and the mount's noexec."
+        ) from None
+
+
+def other_init() -> str | None:
+    """The name of a reaping init that is PID 1 when we are not (None otherwise)."""
+    if os.getpid() == 1:
+        return None
+    try:
+        with open("/proc/1/comm", encoding="utf-8") as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    return name if name in _REAPING_INITS else None
+
+
+def supervise(argv: list[str], *, kill_group: bool, log: Any) -> NoReturn:
+    """Become the lean supervisor: a fresh interpreter that imports nothing heavy."""
+    if (name := other_init()) is not None:
+        log.warning(
+            "init.double",
+            pid1=name,
+            detail=f"PID 1 is {name}, which already reaps zombies; --init adds a second init. "
+            "Drop --init (or the other init) unless you need jailshim's signal forwarding.",
+        )
+    if os.getpid() != 1:
+        # Orphans of the daemon are re-parented to us, not to the real PID 1, so we can reap
+        # them. The attribute survives the exec below.
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    from jailshim import supervisor
+
+    flags = ["--kill-group"] if kill_group else []
+    lean = [sys.executable, "-S", "-E", supervisor.__file__, *flags, "--", *argv]
+    log.info("handover", mode="init", command=argv, kill_group=kill_group)
+    _flush()
+    os.execve(sys.executable, lean, clean_environment())

@@ -1,0 +1,105 @@
+"""`jailshim run -- COMMAND`: read the daemon's config, prepare, verify, check it, hand over."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from jailshim.errors import CommandNotExecutable, CommandNotFound, ConfigError, UsageError
+
+__all__ = ["resolve_command", "run"]
+
+
+def resolve_command(argv: list[str]) -> str:
+    """The executable COMMAND names; fails before anything is prepared if it cannot run."""
+    name = argv[0]
+    path = name if "/" in name else shutil.which(name)
+    if path is None or not os.path.exists(path):
+        raise CommandNotFound(f"{name}: command not found; install it or give its full path.")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise CommandNotExecutable(
+            f"{path} is not executable; check its mode and the mount's noexec."
+        )
+    return path
+
+
+def haproxy_check(binary: str, files: tuple[str, ...]) -> None:
+    """Run `haproxy -c` on the same files; a rejection is a config error with haproxy's words."""
+    argv = [binary, "-c"]
+    for f in files:
+        argv += ["-f", f]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(
+            f"`haproxy -c` could not run ({exc}); check the haproxy binary."
+        ) from None
+    if proc.returncode == 0:
+        return
+    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    alerts = [ln.split(":", 1)[1].strip() if ":" in ln else ln for ln in lines if "[ALERT]" in ln]
+    said = " | ".join(alerts) or (lines[-1] if lines else f"exit status {proc.returncode}")
+    raise ConfigError(
+        f"haproxy rejected its configuration (haproxy -c, exit {proc.returncode}): {said}",
+        haproxy_output=lines[-20:],
+    )
+
+
+def run(args: argparse.Namespace, log: Any) -> int:
+    from jailshim import cli, handover
+    from jailshim.daemons import haproxy
+
+    argv: list[str] = list(args.argv or [])
+    if not argv:
+        raise UsageError(
+            "jailshim run needs the daemon's command after --, such as "
+            "`jailshim run -- haproxy -f /etc/haproxy/haproxy.cfg`."
+        )
+    binary = resolve_command(argv)
+    logger = log.get_logger()
+    overrides: dict[str, Any] = {}
+    config = None
+    if args.haproxy_config or haproxy.is_haproxy(argv):
+        cfg_argv = ["haproxy", "-f", args.haproxy_config] if args.haproxy_config else argv
+        config = haproxy.read_config(haproxy.config_files(cfg_argv))
+        for note in config.notes:
+            logger.warning("haproxy.config", note=note)
+        overrides = {
+            "chroot": config.chroot,
+            "user": config.user,
+            "group": config.group,
+            "sockets": config.log_sockets,
+        }
+        logger.info(
+            "haproxy.config",
+            files=list(config.files),
+            chroot=config.chroot,
+            user=config.user,
+            group=config.group,
+            log_sockets=list(config.log_sockets),
+        )
+        if not args.no_config_check:
+            haproxy_check(binary if haproxy.is_haproxy(argv) else "haproxy", config.files)
+    if args.chroot is None and overrides.get("chroot") is None:
+        logger.warning(
+            "no_jail",
+            detail="no --chroot and no chroot in the daemon's config: nothing to prepare",
+        )
+    else:
+        from jailshim.check import check
+        from jailshim.prepare import prepare
+
+        spec = cli._spec_from(args, **overrides)
+        log.bind_context(chroot=spec.chroot)
+        prepare(spec, logger)
+        if spec.verify and not spec.dry_run:
+            check(spec, logger)
+    if args.dry_run:
+        return 0
+    if args.init:
+        handover.supervise(argv, kill_group=bool(args.kill_group), log=logger)
+    handover.exec_command(binary, argv, logger)
+    return 0  # not reached: exec replaced this process
