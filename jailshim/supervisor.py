@@ -2,7 +2,9 @@
 
 Run as a script by a fresh interpreter (`python -S -E supervisor.py [--kill-group] -- CMD...`)
 after jailshim has prepared and verified the jail, so that while the daemon runs, this process
-holds only what a bare interpreter holds. It imports os, signal, sys and json, nothing else.
+holds only what a bare interpreter holds. It imports os, sys, time and the C halves of signal
+and json (_signal, _json): the Python `signal` and `json` modules pull in enum and re, which
+cost 1.6 MB of resident memory for every container, for nothing we use.
 
 Why: a daemon that is not written to be PID 1 ignores SIGTERM (no default action for PID 1)
 and never reaps the orphans re-parented to it, which pile up as zombies (the reasons tini and
@@ -11,9 +13,9 @@ dumb-init exist).
 
 from __future__ import annotations
 
-import json
+import _json
+import _signal as signal  # the C module: no enum import
 import os
-import signal
 import sys
 import time
 
@@ -29,10 +31,22 @@ FORWARDED = (
 )
 
 
+def _json_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_json_value(v) for v in value) + "]"
+    return str(_json.encode_basestring_ascii(str(value)))
+
+
 def _log(level: str, event: str, **facts: object) -> None:
+    """One JSON line on stderr, in the same shape as jailshim's structlog events."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     line = {"timestamp": stamp, "level": level, "event": event, **facts}
-    os.write(2, (json.dumps(line) + "\n").encode())
+    body = ", ".join(f"{_json_value(k)}: {_json_value(v)}" for k, v in line.items())
+    os.write(2, ("{" + body + "}\n").encode())
 
 
 def _spawn(cmd: list[str]) -> int:

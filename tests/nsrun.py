@@ -9,8 +9,10 @@ child unshares, the parent writes uid_map/gid_map, the child execs. Used only by
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -47,6 +49,14 @@ def main(argv: list[str]) -> int:
         with open(f"/proc/{pid}/{name}", "w", encoding="ascii") as f:
             f.write("0 0 65536\n")
     os.write(go_w, b"1")
+
+    def forward(signum: int, _frame: object) -> None:
+        # Tests stop the namespace by signalling us; the command inside must hear it too.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, forward)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 

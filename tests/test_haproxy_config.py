@@ -1,0 +1,177 @@
+"""The haproxy adapter: which files haproxy reads, how it splits lines, what global says."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jailshim.daemons.haproxy import config_files, parse_config, read_config, split_line
+from jailshim.errors import ConfigError
+
+
+def test_files_in_command_line_order_with_directories(tmp_path: Path) -> None:
+    """-f files and dirs, then --: dirs give non-hidden regular *.cfg files in C byte order."""
+    d = tmp_path / "conf.d"
+    d.mkdir()
+    for name in ("b.cfg", "A.cfg", ".hidden.cfg", "notes.txt", "a.cfg"):
+        (d / name).write_text("global\n")
+    (d / "sub.cfg").mkdir()
+    (d / "link.cfg").symlink_to(d / "a.cfg")
+    (tmp_path / "main.cfg").write_text("global\n")
+    (tmp_path / "last.cfg").write_text("global\n")
+    argv = ["haproxy", "-db", "-f", str(tmp_path / "main.cfg"), "-p", "/run/x.pid", "-f", str(d)]
+    argv += ["-sf", "12", "13", "--", str(tmp_path / "last.cfg")]
+    names = [os.path.relpath(p, tmp_path) for p in config_files(argv)]
+    assert names == [
+        "main.cfg",
+        "conf.d/A.cfg",
+        "conf.d/a.cfg",
+        "conf.d/b.cfg",
+        "conf.d/link.cfg",
+        "last.cfg",
+    ]
+
+
+def test_relative_files_follow_dash_c(tmp_path: Path) -> None:
+    """-C DIR: relative -f paths are read from DIR, as haproxy chdirs first."""
+    (tmp_path / "h.cfg").write_text("global\n")
+    assert config_files(["haproxy", "-C", str(tmp_path), "-f", "h.cfg"]) == [
+        str(tmp_path / "h.cfg")
+    ]
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """A -f that does not exist: 78 naming it."""
+    with pytest.raises(ConfigError, match=r"nope\.cfg cannot be read"):
+        config_files(["haproxy", "-f", str(tmp_path / "nope.cfg")])
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("  chroot /var/lib/haproxy  # the jail", ["chroot", "/var/lib/haproxy"]),
+        ("log-format \"%{+Q}o %t\"' %s'\\ %{-Q}r", ["log-format", "%{+Q}o %t %s %{-Q}r"]),
+        ("a\\ b \\#c \\x41 \\\\", ["a b", "#c", "A", "\\"]),
+        ("chroot /t\\qmp\\", ["chroot", "/t\\qmp\\"]),  # unknown escapes stay as written
+        ("chroot '$HOME'", ["chroot", "$HOME"]),  # no expansion in strong quotes
+        ('chroot "${JAIL}/x" "$JAIL"', ["chroot", "/srv/j/x", "/srv/j"]),
+        ('user "" # empty word', ["user", ""]),
+        ("#only a comment", []),
+    ],
+)
+def test_split_line_follows_haproxy(line: str, words: list[str]) -> None:
+    """Quoting, escapes, comments and variables as configuration.txt section 2.2 says."""
+    assert split_line(line, {"JAIL": "/srv/j", "HOME": "/root"}) == words
+
+
+def test_global_values_logs_and_binds() -> None:
+    """chroot/user/uid/group/gid from global; unix log targets anywhere; binds of proxies."""
+    cfg = parse_config(
+        [
+            (
+                "a.cfg",
+                "global\n  chroot /srv/jail\n  uid 99\n  group haproxy\n  log /dev/log local0\n"
+                "  log 127.0.0.1:514 local1\n  log unix@/run/log.sock local2\n",
+            ),
+            (
+                "b.cfg",
+                "defaults\n  log /dev/log local0\nfrontend f\n  bind 127.0.0.1:443 ssl crt x\n"
+                "backend b\n  bind 1.2.3.4:1\nlisten l\n  bind [::1]:8443\n",
+            ),
+        ],
+        {},
+    )
+    assert (cfg.chroot, cfg.user, cfg.group) == ("/srv/jail", "99", "haproxy")
+    assert cfg.log_sockets == ("/dev/log", "/run/log.sock")
+    assert [(b.address, b.where) for b in cfg.binds] == [
+        ("127.0.0.1:443", "b.cfg:4"),
+        ("[::1]:8443", "b.cfg:8"),
+    ]
+
+
+def test_unsplittable_line_is_located() -> None:
+    """An unterminated quote is a config error naming file and line."""
+    with pytest.raises(ConfigError, match=r"h.cfg:3: unterminated"):
+        parse_config([("h.cfg", 'global\n  user x\n  chroot "/srv\n')], {})
+
+
+def test_conditional_blocks_are_noted() -> None:
+    """A jail setting inside .if is read, with a note that haproxy decides the condition."""
+    cfg = parse_config([("h.cfg", "global\n.if defined(X)\n  chroot /a\n.endif\n")], {})
+    assert cfg.chroot == "/a" and "h.cfg:3" in cfg.notes[0]
+
+
+def test_read_config_reads_files(tmp_path: Path) -> None:
+    """read_config reads the files it is given, in order (later values win)."""
+    (tmp_path / "1.cfg").write_text("global\n  chroot /one\n")
+    (tmp_path / "2.cfg").write_text("global\n  chroot /two\n")
+    cfg = read_config([str(tmp_path / "1.cfg"), str(tmp_path / "2.cfg")], {})
+    assert cfg.chroot == "/two"
+
+
+KEYWORDS = [
+    "global",
+    "defaults",
+    "frontend f",
+    "chroot",
+    "user",
+    "group",
+    "uid",
+    "gid",
+    "log",
+    "bind",
+    ".if",
+    ".endif",
+    "backend b",
+    "listen l",
+    "#",
+]
+PIECES = st.sampled_from(
+    [
+        *KEYWORDS,
+        " ",
+        "\t",
+        '"',
+        "'",
+        "\\",
+        "\\x4",
+        "\\x41",
+        "$",
+        "${A}",
+        "${",
+        "/dev/log",
+        "unix@",
+        "127.0.0.1:80",
+        "é",
+        "\x00",
+        "#x",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(PIECES, max_size=8).map("".join), max_size=12))
+def test_mangled_configs_never_crash(lines: list[str]) -> None:
+    """Any generated or mangled config: a result, or a ConfigError located at file:line."""
+    try:
+        cfg = parse_config([("gen.cfg", "\n".join(lines))], {"A": "x"})
+    except ConfigError as exc:
+        assert exc.sentence.startswith("haproxy configuration gen.cfg:")
+        assert exc.facts["line"] >= 1  # type: ignore[operator]
+    else:
+        assert cfg.files == ("gen.cfg",)
+
+
+SAFE_WORD = st.text(st.characters(blacklist_characters="'\n\r\x00"), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(SAFE_WORD, min_size=1, max_size=6))
+def test_strongly_quoted_words_round_trip(words: list[str]) -> None:
+    """Each word wrapped in single quotes comes back exactly (strong quoting)."""
+    line = " ".join(f"'{w}'" for w in words)
+    assert split_line(line, {}) == words
