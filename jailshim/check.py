@@ -9,19 +9,15 @@ from jailshim.errors import CheckFailed
 from jailshim.jail.safepath import Jail
 from jailshim.spec import Spec
 from jailshim.verify.findings import Finding, render_table
+from jailshim.verify.network import WaitTarget
 from jailshim.verify.probe import run_probe
-from jailshim.verify.retry import verify_with_retries
+from jailshim.verify.retry import Outcome, verify_with_retries
 
-__all__ = ["check"]
+__all__ = ["check", "report"]
 
 
-def check(spec: Spec, log: Any, *, table: bool | None = None) -> list[Finding]:
-    """Run the probe with retries, report every finding; raise CheckFailed unless all pass."""
-    with Jail(spec.chroot) as jail:
-        path = jail.real
-    outcome = verify_with_retries(
-        lambda: run_probe(path, spec.identity, spec.devices), spec.timeout, log
-    )
+def report(outcome: Outcome, log: Any, *, table: bool | None = None) -> list[Finding]:
+    """Log every finding (and print the table on a TTY); raise CheckFailed unless all pass."""
     for f in outcome.findings:
         level = 20 if f.ok and not f.warning else 30 if f.ok else 40
         remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
@@ -39,3 +35,29 @@ def check(spec: Spec, log: Any, *, table: bool | None = None) -> list[Finding]:
         elapsed_ms=round(outcome.elapsed * 1000, 1),
     )
     return outcome.findings
+
+
+def check(
+    spec: Spec | None,
+    log: Any,
+    *,
+    targets: tuple[WaitTarget, ...] = (),
+    ensure_loopback: bool = False,
+    timeout: float = 30.0,
+) -> list[Finding]:
+    """The jail probe (when there is a jail) and network readiness, retried, then reported."""
+    path = None
+    if spec is not None:
+        with Jail(spec.chroot) as jail:
+            path = jail.real
+        targets, ensure_loopback, timeout = spec.wait_targets, spec.ensure_loopback, spec.timeout
+
+    def attempt() -> list[Finding]:
+        findings = run_probe(path, spec.identity, spec.devices) if spec and path else []
+        if targets:
+            from jailshim.verify.network import network_findings
+
+            findings += network_findings(list(targets), ensure_loopback, log)
+        return findings
+
+    return report(verify_with_retries(attempt, timeout, log), log)

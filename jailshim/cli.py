@@ -87,6 +87,7 @@ _OPTIONS = (
     _Opt("--no-verify", "prepare only; skip the in-jail checks", switch=True),
     _Opt("--no-config-check", "run: skip the daemon's own config check (haproxy -c)", switch=True),
     _Opt("--kill-group", "with --init, forward signals to the daemon's process group", switch=True),
+    _Opt("--ensure-loopback", "bring lo up when it is down (fresh network namespace)", switch=True),
 )
 
 _COMMANDS = {
@@ -188,6 +189,7 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Any:
     if chroot is None:
         raise UsageError(f"jailshim {args.command} needs --chroot DIR (or JAILSHIM_CHROOT).")
     sockets = tuple(dict.fromkeys([*(args.log_socket or []), *overrides.get("sockets", ())]))
+    targets = _targets(args, overrides.get("targets", ()))
     for path in sockets:
         if not path.startswith("/"):
             raise UsageError(f"--log-socket {path!r} must be an absolute path, such as /dev/log.")
@@ -205,7 +207,19 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Any:
         verify=not args.no_verify,
         timeout=args.timeout or 30.0,
         sockets=sockets,
+        wait_targets=targets,
+        ensure_loopback=bool(args.ensure_loopback),
     )
+
+
+def _targets(args: argparse.Namespace, from_config: Any = ()) -> Any:
+    """--wait-addr values, then the daemon's own bind addresses, without repeats."""
+    from jailshim.verify.network import parse_wait_addr
+
+    targets: dict[str, Any] = {}
+    for target in [*(parse_wait_addr(a) for a in args.wait_addr or []), *from_config]:
+        targets.setdefault(target.ip, target)
+    return tuple(targets.values())
 
 
 def _dispatch(args: argparse.Namespace, log: Any) -> int:
@@ -223,6 +237,15 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
     if args.command == "check":
         from jailshim.check import check
 
+        if args.chroot is None and args.wait_addr:  # network readiness only
+            check(
+                None,
+                log.get_logger(),
+                targets=_targets(args),
+                ensure_loopback=bool(args.ensure_loopback),
+                timeout=args.timeout or 30.0,
+            )
+            return 0
         spec = _spec_from(args)
         log.bind_context(chroot=spec.chroot)
         check(spec, log.get_logger())

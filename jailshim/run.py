@@ -67,11 +67,17 @@ def run(args: argparse.Namespace, log: Any) -> int:
         config = haproxy.read_config(haproxy.config_files(cfg_argv))
         for note in config.notes:
             logger.warning("haproxy.config", note=note)
+        from jailshim.verify.network import haproxy_targets
+
+        targets, notes = haproxy_targets(config.binds)
+        for note in notes:
+            logger.warning("haproxy.config", note=note)
         overrides = {
             "chroot": config.chroot,
             "user": config.user,
             "group": config.group,
             "sockets": config.log_sockets,
+            "targets": targets,
         }
         logger.info(
             "haproxy.config",
@@ -88,6 +94,17 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "no_jail",
             detail="no --chroot and no chroot in the daemon's config: nothing to prepare",
         )
+        targets = cli._targets(args, overrides.get("targets", ()))
+        if targets and not args.no_verify and not args.dry_run:
+            from jailshim.check import check
+
+            check(
+                None,
+                logger,
+                targets=targets,
+                ensure_loopback=bool(args.ensure_loopback),
+                timeout=args.timeout or 30.0,
+            )
     else:
         from jailshim.check import check
         from jailshim.prepare import prepare

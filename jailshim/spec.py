@@ -8,10 +8,14 @@ from __future__ import annotations
 import grp
 import pwd
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from jailshim.devices import DEFAULT_DEVICES, Device, select
 from jailshim.errors import UsageError
 from jailshim.plan import Strategy
+
+if TYPE_CHECKING:
+    from jailshim.verify.network import WaitTarget
 
 __all__ = ["Identity", "Spec", "resolve_identity"]
 
@@ -72,3 +76,5 @@ class Spec:
     verify: bool = True
     timeout: float = 30.0
     sockets: tuple[str, ...] = ()  # host unix sockets to bind at the same path in the jail
+    wait_targets: tuple[WaitTarget, ...] = ()  # addresses the daemon binds (network readiness)
+    ensure_loopback: bool = False

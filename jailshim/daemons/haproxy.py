@@ -215,10 +215,22 @@ def split_line(line: str, env: Mapping[str, str] | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class Bind:
-    """A `bind` line's address as written, and where it was found."""
+    """A `bind` line's addresses as written (a comma list is split), and where it was found."""
 
-    address: str
+    address: str  # the first word, as written
     where: str  # "file:line"
+    addresses: tuple[str, ...] = ()
+    transparent: bool = False  # IP_TRANSPARENT: binds before the address exists
+
+
+def _bind(words: list[str], where: str) -> Bind:
+    """`bind A[, B ...] [param*]`: the comma list may be one word or spread over several."""
+    parts, i = [words[1]], 1
+    while i + 1 < len(words) and (parts[-1].endswith(",") or words[i + 1].startswith(",")):
+        i += 1
+        parts.append(words[i])
+    addresses = tuple(a for a in ",".join(parts).split(",") if a)
+    return Bind(words[1], where, addresses, "transparent" in words[i + 1 :])
 
 
 @dataclass(frozen=True)
@@ -287,7 +299,7 @@ def parse_config(
                 if path and path not in sockets:
                     sockets.append(path)
             elif key == "bind" and section in _PROXIES and len(words) >= 2:
-                binds.append(Bind(words[1], where))
+                binds.append(_bind(words, where))
     return HaproxyConfig(
         files=tuple(n for n, _ in texts),
         chroot=values.get("chroot"),
