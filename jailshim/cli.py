@@ -254,6 +254,22 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
         from jailshim.run import run
 
         return run(args, log)
+    if args.command == "doctor":
+        from jailshim.doctor import doctor
+
+        return doctor(args, log.get_logger())
+    if args.command == "explain":
+        from jailshim.explain import explain
+
+        if args.file in (None, "-"):
+            return explain(sys.stdin)
+        try:
+            with open(args.file, encoding="utf-8", errors="replace") as f:
+                return explain(f)
+        except OSError as exc:
+            raise UsageError(
+                f"{args.file} cannot be read ({exc.strerror}); give a log file."
+            ) from None
     if args.command == "teardown":
         from jailshim.jail.safepath import Jail
         from jailshim.teardown import teardown

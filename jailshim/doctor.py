@@ -1,0 +1,203 @@
+"""`jailshim doctor --pid PID | --chroot DIR`: will this daemon still get entropy after its next
+reseed? Read from /proc without entering anything, then the in-jail probe as the daemon's user.
+
+The probe chroots into /proc/PID/root: that magic link is the daemon's own root in its own mount
+namespace, so a daemon in a container is seen exactly as it sees itself, with no setns.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from jailshim.devices import ENTROPY_DEVICES, select
+from jailshim.errors import CheckFailed, ConfigError, UsageError
+from jailshim.spec import Identity
+from jailshim.verify.findings import Finding, render_table
+from jailshim.verify.probe import run_probe
+
+__all__ = ["DaemonFacts", "doctor", "read_daemon", "verdict"]
+
+_ENTROPY_RDEVS = {os.makedev(1, 9): "/dev/urandom", os.makedev(1, 8): "/dev/random"}
+_VERSION = re.compile(rb"(OpenSSL \d+\.\d+\.\d+[a-z]?(?: [ -~]{0,20}\d{4})?|GnuTLS \d+\.\d+\.\d+)")
+
+
+@dataclass(frozen=True)
+class DaemonFacts:
+    """What /proc says about a running daemon."""
+
+    pid: int
+    name: str = ""
+    root: str = "/"
+    cwd: str = ""
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    seccomp: bool = False
+    open_entropy_fds: tuple[str, ...] = ()  # "fd 7 -> /dev/urandom (1:9)"
+    libraries: tuple[str, ...] = ()  # "OpenSSL 3.0.11 19 Sep 2023 (libcrypto.so.3)"
+    jail_mounts: tuple[str, ...] = field(default=())
+
+
+def _library_versions(pid: int) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
+            paths = {line.split()[-1] for line in f if "/" in line}
+    except OSError:
+        return ()
+    for path in sorted(paths):
+        base = os.path.basename(path)
+        if not base.startswith(("libcrypto.so", "libgnutls.so")) or base in seen:
+            continue
+        version = base
+        try:
+            with open(path, "rb") as lib:  # mapped before any chroot: a host path
+                hit = _VERSION.search(lib.read())
+            if hit:
+                version = f"{hit.group(1).decode()} ({base})"
+        except OSError:
+            pass
+        seen[base] = version
+    return tuple(seen.values())
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _other_mount_namespace(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
+def read_daemon(pid: int) -> DaemonFacts:
+    """Everything doctor reads from /proc/PID (never entering the daemon's namespaces)."""
+    base = f"/proc/{pid}"
+    try:
+        with open(f"{base}/status", encoding="utf-8") as f:
+            status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        root = os.readlink(f"{base}/root")
+        cwd = os.readlink(f"{base}/cwd")
+    except FileNotFoundError:
+        raise UsageError(f"--pid {pid}: no such process; give the daemon's PID.") from None
+    except PermissionError:
+        raise ConfigError(
+            f"--pid {pid}: /proc/{pid} is not readable; run doctor as root."
+        ) from None
+    fds = []
+    try:
+        for fd in os.listdir(f"{base}/fd"):
+            try:
+                st = os.stat(f"{base}/fd/{fd}")
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev in _ENTROPY_RDEVS:
+                numbers = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+                fds.append(f"fd {fd} -> {_ENTROPY_RDEVS[st.st_rdev]} ({numbers})")
+    except OSError:
+        pass
+    return DaemonFacts(
+        pid=pid,
+        name=status.get("Name", ""),
+        root=root,
+        cwd=cwd,
+        uid=int(status["Uid"].split()[1]),
+        gid=int(status["Gid"].split()[1]),
+        groups=tuple(int(g) for g in status.get("Groups", "").split()),
+        seccomp=status.get("Seccomp", "0").strip() != "0",
+        open_entropy_fds=tuple(sorted(fds)),
+        libraries=_library_versions(pid),
+    )
+
+
+def verdict(facts: DaemonFacts | None, findings: list[Finding], fix: str) -> tuple[bool, str]:
+    """Pure: (safe?, the verdict in words)."""
+    broken = [f for f in findings if not f.ok]
+    entropy_broken = [f for f in broken if f.check.removeprefix("dev/") in ENTROPY_DEVICES]
+    if facts is not None and facts.root == "/":
+        return True, "safe: the daemon is not chrooted, it sees the host's /dev"
+    if not broken:
+        return True, "safe: the jail's entropy devices work for the daemon's user"
+    if entropy_broken:
+        first = entropy_broken[0]
+        why = first.detail.split(". ")[0].rstrip(".")
+        held = (
+            f" It holds {', '.join(facts.open_entropy_fds)} open, which serves only as long as "
+            "the library keeps that descriptor."
+            if facts is not None and facts.open_entropy_fds
+            else ""
+        )
+        when = (
+            "it has a seccomp filter, so getrandom() may be denied and the library then reads the "
+            "device"
+            if facts is not None and facts.seccomp
+            else "whenever getrandom() is unusable (seccomp, old kernel) the library reads the "
+            "device, and GnuTLS and Python read it directly"
+        )
+        return False, (f"will fail at the next reseed because {why}: {when}.{held} Fix: {fix}")
+    return False, f"not safe: {broken[0].check}: {broken[0].detail} Fix: {fix}"
+
+
+def doctor(args: Any, log: Any) -> int:
+    from jailshim.spec import resolve_identity
+
+    devices = select(args.device or ("urandom", "random"))
+    facts = None
+    identity: Identity | None
+    if args.pid is not None:
+        facts = read_daemon(args.pid)
+        jail = f"/proc/{facts.pid}/root"
+        jail_name = facts.root
+        identity = Identity(str(facts.uid), facts.uid, facts.gid, facts.groups or (facts.gid,))
+        log.info(
+            "doctor.daemon",
+            pid=facts.pid,
+            name=facts.name,
+            root=facts.root,
+            cwd=facts.cwd,
+            uid=facts.uid,
+            gid=facts.gid,
+            seccomp=facts.seccomp,
+            open_entropy_fds=list(facts.open_entropy_fds),
+            libraries=list(facts.libraries),
+        )
+        user = _user_name(facts.uid)
+    elif args.chroot:
+        jail = jail_name = args.chroot
+        if not os.path.isdir(jail):
+            raise ConfigError(f"The jail {jail} does not exist or is not a directory.")
+        identity = resolve_identity(args.user, args.group)
+        user = args.user or "USER"
+    else:
+        raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
+    findings = [] if facts is not None and facts.root == "/" else run_probe(jail, identity, devices)
+    fix = (
+        f"`jailshim prepare --chroot {jail_name} --user {user}` (takes effect at once: the "
+        "daemon opens the node at its next reseed, no restart needed)"
+    )
+    if facts is not None and _other_mount_namespace(facts.pid):
+        fix += (
+            "; for the next container start make jailshim the ENTRYPOINT (without CAP_MKNOD, "
+            "add --cap-add=SYS_ADMIN so it can bind the nodes)"
+        )
+    safe, words = verdict(facts, findings, fix)
+    for f in findings:
+        log.log(20 if f.ok else 40, "check", check=f.check, ok=f.ok, detail=f.detail)
+    if sys.stdout.isatty():
+        sys.stdout.write(render_table(findings) + "\n\n" + words + "\n")
+    log.log(20 if safe else 40, "doctor.verdict", safe=safe, verdict=words)
+    if not safe:
+        raise CheckFailed(words)
+    return 0

@@ -1,0 +1,120 @@
+"""`jailshim explain [FILE]`: recognise the error lines people paste, say the cause and the fix.
+
+The original report took days: the only clue was "SSL_new: malloc failure". Every signature
+lives in SIGNATURES, one row each; add a row to teach jailshim a new one.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TextIO
+
+__all__ = ["SIGNATURES", "Signature", "explain", "match"]
+
+_PREPARE = (
+    "Fix: run `jailshim prepare --chroot JAIL --user USER` (or `jailshim run -- DAEMON …` as "
+    "the entrypoint) so dev/urandom and dev/random exist in the jail, then restart the daemon; "
+    "`jailshim doctor --pid PID` checks a running one."
+)
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    pattern: re.Pattern[str]
+    cause: str
+    fix: str
+
+
+def _sig(name: str, pattern: str, cause: str, fix: str = _PREPARE) -> Signature:
+    return Signature(name, re.compile(pattern, re.IGNORECASE), cause, fix)
+
+
+SIGNATURES: tuple[Signature, ...] = (
+    _sig(
+        "OpenSSL 1.1.1: DRBG could not get entropy",
+        r"RAND_DRBG_(instantiate|generate|reseed)[^\n]*(error retrieving entropy|in error state)",
+        "OpenSSL 1.1.1's DRBG reseeds from /dev/urandom after an hour or 256 requests; the "
+        "daemon chrooted into a jail without dev/urandom, so the reseed failed and the DRBG "
+        "stays in an error state.",
+    ),
+    _sig(
+        "OpenSSL 1.1.1: SSL_new malloc failure (really an entropy failure)",
+        r"SSL_new[^\n]*malloc failure",
+        "Not memory: SSL_new() fails this way when the random generator is in an error state, "
+        "which in a chroot means it could not reopen /dev/urandom to reseed.",
+    ),
+    _sig(
+        "OpenSSL 3: error retrieving entropy",
+        r"^(?!.*RAND_DRBG)(.*(ossl_prov_drbg_\w+|error:1C8000BD|Provider routines|SSL handshake"
+        r" failure)[^\n]*error retrieving entropy|.*error retrieving entropy)",
+        "OpenSSL 3 seeds from getrandom(); when that is denied (a seccomp filter answering "
+        "ENOSYS/EPERM, an old kernel) it falls back to /dev/urandom, which the jail lacks, so "
+        "the DRBG cannot reseed and every new TLS session fails.",
+    ),
+    _sig(
+        "GnuTLS: randomness device error",
+        r"Error in the system's randomness device|GNUTLS_E_RANDOM_DEVICE_ERROR|"
+        r"(error|code|returned)[^\n]*-342\b",
+        "GnuTLS reads /dev/urandom whenever getrandom() is unusable, and reopens it on each use; "
+        "inside a chroot without the node every random draw fails.",
+    ),
+    _sig(
+        "GnuTLS: failed to acquire random data",
+        r"Failed to acquire random data|GNUTLS_E_RANDOM_FAILED|(error|code|returned)[^\n]*-206\b",
+        "GnuTLS could not get random bytes: in a chroot this is the missing dev/urandom (or a "
+        "kernel RNG that is not initialised yet).",
+    ),
+    _sig(
+        "Python: no /dev/urandom",
+        r"/dev/urandom \(or equivalent\) not found",
+        "os.urandom() fell back to /dev/urandom (getrandom() denied or unavailable) after the "
+        "process chrooted into a jail that has no dev/urandom.",
+    ),
+    _sig(
+        "Syslog socket missing or unwritable inside the jail",
+        r"(sendmsg|writev|send)[^\n]*logger[^\n]*(No such file or directory|Permission denied)",
+        "The daemon logs to a unix socket path such as /dev/log; after chroot that path is "
+        "resolved inside the jail, where the socket does not exist (or the daemon's user cannot "
+        "write to it), so log lines are lost.",
+        "Fix: let jailshim bind the host's socket into the jail — `jailshim run -- haproxy …` does "
+        "it for haproxy's unix `log` targets, `--log-socket /dev/log` for any daemon — and make "
+        "sure the host socket exists (rsyslog or journald's /dev/log).",
+    ),
+    _sig(
+        "haproxy: cannot bind (address not available)",
+        r"cannot bind socket[^\n]*(Cannot assign requested address|EADDRNOTAVAIL)",
+        "The address haproxy binds is not assigned yet, or is an IPv6 address still in duplicate "
+        "address detection (tentative) — common right after a container or host starts.",
+        "Fix: start haproxy with `jailshim run -- haproxy …`, which waits until every bind "
+        "address is usable (within --timeout) and says whether it is absent, tentative or "
+        "dadfailed; or set net.ipv6.ip_nonlocal_bind=1.",
+    ),
+)
+
+
+def match(lines: Iterable[str]) -> list[tuple[Signature, str]]:
+    """Each signature that matches some line, once, with the first line it matched."""
+    found: dict[str, tuple[Signature, str]] = {}
+    for line in lines:
+        for sig in SIGNATURES:
+            if sig.name not in found and sig.pattern.search(line):
+                found[sig.name] = (sig, line.strip())
+    return list(found.values())
+
+
+def explain(stream: TextIO, out: TextIO = sys.stdout) -> int:
+    """Explain what ``stream`` holds; 0 when something was recognised, 1 otherwise."""
+    matches = match(stream)
+    if not matches:
+        out.write(
+            "no known signature: jailshim recognises entropy failures (OpenSSL, GnuTLS, Python), "
+            "syslog sockets missing in a jail, and haproxy bind failures.\n"
+        )
+        return 1
+    for sig, line in matches:
+        out.write(f"* {sig.name}\n  seen:  {line[:300]}\n  cause: {sig.cause}\n  {sig.fix}\n\n")
+    return 0

@@ -1,0 +1,239 @@
+"""doctor on real daemons and jails; explain on error lines taken from real failures."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jailshim.explain import SIGNATURES, match
+from tests.daemons import free_port, stop
+from tests.support import TESTS, clean_env, jailshim_argv, need, run
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+SECCOMP_RUN = str(TESTS / "seccomp_run.py")
+
+
+@pytest.fixture
+def haproxy_bin(root: None) -> str:
+    path = shutil.which("haproxy")
+    need(path is not None, "needs haproxy")
+    assert path is not None
+    return path
+
+
+def _haproxy_config(area: Path, jail: Path, extra: str = "") -> Path:
+    cfg = area / "plain.cfg"
+    cfg.write_text(
+        f"global\n    chroot {jail}\n    user nobody\n    group nogroup\n{extra}"
+        "defaults\n    mode tcp\n    log global\n    timeout connect 1s\n    timeout client 1s\n"
+        f"    timeout server 1s\nfrontend f\n    bind 127.0.0.1:{free_port()}\n"
+        "    default_backend b\nbackend b\n    server s 127.0.0.1:9\n"
+    )
+    return cfg
+
+
+def _start(argv: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # wait until it has chrooted
+        if proc.poll() is not None:
+            raise AssertionError(stop(proc)[1])
+        try:
+            if os.readlink(f"/proc/{proc.pid}/root") != "/":
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.05)
+    stop(proc)
+    raise AssertionError("the daemon never chrooted")
+
+
+def test_doctor_on_haproxy_in_an_empty_jail_then_after_prepare(
+    area: Path, jail: Path, haproxy_bin: str
+) -> None:
+    """haproxy started in an empty jail without jailshim: 'will fail at the next reseed' with
+    the exact prepare command; after `jailshim prepare` on that jail, doctor says safe."""
+    proc = _start([haproxy_bin, "-f", str(_haproxy_config(area, jail)), "-db"])
+    try:
+        broken = run("doctor", "--pid", str(proc.pid))
+        assert broken.code == 69
+        assert "will fail at the next reseed because dev/urandom does not exist" in broken.error
+        assert f"jailshim prepare --chroot {jail} --user nobody" in broken.error
+        daemon = broken.named("doctor.daemon")[0]
+        assert daemon["root"] == str(jail) and daemon["uid"] == 65534
+        assert any(lib.startswith("OpenSSL 3") for lib in daemon["libraries"])
+        assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
+        fixed = run("doctor", "--pid", str(proc.pid))
+        assert fixed.code == 0, fixed.stderr
+        assert fixed.named("doctor.verdict")[0]["verdict"].startswith("safe")
+    finally:
+        stop(proc)
+
+
+def test_doctor_reports_a_daemon_that_keeps_the_device_open(jail: Path, root: None) -> None:
+    """A process that opened /dev/urandom before chroot: the open descriptor is reported."""
+    code = (
+        "import os, sys, time; fd = os.open('/dev/urandom', os.O_RDONLY); "
+        f"os.chroot({str(jail)!r}); os.setgid(65534); os.setuid(65534); time.sleep(60)"
+    )
+    proc = _start([sys.executable, "-c", code])
+    try:
+        result = run("doctor", "--pid", str(proc.pid))
+    finally:
+        stop(proc)
+    assert result.code == 69
+    fds = result.named("doctor.daemon")[0]["open_entropy_fds"]
+    assert len(fds) == 1 and "-> /dev/urandom (1:9)" in fds[0]
+    assert "holds fd" in result.error and "open" in result.error
+
+
+def test_doctor_on_a_jail_without_daemon(jail: Path) -> None:
+    """--chroot: an empty jail is not safe; a prepared one is."""
+    assert run("doctor", "--chroot", str(jail), "--user", "nobody").code == 69
+    assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
+    assert run("doctor", "--chroot", str(jail), "--user", "nobody").code == 0
+
+
+def test_doctor_bad_input() -> None:
+    """No target, or a PID that does not exist: usage errors."""
+    assert run("doctor").code == 64
+    gone = run("doctor", "--pid", "999999999")
+    assert gone.code == 64 and "no such process" in gone.error
+
+
+def _explain(text: str) -> tuple[int, str]:
+    proc = subprocess.run(
+        jailshim_argv("explain"),
+        input=text,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=False,
+    )
+    return proc.returncode, proc.stdout
+
+
+# Verbatim from the original report (OpenSSL 1.1.1-pre in haproxy 1.8.3; not installable here).
+SEED_STORY = (
+    "140135125062464:error:2406C06E:random number generator:RAND_DRBG_instantiate:error "
+    "retrieving entropy:crypto/rand/drbg_lib.c:221:\n"
+    "140135125062464:error:2406B072:random number generator:RAND_DRBG_generate:in error "
+    "state:crypto/rand/drbg_lib.c:479:\n"
+    "140135125062464:error:140BA041:SSL routines:SSL_new:malloc failure:ssl/ssl_lib.c:839:\n"
+)
+
+
+def test_explain_openssl_111_lines_from_the_report() -> None:
+    """The seed story's lines: the DRBG and the misleading malloc failure are both explained."""
+    code, out = _explain(SEED_STORY)
+    assert code == 0
+    assert "OpenSSL 1.1.1: DRBG could not get entropy" in out
+    assert "SSL_new malloc failure (really an entropy failure)" in out
+    assert "OpenSSL 3" not in out
+    assert "jailshim prepare" in out
+
+
+def test_explain_openssl3_from_a_real_failed_reseed(jail: Path, root: None) -> None:
+    """OpenSSL 3's error queue, produced by a real reseed in an empty jail without getrandom."""
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True, check=False
+    )
+    need(probe.returncode == 0, "needs python3-seccomp")
+    wrap = ["unshare", "--ipc", SYSTEM_PYTHON, SECCOMP_RUN, "deny", "ENOSYS", "--shm-marker", "--"]
+    result = run("check", "--chroot", str(jail), "--timeout", "0.2", wrap=wrap)
+    reseed = next(e for e in result.events if e.get("check") == "OpenSSL reseed")
+    code, out = _explain(str(reseed["detail"]))
+    assert code == 0 and "OpenSSL 3: error retrieving entropy" in out
+
+
+def test_explain_python_from_a_real_chrooted_interpreter(jail: Path, root: None) -> None:
+    """Python's os.urandom in an empty jail with getrandom denied."""
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True, check=False
+    )
+    need(probe.returncode == 0, "needs python3-seccomp")
+    code = f"import os; os.chroot({str(jail)!r}); os.urandom(4)"
+    failed = subprocess.run(
+        [SYSTEM_PYTHON, SECCOMP_RUN, "deny", "ENOSYS", "--", SYSTEM_PYTHON, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert failed.returncode != 0
+    rc, out = _explain(failed.stderr)
+    assert rc == 0 and "Python: no /dev/urandom" in out
+
+
+def test_explain_gnutls_codes_from_the_library() -> None:
+    """GnuTLS's own strings for -342 and -206 (gnutls_strerror), and the bare codes."""
+    name = ctypes.util.find_library("gnutls")
+    need(name is not None, "needs libgnutls30")
+    lib = ctypes.CDLL(name)
+    lib.gnutls_strerror.restype = ctypes.c_char_p
+    texts = [f"gnutls: {lib.gnutls_strerror(c).decode()}" for c in (-342, -206)]
+    rc, out = _explain("\n".join(texts) + "\nTLS handshake error code -342\n")
+    assert rc == 0
+    assert "GnuTLS: randomness device error" in out and "GnuTLS: failed to acquire" in out
+    assert match(["handshake returned -206"])
+
+
+def test_explain_haproxy_bind_and_syslog_from_real_haproxy(
+    area: Path, jail: Path, haproxy_bin: str
+) -> None:
+    """haproxy's own ALERT lines: a bind on an absent address, a log socket missing in a jail."""
+    cfg = area / "bind.cfg"
+    cfg.write_text(f"frontend f\n    mode tcp\n    bind 192.0.2.99:{free_port()}\n")
+    bind = subprocess.run(
+        [haproxy_bin, "-f", str(cfg), "-db"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "cannot bind socket" in bind.stderr
+    logged = _haproxy_config(area, jail, extra="    log /dev/log local0\n")
+    port = int(logged.read_text().split("bind 127.0.0.1:")[1].split()[0])
+    proc = _start([haproxy_bin, "-f", str(logged), "-db"])
+    try:
+        import socket
+
+        for _ in range(20):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        time.sleep(1.5)
+    finally:
+        _, stderr = stop(proc)
+    assert "logger" in stderr, stderr
+    rc, out = _explain(bind.stderr + stderr)
+    assert rc == 0
+    assert "haproxy: cannot bind" in out and "Syslog socket missing" in out
+
+
+def test_explain_unrelated_text_exits_1() -> None:
+    """Nothing recognised: 'no known signature', exit 1."""
+    code, out = _explain("all good here\nGET / 200\n")
+    assert code == 1 and "no known signature" in out
+
+
+def test_explain_file_argument(tmp_path: Path) -> None:
+    """A FILE argument is read like stdin; a missing file is a usage error."""
+    (tmp_path / "log").write_text(SEED_STORY)
+    assert run("explain", str(tmp_path / "log")).code == 0
+    assert run("explain", str(tmp_path / "nope")).code == 64
+
+
+def test_signature_table_is_well_formed() -> None:
+    """Every row has a name, a cause and a fix; names are unique."""
+    assert len({s.name for s in SIGNATURES}) == len(SIGNATURES)
+    assert all(s.cause and s.fix.startswith("Fix:") for s in SIGNATURES)
