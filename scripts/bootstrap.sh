@@ -10,6 +10,8 @@ APT_PACKAGES=(
   util-linux uidmap iproute2 procps      # unshare, ip netns, ps
   haproxy openssl                        # the daemon jailshim starts first, and certificates
   unbound knot-dnsutils gnutls-bin faketime  # the DNS-over-TLS demo and reseed tests
+  podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
+  systemd                                # systemd-analyze verify for the example units
 )
 
 missing=()
