@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jailshim.errors import CheckFailed
 from jailshim.jail.safepath import Jail
 from jailshim.spec import Spec
 from jailshim.verify.findings import Finding, render_table
-from jailshim.verify.network import WaitTarget
 from jailshim.verify.probe import run_probe
 from jailshim.verify.retry import Outcome, verify_with_retries
+
+if TYPE_CHECKING:
+    from jailshim.verify.network import WaitTarget
 
 __all__ = ["check", "report"]
 

@@ -100,12 +100,36 @@ _COMMANDS = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    # argparse makes a formatter for every add_argument call; given no width it imports shutil
+    # (which imports bz2 and lzma) and asks the terminal, each time, on every start.
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            try:
+                width = os.get_terminal_size(sys.stdout.fileno()).columns - 2
+            except (OSError, ValueError):
+                width = 98
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message[0].upper()}{message[1:]}; see `jailshim --help`.")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that command's subparser (the common case, and ~100
+    fewer add_argument calls on every container start)."""
     common = _Parser(add_help=False)
     for opt in _OPTIONS:
         help_text = f"{opt.help} [{opt.env}]"
@@ -132,10 +156,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "not found; with --init, the daemon's status or 128+signal.",
     )
     parser.add_argument("--version", action="version", version=f"jailshim {__version__}")
+    # prog given: otherwise argparse builds a HelpFormatter, importing shutil (and bz2, lzma)
     sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser, prog="jailshim"
     )
     for name, summary in _COMMANDS.items():
+        if only is not None and name != only:
+            continue
         p = sub.add_parser(name, parents=[common], help=summary, description=summary)
         if name == "run":
             p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
@@ -163,7 +190,9 @@ def _env_value(opt: _Opt, raw: str) -> Any:
 def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
     """Flags first; a JAILSHIM_<NAME> variable fills each option the flags left unset."""
     environ = dict(os.environ) if environ is None else environ
-    args = _build_parser().parse_args(list(argv))
+    argv = list(argv)
+    only = argv[0] if argv and argv[0] in _COMMANDS else None
+    args = _build_parser(only).parse_args(argv)
     for opt in _OPTIONS:
         if getattr(args, opt.dest) is None and opt.env in environ:
             setattr(args, opt.dest, _env_value(opt, environ[opt.env]))
@@ -214,6 +243,8 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Any:
 
 def _targets(args: argparse.Namespace, from_config: Any = ()) -> Any:
     """--wait-addr values, then the daemon's own bind addresses, without repeats."""
+    if not args.wait_addr and not from_config:
+        return ()
     from jailshim.verify.network import parse_wait_addr
 
     targets: dict[str, Any] = {}

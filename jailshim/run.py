@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 from typing import Any
 
@@ -13,10 +12,19 @@ from jailshim.errors import CommandNotExecutable, CommandNotFound, ConfigError, 
 __all__ = ["resolve_command", "run"]
 
 
+def _which(name: str) -> str | None:
+    # shutil.which would import shutil, which imports bz2 and lzma: ~1 ms on every start.
+    for directory in os.get_exec_path():
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
 def resolve_command(argv: list[str]) -> str:
     """The executable COMMAND names; fails before anything is prepared if it cannot run."""
     name = argv[0]
-    path = name if "/" in name else shutil.which(name)
+    path = name if "/" in name else _which(name)
     if path is None or not os.path.exists(path):
         raise CommandNotFound(f"{name}: command not found; install it or give its full path.")
     if os.path.isdir(path) or not os.access(path, os.X_OK):
@@ -50,7 +58,6 @@ def haproxy_check(binary: str, files: tuple[str, ...]) -> None:
 
 def run(args: argparse.Namespace, log: Any) -> int:
     from jailshim import cli, handover
-    from jailshim.daemons import haproxy
 
     argv: list[str] = list(args.argv or [])
     if not argv:
@@ -59,10 +66,13 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "`jailshim run -- haproxy -f /etc/haproxy/haproxy.cfg`."
         )
     binary = resolve_command(argv)
+    is_haproxy = os.path.basename(argv[0]) == "haproxy"
     logger = log.get_logger()
     overrides: dict[str, Any] = {}
     config = None
-    if args.haproxy_config or haproxy.is_haproxy(argv):
+    if args.haproxy_config or os.path.basename(argv[0]) == "haproxy":
+        from jailshim.daemons import haproxy
+
         cfg_argv = ["haproxy", "-f", args.haproxy_config] if args.haproxy_config else argv
         config = haproxy.read_config(haproxy.config_files(cfg_argv))
         for note in config.notes:
@@ -88,7 +98,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
             log_sockets=list(config.log_sockets),
         )
         if not args.no_config_check:
-            haproxy_check(binary if haproxy.is_haproxy(argv) else "haproxy", config.files)
+            haproxy_check(binary if is_haproxy else "haproxy", config.files)
     if args.chroot is None and overrides.get("chroot") is None:
         logger.warning(
             "no_jail",

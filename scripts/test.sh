@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/ruff check jailshim tests
-.venv/bin/ruff format --check jailshim tests
+.venv/bin/ruff check jailshim tests bench
+.venv/bin/ruff format --check jailshim tests bench
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

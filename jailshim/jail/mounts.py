@@ -10,7 +10,6 @@ symlink swapped into the jail between the check and the mount cannot redirect it
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import re
 from dataclasses import dataclass
@@ -141,7 +140,9 @@ def fd_path(fd: int) -> str:
 
 @cache
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # The C library is already loaded in this process: no ctypes.util.find_library, which
+    # runs `ldconfig -p` in a subprocess (milliseconds on every start).
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> None:

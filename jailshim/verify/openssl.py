@@ -9,13 +9,31 @@ RAND_poll() is not used: on OpenSSL 3.0 it returns 1 even when the reseed failed
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 from jailshim.verify.findings import Finding
 
 __all__ = ["OpenSSLProbe"]
 
 _REMEDY = "provide dev/urandom and dev/random in the jail (`jailshim prepare`)"
+
+
+_SONAMES = ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so")
+
+
+def _load_libcrypto() -> tuple[ctypes.CDLL | None, str]:
+    """The host's libcrypto by soname (find_library would run `ldconfig -p`: slow)."""
+    for name in _SONAMES:
+        try:
+            return ctypes.CDLL(name), name
+        except OSError:
+            continue
+    from ctypes import util
+
+    name = util.find_library("crypto") or ""
+    try:
+        return (ctypes.CDLL(name), name) if name else (None, "")
+    except OSError:
+        return None, ""
 
 
 class OpenSSLProbe:
@@ -26,12 +44,11 @@ class OpenSSLProbe:
         self.version = ""
         self._lib: ctypes.CDLL | None = None
         self._primary: int | None = None
-        name = ctypes.util.find_library("crypto")
-        if name is None:
+        lib, name = _load_libcrypto()
+        if lib is None:
             self.skip_reason = "no libcrypto found on this host"
             return
         try:
-            lib = ctypes.CDLL(name)
             version = lib.OpenSSL_version
             version.restype = ctypes.c_char_p
             version.argtypes = [ctypes.c_int]
