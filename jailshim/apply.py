@@ -57,6 +57,30 @@ def _rmdir(name: str, dir_fd: int) -> None:
     os.rmdir(name, dir_fd=dir_fd)
 
 
+_PLACEHOLDER = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _bind_onto_placeholder(source: int, dir_fd: int, name: str) -> int:
+    """Create an empty file at ``name`` (never through a symlink, never over an existing entry)
+    and bind ``source`` onto it. Returns the placeholder's inode; on failure removes it."""
+    os.close(os.open(name, _PLACEHOLDER, 0o444, dir_fd=dir_fd))
+    target = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        ino = os.fstat(target).st_ino
+        mounts.bind(source, target)
+        return ino
+    except OSError:
+        os.unlink(name, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(target)
+
+
+def _unbind(dir_fd: int, name: str) -> None:
+    mounts.unmount_at(dir_fd, name)
+    os.unlink(name, dir_fd=dir_fd)
+
+
 def _ms(start: float) -> float:
     return round((time.monotonic() - start) * 1000, 3)
 
@@ -220,46 +244,23 @@ class _Run:
         dev_fd, start, name = self.dev, time.monotonic(), device.name
         source = self._host_node(device)
         try:
-            os.close(
-                os.open(
-                    name,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o444,
-                    dir_fd=dev_fd,
-                )
+            placeholder_ino = _bind_onto_placeholder(source, dev_fd, name)
+        except OSError as exc:
+            err = exc.errno or 0
+            self.log.warning(
+                "device",
+                device=name,
+                strategy="bind",
+                outcome="refused",
+                errno=describe_errno(err),
+                elapsed_ms=_ms(start),
             )
-            target = os.open(name, O_PATH_NOFOLLOW, dir_fd=dev_fd)
-            placeholder_ino = os.fstat(target).st_ino
-            try:
-                mounts.bind(source, target)
-            except OSError as exc:
-                os.unlink(name, dir_fd=dev_fd)
-                err = exc.errno or 0
-                self.log.warning(
-                    "device",
-                    device=name,
-                    strategy="bind",
-                    outcome="refused",
-                    errno=describe_errno(err),
-                    elapsed_ms=_ms(start),
-                )
-                if err in _REFUSALS:
-                    return err
-                raise
-            finally:
-                os.close(target)
+            if err in _REFUSALS:
+                return err
+            raise
         finally:
             os.close(source)
-
-        def undo_bind() -> None:
-            fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=dev_fd)
-            try:
-                mounts.unmount(fd)
-            finally:
-                os.close(fd)
-            os.unlink(name, dir_fd=dev_fd)
-
-        self.undo.append((f"unbind {name}", undo_bind))
+        self.undo.append((f"unbind {name}", functools.partial(_unbind, dev_fd, name)))
         self.records.append(Record(Kind.BIND, name, ino=placeholder_ino, rdev=device.rdev))
         hardened = self._harden(name)
         self.log.info(
@@ -342,35 +343,10 @@ class _Run:
                 raise ConfigError(
                     f"The host's {path} stopped being a socket; start the log daemon."
                 )
-            os.close(
-                os.open(
-                    name,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o444,
-                    dir_fd=dir_fd,
-                )
-            )
-            target = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
-            ino = os.fstat(target).st_ino
-            try:
-                mounts.bind(source, target)
-            except OSError:
-                os.unlink(name, dir_fd=dir_fd)
-                raise
-            finally:
-                os.close(target)
+            ino = _bind_onto_placeholder(source, dir_fd, name)
         finally:
             os.close(source)
-
-        def undo_socket(d: int = dir_fd) -> None:
-            fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=d)
-            try:
-                mounts.unmount(fd)
-            finally:
-                os.close(fd)
-            os.unlink(name, dir_fd=d)
-
-        self.undo.append((f"unbind {path}", undo_socket))
+        self.undo.append((f"unbind {path}", functools.partial(_unbind, dir_fd, name)))
         self.records.append(Record(Kind.SOCKET, name, ino=ino, where=where))
         self.log.info(
             "log_socket", path=path, strategy="bind", outcome="bound", elapsed_ms=_ms(start)

@@ -10,7 +10,7 @@ from typing import Any
 from jailshim import state
 from jailshim.errors import PrepareOSError
 from jailshim.jail import mounts
-from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail
+from jailshim.jail.safepath import Jail
 from jailshim.plan import describe_errno
 from jailshim.state import Kind, Record
 
@@ -50,11 +50,7 @@ def _undo_in(jail: Jail, dev_fd: int, record: Record, table: mounts.MountTable) 
         return "removed node"
     if record.kind in (Kind.BIND, Kind.SOCKET):
         if table.at(f"{dev_path}/{name}") is not None:
-            fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=dev_fd)
-            try:
-                mounts.unmount(fd)
-            finally:
-                os.close(fd)
+            mounts.unmount_at(dev_fd, name)
         st = _lstat(dev_fd, name)
         if st is None or not stat.S_ISREG(st.st_mode) or st.st_ino != record.ino:
             return "unmounted; placeholder left: changed since prepare"
@@ -69,11 +65,7 @@ def _undo_in(jail: Jail, dev_fd: int, record: Record, table: mounts.MountTable) 
         entry = table.at(f"{jail.real}/dev")
         if entry is None or entry.fstype != "tmpfs" or entry.source != state.TMPFS_SOURCE:
             return "left: no jailshim tmpfs on dev/"
-        fd = os.open("dev", O_PATH_NOFOLLOW, dir_fd=jail.fd)
-        try:
-            mounts.unmount(fd)
-        finally:
-            os.close(fd)
+        mounts.unmount_at(jail.fd, "dev")
         return "unmounted tmpfs"
     # Kind.MKDIR
     try:

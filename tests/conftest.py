@@ -21,6 +21,15 @@ def root() -> None:
 
 
 @pytest.fixture
+def haproxy_bin(root: None) -> str:
+    """The haproxy binary (Debian's haproxy 2.6)."""
+    path = shutil.which("haproxy")
+    need(path is not None, "needs haproxy (Debian package haproxy)")
+    assert path is not None
+    return path
+
+
+@pytest.fixture
 def area(tmp_path: Path, root: None) -> Iterator[Path]:
     """A root-owned 0755 scratch directory; every mount below it is removed afterwards."""
     tmp_path.chmod(0o755)

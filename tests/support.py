@@ -72,6 +72,17 @@ def run(*args: str, env: dict[str, str] | None = None, wrap: list[str] | None = 
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start a long-running process with its output captured (stop it with daemons.stop)."""
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or clean_env(),
+    )
+
+
 def read_in_jail(
     jail: Path, name: str, uid: int = NOBODY, wrap: list[str] | None = None
 ) -> dict[str, Any]:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from jailshim.explain import SIGNATURES, match
 from tests.daemons import free_port, stop
@@ -19,14 +16,6 @@ from tests.support import TESTS, clean_env, jailshim_argv, need, run
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SECCOMP_RUN = str(TESTS / "seccomp_run.py")
-
-
-@pytest.fixture
-def haproxy_bin(root: None) -> str:
-    path = shutil.which("haproxy")
-    need(path is not None, "needs haproxy")
-    assert path is not None
-    return path
 
 
 def _haproxy_config(area: Path, jail: Path, extra: str = "") -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import children, status_field, stop
-from tests.support import TESTS, clean_env, jailshim_argv
+from tests.support import TESTS, clean_env, jailshim_argv, spawn
 
 CHILD = str(TESTS / "init_child.py")
 
@@ -28,12 +28,8 @@ def _wait_for(predicate: object, timeout: float = 20) -> None:
 
 def _start(jail: Path, cmd: list[str], *, pid_ns: bool = True) -> subprocess.Popen[str]:
     wrap = ["unshare", "--pid", "--fork", "--mount-proc"] if pid_ns else []
-    return subprocess.Popen(
-        [*wrap, *jailshim_argv("run", "--init", "--chroot", str(jail), "--no-verify", "--", *cmd)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
+    return spawn(
+        [*wrap, *jailshim_argv("run", "--init", "--chroot", str(jail), "--no-verify", "--", *cmd)]
     )
 
 

@@ -17,7 +17,7 @@ from jailshim.daemons.haproxy import parse_config
 from jailshim.errors import UsageError
 from jailshim.verify.network import AddressFacts, haproxy_targets, judge_address, parse_wait_addr
 from tests.daemons import stop, write_haproxy_config
-from tests.support import Result, clean_env, jailshim_argv, need, run
+from tests.support import Result, clean_env, jailshim_argv, need, run, spawn
 
 ADDR6 = "2001:db8::1"  # documentation range, only ever inside the test's own namespaces
 
@@ -53,13 +53,7 @@ def in_ns(ns: str, *args: str, timeout: float = 60) -> Result:
 
 
 def popen_in_ns(ns: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["ip", "netns", "exec", ns, *jailshim_argv(*args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
+    return spawn(["ip", "netns", "exec", ns, *jailshim_argv(*args)])
 
 
 def later(seconds: float, *cmd: str) -> subprocess.Popen[bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -24,15 +23,7 @@ from tests.daemons import (
     wait_for_tls,
     write_haproxy_config,
 )
-from tests.support import NSRUN, clean_env, jailshim_argv, need, run
-
-
-@pytest.fixture
-def haproxy_bin(root: None) -> str:
-    path = shutil.which("haproxy")
-    need(path is not None, "needs haproxy (Debian package haproxy)")
-    assert path is not None
-    return path
+from tests.support import NSRUN, clean_env, jailshim_argv, run, spawn
 
 
 @pytest.fixture
@@ -68,13 +59,7 @@ def test_haproxy_serves_tls13_from_a_prepared_jail(
     setup = write_haproxy_config(area, jail, backend.port)
     syslog = SyslogSocket(setup.log_socket)
     wrap = [sys.executable, NSRUN, "--mount", "--"] if where == "userns" else []
-    proc = subprocess.Popen(
-        [*wrap, *jailshim_argv("run", "--", haproxy_bin, "-f", str(setup.config), "-db")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
+    proc = spawn([*wrap, *jailshim_argv("run", "--", haproxy_bin, "-f", str(setup.config), "-db")])
     try:
         wait_for_tls(setup.port, proc)
         for i in range(5):
@@ -122,13 +107,7 @@ def test_missing_log_socket_warns_that_logs_will_be_lost(
     warning = [e for e in result.events if e["event"] == "log_socket"]
     assert not warning  # dry run: only the plan
     assert "skipped" in result.stdout and "logs will be lost" in result.stdout
-    proc = subprocess.Popen(
-        jailshim_argv("run", "--", haproxy_bin, "-f", str(setup.config), "-db"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
+    proc = spawn(jailshim_argv("run", "--", haproxy_bin, "-f", str(setup.config), "-db"))
     try:
         wait_for_tls(setup.port, proc)
     finally:
@@ -140,13 +119,7 @@ def test_exec_keeps_pid_argv_and_environment_but_not_jailshim_variables(jail: Pa
     """The daemon is jailshim's own process, with its argv and env (JAILSHIM_* removed)."""
     code = "import json, os, sys; print(json.dumps([os.getpid(), sys.argv[1:], dict(os.environ)]))"
     env = clean_env(JAILSHIM_CHROOT=str(jail), JAILSHIM_NO_VERIFY="1", KEEP_ME="yes")
-    proc = subprocess.Popen(
-        jailshim_argv("run", "--", sys.executable, "-c", code, "a b", "--chroot"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = spawn(jailshim_argv("run", "--", sys.executable, "-c", code, "a b", "--chroot"), env)
     out, err = proc.communicate(timeout=60)
     import json
 

@@ -34,6 +34,7 @@ __all__ = [
     "read_mount_table",
     "remount_bind",
     "unmount",
+    "unmount_at",
 ]
 
 MS_RDONLY = 1
@@ -185,6 +186,15 @@ def remount_bind(fd: int, add_flags: int) -> None:
 def mount_tmpfs(target_fd: int, source: str, flags: int, data: str) -> None:
     """Mount a tmpfs named ``source`` over the directory ``target_fd`` holds."""
     _mount(source, fd_path(target_fd), "tmpfs", flags, data)
+
+
+def unmount_at(dir_fd: int, name: str) -> None:
+    """Detach the mount on ``name`` in ``dir_fd`` (looked up without following a symlink)."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        unmount(fd)
+    finally:
+        os.close(fd)
 
 
 def unmount(fd: int) -> None:
