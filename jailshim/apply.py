@@ -21,7 +21,7 @@ from jailshim.devices import Device
 from jailshim.errors import ConfigError, JailshimError, NotPermitted, PrepareOSError
 from jailshim.jail import mounts
 from jailshim.jail.powers import Powers
-from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail
+from jailshim.jail.safepath import O_PATH_NOFOLLOW, OPEN_TRIAL, Jail
 from jailshim.plan import (
     Action,
     DeviceStep,
@@ -170,6 +170,22 @@ class _Run:
         self.records.append(Record(Kind.DISPLACED, name, aside=aside, where=where))
         self.log.warning("device.displaced", device=name, found=found, moved_to=f"{where}/{aside}")
 
+    def _refusal(self, name: str, strategy: str, exc: OSError, start: float, outcome: str) -> int:
+        """Log a step the kernel refused. A refusal (EPERM, EACCES) returns its errno so the
+        ladder can go on; any other error is raised."""
+        err = exc.errno or 0
+        self.log.warning(
+            "device",
+            device=name,
+            strategy=strategy,
+            outcome=outcome,
+            errno=describe_errno(err),
+            elapsed_ms=_ms(start),
+        )
+        if err in _REFUSALS:
+            return err
+        raise exc
+
     def mknod(self, device: Device) -> int:
         """mknod at a temporary name, check it opens, rename into place. 0 or the refusal errno."""
         dev_fd, start = self.dev, time.monotonic()
@@ -177,43 +193,15 @@ class _Run:
         try:
             os.mknod(tmp, stat.S_IFCHR | device.mode, device.rdev, dir_fd=dev_fd)
         except OSError as exc:
-            err = exc.errno or 0
-            self.log.warning(
-                "device",
-                device=device.name,
-                strategy="mknod",
-                outcome="refused",
-                errno=describe_errno(err),
-                elapsed_ms=_ms(start),
-            )
-            if err in _REFUSALS:
-                return err
-            raise
+            return self._refusal(device.name, "mknod", exc, start, "refused")
         try:
             # A nodev filesystem accepts mknod but refuses open(): catch it here, not an hour
             # later in the daemon.
-            os.close(
-                os.open(
-                    tmp,
-                    os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC,
-                    dir_fd=dev_fd,
-                )
-            )
+            os.close(os.open(tmp, OPEN_TRIAL, dir_fd=dev_fd))
         except OSError as exc:
-            if exc.errno in _REFUSALS:
+            if exc.errno != errno.ENXIO:  # ENXIO: tty without a controlling terminal, fine
                 os.unlink(tmp, dir_fd=dev_fd)
-                self.log.warning(
-                    "device",
-                    device=device.name,
-                    strategy="mknod",
-                    outcome="does not open",
-                    errno=describe_errno(exc.errno or 0),
-                    elapsed_ms=_ms(start),
-                )
-                return exc.errno or errno.EACCES
-            if exc.errno != errno.ENXIO:  # tty without a controlling terminal: fine
-                os.unlink(tmp, dir_fd=dev_fd)
-                raise
+                return self._refusal(device.name, "mknod", exc, start, "does not open")
         os.rename(tmp, device.name, src_dir_fd=dev_fd, dst_dir_fd=dev_fd)
         st = os.stat(device.name, dir_fd=dev_fd, follow_symlinks=False)
         self.undo.append((f"remove {device.name}", lambda: os.unlink(device.name, dir_fd=dev_fd)))
@@ -246,18 +234,7 @@ class _Run:
         try:
             placeholder_ino = _bind_onto_placeholder(source, dev_fd, name)
         except OSError as exc:
-            err = exc.errno or 0
-            self.log.warning(
-                "device",
-                device=name,
-                strategy="bind",
-                outcome="refused",
-                errno=describe_errno(err),
-                elapsed_ms=_ms(start),
-            )
-            if err in _REFUSALS:
-                return err
-            raise
+            return self._refusal(name, "bind", exc, start, "refused")
         finally:
             os.close(source)
         self.undo.append((f"unbind {name}", functools.partial(_unbind, dev_fd, name)))

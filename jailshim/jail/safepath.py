@@ -19,6 +19,7 @@ from jailshim.errors import ConfigError, UsageError
 from jailshim.jail.mounts import MountTable
 
 __all__ = [
+    "OPEN_TRIAL",
     "O_PATH_NOFOLLOW",
     "Entry",
     "EntryKind",
@@ -29,7 +30,7 @@ __all__ = [
 
 O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_NOFOLLOW = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_OPEN_TRIAL = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+OPEN_TRIAL = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 class EntryKind(StrEnum):
@@ -118,7 +119,7 @@ def inspect_entry(dir_fd: int, dir_path: str, name: str, mounts: MountTable) -> 
             os.close(fd)
     elif kind is EntryKind.CHAR:
         try:
-            os.close(os.open(name, _OPEN_TRIAL, dir_fd=dir_fd))
+            os.close(os.open(name, OPEN_TRIAL, dir_fd=dir_fd))
         except OSError as exc:
             open_errno = exc.errno or 0
     return Entry(
