@@ -368,6 +368,9 @@ def apply_plan(jail: Jail, dev_fd: int | None, plan: Plan, powers: Powers, log: 
             f"({describe_errno(exc.errno or 0)}); nothing was left half-made.",
             errno=exc.errno,
         ) from None
+    except BaseException:  # SIGINT/SIGTERM (see cli.Interrupted) or a bug: still undo
+        run.rollback()
+        raise
     finally:
         os.umask(old_umask)
         for fd in run.fds:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -315,9 +316,25 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
     )
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived while jailshim worked (before any hand-over)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    # Unwinding lets apply's undo stack run: a container stopped during prepare leaves no
+    # half-made jail. exec() resets these handlers for the daemon.
+    raise Interrupted(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from jailshim import log
 
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)
@@ -330,9 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, log)
     except JailshimError as exc:
         return _report(exc, log)
-    except KeyboardInterrupt:
-        log.get_logger().warning("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        log.get_logger().warning(
+            "interrupted", signal=signal.Signals(signum).name, detail="stopped before hand-over"
+        )
+        return 128 + signum
     except Exception as exc:  # a bug: still one sentence; the traceback only when asked for
         logger = log.get_logger()
         logger.error(

@@ -37,7 +37,8 @@ def _lookup_group(group: str) -> int:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise UsageError(
-            f"--group {group!r} names no group on this host; give a group name or GID."
+            f"Group {group!r} (from --group or the daemon's config) names no group on this "
+            "host; give a group name or GID."
         ) from None
 
 
@@ -52,7 +53,8 @@ def resolve_identity(user: str | None, group: str | None) -> Identity | None:
     except KeyError:
         if not user.isdigit():
             raise UsageError(
-                f"--user {user!r} names no user on this host; give a user name or UID."
+                f"User {user!r} (from --user or the daemon's config) names no user on this "
+                "host; give a user name or UID."
             ) from None
         # A bare UID with no passwd entry is a valid identity (common in containers).
         gid = _lookup_group(group) if group else int(user)

@@ -85,3 +85,43 @@ def test_failure_half_way_rolls_back_everything(jail: Path, area: Path) -> None:
         "rmdir dev",
     ]
     assert "not the random device 1:8" in events[-1]["error"]
+
+
+def test_sigterm_during_prepare_leaves_nothing_half_made(jail: Path) -> None:
+    """A stop signal while prepare works: the undo stack runs, the jail is as before, 143."""
+    before = snapshot(jail)
+    # The only stand-in: a wrapper sends the real SIGTERM to the process itself at a fixed point
+    # (after urandom was bound, before random), so the timing is deterministic.
+    script = f"""
+        {sys.executable} -c "
+import os, signal, sys
+import jailshim.apply as apply
+original = apply._Run._host_node
+def slow(self, device):
+    if device.name == 'random':
+        os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, device)
+apply._Run._host_node = slow
+sys.argv = ['jailshim', 'prepare', '--chroot', '{jail}', '--strategy', 'bind',
+            '--device', 'urandom', '--device', 'random']
+from jailshim.cli import main
+sys.exit(main())
+"
+        echo "rc=$?"
+        echo "mounts=$(grep -c " {jail}" /proc/self/mountinfo)"
+    """
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "rc=143" in proc.stdout, proc.stdout + proc.stderr
+    assert "mounts=0" in proc.stdout
+    events = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [e["step"] for e in events if e["event"] == "rollback"] == [
+        "unbind urandom",
+        "rmdir dev",
+    ]
+    assert events[-1]["event"] == "interrupted" and events[-1]["signal"] == "SIGTERM"
+    assert snapshot(jail) == before
