@@ -11,7 +11,7 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jailshim.devices import ENTROPY_DEVICES, select
@@ -40,7 +40,7 @@ class DaemonFacts:
     seccomp: bool = False
     open_entropy_fds: tuple[str, ...] = ()  # "fd 7 -> /dev/urandom (1:9)"
     libraries: tuple[str, ...] = ()  # "OpenSSL 3.0.11 19 Sep 2023 (libcrypto.so.3)"
-    jail_mounts: tuple[str, ...] = field(default=())
+    jail_mounts: tuple[str, ...] = ()  # "/dev/urandom (devtmpfs devtmpfs, ro,nosuid,noexec)"
 
 
 def _library_versions(pid: int) -> tuple[str, ...]:
@@ -82,6 +82,26 @@ def _other_mount_namespace(pid: int) -> bool:
         return False
 
 
+def _jail_mounts(pid: int, root: str) -> tuple[str, ...]:
+    """Mounts inside the daemon's jail, from its own mount namespace's mountinfo."""
+    if root == "/":
+        return ()
+    from jailshim.jail.mounts import parse_mountinfo
+
+    try:
+        with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            entries = parse_mountinfo(f.read())
+    except OSError:
+        return ()
+    # The kernel shows a chrooted process its mount points relative to its own root, and hides
+    # the mounts outside it: what is listed (but "/") is inside the jail.
+    return tuple(
+        f"{e.mount_point} ({e.fstype} {e.source}, {e.options})"
+        for e in entries
+        if e.mount_point != "/"
+    )
+
+
 def read_daemon(pid: int) -> DaemonFacts:
     """Everything doctor reads from /proc/PID (never entering the daemon's namespaces)."""
     base = f"/proc/{pid}"
@@ -109,6 +129,7 @@ def read_daemon(pid: int) -> DaemonFacts:
     except OSError:
         pass
     return DaemonFacts(
+        jail_mounts=_jail_mounts(pid, root),
         pid=pid,
         name=status.get("Name", ""),
         root=root,
@@ -175,6 +196,7 @@ def doctor(args: Any, log: Any) -> int:
             seccomp=facts.seccomp,
             open_entropy_fds=list(facts.open_entropy_fds),
             libraries=list(facts.libraries),
+            jail_mounts=list(facts.jail_mounts),
         )
         user = _user_name(facts.uid)
     elif args.chroot:

@@ -62,6 +62,7 @@ def test_doctor_on_haproxy_in_an_empty_jail_then_after_prepare(
         assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
         fixed = run("doctor", "--pid", str(proc.pid))
         assert fixed.code == 0, fixed.stderr
+        assert fixed.named("doctor.daemon")[0]["jail_mounts"] == []  # mknod: nothing mounted
         assert fixed.named("doctor.verdict")[0]["verdict"].startswith("safe")
     finally:
         stop(proc)
@@ -83,6 +84,20 @@ def test_doctor_reports_a_daemon_that_keeps_the_device_open(jail: Path, root: No
     assert len(fds) == 1 and "-> /dev/urandom (1:9)" in fds[0]
     assert result.error.startswith("at risk: dev/urandom does not exist")
     assert "kept open from before chroot" in result.error
+
+
+def test_doctor_lists_the_mounts_in_the_daemons_jail(nodev_jail: Path, root: None) -> None:
+    """A nodev jail gets binds; doctor reads them from the daemon's own mountinfo."""
+    assert run("prepare", "--chroot", str(nodev_jail), "--no-verify").code == 0
+    code = f"import os, time; os.chroot({str(nodev_jail)!r}); time.sleep(60)"
+    proc = _start([sys.executable, "-c", code])
+    try:
+        result = run("doctor", "--pid", str(proc.pid))
+    finally:
+        stop(proc)
+    assert result.code == 0, result.stderr
+    mounts = result.named("doctor.daemon")[0]["jail_mounts"]
+    assert any(m.startswith("/dev/urandom (devtmpfs") and "ro" in m for m in mounts), mounts
 
 
 def test_doctor_on_a_jail_without_daemon(jail: Path) -> None:

@@ -134,6 +134,19 @@ def test_loopback_down_is_reported_and_fixed_by_ensure_loopback(netns: str) -> N
     assert fixed.named("network.loopback")
 
 
+def test_nonlocal_bind_sysctl_means_no_waiting(netns: str) -> None:
+    """net.ipv6.ip_nonlocal_bind=1: the daemon can bind an absent address; jailshim says so."""
+    ip("-n", netns, "link", "set", "lo", "up")
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv6.ip_nonlocal_bind=1"], check=True
+    )
+    result = in_ns(netns, "check", "--wait-addr", ADDR6, "--timeout", "5")
+    assert result.code == 0, result.stderr
+    finding = next(e for e in result.events if e.get("check") == f"address {ADDR6}")
+    assert "not waited for: net.ipv6.ip_nonlocal_bind=1" in finding["detail"]
+    assert len(result.named("check.attempt")) == 1
+
+
 def test_haproxy_starts_only_after_dad(tentative_ns: str, area: Path) -> None:
     """run -- haproxy with a bind on a tentative address: waits, then haproxy accepts there."""
     haproxy = shutil.which("haproxy")
