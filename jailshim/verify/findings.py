@@ -57,7 +57,7 @@ class DeviceFacts:
     nodev: bool = False  # the node's filesystem is mounted nodev
 
 
-_PREPARE = "run `jailshim prepare` on this jail (or ship the node in the image)"
+_PREPARE = "run `jailshim prepare` on this jail, or ship the node in the image"
 
 
 def _err(code: int) -> str:
@@ -111,7 +111,8 @@ def judge_device(device: Device, facts: DeviceFacts, uid: int, getrandom_usable:
             False,
             f"dev/{device.name} cannot be opened as uid {uid} "
             f"({_err(facts.open_errno)}: {why}).{stakes}",
-            _PREPARE + " (it binds the host's node on nodev filesystems and fixes the mode)",
+            f"{_PREPARE}; prepare binds the host's node on a nodev filesystem and replaces a "
+            "node of the wrong mode",
         )
     if device.name in ENTROPY_DEVICES:
         return _judge_entropy(check, device, facts)
