@@ -12,8 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from jailshim import __version__
 from jailshim.errors import JailshimError, UsageError, exit_code_for
@@ -25,8 +24,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-@dataclass(frozen=True)
-class _Opt:
+class _Opt(NamedTuple):
     flag: str
     help: str
     metavar: str | None = None

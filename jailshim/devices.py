@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from jailshim.errors import UsageError
 
 __all__ = ["ALLOWLIST", "DEFAULT_DEVICES", "ENTROPY_DEVICES", "Device", "select"]
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(NamedTuple):
     """One allowlisted character device: its name under dev/ and its identity."""
 
     name: str

@@ -11,8 +11,7 @@ import os
 import re
 import stat
 import sys
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jailshim.devices import ENTROPY_DEVICES, select
 from jailshim.errors import CheckFailed, ConfigError, UsageError
@@ -26,8 +25,7 @@ _ENTROPY_RDEVS = {os.makedev(1, 9): "/dev/urandom", os.makedev(1, 8): "/dev/rand
 _VERSION = re.compile(rb"(OpenSSL \d+\.\d+\.\d+[a-z]?(?: [ -~]{0,20}\d{4})?|GnuTLS \d+\.\d+\.\d+)")
 
 
-@dataclass(frozen=True)
-class DaemonFacts:
+class DaemonFacts(NamedTuple):
     """What /proc says about a running daemon."""
 
     pid: int

@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 __all__ = ["SIGNATURES", "Signature", "explain", "match"]
 
@@ -21,8 +20,7 @@ _PREPARE = (
 )
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(NamedTuple):
     name: str
     pattern: re.Pattern[str]
     cause: str

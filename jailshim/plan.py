@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from jailshim.devices import Device
 from jailshim.errors import ConfigError
@@ -51,8 +51,7 @@ class Action(StrEnum):
     BIND = "bind"
 
 
-@dataclass(frozen=True)
-class DevDir:
+class DevDir(NamedTuple):
     """jail/dev as surveyed. ``exists`` False means it must be created (if the jail allows)."""
 
     exists: bool
@@ -61,8 +60,7 @@ class DevDir:
     ours_tmpfs: bool = False  # a tmpfs jailshim mounted earlier (writable, nodev by design)
 
 
-@dataclass(frozen=True)
-class SocketFacts:
+class SocketFacts(NamedTuple):
     """A host unix socket (a daemon's log target) and what stands at its path in the jail."""
 
     path: str  # absolute, the same on the host and inside the jail
@@ -78,8 +76,7 @@ class SocketFacts:
         return self.path.startswith("/dev/") and self.path.count("/") == 2
 
 
-@dataclass(frozen=True)
-class Survey:
+class Survey(NamedTuple):
     """Everything ``decide`` needs to know, gathered by jail/survey.py."""
 
     jail: str
@@ -89,8 +86,7 @@ class Survey:
     sockets: tuple[SocketFacts, ...] = ()
 
 
-@dataclass(frozen=True)
-class DeviceStep:
+class DeviceStep(NamedTuple):
     device: Device
     action: Action
     found: Entry
@@ -102,15 +98,13 @@ class DeviceStep:
         return self.action is not Action.NOTHING and self.found.kind is not EntryKind.ABSENT
 
 
-@dataclass(frozen=True)
-class SocketStep:
+class SocketStep(NamedTuple):
     facts: SocketFacts
     action: Action  # NOTHING or BIND
     reason: str
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     strategy: Strategy
     make_dev_dir: bool
     mount_tmpfs: bool

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import grp
 import pwd
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from jailshim.devices import DEFAULT_DEVICES, Device, select
 from jailshim.errors import UsageError
@@ -20,8 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["Identity", "Spec", "resolve_identity"]
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """The daemon's uid, primary gid and supplementary groups."""
 
     name: str
@@ -64,12 +62,11 @@ def resolve_identity(user: str | None, group: str | None) -> Identity | None:
     return Identity(pw.pw_name, pw.pw_uid, gid, tuple(sorted(groups)))
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(NamedTuple):
     """One run's settings, after flags, JAILSHIM_* variables and daemon adapters are merged."""
 
     chroot: str
-    devices: tuple[Device, ...] = field(default_factory=lambda: select(DEFAULT_DEVICES))
+    devices: tuple[Device, ...] = select(DEFAULT_DEVICES)
     identity: Identity | None = None
     strategy: Strategy = Strategy.AUTO
     dry_run: bool = False

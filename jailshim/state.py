@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from jailshim.errors import ConfigError
 
@@ -34,8 +34,7 @@ class Kind(StrEnum):
     SOCKET = "socket"  # the same, for a host log socket (`where` is its directory)
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     kind: Kind
     name: str
     ino: int = 0
@@ -83,7 +82,7 @@ def load(dev_fd: int | None, where: str) -> list[Record]:
 def save(dev_fd: int, records: list[Record]) -> None:
     """Write the record atomically (a temporary name, then rename over the old one)."""
     tmp = f"{STATE_NAME}.{os.getpid()}"
-    body = json.dumps({"version": _VERSION, "records": [asdict(r) for r in records]}, indent=1)
+    body = json.dumps({"version": _VERSION, "records": [r._asdict() for r in records]}, indent=1)
     fd = os.open(
         tmp,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from jailshim.errors import ConfigError
 
@@ -213,8 +213,7 @@ def split_line(line: str, env: Mapping[str, str] | None = None) -> list[str]:
     return words
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(NamedTuple):
     """A `bind` line's addresses as written (a comma list is split), and where it was found."""
 
     address: str  # the first word, as written
@@ -233,15 +232,14 @@ def _bind(words: list[str], where: str) -> Bind:
     return Bind(words[1], where, addresses, "transparent" in words[i + 1 :])
 
 
-@dataclass(frozen=True)
-class HaproxyConfig:
+class HaproxyConfig(NamedTuple):
     files: tuple[str, ...]
     chroot: str | None = None
     user: str | None = None
     group: str | None = None
     log_sockets: tuple[str, ...] = ()
     binds: tuple[Bind, ...] = ()
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
 
 def _log_socket(target: str) -> str | None:

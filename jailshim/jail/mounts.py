@@ -12,8 +12,8 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 __all__ = [
     "MNT_DETACH",
@@ -65,8 +65,7 @@ _ST_TO_MS = {
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
-@dataclass(frozen=True)
-class MountEntry:
+class MountEntry(NamedTuple):
     """One line of /proc/self/mountinfo."""
 
     mount_id: int

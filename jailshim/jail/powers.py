@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Powers", "decide_powers", "parse_effective_caps", "survey_powers"]
 
@@ -19,8 +19,7 @@ NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1), linux/nsfs.h
 _FULL_UID_MAP = ("0", "0", "4294967295")
 
 
-@dataclass(frozen=True)
-class Powers:
+class Powers(NamedTuple):
     """Whether mknod and mount are expected to work, and if not, why (a phrase)."""
 
     can_mknod: bool

@@ -10,10 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from jailshim.errors import ConfigError, UsageError
 from jailshim.jail.mounts import MountTable
@@ -58,8 +57,7 @@ def _kind(mode: int) -> EntryKind:
     return EntryKind.SOCKET
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """What stands at one name in a jail directory, as lstat and a trial open saw it."""
 
     name: str

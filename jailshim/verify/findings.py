@@ -7,8 +7,7 @@ what they mean, so every verdict can be tested without a jail.
 from __future__ import annotations
 
 import errno
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jailshim.devices import ENTROPY_DEVICES, Device
 
@@ -21,8 +20,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One check's verdict: what was seen and, when it failed, what to do."""
 
     check: str
@@ -33,15 +31,14 @@ class Finding:
     warning: bool = False  # passed, but the operator should know
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Finding:
         return cls(**data)
 
 
-@dataclass(frozen=True)
-class DeviceFacts:
+class DeviceFacts(NamedTuple):
     """What the probe child saw at dev/NAME, as the daemon's user."""
 
     lstat_errno: int = 0

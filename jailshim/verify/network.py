@@ -13,8 +13,7 @@ import errno
 import ipaddress
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jailshim.errors import UsageError
 from jailshim.verify.findings import Finding
@@ -45,8 +44,7 @@ _NON_IP_PREFIXES = (
 )
 
 
-@dataclass(frozen=True)
-class WaitTarget:
+class WaitTarget(NamedTuple):
     """An IP address the daemon binds, and where we learnt it."""
 
     ip: str
@@ -157,8 +155,7 @@ def _nonlocal_bind(family: int) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class AddressFacts:
+class AddressFacts(NamedTuple):
     """What netlink says about one address."""
 
     ip: str

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jailshim.verify.findings import Finding
 
@@ -29,8 +28,7 @@ def _waitable(findings: list[Finding]) -> bool:
     return bool(failing) and all(f.transient for f in failing)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The last attempt's findings and how long it took to get there."""
 
     findings: list[Finding]
