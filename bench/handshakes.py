@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, machine, write_section
+from bench.common import PYTHON, machine, precompile, write_section
 
 
 def _port() -> int:
@@ -60,6 +60,7 @@ def _wait(port: int, ctx: ssl.SSLContext) -> None:
 
 
 def main(rounds: int, seconds: float) -> str:
+    precompile()
     work = Path(tempfile.mkdtemp(prefix="jailshim-bench-"))
     work.chmod(0o755)
     pem = work / "cert.pem"

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, machine, write_section
+from bench.common import PYTHON, machine, precompile, write_section
 
 
 def _rss_kib(pid: int) -> int:
@@ -49,6 +49,7 @@ def _measure(argv: list[str], *, supervisor: bool) -> int:
 
 
 def main(runs: int) -> str:
+    precompile()
     jail = Path(tempfile.mkdtemp(prefix="jailshim-bench-"))
     jail.chmod(0o755)
     bare, sup = [], []

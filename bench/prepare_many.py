@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, machine, write_section
+from bench.common import PYTHON, machine, precompile, write_section
 
 
 def _lines() -> int:
@@ -21,6 +21,7 @@ def _lines() -> int:
 
 
 def main(runs: int) -> str:
+    precompile()
     jail = Path(tempfile.mkdtemp(prefix="jailshim-bench-"))
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "nodev,mode=0755", "tmpfs", str(jail)], check=True

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import PYTHON, REPO, interleaved, machine, write_section
+from bench.common import PYTHON, interleaved, machine, precompile, write_section
 
 SEED_RECIPE = (  # the seed story's shell entrypoint: mknod if missing, read 16 bytes, exec
     'd="$1/dev"; [ -c "$d/urandom" ] || { mkdir -p "$d"; mknod "$d/urandom" c 1 9; '
@@ -20,10 +20,7 @@ SEED_RECIPE = (  # the seed story's shell entrypoint: mknod if missing, read 16 
 
 
 def main(runs: int) -> str:
-    # An installed jailshim is byte-compiled (pip, the Containerfile's compileall), as
-    # structlog in the baseline is. With PYTHONDONTWRITEBYTECODE set (these machines set it)
-    # a source checkout would otherwise be compiled on every run: measure what operators get.
-    subprocess.run([PYTHON, "-m", "compileall", "-q", str(REPO / "jailshim")], check=True)
+    precompile()
     work = Path(tempfile.mkdtemp(prefix="jailshim-bench-"))
     work.chmod(0o755)
     warm, cold, hp_jail = work / "warm", work / "cold", work / "hp"
