@@ -9,13 +9,13 @@ from jailshim.errors import CheckFailed
 from jailshim.jail.safepath import Jail
 from jailshim.spec import Spec
 from jailshim.verify.findings import Finding, render_table
-from jailshim.verify.probe import run_probe
+from jailshim.verify.probe import Probe
 from jailshim.verify.retry import Outcome, verify_with_retries
 
 if TYPE_CHECKING:
     from jailshim.verify.network import WaitTarget
 
-__all__ = ["check", "report"]
+__all__ = ["check", "prepare_and_verify", "report", "start_probe"]
 
 
 def report(outcome: Outcome, log: Any, *, table: bool | None = None) -> list[Finding]:
@@ -39,6 +39,32 @@ def report(outcome: Outcome, log: Any, *, table: bool | None = None) -> list[Fin
     return outcome.findings
 
 
+def start_probe(spec: Spec) -> Probe | None:
+    """Fork the first probe now, so it readies OpenSSL while the caller prepares the jail."""
+    if not spec.verify or spec.dry_run:
+        return None
+    return Probe(spec.chroot, spec.identity, spec.devices)
+
+
+def prepare_and_verify(spec: Spec, log: Any) -> None:
+    """`prepare`, then `check` (unless --no-verify or --dry-run), for `prepare` and `run`.
+
+    The first probe child is forked before the prepare modules are even imported, so its
+    OpenSSL set-up runs on the other core while this process prepares the jail.
+    """
+    probe = start_probe(spec)
+    from jailshim.prepare import prepare
+
+    try:
+        prepare(spec, log)
+    except BaseException:
+        if probe is not None:
+            probe.cancel()
+        raise
+    if probe is not None:
+        check(spec, log, first=probe)
+
+
 def check(
     spec: Spec | None,
     log: Any,
@@ -46,16 +72,29 @@ def check(
     targets: tuple[WaitTarget, ...] = (),
     ensure_loopback: bool = False,
     timeout: float = 30.0,
+    first: Probe | None = None,
 ) -> list[Finding]:
-    """The jail probe (when there is a jail) and network readiness, retried, then reported."""
+    """The jail probe (when there is a jail) and network readiness, retried, then reported.
+
+    ``first`` is a probe started earlier with ``start_probe``; it serves the first attempt.
+    """
     path = None
     if spec is not None:
-        with Jail(spec.chroot) as jail:
-            path = jail.real
+        try:
+            with Jail(spec.chroot) as jail:
+                path = jail.real
+        except BaseException:
+            if first is not None:
+                first.cancel()
+            raise
         targets, ensure_loopback, timeout = spec.wait_targets, spec.ensure_loopback, spec.timeout
+    pending = [first] if first is not None else []
 
     def attempt() -> list[Finding]:
-        findings = run_probe(path, spec.identity, spec.devices) if spec and path else []
+        findings: list[Finding] = []
+        if spec is not None and path is not None:
+            probe = pending.pop() if pending else Probe(path, spec.identity, spec.devices)
+            findings = probe.collect()
         if targets:
             from jailshim.verify.network import network_findings
 

@@ -254,15 +254,11 @@ def _targets(args: argparse.Namespace, from_config: Any = ()) -> Any:
 
 def _dispatch(args: argparse.Namespace, log: Any) -> int:
     if args.command == "prepare":
-        from jailshim.prepare import prepare
+        from jailshim.check import prepare_and_verify
 
         spec = _spec_from(args)
         log.bind_context(chroot=spec.chroot)
-        prepare(spec, log.get_logger())
-        if spec.verify and not spec.dry_run:
-            from jailshim.check import check
-
-            check(spec, log.get_logger())
+        prepare_and_verify(spec, log.get_logger())
         return 0
     if args.command == "check":
         from jailshim.check import check

@@ -116,14 +116,11 @@ def run(args: argparse.Namespace, log: Any) -> int:
                 timeout=args.timeout or 30.0,
             )
     else:
-        from jailshim.check import check
-        from jailshim.prepare import prepare
+        from jailshim.check import prepare_and_verify
 
         spec = cli._spec_from(args, **overrides)
         log.bind_context(chroot=spec.chroot)
-        prepare(spec, logger)
-        if spec.verify and not spec.dry_run:
-            check(spec, logger)
+        prepare_and_verify(spec, logger)
     if args.dry_run:
         return 0
     if args.init:

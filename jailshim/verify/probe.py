@@ -8,6 +8,7 @@ process could no longer change its groups), then looks at the jail the way the d
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,7 +22,7 @@ from jailshim.devices import ENTROPY_DEVICES, Device
 from jailshim.spec import Identity
 from jailshim.verify.findings import DeviceFacts, Finding, judge_device, judge_getrandom
 
-__all__ = ["run_probe"]
+__all__ = ["Probe", "run_probe"]
 
 _PROBE_DEADLINE = 10.0  # seconds; a probe that hangs (a blocking read) is killed
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -99,13 +100,17 @@ def _drop(identity: Identity) -> Finding:
     return Finding("privileges", True, "")  # detail filled in by the parent from /proc
 
 
-def _child(jail: str, identity: Identity | None, devices: tuple[Device, ...], out: int) -> None:
+def _child(
+    jail: str, identity: Identity | None, devices: tuple[Device, ...], out: int, go: int
+) -> None:
     def emit(finding: Finding) -> None:
         os.write(out, (json.dumps(finding.to_json()) + "\n").encode())
 
     from jailshim.verify.openssl import OpenSSLProbe
 
     openssl = OpenSSLProbe()  # before chroot: libcrypto and its first seed come from the host
+    if os.read(go, 1) != b"1":  # the parent gave up (prepare failed, a signal): no probe
+        os._exit(0)
     os.chroot(jail)
     os.chdir("/")
     emit(_drop(identity) if identity is not None else Finding("privileges", True, ""))
@@ -153,51 +158,84 @@ def _privileges(pid: int, identity: Identity | None, reported: Finding) -> Findi
     return Finding("privileges", True, f"ran as {identity.name} ({seen}); setuid(0) refused")
 
 
+class Probe:
+    """One probe child. Forked as early as the jail is known: it loads libcrypto and seeds
+    OpenSSL (the slow part, ~2.5 ms) while the parent is still importing and preparing, then
+    waits on a pipe until ``collect`` says go (or ``cancel`` closes the pipe: it exits)."""
+
+    def __init__(self, jail: str, identity: Identity | None, devices: tuple[Device, ...]) -> None:
+        self.identity = identity
+        self.read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        go_read, self.go = os.pipe2(os.O_CLOEXEC)
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into the caller's stack
+            code = 0
+            try:
+                os.close(self.read_end)
+                os.close(self.go)
+                _child(jail, identity, devices, write_end, go_read)
+            except BaseException as exc:
+                finding = Finding(
+                    "probe", False, f"could not enter the jail: {exc}", "check --chroot"
+                )
+                try:
+                    os.write(write_end, (json.dumps(finding.to_json()) + "\n").encode())
+                finally:
+                    code = 1
+            os._exit(code)
+        os.close(write_end)
+        os.close(go_read)
+
+    def cancel(self) -> None:
+        """The jail will not be probed after all: let the child go, and reap it."""
+        os.close(self.go)
+        os.close(self.read_end)
+        os.waitpid(self.pid, 0)
+
+    def collect(self) -> list[Finding]:
+        """Let the child probe the (now prepared) jail; its findings. The child is reaped."""
+        with contextlib.suppress(OSError):  # it already exited: its report says why
+            os.write(self.go, b"1")
+        os.close(self.go)
+        pid, read_end = self.pid, self.read_end
+        chunks, deadline, hung = [], time.monotonic() + _PROBE_DEADLINE, False
+        try:
+            while True:
+                left = max(0.0, deadline - time.monotonic())
+                ready, _, _ = select.select([read_end], [], [], left)
+                if not ready:
+                    hung = True
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            lines = b"".join(chunks).splitlines()
+            findings = [Finding.from_json(json.loads(line)) for line in lines]
+            if findings and findings[0].check == "privileges":
+                findings[0] = _privileges(pid, self.identity, findings[0])
+            if hung:
+                findings.append(
+                    Finding(
+                        "probe",
+                        False,
+                        f"the probe did not finish within {_PROBE_DEADLINE:.0f}s "
+                        "(a blocking read?)",
+                        "look for a device in the jail that blocks on read",
+                        transient=True,
+                    )
+                )
+            elif not findings:
+                findings = [
+                    Finding("probe", False, "the probe child reported nothing", "report a bug")
+                ]
+            return findings
+        finally:
+            os.close(read_end)
+            os.waitpid(pid, 0)
+
+
 def run_probe(jail: str, identity: Identity | None, devices: tuple[Device, ...]) -> list[Finding]:
     """Run the probe once in a child and return its findings (the child is always reaped)."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the caller's stack
-        code = 0
-        try:
-            os.close(read_end)
-            _child(jail, identity, devices, write_end)
-        except BaseException as exc:
-            finding = Finding("probe", False, f"could not enter the jail: {exc}", "check --chroot")
-            try:
-                os.write(write_end, (json.dumps(finding.to_json()) + "\n").encode())
-            finally:
-                code = 1
-        os._exit(code)
-    os.close(write_end)
-    chunks, deadline, hung = [], time.monotonic() + _PROBE_DEADLINE, False
-    try:
-        while True:
-            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                hung = True
-                os.kill(pid, signal.SIGKILL)
-                break
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        findings = [Finding.from_json(json.loads(line)) for line in b"".join(chunks).splitlines()]
-        if findings and findings[0].check == "privileges":
-            findings[0] = _privileges(pid, identity, findings[0])
-        if hung:
-            findings.append(
-                Finding(
-                    "probe",
-                    False,
-                    f"the probe did not finish within {_PROBE_DEADLINE:.0f}s (a blocking read?)",
-                    "look for a device in the jail that blocks on read",
-                    transient=True,
-                )
-            )
-        elif not findings:
-            findings = [Finding("probe", False, "the probe child reported nothing", "report a bug")]
-        return findings
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
+    return Probe(jail, identity, devices).collect()
