@@ -341,6 +341,7 @@ class _Run:
 def apply_plan(jail: Jail, dev_fd: int | None, plan: Plan, powers: Powers, log: Any) -> Applied:
     """Carry out ``plan``; on any failure undo this run's steps and raise a JailshimError."""
     run = _Run(jail, dev_fd, plan, powers, log)
+    applied = False
     old_umask = os.umask(0)  # modes are exactly as written: 0666 nodes, 0755 dirs
     try:
         if plan.make_dev_dir:
@@ -354,7 +355,7 @@ def apply_plan(jail: Jail, dev_fd: int | None, plan: Plan, powers: Powers, log: 
             if sock.action is Action.BIND:
                 run.socket(sock)
                 run.created.append(sock.facts.path)
-            elif sock.reason.startswith("skipped"):
+            elif sock.facts.host_problem:
                 log.warning("log_socket", path=sock.facts.path, outcome=sock.reason)
         if run.records:
             state.save(run.dev, state.load(run.dev, f"{jail.real}/dev") + run.records)
@@ -371,8 +372,12 @@ def apply_plan(jail: Jail, dev_fd: int | None, plan: Plan, powers: Powers, log: 
     except BaseException:  # SIGINT/SIGTERM (see cli.Interrupted) or a bug: still undo
         run.rollback()
         raise
+    else:
+        applied = True
+        return Applied(run.dev_fd, run.records, run.created)
     finally:
         os.umask(old_umask)
         for fd in run.fds:
             os.close(fd)
-    return Applied(run.dev_fd, run.records, run.created)
+        if not applied and run.dev_fd not in (dev_fd, None):
+            os.close(run.dev_fd)  # a dev/ fd of our own, and no Applied to hand it back in
