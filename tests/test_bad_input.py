@@ -66,3 +66,21 @@ def test_no_chroot() -> None:
 def test_unknown_command() -> None:
     """An unknown command: 64."""
     assert run("frobnicate").code == 64
+
+
+def test_help_version_and_no_command() -> None:
+    """--help and --version exit 0; no command at all is a usage error naming the commands."""
+    import subprocess
+
+    from tests.support import clean_env, jailshim_argv
+
+    version = subprocess.run(
+        jailshim_argv("--version"), capture_output=True, text=True, env=clean_env(), check=False
+    )
+    assert version.returncode == 0 and version.stdout.startswith("jailshim ")
+    helptext = subprocess.run(
+        jailshim_argv("run", "--help"), capture_output=True, text=True, env=clean_env(), check=False
+    )
+    assert helptext.returncode == 0 and "JAILSHIM_WAIT_ADDR" in helptext.stdout
+    result = run()
+    assert result.code == 64 and "COMMAND" in result.error

@@ -217,3 +217,34 @@ def test_healthy_check_never_imports_tenacity(prepared: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.split() == ["0", "False", "False"], proc.stderr
+
+
+def test_tty_gets_a_table_and_a_console_log(prepared: Path) -> None:
+    """On a terminal: a ✓/✗ table on stdout, console (not JSON) events, no colour with NO_COLOR."""
+    import pty
+
+    from tests.support import clean_env, jailshim_argv
+
+    (prepared / "dev" / "null").unlink()
+    env = clean_env(NO_COLOR="1")
+    out = bytearray()
+
+    def read(fd: int) -> bytes:
+        data = os.read(fd, 65536)
+        out.extend(data)
+        return data
+
+    argv = jailshim_argv("check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "0.3")
+    old = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        status = pty.spawn(argv, read)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 69
+    assert "✓ dev/urandom" in text and "✗ dev/null" in text and "→ run `jailshim prepare`" in text
+    assert '"event"' not in text  # console renderer, not JSON
+    assert "\x1b[" not in text  # NO_COLOR
