@@ -18,13 +18,18 @@ if TYPE_CHECKING:
 __all__ = ["check", "prepare_and_verify", "report", "start_probe"]
 
 
-def report(outcome: Outcome, log: Any, *, table: bool | None = None) -> list[Finding]:
-    """Log every finding (and print the table on a TTY); raise CheckFailed unless all pass."""
+def report(outcome: Outcome, log: Any) -> list[Finding]:
+    """Log every finding and, on a TTY, print the table; raise CheckFailed unless all pass.
+
+    With the table on screen the per-check events drop to debug, so a person reads each
+    finding once; machines (no TTY) get them all as JSON events.
+    """
+    table = sys.stdout.isatty()
     for f in outcome.findings:
-        level = 20 if f.ok and not f.warning else 30 if f.ok else 40
+        level = 10 if table else 20 if f.ok and not f.warning else 30 if f.ok else 40
         remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
         log.log(level, "check", check=f.check, ok=f.ok, detail=f.detail, **remedy)
-    if table if table is not None else sys.stdout.isatty():
+    if table:
         sys.stdout.write(render_table(outcome.findings) + "\n")
     if outcome.failing:
         raise CheckFailed(

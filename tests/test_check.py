@@ -248,3 +248,4 @@ def test_tty_gets_a_table_and_a_console_log(prepared: Path) -> None:
     assert "✓ dev/urandom" in text and "✗ dev/null" in text and "→ run `jailshim prepare`" in text
     assert '"event"' not in text  # console renderer, not JSON
     assert "\x1b[" not in text  # NO_COLOR
+    assert "check=dev/urandom" not in text  # each finding once: in the table, not also logged
