@@ -12,10 +12,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from jailshim import __version__
 from jailshim.errors import JailshimError, UsageError, exit_code_for
+
+if TYPE_CHECKING:  # type names only: the modules load when a command needs them
+    from jailshim.spec import Spec
+    from jailshim.verify.network import WaitTarget
 
 __all__ = ["ENV_PREFIX", "main", "parse_args"]
 
@@ -207,7 +211,7 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     return args
 
 
-def _spec_from(args: argparse.Namespace, **overrides: Any) -> Any:
+def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
     """The Spec for this run; ``overrides`` (from a daemon's config) fill unset flags."""
     from jailshim.devices import DEFAULT_DEVICES, select
     from jailshim.plan import Strategy
@@ -240,13 +244,15 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Any:
     )
 
 
-def _targets(args: argparse.Namespace, from_config: Any = ()) -> Any:
+def _targets(
+    args: argparse.Namespace, from_config: Sequence[WaitTarget] = ()
+) -> tuple[WaitTarget, ...]:
     """--wait-addr values, then the daemon's own bind addresses, without repeats."""
     if not args.wait_addr and not from_config:
         return ()
     from jailshim.verify.network import parse_wait_addr
 
-    targets: dict[str, Any] = {}
+    targets: dict[str, WaitTarget] = {}
     for target in [*(parse_wait_addr(a) for a in args.wait_addr or []), *from_config]:
         targets.setdefault(target.ip, target)
     return tuple(targets.values())

@@ -66,11 +66,12 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "`jailshim run -- haproxy -f /etc/haproxy/haproxy.cfg`."
         )
     binary = resolve_command(argv)
+    # Decided without importing the adapter: most daemons never need it.
     is_haproxy = os.path.basename(argv[0]) == "haproxy"
     logger = log.get_logger()
     overrides: dict[str, Any] = {}
     config = None
-    if args.haproxy_config or os.path.basename(argv[0]) == "haproxy":
+    if args.haproxy_config or is_haproxy:
         from jailshim.daemons import haproxy
 
         cfg_argv = ["haproxy", "-f", args.haproxy_config] if args.haproxy_config else argv
@@ -104,14 +105,14 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "no_jail",
             detail="no --chroot and no chroot in the daemon's config: nothing to prepare",
         )
-        targets = cli._targets(args, overrides.get("targets", ()))
-        if targets and not args.no_verify and not args.dry_run:
+        wait_targets = cli._targets(args, overrides.get("targets", ()))
+        if wait_targets and not args.no_verify and not args.dry_run:
             from jailshim.check import check
 
             check(
                 None,
                 logger,
-                targets=targets,
+                targets=wait_targets,
                 ensure_loopback=bool(args.ensure_loopback),
                 timeout=args.timeout or 30.0,
             )

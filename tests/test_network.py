@@ -266,3 +266,13 @@ def test_address_verdicts() -> None:
     ):
         assert judge_address(facts, 99).transient
     assert os.strerror(99)  # EADDRNOTAVAIL is what bind says
+
+
+def test_run_without_a_jail_still_waits_for_addresses(netns: str) -> None:
+    """No chroot anywhere: nothing to prepare (warned), but the addresses are still checked."""
+    blocked = in_ns(netns, "run", "--wait-addr", "127.0.0.1", "--timeout", "0.3", "--", "/bin/true")
+    assert blocked.code == 69 and "lo is down" in blocked.error
+    assert blocked.named("no_jail")
+    fixed = in_ns(netns, "run", "--wait-addr", "127.0.0.1", "--ensure-loopback", "--", "/bin/true")
+    assert fixed.code == 0, fixed.stderr
+    assert fixed.named("checked") and fixed.named("handover")

@@ -26,7 +26,6 @@ __all__ = [
     "Bind",
     "HaproxyConfig",
     "config_files",
-    "is_haproxy",
     "parse_config",
     "read_config",
     "split_line",
@@ -57,10 +56,6 @@ _PROXIES = {"frontend", "listen"}
 
 class ParseError(ValueError):
     """A line haproxy could not split either (unterminated quote, bad escape)."""
-
-
-def is_haproxy(argv: Sequence[str]) -> bool:
-    return bool(argv) and os.path.basename(argv[0]) == "haproxy"
 
 
 def _cfg_args(argv: Sequence[str]) -> tuple[list[str], str | None]:

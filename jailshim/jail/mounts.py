@@ -119,14 +119,6 @@ class MountTable:
         """The visible mount whose mount point is exactly ``path``, if any."""
         return self._by_point.get(path)
 
-    def below(self, path: str) -> list[MountEntry]:
-        """Mounts at or below ``path``, deepest first (the order to unmount them in)."""
-        prefix = path.rstrip("/") + "/"
-        found = [
-            e for e in self.entries if e.mount_point == path or e.mount_point.startswith(prefix)
-        ]
-        return sorted(found, key=lambda e: e.mount_point.count("/"), reverse=True)
-
 
 def read_mount_table() -> MountTable:
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
