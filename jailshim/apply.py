@@ -1,24 +1,24 @@
 """Carry out a Plan: the only module that calls mknod, mount and umount on a jail.
 
-Every step pushes its own undo; if a later step fails, the undos run in reverse, so a failed
-prepare leaves the jail as it found it and never hands a half-prepared jail to a daemon.
-A step the plan expected to work but the kernel refuses (an LSM, a seccomp filter, a nodev
-that statvfs did not show) falls down the ladder: mknod -> bind.
+Every step is written to the journal (state.py) *before* its syscall and completed after it,
+so whatever stops this process — a failed step, a stop signal, SIGKILL — the journal covers
+what was left: a failed or interrupted run undoes this run's records (jail/undo.py) at once,
+a killed one is reconciled by the next prepare or teardown. Nothing is created at a name that
+depends on the PID. A step the plan expected to work but the kernel refuses (an LSM, a seccomp
+filter, a nodev that statvfs did not show) falls down the ladder: mknod -> bind.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import stat
 import time
-from collections.abc import Callable
 from typing import Any, NoReturn
 
 from jailshim import state
-from jailshim.devices import Device
-from jailshim.errors import ConfigError, JailshimError, NotPermitted, PrepareOSError
+from jailshim.devices import ALLOWLIST, Device
+from jailshim.errors import ConfigError, NotPermitted
 from jailshim.jail import mounts
 from jailshim.jail.powers import Powers
 from jailshim.jail.safepath import O_PATH_NOFOLLOW, OPEN_TRIAL, Jail
@@ -31,92 +31,102 @@ from jailshim.plan import (
     describe_errno,
     refusal_sentence,
 )
-from jailshim.state import Kind, Record
+from jailshim.state import Journal, Kind, Record
 
-__all__ = ["Applied", "apply_plan"]
+__all__ = ["Applier"]
 
 _TMPFS_FLAGS = mounts.MS_NODEV | mounts.MS_NOSUID | mounts.MS_NOEXEC
 _TMPFS_DATA = "mode=0755,size=256k,nr_inodes=64"
 _BIND_HARDENING = mounts.MS_RDONLY | mounts.MS_NOSUID | mounts.MS_NOEXEC
 _REFUSALS = (errno.EPERM, errno.EACCES)
-
-
-class Applied:
-    """What one apply run did: the records to keep and the dev/ fd it ended with.
-
-    ``dev_fd`` is a new fd when apply created dev/ or mounted over it; the caller closes it.
-    """
-
-    def __init__(self, dev_fd: int | None, records: list[Record], created: list[str]) -> None:
-        self.dev_fd = dev_fd
-        self.records = records
-        self.created = created
-
-
-def _rmdir(name: str, dir_fd: int) -> None:
-    os.rmdir(name, dir_fd=dir_fd)
-
-
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PLACEHOLDER = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _bind_onto_placeholder(source: int, dir_fd: int, name: str) -> int:
-    """Create an empty file at ``name`` (never through a symlink, never over an existing entry)
-    and bind ``source`` onto it. Returns the placeholder's inode; on failure removes it."""
-    os.close(os.open(name, _PLACEHOLDER, 0o444, dir_fd=dir_fd))
-    target = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
-    try:
-        ino = os.fstat(target).st_ino
-        mounts.bind(source, target)
-        return ino
-    except OSError:
-        os.unlink(name, dir_fd=dir_fd)
-        raise
-    finally:
-        os.close(target)
-
-
-def _unbind(dir_fd: int, name: str) -> None:
-    mounts.unmount_at(dir_fd, name)
-    os.unlink(name, dir_fd=dir_fd)
+_ALLOWED_RDEVS = frozenset(d.rdev for d in ALLOWLIST.values())
 
 
 def _ms(start: float) -> float:
     return round((time.monotonic() - start) * 1000, 3)
 
 
-class _Run:
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+class Applier:
+    """One apply run on one jail. ``dev_fd`` ends as the dev/ jailshim works in (a new fd when
+    apply made dev/ or mounted over it; ``close`` closes what it opened)."""
+
     def __init__(
-        self, jail: Jail, dev_fd: int | None, plan: Plan, powers: Powers, log: Any
+        self, jail: Jail, dev_fd: int | None, journal: Journal, powers: Powers, *, ns: int, log: Any
     ) -> None:
         self.jail = jail
-        self.strategy = plan.strategy
-        self.powers = powers
-        self.nodev = plan.nodev
         self.dev_fd = dev_fd
+        self.journal = journal
+        self.powers = powers
+        self.ns = ns
         self.log = log
-        self.undo: list[tuple[str, Callable[[], None]]] = []
-        self.records: list[Record] = []
         self.created: list[str] = []
-        self.fds: list[int] = []  # fds the undo steps may still need; closed when apply ends
+        self.opened: list[int] = []  # fds this run opened (closed by ``close``)
+        self.strategy = Strategy.AUTO
+        self.nodev = False
 
     @property
     def dev(self) -> int:
-        """The dev/ fd; device steps only run once dev/ exists."""
         if self.dev_fd is None:
             raise RuntimeError("dev/ is not open")
         return self.dev_fd
 
+    def _open_dir(self, name: str, dir_fd: int) -> int:
+        fd = os.open(name, _DIR, dir_fd=dir_fd)
+        self.opened.append(fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.opened:
+            os.close(fd)
+        self.opened.clear()
+
+    def apply(self, plan: Plan) -> None:
+        self.strategy, self.nodev = plan.strategy, plan.nodev
+        old_umask = os.umask(0)  # modes are exactly as written: 0666 nodes, 0755 dirs
+        try:
+            if plan.make_dev_dir:
+                self.make_dev_dir()
+            if plan.mount_tmpfs:
+                self.mount_tmpfs()
+            for step in plan.steps:
+                if step.action is not Action.NOTHING:
+                    self.device(step)
+            for sock in plan.sockets:
+                if sock.action is Action.BIND:
+                    self.socket(sock)
+                    self.created.append(sock.facts.path)
+                elif sock.facts.host_problem:
+                    self.log.warning("log_socket", path=sock.facts.path, outcome=sock.reason)
+        finally:
+            os.umask(old_umask)
+
     # -- dev/ itself -------------------------------------------------------------------------
 
     def make_dev_dir(self) -> None:
-        os.mkdir("dev", 0o755, dir_fd=self.jail.fd)
-        self.undo.append(("rmdir dev", lambda: os.rmdir("dev", dir_fd=self.jail.fd)))
-        self.records.append(Record(Kind.MKDIR, "dev", where=""))
-        self.dev_fd = self.jail.open_dir("dev")
+        """dev/ is made at a temporary name and gets its record inside before it is renamed
+        into place: a kill at any point leaves either nothing or a name sweep_new_dev knows."""
+        os.mkdir(state.NEW_DEV, 0o755, dir_fd=self.jail.fd)
+        fd = self._open_dir(state.NEW_DEV, self.jail.fd)
+        record = Record(Kind.MKDIR, "dev", "", os.fstat(fd).st_ino, tmp=state.NEW_DEV)
+        self.journal.dir_fd = fd
+        index = self.journal.intend(record)
+        os.rename(state.NEW_DEV, "dev", src_dir_fd=self.jail.fd, dst_dir_fd=self.jail.fd)
+        self.journal.update(index, done=True)
+        self.dev_fd = fd
         self.log.info("dev.created", path=f"{self.jail.real}/dev")
 
     def mount_tmpfs(self) -> None:
+        """The jail is read-only, so nothing can be recorded before this mount: the mount's
+        source name (state.TMPFS_SOURCE) is its record, and its journal lives inside it."""
         start = time.monotonic()
         try:
             mounts.mount_tmpfs(self.dev, state.TMPFS_SOURCE, _TMPFS_FLAGS, _TMPFS_DATA)
@@ -132,12 +142,10 @@ class _Run:
                 tried = [f"mounting a tmpfs ({describe_errno(exc.errno or 0)})"]
                 raise NotPermitted(refusal_sentence(where, tried, self.powers, False)) from None
             raise
-        # From here on dev/ is the new tmpfs's root, not the directory below it. The caller
-        # still owns (and closes) the fd it passed in.
-        self.dev_fd = self.jail.open_dir("dev")
-        dev_fd = self.dev
-        self.undo.append(("unmount tmpfs", lambda: mounts.unmount(dev_fd)))
-        self.records.append(Record(Kind.TMPFS, "dev"))
+        # From here on dev/ is the new tmpfs's root, not the directory below it.
+        self.dev_fd = self._open_dir("dev", self.jail.fd)
+        self.journal.dir_fd, self.journal.records = self.dev_fd, []
+        self.journal.intend(Record(Kind.TMPFS, "dev", "", ns=self.ns, done=True))
         self.log.info(
             "dev.tmpfs",
             strategy="tmpfs",
@@ -146,29 +154,36 @@ class _Run:
             elapsed_ms=_ms(start),
         )
 
-    # -- one device -----------------------------------------------------------------------------
+    # -- entries -------------------------------------------------------------------------------
 
-    def displace(
-        self, name: str, found: str, dir_fd: int | None = None, where: str = "dev"
-    ) -> None:
+    def displace(self, dir_fd: int, where: str, name: str, found: str) -> None:
         """Move a wrong entry aside (kept, never deleted: teardown puts it back)."""
-        dev_fd, n = (self.dev if dir_fd is None else dir_fd), 0
-        while True:
-            aside = f".jailshim-displaced-{name}" + (f".{n}" if n else "")
-            try:
-                os.stat(aside, dir_fd=dev_fd, follow_symlinks=False)
-                n += 1
-            except FileNotFoundError:
-                break
-        os.rename(name, aside, src_dir_fd=dev_fd, dst_dir_fd=dev_fd)
-        self.undo.append(
-            (
-                f"restore {name}",
-                lambda: os.rename(aside, name, src_dir_fd=dev_fd, dst_dir_fd=dev_fd),
-            )
-        )
-        self.records.append(Record(Kind.DISPLACED, name, aside=aside, where=where))
+        n = 0
+        while _lstat(dir_fd, state.aside_name(name, n)) is not None:
+            n += 1
+        aside = state.aside_name(name, n)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        index = self.journal.intend(Record(Kind.DISPLACED, name, where, st.st_ino, aside=aside))
+        os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self.journal.update(index, done=True)
         self.log.warning("device.displaced", device=name, found=found, moved_to=f"{where}/{aside}")
+
+    def _clear_temp(self, dir_fd: int, where: str, tmp: str) -> None:
+        """A temporary name is free, or holds a leftover of ours (a node of an allowlisted
+        device, or an empty file, made by root); anything else is not ours to remove."""
+        st = _lstat(dir_fd, tmp)
+        if st is None:
+            return
+        leftover = st.st_uid == 0 and (
+            (stat.S_ISCHR(st.st_mode) and st.st_rdev in _ALLOWED_RDEVS)
+            or (stat.S_ISREG(st.st_mode) and st.st_size == 0)
+        )
+        if not leftover:
+            raise ConfigError(
+                f"{self.jail.real}/{where}/{tmp} is in the way and jailshim did not make it; "
+                "move it away and run again.",
+            )
+        os.unlink(tmp, dir_fd=dir_fd)
 
     def _refusal(self, name: str, strategy: str, exc: OSError, start: float, outcome: str) -> int:
         """Log a step the kernel refused. A refusal (EPERM, EACCES) returns its errno so the
@@ -187,13 +202,18 @@ class _Run:
         raise exc
 
     def mknod(self, device: Device) -> int:
-        """mknod at a temporary name, check it opens, rename into place. 0 or the refusal errno."""
-        dev_fd, start = self.dev, time.monotonic()
-        tmp = f".jailshim-new-{device.name}.{os.getpid()}"
+        """mknod at the temporary name, check it opens, rename into place. 0 or the refusal
+        errno (then nothing is left and the record is gone)."""
+        dev_fd, start, tmp = self.dev, time.monotonic(), state.temp_name(device.name)
+        self._clear_temp(dev_fd, "dev", tmp)
+        record = Record(Kind.MKNOD, device.name, rdev=device.rdev, tmp=tmp)
+        index = self.journal.intend(record)
         try:
             os.mknod(tmp, stat.S_IFCHR | device.mode, device.rdev, dir_fd=dev_fd)
         except OSError as exc:
+            self.journal.drop(index)
             return self._refusal(device.name, "mknod", exc, start, "refused")
+        self.journal.update(index, ino=os.stat(tmp, dir_fd=dev_fd, follow_symlinks=False).st_ino)
         try:
             # A nodev filesystem accepts mknod but refuses open(): catch it here, not an hour
             # later in the daemon.
@@ -201,11 +221,10 @@ class _Run:
         except OSError as exc:
             if exc.errno != errno.ENXIO:  # ENXIO: tty without a controlling terminal, fine
                 os.unlink(tmp, dir_fd=dev_fd)
+                self.journal.drop(index)
                 return self._refusal(device.name, "mknod", exc, start, "does not open")
         os.rename(tmp, device.name, src_dir_fd=dev_fd, dst_dir_fd=dev_fd)
-        st = os.stat(device.name, dir_fd=dev_fd, follow_symlinks=False)
-        self.undo.append((f"remove {device.name}", lambda: os.unlink(device.name, dir_fd=dev_fd)))
-        self.records.append(Record(Kind.MKNOD, device.name, ino=st.st_ino, rdev=st.st_rdev))
+        self.journal.update(index, done=True)
         self.log.info(
             "device",
             device=device.name,
@@ -216,44 +235,55 @@ class _Run:
         )
         return 0
 
-    def _host_node(self, device: Device) -> int:
-        fd = os.open(device.host_path, O_PATH_NOFOLLOW)
-        st = os.fstat(fd)
-        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != device.rdev:
-            os.close(fd)
+    def _placeholder(self, dir_fd: int, where: str, name: str) -> int:
+        """An empty file at ``name``: made at the temporary name, recorded, renamed."""
+        tmp = state.temp_name(name)
+        self._clear_temp(dir_fd, where, tmp)
+        index = self.journal.intend(Record(Kind.PLACEHOLDER, name, where, tmp=tmp))
+        os.close(os.open(tmp, _PLACEHOLDER, 0o444, dir_fd=dir_fd))
+        ino = os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False).st_ino
+        self.journal.update(index, ino=ino)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self.journal.update(index, done=True)
+        return index
+
+    def _bind(self, source: int, dir_fd: int, where: str, name: str, rdev: int) -> bool:
+        """Bind ``source`` onto the placeholder at ``name`` (made now unless one of jailshim's,
+        bound in another mount namespace, is already there) and harden it. Returns whether
+        the read-only remount worked. A refused bind leaves nothing and raises."""
+        st = _lstat(dir_fd, name)
+        if st is not None and not any(
+            r.kind is Kind.PLACEHOLDER
+            and r.done
+            and (r.where, r.name, r.ino) == (where, name, st.st_ino)
+            for r in self.journal.records
+        ):
             raise ConfigError(
-                f"The host's {device.host_path} is not the {device.name} device {device.numbers}; "
-                "jailshim binds only the real node. Fix the host's /dev first."
+                f"{self.jail.real}/{where}/{name} changed while jailshim prepared the jail; "
+                "run again."
             )
-        return fd
-
-    def bind(self, device: Device) -> int:
-        """Bind the host's node onto an empty placeholder file. 0 or the refusal errno."""
-        dev_fd, start, name = self.dev, time.monotonic(), device.name
-        source = self._host_node(device)
+        placeholder = -1 if st is not None else self._placeholder(dir_fd, where, name)
+        target = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
         try:
-            placeholder_ino = _bind_onto_placeholder(source, dev_fd, name)
-        except OSError as exc:
-            return self._refusal(name, "bind", exc, start, "refused")
+            ino = os.fstat(target).st_ino
+            index = self.journal.intend(Record(Kind.BIND, name, where, ino, rdev, ns=self.ns))
+            try:
+                mounts.bind(source, target)
+            except OSError:
+                self.journal.drop(index)
+                if placeholder >= 0:
+                    os.unlink(name, dir_fd=dir_fd)
+                    self.journal.drop(placeholder)
+                raise
         finally:
-            os.close(source)
-        self.undo.append((f"unbind {name}", functools.partial(_unbind, dev_fd, name)))
-        self.records.append(Record(Kind.BIND, name, ino=placeholder_ino, rdev=device.rdev))
-        hardened = self._harden(name)
-        self.log.info(
-            "device",
-            device=name,
-            strategy="bind",
-            outcome="bound",
-            source=device.host_path,
-            read_only=hardened,
-            elapsed_ms=_ms(start),
-        )
-        return 0
+            os.close(target)
+        hardened = self._harden(dir_fd, name)
+        self.journal.update(index, done=True)  # only now: an unhardened bind is unfinished
+        return hardened
 
-    def _harden(self, name: str) -> bool:
+    def _harden(self, dir_fd: int, name: str) -> bool:
         """Remount the bind read-only, nosuid, noexec; a refusal is only a warning."""
-        fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=self.dev)  # now the bind's root
+        fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)  # now the bind's root
         try:
             mounts.remount_bind(fd, _BIND_HARDENING)
             return True
@@ -268,9 +298,41 @@ class _Run:
         finally:
             os.close(fd)
 
+    def _host_node(self, device: Device) -> int:
+        fd = os.open(device.host_path, O_PATH_NOFOLLOW)
+        st = os.fstat(fd)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != device.rdev:
+            os.close(fd)
+            raise ConfigError(
+                f"The host's {device.host_path} is not the {device.name} device {device.numbers}; "
+                "jailshim binds only the real node. Fix the host's /dev first."
+            )
+        return fd
+
+    def bind(self, device: Device) -> int:
+        """Bind the host's node onto a placeholder file. 0 or the refusal errno."""
+        start, name = time.monotonic(), device.name
+        source = self._host_node(device)
+        try:
+            hardened = self._bind(source, self.dev, "dev", name, device.rdev)
+        except OSError as exc:
+            return self._refusal(name, "bind", exc, start, "refused")
+        finally:
+            os.close(source)
+        self.log.info(
+            "device",
+            device=name,
+            strategy="bind",
+            outcome="bound",
+            source=device.host_path,
+            read_only=hardened,
+            elapsed_ms=_ms(start),
+        )
+        return 0
+
     def device(self, step: DeviceStep) -> None:
         if step.displaces:
-            self.displace(step.device.name, step.found.describe())
+            self.displace(self.dev, "dev", step.device.name, step.found.describe())
         tried: list[str] = []
         if step.action is Action.MKNOD:
             err = self.mknod(step.device)
@@ -298,86 +360,33 @@ class _Run:
         parent, name = os.path.split(path)
         where = parent.strip("/")
         dir_fd, missing = self.jail.walk(where)
-        self.fds.append(dir_fd)
+        self.opened.append(dir_fd)
         made = where[: len(where) - len("/".join(missing))].strip("/")
         for part in missing:
+            index = self.journal.intend(Record(Kind.MKDIR, part, made))
             os.mkdir(part, 0o755, dir_fd=dir_fd)
-            self.undo.append((f"rmdir {made}/{part}", functools.partial(_rmdir, part, dir_fd)))
-            self.records.append(Record(Kind.MKDIR, part, where=made))
-            dir_fd = os.open(
-                part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-            )
-            self.fds.append(dir_fd)
+            dir_fd = self._open_dir(part, dir_fd)
+            self.journal.update(index, ino=os.fstat(dir_fd).st_ino, done=True)
             made = f"{made}/{part}".strip("/")
-        try:
-            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            self.displace(name, step.reason, dir_fd, where)
-        except FileNotFoundError:
-            pass
-        source = os.open(path, O_PATH_NOFOLLOW)
+        if not step.facts.entry.placeholder and _lstat(dir_fd, name) is not None:
+            self.displace(dir_fd, where, name, step.reason)
+        # Outside the jail a symlink may be followed (systemd's /dev/log points into
+        # /run/systemd/journal); the socket it names is what gets bound.
+        host = os.path.realpath(path)
+        source = os.open(host, O_PATH_NOFOLLOW)
         try:
             if not stat.S_ISSOCK(os.fstat(source).st_mode):
                 raise ConfigError(
                     f"The host's {path} stopped being a socket; start the log daemon."
                 )
-            ino = _bind_onto_placeholder(source, dir_fd, name)
+            self._bind(source, dir_fd, where, name, 0)
         finally:
             os.close(source)
-        self.undo.append((f"unbind {path}", functools.partial(_unbind, dir_fd, name)))
-        self.records.append(Record(Kind.SOCKET, name, ino=ino, where=where))
         self.log.info(
-            "log_socket", path=path, strategy="bind", outcome="bound", elapsed_ms=_ms(start)
+            "log_socket",
+            path=path,
+            source=host,
+            strategy="bind",
+            outcome="bound",
+            elapsed_ms=_ms(start),
         )
-
-    def rollback(self) -> None:
-        for what, action in reversed(self.undo):
-            try:
-                action()
-                self.log.info("rollback", step=what)
-            except OSError as exc:
-                self.log.error("rollback", step=what, errno=describe_errno(exc.errno or 0))
-
-
-def apply_plan(jail: Jail, dev_fd: int | None, plan: Plan, powers: Powers, log: Any) -> Applied:
-    """Carry out ``plan``; on any failure undo this run's steps and raise a JailshimError."""
-    run = _Run(jail, dev_fd, plan, powers, log)
-    applied = False
-    old_umask = os.umask(0)  # modes are exactly as written: 0666 nodes, 0755 dirs
-    try:
-        if plan.make_dev_dir:
-            run.make_dev_dir()
-        if plan.mount_tmpfs:
-            run.mount_tmpfs()
-        for step in plan.steps:
-            if step.action is not Action.NOTHING:
-                run.device(step)
-        for sock in plan.sockets:
-            if sock.action is Action.BIND:
-                run.socket(sock)
-                run.created.append(sock.facts.path)
-            elif sock.facts.host_problem:
-                log.warning("log_socket", path=sock.facts.path, outcome=sock.reason)
-        if run.records:
-            state.save(run.dev, state.load(run.dev, f"{jail.real}/dev") + run.records)
-    except JailshimError:
-        run.rollback()
-        raise
-    except OSError as exc:
-        run.rollback()
-        raise PrepareOSError(
-            f"Preparing {jail.real}/dev failed: {exc.strerror or exc} "
-            f"({describe_errno(exc.errno or 0)}); nothing was left half-made.",
-            errno=exc.errno,
-        ) from None
-    except BaseException:  # SIGINT/SIGTERM (see cli.Interrupted) or a bug: still undo
-        run.rollback()
-        raise
-    else:
-        applied = True
-        return Applied(run.dev_fd, run.records, run.created)
-    finally:
-        os.umask(old_umask)
-        for fd in run.fds:
-            os.close(fd)
-        if not applied and run.dev_fd not in (dev_fd, None):
-            os.close(run.dev_fd)  # a dev/ fd of our own, and no Applied to hand it back in

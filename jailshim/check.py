@@ -61,13 +61,17 @@ def prepare_and_verify(spec: Spec, log: Any) -> None:
     from jailshim.prepare import prepare
 
     try:
-        prepare(spec, log)
+        # The jail stays locked while it is verified, so a concurrent teardown cannot undo it
+        # between the check and the hand-over; a stop signal during the check (or the address
+        # wait) undoes this run's changes.
+        with prepare(spec, log):
+            if probe is not None:
+                first, probe = probe, None  # check() owns it from here
+                check(spec, log, first=first)
     except BaseException:
         if probe is not None:
             probe.cancel()
         raise
-    if probe is not None:
-        check(spec, log, first=probe)
 
 
 def check(

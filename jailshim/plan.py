@@ -95,7 +95,11 @@ class DeviceStep(NamedTuple):
     @property
     def displaces(self) -> bool:
         """Whether a wrong entry must be moved aside first."""
-        return self.action is not Action.NOTHING and self.found.kind is not EntryKind.ABSENT
+        return (
+            self.action is not Action.NOTHING
+            and self.found.kind is not EntryKind.ABSENT
+            and not self.found.placeholder  # bound in another namespace: bind over, never move
+        )
 
 
 class SocketStep(NamedTuple):
@@ -148,12 +152,13 @@ def is_right(device: Device, entry: Entry) -> bool:
 def _refuse_unrepairable(survey: Survey, steps: list[tuple[Device, Entry]], repair: bool) -> None:
     for device, entry in steps:
         where = f"{survey.jail}/dev/{device.name}"
-        if entry.kind is EntryKind.ABSENT:
+        if entry.kind is EntryKind.ABSENT or entry.placeholder:
             continue
         if not repair:
             raise ConfigError(
                 f"{where} is {entry.describe()}, not the {device.name} device "
-                f"{device.numbers}; remove it, or drop --no-repair to let jailshim replace it.",
+                f"{device.numbers} with mode {device.mode:04o} that opens; remove it, or drop "
+                "--no-repair to let jailshim replace it.",
                 device=device.name,
             )
         if entry.kind is EntryKind.DIRECTORY and not entry.dir_empty:
@@ -240,10 +245,14 @@ def decide(
         mount_tmpfs = True
     if mount_tmpfs:
         if not dev.exists:
-            raise ConfigError(
-                f"{survey.jail} is read-only and has no dev/ directory to mount a tmpfs on; "
-                "create the empty directory dev/ in the image.",
+            why = (
+                "is read-only and has no dev/ directory to mount a tmpfs on; create the empty "
+                "directory dev/ in the image."
+                if dev.readonly
+                else "has no dev/ directory for --strategy tmpfs to mount on; create the empty "
+                "directory dev/, or use --strategy auto."
             )
+            raise ConfigError(f"{survey.jail} {why}")
         # The tmpfs hides everything below it: every device is bound afresh, wrong or not.
         reason = "inside the new tmpfs (nodev)" + (
             "" if survey.powers.can_mount else f"; expected to be refused: {doubt}"
@@ -261,6 +270,13 @@ def decide(
         entry = survey.entries[d.name]
         if is_right(d, entry):
             steps_list.append(DeviceStep(d, Action.NOTHING, entry, "already right"))
+            continue
+        if entry.placeholder:
+            reason = "bind the host's node over jailshim's placeholder (bound in another mount"
+            reason += " namespace)" + (
+                "" if survey.powers.can_mount else f"; expected to be refused: {doubt}"
+            )
+            steps_list.append(DeviceStep(d, Action.BIND, entry, reason))
             continue
         if strategy is Strategy.MKNOD or (strategy is Strategy.AUTO and mknod_works):
             action, reason = Action.MKNOD, "mknod, mode 0666, owner root"
@@ -303,7 +319,9 @@ def _socket_steps(survey: Survey, *, dev_gets_tmpfs: bool) -> tuple[SocketStep, 
                     "remove it.",
                 )
             reason = f"bind the host's socket {facts.path}"
-            if not hidden and facts.entry.kind is not EntryKind.ABSENT:
+            if not hidden and facts.entry.placeholder:
+                reason += " over jailshim's placeholder (bound in another mount namespace)"
+            elif not hidden and facts.entry.kind is not EntryKind.ABSENT:
                 reason += f"; replacing {facts.entry.describe()}"
             steps.append(SocketStep(facts, Action.BIND, reason))
     return tuple(steps)

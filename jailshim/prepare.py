@@ -1,51 +1,219 @@
-"""`jailshim prepare`: survey the jail, decide, apply, summarise."""
+"""`jailshim prepare`: lock the jail, reconcile what a killed run left, survey, decide, apply.
+
+``Prepared`` holds the jail's lock until the caller has verified the jail (so a prepare that
+exits 0 hands over a jail no concurrent teardown has touched) and knows which records this run
+added, so that a stop signal anywhere before hand-over takes exactly those back.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from jailshim.apply import apply_plan
-from jailshim.jail.mounts import read_mount_table
-from jailshim.jail.powers import survey_powers
+from jailshim import state
+from jailshim.errors import PrepareOSError
+from jailshim.jail import mounts
+from jailshim.jail.lock import JailLock
 from jailshim.jail.safepath import Jail
-from jailshim.jail.survey import check_ownership, survey
-from jailshim.plan import Plan, decide
+from jailshim.jail.undo import describe, sweep_new_dev, undo
+from jailshim.plan import Plan, describe_errno
 from jailshim.spec import Spec
+from jailshim.state import Journal, Kind, Record
 
-__all__ = ["prepare"]
+__all__ = ["Prepared", "open_journal", "prepare"]
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def prepare(spec: Spec, log: Any) -> Plan:
-    """Make ``spec.chroot``'s dev/ right; with ``spec.dry_run`` only print the plan."""
-    start = time.monotonic()
-    with Jail(spec.chroot) as jail:
-        dev_fd = jail.open_dir("dev")
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold stop signals while the journal and the jail are changed together; one that arrives
+    meanwhile is delivered (and unwinds) right after."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def open_journal(jail: Jail, dev_fd: int | None, table: mounts.MountTable, ns: int) -> Journal:
+    """The journal of this jail as this mount namespace sees it.
+
+    When dev/ is a jailshim tmpfs the records live inside it; a tmpfs whose record was never
+    written (killed right after the mount) is adopted by its source name.
+    """
+    if dev_fd is None:
+        return Journal(None, [])
+    records = state.load_records(dev_fd, f"{jail.real}/dev")
+    on_dev = table.at(f"{jail.real}/dev")
+    ours_tmpfs = (
+        on_dev is not None and on_dev.fstype == "tmpfs" and on_dev.source == state.TMPFS_SOURCE
+    )
+    if ours_tmpfs and not any(r.kind is Kind.TMPFS and r.ns == ns for r in records):
+        records.insert(0, Record(Kind.TMPFS, "dev", "", ns=ns, done=True))
+    return Journal(dev_fd, records)
+
+
+def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Any, event: str) -> None:
+    """Undo the records at ``indexes`` (newest first), dropping each from the journal."""
+    for index in sorted(indexes, reverse=True):
+        record = journal.records[index]
+        table = mounts.read_mount_table()
         try:
-            for warning in check_ownership(jail, dev_fd, allow_writable=spec.allow_writable_jail):
-                log.warning("jail.writable", detail=warning)
-            table = read_mount_table()
-            powers = survey_powers()
-            facts = survey(jail, dev_fd, spec.devices, table, powers, sockets=spec.sockets)
-            plan = decide(facts, spec.devices, spec.strategy, repair=spec.repair)
-            if spec.dry_run:
-                sys.stdout.write(plan.render() + "\n")
-                log.info("plan", dry_run=True, changes=plan.changes_anything)
-                return plan
-            applied = apply_plan(jail, dev_fd, plan, powers, log)
-            if applied.dev_fd not in (dev_fd, None):
-                os.close(applied.dev_fd)
-            unchanged = [s.device.name for s in plan.steps if s.device.name not in applied.created]
-            log.info(
-                "prepared",
-                created=applied.created,
-                unchanged=unchanged,
-                tmpfs=plan.mount_tmpfs,
-                elapsed_ms=round((time.monotonic() - start) * 1000, 3),
-            )
-            return plan
+            outcome = undo(jail, record, table)
+        except OSError as exc:
+            log.error(event, step=describe(record), errno=describe_errno(exc.errno or 0))
+            continue
+        log.info(event, step=describe(record), outcome=outcome)
+        if record.kind is Kind.MKDIR and record.path == "dev":
+            journal.dir_fd, journal.records = None, []  # its record went with dev/
+        elif record.kind is Kind.TMPFS:
+            journal.records = []  # the journal lived inside the tmpfs
+        else:
+            journal.drop(index)
+
+
+class Prepared:
+    """A prepared jail, still locked. ``rollback`` undoes this run's records."""
+
+    def __init__(self, jail: Jail, lock: JailLock, log: Any) -> None:
+        self.jail = jail
+        self.lock = lock
+        self.log = log
+        self.journal = Journal(None, [])
+        self.first_new = 0
+        self.plan: Plan | None = None
+        self.fds: list[int] = []
+
+    def rollback(self) -> None:
+        """Take back every record this run added (a failed step, a stop signal)."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # finish undoing, then exit
+        mine = list(range(self.first_new, len(self.journal.records)))
+        undo_records(self.jail, self.journal, mine, self.log, "rollback")
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+        self.lock.release()
+        self.jail.close()
+
+
+def _reconcile(prepared: Prepared, log: Any) -> None:
+    """Finish what a killed run left: undo every record it did not complete."""
+    swept = sweep_new_dev(prepared.jail)
+    if swept:
+        log.warning("reconcile", step=f"remove {state.NEW_DEV}", outcome=swept)
+    pending = [i for i, r in enumerate(prepared.journal.records) if not r.done]
+    if pending:
+        undo_records(prepared.jail, prepared.journal, pending, log, "reconcile")
+
+
+@contextlib.contextmanager
+def prepare(spec: Spec, log: Any) -> Iterator[Prepared]:
+    """Make ``spec.chroot``'s dev/ right (with ``spec.dry_run`` only print the plan), holding
+    the jail's lock until the block ends; a failure or stop signal inside it undoes this run."""
+    from jailshim.apply import Applier
+    from jailshim.jail.powers import survey_powers
+    from jailshim.jail.survey import check_ownership, survey
+    from jailshim.plan import decide
+
+    start = time.monotonic()
+    jail = Jail(spec.chroot)
+    try:
+        lock = JailLock(jail.fd, jail.real, spec.timeout)
+    except BaseException:
+        jail.close()
+        raise
+    prepared = Prepared(jail, lock, log)
+    try:
+        dev_fd = jail.open_dir("dev")
+        if dev_fd is not None:
+            prepared.fds.append(dev_fd)
+        for warning in check_ownership(jail, dev_fd, allow_writable=spec.allow_writable_jail):
+            log.warning("jail.writable", detail=warning)
+        ns = state.mount_namespace()
+        table = mounts.read_mount_table()
+        prepared.journal = open_journal(jail, dev_fd, table, ns)
+        if not spec.dry_run:
+            with signals_deferred():
+                _reconcile(prepared, log)
+            table = mounts.read_mount_table()
+        placeholders = frozenset(
+            r.ino for r in prepared.journal.records if r.kind is Kind.PLACEHOLDER and r.done
+        )
+        powers = survey_powers()
+        facts = survey(
+            jail,
+            dev_fd,
+            spec.devices,
+            table,
+            powers,
+            sockets=spec.sockets,
+            placeholders=placeholders,
+        )
+        plan = prepared.plan = decide(facts, spec.devices, spec.strategy, repair=spec.repair)
+        if spec.dry_run:
+            unfinished = [describe(r) for r in prepared.journal.records if not r.done]
+            text = plan.render()
+            if unfinished:
+                text = f"first undo what a killed run left: {', '.join(unfinished)}\n{text}"
+            sys.stdout.write(text + "\n")
+            log.info("plan", dry_run=True, changes=plan.changes_anything or bool(unfinished))
+            yield prepared
+            return
+        prepared.first_new = len(prepared.journal.records)
+        applier = Applier(jail, dev_fd, prepared.journal, powers, ns=ns, log=log)
+        try:
+            with signals_deferred():
+                applier.apply(plan)
+                _hold(prepared.journal, ns)
+        except OSError as exc:
+            prepared.rollback()
+            raise PrepareOSError(
+                f"Preparing {jail.real}/dev failed: {exc.strerror or exc} "
+                f"({describe_errno(exc.errno or 0)}); nothing was left half-made.",
+                errno=exc.errno,
+            ) from None
+        except BaseException:  # a refused step, a stop signal, a bug: still undo
+            prepared.rollback()
+            raise
         finally:
-            if dev_fd is not None:
-                os.close(dev_fd)
+            prepared.fds.extend(applier.opened)
+            applier.opened.clear()
+        unchanged = [s.device.name for s in plan.steps if s.device.name not in applier.created]
+        log.info(
+            "prepared",
+            created=applier.created,
+            unchanged=unchanged,
+            tmpfs=plan.mount_tmpfs,
+            elapsed_ms=round((time.monotonic() - start) * 1000, 3),
+        )
+        try:
+            yield prepared
+        except KeyboardInterrupt:  # a stop signal during verification (cli.Interrupted)
+            prepared.rollback()
+            raise
+    finally:
+        prepared.close()
+
+
+def _hold(journal: Journal, ns: int) -> None:
+    """Say this mount namespace uses what the journal records, so that a teardown in another
+    namespace leaves it alone. Nothing to hold when jailshim made nothing here."""
+    if journal.dir_fd is None or not journal.records:
+        return
+    if any(r.kind is Kind.HOLDER and r.ns == ns for r in journal.records):
+        return
+    try:
+        journal.intend(Record(Kind.HOLDER, "dev", "", ns=ns, done=True))
+    except OSError as exc:
+        if exc.errno != errno.EROFS:  # a jail made read-only since: nothing can change there
+            raise
+        journal.records.pop()

@@ -1,9 +1,17 @@
-"""The record of what prepare made, kept in the jail at dev/.jailshim-state.json.
+"""The write-ahead record of what jailshim made in a jail, kept at dev/.jailshim-state.json.
 
-teardown undoes exactly what is recorded here and nothing else, and only when the thing at the
-name is still the very inode prepare made (same inode and device numbers). Keeping the record in
-jail/dev (root-owned, refused when writable by others) makes it travel with the jail, so an
-ExecStopPost= in another process, or a later container, can undo an earlier prepare.
+Every change is recorded *before* the syscall that makes it (``Journal.intend``), completed
+after it (``Journal.update``), and dropped only once undone, so a process killed at any point
+leaves a record that covers whatever it left (a temporary node, a placeholder, an unhardened
+bind). The next prepare or teardown, holding the jail's lock, reconciles it; see
+docs/ARCHITECTURE.md ("Crash safety") for the protocol and why every kill point converges.
+
+The file is trusted only when root wrote it where only root can: a regular file owned by root
+and not writable by group or others, in a root-owned dev/ no one else can write. Each record
+is then validated before anything acts on it: names are single path components, temporary and
+aside names are the ones jailshim derives, and directories are walked from the jail with
+O_NOFOLLOW by the caller. A forged or damaged record is a configuration error (78) that acts on
+nothing.
 """
 
 from __future__ import annotations
@@ -11,94 +19,269 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import stat
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from jailshim.errors import ConfigError
 
-__all__ = ["STATE_NAME", "TMPFS_SOURCE", "Kind", "Record", "load", "remove", "save"]
+__all__ = [
+    "NEW_DEV",
+    "STATE_NAME",
+    "TMPFS_SOURCE",
+    "Journal",
+    "Kind",
+    "Record",
+    "aside_name",
+    "load_records",
+    "mount_namespace",
+    "temp_name",
+]
 
 STATE_NAME = ".jailshim-state.json"
+_STATE_TMP = STATE_NAME + ".new"
 # The source name of the tmpfs jailshim mounts over jail/dev; mountinfo shows it, which is how
-# a later run knows the tmpfs is its own.
+# a later run knows the tmpfs is its own (the mount itself is the record of that one step).
 TMPFS_SOURCE = "jailshim"
-_VERSION = 1
+# dev/ is made at this name, given its record, then renamed into place (and renamed back to it
+# by teardown before it goes): an empty dev/ is never left that no record covers.
+NEW_DEV = ".jailshim-new-dev"
+_VERSION = 2
+_MAX_BYTES = 256 * 1024
+_PREFIXES = (".jailshim-new-", ".jailshim-displaced-")
 
 
 class Kind(StrEnum):
-    MKDIR = "mkdir"  # created the directory `name` in `where`
-    TMPFS = "tmpfs"  # mounted a tmpfs over jail/dev
-    DISPLACED = "displaced"  # moved a wrong entry aside to `aside`
-    MKNOD = "mknod"  # created a node
-    BIND = "bind"  # created a placeholder (inode `ino`) and bound the host's node onto it
-    SOCKET = "socket"  # the same, for a host log socket (`where` is its directory)
+    MKDIR = "mkdir"  # created the directory `name` in `where` (dev/ itself: tmp NEW_DEV)
+    TMPFS = "tmpfs"  # mounted a tmpfs over jail/dev in mount namespace `ns`
+    DISPLACED = "displaced"  # moved the wrong entry `ino` from `name` to `aside`
+    MKNOD = "mknod"  # made the node `ino` at `tmp`, renamed to `name`
+    PLACEHOLDER = "placeholder"  # made the empty file `ino` at `tmp`, renamed to `name`
+    BIND = "bind"  # bound a host node or socket onto placeholder `ino`, in mount namespace `ns`
+    HOLDER = "holder"  # mount namespace `ns` uses this jail (what teardown must not pull away)
+
+
+_MOUNTS = frozenset({Kind.TMPFS, Kind.BIND, Kind.HOLDER})
 
 
 class Record(NamedTuple):
     kind: Kind
     name: str
-    ino: int = 0
-    rdev: int = 0
-    aside: str = ""
     where: str = "dev"  # the directory holding `name`, relative to the jail ("" is the jail)
+    ino: int = 0  # the inode jailshim made (or moved aside); 0 until known
+    rdev: int = 0
+    tmp: str = ""
+    aside: str = ""
+    ns: int = 0  # mount namespace inode, for TMPFS, BIND and HOLDER
+    done: bool = False  # False: intent recorded, the syscall may or may not have happened
+
+    @property
+    def path(self) -> str:
+        return f"{self.where}/{self.name}".lstrip("/")
+
+    @property
+    def is_mount(self) -> bool:
+        """Lives in one mount namespace only (undone there, or gone with it)."""
+        return self.kind in _MOUNTS
 
 
-def _read_text(dev_fd: int) -> str | None:
+def temp_name(name: str) -> str:
+    """Where a node, placeholder or dev/ is made before it is renamed into place. Not the PID:
+    as PID 1 in a container it would always be 1, and a leftover would block every start."""
+    return f".jailshim-new-{name}"
+
+
+def aside_name(name: str, n: int) -> str:
+    return f".jailshim-displaced-{name}" + (f".{n}" if n else "")
+
+
+def mount_namespace() -> int:
+    """This process's mount namespace (the inode of /proc/self/ns/mnt)."""
+    return os.stat("/proc/self/ns/mnt").st_ino
+
+
+# -- validation: nothing read from the file is acted on before it passes these ------------------
+
+_COMPONENT_BAD = re.compile(r"[/\x00]")
+
+
+def _component(value: str, what: str) -> None:
+    if not value or value in (".", "..") or _COMPONENT_BAD.search(value) or len(value) > 255:
+        raise ValueError(f"{what} {value!r} is not a single file name")
+
+
+def _validate(record: Record) -> None:
+    _component(record.name, "name")
+    for part in record.where.split("/") if record.where else ():
+        _component(part, "directory")
+    if record.kind is Kind.TMPFS and (record.where, record.name) != ("", "dev"):
+        raise ValueError("a tmpfs record must name dev/")
+    if record.kind is Kind.HOLDER and (record.where, record.name) != ("", "dev"):
+        raise ValueError("a holder record must name dev/")
+    if record.kind in (Kind.MKNOD, Kind.PLACEHOLDER) and record.tmp != temp_name(record.name):
+        raise ValueError(f"temporary name {record.tmp!r} is not jailshim's")
+    if record.kind is Kind.MKDIR and record.tmp not in ("", temp_name(record.name)):
+        raise ValueError(f"temporary name {record.tmp!r} is not jailshim's")
+    if record.kind is Kind.DISPLACED and not re.fullmatch(
+        re.escape(aside_name(record.name, 0)) + r"(\.[1-9][0-9]{0,3})?", record.aside
+    ):
+        raise ValueError(f"aside name {record.aside!r} is not jailshim's")
+    if record.kind is not Kind.DISPLACED and record.name.startswith(_PREFIXES):
+        raise ValueError(f"name {record.name!r} is one of jailshim's own")
+    if record.is_mount and record.ns <= 0:
+        raise ValueError("a mount record needs its mount namespace")
+
+
+def _record(raw: Any) -> Record:
+    if not isinstance(raw, dict):
+        raise TypeError("a record is not an object")
+    fields: dict[str, Any] = {"kind": Kind(raw["kind"])}
+    for key in Record._fields[1:]:
+        if key in raw:
+            fields[key] = raw[key]
+            # Exact types: a bool is not an inode number, a list is not a name.
+            if type(raw[key]) is not type(Record._field_defaults.get(key, "")):
+                raise TypeError(f"{key} has the wrong type")
+    record = Record(**fields)
+    _validate(record)
+    return record
+
+
+def _from_version_1(raw: list[Any], ns: int) -> list[Record]:
+    """Records of jailshim 0.1 (written only when prepare finished: every step done)."""
+    records: list[Record] = []
+    for r in raw:
+        kind, name, where = r["kind"], r["name"], r.get("where", "dev")
+        if kind in ("bind", "socket"):
+            records.append(Record(Kind.PLACEHOLDER, name, where, r["ino"], tmp=temp_name(name)))
+            records.append(Record(Kind.BIND, name, where, r["ino"], r["rdev"], ns=ns))
+        elif kind in ("mknod", "mkdir"):
+            tmp = temp_name(name) if kind == "mknod" else ""
+            records.append(Record(Kind(kind), name, where, r["ino"], r["rdev"], tmp=tmp))
+        elif kind == "displaced":
+            records.append(Record(Kind.DISPLACED, name, where, aside=r["aside"]))
+        else:
+            records.append(Record(Kind.TMPFS, "dev", "", ns=ns))
+    done = [r._replace(done=True) for r in records]
+    for record in done:
+        _validate(record)
+    return done
+
+
+def _owned_by_root_only(st: os.stat_result) -> bool:
+    return st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def load_records(dir_fd: int, where: str) -> list[Record]:
+    """The validated records in ``dir_fd`` (oldest first); [] when there is no record.
+
+    Opens only a regular file, non-blocking (a FIFO planted at the name cannot hang us), and
+    reads a bounded amount. Raises ConfigError when the file or dir_fd could have been written
+    by someone other than root, or when any record does not validate: then nothing is acted on.
+    """
+    path = f"{where}/{STATE_NAME}"
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(STATE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev_fd)
+        fd = os.open(STATE_NAME, flags, dir_fd=dir_fd)
     except FileNotFoundError:
-        return None
-    with os.fdopen(fd, encoding="utf-8") as f:
-        return f.read(1 << 20)
-
-
-def load(dev_fd: int | None, where: str) -> list[Record]:
-    """The records in jail/dev, oldest first; [] when there is no record."""
-    if dev_fd is None:
         return []
-    try:
-        text = _read_text(dev_fd)
-        if text is None:
-            return []
-        data = json.loads(text)
-        return [
-            Record(
-                Kind(r["kind"]),
-                str(r["name"]),
-                int(r["ino"]),
-                int(r["rdev"]),
-                str(r["aside"]),
-                str(r.get("where", "dev")),
-            )
-            for r in data["records"]
-        ]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except OSError as exc:
         raise ConfigError(
-            f"{where}/{STATE_NAME} cannot be read ({exc}); it records what jailshim made. "
-            "Check the jail by hand, then delete that file.",
+            f"{path} cannot be opened ({exc.strerror}); it should be jailshim's record of what it "
+            "made. Check the jail by hand, then remove that entry.",
         ) from None
+    try:
+        st, dir_st = os.fstat(fd), os.fstat(dir_fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_BYTES:
+            raise ValueError("not a regular file of at most 256 KiB")
+        if not (_owned_by_root_only(st) and _owned_by_root_only(dir_st)):
+            raise PermissionError(
+                f"it (owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}) or its directory "
+                f"(owner {dir_st.st_uid}, mode {stat.S_IMODE(dir_st.st_mode):04o}) could have been "
+                "written by a user other than root"
+            )
+        data = json.loads(os.read(fd, _MAX_BYTES + 1))
+        if data.get("version") == 1:
+            return _from_version_1(data["records"], mount_namespace())
+        if data.get("version") != _VERSION:
+            raise ValueError(f"unknown version {data.get('version')!r}")
+        return [_record(r) for r in data["records"]]
+    except PermissionError as exc:
+        raise ConfigError(
+            f"{path} is not trusted: {exc}. jailshim acts on nothing it records there; make dev/ "
+            "and that file root-owned and not group/other-writable, check the jail by hand, "
+            "then run again.",
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"{path} is not a valid jailshim record ({exc}); nothing was changed. Check the "
+            "jail by hand, then delete that file.",
+        ) from None
+    finally:
+        os.close(fd)
 
 
-def save(dev_fd: int, records: list[Record]) -> None:
-    """Write the record atomically (a temporary name, then rename over the old one)."""
-    tmp = f"{STATE_NAME}.{os.getpid()}"
-    body = json.dumps({"version": _VERSION, "records": [r._asdict() for r in records]}, indent=1)
+def _write(dir_fd: int, records: list[Record]) -> None:
+    """Replace the record atomically: a fixed temporary name, then rename over the old one.
+
+    Atomic against process death (SIGKILL, OOM), which is what a container stop does. No fsync:
+    mounts do not survive a power loss anyway, and a stale record is reconciled by inode.
+    """
+    if not records:
+        for name in (STATE_NAME, _STATE_TMP):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+        return
+    body = json.dumps({"version": _VERSION, "records": [r._asdict() for r in records]})
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_STATE_TMP, dir_fd=dir_fd)  # a leftover of a killed run
     fd = os.open(
-        tmp,
+        _STATE_TMP,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
         0o644,
-        dir_fd=dev_fd,
+        dir_fd=dir_fd,
     )
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(body + "\n")
-        os.rename(tmp, STATE_NAME, src_dir_fd=dev_fd, dst_dir_fd=dev_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dev_fd)
-        raise
+        os.write(fd, body.encode() + b"\n")
+    finally:
+        os.close(fd)
+    os.rename(_STATE_TMP, STATE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
-def remove(dev_fd: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(STATE_NAME, dir_fd=dev_fd)
+class Journal:
+    """The records of one jail, kept in step with the file in ``dir_fd`` (dev/ or the tmpfs)."""
+
+    def __init__(self, dir_fd: int | None, records: list[Record]) -> None:
+        self.dir_fd = dir_fd
+        self.records = records
+
+    def _save(self) -> None:
+        if self.dir_fd is None:
+            raise RuntimeError("the journal has no directory yet")
+        _write(self.dir_fd, self.records)
+
+    def intend(self, record: Record) -> int:
+        """Record a step before doing it; returns its index for ``update``."""
+        self.records.append(record)
+        self._save()
+        return len(self.records) - 1
+
+    def update(self, index: int, **changes: Any) -> None:
+        self.records[index] = self.records[index]._replace(**changes)
+        self._save()
+
+    def drop(self, index: int) -> None:
+        del self.records[index]
+        self._save()
+
+    def move_to(self, dir_fd: int) -> None:
+        """Keep the records in another directory from now on (a new dev/, the tmpfs)."""
+        self.dir_fd = dir_fd
+        self._save()
+
+    def index_of(self, record: Record) -> int:
+        for i in range(len(self.records) - 1, -1, -1):
+            if self.records[i] is record:
+                return i
+        raise ValueError("record not in the journal")

@@ -95,11 +95,9 @@ def test_non_empty_directory_is_never_deleted(jail: Path) -> None:
     assert (jail / "dev" / "urandom" / "keep").read_text() == "data"
 
 
-@pytest.mark.parametrize("where", ["jail", "dev"])
-def test_jail_writable_by_others_is_refused(jail: Path, where: str) -> None:
-    """A jail or jail/dev writable by non-root users: 78, unless --allow-writable-jail (warns)."""
-    target = jail if where == "jail" else _dev(jail)
-    target.chmod(0o777)
+def test_jail_writable_by_others_is_refused(jail: Path) -> None:
+    """A jail writable by non-root users: 78, unless --allow-writable-jail (warns)."""
+    jail.chmod(0o777)
     before = snapshot(jail)
     result = run("prepare", "--chroot", str(jail))
     assert result.code == 78
@@ -108,6 +106,17 @@ def test_jail_writable_by_others_is_refused(jail: Path, where: str) -> None:
     allowed = run("prepare", "--chroot", str(jail), "--allow-writable-jail")
     assert allowed.code == 0, allowed.stderr
     assert allowed.named("jail.writable")[0]["level"] == "warning"
+
+
+def test_dev_writable_by_others_is_refused_even_when_allowed(jail: Path) -> None:
+    """jail/dev holds the nodes and root's record: writable by others is 78 whatever the flag."""
+    _dev(jail).chmod(0o777)
+    before = snapshot(jail)
+    for extra in ([], ["--allow-writable-jail"]):
+        result = run("prepare", "--chroot", str(jail), *extra)
+        assert result.code == 78
+        assert "even with --allow-writable-jail" in result.error
+        assert snapshot(jail) == before
 
 
 def test_jail_owned_by_a_user_is_refused(jail: Path) -> None:

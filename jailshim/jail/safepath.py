@@ -32,6 +32,31 @@ _DIR_NOFOLLOW = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_TRIAL = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
+# Directories that are never a daemon's jail: preparing one would put nodes, mounts and
+# records into the system itself (seen: --chroot /dev created /dev/dev).
+_SYSTEM_DIRS = frozenset(
+    [
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+    ]
+)
+
+
 class EntryKind(StrEnum):
     ABSENT = "nothing"
     CHAR = "a character device"
@@ -70,6 +95,7 @@ class Entry(NamedTuple):
     open_errno: int = 0  # errno of the trial open of a character device (EACCES on nodev)
     link_target: str = ""
     dir_empty: bool = True
+    placeholder: bool = False  # an empty file jailshim made, bound in another mount namespace
 
     def describe(self) -> str:
         """A phrase for logs: 'a symlink to /etc/passwd', 'a character device 1:3'."""
@@ -97,8 +123,22 @@ def writable_by_non_root(st: os.stat_result) -> bool:
     )
 
 
-def inspect_entry(dir_fd: int, dir_path: str, name: str, mounts: MountTable) -> Entry:
-    """lstat ``name`` in ``dir_fd`` and, for a character device, try to open it."""
+def inspect_entry(
+    dir_fd: int,
+    dir_path: str,
+    name: str,
+    mounts: MountTable,
+    *,
+    expected_rdev: int | None = None,
+    placeholders: frozenset[int] = frozenset(),
+) -> Entry:
+    """lstat ``name`` in ``dir_fd``; a character device with the ``expected_rdev`` numbers is
+    also opened once (non-blocking) to see whether its filesystem lets it open.
+
+    A device with other numbers is never opened: opening some devices acts (a watchdog node
+    10:130 arms the watchdog and reboots the machine). ``placeholders`` are the inodes of the
+    placeholder files jailshim's record lists.
+    """
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -115,7 +155,7 @@ def inspect_entry(dir_fd: int, dir_path: str, name: str, mounts: MountTable) -> 
             dir_empty = not os.listdir(fd)
         finally:
             os.close(fd)
-    elif kind is EntryKind.CHAR:
+    elif kind is EntryKind.CHAR and st.st_rdev == expected_rdev:
         try:
             os.close(os.open(name, OPEN_TRIAL, dir_fd=dir_fd))
         except OSError as exc:
@@ -131,6 +171,7 @@ def inspect_entry(dir_fd: int, dir_path: str, name: str, mounts: MountTable) -> 
         open_errno=open_errno,
         link_target=link_target,
         dir_empty=dir_empty,
+        placeholder=kind is EntryKind.REGULAR and st.st_size == 0 and st.st_ino in placeholders,
     )
 
 
@@ -171,6 +212,13 @@ class Jail:
             self.close()
             raise ConfigError(
                 "The jail is /, which is no jail; give a directory below it.", chroot=path
+            )
+        if self.real in _SYSTEM_DIRS or self.real.startswith(("/proc/", "/sys/", "/dev/")):
+            self.close()
+            raise ConfigError(
+                f"The jail {path} is the system directory {self.real}; jailshim would create "
+                "entries in it. Give the daemon's own jail directory, such as /var/lib/haproxy.",
+                chroot=path,
             )
         self.stat = st
 

@@ -21,15 +21,23 @@ def check_ownership(jail: Jail, dev_fd: int | None, *, allow_writable: bool) -> 
 
     Such a user could swap entries under us or replace a node after we checked it.
     """
-    found = []
-    checked = [(jail.real, jail.stat)]
+
+    def describe(where: str, st: os.stat_result) -> str:
+        return f"{where} (owner {st.st_uid}, group {st.st_gid}, mode {st.st_mode & 0o7777:04o})"
+
     if dev_fd is not None:
-        checked.append((f"{jail.real}/dev", os.fstat(dev_fd)))
-    for where, st in checked:
+        st = os.fstat(dev_fd)
         if writable_by_non_root(st):
-            found.append(
-                f"{where} (owner {st.st_uid}, group {st.st_gid}, mode {st.st_mode & 0o7777:04o})"
+            # Not covered by --allow-writable-jail: dev/ holds the nodes the daemon trusts and
+            # jailshim's record, which root's teardown acts on. A user who can write there could
+            # swap a node after the check or forge the record.
+            raise ConfigError(
+                f"{describe(jail.real + '/dev', st)} is writable by a non-root user; jailshim "
+                "keeps the nodes and its record there, so dev/ must be owned by root and not "
+                "group/other-writable (even with --allow-writable-jail).",
+                chroot=jail.path,
             )
+    found = [describe(jail.real, jail.stat)] if writable_by_non_root(jail.stat) else []
     if found and not allow_writable:
         raise ConfigError(
             f"The jail is writable by a non-root user: {', '.join(found)}; make it owned by "
@@ -43,7 +51,9 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def survey_socket(jail: Jail, path: str, mounts: MountTable) -> SocketFacts:
+def survey_socket(
+    jail: Jail, path: str, mounts: MountTable, placeholders: frozenset[int] = frozenset()
+) -> SocketFacts:
     """The host socket at ``path`` and what stands at the same path inside the jail."""
     host_problem, host_id = "", (0, 0)
     try:
@@ -61,7 +71,7 @@ def survey_socket(jail: Jail, path: str, mounts: MountTable) -> SocketFacts:
             entry, entry_id = Entry(name, EntryKind.ABSENT), (0, 0)
         else:
             where = jail.real + (parent if parent != "/" else "")
-            entry = inspect_entry(fd, where, name, mounts)
+            entry = inspect_entry(fd, where, name, mounts, placeholders=placeholders)
             entry_id = (0, 0)
             if entry.kind is not EntryKind.ABSENT:
                 entry_id = _identity(os.stat(name, dir_fd=fd, follow_symlinks=False))
@@ -86,6 +96,7 @@ def survey(
     powers: Powers,
     *,
     sockets: tuple[str, ...] = (),
+    placeholders: frozenset[int] = frozenset(),
 ) -> Survey:
     fs_fd = dev_fd if dev_fd is not None else jail.fd
     flags = os.fstatvfs(fs_fd).f_flag
@@ -101,7 +112,9 @@ def survey(
     )
     entries = {
         d.name: (
-            inspect_entry(dev_fd, dev_path, d.name, mounts)
+            inspect_entry(
+                dev_fd, dev_path, d.name, mounts, expected_rdev=d.rdev, placeholders=placeholders
+            )
             if dev_fd is not None
             else Entry(d.name, EntryKind.ABSENT)
         )
@@ -112,5 +125,5 @@ def survey(
         dev=dev,
         entries=entries,
         powers=powers,
-        sockets=tuple(survey_socket(jail, path, mounts) for path in sockets),
+        sockets=tuple(survey_socket(jail, path, mounts, placeholders) for path in sockets),
     )

@@ -57,7 +57,9 @@ def _device_facts(device: Device) -> DeviceFacts:
         "numbers": f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}",
         "mode": stat.S_IMODE(st.st_mode),
     }
-    if device.name == "tty":  # opening needs a controlling terminal; identity is what matters
+    if device.name == "tty" or st.st_rdev != device.rdev:
+        # tty: opening needs a controlling terminal; identity is what matters. Other numbers:
+        # never opened, since opening some devices acts (a watchdog node reboots the machine).
         return DeviceFacts(**base)
     entropy = device.name in ENTROPY_DEVICES
     try:

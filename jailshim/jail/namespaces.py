@@ -1,0 +1,45 @@
+"""Mount namespaces: which one this process is in, and whether another one still exists.
+
+A bind or tmpfs exists only in the mount namespace that made it, while the nodes and
+placeholders it sits on are shared by every namespace that sees the jail (two containers on
+one volume; systemd giving each Exec* command of a unit its own namespace). teardown must not
+pull a placeholder out from under a namespace that still uses it: unlinking a file that is a
+mount point elsewhere silently detaches that mount (Linux >= 3.18), leaving the other daemon
+an empty file at dev/urandom.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["namespace_alive"]
+
+# The initial PID namespace's inode number is fixed by the kernel (PROC_PID_INIT_INO).
+_INITIAL_PID_NS = 0xEFFFFFFC
+
+
+def _sees_every_process() -> bool:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == _INITIAL_PID_NS
+    except OSError:
+        return False
+
+
+def namespace_alive(ns: int) -> bool:
+    """Whether mount namespace ``ns`` may still exist.
+
+    True unless proven gone: only from the initial PID namespace can every process's namespace
+    be seen (/proc/PID/ns/mnt). From inside a container another namespace is assumed alive.
+    A namespace held open only by a bind of its nsfs file is not seen here either; it holds no
+    daemon, so counting it gone is harmless.
+    """
+    if not _sees_every_process():
+        return True
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.stat(f"/proc/{entry.name}/ns/mnt").st_ino == ns:
+                    return True
+            except OSError:
+                continue
+    return False

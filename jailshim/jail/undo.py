@@ -1,0 +1,200 @@
+"""Undo one record: the one piece of code that takes back what apply made.
+
+Used by apply's rollback (this run's records), by reconcile (what a killed run left half-done)
+and by teardown. Each undo looks at what is really there and acts only on the very inode the
+record names, found at its temporary name or its final name, so it is right whether the
+recorded syscall happened or not, and running it twice is harmless. Every directory is walked
+down from the jail without following a symlink; nothing outside the jail is ever touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+
+from jailshim import state
+from jailshim.jail import mounts
+from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail
+from jailshim.state import Kind, Record
+
+__all__ = ["describe", "sweep_new_dev", "undo"]
+
+
+def describe(record: Record) -> str:
+    """The step a record stands for, as rollback and teardown log it."""
+    return {
+        Kind.MKDIR: "rmdir {}",
+        Kind.TMPFS: "unmount the tmpfs on {}",
+        Kind.DISPLACED: "restore {}",
+        Kind.MKNOD: "remove {}",
+        Kind.PLACEHOLDER: "remove the placeholder {}",
+        Kind.BIND: "unbind {}",
+        Kind.HOLDER: "release the hold on {}",
+    }[record.kind].format(record.path)
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _ours(record: Record, st: os.stat_result | None, *, at_tmp: bool) -> bool:
+    """Whether ``st`` is the inode ``record`` made. Before the inode was recorded only the
+    temporary name can hold it, and only something of the recorded shape made by root."""
+    if st is None:
+        return False
+    if record.kind is Kind.MKNOD:
+        shape = stat.S_ISCHR(st.st_mode) and st.st_rdev == record.rdev
+    else:  # a placeholder: an empty regular file
+        shape = stat.S_ISREG(st.st_mode) and st.st_size == 0
+    if record.ino:
+        return shape and st.st_ino == record.ino
+    return shape and at_tmp and st.st_uid == 0
+
+
+def _remove_made(dir_fd: int, record: Record) -> str:
+    """MKNOD and PLACEHOLDER: unlink the inode at its temporary or final name."""
+    for name, at_tmp in ((record.tmp, True), (record.name, False)):
+        if _ours(record, _lstat(dir_fd, name), at_tmp=at_tmp):
+            os.unlink(name, dir_fd=dir_fd)
+            return "removed" + (" (from its temporary name)" if at_tmp else "")
+    if record.ino and _lstat(dir_fd, record.name) is not None:
+        return "left: changed since prepare"
+    return "already gone"
+
+
+def _unbind(jail: Jail, dir_fd: int, record: Record, table: mounts.MountTable) -> str:
+    """BIND in this namespace: detach the mount at the name if it holds what was bound."""
+    mount_point = f"{jail.real}/{record.path}"
+    if table.at(mount_point) is None:
+        return "already gone"
+    fd = os.open(record.name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        # What we bound: the host's character device, or (rdev 0) the host's log socket.
+        bound = (
+            stat.S_ISCHR(st.st_mode) and st.st_rdev == record.rdev
+            if record.rdev
+            else stat.S_ISSOCK(st.st_mode)
+        )
+        if not bound:
+            return "left: another mount is there"
+        mounts.unmount(fd)
+    finally:
+        os.close(fd)
+    return "unmounted"
+
+
+def _restore(dir_fd: int, record: Record) -> str:
+    aside = _lstat(dir_fd, record.aside)
+    if aside is None or (record.ino and aside.st_ino != record.ino):
+        at_name = _lstat(dir_fd, record.name)
+        if at_name is not None and at_name.st_ino == record.ino:
+            return "never moved"
+        return "left: the entry moved aside is gone"
+    if _lstat(dir_fd, record.name) is not None:
+        return f"left at {record.where}/{record.aside}: {record.name} exists again"
+    os.rename(record.aside, record.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return f"restored from {record.where}/{record.aside}"
+
+
+def _remove_dev(jail: Jail, record: Record) -> str:
+    """dev/ itself goes back to its temporary name first, so that a kill while emptying it
+    leaves a name sweep_new_dev recognises, never an unrecorded empty dev/."""
+    st = _lstat(jail.fd, "dev")
+    if st is not None and stat.S_ISDIR(st.st_mode) and (st.st_ino == record.ino or not record.ino):
+        fd = os.open("dev", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=jail.fd)
+        try:
+            others = [n for n in os.listdir(fd) if not n.startswith(state.STATE_NAME)]
+        finally:
+            os.close(fd)
+        if others:
+            return f"left: not empty ({', '.join(sorted(others)[:5])})"
+        if _lstat(jail.fd, state.NEW_DEV) is not None:
+            return "left: a leftover temporary dev/ is in the way"
+        os.rename("dev", state.NEW_DEV, src_dir_fd=jail.fd, dst_dir_fd=jail.fd)
+    elif st is not None:
+        return "left: changed since prepare"
+    return sweep_new_dev(jail) or "already gone"
+
+
+def sweep_new_dev(jail: Jail) -> str:
+    """Remove the temporary dev/ a killed prepare or teardown left: it holds at most jailshim's
+    own record files (root-owned regular files), and is removed only then."""
+    st = _lstat(jail.fd, state.NEW_DEV)
+    if st is None:
+        return ""
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+        return f"left {state.NEW_DEV}: not a directory jailshim made"
+    fd = os.open(state.NEW_DEV, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=jail.fd)
+    try:
+        for name in os.listdir(fd):
+            entry = _lstat(fd, name)
+            if (
+                name.startswith(state.STATE_NAME)
+                and entry is not None
+                and stat.S_ISREG(entry.st_mode)
+                and entry.st_uid == 0
+            ):
+                os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(state.NEW_DEV, dir_fd=jail.fd)
+    except OSError as exc:
+        return f"left {state.NEW_DEV}: {exc.strerror}"
+    return "removed"
+
+
+def _rmdir(dir_fd: int, record: Record) -> str:
+    st = _lstat(dir_fd, record.name)
+    if st is None:
+        return "already gone"
+    if not stat.S_ISDIR(st.st_mode) or (record.ino and st.st_ino != record.ino):
+        return "left: changed since prepare"
+    try:
+        os.rmdir(record.name, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+            return f"left: {exc.strerror}"
+        raise
+    return "removed"
+
+
+def _unmount_tmpfs(jail: Jail, table: mounts.MountTable) -> str:
+    entry = table.at(f"{jail.real}/dev")
+    if entry is None or entry.fstype != "tmpfs" or entry.source != state.TMPFS_SOURCE:
+        return "already gone"
+    mounts.unmount_at(jail.fd, "dev")  # detaches the binds inside it too
+    return "unmounted"
+
+
+def undo(jail: Jail, record: Record, table: mounts.MountTable) -> str:
+    """Undo ``record`` in this mount namespace; returns what was done, or why it was left.
+
+    The caller decides whether a record is this namespace's to undo (state.Record.is_mount).
+    """
+    if record.kind is Kind.HOLDER:
+        return "released"
+    if record.kind is Kind.TMPFS:
+        return _unmount_tmpfs(jail, table)
+    if record.kind is Kind.MKDIR and (record.where, record.name) == ("", "dev"):
+        return _remove_dev(jail, record)
+    dir_fd, missing = jail.walk(record.where)
+    try:
+        if missing:
+            return f"already gone: {record.where}/ is gone"
+        if record.kind is Kind.BIND:
+            return _unbind(jail, dir_fd, record, table)
+        if record.kind is Kind.DISPLACED:
+            return _restore(dir_fd, record)
+        if record.kind is Kind.MKDIR:
+            return _rmdir(dir_fd, record)
+        return _remove_made(dir_fd, record)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(dir_fd)
