@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 from jailshim.errors import CommandNotExecutable, CommandNotFound
 
-__all__ = ["clean_environment", "exec_command", "other_init", "supervise"]
+__all__ = ["clean_environment", "default_signals", "exec_command", "other_init", "supervise"]
 
 # PID-1 programs that already reap zombies: running `--init` under them doubles the init.
 _REAPING_INITS = {
@@ -32,6 +32,23 @@ def clean_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("JAILSHIM_")}
 
 
+def default_signals() -> None:
+    """Every signal to its default disposition and an empty signal mask, as tini and dumb-init
+    leave them for their child.
+
+    execve() resets caught signals but keeps ignored ones and the mask: the daemon would
+    inherit Python's SIG_IGN for SIGPIPE and SIGXFSZ (a shell under it prints "Broken pipe"
+    instead of dying quietly), and whatever the runtime ignored or blocked.
+    """
+    import signal
+
+    for sig in range(1, signal.NSIG):
+        # SIGKILL, SIGSTOP and glibc's reserved real-time signals refuse: nothing to reset
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
@@ -42,8 +59,10 @@ def exec_command(binary: str, argv: list[str], log: Any) -> NoReturn:
     """Replace jailshim with the daemon (same PID, argv and environment less JAILSHIM_*)."""
     log.info("handover", mode="exec", command=argv)
     _flush()
+    environment = clean_environment()
+    default_signals()  # last: from here a stop signal has its default effect, as for the daemon
     try:
-        os.execve(binary, argv, clean_environment())
+        os.execve(binary, argv, environment)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             raise CommandNotFound(
@@ -89,4 +108,6 @@ def supervise(argv: list[str], *, kill_group: bool, log: Any) -> NoReturn:
     lean = [sys.executable, "-S", "-E", supervisor.__file__, *flags, "--", *argv]
     log.info("handover", mode="init", command=argv, kill_group=kill_group)
     _flush()
-    os.execve(sys.executable, lean, clean_environment())
+    environment = clean_environment()
+    default_signals()
+    os.execve(sys.executable, lean, environment)

@@ -55,8 +55,13 @@ def _spawn(cmd: list[str]) -> int:
     pid = os.fork()
     if pid == 0:
         os.setpgid(0, 0)  # its own group, so --kill-group reaches its children too
-        for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
+        # Every disposition to default and an empty mask, as tini does: the interpreter ignores
+        # SIGPIPE and SIGXFSZ, and execvp keeps what is ignored and blocked.
+        for sig in range(1, signal.NSIG):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):  # SIGKILL, SIGSTOP, glibc's real-time signals
+                pass
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         try:
             os.execvp(cmd[0], cmd)
