@@ -2,7 +2,8 @@
 
 ``main(argv) -> int`` is the only place that turns an exception into an exit code (through
 errors.EXIT_CODES). Command modules are imported only when their command runs: start-up time is
-part of the product.
+part of the product. Each command takes only its own options; a JAILSHIM_* variable for an
+option the command does not take is ignored (a container sets them for every command).
 """
 
 from __future__ import annotations
@@ -12,30 +13,52 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO, cast
 
 from jailshim import __version__
-from jailshim.errors import JailshimError, UsageError, exit_code_for
+from jailshim.errors import (
+    ConfigError,
+    JailshimError,
+    PrepareOSError,
+    UsageError,
+    exit_code_for,
+    said,
+)
 
 if TYPE_CHECKING:  # type names only: the modules load when a command needs them
-    from jailshim.spec import Spec
+    from jailshim.devices import Device
+    from jailshim.spec import Identity, Spec
     from jailshim.verify.network import WaitTarget
 
-__all__ = ["ENV_PREFIX", "main", "parse_args"]
+__all__ = ["ENV_PREFIX", "MAX_TIMEOUT", "main", "parse_args"]
 
 ENV_PREFIX = "JAILSHIM_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+MAX_TIMEOUT = 86400.0  # a day: a larger retry budget is a typo, not a plan
+_PATH_MAX = 4096  # the kernel's limit on a path, the terminating NUL included
+_NAME_MAX = 255  # and on one name in it
+
+RUN, PREPARE, CHECK, TEARDOWN, DOCTOR, EXPLAIN = (
+    "run",
+    "prepare",
+    "check",
+    "teardown",
+    "doctor",
+    "explain",
+)
+_AS_USER = (RUN, PREPARE, CHECK, DOCTOR)  # the commands that look into a jail as a user
+_LOGGING = (RUN, PREPARE, CHECK, TEARDOWN, DOCTOR)
 
 
 class _Opt(NamedTuple):
     flag: str
     help: str
+    commands: tuple[str, ...]  # the commands that take it
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     repeat: bool = False  # repeatable flag; the variable is comma-separated
     switch: bool = False  # takes no value; the variable is 1/0, true/false, yes/no
-    number: bool = False
 
     @property
     def dest(self) -> str:
@@ -47,59 +70,120 @@ class _Opt(NamedTuple):
 
 
 _OPTIONS = (
-    _Opt("--chroot", "the jail directory (default: from the daemon's config)", "DIR"),
-    _Opt("--user", "the daemon's user; checks run as this user", "NAME|UID"),
-    _Opt("--group", "the daemon's group (default: the user's primary group)", "NAME|GID"),
+    _Opt(
+        "--chroot",
+        "the jail directory (run: default from the daemon's config)",
+        (RUN, PREPARE, CHECK, TEARDOWN, DOCTOR),
+        "DIR",
+    ),
+    _Opt("--pid", "the running daemon to inspect", (DOCTOR,), "PID"),
+    _Opt(
+        "--user",
+        "the daemon's user; checks run as it (a user name wins over a UID; +UID is always a UID)",
+        _AS_USER,
+        "NAME|UID",
+    ),
+    _Opt(
+        "--group",
+        "the daemon's group (default: the user's primary group; +GID is always a GID)",
+        _AS_USER,
+        "NAME|GID",
+    ),
     _Opt(
         "--device",
-        "a device to provide: null zero full random urandom tty "
-        "(repeatable; default: urandom random null)",
+        "a device to provide as well as the defaults (urandom random null; doctor checks "
+        "urandom random): null zero full random urandom tty (repeatable)",
+        _AS_USER,
         "NAME",
         repeat=True,
     ),
     _Opt(
+        "--only-devices",
+        "exactly the --device names, without the defaults",
+        _AS_USER,
+        switch=True,
+    ),
+    _Opt(
         "--strategy",
         "how to make nodes (default: auto)",
+        (RUN, PREPARE),
         choices=("auto", "mknod", "bind", "tmpfs"),
     ),
     _Opt(
-        "--log-socket", "a host log socket to bring into the jail (repeatable)", "PATH", repeat=True
+        "--log-socket",
+        "a host log socket to bring into the jail (repeatable)",
+        (RUN, PREPARE),
+        "PATH",
+        repeat=True,
     ),
-    _Opt("--haproxy-config", "haproxy's configuration file (default: from -f)", "FILE"),
+    _Opt("--haproxy-config", "haproxy's configuration file (default: from -f)", (RUN,), "FILE"),
     _Opt(
         "--wait-addr",
         "an address the daemon binds; wait until it is usable (repeatable)",
+        (RUN, PREPARE, CHECK),
         "ADDR",
         repeat=True,
     ),
-    _Opt("--timeout", "retry budget in seconds for checks (default: 30)", "SECONDS", number=True),
-    _Opt("--dry-run", "print the plan and change nothing", switch=True),
+    _Opt(
+        "--ensure-loopback",
+        "bring lo up when it is down (fresh network namespace)",
+        (RUN, PREPARE, CHECK),
+        switch=True,
+    ),
+    _Opt(
+        "--timeout",
+        "retry budget in seconds for checks (default: 30; at most 86400)",
+        (RUN, PREPARE, CHECK),
+        "SECONDS",
+    ),
+    _Opt("--dry-run", "print the plan and change nothing", (RUN, PREPARE, TEARDOWN), switch=True),
+    _Opt("--no-verify", "prepare only; skip the in-jail checks", (RUN, PREPARE), switch=True),
+    _Opt(
+        "--no-repair",
+        "fail instead of replacing a wrong entry at a device's name",
+        (RUN, PREPARE),
+        switch=True,
+    ),
+    _Opt(
+        "--allow-writable-jail",
+        "accept a jail writable by non-root users (warns)",
+        (RUN, PREPARE),
+        switch=True,
+    ),
+    _Opt(
+        "--no-config-check",
+        "skip the daemon's own config check (haproxy -c)",
+        (RUN,),
+        switch=True,
+    ),
+    _Opt("--init", "stay as PID 1: forward signals, reap zombies", (RUN,), switch=True),
+    _Opt(
+        "--kill-group",
+        "with --init, forward signals to the daemon's process group",
+        (RUN,),
+        switch=True,
+    ),
     _Opt(
         "--log-format",
         "log format on stderr (default: auto, JSON unless a TTY)",
+        _LOGGING,
         choices=("auto", "json", "console"),
     ),
     _Opt(
         "--log-level",
         "least severe level logged (default: info)",
+        _LOGGING,
         choices=("debug", "info", "warning", "error"),
     ),
-    _Opt("--init", "stay as PID 1: forward signals, reap zombies", switch=True),
-    _Opt("--allow-writable-jail", "accept a jail writable by non-root users (warns)", switch=True),
-    _Opt("--no-repair", "fail instead of replacing a wrong entry at a device's name", switch=True),
-    _Opt("--no-verify", "prepare only; skip the in-jail checks", switch=True),
-    _Opt("--no-config-check", "run: skip the daemon's own config check (haproxy -c)", switch=True),
-    _Opt("--kill-group", "with --init, forward signals to the daemon's process group", switch=True),
-    _Opt("--ensure-loopback", "bring lo up when it is down (fresh network namespace)", switch=True),
 )
 
 _COMMANDS = {
-    "run": "prepare, verify, then exec COMMAND (after --)",
-    "prepare": "make the jail right and exit (systemd ExecStartPre=)",
-    "check": "verify only, change nothing",
-    "teardown": "undo what prepare mounted or created",
-    "doctor": "inspect a running daemon (--pid) or a jail (--chroot)",
-    "explain": "explain error lines from a file or stdin",
+    RUN: "prepare, verify, then exec COMMAND (after --)",
+    PREPARE: "make the jail right and exit (systemd ExecStartPre=)",
+    CHECK: "verify only, change nothing",
+    TEARDOWN: "undo what prepare mounted or created",
+    DOCTOR: "inspect a running daemon (--pid) or a jail (--chroot)",
+    EXPLAIN: "explain error lines from a file or stdin",
 }
 
 
@@ -116,7 +200,7 @@ class _Formatter(argparse.HelpFormatter):
         if width is None:
             try:
                 width = os.get_terminal_size(sys.stdout.fileno()).columns - 2
-            except (OSError, ValueError):
+            except (AttributeError, OSError, ValueError):  # no stdout, not a terminal, closed
                 width = 98
         super().__init__(prog, indent_increment, max_help_position, width)
 
@@ -127,34 +211,19 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message[0].upper()}{message[1:]}; see `jailshim --help`.")
+        raise UsageError(f"{message[0].upper()}{message[1:]}; see `{self.prog} --help`.")
 
 
 def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, just that command's subparser (the common case, and ~100
     fewer add_argument calls on every container start)."""
-    common = _Parser(add_help=False)
-    for opt in _OPTIONS:
-        help_text = f"{opt.help} [{opt.env}]"
-        if opt.switch:
-            common.add_argument(
-                opt.flag, action="store_const", const=True, default=None, help=help_text
-            )
-        else:
-            common.add_argument(
-                opt.flag,
-                action="append" if opt.repeat else "store",
-                choices=opt.choices,
-                metavar=opt.metavar,
-                default=None,
-                help=help_text,
-            )
     parser = _Parser(
         prog="jailshim",
         description="Start chrooted daemons safely: prepare the jail's dev/, prove entropy can "
         "be read inside it, then hand over to the daemon.",
-        epilog="Exit codes: 0 ok, 64 usage, 69 a check still failing when the retry budget ran "
-        "out, 71 OS error while preparing, 77 not permitted (names the missing power), "
+        epilog="`jailshim COMMAND --help` lists a command's options and their JAILSHIM_* "
+        "variables. Exit codes: 0 ok, 64 usage, 69 a check failed (or still failing when the "
+        "retry budget ran out), 71 OS error, 77 not permitted (names the missing power), "
         "78 configuration error (daemon config, unsafe jail), 126/127 COMMAND not executable / "
         "not found; with --init, the daemon's status or 128+signal.",
     )
@@ -166,12 +235,33 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, summary in _COMMANDS.items():
         if only is not None and name != only:
             continue
-        p = sub.add_parser(name, parents=[common], help=summary, description=summary)
-        if name == "run":
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog="Every option is also a variable (shown in brackets); flags win. Variables "
+            f"for options jailshim {name} does not take are ignored.",
+        )
+        for opt in _OPTIONS:
+            if name not in opt.commands:
+                continue
+            help_text = f"{opt.help} [{opt.env}]"
+            if opt.switch:
+                p.add_argument(
+                    opt.flag, action="store_const", const=True, default=None, help=help_text
+                )
+            else:
+                p.add_argument(
+                    opt.flag,
+                    action="append" if opt.repeat else "store",
+                    choices=opt.choices,
+                    metavar=opt.metavar,
+                    default=None,
+                    help=help_text,
+                )
+        if name == RUN:
             p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
-        elif name == "doctor":
-            p.add_argument("--pid", type=int, help="the daemon's PID")
-        elif name == "explain":
+        elif name == EXPLAIN:
             p.add_argument("file", nargs="?", metavar="FILE", help="error lines (default: stdin)")
     return parser
 
@@ -190,48 +280,142 @@ def _env_value(opt: _Opt, raw: str) -> Any:
     return raw
 
 
+def origin(args: argparse.Namespace, dest: str, default: str = "") -> str:
+    """Where an option's value came from: its flag, its JAILSHIM_ variable, or ``default``."""
+    found: dict[str, str] = getattr(args, "origin", {})
+    return found.get(dest, default or "--" + dest.replace("_", "-"))
+
+
+def _seconds(raw: str, source: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= MAX_TIMEOUT:  # NaN fails every comparison
+        raise UsageError(
+            f"{said(source, raw)} must be a positive number of seconds, at most "
+            f"{MAX_TIMEOUT:.0f} (a day), such as 30."
+        )
+    return value
+
+
+def _pid(raw: str, source: str) -> int:
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**31:
+        raise UsageError(f"{said(source, raw)} is not a process ID; give the daemon's PID.")
+    return int(text)
+
+
 def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
-    """Flags first; a JAILSHIM_<NAME> variable fills each option the flags left unset."""
+    """Flags first; a JAILSHIM_<NAME> variable fills each option the flags left unset.
+
+    Options the command does not take are None, whatever the environment says.
+    ``args.origin`` records, per option, the flag or variable its value came from.
+    """
     environ = dict(os.environ) if environ is None else environ
     argv = list(argv)
     only = argv[0] if argv and argv[0] in _COMMANDS else None
-    args = _build_parser(only).parse_args(argv)
+    args, extra = _build_parser(only).parse_known_args(argv)
+    if extra:
+        raise UsageError(
+            f"jailshim {args.command} does not take {' '.join(extra)}; see "
+            f"`jailshim {args.command} --help` for its options."
+        )
+    found: dict[str, str] = {}
     for opt in _OPTIONS:
-        if getattr(args, opt.dest) is None and opt.env in environ:
+        if args.command not in opt.commands:
+            setattr(args, opt.dest, None)
+        elif getattr(args, opt.dest) is not None:
+            found[opt.dest] = opt.flag
+        elif opt.env in environ:
             setattr(args, opt.dest, _env_value(opt, environ[opt.env]))
+            found[opt.dest] = opt.env
+    args.origin = found
     if args.timeout is not None:
-        try:
-            args.timeout = float(args.timeout)
-        except ValueError:
-            args.timeout = -1.0
-        if not args.timeout > 0:
-            raise UsageError("--timeout must be a positive number of seconds, such as 30.")
+        args.timeout = _seconds(args.timeout, found["timeout"])
+    if args.pid is not None:
+        args.pid = _pid(args.pid, found["pid"])
+    if args.only_devices and not args.device:
+        raise UsageError(
+            f"{origin(args, 'only_devices')} needs at least one --device NAME "
+            "(or JAILSHIM_DEVICE); without it no device would be provided."
+        )
     if getattr(args, "argv", None) and args.argv[0] == "--":
         args.argv = args.argv[1:]
     return args
 
 
+def _path(path: str, source: str, *, config: bool = False) -> str:
+    """``path`` if the kernel can take it; else one sentence naming where it came from."""
+    if not path.strip():
+        raise UsageError(f"{source} is empty; give the jail directory, such as /var/lib/haproxy.")
+    raw = os.fsencode(path)
+    longest = max(len(name) for name in raw.split(b"/"))
+    if len(raw) < _PATH_MAX and longest <= _NAME_MAX:
+        return path
+    error = ConfigError if config else UsageError
+    raise error(
+        f"{said(source, short(path))} is too long for the kernel ({len(raw)} bytes, the longest "
+        f"name {longest}; the limits are {_PATH_MAX - 1} and {_NAME_MAX}): give a shorter path."
+    )
+
+
+def short(text: str, keep: int = 60) -> str:
+    """``text`` cut in the middle when longer than ``keep`` characters (for sentences)."""
+    if len(text) <= keep:
+        return text
+    return f"{text[: keep // 2]}…{text[-keep // 2 :]}"
+
+
+def devices_of(args: argparse.Namespace, default: Sequence[str]) -> tuple[Device, ...]:
+    """--device names added to ``default``; with --only-devices, exactly the names."""
+    from jailshim.devices import select
+
+    names = list(args.device or ())
+    return select(names if args.only_devices else [*default, *names], origin(args, "device"))
+
+
+def identity_of(args: argparse.Namespace, **overrides: Any) -> Identity | None:
+    """--user/--group resolved on the host; ``overrides`` (a daemon's config) fill unset flags."""
+    from jailshim.spec import resolve_identity
+
+    config = "the daemon's config ({})"
+    user, group = args.user, args.group
+    user_from, group_from = origin(args, "user"), origin(args, "group")
+    if user is None and overrides.get("user") is not None:
+        user, user_from = overrides["user"], config.format("user")
+    if group is None and overrides.get("group") is not None:
+        group, group_from = overrides["group"], config.format("group")
+    return resolve_identity(user, group, user_from=user_from, group_from=group_from)
+
+
+def chroot_of(args: argparse.Namespace, **overrides: Any) -> str:
+    """The jail: --chroot, else the daemon's config; checked to be a path the kernel takes."""
+    if args.chroot is not None:
+        return _path(args.chroot, origin(args, "chroot"))
+    if overrides.get("chroot") is not None:
+        return _path(overrides["chroot"], "the daemon's config (chroot)", config=True)
+    raise UsageError(f"jailshim {args.command} needs --chroot DIR (or JAILSHIM_CHROOT).")
+
+
 def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
     """The Spec for this run; ``overrides`` (from a daemon's config) fill unset flags."""
-    from jailshim.devices import DEFAULT_DEVICES, select
+    from jailshim.devices import DEFAULT_DEVICES
     from jailshim.plan import Strategy
-    from jailshim.spec import Spec, resolve_identity
+    from jailshim.spec import Spec
 
-    chroot = args.chroot if args.chroot is not None else overrides.get("chroot")
-    if chroot is None:
-        raise UsageError(f"jailshim {args.command} needs --chroot DIR (or JAILSHIM_CHROOT).")
+    chroot = chroot_of(args, **overrides)
     sockets = tuple(dict.fromkeys([*(args.log_socket or []), *overrides.get("sockets", ())]))
     targets = _targets(args, overrides.get("targets", ()))
     for path in sockets:
+        source = origin(args, "log_socket") if path in (args.log_socket or []) else "log"
         if not path.startswith("/"):
-            raise UsageError(f"--log-socket {path!r} must be an absolute path, such as /dev/log.")
+            raise UsageError(f"{said(source, path)} must be an absolute path, such as /dev/log.")
+        _path(path, source, config=source == "log")
     return Spec(
         chroot=chroot,
-        devices=select(args.device or DEFAULT_DEVICES),
-        identity=resolve_identity(
-            args.user if args.user is not None else overrides.get("user"),
-            args.group if args.group is not None else overrides.get("group"),
-        ),
+        devices=devices_of(args, DEFAULT_DEVICES),
+        identity=identity_of(args, **overrides),
         strategy=Strategy(args.strategy or "auto"),
         dry_run=bool(args.dry_run),
         allow_writable_jail=bool(args.allow_writable_jail),
@@ -252,21 +436,33 @@ def _targets(
         return ()
     from jailshim.verify.network import parse_wait_addr
 
+    source = origin(args, "wait_addr")
     targets: dict[str, WaitTarget] = {}
-    for target in [*(parse_wait_addr(a) for a in args.wait_addr or []), *from_config]:
+    given: list[WaitTarget] = []
+    for text in args.wait_addr or []:
+        try:
+            given.append(parse_wait_addr(text))
+        except UsageError as exc:
+            if source == "--wait-addr":
+                raise
+            # network.py words it for the flag; name the variable the value really came from
+            raise UsageError(
+                said(source, text) + exc.sentence.removeprefix(f"--wait-addr {text!r}")
+            ) from None
+    for target in [*given, *from_config]:
         targets.setdefault(target.ip, target)
     return tuple(targets.values())
 
 
 def _dispatch(args: argparse.Namespace, log: Any) -> int:
-    if args.command == "prepare":
+    if args.command == PREPARE:
         from jailshim.check import prepare_and_verify
 
         spec = _spec_from(args)
         log.bind_context(chroot=spec.chroot)
         prepare_and_verify(spec, log.get_logger())
         return 0
-    if args.command == "check":
+    if args.command == CHECK:
         from jailshim.check import check
 
         if args.chroot is None and args.wait_addr:  # network readiness only
@@ -282,38 +478,62 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
         log.bind_context(chroot=spec.chroot)
         check(spec, log.get_logger())
         return 0
-    if args.command == "run":
+    if args.command == RUN:
         from jailshim.run import run
 
         return run(args, log)
-    if args.command == "doctor":
-        from jailshim.doctor import doctor
-
-        return doctor(args, log.get_logger())
-    if args.command == "explain":
-        from jailshim.explain import explain
-
-        if args.file in (None, "-"):
-            return explain(sys.stdin)
-        try:
-            with open(args.file, encoding="utf-8", errors="replace") as f:
-                return explain(f)
-        except OSError as exc:
-            raise UsageError(
-                f"{args.file} cannot be read ({exc.strerror}); give a log file."
-            ) from None
-    if args.command == "teardown":
+    if args.command == DOCTOR:
+        return _doctor(args, log)
+    if args.command == EXPLAIN:
+        return _explain(args.file)
+    if args.command == TEARDOWN:
         from jailshim.jail.safepath import Jail
         from jailshim.teardown import teardown
 
-        spec = _spec_from(args)
-        log.bind_context(chroot=spec.chroot)
-        with Jail(spec.chroot) as jail:
-            teardown(jail, log.get_logger())
+        chroot = chroot_of(args)
+        log.bind_context(chroot=chroot)
+        with Jail(chroot) as jail:
+            teardown(jail, log.get_logger(), dry_run=bool(args.dry_run))
         return 0
     raise UsageError(
         f"jailshim {args.command} is not implemented yet; see the README for what works."
     )
+
+
+def _doctor(args: argparse.Namespace, log: Any) -> int:
+    from jailshim.doctor import DOCTOR_DEVICES, doctor
+
+    devices = devices_of(args, DOCTOR_DEVICES)
+    if args.pid is not None:
+        # A variable set for every command (a container's env) is ignored here; a flag is not.
+        given = args.origin
+        flags = [f"--{d}" for d in ("chroot", "user", "group") if given.get(d) == f"--{d}"]
+        if flags:
+            raise UsageError(
+                "jailshim doctor --pid takes the jail and the user from the daemon itself; "
+                f"drop {' and '.join(flags)}."
+            )
+        return doctor(args.pid, None, None, devices, log.get_logger())
+    if args.chroot is None:
+        raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
+    return doctor(None, chroot_of(args), identity_of(args), devices, log.get_logger())
+
+
+def _explain(file: str | None) -> int:
+    import io
+
+    from jailshim.explain import explain
+
+    if file is None or file == "-":
+        # Pasted logs are not always UTF-8: a stray byte must not stop the explanation.
+        return explain(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace"))
+    try:
+        with open(file, encoding="utf-8", errors="replace") as f:
+            return explain(f)
+    except OSError as exc:
+        raise UsageError(
+            f"{short(file)} cannot be read ({exc.strerror}); give a log file."
+        ) from None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -330,15 +550,91 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
+class _Stream:
+    """A standard stream whose reader may go away: `jailshim … | head` is not a failure.
+
+    On EPIPE the rest of the output is dropped (the fd is pointed at /dev/null) and jailshim
+    goes on and exits as it would have. Any other write error on stdout (ENOSPC, EIO) is one
+    sentence and exit 71; on stderr there is nowhere left to say it, so it is dropped too.
+    """
+
+    def __init__(self, stream: TextIO, fd: int) -> None:
+        self._stream = stream
+        self._fd = fd
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            self._failed(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        _devnull_on(self._fd)
+        if isinstance(exc, BrokenPipeError) or self._fd != 1:
+            return
+        raise PrepareOSError(
+            f"jailshim could not write to its standard output ({exc.strerror}); "
+            "check where it goes (a full disk, a closed terminal)."
+        ) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _devnull_on(fd: int) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    if null != fd:
+        os.dup2(null, fd)
+        os.close(null)
+
+
+def _standard_streams() -> None:
+    """Closed fds 0-2 get /dev/null (else the next open() would take fd 1, and jailshim's or
+    the daemon's output would go into that file); stdout and stderr survive a reader going away."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:  # Python found the fd closed at start-up
+            _devnull_on(fd)
+            stream = open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+            setattr(sys, name, stream)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        stream = getattr(sys, name)
+        if not isinstance(stream, _Stream):
+            setattr(sys, name, cast(TextIO, _Stream(stream, fd)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _standard_streams()
     from jailshim import log
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # as git does: the usage, on stderr
+        sys.stderr.write(_build_parser().format_help())
+        return 64
+    try:
+        code = _main(argv, log)
+    except SystemExit as exc:  # argparse's --help and --version
+        code = exc.code if isinstance(exc.code, int) else 0
+    try:
+        sys.stdout.flush()  # here, not at exit, where a failure could only be a traceback
+    except JailshimError as exc:
+        log.setup(os.environ.get(ENV_PREFIX + "LOG_FORMAT", "auto"))
+        return _report(exc, log)
+    return code
+
+
+def _main(argv: Sequence[str], log: Any) -> int:
     try:
         args = parse_args(argv)
-    except UsageError as exc:
+    except JailshimError as exc:  # a usage error, or --help's text could not be written
         log.setup(os.environ.get(ENV_PREFIX + "LOG_FORMAT", "auto"))
         return _report(exc, log)
     log.setup(args.log_format or "auto", args.log_level or "info")
@@ -353,16 +649,78 @@ def main(argv: Sequence[str] | None = None) -> int:
             "interrupted", signal=signal.Signals(signum).name, detail="stopped before hand-over"
         )
         return 128 + signum
-    except Exception as exc:  # a bug: still one sentence; the traceback only when asked for
-        logger = log.get_logger()
-        logger.error(
-            "failed",
-            error=f"jailshim hit an internal error ({exc!r}); please report it with the output "
-            "of the same command run with --log-level debug.",
-            exit_code=70,
+    except OSError as exc:  # the machine said no (a limit, a full disk): one sentence, 71/64
+        log.get_logger().debug("traceback", exc_info=True)
+        return _report(_os_failure(exc), log)
+    except ImportError as exc:
+        if (no_fd := _out_of_fds()) is None:
+            return _internal(exc, log)
+        log.get_logger().debug("traceback", exc_info=True)
+        return _report(_os_failure(no_fd), log)
+    except Exception as exc:  # a bug
+        return _internal(exc, log)
+
+
+def _internal(exc: Exception, log: Any) -> int:
+    """A bug: still one sentence; the traceback only when asked for (--log-level debug)."""
+    logger = log.get_logger()
+    logger.error(
+        "failed",
+        error=f"jailshim hit an internal error ({exc!r}); please report it with the output "
+        "of the same command run with --log-level debug.",
+        exit_code=70,
+    )
+    logger.debug("traceback", exc_info=True)
+    return 70
+
+
+def _os_failure(exc: OSError) -> JailshimError:
+    """One sentence for an OSError nothing else explained: a path too long is usage (64), the
+    machine's limits are OS errors (71)."""
+    import errno
+
+    code = exc.errno or 0
+    name = errno.errorcode.get(code, str(code))
+    named = exc.filename
+    where = f" at {short(os.fsdecode(named))}" if isinstance(named, str | bytes) else ""
+    if code == errno.ENAMETOOLONG:
+        return UsageError(
+            f"A path is too long for the kernel ({name}{where}); paths must be under "
+            f"{_PATH_MAX} bytes and each name at most {_NAME_MAX}: give a shorter one."
         )
-        logger.debug("traceback", exc_info=True)
-        return 70
+    if code in (errno.EMFILE, errno.ENFILE):
+        whose = "the system's file table is full" if code == errno.ENFILE else _fd_limit()
+        return PrepareOSError(
+            f"jailshim ran out of file descriptors ({name}: {whose}); raise the limit "
+            "(ulimit -n, systemd LimitNOFILE=, podman --ulimit nofile=) to 64 or more."
+        )
+    if code in (errno.ENOMEM, errno.EAGAIN):
+        return PrepareOSError(
+            f"The system is out of memory or processes ({name}: {exc.strerror}{where}); free "
+            "some, or raise the limits (ulimit -u, the container's pids and memory limits)."
+        )
+    return PrepareOSError(
+        f"The system refused an operation ({name}: {exc.strerror}{where}); check the machine "
+        "(disk space, mounts, limits) and run it again."
+    )
+
+
+def _fd_limit() -> str:
+    try:
+        import resource  # itself a shared object: with no fd left it may not load
+    except ImportError:
+        return "the open-file limit is reached"
+    return f"the open-file limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+
+
+def _out_of_fds() -> OSError | None:
+    """EMFILE/ENFILE when this process cannot open a file now (an import that failed for
+    that reason says only ImportError)."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _report(exc: JailshimError, log: Any) -> int:

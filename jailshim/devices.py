@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from jailshim.errors import UsageError
+from jailshim.errors import UsageError, said
 
 __all__ = ["ALLOWLIST", "DEFAULT_DEVICES", "ENTROPY_DEVICES", "Device", "select"]
 
@@ -54,15 +54,17 @@ DEFAULT_DEVICES: tuple[str, ...] = ("urandom", "random", "null")
 ENTROPY_DEVICES = frozenset({"urandom", "random"})
 
 
-def select(names: Iterable[str]) -> tuple[Device, ...]:
-    """The allowlisted devices named, in order, without repeats; unknown names are a usage error."""
+def select(names: Iterable[str], source: str = "--device") -> tuple[Device, ...]:
+    """The allowlisted devices named, in order, without repeats; unknown names are a usage error
+    naming ``source`` (the flag or variable they came from)."""
     chosen: dict[str, Device] = {}
     for raw in names:
         name = raw.strip().removeprefix("/dev/")
         if name not in ALLOWLIST:
             allowed = ", ".join(ALLOWLIST)
             raise UsageError(
-                f"--device {raw!r} is not an allowlisted character device; choose from {allowed}."
+                f"{said(source, raw)} is not an allowlisted character device; "
+                f"choose from {allowed}."
             )
         chosen.setdefault(name, ALLOWLIST[name])
     return tuple(chosen.values())

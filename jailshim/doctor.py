@@ -13,13 +13,16 @@ import stat
 import sys
 from typing import Any, NamedTuple
 
-from jailshim.devices import ENTROPY_DEVICES, select
+from jailshim.devices import ENTROPY_DEVICES, Device
 from jailshim.errors import CheckFailed, ConfigError, UsageError
 from jailshim.spec import Identity
 from jailshim.verify.findings import Finding, render_table
 from jailshim.verify.probe import run_probe
 
-__all__ = ["DaemonFacts", "doctor", "read_daemon", "verdict"]
+__all__ = ["DOCTOR_DEVICES", "DaemonFacts", "doctor", "read_daemon", "verdict"]
+
+# What doctor checks unless told otherwise (--device adds, --only-devices replaces).
+DOCTOR_DEVICES = ("urandom", "random")
 
 _ENTROPY_RDEVS = {os.makedev(1, 9): "/dev/urandom", os.makedev(1, 8): "/dev/random"}
 _VERSION = re.compile(rb"(OpenSSL \d+\.\d+\.\d+[a-z]?(?: [ -~]{0,20}\d{4})?|GnuTLS \d+\.\d+\.\d+)")
@@ -172,17 +175,38 @@ def verdict(facts: DaemonFacts | None, findings: list[Finding], fix: str) -> tup
     return False, f"not safe: {broken[0].check}: {broken[0].detail} Fix: {fix}"
 
 
-def doctor(args: Any, log: Any) -> int:
-    from jailshim.spec import resolve_identity
+def _user_word(uid: int) -> str:
+    """How `--user` should say ``uid``: its name, else the number (+N if N is also a name)."""
+    import pwd
 
-    devices = select(args.device or ("urandom", "random"))
+    name = _user_name(uid)
+    if name != str(uid):
+        return name
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return name
+    return f"+{uid}"  # a user *named* "{uid}" exists: the + keeps it a UID (chown's rule)
+
+
+def doctor(
+    pid: int | None,
+    chroot: str | None,
+    identity: Identity | None,
+    devices: tuple[Device, ...],
+    log: Any,
+) -> int:
+    """Diagnose the daemon ``pid`` (its jail and user from /proc) or the jail ``chroot`` as
+    ``identity``; 0 when safe, else CheckFailed with the verdict."""
     facts = None
-    identity: Identity | None
-    if args.pid is not None:
-        facts = read_daemon(args.pid)
+    if pid is not None:
+        facts = read_daemon(pid)
         jail = f"/proc/{facts.pid}/root"
         jail_name = facts.root
-        identity = Identity(str(facts.uid), facts.uid, facts.gid, facts.groups or (facts.gid,))
+        user = _user_word(facts.uid)
+        identity = Identity(
+            _user_name(facts.uid), facts.uid, facts.gid, facts.groups or (facts.gid,)
+        )
         log.info(
             "doctor.daemon",
             pid=facts.pid,
@@ -190,19 +214,18 @@ def doctor(args: Any, log: Any) -> int:
             root=facts.root,
             cwd=facts.cwd,
             uid=facts.uid,
+            user=identity.name,
             gid=facts.gid,
             seccomp=facts.seccomp,
             open_entropy_fds=list(facts.open_entropy_fds),
             libraries=list(facts.libraries),
             jail_mounts=list(facts.jail_mounts),
         )
-        user = _user_name(facts.uid)
-    elif args.chroot:
-        jail = jail_name = args.chroot
+    elif chroot is not None:
+        jail = jail_name = chroot
         if not os.path.isdir(jail):
             raise ConfigError(f"The jail {jail} does not exist or is not a directory.")
-        identity = resolve_identity(args.user, args.group)
-        user = args.user or "USER"
+        user = identity.name if identity is not None else "USER"
     else:
         raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
     findings = [] if facts is not None and facts.root == "/" else run_probe(jail, identity, devices)
@@ -216,11 +239,18 @@ def doctor(args: Any, log: Any) -> int:
             "add --cap-add=SYS_ADMIN so it can bind the nodes)"
         )
     safe, words = verdict(facts, findings, fix)
+    # As check.report does: with the table on screen each finding and the verdict are said
+    # once (per-finding events drop to debug); machines get every finding as a JSON event.
+    table = sys.stdout.isatty()
     for f in findings:
-        log.log(20 if f.ok else 40, "check", check=f.check, ok=f.ok, detail=f.detail)
-    if sys.stdout.isatty():
-        sys.stdout.write(render_table(findings) + "\n\n" + words + "\n")
-    log.log(20 if safe else 40, "doctor.verdict", safe=safe, verdict=words)
-    if not safe:
-        raise CheckFailed(words)
-    return 0
+        level = 10 if table else 20 if f.ok and not f.warning else 30 if f.ok else 40
+        remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
+        log.log(level, "check", check=f.check, ok=f.ok, detail=f.detail, **remedy)
+    if table and findings:
+        sys.stdout.write(render_table(findings) + "\n")
+    if safe:
+        log.info("doctor.verdict", safe=True, verdict=words)
+        return 0
+    if not table:  # on a TTY the failure event below says it
+        log.error("doctor.verdict", safe=False, verdict=words)
+    raise CheckFailed(words)

@@ -17,6 +17,7 @@ __all__ = [
     "PrepareOSError",
     "UsageError",
     "exit_code_for",
+    "said",
 ]
 
 
@@ -38,7 +39,8 @@ class CheckFailed(JailshimError):
 
 
 class PrepareOSError(JailshimError):
-    """The kernel refused something for a reason other than missing powers."""
+    """The kernel refused something for a reason other than missing powers (while preparing,
+    or a limit of the machine: file descriptors, memory, a full disk)."""
 
 
 class NotPermitted(JailshimError):
@@ -75,3 +77,13 @@ def exit_code_for(exc: JailshimError) -> int:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
     return 70  # EX_SOFTWARE: a JailshimError subclass someone forgot to list
+
+
+def said(source: str, value: object) -> str:
+    """A value as a sentence names it, with where it came from: ``--user 'x'``,
+    ``JAILSHIM_USER='x'``, ``'x' from the daemon's config (user)``."""
+    if source.startswith("--"):
+        return f"{source} {value!r}"
+    if source.startswith("JAILSHIM_"):
+        return f"{source}={value!r}"
+    return f"{value!r} from {source}"

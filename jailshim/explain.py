@@ -104,8 +104,10 @@ def match(lines: Iterable[str]) -> list[tuple[Signature, str]]:
     return list(found.values())
 
 
-def explain(stream: TextIO, out: TextIO = sys.stdout) -> int:
-    """Explain what ``stream`` holds; 0 when something was recognised, 1 otherwise."""
+def explain(stream: TextIO, out: TextIO | None = None) -> int:
+    """Explain what ``stream`` holds (to ``out``, default stdout); 0 when something was
+    recognised, 1 otherwise."""
+    out = sys.stdout if out is None else out  # looked up now: cli may have replaced it
     matches = match(stream)
     if not matches:
         out.write(

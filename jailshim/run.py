@@ -9,7 +9,7 @@ from typing import Any
 
 from jailshim.errors import CommandNotExecutable, CommandNotFound, ConfigError, UsageError
 
-__all__ = ["resolve_command", "run"]
+__all__ = ["interpreter", "resolve_command", "run"]
 
 
 def _which(name: str) -> str | None:
@@ -22,7 +22,8 @@ def _which(name: str) -> str | None:
 
 
 def resolve_command(argv: list[str]) -> str:
-    """The executable COMMAND names; fails before anything is prepared if it cannot run."""
+    """The executable COMMAND names; fails before anything is prepared if it cannot run,
+    including a script whose #! interpreter is missing or not executable."""
     name = argv[0]
     path = name if "/" in name else _which(name)
     if path is None or not os.path.exists(path):
@@ -31,7 +32,57 @@ def resolve_command(argv: list[str]) -> str:
         raise CommandNotExecutable(
             f"{path} is not executable; check its mode and the mount's noexec."
         )
+    _check_interpreter(path)
     return path
+
+
+_BINPRM_BUF = 256  # what the kernel reads of a file to find its #! line
+_MAX_NESTING = 4  # Linux follows an interpreter that is itself a script this deep
+
+
+def interpreter(path: str) -> str | None:
+    """The interpreter a #! line names ('' when the line names none); None when ``path``
+    does not start with #! or cannot be read (execute-only: the kernel can, we cannot)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        head = os.read(fd, _BINPRM_BUF)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if not head.startswith(b"#!"):
+        return None
+    # As binfmt_script reads it: spaces and tabs before the name, which ends at a space, a tab,
+    # the end of the line or a NUL ("/bin/sh\r" from a DOS line end is its own, missing name).
+    line = head[2:].split(b"\n", 1)[0].split(b"\0", 1)[0].lstrip(b" \t")
+    end = min((i for i in (line.find(b" "), line.find(b"\t")) if i >= 0), default=len(line))
+    return os.fsdecode(line[:end])
+
+
+def _check_interpreter(path: str) -> None:
+    script = path
+    for _ in range(_MAX_NESTING):
+        interp = interpreter(script)
+        if interp is None:
+            return
+        if not interp:
+            raise CommandNotExecutable(
+                f"{script} starts with #! but names no interpreter; fix its first line."
+            )
+        if not os.path.exists(interp):
+            raise CommandNotFound(
+                f"{script}: its interpreter {interp!r} (from its #! line) is not found; "
+                "install it or fix the #! line."
+            )
+        if os.path.isdir(interp) or not os.access(interp, os.X_OK):
+            raise CommandNotExecutable(
+                f"{script}: its interpreter {interp} (from its #! line) is not executable; "
+                "check its mode and the mount's noexec, or fix the #! line."
+            )
+        script = interp
 
 
 def haproxy_check(binary: str, files: tuple[str, ...]) -> None:

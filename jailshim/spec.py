@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import grp
 import pwd
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from jailshim.devices import DEFAULT_DEVICES, Device, select
-from jailshim.errors import UsageError
+from jailshim.errors import UsageError, said
 from jailshim.plan import Strategy
 
 if TYPE_CHECKING:
     from jailshim.verify.network import WaitTarget
 
-__all__ = ["Identity", "Spec", "resolve_identity"]
+__all__ = ["MAX_ID", "Identity", "Spec", "resolve_identity"]
+
+_Entry = TypeVar("_Entry")
 
 
 class Identity(NamedTuple):
@@ -28,36 +31,86 @@ class Identity(NamedTuple):
     groups: tuple[int, ...] = ()
 
 
-def _lookup_group(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
+MAX_ID = 2**32 - 2  # uid_t/gid_t; 2**32 - 1 is (uid_t) -1, "no change" to the kernel
+
+
+def _number(text: str, source: str, what: str) -> int:
+    """``text`` (digits, after an optional +) as a UID or GID, or one usage sentence."""
+    digits = text.removeprefix("+")
+    if not (digits.isascii() and digits.isdigit()):
         raise UsageError(
-            f"Group {group!r} (from --group or the daemon's config) names no group on this "
-            "host; give a group name or GID."
-        ) from None
+            f"{said(source, text)} is not a {what}: after + give digits only, such as +103."
+        )
+    number = int(digits)
+    if number > MAX_ID:
+        raise UsageError(
+            f"{said(source, text)} is not a valid {what} (0 to {MAX_ID}); give a {what} in "
+            "that range or a name."
+        )
+    return number
 
 
-def resolve_identity(user: str | None, group: str | None) -> Identity | None:
-    """Resolve ``user`` (name or UID) and ``group`` on the host; None when no user is given."""
+def _by_name(lookup: Callable[[str], _Entry], name: str) -> _Entry | None:
+    try:
+        return lookup(name)
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
+        return None
+
+
+def _by_number(lookup: Callable[[int], _Entry], number: int) -> _Entry | None:
+    try:
+        return lookup(number)
+    except (KeyError, OverflowError):
+        return None
+
+
+def _lookup_group(group: str, source: str) -> int:
+    # chown's rule (POSIX; coreutils "Disambiguating names and IDs"): a name that exists wins,
+    # then digits are a GID; a leading + skips the name look-up.
+    if not group.startswith("+"):
+        entry = _by_name(grp.getgrnam, group)
+        if entry is not None:
+            return entry.gr_gid
+        if not (group.isascii() and group.isdigit()):
+            raise UsageError(
+                f"Group {said(source, group)} names no group on this host; give a group name "
+                "or a GID."
+            )
+    return _number(group, source, "GID")
+
+
+def resolve_identity(
+    user: str | None,
+    group: str | None,
+    *,
+    user_from: str = "--user",
+    group_from: str = "--group",
+) -> Identity | None:
+    """Resolve ``user`` and ``group`` on the host as chown does; None when no user is given.
+
+    A name that exists wins; otherwise digits are a UID/GID; ``+103`` is always the number 103
+    (a user may be named "103"). ``*_from`` name the flag, variable or config they came from.
+    """
     if user is None or user == "":
         if group:
-            raise UsageError("--group needs --user as well; give the daemon's user too.")
+            raise UsageError(f"{group_from} needs --user as well; give the daemon's user too.")
         return None
-    try:
-        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except KeyError:
-        if not user.isdigit():
+    pw: pwd.struct_passwd | None = None
+    if not user.startswith("+"):
+        pw = _by_name(pwd.getpwnam, user)
+        if pw is None and not (user.isascii() and user.isdigit()):
             raise UsageError(
-                f"User {user!r} (from --user or the daemon's config) names no user on this "
-                "host; give a user name or UID."
-            ) from None
-        # A bare UID with no passwd entry is a valid identity (common in containers).
-        gid = _lookup_group(group) if group else int(user)
-        return Identity(user, int(user), gid, (gid,))
-    gid = _lookup_group(group) if group else pw.pw_gid
+                f"User {said(user_from, user)} names no user on this host; give a user name "
+                "or a UID."
+            )
+    if pw is None:
+        uid = _number(user, user_from, "UID")
+        pw = _by_number(pwd.getpwuid, uid)
+        if pw is None:
+            # A bare UID with no passwd entry is a valid identity (common in containers).
+            gid = _lookup_group(group, group_from) if group else uid
+            return Identity(str(uid), uid, gid, (gid,))
+    gid = _lookup_group(group, group_from) if group else pw.pw_gid
     groups = {gid} | {g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem}
     return Identity(pw.pw_name, pw.pw_uid, gid, tuple(sorted(groups)))
 

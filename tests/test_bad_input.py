@@ -39,6 +39,10 @@ def test_jail_is_root(root: None) -> None:
         (["--group", "no-such-group-jailshim", "--user", "root"], "names no group"),
         (["--strategy", "magic"], "invalid choice"),
         (["--timeout", "-3"], "positive number"),
+        (["--user", "4294967295"], "not a valid UID"),
+        (["--user", "99999999999999999999"], "not a valid UID"),
+        (["--user", "root", "--group", "4294967295"], "not a valid GID"),
+        (["--user", "root", "--group", "123456789012345678901234567890"], "not a valid GID"),
     ],
 )
 def test_usage_errors_exit_64(jail: Path, args: list[str], needle: str) -> None:
@@ -69,7 +73,8 @@ def test_unknown_command() -> None:
 
 
 def test_help_version_and_no_command() -> None:
-    """--help and --version exit 0; no command at all is a usage error naming the commands."""
+    """--help and --version exit 0; bare `jailshim` prints the usage with the commands on
+    stderr (as git does), nothing on stdout, and exits 64."""
     import subprocess
 
     from tests.support import clean_env, jailshim_argv
@@ -82,5 +87,9 @@ def test_help_version_and_no_command() -> None:
         jailshim_argv("run", "--help"), capture_output=True, text=True, env=clean_env(), check=False
     )
     assert helptext.returncode == 0 and "JAILSHIM_WAIT_ADDR" in helptext.stdout
-    result = run()
-    assert result.code == 64 and "COMMAND" in result.error
+    bare = subprocess.run(
+        jailshim_argv(), capture_output=True, text=True, env=clean_env(), check=False
+    )
+    assert bare.returncode == 64 and bare.stdout == ""
+    assert bare.stderr.startswith("usage: jailshim") and "explain" in bare.stderr
+    assert "{" not in bare.stderr  # the usage, not a JSON error event

@@ -110,7 +110,41 @@ def test_environment_fills_unset_options_and_flags_win() -> None:
     with pytest.raises(UsageError, match="JAILSHIM_STRATEGY"):
         parse_args(["prepare"], {"JAILSHIM_STRATEGY": "magic"})
     with pytest.raises(UsageError, match="yes/no"):
-        parse_args(["prepare"], {"JAILSHIM_INIT": "maybe"})
+        parse_args(["run"], {"JAILSHIM_INIT": "maybe"})
+
+
+def test_each_command_takes_only_its_own_options() -> None:
+    """A flag of another command is a usage error naming the command; a variable of another
+    command is ignored, even with a value that would be wrong (a container sets them all)."""
+    with pytest.raises(UsageError, match=r"jailshim explain does not take --init"):
+        parse_args(["explain", "--init", "--strategy", "tmpfs"], {})
+    with pytest.raises(UsageError, match=r"jailshim check does not take --strategy"):
+        parse_args(["check", "--strategy", "bind"], {})
+    with pytest.raises(UsageError, match=r"jailshim teardown does not take --user"):
+        parse_args(["teardown", "--user", "nobody"], {})
+    env = {"JAILSHIM_INIT": "maybe", "JAILSHIM_STRATEGY": "magic", "JAILSHIM_TIMEOUT": "x"}
+    args = parse_args(["teardown", "--chroot", "/j", "--dry-run"], env)
+    assert args.init is None and args.strategy is None and args.timeout is None
+    assert args.dry_run is True
+    assert parse_args(["doctor", "--pid", "1"], env).pid == 1
+
+
+def test_values_from_the_environment_are_named_as_variables() -> None:
+    """A bad JAILSHIM_TIMEOUT is reported as JAILSHIM_TIMEOUT, a bad --timeout as --timeout."""
+    with pytest.raises(UsageError, match=r"^JAILSHIM_TIMEOUT='soon' must be a positive"):
+        parse_args(["check"], {"JAILSHIM_TIMEOUT": "soon"})
+    with pytest.raises(UsageError, match=r"^--timeout 'soon' must be a positive"):
+        parse_args(["check", "--timeout", "soon"], {})
+    with pytest.raises(UsageError, match=r"^JAILSHIM_PID='x' is not a process ID"):
+        parse_args(["doctor"], {"JAILSHIM_PID": "x"})
+
+
+@pytest.mark.parametrize("budget", ["inf", "-inf", "nan", "1e300", "86401", "0", "-3"])
+def test_absurd_retry_budgets_are_refused(budget: str) -> None:
+    """--timeout must be finite, positive and at most a day (86400 s)."""
+    with pytest.raises(UsageError, match="at most 86400"):
+        parse_args(["check", f"--timeout={budget}"], {})
+    assert parse_args(["check", "--timeout", "86400"], {}).timeout == 86400.0
 
 
 def test_run_takes_the_command_after_double_dash() -> None:
