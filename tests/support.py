@@ -136,3 +136,23 @@ def unmount_below(path: Path) -> None:
     """Detach every mount at or below ``path``, deepest first (test clean-up)."""
     for point in sorted(mounts_below(path), key=lambda p: p.count("/"), reverse=True):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+def assert_ran(proc: subprocess.CompletedProcess[Any]) -> None:
+    """Fail unless ``proc`` exited 0, showing its command, exit status, stderr and stdout.
+
+    For output captured with check=False: CalledProcessError would show neither stream.
+    """
+    if proc.returncode == 0:
+        return
+    import shlex
+
+    def tail(data: str | bytes | None, limit: int) -> str:
+        text = data.decode(errors="replace") if isinstance(data, bytes) else data or ""
+        return text[-limit:].rstrip()
+
+    argv = proc.args if isinstance(proc.args, str) else shlex.join(map(str, proc.args))
+    raise AssertionError(
+        f"exit status {proc.returncode}: {argv}\n"
+        f"--- stderr ---\n{tail(proc.stderr, 8000)}\n--- stdout ---\n{tail(proc.stdout, 2000)}"
+    )
