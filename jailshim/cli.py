@@ -589,8 +589,11 @@ class _Stream:
 
 
 def _devnull_on(fd: int) -> None:
+    """/dev/null on ``fd``, inherited by the daemon as its standard stream."""
     null = os.open(os.devnull, os.O_RDWR)
-    if null != fd:
+    if null == fd:
+        os.set_inheritable(fd, True)  # os.open makes close-on-exec fds
+    else:
         os.dup2(null, fd)
         os.close(null)
 
