@@ -239,7 +239,9 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
             name,
             help=summary,
             description=summary,
-            epilog="Every option is also a variable (shown in brackets); flags win. Variables "
+            epilog=f"jailshim {name} reads no JAILSHIM_* variable."
+            if name == EXPLAIN
+            else "Every option is also a variable (shown in brackets); flags win. Variables "
             f"for options jailshim {name} does not take are ignored.",
         )
         for opt in _OPTIONS:
