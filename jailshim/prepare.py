@@ -20,15 +20,17 @@ from jailshim import state
 from jailshim.errors import PrepareOSError
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
+from jailshim.jail.namespaces import namespace_alive
 from jailshim.jail.safepath import Jail
 from jailshim.jail.undo import describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
 from jailshim.spec import Spec
 from jailshim.state import Journal, Kind, Record
 
-__all__ = ["Prepared", "open_journal", "prepare"]
+__all__ = ["Prepared", "check_paths", "open_journal", "prepare", "signals_deferred", "undo_records"]
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_MAX_FOREIGN_NAMESPACES = 8
 
 
 @contextlib.contextmanager
@@ -105,14 +107,40 @@ class Prepared:
         self.jail.close()
 
 
-def _reconcile(prepared: Prepared, log: Any) -> None:
-    """Finish what a killed run left: undo every record it did not complete."""
+def _reconcile(prepared: Prepared, ns: int, log: Any) -> bool:
+    """Finish what a killed run left: undo every record it did not complete, and forget the
+    mounts of namespaces that are gone (a restarted container leaves one set each time)."""
     swept = sweep_new_dev(prepared.jail)
     if swept:
         log.warning("reconcile", step=f"remove {state.NEW_DEV}", outcome=swept)
-    pending = [i for i, r in enumerate(prepared.journal.records) if not r.done]
+    journal = prepared.journal
+    pending = [i for i, r in enumerate(journal.records) if not r.done]
     if pending:
-        undo_records(prepared.jail, prepared.journal, pending, log, "reconcile")
+        undo_records(prepared.jail, journal, pending, log, "reconcile")
+    if journal.dir_fd is None:
+        return True
+    foreign = list(dict.fromkeys(r.ns for r in journal.records if r.is_mount and r.ns != ns))
+    gone = {n for n in foreign if not namespace_alive(n)}
+    # Where they cannot be seen (inside a container) keep the newest few: a bound on the
+    # record's size, at the price of forgetting a namespace that prepared long ago.
+    alive = [n for n in foreign if n not in gone]
+    gone.update(alive[: max(0, len(alive) - _MAX_FOREIGN_NAMESPACES)])
+    if gone:
+        for index in range(len(journal.records) - 1, -1, -1):
+            if journal.records[index].is_mount and journal.records[index].ns in gone:
+                journal.drop(index)
+        log.info(
+            "reconcile", step="forget mounts of gone mount namespaces", namespaces=sorted(gone)
+        )
+    return bool(swept or pending)
+
+
+def check_paths(jail: Jail, records: list[Record]) -> None:
+    """Walk every directory the records name before acting on any: one through a symlink
+    (planted after prepare) refuses the whole run, not the middle of it."""
+    for where in {r.where for r in records}:
+        fd, _missing = jail.walk(where)
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -141,10 +169,16 @@ def prepare(spec: Spec, log: Any) -> Iterator[Prepared]:
         ns = state.mount_namespace()
         table = mounts.read_mount_table()
         prepared.journal = open_journal(jail, dev_fd, table, ns)
+        check_paths(jail, prepared.journal.records)
         if not spec.dry_run:
             with signals_deferred():
-                _reconcile(prepared, log)
+                changed = _reconcile(prepared, ns, log)
             table = mounts.read_mount_table()
+            if changed:  # dev/ itself may have gone back (an unfinished mkdir): look again
+                dev_fd = jail.open_dir("dev")
+                if dev_fd is not None:
+                    prepared.fds.append(dev_fd)
+                prepared.journal = open_journal(jail, dev_fd, table, ns)
         placeholders = frozenset(
             r.ino for r in prepared.journal.records if r.kind is Kind.PLACEHOLDER and r.done
         )

@@ -18,7 +18,7 @@ from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import namespace_alive
 from jailshim.jail.safepath import Jail
 from jailshim.jail.undo import describe, sweep_new_dev
-from jailshim.prepare import open_journal, signals_deferred, undo_records
+from jailshim.prepare import check_paths, open_journal, signals_deferred, undo_records
 from jailshim.state import STATE_NAME, Kind, Record, mount_namespace
 
 __all__ = ["teardown"]
@@ -40,6 +40,7 @@ def teardown(jail: Jail, log: Any, *, dry_run: bool = False, timeout: float = 30
 def _teardown(jail: Jail, dev_fd: int | None, log: Any, dry_run: bool) -> int:
     ns = mount_namespace()
     journal = open_journal(jail, dev_fd, mounts.read_mount_table(), ns)
+    check_paths(jail, journal.records)
     if not journal.records:
         if not dry_run:
             with signals_deferred():

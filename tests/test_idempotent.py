@@ -50,7 +50,7 @@ def test_teardown_leaves_what_changed_since_prepare(jail: Path) -> None:
     assert result.code == 0
     assert node.read_text() == "operator's file"
     steps = {e.get("step"): e.get("outcome") for e in result.named("teardown")}
-    assert "changed since prepare" in steps["remove dev/null"]
+    assert "changed since prepare" in str(steps["remove dev/null"])
 
 
 def test_teardown_without_prepare_does_nothing(jail: Path) -> None:
