@@ -1,0 +1,132 @@
+"""Edges a new user hits in prepare and teardown: systemd's /dev/log, dry runs, wording,
+system directories."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.support import clean_env, mount_lines, mounts_below, run, snapshot
+
+SYSTEMD_LAYOUT = textwrap.dedent(
+    """
+    import os, socket, subprocess, sys
+    jail = sys.argv[1]
+    # systemd's layout, rebuilt in this private mount namespace: journald's socket under /run,
+    # and /dev/log a symlink to it on a /dev of copies of the usual nodes.
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
+    os.makedirs("/run/systemd/journal")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind("/run/systemd/journal/dev-log")
+    os.chmod("/run/systemd/journal/dev-log", 0o666)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/tmp/devcopy"], check=True)
+    for name in ("null", "zero", "full", "random", "urandom", "tty"):
+        subprocess.run(["cp", "-a", "/dev/" + name, "/tmp/devcopy/" + name], check=True)
+    subprocess.run(["mount", "--move", "/tmp/devcopy", "/dev"], check=True)
+    os.symlink("/run/systemd/journal/dev-log", "/dev/log")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jailshim", "prepare", "--chroot", jail, "--log-socket",
+         "/dev/log", "--user", "nobody"], capture_output=True, text=True)
+    print("prepare", proc.returncode, proc.stderr.replace("\\n", " | "))
+    pid = os.fork()
+    if pid == 0:  # as the daemon: chrooted, as nobody, logging to the jail's /dev/log
+        os.chroot(jail); os.chdir("/"); os.setgroups([]); os.setgid(65534); os.setuid(65534)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        client.sendto(b"<134>hello from the jail", "/dev/log")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    server.settimeout(5)
+    print("received", server.recv(100).decode())
+    print("link", os.path.islink(jail + "/dev/log"))
+    """
+)
+
+
+def test_systemd_dev_log_symlink_is_resolved_on_the_host(area: Path, jail: Path) -> None:
+    """/dev/log -> /run/systemd/journal/dev-log: the socket it names is bound at the jail's
+    /dev/log (a file, not the symlink), and a line sent there as nobody reaches journald."""
+    (area / "devcopy").mkdir()
+    script = SYSTEMD_LAYOUT.replace("/tmp/devcopy", str(area / "devcopy"))
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script,
+         str(jail)],
+        capture_output=True, text=True, timeout=60, check=False, env=clean_env(),
+    )  # fmt: skip
+    assert "prepare 0 " in proc.stdout, proc.stdout + proc.stderr
+    assert "received <134>hello from the jail" in proc.stdout, proc.stdout + proc.stderr
+    assert "link False" in proc.stdout
+    assert "source" in proc.stdout and "/run/systemd/journal/dev-log" in proc.stdout
+
+
+def test_teardown_dry_run_changes_nothing(nodev_jail: Path) -> None:
+    """teardown --dry-run lists what it would undo; the jail and mount table stay as they are."""
+    assert run("prepare", "--chroot", str(nodev_jail), "--no-verify").code == 0
+    before, lines = snapshot(nodev_jail), mount_lines()
+    result = run("teardown", "--chroot", str(nodev_jail), "--dry-run")
+    assert result.code == 0, result.stderr
+    steps = [e["step"] for e in result.named("teardown")]
+    assert "unbind dev/urandom" in steps and "rmdir dev" in steps
+    assert snapshot(nodev_jail) == before and mount_lines() == lines
+    assert run("teardown", "--chroot", str(nodev_jail)).code == 0
+    assert mounts_below(nodev_jail) == [str(nodev_jail)]
+
+
+def test_teardown_names_directories_inside_the_jail(jail: Path) -> None:
+    """teardown says 'rmdir dev' and 'removed', never a path that looks like the host's /dev/."""
+    assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
+    result = run("teardown", "--chroot", str(jail))
+    events = result.named("teardown")
+    assert {"step": "rmdir dev", "outcome": "removed"}.items() <= next(
+        e for e in events if e.get("step") == "rmdir dev"
+    ).items()
+    assert not [e for e in events if str(e.get("outcome", "")).startswith("removed /")]
+
+
+def test_tmpfs_strategy_without_dev_says_what_is_wrong(jail: Path) -> None:
+    """A writable jail without dev/ and --strategy tmpfs: the sentence does not say read-only."""
+    result = run("prepare", "--chroot", str(jail), "--strategy", "tmpfs")
+    assert result.code == 78
+    assert "read-only" not in result.error and "has no dev/ directory" in result.error
+
+
+def test_no_repair_says_which_mode_is_expected(jail: Path) -> None:
+    """--no-repair on a 0600 node: the sentence names the mode jailshim needs (0666)."""
+    assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
+    (jail / "dev" / "urandom").chmod(0o600)
+    result = run("prepare", "--chroot", str(jail), "--no-repair")
+    assert result.code == 78
+    assert "mode 0600" in result.error and "mode 0666" in result.error
+
+
+@pytest.mark.parametrize("system", ["/dev", "/run", "/proc", "/sys", "/etc", "/dev/shm"])
+def test_system_directories_are_not_jails(root: None, system: str) -> None:
+    """--chroot /dev (or /run, /proc, /sys, ...): 78 with a sentence; nothing is created there."""
+    before = sorted(p.name for p in Path(system).iterdir()) if system != "/proc" else []
+    for command in ("prepare", "teardown", "check"):
+        result = run(command, "--chroot", system)
+        assert result.code == 78, result.stderr
+        assert "system directory" in result.error
+    if system != "/proc":
+        assert sorted(p.name for p in Path(system).iterdir()) == before
+
+
+def test_dry_run_after_a_killed_run_changes_nothing(jail: Path) -> None:
+    """A record a killed run left unfinished: --dry-run says it would undo it first, and does
+    not; the next real prepare does."""
+    assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
+    state = jail / "dev" / ".jailshim-state.json"
+    data = json.loads(state.read_text())
+    data["records"][-2]["done"] = False  # as if killed right after the last node's rename
+    state.write_text(json.dumps(data))
+    before = snapshot(jail)
+    dry = run("prepare", "--chroot", str(jail), "--dry-run")
+    assert dry.code == 0 and "first undo what a killed run left" in dry.stdout, dry.stdout
+    assert snapshot(jail) == before
+    real = run("prepare", "--chroot", str(jail), "--no-verify")
+    assert real.code == 0 and real.named("reconcile"), real.stderr
+    assert (jail / "dev" / "null").is_char_device()
