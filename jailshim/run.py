@@ -7,7 +7,13 @@ import os
 import subprocess
 from typing import Any
 
-from jailshim.errors import CommandNotExecutable, CommandNotFound, ConfigError, UsageError
+from jailshim.errors import (
+    CommandNotExecutable,
+    CommandNotFound,
+    ConfigError,
+    UsageError,
+    said,
+)
 
 __all__ = ["interpreter", "resolve_command", "run"]
 
@@ -85,6 +91,18 @@ def _check_interpreter(path: str) -> None:
         script = interp
 
 
+def _readable(path: str, source: str) -> None:
+    """The file given with --haproxy-config (or its variable) can be opened, or one sentence
+    that names where it came from (haproxy's reader speaks of -f arguments)."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY))
+    except OSError as exc:
+        raise ConfigError(
+            f"{said(source, path)} cannot be read ({exc.strerror}); give haproxy's "
+            "configuration file."
+        ) from None
+
+
 def haproxy_check(binary: str, files: tuple[str, ...]) -> None:
     """Run `haproxy -c` on the same files; a rejection is a config error with haproxy's words."""
     argv = [binary, "-c"]
@@ -122,6 +140,8 @@ def run(args: argparse.Namespace, log: Any) -> int:
     logger = log.get_logger()
     overrides: dict[str, Any] = {}
     config = None
+    if args.haproxy_config:
+        _readable(args.haproxy_config, cli.origin(args, "haproxy_config"))
     if args.haproxy_config or is_haproxy:
         from jailshim.daemons import haproxy
 

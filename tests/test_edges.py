@@ -150,6 +150,18 @@ def test_a_bad_variable_is_named_as_the_variable(variable: str, value: str, need
     assert needle in result.error
 
 
+def test_a_missing_haproxy_config_is_named_as_given() -> None:
+    """--haproxy-config and JAILSHIM_HAPROXY_CONFIG that cannot be read: 78, named as given
+    (not as an -f argument)."""
+    flag = run("run", "--haproxy-config", "/nonexistent.cfg", "--", "true")
+    assert flag.code == 78
+    assert flag.error.startswith("--haproxy-config '/nonexistent.cfg' cannot be read")
+    env = clean_env(JAILSHIM_HAPROXY_CONFIG="/nonexistent.cfg")
+    variable = run("run", "--", "true", env=env)
+    assert variable.code == 78
+    assert variable.error.startswith("JAILSHIM_HAPROXY_CONFIG='/nonexistent.cfg' cannot be read")
+
+
 def test_variables_for_other_commands_are_ignored_and_flags_refused(tmp_path: Path) -> None:
     """explain takes FILE only: `--init --strategy tmpfs` is refused (64), while a container's
     JAILSHIM_INIT/STRATEGY/TIMEOUT, wrong even, do not concern it."""
