@@ -207,6 +207,12 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def _all(procs: list[subprocess.Popen[str]]) -> tuple[list[int], list[str]]:
+    """Wait for every process (reading its pipes, so none blocks); exit codes and stderrs."""
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    return [p.returncode for p in procs], errors
+
+
 def _mounts_below(jail: Path) -> list[str]:
     points = [ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()]
     return [p for p in points if p.startswith(f"{jail}/")]
@@ -223,12 +229,7 @@ def test_eight_concurrent_prepares_and_races_with_teardown(
     before, expected_mounts = snapshot(jail), {"plain": 0, "nodev": 3, "read-only": 4}[kind_name]
     args = ("--chroot", str(jail), "--log-level", "error")
     for round_ in range(20):
-        procs = [_spawn("prepare", *args, "--user", "nobody") for _ in range(8)]
-        codes = [p.wait(timeout=120) for p in procs]
-        errors = [p.stderr.read() for p in procs if p.stderr]  # type: ignore[union-attr]
-        for p in procs:
-            p.stdout.close()  # type: ignore[union-attr]
-            p.stderr.close()  # type: ignore[union-attr]
+        codes, errors = _all([_spawn("prepare", *args, "--user", "nobody") for _ in range(8)])
         assert codes == [0] * 8, (round_, codes, errors)
         assert len(_mounts_below(jail)) == expected_mounts, (round_, _mounts_below(jail))
         assert read_in_jail(jail, "urandom")["chr"]
@@ -236,12 +237,10 @@ def test_eight_concurrent_prepares_and_races_with_teardown(
         assert snapshot(jail) == before and not _mounts_below(jail)
     for round_ in range(20):
         assert run("prepare", *args, "--no-verify").code == 0
-        procs = [_spawn("prepare", *args, "--user", "nobody"), _spawn("teardown", *args)]
-        codes = [p.wait(timeout=120) for p in procs]
-        for p in procs:
-            p.stdout.close()  # type: ignore[union-attr]
-            p.stderr.close()  # type: ignore[union-attr]
-        assert codes == [0, 0], (round_, codes)
+        codes, errors = _all(
+            [_spawn("prepare", *args, "--user", "nobody"), _spawn("teardown", *args)]
+        )
+        assert codes == [0, 0], (round_, codes, errors)
         if _mounts_below(jail) or (jail / "dev" / ".jailshim-state.json").exists():
             assert len(_mounts_below(jail)) == expected_mounts, round_
             assert read_in_jail(jail, "urandom")["chr"], round_
