@@ -92,8 +92,9 @@ def read_in_jail(
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=False,
     )
+    assert_ran(proc)
     result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,20 +18,36 @@ from jailshim.daemons.haproxy import parse_config
 from jailshim.errors import UsageError
 from jailshim.verify.network import AddressFacts, haproxy_targets, judge_address, parse_wait_addr
 from tests.daemons import stop, write_haproxy_config
-from tests.support import Result, clean_env, jailshim_argv, need, run, spawn
+from tests.support import Result, assert_ran, clean_env, jailshim_argv, need, run, spawn
 
 ADDR6 = "2001:db8::1"  # documentation range, only ever inside the test's own namespaces
 
 
 def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
+    assert_ran(subprocess.run(["ip", *args], check=False, capture_output=True))
+
+
+def _clear_dead_runs_namespaces() -> None:
+    """Namespaces a killed run left (named jstest-PID-…): deleted when that PID runs no pytest."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    for line in listed.stdout.splitlines():
+        found = re.match(r"(jstest-(\d+)-\S+)", line)
+        if not found:
+            continue
+        try:
+            alive = b"pytest" in Path(f"/proc/{found.group(2)}/cmdline").read_bytes()
+        except OSError:
+            alive = False
+        if not alive:
+            subprocess.run(["ip", "netns", "del", found.group(1)], check=False, capture_output=True)
 
 
 @pytest.fixture
 def netns(root: None) -> Iterator[str]:
     """A fresh network namespace (lo down), deleted afterwards."""
     need(shutil.which("ip") is not None, "needs ip(8) from iproute2")
-    name = f"jstest-{uuid.uuid4().hex[:8]}"
+    _clear_dead_runs_namespaces()
+    name = f"jstest-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ip("netns", "add", name)
     try:
         yield name
@@ -93,12 +110,14 @@ def test_dadfailed_fails_at_once(netns: str, root: None) -> None:
         ip("-n", netns, "addr", "add", f"{ADDR6}/64", "dev", "a0")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            shown = subprocess.run(
+            proc = subprocess.run(
                 ["ip", "-n", netns, "addr", "show", "a0"],
                 capture_output=True,
                 text=True,
-                check=True,
-            ).stdout
+                check=False,
+            )
+            assert_ran(proc)
+            shown = proc.stdout
             if "dadfailed" in shown:
                 break
             time.sleep(0.2)
