@@ -72,6 +72,9 @@ class Applier:
         self.opened: list[int] = []  # fds this run opened (closed by ``close``)
         self.strategy = Strategy.AUTO
         self.nodev = False
+        # Set when a mount made here would not reach the daemon (prepare.mounts_refused):
+        # the ladder must not fall back to bind at run time either.
+        self.mounts_refused = ""
 
     @property
     def dev(self) -> int:
@@ -128,6 +131,7 @@ class Applier:
         """The jail is read-only, so nothing can be recorded before this mount: the mount's
         source name (state.TMPFS_SOURCE) is its record, and its journal lives inside it."""
         start = time.monotonic()
+        self._may_mount()
         try:
             mounts.mount_tmpfs(self.dev, state.TMPFS_SOURCE, _TMPFS_FLAGS, _TMPFS_DATA)
         except OSError as exc:
@@ -251,6 +255,7 @@ class Applier:
         """Bind ``source`` onto the placeholder at ``name`` (made now unless one of jailshim's,
         bound in another mount namespace, is already there) and harden it. Returns whether
         the read-only remount worked. A refused bind leaves nothing and raises."""
+        self._may_mount()
         st = _lstat(dir_fd, name)
         if st is not None and not any(
             r.kind is Kind.PLACEHOLDER
@@ -280,6 +285,10 @@ class Applier:
         hardened = self._harden(dir_fd, name)
         self.journal.update(index, done=True)  # only now: an unhardened bind is unfinished
         return hardened
+
+    def _may_mount(self) -> None:
+        if self.mounts_refused:
+            raise NotPermitted(self.mounts_refused)
 
     def _harden(self, dir_fd: int, name: str) -> bool:
         """Remount the bind read-only, nosuid, noexec; a refusal is only a warning."""

@@ -51,7 +51,7 @@ def start_probe(spec: Spec) -> Probe | None:
     return Probe(spec.chroot, spec.identity, spec.devices)
 
 
-def prepare_and_verify(spec: Spec, log: Any) -> None:
+def prepare_and_verify(spec: Spec, log: Any, *, then_exec: bool = False) -> None:
     """`prepare`, then `check` (unless --no-verify or --dry-run), for `prepare` and `run`.
 
     The first probe child is forked before the prepare modules are even imported, so its
@@ -64,7 +64,7 @@ def prepare_and_verify(spec: Spec, log: Any) -> None:
         # The jail stays locked while it is verified, so a concurrent teardown cannot undo it
         # between the check and the hand-over; a stop signal during the check (or the address
         # wait) undoes this run's changes.
-        with prepare(spec, log):
+        with prepare(spec, log, then_exec=then_exec):
             if probe is not None:
                 first, probe = probe, None  # check() owns it from here
                 check(spec, log, first=first)

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from jailshim import state
-from jailshim.errors import PrepareOSError
+from jailshim.errors import NotPermitted, PrepareOSError
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
-from jailshim.jail.namespaces import namespace_alive
+from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive
 from jailshim.jail.safepath import Jail
 from jailshim.jail.undo import describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
@@ -144,9 +144,14 @@ def check_paths(jail: Jail, records: list[Record]) -> None:
 
 
 @contextlib.contextmanager
-def prepare(spec: Spec, log: Any) -> Iterator[Prepared]:
+def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepared]:
     """Make ``spec.chroot``'s dev/ right (with ``spec.dry_run`` only print the plan), holding
-    the jail's lock until the block ends; a failure or stop signal inside it undoes this run."""
+    the jail's lock until the block ends; a failure or stop signal inside it undoes this run.
+
+    ``then_exec``: the daemon is exec'd from this process (`run`), so mounts made here are in
+    its namespace; otherwise (`prepare`) mounts must outlive this process, see
+    ``mounts_refused``.
+    """
     from jailshim.apply import Applier
     from jailshim.jail.powers import survey_powers
     from jailshim.jail.survey import check_ownership, survey
@@ -193,17 +198,25 @@ def prepare(spec: Spec, log: Any) -> Iterator[Prepared]:
             placeholders=placeholders,
         )
         plan = prepared.plan = decide(facts, spec.devices, spec.strategy, repair=spec.repair)
+        refused = "" if then_exec else mounts_refused(plan, log)
         if spec.dry_run:
             unfinished = [describe(r) for r in prepared.journal.records if not r.done]
             text = plan.render()
             if unfinished:
                 text = f"first undo what a killed run left: {', '.join(unfinished)}\n{text}"
+            if refused:
+                text += f"\nrefused: {refused}"
             sys.stdout.write(text + "\n")
             log.info("plan", dry_run=True, changes=plan.changes_anything or bool(unfinished))
+            if refused:
+                raise NotPermitted(refused)
             yield prepared
             return
         prepared.first_new = len(prepared.journal.records)
+        if refused:
+            raise NotPermitted(refused)
         applier = Applier(jail, dev_fd, prepared.journal, powers, ns=ns, log=log)
+        applier.mounts_refused = "" if then_exec else _MOUNTS_VANISH
         try:
             with signals_deferred():
                 applier.apply(plan)
@@ -236,6 +249,37 @@ def prepare(spec: Spec, log: Any) -> Iterator[Prepared]:
             raise
     finally:
         prepared.close()
+
+
+_MOUNTS_VANISH = (
+    "systemd started jailshim prepare in a mount namespace of its own (the unit has "
+    "BindReadOnlyPaths=, PrivateTmp=, ProtectSystem= or the like), so a bind or tmpfs made here "
+    "is gone before ExecStart= runs and the daemon would start without its nodes; use "
+    "ExecStart=jailshim run -- DAEMON … (the mounts are made in the daemon's own namespace, "
+    "just before exec), or let mknod work (CAP_MKNOD, a filesystem without nodev)"
+)
+
+
+def mounts_refused(plan: Plan, log: Any) -> str:
+    """Why this plan's mounts cannot serve the daemon ("" when they can, or need none)."""
+    from jailshim.plan import Action
+
+    mounts = (
+        plan.mount_tmpfs
+        or any(s.action is Action.BIND for s in plan.steps)
+        or any(s.action is Action.BIND for s in plan.sockets)
+    )
+    if not mounts:
+        return ""
+    vanish = mounts_vanish_on_exit()
+    if vanish is None:
+        log.warning(
+            "mount_namespace",
+            detail="started by systemd, but PID 1's mount namespace cannot be read: if this "
+            "unit gives each command its own namespace, the binds made here will not reach "
+            "the daemon (ExecStart=jailshim run -- DAEMON avoids the question)",
+        )
+    return _MOUNTS_VANISH if vanish else ""
 
 
 def _hold(journal: Journal, ns: int) -> None:

@@ -130,3 +130,30 @@ def test_dry_run_after_a_killed_run_changes_nothing(jail: Path) -> None:
     real = run("prepare", "--chroot", str(jail), "--no-verify")
     assert real.code == 0 and real.named("reconcile"), real.stderr
     assert (jail / "dev" / "null").is_char_device()
+
+
+def _as_systemd_exec(*args: str) -> subprocess.CompletedProcess[str]:
+    """jailshim started the way systemd starts an Exec* command of a unit with namespacing
+    options: INVOCATION_ID set, in a mount namespace other than PID 1's."""
+    inner = " ".join(f"'{a}'" for a in [sys.executable, "-m", "jailshim", *args])
+    return subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "sh", "-c",
+         f"unshare --mount --propagation private {inner}; echo rc=$?"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env=clean_env(INVOCATION_ID="0123456789abcdef"),
+    )  # fmt: skip
+
+
+def test_execstartpre_that_needs_binds_fails_at_start(nodev_jail: Path, jail: Path) -> None:
+    """Under systemd in a namespace of its own, a plan that needs binds is refused (77) with
+    the fix, before anything changes, dry run included; a mknod-only plan goes on."""
+    before = snapshot(nodev_jail)
+    for extra in ([], ["--dry-run"]):
+        proc = _as_systemd_exec("prepare", "--chroot", str(nodev_jail), *extra)
+        assert "rc=77" in proc.stdout, proc.stdout + proc.stderr
+        assert "ExecStart=jailshim run" in proc.stderr
+        assert snapshot(nodev_jail) == before
+    assert "refused: systemd started" in proc.stdout
+    plain = _as_systemd_exec("prepare", "--chroot", str(jail), "--no-verify")
+    assert "rc=0" in plain.stdout, plain.stderr
+    assert (jail / "dev" / "urandom").is_char_device()

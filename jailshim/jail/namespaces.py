@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["namespace_alive"]
+__all__ = ["mounts_vanish_on_exit", "namespace_alive"]
 
 # The initial PID namespace's inode number is fixed by the kernel (PROC_PID_INIT_INO).
 _INITIAL_PID_NS = 0xEFFFFFFC
@@ -43,3 +43,19 @@ def namespace_alive(ns: int) -> bool:
             except OSError:
                 continue
     return False
+
+
+def mounts_vanish_on_exit() -> bool | None:
+    """Whether mounts made by this process vanish before the daemon starts.
+
+    True when systemd started us (INVOCATION_ID) in a mount namespace other than PID 1's: a
+    unit with BindReadOnlyPaths=, PrivateTmp=, ProtectSystem= … gives *each* Exec* command its
+    own namespace, so a bind made in ExecStartPre= is gone by ExecStart= (seen: count 1 in
+    ExecStartPre's mountinfo, 0 in ExecStart's). None when PID 1's namespace cannot be read.
+    """
+    if not os.environ.get("INVOCATION_ID"):
+        return False
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino != os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:
+        return None
