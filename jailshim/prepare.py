@@ -216,7 +216,8 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
         if refused:
             raise NotPermitted(refused)
         applier = Applier(jail, dev_fd, prepared.journal, powers, ns=ns, log=log)
-        applier.mounts_refused = "" if then_exec else _MOUNTS_VANISH
+        # The ladder may still fall from mknod to bind at run time: refuse that too.
+        applier.mounts_refused = "" if then_exec or not mounts_vanish_on_exit() else _MOUNTS_VANISH
         try:
             with signals_deferred():
                 applier.apply(plan)
