@@ -87,6 +87,34 @@ class Applier:
         self.opened.append(fd)
         return fd
 
+    def _intend(self, record: Record) -> int:
+        """Journal a step of this run (in this mount namespace) before doing it."""
+        return self.journal.intend(record._replace(ns=self.ns))
+
+    def _open_made_dir(self, name: str, dir_fd: int) -> int:
+        """Open a directory this run just made, and make sure it is that one: in a jail its user
+        can write, the name could have been swapped for the user's own directory, which the
+        user could then move out of the jail with everything root put in it. A directory root
+        made cannot be moved to another parent by that user (it needs write access to it)."""
+        fd = self._open_dir(name, dir_fd)
+        st = os.fstat(fd)
+        if st.st_uid != 0 or stat.S_IMODE(st.st_mode) != 0o755:
+            raise ConfigError(
+                f"{self.jail.real}: the directory {name} jailshim just made was replaced by "
+                f"another (owner {st.st_uid}); someone who can write the jail is interfering. "
+                "Nothing was left made; make the jail root-owned, then run again.",
+            )
+        return fd
+
+    def _still_at(self, dir_fd: int, name: str, fd: int) -> None:
+        """After a rename into place: ``name`` must be the directory ``fd`` holds."""
+        st = _lstat(dir_fd, name)
+        if st is None or st.st_ino != os.fstat(fd).st_ino:
+            raise ConfigError(
+                f"{self.jail.real}/{name} was swapped while jailshim made it; someone who can "
+                "write the jail is interfering. Make the jail root-owned, then run again.",
+            )
+
     def close(self) -> None:
         for fd in self.opened:
             os.close(fd)
@@ -118,11 +146,12 @@ class Applier:
         """dev/ is made at a temporary name and gets its record inside before it is renamed
         into place: a kill at any point leaves either nothing or a name sweep_new_dev knows."""
         os.mkdir(state.NEW_DEV, 0o755, dir_fd=self.jail.fd)
-        fd = self._open_dir(state.NEW_DEV, self.jail.fd)
+        fd = self._open_made_dir(state.NEW_DEV, self.jail.fd)
         record = Record(Kind.MKDIR, "dev", "", os.fstat(fd).st_ino, tmp=state.NEW_DEV)
         self.journal.dir_fd = fd
-        index = self.journal.intend(record)
+        index = self._intend(record)
         os.rename(state.NEW_DEV, "dev", src_dir_fd=self.jail.fd, dst_dir_fd=self.jail.fd)
+        self._still_at(self.jail.fd, "dev", fd)
         self.journal.update(index, done=True)
         self.dev_fd = fd
         self.log.info("dev.created", path=f"{self.jail.real}/dev")
@@ -149,7 +178,7 @@ class Applier:
         # From here on dev/ is the new tmpfs's root, not the directory below it.
         self.dev_fd = self._open_dir("dev", self.jail.fd)
         self.journal.dir_fd, self.journal.records = self.dev_fd, []
-        self.journal.intend(Record(Kind.TMPFS, "dev", "", ns=self.ns, done=True))
+        self._intend(Record(Kind.TMPFS, "dev", "", done=True))
         self.log.info(
             "dev.tmpfs",
             strategy="tmpfs",
@@ -167,7 +196,7 @@ class Applier:
             n += 1
         aside = state.aside_name(name, n)
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        index = self.journal.intend(Record(Kind.DISPLACED, name, where, st.st_ino, aside=aside))
+        index = self._intend(Record(Kind.DISPLACED, name, where, st.st_ino, aside=aside))
         os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         self.journal.update(index, done=True)
         self.log.warning("device.displaced", device=name, found=found, moved_to=f"{where}/{aside}")
@@ -211,7 +240,7 @@ class Applier:
         dev_fd, start, tmp = self.dev, time.monotonic(), state.temp_name(device.name)
         self._clear_temp(dev_fd, "dev", tmp)
         record = Record(Kind.MKNOD, device.name, rdev=device.rdev, tmp=tmp)
-        index = self.journal.intend(record)
+        index = self._intend(record)
         try:
             os.mknod(tmp, stat.S_IFCHR | device.mode, device.rdev, dir_fd=dev_fd)
         except OSError as exc:
@@ -243,7 +272,7 @@ class Applier:
         """An empty file at ``name``: made at the temporary name, recorded, renamed."""
         tmp = state.temp_name(name)
         self._clear_temp(dir_fd, where, tmp)
-        index = self.journal.intend(Record(Kind.PLACEHOLDER, name, where, tmp=tmp))
+        index = self._intend(Record(Kind.PLACEHOLDER, name, where, tmp=tmp))
         os.close(os.open(tmp, _PLACEHOLDER, 0o444, dir_fd=dir_fd))
         ino = os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False).st_ino
         self.journal.update(index, ino=ino)
@@ -271,7 +300,7 @@ class Applier:
         target = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
         try:
             ino = os.fstat(target).st_ino
-            index = self.journal.intend(Record(Kind.BIND, name, where, ino, rdev, ns=self.ns))
+            index = self._intend(Record(Kind.BIND, name, where, ino, rdev))
             try:
                 mounts.bind(source, target)
             except OSError:
@@ -372,9 +401,9 @@ class Applier:
         self.opened.append(dir_fd)
         made = where[: len(where) - len("/".join(missing))].strip("/")
         for part in missing:
-            index = self.journal.intend(Record(Kind.MKDIR, part, made))
+            index = self._intend(Record(Kind.MKDIR, part, made))
             os.mkdir(part, 0o755, dir_fd=dir_fd)
-            dir_fd = self._open_dir(part, dir_fd)
+            dir_fd = self._open_made_dir(part, dir_fd)
             self.journal.update(index, ino=os.fstat(dir_fd).st_ino, done=True)
             made = f"{made}/{part}".strip("/")
         if not step.facts.entry.placeholder and _lstat(dir_fd, name) is not None:

@@ -132,8 +132,9 @@ _OPTIONS = (
     ),
     _Opt(
         "--timeout",
-        "retry budget in seconds for checks (default: 30; at most 86400)",
-        (RUN, PREPARE, CHECK),
+        "retry budget in seconds for checks, and the longest wait for the jail's lock "
+        "(default: 30; at most 86400)",
+        (RUN, PREPARE, CHECK, TEARDOWN),
         "SECONDS",
     ),
     _Opt("--dry-run", "print the plan and change nothing", (RUN, PREPARE, TEARDOWN), switch=True),
@@ -495,7 +496,9 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
         chroot = chroot_of(args)
         log.bind_context(chroot=chroot)
         with Jail(chroot) as jail:
-            teardown(jail, log.get_logger(), dry_run=bool(args.dry_run))
+            teardown(
+                jail, log.get_logger(), dry_run=bool(args.dry_run), timeout=args.timeout or 30.0
+            )
         return 0
     raise UsageError(
         f"jailshim {args.command} is not implemented yet; see the README for what works."

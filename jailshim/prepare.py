@@ -27,7 +27,15 @@ from jailshim.plan import Plan, describe_errno
 from jailshim.spec import Spec
 from jailshim.state import Journal, Kind, Record
 
-__all__ = ["Prepared", "check_paths", "open_journal", "prepare", "signals_deferred", "undo_records"]
+__all__ = [
+    "Prepared",
+    "check_paths",
+    "open_journal",
+    "prepare",
+    "say_lock_ignored",
+    "signals_deferred",
+    "undo_records",
+]
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _MAX_FOREIGN_NAMESPACES = 8
@@ -68,7 +76,7 @@ def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Any, eve
         record = journal.records[index]
         table = mounts.read_mount_table()
         try:
-            outcome = undo(jail, record, table)
+            outcome = undo(jail, record, table, journal.dir_fd)
         except OSError as exc:
             log.error(event, step=describe(record), errno=describe_errno(exc.errno or 0))
             continue
@@ -114,7 +122,14 @@ def _reconcile(prepared: Prepared, ns: int, log: Any) -> bool:
     if swept:
         log.warning("reconcile", step=f"remove {state.NEW_DEV}", outcome=swept)
     journal = prepared.journal
-    pending = [i for i, r in enumerate(journal.records) if not r.done]
+    # Another namespace's unfinished steps are its own to reconcile while it may still exist:
+    # undoing its half-made bind from here would find nothing (the mount is not visible here)
+    # and drop the record of a read-write bind that namespace still has.
+    pending = [
+        i
+        for i, r in enumerate(journal.records)
+        if not r.done and (r.ns in (0, ns) or not namespace_alive(r.ns))
+    ]
     if pending:
         undo_records(prepared.jail, journal, pending, log, "reconcile")
     if journal.dir_fd is None:
@@ -165,6 +180,7 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
         jail.close()
         raise
     prepared = Prepared(jail, lock, log)
+    say_lock_ignored(lock, log)
     try:
         dev_fd = jail.open_dir("dev")
         if dev_fd is not None:
@@ -221,6 +237,7 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
         try:
             with signals_deferred():
                 applier.apply(plan)
+                _adopt_inherited_binds(prepared.journal, plan, ns)
                 _hold(prepared.journal, ns)
         except OSError as exc:
             prepared.rollback()
@@ -283,6 +300,50 @@ def mounts_refused(plan: Plan, log: Any) -> str:
     return _MOUNTS_VANISH if vanish else ""
 
 
+def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:
+    """A namespace copied from one that had bound (unshare -m, or a runtime starting the daemon
+    after ExecStartPre=) has those binds too, right already: record them as this namespace's,
+    or its teardown could neither unmount them nor remove the placeholders under them."""
+    from jailshim.plan import Action
+
+    found = [(s.found, "dev", s.device.rdev) for s in plan.steps if s.action is Action.NOTHING]
+    for sock in plan.sockets:
+        if sock.action is Action.NOTHING and not sock.facts.host_problem:
+            where, _name = os.path.split(sock.facts.path.strip("/"))
+            found.append((sock.facts.entry, where, 0))
+    for entry, where, rdev in found:
+        if not entry.mountpoint:
+            continue
+        placeholder = next(
+            (
+                r
+                for r in journal.records
+                if r.kind is Kind.PLACEHOLDER
+                and r.done
+                and (r.where, r.name) == (where, entry.name)
+            ),
+            None,
+        )
+        if placeholder is None or any(
+            r.kind is Kind.BIND and r.ns == ns and (r.where, r.name) == (where, entry.name)
+            for r in journal.records
+        ):
+            continue
+        _record_unless_read_only(
+            journal, Record(Kind.BIND, entry.name, where, placeholder.ino, rdev, ns=ns, done=True)
+        )
+
+
+def say_lock_ignored(lock: JailLock, log: Any) -> None:
+    if lock.ignored:
+        log.warning(
+            "lock.ignored",
+            holder=lock.ignored,
+            detail="a process that is not root's holds a lock on the jail directory; it was "
+            "ignored (only root's jailshim counts, or any user could stop the daemon's start)",
+        )
+
+
 def _hold(journal: Journal, ns: int) -> None:
     """Say this mount namespace uses what the journal records, so that a teardown in another
     namespace leaves it alone. Nothing to hold when jailshim made nothing here."""
@@ -290,9 +351,15 @@ def _hold(journal: Journal, ns: int) -> None:
         return
     if any(r.kind is Kind.HOLDER and r.ns == ns for r in journal.records):
         return
+    _record_unless_read_only(journal, Record(Kind.HOLDER, "dev", "", ns=ns, done=True))
+
+
+def _record_unless_read_only(journal: Journal, record: Record) -> None:
+    """A bookkeeping record (nothing was changed for it); a jail made read-only since its
+    prepare cannot take it, and needs none: nothing there can be torn down either."""
     try:
-        journal.intend(Record(Kind.HOLDER, "dev", "", ns=ns, done=True))
+        journal.intend(record)
     except OSError as exc:
-        if exc.errno != errno.EROFS:  # a jail made read-only since: nothing can change there
+        if exc.errno != errno.EROFS:
             raise
         journal.records.pop()

@@ -73,7 +73,7 @@ class Record(NamedTuple):
     rdev: int = 0
     tmp: str = ""
     aside: str = ""
-    ns: int = 0  # mount namespace inode, for TMPFS, BIND and HOLDER
+    ns: int = 0  # the mount namespace of the run that made it (where a mount lives)
     done: bool = False  # False: intent recorded, the syscall may or may not have happened
 
     @property

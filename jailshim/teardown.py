@@ -18,8 +18,14 @@ from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import namespace_alive
 from jailshim.jail.safepath import Jail
 from jailshim.jail.undo import describe, sweep_new_dev
-from jailshim.prepare import check_paths, open_journal, signals_deferred, undo_records
-from jailshim.state import STATE_NAME, Kind, Record, mount_namespace
+from jailshim.prepare import (
+    check_paths,
+    open_journal,
+    say_lock_ignored,
+    signals_deferred,
+    undo_records,
+)
+from jailshim.state import STATE_NAME, Record, mount_namespace
 
 __all__ = ["teardown"]
 
@@ -27,7 +33,8 @@ __all__ = ["teardown"]
 def teardown(jail: Jail, log: Any, *, dry_run: bool = False, timeout: float = 30.0) -> int:
     """Undo every record this mount namespace may undo. Returns how many were undone (with
     ``dry_run``, how many would be, changing nothing)."""
-    with JailLock(jail.fd, jail.real, timeout):
+    with JailLock(jail.fd, jail.real, timeout) as lock:
+        say_lock_ignored(lock, log)
         dev_fd = jail.open_dir("dev")
         try:
             return _teardown(jail, dev_fd, log, dry_run)
@@ -50,7 +57,9 @@ def _teardown(jail: Jail, dev_fd: int | None, log: Any, dry_run: bool) -> int:
         reason = "no dev/ in the jail" if dev_fd is None else f"no {STATE_NAME}"
         log.info("teardown", outcome="nothing to undo", reason=reason)
         return 0
-    holders = {r.ns for r in journal.records if r.kind is Kind.HOLDER and r.ns != ns}
+    # A namespace holds the jail when it recorded a mount or a hold (its prepare may have been
+    # killed before writing the hold): pulling a placeholder away would detach its bind.
+    holders = {r.ns for r in journal.records if r.is_mount and r.ns != ns}
     others = sorted(n for n in holders if namespace_alive(n))
     if others:
         log.warning(

@@ -452,3 +452,26 @@ def test_stop_signal_during_the_address_wait_undoes_the_prepare(
     assert '"rollback"' in rest
     assert not _mounts_below(nodev_jail)
     assert snapshot(nodev_jail) == before
+
+
+def test_a_users_lock_on_the_jail_does_not_stop_the_start(jail: Path) -> None:
+    """Any user who can read the jail can flock it: that hold is ignored (with a warning), so
+    no user can keep the daemon from starting or its teardown from running."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import fcntl, os, sys, time; fd = os.open({str(jail)!r}, os.O_RDONLY); "
+         "os.setgroups([]); os.setgid(65534); os.setuid(65534); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        for command in ("prepare", "teardown"):
+            result = run(command, "--chroot", str(jail), "--timeout", "2")
+            assert result.code == 0, result.stderr
+            assert f"process {holder.pid} (uid 65534)" in result.named("lock.ignored")[0]["holder"]
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout:
+            holder.stdout.close()

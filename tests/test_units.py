@@ -122,9 +122,9 @@ def test_each_command_takes_only_its_own_options() -> None:
         parse_args(["check", "--strategy", "bind"], {})
     with pytest.raises(UsageError, match=r"jailshim teardown does not take --user"):
         parse_args(["teardown", "--user", "nobody"], {})
-    env = {"JAILSHIM_INIT": "maybe", "JAILSHIM_STRATEGY": "magic", "JAILSHIM_TIMEOUT": "x"}
+    env = {"JAILSHIM_INIT": "maybe", "JAILSHIM_STRATEGY": "magic", "JAILSHIM_KILL_GROUP": "x"}
     args = parse_args(["teardown", "--chroot", "/j", "--dry-run"], env)
-    assert args.init is None and args.strategy is None and args.timeout is None
+    assert args.init is None and args.strategy is None and args.kill_group is None
     assert args.dry_run is True
     assert parse_args(["doctor", "--pid", "1"], env).pid == 1
 

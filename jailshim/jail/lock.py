@@ -1,16 +1,23 @@
 """One lock per jail: prepare and teardown never run at once on the same jail.
 
-flock(2) on the jail directory itself: the lock belongs to the inode, so it holds across mount
-namespaces (two containers sharing a volume) and across the tmpfs jailshim may mount over dev/,
-and the kernel drops it when the holder dies (a SIGKILLed prepare never leaves a stale lock).
-Without it, eight prepares at once stacked tmpfs mounts eight deep and one's rollback deleted
+Two flocks, both dropped by the kernel when the holder dies (a SIGKILLed prepare never leaves a
+stale lock):
+- root's own lock file, /run/jailshim/locks/DEV-INO (0600 in a 0700 directory): nobody but
+  root can open it, so no user can hold it to stop a daemon from starting;
+- the jail directory itself: an inode lock, so it holds across mount namespaces (two
+  containers sharing a volume, each with its own /run) and across the tmpfs over dev/. Any
+  user who can read the jail can take this one too, so a hold by a process that is not root's
+  is ignored, with a warning: that user gets no say in root's start-up.
+Without a lock, eight prepares at once stacked tmpfs mounts eight deep and one's rollback deleted
 the node another had just made, while that other one exited 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import stat
 import time
 from types import TracebackType
 
@@ -19,14 +26,16 @@ from jailshim.errors import PrepareOSError
 __all__ = ["JailLock", "LockTimeout"]
 
 _POLL = 0.02
+_LOCK_DIR = "/run/jailshim/locks"
 
 
 class LockTimeout(PrepareOSError):
     """Another jailshim kept the jail's lock for the whole budget."""
 
 
-def _holder(fd: int) -> str:
-    """Who holds the flock on ``fd``'s inode, from /proc/locks (for the sentence only)."""
+def _holder(fd: int) -> tuple[int, int | None]:
+    """(pid, uid) of the process holding an flock on ``fd``'s inode, from /proc/locks; pid 0
+    and uid None when that cannot be seen (another PID namespace)."""
     st = os.fstat(fd)
     wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
@@ -34,40 +43,78 @@ def _holder(fd: int) -> str:
             for line in f:
                 fields = line.split()
                 if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == wanted:
-                    return f"process {fields[4]}"
-    except OSError:
+                    pid = int(fields[4])
+                    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+                        for row in status:
+                            if row.startswith("Uid:"):
+                                return pid, int(row.split()[2])  # effective uid
+    except (OSError, ValueError):
         pass
-    return "another process"
+    return 0, None
+
+
+def _root_lock_file(st: os.stat_result) -> int | None:
+    """Root's lock file for the jail with identity ``st``; None where /run cannot take it."""
+    try:
+        os.makedirs(_LOCK_DIR, mode=0o700, exist_ok=True)
+        dir_st = os.stat(_LOCK_DIR, follow_symlinks=False)
+        if not stat.S_ISDIR(dir_st.st_mode) or dir_st.st_uid != 0 or dir_st.st_mode & 0o077:
+            return None  # not root's own: do not trust it
+        return os.open(
+            f"{_LOCK_DIR}/{st.st_dev}-{st.st_ino}",
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            0o600,
+        )
+    except OSError:
+        return None
 
 
 class JailLock:
-    """An exclusive flock on the jail directory, waited for up to ``timeout`` seconds."""
+    """Both locks on the jail, waited for up to ``timeout`` seconds. ``ignored`` names a
+    non-root holder of the jail directory's lock, when there was one."""
 
     def __init__(self, jail_fd: int, where: str, timeout: float) -> None:
-        # flock needs a real open file, not the O_PATH handle: reopen the same inode via ".".
-        self.fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=jail_fd)
+        self.fds: list[int] = []
+        self.ignored = ""
         deadline = time.monotonic() + timeout
+        try:
+            root_fd = _root_lock_file(os.fstat(jail_fd))
+            if root_fd is not None:
+                self.fds.append(root_fd)
+                self._wait(root_fd, deadline, where, timeout)
+            # flock needs a real open file, not the O_PATH handle: reopen the same inode.
+            dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=jail_fd)
+            self.fds.append(dir_fd)
+            self._wait(dir_fd, deadline, where, timeout, only_root_counts=True)
+        except BaseException:
+            self.release()
+            raise
+
+    def _wait(
+        self, fd: int, deadline: float, where: str, timeout: float, only_root_counts: bool = False
+    ) -> None:
         while True:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
+                pid, uid = _holder(fd)
+                if only_root_counts and uid not in (None, 0):
+                    self.ignored = f"process {pid} (uid {uid})"
+                    return
                 if time.monotonic() >= deadline:
-                    holder = _holder(self.fd)
-                    self.release()
+                    holder = f"process {pid}" if pid else "another process"
                     raise LockTimeout(
                         f"{holder} has held the lock on {where} for {timeout:g} s (another "
                         "jailshim prepare or teardown); wait for it to finish, or raise --timeout."
                     ) from None
                 time.sleep(_POLL)
-            except BaseException:
-                self.release()
-                raise
 
     def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # closing the only fd drops the flock
-            self.fd = -1
+        for fd in self.fds:  # closing the only fd drops its flock
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
 
     def __enter__(self) -> JailLock:
         return self

@@ -67,12 +67,16 @@ def _remove_made(dir_fd: int, record: Record) -> str:
     return "already gone"
 
 
-def _unbind(jail: Jail, dir_fd: int, record: Record, table: mounts.MountTable) -> str:
-    """BIND in this namespace: detach the mount at the name if it holds what was bound."""
-    mount_point = f"{jail.real}/{record.path}"
-    if table.at(mount_point) is None:
+def _unbind(dir_fd: int, record: Record) -> str:
+    """BIND in this namespace: detach the mount on the name if it holds what was bound.
+
+    Found through the directory fd, not by path in mountinfo: a user who can write the jail
+    could rename the directory under us, and the mount moves with it.
+    """
+    try:
+        fd = os.open(record.name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
+    except FileNotFoundError:
         return "already gone"
-    fd = os.open(record.name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         # What we bound: the host's character device, or (rdev 0) the host's log socket.
@@ -82,8 +86,13 @@ def _unbind(jail: Jail, dir_fd: int, record: Record, table: mounts.MountTable) -
             else stat.S_ISSOCK(st.st_mode)
         )
         if not bound:
-            return "left: another mount is there"
-        mounts.unmount(fd)
+            return "already gone" if st.st_ino == record.ino else "left: something else is there"
+        try:
+            mounts.unmount(fd)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: not a mount point here
+                raise
+            return "left: not a mount here"
     finally:
         os.close(fd)
     return "unmounted"
@@ -173,10 +182,12 @@ def _unmount_tmpfs(jail: Jail, table: mounts.MountTable) -> str:
     return "unmounted"
 
 
-def undo(jail: Jail, record: Record, table: mounts.MountTable) -> str:
+def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | None = None) -> str:
     """Undo ``record`` in this mount namespace; returns what was done, or why it was left.
 
-    The caller decides whether a record is this namespace's to undo (state.Record.is_mount).
+    ``dev_fd`` is the dev/ the journal was read from: records there are undone in that very
+    directory, even if its name was swapped meanwhile. The caller decides whether a record is
+    this namespace's to undo (state.Record.is_mount).
     """
     if record.kind is Kind.HOLDER:
         return "released"
@@ -184,12 +195,16 @@ def undo(jail: Jail, record: Record, table: mounts.MountTable) -> str:
         return _unmount_tmpfs(jail, table)
     if record.kind is Kind.MKDIR and (record.where, record.name) == ("", "dev"):
         return _remove_dev(jail, record)
-    dir_fd, missing = jail.walk(record.where)
+    missing: list[str] = []
+    if record.where == "dev" and dev_fd is not None:
+        dir_fd = os.dup(dev_fd)
+    else:
+        dir_fd, missing = jail.walk(record.where)
     try:
         if missing:
             return f"already gone: {record.where}/ is gone"
         if record.kind is Kind.BIND:
-            return _unbind(jail, dir_fd, record, table)
+            return _unbind(dir_fd, record)
         if record.kind is Kind.DISPLACED:
             return _restore(dir_fd, record)
         if record.kind is Kind.MKDIR:
