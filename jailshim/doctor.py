@@ -55,16 +55,34 @@ def _library_versions(pid: int) -> tuple[str, ...]:
         base = os.path.basename(path)
         if not base.startswith(("libcrypto.so", "libgnutls.so")) or base in seen:
             continue
-        version = base
-        try:
-            with open(path, "rb") as lib:  # mapped before any chroot: a host path
-                hit = _VERSION.search(lib.read())
-            if hit:
-                version = f"{hit.group(1).decode()} ({base})"
-        except OSError:
-            pass
-        seen[base] = version
+        hit = _VERSION.search(_read_library(path))  # mapped before any chroot: a host path
+        seen[base] = f"{hit.group(1).decode()} ({base})" if hit else base
     return tuple(seen.values())
+
+
+_LIBRARY_LIMIT = 32 << 20
+
+
+def _read_library(path: str) -> bytes:
+    """A library's bytes, read only if the path is still a regular file, never blocking and
+    never more than 32 MiB: the path comes from a process that may be hostile, which could have
+    replaced its mapped file with a FIFO (would hang) or a link to /dev/zero (endless)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        chunks, left = [], _LIBRARY_LIMIT
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _user_name(uid: int) -> str:

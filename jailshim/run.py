@@ -192,7 +192,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
 
         spec = cli._spec_from(args, **overrides)
         log.bind_context(chroot=spec.chroot)
-        prepare_and_verify(spec, logger)
+        prepare_and_verify(spec, logger, then_exec=True)
     if args.dry_run:
         return 0
     if args.init:

@@ -475,3 +475,33 @@ def test_a_users_lock_on_the_jail_does_not_stop_the_start(jail: Path) -> None:
         holder.wait()
         if holder.stdout:
             holder.stdout.close()
+
+
+def test_doctor_never_blocks_on_a_path_from_a_daemons_maps(area: Path) -> None:
+    """A process maps a file named like libcrypto in its own mount namespace, where the host
+    has a FIFO at that path: doctor reads only regular files, non-blocking, and finishes."""
+    libs = area / "libs"
+    libs.mkdir()
+    os.mkfifo(libs / "libcrypto.so.3")
+    script = (
+        f"mount -t tmpfs tmpfs {libs} && head -c 4096 /dev/zero > {libs}/libcrypto.so.3 && "
+        f'exec {sys.executable} -c "import mmap, os, time; '
+        f"f = open('{libs}/libcrypto.so.3', 'rb'); m = mmap.mmap(f.fileno(), 4096, "
+        "prot=mmap.PROT_READ); print('mapped', flush=True); time.sleep(60)\""
+    )
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "mapped"
+        start = time.monotonic()
+        result = run("doctor", "--pid", str(proc.pid))
+        assert time.monotonic() - start < 20
+        assert result.code in (0, 64, 69, 78), result.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()

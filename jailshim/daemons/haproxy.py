@@ -286,7 +286,9 @@ def parse_config(
                         line=number,
                     )
                 slot = {"uid": "user", "gid": "group"}.get(key, key)
-                values[slot] = words[1]
+                # haproxy's uid/gid are numbers even where a user is named "103": "+N" says so
+                numeric = key in ("uid", "gid") and words[1].isdigit()
+                values[slot] = f"+{words[1]}" if numeric else words[1]
             elif key == "log" and len(words) >= 2:
                 path = _log_socket(words[1])
                 if path and path not in sockets:
