@@ -85,7 +85,11 @@ def test_global_values_logs_and_binds() -> None:
         ],
         {},
     )
-    assert (cfg.chroot, cfg.user, cfg.group) == ("/srv/jail", "99", "haproxy")
+    assert (cfg.chroot, cfg.user, cfg.group) == (
+        "/srv/jail",
+        "+99",
+        "haproxy",
+    )  # uid: a number, as haproxy reads it
     assert cfg.log_sockets == ("/dev/log", "/run/log.sock")
     assert [(b.address, b.where) for b in cfg.binds] == [
         ("127.0.0.1:443", "b.cfg:4"),
