@@ -9,6 +9,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-seccomp   # the interpreter; seccomp filters for getrandom tests
   python3-structlog python3-tenacity python3-pyroute2  # the README's install on Debian's libraries
   util-linux uidmap iproute2 procps      # unshare, ip netns, ps
+  strace                                 # kill points: SIGKILL injected at each mutating syscall
   haproxy openssl                        # the daemon jailshim starts first, and certificates
   unbound knot-dnsutils gnutls-bin faketime  # the DNS-over-TLS demo and reseed tests
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
