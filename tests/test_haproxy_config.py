@@ -59,7 +59,13 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         ("chroot /t\\qmp\\", ["chroot", "/t\\qmp\\"]),  # unknown escapes stay as written
         ("chroot '$HOME'", ["chroot", "$HOME"]),  # no expansion in strong quotes
         ('chroot "${JAIL}/x" "$JAIL"', ["chroot", "/srv/j/x", "/srv/j"]),
-        ('user "" # empty word', ["user", ""]),
+        ('user "" # empty word', ["user"]),  # an empty last word is an absent one
+        ('chroot "" /x', ["chroot", "", "/x"]),
+        ("a\vb\fc", ["a", "b", "c"]),  # \v and \f are blanks
+        ("a\x1cb\u2028c", ["a\x1cb\u2028c"]),  # not blanks to haproxy
+        ("chroot /a\r /b", ["chroot", "/a"]),  # \r ends the line
+        ('log "${S-/dev/log}" "${JAIL[*]}"', ["log", "/dev/log", "/srv/j"]),
+        ("x \\$HOME \\$HOME", ["x", "\\$HOME", "\\$HOME"]),  # \$ outside quotes stays
         ("#only a comment", []),
     ],
 )
@@ -99,22 +105,23 @@ def test_global_values_logs_and_binds() -> None:
 
 def test_unsplittable_line_is_located() -> None:
     """An unterminated quote is a config error naming file and line."""
-    with pytest.raises(ConfigError, match=r"h.cfg:3: unterminated"):
+    with pytest.raises(ConfigError, match=r"h.cfg:3: unmatched quote"):
         parse_config([("h.cfg", 'global\n  user x\n  chroot "/srv\n')], {})
 
 
-def test_conditional_blocks_are_noted() -> None:
-    """A jail setting inside .if is read, with a note that haproxy decides the condition."""
-    cfg = parse_config([("h.cfg", "global\n.if defined(X)\n  chroot /a\n.endif\n")], {})
-    assert cfg.chroot == "/a" and "h.cfg:3" in cfg.notes[0]
+def test_conditional_blocks_are_evaluated() -> None:
+    """.if/.elif/.else are evaluated as haproxy does: only the taken branch counts."""
+    text = "global\n.if defined(X)\n  chroot /a\n.elif streq(a,a)\n  chroot /b\n.else\n chroot /c\n.endif\n"
+    assert parse_config([("h.cfg", text)], {}).chroot == "/b"
+    assert parse_config([("h.cfg", text)], {"X": ""}).chroot == "/a"
 
 
 def test_read_config_reads_files(tmp_path: Path) -> None:
-    """read_config reads the files it is given, in order (later values win)."""
+    """read_config reads the files it is given, in order (the first chroot wins, as haproxy)."""
     (tmp_path / "1.cfg").write_text("global\n  chroot /one\n")
     (tmp_path / "2.cfg").write_text("global\n  chroot /two\n")
     cfg = read_config([str(tmp_path / "1.cfg"), str(tmp_path / "2.cfg")], {})
-    assert cfg.chroot == "/two"
+    assert cfg.chroot == "/one"
 
 
 KEYWORDS = [

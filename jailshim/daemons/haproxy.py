@@ -48,10 +48,10 @@ SECTIONS = {
     "ring",
     "cache",
     "fcgi-app",
-    "crt-store",
-    "traces",
-}
-_PROXIES = {"frontend", "listen"}
+    "log-forward",
+    "namespace_list",
+}  # haproxy 2.6's REGISTER_CONFIG_SECTION() calls
+_LISTENERS = {"frontend", "listen", "log-forward", "peers"}
 
 
 class ParseError(ValueError):
@@ -104,10 +104,19 @@ def config_files(argv: Sequence[str]) -> list[str]:
         if not stat.S_ISDIR(st.st_mode):
             found.append(path)
             continue
-        names = sorted(os.listdir(path), key=os.fsencode)  # LC_COLLATE=C: byte order
+        try:
+            names = sorted(os.listdir(path), key=os.fsencode)  # scandir+alphasort, C locale
+        except OSError as exc:
+            raise ConfigError(
+                f"haproxy's configuration directory {path} cannot be listed ({exc.strerror}); "
+                "fix its permissions or the -f argument.",
+                file=path,
+            ) from None
         for name in names:
             full = os.path.join(path, name)
-            if name.startswith(".") or not name.endswith(".cfg"):
+            # haproxy.c: hidden names are skipped, and the first ".cfg" must end the name
+            cfg = name.find(".cfg")
+            if name.startswith(".") or cfg < 0 or cfg + 4 != len(name):
                 continue
             try:
                 if stat.S_ISREG(os.stat(full).st_mode):
@@ -117,204 +126,654 @@ def config_files(argv: Sequence[str]) -> list[str]:
     return found
 
 
-def _expand(text: str, i: int, env: Mapping[str, str]) -> tuple[str, int]:
-    """Expand $NAME or ${NAME} at text[i] == '$' (inside double quotes)."""
-    if i + 1 < len(text) and text[i + 1] == "{":
-        end = text.find("}", i + 2)
-        if end < 0:
-            raise ParseError("unterminated ${...}")
-        name = text[i + 2 : end].split(",", 1)[0]
-        return env.get(name, ""), end + 1
-    j = i + 1
-    while j < len(text) and (text[j].isalnum() or text[j] == "_"):
-        j += 1
-    if j == i + 1:
-        return "$", j
-    return env.get(text[i + 1 : j], ""), j
+_SPACE = " \t\n\v\f\r"  # isspace() in the C locale
 
 
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
-_ESCAPABLE = set(" \t\\\"'#$nrtx")
+def _getenv(env: Mapping[str, str], name: str) -> str | None:
+    return env.get(name)
 
 
-def split_line(line: str, env: Mapping[str, str] | None = None) -> list[str]:
-    """Split one configuration line into words as haproxy does (quotes, escapes, comments)."""
-    env = os.environ if env is None else env
-    words: list[str] = []
-    word: list[str] = []
-    in_word = False
-    quote = ""
+def env_expand(text: str, env: Mapping[str, str]) -> str:
+    """$NAME and ${NAME} anywhere in an address, as haproxy's env_expand() (src/tools.c)."""
+    if "$" not in text:
+        return text
+    out: list[str] = []
     i = 0
-    text = line.rstrip("\r\n")
-    while i < len(text):
-        c = text[i]
-        if quote == "'":
-            if c == "'":
-                quote = ""
-            else:
-                word.append(c)
-            i += 1
-            continue
-        if c == "\\":
-            nxt = text[i + 1] if i + 1 < len(text) else ""
-            if nxt not in _ESCAPABLE:
-                # haproxy leaves other combinations (and a trailing backslash) unchanged
-                word.append(c)
-                in_word = True
-                i += 1
-                continue
-            if nxt == "x":
-                digits = text[i + 2 : i + 4]
-                if len(digits) != 2 or any(d not in "0123456789abcdefABCDEF" for d in digits):
-                    raise ParseError(f"bad escape \\x{digits}")
-                word.append(chr(int(digits, 16)))
-                i += 4
-            else:
-                word.append(_ESCAPES.get(nxt, nxt))
-                i += 2
-            in_word = True
-            continue
-        if quote == '"':
-            if c == '"':
-                quote = ""
-                i += 1
-            elif c == "$":
-                value, i = _expand(text, i, env)
-                word.append(value)
-            else:
-                word.append(c)
-                i += 1
-            continue
-        if c in "\"'":
-            quote = c
-            in_word = True
-            i += 1
-            continue
-        if c == "#":
-            break
-        if c in " \t":
-            if in_word:
-                words.append("".join(word))
-                word, in_word = [], False
-            i += 1
-            continue
-        word.append(c)
-        in_word = True
-        i += 1
-    if quote:
-        raise ParseError(f"unterminated {quote}quote{quote}")
-    if in_word:
-        words.append("".join(word))
+    while True:
+        j = text.find("$", i)
+        if j < 0:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:j])
+        beg = j + 1
+        if beg < len(text) and text[beg] == "{":
+            beg += 1
+        end = beg
+        while end < len(text) and (text[end].isascii() and (text[end].isalnum() or text[end] == "_")):
+            end += 1
+        out.append(env.get(text[beg:end], "") or "")
+        i = end + 1 if end < len(text) and text[end] == "}" and beg > j + 1 else end
+
+
+def split_line(
+    line: str,
+    env: Mapping[str, str] | None = None,
+    pseudo: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The words of one line, as haproxy sees them: leading blanks skipped, then parse_line();
+    trailing empty words are dropped (haproxy reads an empty args[n] as absent)."""
+    words = _parse_line(line.lstrip(_SPACE), env, pseudo)
+    while words and not words[-1]:
+        words.pop()
     return words
 
 
+def _parse_line(
+    line: str,
+    env: Mapping[str, str] | None = None,
+    pseudo: Mapping[str, str] | None = None,
+) -> list[str]:
+    r"""Split one line into words exactly as haproxy 2.6's parse_line() (src/tools.c).
+
+    The line ends at \n, \r (unless it follows a blank) or #; blanks are isspace() (space, \t,
+    \v, \f); a backslash escapes space, \\, #, ' and "; \$ only inside double quotes; \t \n \r
+    \xNN give their characters; other pairs stay as written. "$NAME", "${NAME}",
+    "${NAME-default}" (the default when NAME is unset) and "${NAME[*]}" (one word per blank-
+    separated part) expand inside double quotes only; $.LINE, $.FILE, $.SECTION are haproxy's
+    own. Empty words are kept (haproxy's args[]), a trailing blank gives a last empty word.
+    """
+    env = os.environ if env is None else env
+    pseudo = pseudo or {}
+    args: list[str] = []
+    word: list[str] = []
+    squote = dquote = False
+    quote_at = -1
+    n = len(line)
+    i = 0
+    while True:
+        c = line[i] if i < n else "\0"
+        if c >= "-" and c != "\\":
+            word.append(c)
+            i += 1
+        elif c in "\0\n\r":
+            break
+        elif c == "#" and not squote and not dquote:
+            break
+        elif c == '"' and not squote:
+            dquote = not dquote
+            quote_at = i if dquote else -1
+            i += 1
+        elif c == "'" and not dquote:
+            squote = not squote
+            quote_at = i if squote else -1
+            i += 1
+        elif c == "\\" and not squote:
+            nxt = line[i + 1] if i + 1 < n else "\0"
+            send = c
+            if nxt in " \\#'\"":
+                send = nxt
+                i += 1
+            elif nxt in "tnr":
+                send = {"t": "\t", "n": "\n", "r": "\r"}[nxt]
+                i += 1
+            elif nxt == "$" and dquote:
+                send = "$"
+                i += 1
+            elif nxt == "x":
+                digits = line[i + 2 : i + 4]
+                if len(digits) != 2 or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                    raise ParseError(f"truncated or invalid hexadecimal sequence at position {i + 1}")
+                send = chr(int(digits, 16))
+                i += 3
+            i += 1
+            word.append(send)
+        elif c in _SPACE and not squote and not dquote:
+            while i < n and line[i] in _SPACE:
+                i += 1
+            args.append("".join(word))
+            word = []
+        elif c == "$" and dquote:
+            i += 1
+            brace = i < n and line[i] == "{"
+            if brace:
+                i += 1
+            first = line[i] if i < n else "\0"
+            if not (first.isascii() and (first.isalpha() or first in "_.")):
+                raise ParseError(f"forbidden first char in environment variable name at position {i + 1}")
+            name_at = i
+            if first == ".":
+                i += 1
+            while i < n and line[i].isascii() and (line[i].isalnum() or line[i] == "_"):
+                i += 1
+            name = line[name_at:i]
+            value: str | None
+            if name.startswith("."):
+                if name[1:] not in ("LINE", "FILE", "SECTION"):
+                    raise ParseError(f"unsupported internal variable {name} at position {name_at + 1}")
+                value = pseudo.get(name[1:], "")
+            else:
+                value = _getenv(env, name)
+            expand = False
+            if i < n and line[i] == "[" and brace:
+                if line[i + 1 : i + 3] != "*]":
+                    raise ParseError(f"truncated or invalid word expansion sequence at position {i + 1}")
+                expand = True
+                i += 3
+            if brace:
+                if i < n and line[i] == "-":
+                    close = line.find("}", i)
+                    if close < 0 or "\n" in line[i:close] or "\r" in line[i:close]:
+                        raise ParseError("unmatched brace in environment variable name")
+                    if value is None:
+                        value = line[i + 1 : close].split("\0", 1)[0]
+                    i = close
+                elif i >= n or line[i] != "}":
+                    raise ParseError("unmatched brace in environment variable name")
+                i += 1
+            if value:
+                value = value.split("\0", 1)[0]
+                k = 0
+                while k < len(value):
+                    if expand and value[k] in _SPACE:
+                        args.append("".join(word))
+                        word = []
+                        k += 1
+                        while k < len(value) and value[k] in _SPACE:
+                            k += 1
+                    else:
+                        word.append(value[k])
+                        k += 1
+        else:
+            word.append(c)
+            i += 1
+    args.append("".join(word))
+    if squote or dquote:
+        raise ParseError(f"unmatched quote at position {quote_at + 1}")
+    return args
+
+
 class Bind(NamedTuple):
-    """A `bind` line's addresses as written (a comma list is split), and where it was found."""
+    """A `bind` line's addresses (a comma list is split, $VAR expanded), and where it was found."""
 
     address: str  # the first word, as written
     where: str  # "file:line"
     addresses: tuple[str, ...] = ()
     transparent: bool = False  # IP_TRANSPARENT: binds before the address exists
+    namespace: str = ""  # `namespace NAME`: bound inside that network namespace
 
 
-def _bind(words: list[str], where: str) -> Bind:
-    """`bind A[, B ...] [param*]`: the comma list may be one word or spread over several."""
-    parts, i = [words[1]], 1
-    while i + 1 < len(words) and (parts[-1].endswith(",") or words[i + 1].startswith(",")):
-        i += 1
-        parts.append(words[i])
-    addresses = tuple(a for a in ",".join(parts).split(",") if a)
-    return Bind(words[1], where, addresses, "transparent" in words[i + 1 :])
+def _bind(words: list[str], where: str, env: Mapping[str, str] | None = None) -> Bind:
+    """`bind A[,B ...] [param*]`: the address list is the first word (str2listener(),
+    src/listener.c splits it on commas; str2sa_range() expands $VAR in each part)."""
+    env = os.environ if env is None else env
+    addresses = tuple(env_expand(a, env) for a in words[1].split(",") if a)
+    params = words[2:]
+    namespace = ""
+    for k, w in enumerate(params[:-1]):
+        if w == "namespace":
+            namespace = params[k + 1]
+    return Bind(words[1], where, addresses, "transparent" in params, namespace)
 
 
 class HaproxyConfig(NamedTuple):
     files: tuple[str, ...]
     chroot: str | None = None
-    user: str | None = None
-    group: str | None = None
+    user: str | None = None  # a name, or "+N" for a number (uid N)
+    group: str | None = None  # a name, or "+N"; None: haproxy keeps the starting gid and groups
     log_sockets: tuple[str, ...] = ()
     binds: tuple[Bind, ...] = ()
     notes: tuple[str, ...] = ()
 
 
-def _log_socket(target: str) -> str | None:
-    """The unix socket path of a `log` target, if it is one."""
-    if target.startswith("unix@"):
-        return target[len("unix@") :]
-    if target.startswith("/"):
-        return target
+# The prefixes str2sa_range() (src/tools.c) knows; stream+/dgram+ come first.
+_UNIX_PREFIXES = ("unix@", "uxdg@", "uxst@")
+
+
+def _log_socket(target: str, env: Mapping[str, str]) -> str | None:
+    """The unix socket path of a `log` target, as str2sa_range() reads it; None if not unix."""
+    text = env_expand(target, env)
+    for kind in ("stream+", "dgram+"):
+        text = text.removeprefix(kind)
+    for prefix in _UNIX_PREFIXES:
+        if text.startswith(prefix):
+            path = text[len(prefix) :]
+            # haproxy sends logs after chroot() and chdir("/"): a relative path is from "/"
+            return os.path.normpath(os.path.join("/", path)) if path else None
+    if text.startswith("/"):
+        return text
     return None
 
 
+class Facts(NamedTuple):
+    """What `.if` predicates ask about the haproxy binary (from `haproxy -vv`)."""
+
+    version: str = "2.6.12"
+    features: str = ""
+    openssl: str = ""
+
+
+def binary_facts(binary: str = "haproxy") -> Facts:
+    """The version, feature list and OpenSSL version of ``binary``, from `haproxy -vv`."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            [binary, "-vv"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return Facts()
+    version = features = openssl = ""
+    for ln in out.splitlines():
+        if ln.startswith(("HAProxy version ", "HA-Proxy version ")) and not version:
+            version = ln.split()[2]
+        elif ln.startswith("Feature list :"):
+            features = ln.split(":", 1)[1].strip()
+        elif ln.startswith("Running on OpenSSL version :"):
+            openssl = ln.split(":", 1)[1].strip()
+    return Facts(version or "0", features, openssl)
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    """split_version() (src/tools.c), simplified: the leading dotted numbers."""
+    nums: list[int] = []
+    for part in text.replace("-", ".").split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        nums.append(int(digits))
+    return tuple(nums)
+
+
+class _Cond:
+    """`.if` expressions: cfg_parse_cond_expr/_and/_term and cfg_eval_cond_term (src/cfgcond.c)."""
+
+    def __init__(self, text: str, env: Mapping[str, str], facts: Facts) -> None:
+        self.s, self.i, self.env, self.facts = text, 0, env, facts
+
+    def _blank(self) -> None:
+        while self.i < len(self.s) and self.s[self.i] in " \t":
+            self.i += 1
+
+    def expr(self) -> bool:
+        value = self.and_()
+        self._blank()
+        while self.s.startswith("||", self.i):
+            self.i += 2
+            right = self.and_()
+            value = value or right
+            self._blank()
+        return value
+
+    def and_(self) -> bool:
+        value = self.term()
+        self._blank()
+        while self.s.startswith("&&", self.i):
+            self.i += 2
+            right = self.term()
+            value = value and right
+            self._blank()
+        return value
+
+    def term(self) -> bool:
+        self._blank()
+        neg = False
+        while self.s.startswith("!", self.i):
+            neg = not neg
+            self.i += 1
+            self._blank()
+        s = self.s
+        j = self.i
+        if j < len(s) and s[j] in "+-":
+            j += 1
+        if j < len(s) and s[j].isdigit():
+            k = j
+            base = 10
+            if s.startswith(("0x", "0X"), j) and k + 2 < len(s) and s[k + 2] in "0123456789abcdefABCDEF":
+                base, k = 16, j + 2
+            elif s[j] == "0":
+                base = 8
+            digits = "0123456789abcdef"[:base]
+            start = k
+            while k < len(s) and s[k].lower() in digits:
+                k += 1
+            value = int(s[start:k] or "0", base) != 0
+            self.i = k
+            return value != neg
+        if j < len(s) and s[j] == "(":
+            self.i = j + 1
+            value = self.expr()
+            self._blank()
+            if not s.startswith(")", self.i):
+                raise ParseError("expected ')' after conditional expression")
+            self.i += 1
+            return value != neg
+        k = self.i
+        while k < len(s) and s[k] not in " (":
+            k += 1
+        name = s[self.i : k]
+        if name not in _PREDICATES:
+            raise ParseError(f"unparsable conditional expression '{s[self.i :]}'")
+        self.i = k
+        return self._pred(name, self._args()) != neg
+
+    def _args(self) -> list[str]:
+        """make_arg_list() (src/arg.c) for string arguments: (a, "b", 'c')."""
+        s = self.s
+        if not s.startswith("(", self.i):
+            return []
+        self.i += 1
+        args: list[str] = []
+        cur: list[str] = []
+        quote = ""
+        while self.i < len(s):
+            c = s[self.i]
+            if quote:
+                if c == "\\" and self.i + 1 < len(s):
+                    cur.append(s[self.i + 1])
+                    self.i += 2
+                    continue
+                if c == quote:
+                    quote = ""
+                else:
+                    cur.append(c)
+            elif c in "\"'":
+                quote = c
+            elif c == "\\" and self.i + 1 < len(s):
+                cur.append(s[self.i + 1])
+                self.i += 1
+            elif c == ",":
+                args.append("".join(cur))
+                cur = []
+            elif c == ")":
+                args.append("".join(cur))
+                self.i += 1
+                return args
+            else:
+                cur.append(c)
+            self.i += 1
+        raise ParseError("missing closing ')' in predicate arguments")
+
+    def _pred(self, name: str, args: list[str]) -> bool:
+        want = 2 if name in ("streq", "strneq") else 1
+        if len(args) != want:
+            raise ParseError(f"predicate '{name}' needs {want} argument(s)")
+        a = args[0]
+        if name == "defined":
+            return a in self.env
+        if name == "feature":
+            feats = self.facts.features.split()
+            for f in feats:
+                if f[1:] == a and f[:1] in "+-":
+                    return f[0] == "+"
+            return False
+        if name == "streq":
+            return a == args[1]
+        if name == "strneq":
+            return a != args[1]
+        if name == "version_atleast":
+            return _version_key(self.facts.version) >= _version_key(a)
+        if name == "version_before":
+            return _version_key(self.facts.version) < _version_key(a)
+        ossl = _version_key(self.facts.openssl.removeprefix("OpenSSL ").split()[0]) if self.facts.openssl else ()
+        if name == "openssl_version_atleast":
+            return bool(ossl) and ossl >= _version_key(a)
+        if name == "openssl_version_before":
+            return bool(ossl) and ossl < _version_key(a)
+        return self.facts.openssl.startswith(a)  # ssllib_name_startswith
+
+
+_PREDICATES = {
+    "defined",
+    "feature",
+    "streq",
+    "strneq",
+    "version_atleast",
+    "version_before",
+    "openssl_version_atleast",
+    "openssl_version_before",
+    "ssllib_name_startswith",
+}
+
+
+def _condition(text: str, env: Mapping[str, str], facts: Facts) -> bool:
+    cond = _Cond(text, env, facts)
+    value = cond.expr()
+    cond._blank()
+    if cond.i != len(text):
+        raise ParseError(f"unexpected character '{text[cond.i]}' in conditional expression")
+    return value
+
+
+def _strl2irc(text: str) -> int | None:
+    """strl2irc() (src/tools.c): haproxy's uid/gid number, None when it warns and ignores it."""
+    if not text:
+        return None
+    neg = text.startswith("-")
+    value = 0
+    for ch in text[1:] if neg else text:
+        j = ord(ch) - ord("0")
+        if j > 9:
+            return None
+        value = value * 10 + (-j if neg else j)
+        if not -(2**31) <= value < 2**31:
+            return None
+    return value
+
+
+_TAKE, _DROP, _SKIP = 0, 1, 2  # a .if branch taken, not taken yet, or decided already
+
+
 def parse_config(
-    texts: Sequence[tuple[str, str]], env: Mapping[str, str] | None = None
+    texts: Sequence[tuple[str, str]],
+    env: Mapping[str, str] | None = None,
+    facts: Facts | None = None,
 ) -> HaproxyConfig:
-    """Parse (file name, content) pairs, in load order, for what jailshim needs."""
+    r"""Parse (file name, content) pairs, in load order, as haproxy 2.6's readcfgfile()
+    (src/cfgparse.c) and cfg_parse_global() (src/cfgparse-global.c) do, for what jailshim needs.
+
+    Lines end at \n only; leading blanks are skipped; a line whose first word is empty is
+    blank; a line starting with [ is a scope. `.if/.elif/.else/.endif` are evaluated
+    (src/cfgcond.c); setenv/presetenv/unsetenv/resetenv in global change the variables later
+    lines see. chroot keeps its first value; user/uid keep the first non-zero uid, group/gid
+    the first non-zero gid ("already specified. Continuing.").
+    """
+    envd: dict[str, str] = dict(os.environ if env is None else env)
+    lazy_facts = facts
     section = ""
-    values: dict[str, str] = {}
-    sockets: list[str] = []
+    section_name = ""
+    chroot: str | None = None
+    uid_name: str | None = None
+    gid_name: str | None = None
+    uid_set = gid_set = False
+    sockets: dict[str, None] = {}
     binds: list[Bind] = []
     notes: list[str] = []
-    depth = 0  # inside .if blocks: conditions are haproxy's to evaluate
     for name, text in texts:
-        for number, line in enumerate(text.splitlines(), 1):
-            try:
-                words = split_line(line, env)
-            except ParseError as exc:
-                raise ConfigError(
-                    f"haproxy configuration {name}:{number}: {exc}; fix that line.",
+        conds: list[int] = []
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        for number, raw in enumerate(lines, 1):
+            where = f"{name}:{number}"
+
+            def fail(why: str, number: int = number) -> ConfigError:
+                return ConfigError(
+                    f"haproxy configuration {name}:{number}: {why}; fix that line.",
                     file=name,
                     line=number,
-                ) from None
-            if not words:
+                )
+
+            if "\0" in raw:
+                raise fail("a NUL character (haproxy stops at a stray NUL)")
+            line = raw.lstrip(_SPACE)
+            if line.startswith("["):
+                continue
+            pseudo = {"LINE": str(number), "FILE": name, "SECTION": section_name}
+            try:
+                words = _parse_line(line, envd, pseudo)
+            except ParseError as exc:
+                raise fail(str(exc)) from None
+            if not words[0]:
                 continue
             key = words[0]
-            if key.startswith("."):
-                depth += 1 if key == ".if" else -1 if key == ".endif" else 0
+            masked = any(c != _TAKE for c in conds)
+            if key in (".if", ".elif"):
+                expr = " ".join(words[1:]).rstrip(" ") if len(words) > 1 else ""
+                if key == ".if":
+                    if masked:
+                        conds.append(_SKIP)
+                        continue
+                elif not conds:
+                    raise fail("lone '.elif' with no matching '.if'")
+                elif conds[-1] != _DROP:
+                    conds[-1] = _SKIP
+                    continue
+                else:
+                    conds.pop()
+                    if any(c != _TAKE for c in conds):
+                        conds.append(_SKIP)
+                        continue
+                if lazy_facts is None:
+                    lazy_facts = binary_facts()
+                try:
+                    taken = _condition(expr, envd, lazy_facts)
+                except ParseError as exc:
+                    raise fail(f"{exc} in '{key}'") from None
+                conds.append(_TAKE if taken else _DROP)
                 continue
+            if key == ".else":
+                if not conds:
+                    raise fail("lone '.else' with no matching '.if'")
+                conds[-1] = _TAKE if conds[-1] == _DROP else _SKIP
+                continue
+            if key == ".endif":
+                if not conds:
+                    raise fail("lone '.endif' with no matching '.if'")
+                conds.pop()
+                continue
+            if masked or key.startswith("."):
+                continue
+            if key in ("no", "default"):
+                words = words[1:] + [""]
+                key = words[0]
+                if key not in ("log",):
+                    continue
             if key in SECTIONS:
                 section = key
+                section_name = words[1] if len(words) > 1 and words[1] else key
                 continue
-            where = f"{name}:{number}"
-            if depth and section == "global" and key in ("chroot", "user", "uid", "group", "gid"):
-                notes.append(f"{where}: `{key}` inside a .if block; read as if the block applies")
-            if section == "global" and key in ("chroot", "user", "uid", "group", "gid"):
-                if len(words) < 2:
-                    raise ConfigError(
-                        f"haproxy configuration {where}: `{key}` needs a value; fix that line.",
-                        file=name,
-                        line=number,
-                    )
-                slot = {"uid": "user", "gid": "group"}.get(key, key)
-                # haproxy's uid/gid are numbers even where a user is named "103": "+N" says so
-                numeric = key in ("uid", "gid") and words[1].isdigit()
-                values[slot] = f"+{words[1]}" if numeric else words[1]
-            elif key == "log" and len(words) >= 2:
-                path = _log_socket(words[1])
-                if path and path not in sockets:
-                    sockets.append(path)
-            elif key == "bind" and section in _PROXIES and len(words) >= 2:
-                binds.append(_bind(words, where))
+
+            def arg(k: int, words: list[str] = words) -> str:
+                return words[k] if k < len(words) else ""
+
+            if section == "global":
+                if key in ("chroot", "user", "uid", "group", "gid"):
+                    if arg(2):
+                        raise fail(f"`{key}` takes one value")
+                if key == "chroot" and chroot is None:
+                    if not arg(1):
+                        raise fail("`chroot` needs a directory")
+                    chroot = arg(1)
+                elif key in ("user", "uid") and not uid_set:
+                    if key == "user":
+                        uid_name = arg(1)
+                        uid_set = _nonzero_user(uid_name)
+                    else:
+                        num = _strl2irc(arg(1))
+                        if num is not None and num < 0:
+                            raise fail(f"`uid {arg(1)}` is negative")
+                        if num:
+                            uid_name, uid_set = f"+{num}", True
+                elif key in ("group", "gid") and not gid_set:
+                    if key == "group":
+                        gid_name = arg(1)
+                        gid_set = _nonzero_group(gid_name)
+                    else:
+                        num = _strl2irc(arg(1))
+                        if num is not None and num < 0:
+                            raise fail(f"`gid {arg(1)}` is negative")
+                        if num:
+                            gid_name, gid_set = f"+{num}", True
+                elif key in ("setenv", "presetenv") and arg(1) and arg(2):
+                    if key == "setenv" or arg(1) not in envd:
+                        envd[arg(1)] = arg(2)
+                elif key == "unsetenv":
+                    for var in words[1:]:
+                        if not var:
+                            break
+                        envd.pop(var, None)
+                elif key == "resetenv":
+                    keep = set()
+                    for var in words[1:]:
+                        if not var:
+                            break
+                        keep.add(var)
+                    envd = {k: v for k, v in envd.items() if k in keep}
+            if key == "log" and arg(1):
+                path = _log_socket(arg(1), envd)
+                if path:
+                    sockets[path] = None
+            elif key == "bind" and section in _LISTENERS and arg(1):
+                binds.append(_bind(words, where, envd))
+            elif key == "dgram-bind" and section == "log-forward" and arg(1):
+                binds.append(_bind(words, where, envd))
+        if conds:
+            raise ConfigError(
+                f"haproxy configuration {name}:{len(lines)}: non-terminated '.if' block; "
+                "add its .endif.",
+                file=name,
+                line=len(lines),
+            )
+    if uid_name is not None and not uid_set:
+        uid_name = None  # user root / uid 0: haproxy does not change its uid
+    if gid_name is not None and not gid_set:
+        gid_name = None
     return HaproxyConfig(
         files=tuple(n for n, _ in texts),
-        chroot=values.get("chroot"),
-        user=values.get("user"),
-        group=values.get("group"),
+        chroot=chroot,
+        user=uid_name,
+        group=gid_name,
         log_sockets=tuple(sockets),
         binds=tuple(binds),
         notes=tuple(notes),
     )
 
 
-def read_config(files: Sequence[str], env: Mapping[str, str] | None = None) -> HaproxyConfig:
+def _nonzero_user(name: str) -> bool:
+    """haproxy resolves `user` at parse time with getpwnam(); uid 0 leaves it unset."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(name).pw_uid != 0
+    except (KeyError, ValueError):
+        return True  # haproxy -c rejects an unknown user; we report it as given
+
+
+def _nonzero_group(name: str) -> bool:
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid != 0
+    except (KeyError, ValueError):
+        return True
+
+
+def read_config(
+    files: Sequence[str], env: Mapping[str, str] | None = None, facts: Facts | None = None
+) -> HaproxyConfig:
     """Read and parse ``files`` (from config_files or --haproxy-config)."""
     if not files:
         raise ConfigError("haproxy is given no configuration file; pass -f FILE.")
     texts = []
     for path in files:
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            # newline="": haproxy splits on \n only (fgets), a \r is the line's business
+            with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
                 texts.append((path, f.read()))
         except OSError as exc:
             raise _unreadable(path, exc) from None
-    return parse_config(texts, env)
+    return parse_config(texts, env, facts)
