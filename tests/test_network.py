@@ -244,7 +244,7 @@ def test_haproxy_bind_lines_give_targets() -> None:
                 "  bind *:80\n  bind :::443\n  bind 0.0.0.0:1\n  bind /run/h.sock\n  bind unix@x\n"
                 "  bind fd@3\n  bind ipv4@192.0.2.1:80-85 ssl crt x\n"
                 "  bind 192.0.2.2:80,[2001:db8::2]:80\n"
-                "  bind 192.0.2.3:80, 192.0.2.4:80 transparent\n  bind ipv6@2001:db8::5:443\n"
+                "  bind 192.0.2.3:80,192.0.2.4:80 transparent\n  bind ipv6@2001:db8::5:443\n"
                 "  bind myhost:80\n",
             )
         ],

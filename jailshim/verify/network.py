@@ -31,14 +31,19 @@ IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 IFF_UP = 0x1
 _WILDCARDS = {"", "*", "0.0.0.0", "::"}  # noqa: S104 (names, not a bind)
-_NON_IP_PREFIXES = (
-    "unix@",
-    "abns@",
-    "fd@",
-    "sockpair@",
-    "udp@",
+# str2sa_range() (haproxy 2.6, src/tools.c): these name no IP address to wait for
+_NON_IP_PREFIXES = ("unix@", "uxdg@", "uxst@", "abns@", "fd@", "sockpair@")
+# ...and these name an IP address (TCP, UDP or QUIC), stripped before the address
+_IP_PREFIXES = (
+    "ipv4@",
+    "ipv6@",
+    "ip@",
+    "tcp4@",
+    "tcp6@",
+    "tcp@",
     "udp4@",
     "udp6@",
+    "udp@",
     "quic4@",
     "quic6@",
 )
@@ -90,16 +95,23 @@ def parse_wait_addr(text: str) -> WaitTarget:
 
 
 def haproxy_targets(binds: Iterable[Any]) -> tuple[list[WaitTarget], list[str]]:
-    """The IPs to wait for from haproxy bind lines, and notes on what was passed over."""
-    targets: list[WaitTarget] = []
+    """The IPs to wait for from haproxy bind lines, and notes on what was passed over.
+
+    Linear in the number of addresses: each IP is kept once, at its first bind line.
+    """
+    targets: dict[str, WaitTarget] = {}
     notes: list[str] = []
     for bind in binds:
         for raw in bind.addresses or (bind.address,):
             text = raw
-            for prefix in ("ipv4@", "ipv6@"):
-                text = text.removeprefix(prefix)
-            if raw.startswith(_NON_IP_PREFIXES) or text.startswith("/"):
+            for kind in ("stream+", "dgram+"):
+                text = text.removeprefix(kind)
+            if text.startswith(_NON_IP_PREFIXES) or text.startswith("/"):
                 continue
+            for prefix in _IP_PREFIXES:
+                if text.startswith(prefix):
+                    text = text[len(prefix) :]
+                    break
             host = text[1 : text.find("]")] if text.startswith("[") else text.rsplit(":", 1)[0]
             if host in _WILDCARDS:
                 continue
@@ -107,11 +119,17 @@ def haproxy_targets(binds: Iterable[Any]) -> tuple[list[WaitTarget], list[str]]:
             if ip is None:
                 notes.append(f"{bind.where}: {raw} is not an IP literal; not waited for")
                 continue
-            if ip in _WILDCARDS:
+            if ip in _WILDCARDS or ip in targets:
                 continue
-            if all(t.ip != ip for t in targets):
-                targets.append(WaitTarget(ip, bind.where, bind.transparent))
-    return targets, notes
+            namespace = getattr(bind, "namespace", "")
+            if namespace:
+                notes.append(
+                    f"{bind.where}: {raw} is bound in network namespace {namespace}; "
+                    "not waited for"
+                )
+                continue
+            targets[ip] = WaitTarget(ip, bind.where, bind.transparent)
+    return list(targets.values()), notes
 
 
 SIOCGIFFLAGS = 0x8913
