@@ -39,7 +39,9 @@ def test_demo_smoke_makes_a_real_dot_query(root: None) -> None:
     assert "jailshim-demo" not in Path("/proc/self/mountinfo").read_text()
 
 
-def _verify(script: str) -> subprocess.CompletedProcess[str]:
+def _verify(
+    script: str, drop_in: Path = SYSTEMD / "haproxy.service.d" / "jailshim.conf"
+) -> subprocess.CompletedProcess[str]:
     """systemd-analyze verify inside a private mount namespace where /usr/local/bin/jailshim
     exists (a stub) and /etc/systemd/system is a scratch tmpfs: nothing leaks to the host."""
     need(shutil.which("systemd-analyze") is not None, "needs systemd-analyze")
@@ -47,7 +49,7 @@ def _verify(script: str) -> subprocess.CompletedProcess[str]:
         "set -e; mount -t tmpfs tmpfs /usr/local/bin; "
         "printf '#!/bin/sh\\n' > /usr/local/bin/jailshim; chmod 755 /usr/local/bin/jailshim; "
         "mount -t tmpfs tmpfs /etc/systemd/system; mkdir /etc/systemd/system/haproxy.service.d; "
-        f"cp {SYSTEMD}/haproxy.service.d/jailshim.conf /etc/systemd/system/haproxy.service.d/; "
+        f"cp {drop_in} /etc/systemd/system/haproxy.service.d/jailshim.conf; "
     )
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", prelude + script],
@@ -58,10 +60,18 @@ def _verify(script: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_example_units_verify_cleanly(root: None) -> None:
-    """The unit and Debian's haproxy.service with our drop-in: no error, nothing on stderr."""
+@pytest.mark.parametrize(
+    "drop_in",
+    [SYSTEMD / "haproxy.service.d" / "jailshim.conf", SYSTEMD / "jailshim-prepare.conf"],
+    ids=["execstart-run", "execstartpre-prepare"],
+)
+def test_example_units_verify_cleanly(root: None, drop_in: Path) -> None:
+    """The unit and Debian's haproxy.service with each drop-in: no error, nothing on stderr
+    (tests/test_systemd.py runs them under a real systemd)."""
     need(Path("/lib/systemd/system/haproxy.service").exists(), "needs Debian's haproxy.service")
-    result = _verify(f"systemd-analyze verify {SYSTEMD}/jailshim-unbound.service haproxy.service")
+    result = _verify(
+        f"systemd-analyze verify {SYSTEMD}/jailshim-unbound.service haproxy.service", drop_in
+    )
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 

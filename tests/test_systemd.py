@@ -1,0 +1,264 @@
+"""The systemd examples under a real systemd as PID 1: Debian's haproxy.service with jailshim's
+drop-ins, in a podman container (--systemd=always --network=none), a fresh one per case.
+
+The image (tests/podman/Containerfile.systemd) is built once per session from the debootstrap
+base the container tests use; its package layer stays in podman's cache between runs. Debian's
+unit has BindReadOnlyPaths=, so systemd gives each Exec* command its own mount namespace: the
+case this module exists for (a bind made in ExecStartPre= is gone before ExecStart=).
+Containers carry this pytest's PID in their names, like those of tests/test_containers.py, and
+are removed afterwards, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import test_containers as tc
+from tests.daemons import make_certificate
+from tests.support import TESTS, need
+
+pytestmark = pytest.mark.slow
+
+SYSTEMD_IMAGE = "localhost/jailshim-systemd:test"
+EXAMPLES = tc.REPO / "examples" / "systemd"
+RUN_DROP_IN = EXAMPLES / "haproxy.service.d" / "jailshim.conf"
+PREPARE_DROP_IN = EXAMPLES / "jailshim-prepare.conf"
+NODEV = "--tmpfs=/var/lib/haproxy:rw,nosuid,nodev,mode=0755"
+ANSWER = "TLSv1.3 hello.demo.jailshim A 192.0.2.53"
+# What systemd itself leaves in the jail: the mount point of BindReadOnlyPaths=/dev/log.
+SYSTEMD_MADE = {"dev": "d 755 0", "dev/log": "f 644 0"}
+
+
+@dataclass(frozen=True)
+class Env:
+    podman: tc.Podman
+    directory: Path  # 0755, mounted at /t: the drop-ins and the DNS tool
+    certificate: Path
+
+
+@pytest.fixture(scope="session")
+def env() -> Iterator[Env]:
+    """The systemd image (built once) and a 0755 directory with what containers mount."""
+    need(os.geteuid() == 0, "needs root")
+    for tool in ("podman", "runc", "debootstrap"):
+        need(shutil.which(tool) is not None, f"needs {tool} (scripts/bootstrap.sh installs it)")
+    directory = tc._scratch_dir(tc.SHARED_PREFIX)
+    try:
+        for source in (
+            TESTS / "podman" / "containers.conf",
+            TESTS / "podman" / "dns_tool.py",
+        ):
+            shutil.copyfile(source, directory / source.name)
+        shutil.copyfile(RUN_DROP_IN, directory / "run.conf")
+        shutil.copyfile(PREPARE_DROP_IN, directory / "prepare.conf")
+        pem = make_certificate(directory)
+        for path in directory.iterdir():
+            path.chmod(0o644)
+        podman = tc.Podman(directory / "containers.conf")
+        tc._remove_containers(podman, ours=False)
+        try:
+            if podman("image", "exists", tc.BASE, check=False).returncode != 0:
+                tc._import_base(podman)
+            podman(
+                *("build", "-q", "--build-arg", f"BASE={tc.BASE}", "-t", SYSTEMD_IMAGE),
+                *("-f", str(TESTS / "podman" / "Containerfile.systemd"), str(tc.REPO)),
+                timeout=900,
+            )
+            yield Env(podman, directory, pem)
+        finally:
+            tc._remove_containers(podman, ours=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _systemd(env: Env, *extra: str) -> Iterator[str]:
+    """A fresh container with systemd as PID 1, booted; removed afterwards whatever happens."""
+    name = tc._container_name()
+    try:
+        env.podman(
+            *("run", "-d", "--systemd=always", "--network=none", "--name", name),
+            # SYS_ADMIN: haproxy.service's BindReadOnlyPaths= (else 226/NAMESPACE);
+            # SYS_PTRACE: reading /proc/PID/root of the unit's processes from podman exec.
+            *("--cap-add=SYS_ADMIN", "--cap-add=SYS_PTRACE", *extra),
+            *(
+                "-v",
+                f"{env.directory}:/t:ro",
+                "-v",
+                f"{env.certificate}:/etc/haproxy/certs/dot.pem:ro",
+            ),
+            SYSTEMD_IMAGE,
+        )
+        deadline = time.monotonic() + 120  # until systemd listens, systemctl cannot ask it
+        while (state := _sh(env, name, "systemctl is-system-running --wait", check=False)) in (
+            "",
+            "offline\n",
+        ):
+            assert time.monotonic() < deadline, "systemd did not come up"
+            time.sleep(0.2)
+        assert state.strip() in {"running", "degraded"}, state
+        yield name
+    finally:
+        env.podman("rm", "-f", "-t", "0", name, check=False, timeout=120)
+
+
+def _sh(env: Env, name: str, script: str, *, check: bool = True, timeout: float = 120) -> str:
+    result = env.podman("exec", name, "sh", "-c", script, check=check, timeout=timeout)
+    return result.stdout.decode()
+
+
+def _install(env: Env, name: str, drop_in: str) -> None:
+    _sh(
+        env,
+        name,
+        f"cp /t/{drop_in} /etc/systemd/system/haproxy.service.d/jailshim.conf"
+        " && systemctl daemon-reload",
+    )
+
+
+def _jail(env: Env, name: str) -> dict[str, str]:
+    """Every entry below the jail: type, mode, owner (mount points as their top)."""
+    out = _sh(env, name, "cd /var/lib/haproxy && find . -mindepth 1 -printf '%P %y %m %U\\n'")
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines()}
+
+
+def _events(env: Env, name: str) -> list[dict[str, Any]]:
+    """jailshim's JSON events in the unit's journal."""
+    out = _sh(env, name, "journalctl -u haproxy -o cat --no-pager")
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+# A known gap, not the examples': from inside a container's PID namespace jailshim cannot prove
+# a mount namespace gone (jail/namespaces.namespace_alive), so a teardown in ExecStopPost's fresh
+# namespace keeps what an earlier command's namespace recorded, unless the kernel happened to
+# reuse that namespace's number for its own. With systemd as the host's PID 1 it can tell.
+SHARED_GAP = (
+    "teardown in ExecStopPost= inside a container took the unit's earlier, gone mount namespace "
+    "for a live one (teardown.shared) and left the nodes: see the report of issue 13"
+)
+
+
+def _assert_torn_down(env: Env, name: str, before: dict[str, str]) -> None:
+    """After `systemctl stop`: the jail as before start, plus only systemd's mount point."""
+    after = _jail(env, name)
+    expected = before | {k: v for k, v in SYSTEMD_MADE.items() if k not in before}
+    events = [e for e in _events(env, name) if e.get("command") == "teardown"]
+    assert events and not any(e["level"] == "error" for e in events), events
+    if after != expected and any(e["event"] == "teardown.shared" for e in events):
+        pytest.xfail(SHARED_GAP)
+    assert after == expected, events
+
+
+def _worker(env: Env, name: str) -> int:
+    """The PID of haproxy's (one) worker: the child of the unit's main process."""
+    script = (
+        "main=$(systemctl show -p MainPID --value haproxy); for p in /proc/[0-9]*; do "
+        '[ "$(cat $p/comm)" = haproxy ] && grep -q "^PPid:[[:space:]]*$main$" $p/status '
+        "&& echo ${p#/proc/}; done; true"
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        pids = _sh(env, name, script).split()
+        if len(pids) == 1:
+            return int(pids[0])
+        assert time.monotonic() < deadline, f"haproxy workers: {pids}"
+        time.sleep(0.2)
+
+
+def _assert_jailed(env: Env, name: str) -> int:
+    """The worker's root is the jail and its dev/urandom is the character device 1:9."""
+    pid = _worker(env, name)
+    out = _sh(
+        env, name, f"readlink /proc/{pid}/root; stat -c '%F %t:%T' /proc/{pid}/root/dev/urandom"
+    )
+    assert out.splitlines() == ["/var/lib/haproxy", "character special file 1:9"], out
+    return pid
+
+
+def _query(env: Env, name: str) -> str:
+    result = env.podman(
+        *("exec", name, "python3", "/t/dns_tool.py", "query", "853", "hello.demo.jailshim"),
+        check=False,
+        timeout=60,
+    )
+    return result.stdout.decode().strip()
+
+
+@pytest.mark.parametrize(
+    ("extra", "strategy"),
+    [([], "mknod"), ([NODEV], "bind")],
+    ids=["mknod-jail", "nodev-jail"],
+)
+def test_run_drop_in_serves_reloads_and_tears_down(
+    env: Env, extra: list[str], strategy: str
+) -> None:
+    """Debian's haproxy.service + the ExecStart=jailshim run drop-in: active, the worker jailed
+    with urandom 1:9 (mknod, or binds on a nodev jail), a DoT answer, reload keeps it serving
+    and jailed, stop leaves the jail as before, jailshim's JSON events in the journal."""
+    with _systemd(env, *extra) as name:
+        before = _jail(env, name)
+        _install(env, name, "run.conf")
+        _sh(env, name, "systemctl start haproxy")
+        assert _sh(env, name, "systemctl is-active haproxy").strip() == "active"
+        first = _assert_jailed(env, name)
+        env.podman("exec", "-d", name, "python3", "/t/dns_tool.py", "serve", "5300")
+        assert _query(env, name) == ANSWER
+        events = _events(env, name)
+        devices = [e for e in events if e["event"] == "device"]
+        assert {e["device"] for e in devices} >= {"urandom", "random"}, devices
+        assert {e["strategy"] for e in devices} == {strategy}, devices
+        assert any(e["event"] == "checked" for e in events)
+        assert any(e["event"] == "handover" and e["mode"] == "exec" for e in events)
+
+        _sh(env, name, "systemctl reload haproxy")  # -Ws: the master re-execs, new worker
+        deadline = time.monotonic() + 30
+        while _assert_jailed(env, name) == first:
+            assert time.monotonic() < deadline, "no new worker after the reload"
+            time.sleep(0.2)
+        assert _query(env, name) == ANSWER
+
+        _sh(env, name, "systemctl stop haproxy")
+        if strategy == "bind":  # ExecStopPost's fresh namespace: the binds are already gone
+            teardown = [e for e in _events(env, name) if e.get("command") == "teardown"]
+            assert any(e.get("outcome") == "already gone" for e in teardown), teardown
+        _assert_torn_down(env, name, before)
+
+
+def test_prepare_drop_in_works_where_mknod_does(env: Env) -> None:
+    """The ExecStartPre=jailshim prepare drop-in on a jail that takes device nodes: active,
+    the worker jailed with urandom 1:9, and stop removes the nodes again."""
+    with _systemd(env) as name:
+        before = _jail(env, name)
+        _install(env, name, "prepare.conf")
+        _sh(env, name, "systemctl start haproxy")
+        _assert_jailed(env, name)
+        _sh(env, name, "systemctl stop haproxy")
+        _assert_torn_down(env, name, before)
+
+
+def test_prepare_drop_in_on_a_nodev_jail_fails_the_start(env: Env) -> None:
+    """The ExecStartPre drop-in where only binds would work: `systemctl start` fails at once,
+    exit 77 with jailshim's sentence naming ExecStart=jailshim run, haproxy never runs."""
+    with _systemd(env, NODEV) as name:
+        before = _jail(env, name)
+        _install(env, name, "prepare.conf")
+        started = time.monotonic()
+        result = env.podman("exec", name, "systemctl", "start", "haproxy", check=False)
+        assert result.returncode != 0, result
+        assert time.monotonic() - started < 30
+        failed = [e for e in _events(env, name) if e["event"] == "failed"]
+        assert failed and failed[0]["exit_code"] == 77, failed
+        assert "ExecStart=jailshim run -- DAEMON" in failed[0]["error"]
+        journal = _sh(env, name, "journalctl -u haproxy -o cat --no-pager")
+        assert "status=77/NOPERM" in journal and "New worker" not in journal, journal
+        assert _jail(env, name) == before | SYSTEMD_MADE
