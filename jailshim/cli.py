@@ -59,6 +59,7 @@ class _Opt(NamedTuple):
     choices: tuple[str, ...] | None = None
     repeat: bool = False  # repeatable flag; the variable is comma-separated
     switch: bool = False  # takes no value; the variable is 1/0, true/false, yes/no
+    several: bool = False  # one or more values after the flag (--pid $(pidof haproxy))
 
     @property
     def dest(self) -> str:
@@ -76,7 +77,14 @@ _OPTIONS = (
         (RUN, PREPARE, CHECK, TEARDOWN, DOCTOR),
         "DIR",
     ),
-    _Opt("--pid", "the running daemon to inspect", (DOCTOR,), "PID"),
+    _Opt(
+        "--pid",
+        "the running daemon(s) to inspect: one or more PIDs, e.g. $(pidof haproxy); a PID that "
+        "is not chrooted but whose children are (a master) stands for those children",
+        (DOCTOR,),
+        "PID",
+        several=True,
+    ),
     _Opt(
         "--user",
         "the daemon's user; checks run as it (a user name wins over a UID; +UID is always a UID)",
@@ -253,6 +261,10 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 p.add_argument(
                     opt.flag, action="store_const", const=True, default=None, help=help_text
                 )
+            elif opt.several:
+                p.add_argument(
+                    opt.flag, action="extend", nargs="+", metavar=opt.metavar, help=help_text
+                )
             else:
                 p.add_argument(
                     opt.flag,
@@ -278,6 +290,8 @@ def _env_value(opt: _Opt, raw: str) -> Any:
         raise UsageError(f"{opt.env}={raw!r} is not a yes/no value; use 1 or 0.")
     if opt.repeat:
         return [part.strip() for part in raw.split(",") if part.strip()]
+    if opt.several:
+        return [raw]  # split like the flag's values, below
     if opt.choices and raw not in opt.choices:
         raise UsageError(f"{opt.env}={raw!r} is not one of {', '.join(opt.choices)}.")
     return raw
@@ -309,6 +323,13 @@ def _pid(raw: str, source: str) -> int:
     return int(text)
 
 
+def _pids(raws: list[str], source: str) -> tuple[int, ...]:
+    """Every PID given, in order, without repeats; a value may hold several, separated by
+    spaces or commas (a quoted "$(pidof haproxy)", JAILSHIM_PID=71,73)."""
+    parts = [part for raw in raws for part in raw.replace(",", " ").split()] or [""]
+    return tuple(dict.fromkeys(_pid(part, source) for part in parts))
+
+
 def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
     """Flags first; a JAILSHIM_<NAME> variable fills each option the flags left unset.
 
@@ -336,8 +357,10 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     args.origin = found
     if args.timeout is not None:
         args.timeout = _seconds(args.timeout, found["timeout"])
-    if args.pid is not None:
-        args.pid = _pid(args.pid, found["pid"])
+    args.pids = None
+    if args.pid is not None:  # every PID given in args.pids; args.pid is the first
+        args.pids = _pids(args.pid, found["pid"])
+        args.pid = args.pids[0]
     if args.only_devices and not args.device:
         raise UsageError(
             f"{origin(args, 'only_devices')} needs at least one --device NAME "
@@ -518,7 +541,7 @@ def _doctor(args: argparse.Namespace, log: Any) -> int:
                 "jailshim doctor --pid takes the jail and the user from the daemon itself; "
                 f"drop {' and '.join(flags)}."
             )
-        return doctor(args.pid, None, None, devices, log.get_logger())
+        return doctor(args.pids, None, None, devices, log.get_logger())
     if args.chroot is None:
         raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
     return doctor(None, chroot_of(args), identity_of(args), devices, log.get_logger())

@@ -19,7 +19,15 @@ from jailshim.spec import Identity
 from jailshim.verify.findings import Finding, render_table
 from jailshim.verify.probe import run_probe
 
-__all__ = ["DOCTOR_DEVICES", "DaemonFacts", "doctor", "read_daemon", "verdict"]
+__all__ = [
+    "DOCTOR_DEVICES",
+    "DaemonFacts",
+    "chrooted_children",
+    "doctor",
+    "expand_pids",
+    "read_daemon",
+    "verdict",
+]
 
 # What doctor checks unless told otherwise (--device adds, --only-devices replaces).
 DOCTOR_DEVICES = ("urandom", "random")
@@ -207,18 +215,89 @@ def _user_word(uid: int) -> str:
     return f"+{uid}"  # a user *named* "{uid}" exists: the + keeps it a UID (chown's rule)
 
 
+def chrooted_children(pid: int) -> tuple[int, ...]:
+    """The children of ``pid`` whose root is not "/" (a master's chrooted workers), in PID
+    order; () when there are none or /proc cannot say."""
+    found = []
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return ()
+    for name in entries:
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # the name may hold ") "
+            if int(fields[1]) == pid and os.readlink(f"/proc/{name}/root") != "/":
+                found.append(int(name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return tuple(sorted(found))
+
+
+def expand_pids(pids: tuple[int, ...], log: Any) -> tuple[int, ...]:
+    """The PIDs to inspect: each given one, except that a PID which is not chrooted but has
+    chrooted children (haproxy -W/-Ws: the master stays outside the jail, its workers chroot)
+    stands for those children, which is said. Order kept, no repeats."""
+    result: list[int] = []
+    for pid in pids:
+        try:
+            root = os.readlink(f"/proc/{pid}/root")
+        except OSError:
+            root = ""  # read_daemon says why, in its own words
+        children = chrooted_children(pid) if root == "/" else ()
+        if children:
+            log.info(
+                "doctor.workers",
+                pid=pid,
+                workers=list(children),
+                detail=f"PID {pid} is not chrooted but its children "
+                f"{', '.join(map(str, children))} are (a master and its workers): inspecting "
+                "those",
+            )
+        result.extend(children or (pid,))
+    return tuple(dict.fromkeys(result))
+
+
 def doctor(
-    pid: int | None,
+    pids: tuple[int, ...] | None,
     chroot: str | None,
     identity: Identity | None,
     devices: tuple[Device, ...],
     log: Any,
 ) -> int:
-    """Diagnose the daemon ``pid`` (its jail and user from /proc) or the jail ``chroot`` as
-    ``identity``; 0 when safe, else CheckFailed with the verdict."""
-    facts = None
-    if pid is not None:
-        facts = read_daemon(pid)
+    """Diagnose the daemons ``pids`` (each one's jail and user from /proc; a master stands for
+    its chrooted workers) or the jail ``chroot`` as ``identity``; 0 when all are safe, else
+    CheckFailed with the verdict (each unsafe PID's, when there are several)."""
+    if pids:
+        targets = expand_pids(pids, log)
+        unsafe = []
+        for pid in targets:
+            facts = read_daemon(pid)
+            safe, words = _diagnose(facts, "", None, devices, log)
+            if not safe:
+                unsafe.append(f"PID {pid}: {words}" if len(targets) > 1 else words)
+        if unsafe:
+            raise CheckFailed(" ".join(unsafe))
+        return 0
+    if chroot is None:
+        raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
+    if not os.path.isdir(chroot):
+        raise ConfigError(f"The jail {chroot} does not exist or is not a directory.")
+    safe, words = _diagnose(None, chroot, identity, devices, log)
+    if not safe:
+        raise CheckFailed(words)
+    return 0
+
+
+def _diagnose(
+    facts: DaemonFacts | None,
+    chroot: str,
+    identity: Identity | None,
+    devices: tuple[Device, ...],
+    log: Any,
+) -> tuple[bool, str]:
+    """One daemon (``facts``) or one jail: its findings and verdict logged; (safe?, words)."""
+    if facts is not None:
         jail = f"/proc/{facts.pid}/root"
         jail_name = facts.root
         user = _user_word(facts.uid)
@@ -239,13 +318,10 @@ def doctor(
             libraries=list(facts.libraries),
             jail_mounts=list(facts.jail_mounts),
         )
-    elif chroot is not None:
-        jail = jail_name = chroot
-        if not os.path.isdir(jail):
-            raise ConfigError(f"The jail {jail} does not exist or is not a directory.")
-        user = identity.name if identity is not None else "USER"
     else:
-        raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
+        jail = jail_name = chroot
+        user = identity.name if identity is not None else "USER"
+    pid = {} if facts is None else {"pid": facts.pid}
     findings = [] if facts is not None and facts.root == "/" else run_probe(jail, identity, devices)
     fix = (
         f"`jailshim prepare --chroot {jail_name} --user {user}` (takes effect at once: the "
@@ -263,12 +339,11 @@ def doctor(
     for f in findings:
         level = 10 if table else 20 if f.ok and not f.warning else 30 if f.ok else 40
         remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
-        log.log(level, "check", check=f.check, ok=f.ok, detail=f.detail, **remedy)
+        log.log(level, "check", check=f.check, ok=f.ok, detail=f.detail, **pid, **remedy)
     if table and findings:
         sys.stdout.write(render_table(findings) + "\n")
     if safe:
-        log.info("doctor.verdict", safe=True, verdict=words)
-        return 0
-    if not table:  # on a TTY the failure event below says it
-        log.error("doctor.verdict", safe=False, verdict=words)
-    raise CheckFailed(words)
+        log.info("doctor.verdict", safe=True, verdict=words, **pid)
+    elif not table:  # on a TTY the failure event (CheckFailed) says it
+        log.error("doctor.verdict", safe=False, verdict=words, **pid)
+    return safe, words

@@ -68,6 +68,68 @@ def test_doctor_on_haproxy_in_an_empty_jail_then_after_prepare(
         stop(proc)
 
 
+def _start_master_worker(haproxy_bin: str, cfg: Path) -> tuple[subprocess.Popen[str], int]:
+    """haproxy -W: the master (not chrooted) and, once it has chrooted, its one worker."""
+    from jailshim.doctor import chrooted_children
+
+    proc = subprocess.Popen(
+        [haproxy_bin, "-W", "-db", "-f", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while not (workers := chrooted_children(proc.pid)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(stop(proc)[1])
+        time.sleep(0.05)
+    assert len(workers) == 1, workers
+    return proc, workers[0]
+
+
+def test_doctor_on_haproxy_master_worker_as_pidof_gives_it(
+    area: Path, jail: Path, haproxy_bin: str
+) -> None:
+    """haproxy -W: `doctor --pid WORKER MASTER` (what $(pidof haproxy) gives) inspects the
+    worker once and says the master stands for its chrooted children; the master alone too;
+    unsafe in an empty jail (69), safe after prepare (0)."""
+    proc, worker = _start_master_worker(haproxy_bin, _haproxy_config(area, jail))
+    try:
+        broken = run("doctor", "--pid", str(worker), str(proc.pid))
+        assert broken.code == 69, broken.stderr
+        assert [e["pid"] for e in broken.named("doctor.daemon")] == [worker]
+        said = broken.named("doctor.workers")[0]
+        assert said["pid"] == proc.pid and said["workers"] == [worker]
+        assert f"PID {proc.pid} is not chrooted but its children {worker} are" in said["detail"]
+        assert "will fail at the next reseed because dev/urandom does not exist" in broken.error
+        assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
+        for pids in ([str(worker), str(proc.pid)], [str(proc.pid)], [f"{worker} {proc.pid}"]):
+            fixed = run("doctor", "--pid", *pids)
+            assert fixed.code == 0, fixed.stderr
+            assert [e["pid"] for e in fixed.named("doctor.daemon")] == [worker]
+            assert fixed.named("doctor.verdict")[0]["verdict"].startswith("safe: the jail")
+    finally:
+        stop(proc)
+
+
+def test_doctor_on_several_unsafe_daemons_names_each(area: Path, haproxy_bin: str) -> None:
+    """Two daemons in two empty jails: exit 69, the verdict names each PID."""
+    procs = []
+    try:
+        for name in ("a", "b"):
+            jail = area / name
+            jail.mkdir(mode=0o755)
+            cfg = _haproxy_config(area, jail)
+            procs.append(_start([haproxy_bin, "-f", str(cfg), "-db"]))
+        result = run("doctor", "--pid", *(str(p.pid) for p in procs))
+    finally:
+        for proc in procs:
+            stop(proc)
+    assert result.code == 69, result.stderr
+    for proc in procs:
+        assert f"PID {proc.pid}: will fail at the next reseed" in result.error
+
+
 def test_doctor_reports_a_daemon_that_keeps_the_device_open(jail: Path, root: None) -> None:
     """A process that opened /dev/urandom before chroot: the open descriptor is reported."""
     code = (
