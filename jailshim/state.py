@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from jailshim.errors import ConfigError
+from jailshim.jail.safepath import writable_by_non_root
 
 __all__ = [
     "NEW_DEV",
@@ -170,7 +171,8 @@ def _from_version_1(raw: list[Any], ns: int) -> list[Record]:
 
 
 def _owned_by_root_only(st: os.stat_result) -> bool:
-    return st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    """The same rule prepare applies to dev/ (a root group may write)."""
+    return st.st_uid == 0 and not writable_by_non_root(st)
 
 
 def load_records(dir_fd: int, where: str) -> list[Record]:

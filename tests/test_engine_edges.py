@@ -157,3 +157,14 @@ def test_execstartpre_that_needs_binds_fails_at_start(nodev_jail: Path, jail: Pa
     plain = _as_systemd_exec("prepare", "--chroot", str(jail), "--no-verify")
     assert "rc=0" in plain.stdout, plain.stderr
     assert (jail / "dev" / "urandom").is_char_device()
+
+
+def test_a_group_root_may_write_dev_for_prepare_and_teardown_alike(jail: Path) -> None:
+    """dev/ 0775 root:root passes prepare's ownership rule, so teardown trusts its record too."""
+    (jail / "dev").mkdir()
+    (jail / "dev").chmod(0o775)
+    before = snapshot(jail)
+    assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
+    result = run("teardown", "--chroot", str(jail))
+    assert result.code == 0, result.stderr
+    assert snapshot(jail) == before
