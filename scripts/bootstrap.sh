@@ -13,6 +13,7 @@ APT_PACKAGES=(
   haproxy openssl                        # the daemon jailshim starts first, and certificates
   unbound knot-dnsutils gnutls-bin faketime  # the DNS-over-TLS demo and reseed tests
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
+  catatonit                              # podman kube play: the pods' pause image
   systemd                                # systemd-analyze verify for the example units
 )
 
