@@ -111,7 +111,8 @@ def test_unsplittable_line_is_located() -> None:
 
 def test_conditional_blocks_are_evaluated() -> None:
     """.if/.elif/.else are evaluated as haproxy does: only the taken branch counts."""
-    text = "global\n.if defined(X)\n  chroot /a\n.elif streq(a,a)\n  chroot /b\n.else\n chroot /c\n.endif\n"
+    text = "global\n.if defined(X)\n  chroot /a\n.elif streq(a,a)\n  chroot /b\n"
+    text += ".else\n chroot /c\n.endif\n"
     assert parse_config([("h.cfg", text)], {}).chroot == "/b"
     assert parse_config([("h.cfg", text)], {"X": ""}).chroot == "/a"
 

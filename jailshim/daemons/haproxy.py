@@ -149,7 +149,9 @@ def env_expand(text: str, env: Mapping[str, str]) -> str:
         if beg < len(text) and text[beg] == "{":
             beg += 1
         end = beg
-        while end < len(text) and (text[end].isascii() and (text[end].isalnum() or text[end] == "_")):
+        while end < len(text) and (
+            text[end].isascii() and (text[end].isalnum() or text[end] == "_")
+        ):
             end += 1
         out.append(env.get(text[beg:end], "") or "")
         i = end + 1 if end < len(text) and text[end] == "}" and beg > j + 1 else end
@@ -195,9 +197,7 @@ def _parse_line(
         if c >= "-" and c != "\\":
             word.append(c)
             i += 1
-        elif c in "\0\n\r":
-            break
-        elif c == "#" and not squote and not dquote:
+        elif c in "\0\n\r" or (c == "#" and not squote and not dquote):
             break
         elif c == '"' and not squote:
             dquote = not dquote
@@ -222,7 +222,9 @@ def _parse_line(
             elif nxt == "x":
                 digits = line[i + 2 : i + 4]
                 if len(digits) != 2 or any(d not in "0123456789abcdefABCDEF" for d in digits):
-                    raise ParseError(f"truncated or invalid hexadecimal sequence at position {i + 1}")
+                    raise ParseError(
+                        f"truncated or invalid hexadecimal sequence at position {i + 1}"
+                    )
                 send = chr(int(digits, 16))
                 i += 3
             i += 1
@@ -239,7 +241,9 @@ def _parse_line(
                 i += 1
             first = line[i] if i < n else "\0"
             if not (first.isascii() and (first.isalpha() or first in "_.")):
-                raise ParseError(f"forbidden first char in environment variable name at position {i + 1}")
+                raise ParseError(
+                    f"forbidden first char in environment variable name at position {i + 1}"
+                )
             name_at = i
             if first == ".":
                 i += 1
@@ -249,14 +253,18 @@ def _parse_line(
             value: str | None
             if name.startswith("."):
                 if name[1:] not in ("LINE", "FILE", "SECTION"):
-                    raise ParseError(f"unsupported internal variable {name} at position {name_at + 1}")
+                    raise ParseError(
+                        f"unsupported internal variable {name} at position {name_at + 1}"
+                    )
                 value = pseudo.get(name[1:], "")
             else:
                 value = _getenv(env, name)
             expand = False
             if i < n and line[i] == "[" and brace:
                 if line[i + 1 : i + 3] != "*]":
-                    raise ParseError(f"truncated or invalid word expansion sequence at position {i + 1}")
+                    raise ParseError(
+                        f"truncated or invalid word expansion sequence at position {i + 1}"
+                    )
                 expand = True
                 i += 3
             if brace:
@@ -432,7 +440,11 @@ class _Cond:
         if j < len(s) and s[j].isdigit():
             k = j
             base = 10
-            if s.startswith(("0x", "0X"), j) and k + 2 < len(s) and s[k + 2] in "0123456789abcdefABCDEF":
+            if (
+                s.startswith(("0x", "0X"), j)
+                and k + 2 < len(s)
+                and s[k + 2] in "0123456789abcdefABCDEF"
+            ):
                 base, k = 16, j + 2
             elif s[j] == "0":
                 base = 8
@@ -518,7 +530,11 @@ class _Cond:
             return _version_key(self.facts.version) >= _version_key(a)
         if name == "version_before":
             return _version_key(self.facts.version) < _version_key(a)
-        ossl = _version_key(self.facts.openssl.removeprefix("OpenSSL ").split()[0]) if self.facts.openssl else ()
+        ossl = (
+            _version_key(self.facts.openssl.removeprefix("OpenSSL ").split()[0])
+            if self.facts.openssl
+            else ()
+        )
         if name == "openssl_version_atleast":
             return bool(ossl) and ossl >= _version_key(a)
         if name == "openssl_version_before":
@@ -600,7 +616,7 @@ def parse_config(
         for number, raw in enumerate(lines, 1):
             where = f"{name}:{number}"
 
-            def fail(why: str, number: int = number) -> ConfigError:
+            def fail(why: str, number: int = number, name: str = name) -> ConfigError:
                 return ConfigError(
                     f"haproxy configuration {name}:{number}: {why}; fix that line.",
                     file=name,
@@ -658,7 +674,7 @@ def parse_config(
             if masked or key.startswith("."):
                 continue
             if key in ("no", "default"):
-                words = words[1:] + [""]
+                words = [*words[1:], ""]
                 key = words[0]
                 if key not in ("log",):
                     continue
@@ -671,9 +687,8 @@ def parse_config(
                 return words[k] if k < len(words) else ""
 
             if section == "global":
-                if key in ("chroot", "user", "uid", "group", "gid"):
-                    if arg(2):
-                        raise fail(f"`{key}` takes one value")
+                if key in ("chroot", "user", "uid", "group", "gid") and arg(2):
+                    raise fail(f"`{key}` takes one value")
                 if key == "chroot" and chroot is None:
                     if not arg(1):
                         raise fail("`chroot` needs a directory")
@@ -717,9 +732,10 @@ def parse_config(
                 path = _log_socket(arg(1), envd)
                 if path:
                     sockets[path] = None
-            elif key == "bind" and section in _LISTENERS and arg(1):
-                binds.append(_bind(words, where, envd))
-            elif key == "dgram-bind" and section == "log-forward" and arg(1):
+            elif arg(1) and (
+                (key == "bind" and section in _LISTENERS)
+                or (key == "dgram-bind" and section == "log-forward")
+            ):
                 binds.append(_bind(words, where, envd))
         if conds:
             raise ConfigError(

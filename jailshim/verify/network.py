@@ -124,8 +124,7 @@ def haproxy_targets(binds: Iterable[Any]) -> tuple[list[WaitTarget], list[str]]:
             namespace = getattr(bind, "namespace", "")
             if namespace:
                 notes.append(
-                    f"{bind.where}: {raw} is bound in network namespace {namespace}; "
-                    "not waited for"
+                    f"{bind.where}: {raw} is bound in network namespace {namespace}; not waited for"
                 )
                 continue
             targets[ip] = WaitTarget(ip, bind.where, bind.transparent)
