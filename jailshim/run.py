@@ -146,7 +146,10 @@ def run(args: argparse.Namespace, log: Any) -> int:
         from jailshim.daemons import haproxy
 
         cfg_argv = ["haproxy", "-f", args.haproxy_config] if args.haproxy_config else argv
-        config = haproxy.read_config(haproxy.config_files(cfg_argv))
+        # .if predicates (feature(), version_atleast()) ask the binary that will run
+        config = haproxy.read_config(
+            haproxy.config_files(cfg_argv), binary=binary if is_haproxy else "haproxy"
+        )
         for note in config.notes:
             logger.warning("haproxy.config", note=note)
         from jailshim.verify.network import haproxy_targets
@@ -191,6 +194,14 @@ def run(args: argparse.Namespace, log: Any) -> int:
         from jailshim.check import prepare_and_verify
 
         spec = cli._spec_from(args, **overrides)
+        if config is not None and spec.identity is not None:
+            # check as exactly the uid, gid and groups haproxy will have, or it proves the
+            # wrong thing (with `user` alone haproxy keeps gid 0)
+            spec = spec._replace(
+                identity=haproxy.identity_as_set(
+                    spec.identity, group_given=args.group is not None or config.group is not None
+                )
+            )
         log.bind_context(chroot=spec.chroot)
         prepare_and_verify(spec, logger, then_exec=True)
     if args.dry_run:

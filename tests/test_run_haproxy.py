@@ -147,3 +147,19 @@ def test_run_without_command_is_a_usage_error() -> None:
     """`jailshim run` with nothing after --: 64 with an example."""
     result = run("run", "--chroot", "/tmp")
     assert result.code == 64 and "after --" in result.error
+
+
+@pytest.mark.parametrize(
+    ("group_line", "gid"), [("", "0/0/0/0"), ("    group nogroup\n", "65534/65534/65534/65534")]
+)
+def test_check_runs_as_the_identity_haproxy_sets(
+    area: Path, jail: Path, group_line: str, gid: str
+) -> None:
+    """`user` alone: haproxy keeps gid 0, so the check runs with gid 0; with `group`, that gid
+    and no supplementary groups (haproxy's set_identity)."""
+    cfg = area / "id.cfg"
+    cfg.write_text(f"global\n    chroot {jail}\n    user nobody\n{group_line}")
+    result = run("run", "--no-config-check", "--haproxy-config", str(cfg), "--", "true")
+    assert result.code == 0, result.stderr
+    detail = next(e["detail"] for e in result.named("check") if e["check"] == "privileges")
+    assert f"gid {gid}" in detail and "groups none" in detail, detail

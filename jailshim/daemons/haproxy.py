@@ -18,9 +18,12 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from jailshim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jailshim.spec import Identity
 
 __all__ = [
     "Bind",
@@ -587,6 +590,7 @@ def parse_config(
     texts: Sequence[tuple[str, str]],
     env: Mapping[str, str] | None = None,
     facts: Facts | None = None,
+    binary: str = "haproxy",
 ) -> HaproxyConfig:
     r"""Parse (file name, content) pairs, in load order, as haproxy 2.6's readcfgfile()
     (src/cfgparse.c) and cfg_parse_global() (src/cfgparse-global.c) do, for what jailshim needs.
@@ -653,8 +657,8 @@ def parse_config(
                     if any(c != _TAKE for c in conds):
                         conds.append(_SKIP)
                         continue
-                if lazy_facts is None:
-                    lazy_facts = binary_facts()
+                if lazy_facts is None:  # only a .if needs them: `haproxy -vv` of that binary
+                    lazy_facts = binary_facts(binary)
                 try:
                     taken = _condition(expr, envd, lazy_facts)
                 except ParseError as exc:
@@ -779,7 +783,10 @@ def _nonzero_group(name: str) -> bool:
 
 
 def read_config(
-    files: Sequence[str], env: Mapping[str, str] | None = None, facts: Facts | None = None
+    files: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    facts: Facts | None = None,
+    binary: str = "haproxy",
 ) -> HaproxyConfig:
     """Read and parse ``files`` (from config_files or --haproxy-config)."""
     if not files:
@@ -792,4 +799,13 @@ def read_config(
                 texts.append((path, f.read()))
         except OSError as exc:
             raise _unreadable(path, exc) from None
-    return parse_config(texts, env, facts)
+    return parse_config(texts, env, facts, binary)
+
+
+def identity_as_set(identity: Identity, *, group_given: bool) -> Identity:
+    """The identity haproxy 2.6 really runs with (set_identity(), src/haproxy.c): with a
+    group it calls setgroups(0) then setgid, so no supplementary groups; without one it never
+    touches the gid, so it keeps the starting gid and groups (jailshim's own: root's)."""
+    if group_given:
+        return identity._replace(groups=())
+    return identity._replace(gid=os.getgid(), groups=tuple(sorted(set(os.getgroups()))))
