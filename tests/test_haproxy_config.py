@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +190,21 @@ def test_strongly_quoted_words_round_trip(words: list[str]) -> None:
     """Each word wrapped in single quotes comes back exactly (strong quoting)."""
     line = " ".join(f"'{w}'" for w in words)
     assert split_line(line, {}) == words
+
+
+def test_a_directory_that_cannot_be_listed_is_a_config_error(area: Path) -> None:
+    """-f DIR that haproxy's user cannot list: exit 78 naming the directory, no traceback."""
+    conf = area / "conf.d"
+    conf.mkdir(mode=0o700)
+    code = (
+        "import os, sys; os.setgroups([]); os.setgid(65534); os.setuid(65534); "
+        "from jailshim.cli import main; "
+        "sys.exit(main(['run', '--dry-run', '--no-config-check', '--', 'haproxy', '-f', "
+        f"{str(conf)!r}]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd="/"
+    )
+    assert proc.returncode == 78, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"directory {conf} cannot be listed" in json.loads(proc.stderr)["error"]
