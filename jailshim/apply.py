@@ -20,6 +20,7 @@ from jailshim import state
 from jailshim.devices import ALLOWLIST, Device
 from jailshim.errors import ConfigError, NotPermitted
 from jailshim.jail import mounts
+from jailshim.jail.namespaces import pid_namespace
 from jailshim.jail.powers import Powers
 from jailshim.jail.safepath import O_PATH_NOFOLLOW, OPEN_TRIAL, Jail
 from jailshim.plan import (
@@ -67,6 +68,7 @@ class Applier:
         self.journal = journal
         self.powers = powers
         self.ns = ns
+        self.pidns = pid_namespace()
         self.log = log
         self.created: list[str] = []
         self.opened: list[int] = []  # fds this run opened (closed by ``close``)
@@ -89,7 +91,7 @@ class Applier:
 
     def _intend(self, record: Record) -> int:
         """Journal a step of this run (in this mount namespace) before doing it."""
-        return self.journal.intend(record._replace(ns=self.ns))
+        return self.journal.intend(record._replace(ns=self.ns, pidns=self.pidns))
 
     def _open_made_dir(self, name: str, dir_fd: int) -> int:
         """Open a directory this run just made, and make sure it is that one: in a jail its user

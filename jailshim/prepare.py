@@ -20,7 +20,7 @@ from jailshim import state
 from jailshim.errors import NotPermitted, PrepareOSError
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
-from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive
+from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive, pid_namespace
 from jailshim.jail.safepath import Jail
 from jailshim.jail.undo import describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
@@ -66,7 +66,7 @@ def open_journal(jail: Jail, dev_fd: int | None, table: mounts.MountTable, ns: i
         on_dev is not None and on_dev.fstype == "tmpfs" and on_dev.source == state.TMPFS_SOURCE
     )
     if ours_tmpfs and not any(r.kind is Kind.TMPFS and r.ns == ns for r in records):
-        records.insert(0, Record(Kind.TMPFS, "dev", "", ns=ns, done=True))
+        records.insert(0, Record(Kind.TMPFS, "dev", "", ns=ns, pidns=pid_namespace(), done=True))
     return Journal(dev_fd, records)
 
 
@@ -128,14 +128,14 @@ def _reconcile(prepared: Prepared, ns: int, log: Any) -> bool:
     pending = [
         i
         for i, r in enumerate(journal.records)
-        if not r.done and (r.ns in (0, ns) or not namespace_alive(r.ns))
+        if not r.done and (r.ns in (0, ns) or not namespace_alive(r.ns, r.pidns))
     ]
     if pending:
         undo_records(prepared.jail, journal, pending, log, "reconcile")
     if journal.dir_fd is None:
         return True
-    foreign = list(dict.fromkeys(r.ns for r in journal.records if r.is_mount and r.ns != ns))
-    gone = {n for n in foreign if not namespace_alive(n)}
+    foreign = {r.ns: r.pidns for r in journal.records if r.is_mount and r.ns != ns}
+    gone = {n for n, pidns in foreign.items() if not namespace_alive(n, pidns)}
     # Where they cannot be seen (inside a container) keep the newest few: a bound on the
     # record's size, at the price of forgetting a namespace that prepared long ago.
     alive = [n for n in foreign if n not in gone]
@@ -330,7 +330,17 @@ def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:
         ):
             continue
         _record_unless_read_only(
-            journal, Record(Kind.BIND, entry.name, where, placeholder.ino, rdev, ns=ns, done=True)
+            journal,
+            Record(
+                Kind.BIND,
+                entry.name,
+                where,
+                placeholder.ino,
+                rdev,
+                ns=ns,
+                pidns=pid_namespace(),
+                done=True,
+            ),
         )
 
 
@@ -351,7 +361,9 @@ def _hold(journal: Journal, ns: int) -> None:
         return
     if any(r.kind is Kind.HOLDER and r.ns == ns for r in journal.records):
         return
-    _record_unless_read_only(journal, Record(Kind.HOLDER, "dev", "", ns=ns, done=True))
+    _record_unless_read_only(
+        journal, Record(Kind.HOLDER, "dev", "", ns=ns, pidns=pid_namespace(), done=True)
+    )
 
 
 def _record_unless_read_only(journal: Journal, record: Record) -> None:

@@ -75,6 +75,7 @@ class Record(NamedTuple):
     tmp: str = ""
     aside: str = ""
     ns: int = 0  # the mount namespace of the run that made it (where a mount lives)
+    pidns: int = 0  # that run's PID namespace (whether ``ns`` can be seen to be gone)
     done: bool = False  # False: intent recorded, the syscall may or may not have happened
 
     @property

@@ -59,8 +59,8 @@ def _teardown(jail: Jail, dev_fd: int | None, log: Any, dry_run: bool) -> int:
         return 0
     # A namespace holds the jail when it recorded a mount or a hold (its prepare may have been
     # killed before writing the hold): pulling a placeholder away would detach its bind.
-    holders = {r.ns for r in journal.records if r.is_mount and r.ns != ns}
-    others = sorted(n for n in holders if namespace_alive(n))
+    holders = {r.ns: r.pidns for r in journal.records if r.is_mount and r.ns != ns}
+    others = sorted(n for n, pidns in holders.items() if namespace_alive(n, pidns))
     if others:
         log.warning(
             "teardown.shared",

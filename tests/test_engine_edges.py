@@ -168,3 +168,21 @@ def test_a_group_root_may_write_dev_for_prepare_and_teardown_alike(jail: Path) -
     result = run("teardown", "--chroot", str(jail))
     assert result.code == 0, result.stderr
     assert snapshot(jail) == before
+
+
+def test_a_gone_namespace_is_provable_from_inside_a_pid_namespace(root: None) -> None:
+    """Inside a PID namespace (a container with systemd as PID 1) a mount namespace made by a
+    process of this PID namespace is provably gone when none of its processes is in it; one made
+    in a PID namespace that cannot be seen is assumed alive."""
+    code = (
+        "import os; from jailshim.jail.namespaces import namespace_alive, pid_namespace; "
+        "me, mine = os.stat('/proc/self/ns/mnt').st_ino, pid_namespace(); "
+        "gone = 1 << 40; "  # no namespace has this inode
+        "print(namespace_alive(me, mine), namespace_alive(gone, mine), "
+        "namespace_alive(gone, mine + 1), namespace_alive(gone, 0))"
+    )
+    proc = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=60, check=False, env=clean_env(),
+    )  # fmt: skip
+    assert proc.stdout.split() == ["True", "False", "True", "True"], proc.stderr

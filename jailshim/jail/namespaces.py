@@ -12,28 +12,33 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["mounts_vanish_on_exit", "namespace_alive"]
+__all__ = ["mounts_vanish_on_exit", "namespace_alive", "pid_namespace"]
 
 # The initial PID namespace's inode number is fixed by the kernel (PROC_PID_INIT_INO).
 _INITIAL_PID_NS = 0xEFFFFFFC
 
 
-def _sees_every_process() -> bool:
+def pid_namespace() -> int:
+    """This process's PID namespace (the inode of /proc/self/ns/pid); 0 when unreadable."""
     try:
-        return os.stat("/proc/self/ns/pid").st_ino == _INITIAL_PID_NS
+        return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
-        return False
+        return 0
 
 
-def namespace_alive(ns: int) -> bool:
-    """Whether mount namespace ``ns`` may still exist.
+def namespace_alive(ns: int, pidns: int = 0) -> bool:
+    """Whether mount namespace ``ns``, made by a process of PID namespace ``pidns``, may still
+    be in use.
 
-    True unless proven gone: only from the initial PID namespace can every process's namespace
-    be seen (/proc/PID/ns/mnt). From inside a container another namespace is assumed alive.
-    A namespace held open only by a bind of its nsfs file is not seen here either; it holds no
-    daemon, so counting it gone is harmless.
+    True unless proven gone. /proc shows every process of this PID namespace and of those below
+    it: from the initial one that is every process; from inside a container (systemd as PID 1
+    there, whose ExecStartPre/ExecStart/ExecStopPost each had a namespace of their own) it is
+    every process that namespace's daemon could be. A namespace made in a PID namespace we cannot
+    see (another container on the same volume) is assumed alive. One held open only by a bind of
+    its nsfs file is not seen either; it holds no daemon, so counting it gone is harmless.
     """
-    if not _sees_every_process():
+    mine = pid_namespace()
+    if not mine or mine not in (_INITIAL_PID_NS, pidns):
         return True
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
