@@ -169,6 +169,55 @@ def _gen(rng: random.Random, root: str) -> tuple[str, dict[str, str]]:
     return "\n".join(lines) + "\n", env
 
 
+def _handwritten(root: str) -> list[tuple[str, dict[str, str]]]:
+    """The issue's own examples, written by hand, in the generator's scaffold."""
+    tail = [
+        "defaults", "  mode tcp", "  timeout client 1s", "  timeout server 1s",
+        "  timeout connect 1s", "frontend probe", f"  bind {PROBE[0]}:{PROBE[1]}",
+        "  log global", f"  log {root}/logs/z local0", "  option tcplog",
+        "  tcp-request content reject",
+    ]  # fmt: skip
+    cases: list[tuple[list[str], dict[str, str]]] = [
+        # ${NAME-default}, quoted, in chroot and log (the default used, then the variable)
+        ([f'  chroot "${{JAIL-{root}/j1}}"', f'  log "${{LOG-{root}/logs/a}}" local0'], {}),
+        ([f'  chroot "${{JAIL-{root}/j1}}"'], {"JAIL": f"{root}/j2"}),
+        # repeated keywords: haproxy keeps the first
+        ([f"  chroot {root}/j1", f"  chroot {root}/j2", "  user nobody", "  user root"], {}),
+        (["  uid 65534", "  gid 65534", "  group root"], {}),
+        # setenv before use; presetenv does not override
+        ([f"  setenv J {root}/j3", '  chroot "$J"'], {}),
+        ([f"  presetenv J {root}/j3", '  chroot "$J"'], {"J": f"{root}/j1"}),
+        # .if trees with predicates
+        (
+            [".if defined(X)", f"  chroot {root}/j2", ".else", f"  chroot {root}/j3", ".endif"],
+            {"X": "1"},
+        ),
+        (
+            [
+                '.if streq("$X",yes)',
+                "  user nobody",
+                ".elif version_atleast(2.0)",
+                "  user daemon",
+                ".endif",
+            ],
+            {"X": "no"},
+        ),
+        # log targets of every unix form
+        ([f"  log uxdg@{root}/logs/b local0", f"  log dgram+unix@{root}/logs/c local1"], {}),
+        # a \r ends the line for haproxy: the rest is not a second chroot
+        ([f"  chroot {root}/j1\r chroot {root}/j2"], {}),
+    ]
+    configs = []
+    for global_lines, env in cases:
+        text = "\n".join(["global", *global_lines, *tail]) + "\n"
+        configs.append((text, env))
+    binds = ["frontend b", "  bind tcp4@127.0.0.2:8002", "  bind ipv4@127.0.0.3:8003",
+             '  bind "$A":8004', "log-forward lf", "  dgram-bind udp@127.0.0.4:1200",
+             "  bind 127.0.0.5:1201", "  log global"]  # fmt: skip
+    configs.append(("\n".join(["global", *binds, *tail]) + "\n", {"A": "127.0.0.6"}))
+    return configs
+
+
 @dataclass
 class Tally:
     compared: int = 0
@@ -350,6 +399,9 @@ def _worker(n: int, configs: list[int], base: Path, facts: Facts, t: Tally) -> N
         for seed in configs:
             text, env = _gen(random.Random(seed), str(root))
             _one(text, env, root, facts, t)
+        if n == 0:
+            for text, env in _handwritten(str(root)):
+                _one(text, env, root, facts, t)
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
@@ -382,5 +434,5 @@ def test_reader_agrees_with_the_real_haproxy(tmp_path_factory: pytest.TempPathFa
     assert not tally.diffs, f"{len(tally.diffs)} differences; first:\n" + "\n---\n".join(
         tally.diffs[:3]
     )
-    assert tally.compared + tally.rejected == CONFIGS
+    assert tally.compared + tally.rejected == CONFIGS + len(_handwritten(""))
     assert CONFIGS < 2300 or tally.compared >= 2000
