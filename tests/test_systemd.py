@@ -138,24 +138,15 @@ def _events(env: Env, name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-# A known gap, not the examples': from inside a container's PID namespace jailshim cannot prove
-# a mount namespace gone (jail/namespaces.namespace_alive), so a teardown in ExecStopPost's fresh
-# namespace keeps what an earlier command's namespace recorded, unless the kernel happened to
-# reuse that namespace's number for its own. With systemd as the host's PID 1 it can tell.
-SHARED_GAP = (
-    "teardown in ExecStopPost= inside a container took the unit's earlier, gone mount namespace "
-    "for a live one (teardown.shared) and left the nodes: see the report of issue 13"
-)
-
-
 def _assert_torn_down(env: Env, name: str, before: dict[str, str]) -> None:
     """After `systemctl stop`: the jail as before start, plus only systemd's mount point."""
     after = _jail(env, name)
     expected = before | {k: v for k, v in SYSTEMD_MADE.items() if k not in before}
     events = [e for e in _events(env, name) if e.get("command") == "teardown"]
     assert events and not any(e["level"] == "error" for e in events), events
-    if after != expected and any(e["event"] == "teardown.shared" for e in events):
-        pytest.xfail(SHARED_GAP)
+    # ExecStopPost's namespace is a fresh one: the namespaces of ExecStartPre/ExecStart are gone
+    # and must be seen to be (records carry their PID namespace), not kept as "shared".
+    assert not any(e["event"] == "teardown.shared" for e in events), events
     assert after == expected, events
 
 
