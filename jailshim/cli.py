@@ -126,6 +126,13 @@ _OPTIONS = (
     ),
     _Opt("--haproxy-config", "haproxy's configuration file (default: from -f)", (RUN,), "FILE"),
     _Opt(
+        "--daemon",
+        "read COMMAND's config with this daemon's adapter (default: COMMAND's name): "
+        "haproxy unbound",
+        (RUN,),
+        "NAME",
+    ),
+    _Opt(
         "--wait-addr",
         "an address the daemon binds; wait until it is usable (repeatable)",
         (RUN, PREPARE, CHECK),

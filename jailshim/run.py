@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 from typing import Any
 
-from jailshim.errors import (
-    CommandNotExecutable,
-    CommandNotFound,
-    ConfigError,
-    UsageError,
-    said,
-)
+from jailshim import daemons
+from jailshim.errors import CommandNotExecutable, CommandNotFound, UsageError
 
 __all__ = ["interpreter", "resolve_command", "run"]
 
@@ -91,40 +85,6 @@ def _check_interpreter(path: str) -> None:
         script = interp
 
 
-def _readable(path: str, source: str) -> None:
-    """The file given with --haproxy-config (or its variable) can be opened, or one sentence
-    that names where it came from (haproxy's reader speaks of -f arguments)."""
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY))
-    except OSError as exc:
-        raise ConfigError(
-            f"{said(source, path)} cannot be read ({exc.strerror}); give haproxy's "
-            "configuration file."
-        ) from None
-
-
-def haproxy_check(binary: str, files: tuple[str, ...]) -> None:
-    """Run `haproxy -c` on the same files; a rejection is a config error with haproxy's words."""
-    argv = [binary, "-c"]
-    for f in files:
-        argv += ["-f", f]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(
-            f"`haproxy -c` could not run ({exc}); check the haproxy binary."
-        ) from None
-    if proc.returncode == 0:
-        return
-    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    alerts = [ln.split(":", 1)[1].strip() if ":" in ln else ln for ln in lines if "[ALERT]" in ln]
-    said = " | ".join(alerts) or (lines[-1] if lines else f"exit status {proc.returncode}")
-    raise ConfigError(
-        f"haproxy rejected its configuration (haproxy -c, exit {proc.returncode}): {said}",
-        haproxy_output=lines[-20:],
-    )
-
-
 def run(args: argparse.Namespace, log: Any) -> int:
     from jailshim import cli, handover
 
@@ -132,48 +92,27 @@ def run(args: argparse.Namespace, log: Any) -> int:
     if not argv:
         raise UsageError(
             "jailshim run needs the daemon's command after --, such as "
-            "`jailshim run -- haproxy -f /etc/haproxy/haproxy.cfg`."
+            "`jailshim run -- /usr/sbin/DAEMON -c /etc/DAEMON.conf`."
         )
     binary = resolve_command(argv)
-    # Decided without importing the adapter: most daemons never need it.
-    is_haproxy = os.path.basename(argv[0]) == "haproxy"
     logger = log.get_logger()
     overrides: dict[str, Any] = {}
-    config = None
-    if args.haproxy_config:
-        _readable(args.haproxy_config, cli.origin(args, "haproxy_config"))
-    if args.haproxy_config or is_haproxy:
-        from jailshim.daemons import haproxy
-
-        cfg_argv = ["haproxy", "-f", args.haproxy_config] if args.haproxy_config else argv
-        # .if predicates (feature(), version_atleast()) ask the binary that will run
-        config = haproxy.read_config(
-            haproxy.config_files(cfg_argv), binary=binary if is_haproxy else "haproxy"
-        )
-        for note in config.notes:
-            logger.warning("haproxy.config", note=note)
-        from jailshim.verify.network import haproxy_targets
-
-        targets, notes = haproxy_targets(config.binds)
-        for note in notes:
-            logger.warning("haproxy.config", note=note)
+    # the registry is a table of names: only a daemon with an adapter imports one
+    chosen = daemons.choose(args, argv, binary)
+    config = adapter = None
+    if chosen is not None:
+        adapter, daemon_argv = chosen
+        config = adapter.read(daemon_argv, os.environ)
+        daemons.log_read(logger, adapter, config)
         overrides = {
-            "chroot": config.chroot,
+            "chroot": config.jail,
             "user": config.user,
             "group": config.group,
             "sockets": config.log_sockets,
-            "targets": targets,
+            "targets": config.targets,
         }
-        logger.info(
-            "haproxy.config",
-            files=list(config.files),
-            chroot=config.chroot,
-            user=config.user,
-            group=config.group,
-            log_sockets=list(config.log_sockets),
-        )
         if not args.no_config_check:
-            haproxy_check(binary if is_haproxy else "haproxy", config.files)
+            adapter.check_config(daemon_argv)
     if args.chroot is None and overrides.get("chroot") is None:
         logger.warning(
             "no_jail",
@@ -194,12 +133,14 @@ def run(args: argparse.Namespace, log: Any) -> int:
         from jailshim.check import prepare_and_verify
 
         spec = cli._spec_from(args, **overrides)
-        if config is not None and spec.identity is not None:
-            # check as exactly the uid, gid and groups haproxy will have, or it proves the
-            # wrong thing (with `user` alone haproxy keeps gid 0)
+        if adapter is not None and config is not None and spec.identity is not None:
+            # check as exactly the uid, gid and groups the daemon will have, or it proves the
+            # wrong thing (a daemon that keeps its starting gid checks with gid 0)
             spec = spec._replace(
-                identity=haproxy.identity_as_set(
-                    spec.identity, group_given=args.group is not None or config.group is not None
+                identity=adapter.identity(
+                    spec.identity,
+                    config,
+                    group_given=args.group is not None or config.group is not None,
                 )
             )
         log.bind_context(chroot=spec.chroot)

@@ -20,15 +20,19 @@ import stat
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from jailshim.daemons import Adapter, DaemonConfig
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
     from jailshim.spec import Identity
 
 __all__ = [
+    "ADAPTER",
     "Bind",
     "HaproxyConfig",
     "config_files",
+    "haproxy_check",
+    "identity_as_set",
     "parse_config",
     "read_config",
     "split_line",
@@ -809,3 +813,61 @@ def identity_as_set(identity: Identity, *, group_given: bool) -> Identity:
     if group_given:
         return identity._replace(groups=())
     return identity._replace(gid=os.getgid(), groups=tuple(sorted(set(os.getgroups()))))
+
+
+def haproxy_check(binary: str, files: tuple[str, ...]) -> None:
+    """Run `haproxy -c` on the same files; a rejection is a config error with haproxy's words."""
+    import subprocess
+
+    argv = [binary, "-c"]
+    for f in files:
+        argv += ["-f", f]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(
+            f"`haproxy -c` could not run ({exc}); check the haproxy binary."
+        ) from None
+    if proc.returncode == 0:
+        return
+    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    alerts = [ln.split(":", 1)[1].strip() if ":" in ln else ln for ln in lines if "[ALERT]" in ln]
+    said = " | ".join(alerts) or (lines[-1] if lines else f"exit status {proc.returncode}")
+    raise ConfigError(
+        f"haproxy rejected its configuration (haproxy -c, exit {proc.returncode}): {said}",
+        haproxy_output=lines[-20:],
+    )
+
+
+class _Haproxy(Adapter):
+    """haproxy: its -f files read as haproxy 2.6 reads them; `haproxy -c` as its checker."""
+
+    name = "haproxy"
+
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+        # .if predicates (feature(), version_atleast()) ask the binary that will run: argv[0]
+        config = read_config(config_files(argv), env, binary=argv[0])
+        from jailshim.verify.network import haproxy_targets
+
+        targets, notes = haproxy_targets(config.binds)
+        return DaemonConfig(
+            files=config.files,
+            jail=config.chroot,
+            user=config.user,
+            group=config.group,
+            log_sockets=config.log_sockets,
+            targets=tuple(targets),
+            notes=(*config.notes, *notes),
+        )
+
+    def check_config(self, argv: Sequence[str]) -> None:
+        haproxy_check(argv[0], tuple(config_files(argv)))
+
+    def config_argv(self, command: str, path: str) -> list[str]:
+        return [command, "-f", path]
+
+    def identity(self, identity: Identity, config: DaemonConfig, *, group_given: bool) -> Identity:
+        return identity_as_set(identity, group_given=group_given)
+
+
+ADAPTER = _Haproxy()

@@ -1,0 +1,75 @@
+"""The adapter registry: COMMAND's basename or --daemon picks one adapter, imported alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from jailshim import daemons
+from tests.support import assert_ran, clean_env, jailshim_argv, run
+
+
+def _imported(argv: list[str]) -> set[str]:
+    """The modules `python -X importtime` reports for ``argv`` (which must succeed)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv[1:]],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    assert_ran(proc)
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def test_every_adapter_module_has_its_adapter() -> None:
+    """Each registered module loads and its ADAPTER answers to the name it is registered under."""
+    for name in daemons.ADAPTERS:
+        assert daemons.load(name).name == name
+
+
+def test_a_daemon_without_an_adapter_imports_none(jail: Path) -> None:
+    """`run -- true` with --chroot: no adapter module is imported (start-up time)."""
+    modules = _imported(jailshim_argv("run", "--chroot", str(jail), "--dry-run", "--", "true"))
+    assert "jailshim.daemons" in modules
+    assert not {m for m in modules if m.startswith("jailshim.daemons.")}, modules
+
+
+def test_an_unknown_daemon_is_a_usage_error() -> None:
+    """--daemon NAME (or JAILSHIM_DAEMON) without an adapter: 64, naming the adapters there are."""
+    flag = run("run", "--daemon", "nosuchd", "--", "true")
+    assert flag.code == 64
+    assert flag.error.startswith("--daemon 'nosuchd' is not a daemon")
+    assert "haproxy, unbound" in flag.error
+    variable = run("run", "--", "true", env=clean_env(JAILSHIM_DAEMON="nosuchd"))
+    assert variable.code == 64
+    assert variable.error.startswith("JAILSHIM_DAEMON='nosuchd' is not a daemon")
+
+
+def test_daemon_flag_reads_a_command_of_another_name_with_that_adapter(
+    area: Path, jail: Path
+) -> None:
+    """--daemon haproxy: COMMAND's own arguments are read as haproxy's (-f FILE)."""
+    cfg = area / "h.cfg"
+    cfg.write_text(f"global\n    chroot {jail}\n    user nobody\n")
+    result = run(
+        "run", "--daemon", "haproxy", "--no-config-check", "--dry-run", "--", "true", "-f", str(cfg)
+    )
+    assert result.code == 0, result.stderr
+    read = result.named("haproxy.config")
+    assert read and read[0]["files"] == [str(cfg)] and read[0]["chroot"] == str(jail)
+
+
+def test_daemon_flag_and_another_daemons_config_option_conflict(area: Path) -> None:
+    """--haproxy-config with --daemon unbound: 64, one sentence naming both."""
+    cfg = area / "h.cfg"
+    cfg.write_text("global\n")
+    result = run("run", "--daemon", "unbound", "--haproxy-config", str(cfg), "--", "true")
+    assert result.code == 64
+    assert "--haproxy-config" in result.error and "--daemon" in result.error
