@@ -22,7 +22,7 @@ from jailshim.errors import ConfigError, NotPermitted
 from jailshim.jail import mounts
 from jailshim.jail.namespaces import pid_namespace
 from jailshim.jail.powers import Powers
-from jailshim.jail.safepath import O_PATH_NOFOLLOW, OPEN_TRIAL, Jail
+from jailshim.jail.safepath import O_PATH_NOFOLLOW, OPEN_TRIAL, Jail, rename_into_place
 from jailshim.plan import (
     Action,
     DeviceStep,
@@ -108,6 +108,17 @@ class Applier:
             )
         return fd
 
+    def _rename(self, dir_fd: int, where: str, src: str, dst: str) -> None:
+        """Rename into place, never over something that appeared meanwhile."""
+        try:
+            rename_into_place(dir_fd, src, dst)
+        except FileExistsError:
+            raise ConfigError(
+                f"{self.jail.real}/{where}/{dst} appeared while jailshim prepared the jail "
+                "(someone who can write the jail is interfering); what was made is taken back. "
+                "Make the jail root-owned, then run again.".replace("//", "/"),
+            ) from None
+
     def _still_at(self, dir_fd: int, name: str, fd: int) -> None:
         """After a rename into place: ``name`` must be the directory ``fd`` holds."""
         st = _lstat(dir_fd, name)
@@ -152,7 +163,7 @@ class Applier:
         record = Record(Kind.MKDIR, "dev", "", os.fstat(fd).st_ino, tmp=state.NEW_DEV)
         self.journal.dir_fd = fd
         index = self._intend(record)
-        os.rename(state.NEW_DEV, "dev", src_dir_fd=self.jail.fd, dst_dir_fd=self.jail.fd)
+        self._rename(self.jail.fd, "", state.NEW_DEV, "dev")
         self._still_at(self.jail.fd, "dev", fd)
         self.journal.update(index, done=True)
         self.dev_fd = fd
@@ -199,7 +210,7 @@ class Applier:
         aside = state.aside_name(name, n)
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         index = self._intend(Record(Kind.DISPLACED, name, where, st.st_ino, aside=aside))
-        os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self._rename(dir_fd, where, name, aside)
         self.journal.update(index, done=True)
         self.log.warning("device.displaced", device=name, found=found, moved_to=f"{where}/{aside}")
 
@@ -258,7 +269,7 @@ class Applier:
                 os.unlink(tmp, dir_fd=dev_fd)
                 self.journal.drop(index)
                 return self._refusal(device.name, "mknod", exc, start, "does not open")
-        os.rename(tmp, device.name, src_dir_fd=dev_fd, dst_dir_fd=dev_fd)
+        self._rename(dev_fd, "dev", tmp, device.name)
         self.journal.update(index, done=True)
         self.log.info(
             "device",
@@ -278,7 +289,7 @@ class Applier:
         os.close(os.open(tmp, _PLACEHOLDER, 0o444, dir_fd=dir_fd))
         ino = os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False).st_ino
         self.journal.update(index, ino=ino)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self._rename(dir_fd, where, tmp, name)
         self.journal.update(index, done=True)
         return index
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from jailshim import state
-from jailshim.errors import NotPermitted, PrepareOSError
+from jailshim.errors import ConfigError, NotPermitted, PrepareOSError
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive, pid_namespace
@@ -185,8 +185,10 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
         dev_fd = jail.open_dir("dev")
         if dev_fd is not None:
             prepared.fds.append(dev_fd)
-        for warning in check_ownership(jail, dev_fd, allow_writable=spec.allow_writable_jail):
-            log.warning("jail.writable", detail=warning)
+        for level, note in check_ownership(
+            jail, dev_fd, allow_writable=spec.allow_writable_jail, daemon=spec.identity
+        ):
+            log.log(20 if level == "info" else 30, "jail.writable", detail=note)
         ns = state.mount_namespace()
         table = mounts.read_mount_table()
         prepared.journal = open_journal(jail, dev_fd, table, ns)
@@ -237,6 +239,7 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
         try:
             with signals_deferred():
                 applier.apply(plan)
+                _dev_still_there(jail, applier.dev_fd)
                 _adopt_inherited_binds(prepared.journal, plan, ns)
                 _hold(prepared.journal, ns)
         except OSError as exc:
@@ -298,6 +301,27 @@ def mounts_refused(plan: Plan, log: Any) -> str:
             "the daemon (ExecStart=jailshim run -- DAEMON avoids the question)",
         )
     return _MOUNTS_VANISH if vanish else ""
+
+
+def _dev_still_there(jail: Jail, dev_fd: int | None) -> None:
+    """jail/dev must still be the directory apply worked in: in a jail its user can write, that
+    user can rename dev/ (root's, so only within the jail root) while prepare runs, and the
+    daemon would then find no nodes at dev/. Raised inside apply: the rollback takes back what
+    was made, through the fd, wherever the directory went."""
+    if dev_fd is None:
+        return
+    ours = os.fstat(dev_fd)
+    try:
+        now = os.stat("dev", dir_fd=jail.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        now = None
+    if now is None or (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino):
+        raise ConfigError(
+            f"{jail.real}/dev was moved or replaced while jailshim prepared it (someone who can "
+            "write the jail did it); what was made is taken back. Make the jail root-owned, or "
+            "stop that process, then run again.",
+            chroot=jail.path,
+        )
 
 
 def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:

@@ -505,3 +505,66 @@ def test_doctor_never_blocks_on_a_path_from_a_daemons_maps(area: Path) -> None:
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+# -- jails the daemon's user owns ------------------------------------------------------------
+
+
+def test_a_jail_the_daemons_user_owns_is_accepted_anothers_is_not(jail: Path) -> None:
+    """Stock packages give the daemon's user its jail (Debian's /var/lib/unbound): accepted
+    with an info event; owned by another user, still 78."""
+    os.chown(jail, 65534, 65534)
+    result = run("prepare", "--chroot", str(jail), "--user", "nobody")
+    assert result.code == 0, result.stderr
+    note = result.named("jail.writable")[0]
+    assert note["level"] == "info" and "daemon's own user" in note["detail"]
+    assert (jail / "dev").stat().st_uid == 0  # jailshim's own entries stay root's
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    os.chown(jail, 12345, 12345)
+    other = run("prepare", "--chroot", str(jail), "--user", "nobody")
+    assert other.code == 78 and "writable by a non-root user" in other.error
+
+
+def test_the_daemons_user_moving_dev_about_gets_nothing_made_outside(
+    area: Path, outside: Path
+) -> None:
+    """The daemon's user renames dev/ in a loop while root prepares (binds, nodev jail) and
+    tears down: every run exits 0 or 78, nothing outside the jail changes, no mount lands
+    outside it, and after the user stops a teardown leaves no mount in the jail either."""
+    jail = area / "jail"
+    jail.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "nodev,mode=0755", "tmpfs", str(jail)], check=True
+    )
+    os.chown(jail, 65534, 65534)
+    outside_before = snapshot(outside)
+    mover = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import os, time; j = os.open({str(jail)!r}, os.O_PATH); "
+         "os.setgroups([]); os.setgid(65534); os.setuid(65534); end = time.monotonic() + 60\n"
+         "while time.monotonic() < end:\n"
+         "    for a, b in (('dev', 'moved'), ('moved', 'dev')):\n"
+         "        try: os.rename(a, b, src_dir_fd=j, dst_dir_fd=j)\n"
+         "        except OSError: pass\n"],
+    )  # fmt: skip
+    codes: Counter[int] = Counter()
+    odd: list[str] = []
+    try:
+        for _ in range(30):
+            for command in ("prepare", "teardown"):
+                extra = ["--user", "nobody", "--no-verify"] if command == "prepare" else []
+                result = run(command, "--chroot", str(jail), *extra)
+                codes[result.code] += 1
+                if result.code not in (0, 78):
+                    odd.append(f"{command}: {result.stderr[-800:]}")
+    finally:
+        mover.kill()
+        mover.wait()
+    assert set(codes) <= {0, 78}, (codes, odd)
+    assert snapshot(outside) == outside_before
+    mount_points = [ln.split()[4] for ln in Path("/proc/self/mountinfo").read_text().splitlines()]
+    assert not [p for p in mount_points if p.startswith(f"{area}/") and not p.startswith(f"{jail}")]
+    for _ in range(2):
+        run("teardown", "--chroot", str(jail))
+    print(f"dev/ mover: exit codes {dict(codes)}")
+    assert _mounts_below(jail) == [], _mounts_below(jail)

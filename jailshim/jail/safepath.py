@@ -24,6 +24,7 @@ __all__ = [
     "EntryKind",
     "Jail",
     "inspect_entry",
+    "rename_into_place",
     "writable_by_non_root",
 ]
 
@@ -55,6 +56,25 @@ _SYSTEM_DIRS = frozenset(
         "/var",
     ]
 )
+
+
+_RENAME_NOREPLACE = 1
+
+
+def rename_into_place(dir_fd: int, src: str, dst: str) -> None:
+    """rename(2) that never replaces: EEXIST when ``dst`` exists.
+
+    A plain rename silently replaces a file or an empty directory at ``dst``; in a jail its
+    user can write, something may have appeared there since we looked. renameat2 with
+    RENAME_NOREPLACE (Linux >= 3.15) makes that an error instead of a deletion.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.renameat2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE)
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dst)
 
 
 class EntryKind(StrEnum):

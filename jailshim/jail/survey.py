@@ -11,15 +11,30 @@ from jailshim.jail.mounts import MountTable
 from jailshim.jail.powers import Powers
 from jailshim.jail.safepath import Entry, EntryKind, Jail, inspect_entry, writable_by_non_root
 from jailshim.plan import DevDir, SocketFacts, Survey
+from jailshim.spec import Identity
 from jailshim.state import TMPFS_SOURCE
 
 __all__ = ["check_ownership", "survey"]
 
 
-def check_ownership(jail: Jail, dev_fd: int | None, *, allow_writable: bool) -> list[str]:
-    """Refuse a jail (or jail/dev) that a non-root user can write to; warnings if allowed.
+def _writable_only_by(st: os.stat_result, daemon: Identity | None) -> bool:
+    """Whether the only non-root users who can write here are the daemon's user or group."""
+    if daemon is None or st.st_mode & stat.S_IWOTH:
+        return False
+    owner_ok = st.st_uid in (0, daemon.uid) or not st.st_mode & stat.S_IWUSR
+    group_ok = st.st_gid in (0, daemon.gid) or not st.st_mode & stat.S_IWGRP
+    return owner_ok and group_ok
 
-    Such a user could swap entries under us or replace a node after we checked it.
+
+def check_ownership(
+    jail: Jail, dev_fd: int | None, *, allow_writable: bool, daemon: Identity | None = None
+) -> list[tuple[str, str]]:
+    """Refuse a jail (or jail/dev) that a non-root user can write to; (level, text) notes when
+    that is allowed: the daemon's own user or group (stock packages give it its jail, as
+    Debian's /var/lib/unbound), or --allow-writable-jail.
+
+    Such a user could swap entries under us or replace a node after we checked it: jailshim's
+    own entries stay in a root-owned dev/, and prepare checks dev/ is still its own after it.
     """
 
     def describe(where: str, st: os.stat_result) -> str:
@@ -37,14 +52,20 @@ def check_ownership(jail: Jail, dev_fd: int | None, *, allow_writable: bool) -> 
                 "group/other-writable (even with --allow-writable-jail).",
                 chroot=jail.path,
             )
-    found = [describe(jail.real, jail.stat)] if writable_by_non_root(jail.stat) else []
-    if found and not allow_writable:
+    if not writable_by_non_root(jail.stat):
+        return []
+    found = describe(jail.real, jail.stat)
+    if daemon is not None and _writable_only_by(jail.stat, daemon):
+        return [
+            ("info", f"writable only by the daemon's own user or group ({daemon.name}): {found}")
+        ]
+    if not allow_writable:
         raise ConfigError(
-            f"The jail is writable by a non-root user: {', '.join(found)}; make it owned by "
-            "root and not group/other-writable, or pass --allow-writable-jail.",
+            f"The jail is writable by a non-root user: {found}; make it owned by root (or by "
+            "the daemon's own user) and not writable by others, or pass --allow-writable-jail.",
             chroot=jail.path,
         )
-    return [f"writable by a non-root user: {w}" for w in found]
+    return [("warning", f"writable by a non-root user: {found}")]
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:

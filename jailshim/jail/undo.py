@@ -16,7 +16,7 @@ import stat
 
 from jailshim import state
 from jailshim.jail import mounts
-from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail
+from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail, rename_into_place
 from jailshim.state import Kind, Record
 
 __all__ = ["describe", "sweep_new_dev", "undo"]
@@ -107,7 +107,10 @@ def _restore(dir_fd: int, record: Record) -> str:
         return "left: the entry moved aside is gone"
     if _lstat(dir_fd, record.name) is not None:
         return f"left at {record.where}/{record.aside}: {record.name} exists again"
-    os.rename(record.aside, record.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    try:
+        rename_into_place(dir_fd, record.aside, record.name)
+    except FileExistsError:
+        return f"left at {record.where}/{record.aside}: {record.name} exists again"
     return f"restored from {record.where}/{record.aside}"
 
 
@@ -125,7 +128,10 @@ def _remove_dev(jail: Jail, record: Record) -> str:
             return f"left: not empty ({', '.join(sorted(others)[:5])})"
         if _lstat(jail.fd, state.NEW_DEV) is not None:
             return "left: a leftover temporary dev/ is in the way"
-        os.rename("dev", state.NEW_DEV, src_dir_fd=jail.fd, dst_dir_fd=jail.fd)
+        try:
+            rename_into_place(jail.fd, "dev", state.NEW_DEV)
+        except FileExistsError:
+            return "left: a leftover temporary dev/ is in the way"
     elif st is not None:
         return "left: changed since prepare"
     return sweep_new_dev(jail) or "already gone"
