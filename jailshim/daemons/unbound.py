@@ -1,0 +1,166 @@
+"""unbound: its jail and identity as unbound itself reads them, through unbound-checkconf.
+
+`unbound-checkconf -o OPTION [FILE]` prints one option's value after reading FILE exactly as
+unbound does (includes, defaults compiled in); FILE is unbound's `-c FILE`, else its default.
+One option per run, so the questions are asked side by side. `unbound-checkconf FILE` is the
+checker. unbound opens syslog (/dev/log) before it chroots and sends READY=1 to
+$NOTIFY_SOCKET after, so both must be reachable inside the jail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from jailshim.daemons import Adapter, DaemonConfig
+from jailshim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jailshim.verify.network import WaitTarget
+
+__all__ = ["ADAPTER", "config_file"]
+
+_WITH_ARG = {"c", "w"}  # unbound's getopt string: "c:dhpvw:V"
+_ASKED = ("chroot", "username", "directory", "use-syslog", "interface")
+
+
+def config_file(argv: Sequence[str]) -> str | None:
+    """The FILE of unbound's last `-c FILE` (getopt: -cFILE, -dc FILE), or None (its default)."""
+    found: str | None = None
+    i = 1
+    while i < len(argv):
+        word = argv[i]
+        if word == "--" or not word.startswith("-") or word == "-":
+            break
+        for j in range(1, len(word)):
+            if word[j] in _WITH_ARG:
+                value = word[j + 1 :]
+                if not value:
+                    i += 1
+                    value = argv[i] if i < len(argv) else ""
+                if word[j] == "c":
+                    found = value
+                break
+        i += 1
+    return found
+
+
+def _checkconf(argv: Sequence[str]) -> str:
+    """unbound-checkconf beside the unbound that will run, else the one on PATH."""
+    beside = os.path.join(os.path.dirname(argv[0]), "unbound-checkconf")
+    if os.path.dirname(argv[0]) and os.access(beside, os.X_OK):
+        return beside
+    return "unbound-checkconf"
+
+
+def _rejected(tool: str, file: str | None, code: int, output: str) -> ConfigError:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln and not ln.startswith("read ")]
+    words = " | ".join(errors or lines[-3:]) or f"exit status {code}"
+    return ConfigError(
+        f"unbound rejected its configuration ({os.path.basename(tool)} "
+        f"{file or '(its default file)'}, exit {code}): {words}",
+        unbound_output=lines[-20:],
+    )
+
+
+def _run(argv: list[str]) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, close_fds=True
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"`{argv[0]}` could not run ({exc.strerror}); install unbound's tools (Debian "
+            "package unbound) or pass --chroot and --user."
+        ) from None
+
+
+class _Unbound(Adapter):
+    """unbound: chroot, username and directory from unbound-checkconf -o; it is the checker."""
+
+    name = "unbound"
+
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+        tool, file = _checkconf(argv), config_file(argv)
+        tail = [file] if file is not None else []
+        procs = {opt: _run([tool, "-o", opt, *tail]) for opt in _ASKED}
+        values: dict[str, list[str]] = {}
+        failed: tuple[int, str] | None = None
+        for opt, proc in procs.items():
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                raise ConfigError(
+                    f"`{tool} -o {opt}` did not finish in 60 s; check unbound's tools."
+                ) from None
+            if proc.returncode != 0 and failed is None:
+                failed = (proc.returncode, out + err)
+            values[opt] = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        if failed is not None:
+            raise _rejected(tool, file, *failed)
+
+        def one(opt: str) -> str | None:
+            return values[opt][-1] if values[opt] else None
+
+        chroot, user, directory = one("chroot"), one("username"), one("directory")
+        syslog = one("use-syslog") == "yes"
+        targets, notes = _targets(values["interface"], file or "unbound.conf")
+        read = [("tool", tool), ("directory", directory or "")]
+        if syslog:
+            read.append(("use_syslog", "yes"))
+        return DaemonConfig(
+            files=(file or "(unbound's default file)",),
+            jail=chroot or None,  # "" is no chroot
+            user=user or None,  # "" is no change of user
+            log_sockets=("/dev/log",) if syslog else (),
+            targets=targets,
+            notes=notes,
+            read=tuple(read),
+            notify=True,
+        )
+
+    def check_config(self, argv: Sequence[str]) -> None:
+        tool, file = _checkconf(argv), config_file(argv)
+        proc = _run([tool, *([file] if file is not None else [])])
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise ConfigError(f"`{tool}` did not finish in 60 s; check unbound's tools.") from None
+        if proc.returncode != 0:
+            raise _rejected(tool, file, proc.returncode, out + err)
+
+    def config_argv(self, command: str, path: str) -> list[str]:
+        return [command, "-c", path]
+
+
+def _targets(
+    interfaces: Sequence[str], where: str
+) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
+    """The IPs of `interface:` lines (ADDR or ADDR@PORT) to wait for; names are passed over."""
+    import ipaddress
+
+    from jailshim.verify.network import WaitTarget
+
+    targets: dict[str, WaitTarget] = {}
+    notes: list[str] = []
+    for raw in interfaces:
+        host = raw.rsplit("@", 1)[0] if "@" in raw else raw
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            notes.append(f"{where}: interface {raw} is not an IP literal; not waited for")
+            continue
+        ip = str(address)
+        if not address.is_unspecified:  # 0.0.0.0 and :: bind wherever
+            targets.setdefault(ip, WaitTarget(ip, f"{where}: interface {raw}"))
+    return tuple(targets.values()), tuple(notes)
+
+
+ADAPTER = _Unbound()

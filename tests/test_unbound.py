@@ -1,0 +1,149 @@
+"""`jailshim run -- unbound`: Debian's unbound, its jail and user read through unbound-checkconf."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.daemons import children, free_port, status_field, stop
+from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
+
+ANSWER = "192.0.2.53"
+
+
+@pytest.fixture
+def unbound_bin(root: None) -> str:
+    """Debian's unbound, its unbound-checkconf, its `unbound` user, and kdig to ask it."""
+    path = shutil.which("unbound")
+    need(path is not None, "needs unbound (Debian package unbound)")
+    need(shutil.which("unbound-checkconf") is not None, "needs unbound-checkconf")
+    need(shutil.which("kdig") is not None, "needs kdig (Debian package knot-dnsutils)")
+    try:
+        pwd.getpwnam("unbound")
+    except KeyError:
+        need(False, "needs the user unbound (Debian package unbound creates it)")
+    assert path is not None
+    return path
+
+
+def write_unbound_config(jail: Path, port: int, extra: str = "") -> Path:
+    """A config with its chroot at ``jail`` (the file inside it, as unbound wants), answering
+    one local-data record on 127.0.0.1:``port``."""
+    config = jail / "unbound.conf"
+    config.write_text(
+        "server:\n"
+        f'    chroot: "{jail}"\n'
+        f'    directory: "{jail}"\n'
+        '    username: "unbound"\n'
+        f"    interface: 127.0.0.1@{port}\n"
+        f"    port: {port}\n"
+        "    do-ip6: no\n"
+        "    do-daemonize: no\n"
+        "    use-syslog: no\n"
+        '    pidfile: ""\n'
+        '    module-config: "iterator"\n'
+        "    access-control: 127.0.0.0/8 allow\n"
+        '    local-zone: "jailshim.test." static\n'
+        f'    local-data: "answer.jailshim.test. 60 IN A {ANSWER}"\n'
+        f"{extra}"
+        "remote-control:\n"
+        "    control-enable: no\n"
+    )
+    return config
+
+
+def ask(port: int) -> str:
+    """kdig's short answer for answer.jailshim.test A from 127.0.0.1:``port``."""
+    query = ["+short", "+time=1", "+retry=0", "answer.jailshim.test", "A"]
+    proc = subprocess.run(
+        ["kdig", "@127.0.0.1", "-p", str(port), *query],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return proc.stdout.strip()
+
+
+def wait_for_answer(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"jailshim/unbound exited {proc.returncode}:\n{err}\n{out}")
+        if ask(port) == ANSWER:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"unbound did not answer on 127.0.0.1:{port} within {timeout}s")
+
+
+def unbound_pid(proc: subprocess.Popen[str], wrapped: bool) -> int:
+    """The unbound process: the Popen itself (jailshim exec'd into it) or nsrun's child."""
+    if not wrapped:
+        return proc.pid
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for child in children(proc.pid):
+            if Path(f"/proc/{child}/exe").resolve().name == "unbound":
+                return child
+        time.sleep(0.05)
+    raise AssertionError("no unbound under nsrun")
+
+
+@pytest.mark.parametrize("where", ["plain", "userns"])
+def test_unbound_answers_from_the_jail_its_config_names(
+    area: Path, unbound_bin: str, where: str
+) -> None:
+    """No --chroot/--user: the jail and user come from unbound-checkconf; kdig gets the
+    local-data answer; unbound's root is the jail and it runs as user unbound."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    port = free_port()
+    config = write_unbound_config(jail, port)
+    wrap = [sys.executable, NSRUN, "--mount", "--"] if where == "userns" else []
+    proc = spawn([*wrap, *jailshim_argv("run", "--", unbound_bin, "-d", "-c", str(config))])
+    try:
+        wait_for_answer(port, proc)
+        pid = unbound_pid(proc, bool(wrap))
+        assert os.readlink(f"/proc/{pid}/root") == str(jail)
+        uid = str(pwd.getpwnam("unbound").pw_uid)
+        assert status_field(pid, "Uid").split() == [uid] * 4
+    finally:
+        _, stderr = stop(proc)
+    assert "Traceback" not in stderr
+    read = [line for line in stderr.splitlines() if '"unbound.config"' in line]
+    assert read and f'"chroot": "{jail}"' in read[0] and '"user": "unbound"' in read[0], stderr
+
+
+def test_broken_config_exits_78_with_unbound_checkconfs_words(area: Path, unbound_bin: str) -> None:
+    """unbound-checkconf rejects the config: exit 78 with its words; nothing prepared, no
+    unbound started."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_unbound_config(jail, free_port(), extra="    bogus-option: yes\n")
+    result = run("run", "--", unbound_bin, "-d", "-c", str(config))
+    assert result.code == 78, result.stderr
+    assert "unknown keyword 'bogus-option'" in result.error
+    assert f"{config}:" in result.error
+    assert not (jail / "dev").exists()
+    leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
+    assert leftover.stdout == b""
+
+
+def test_use_syslog_brings_dev_log_into_the_jail(area: Path, unbound_bin: str) -> None:
+    """use-syslog: yes: the plan binds the host's /dev/log at the same path in the jail."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_unbound_config(jail, free_port(), extra="    use-syslog: yes\n")
+    result = run("run", "--dry-run", "--", unbound_bin, "-d", "-c", str(config), env=clean_env())
+    assert result.code == 0, result.stderr
+    read = result.named("unbound.config")
+    assert read and read[0]["log_sockets"] == ["/dev/log"] and read[0]["use_syslog"] == "yes"
+    assert "/dev/log" in result.stdout
