@@ -74,6 +74,9 @@ def env() -> Iterator[Env]:
             path.chmod(0o644)
         podman = tc.Podman(directory / "containers.conf")
         _clear_stale(podman, ours=False)
+        # `podman kube play` makes its default network on first use: leave none behind
+        kube_net = "podman-default-kube-network"
+        had_net = podman("network", "exists", kube_net, check=False).returncode == 0
         try:
             if podman("image", "exists", tc.BASE, check=False).returncode != 0:
                 tc._import_base(podman)
@@ -85,6 +88,8 @@ def env() -> Iterator[Env]:
             yield Env(podman, directory, pem)
         finally:
             _clear_stale(podman, ours=True)
+            if not had_net:
+                podman("network", "rm", "-f", kube_net, check=False)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
