@@ -104,11 +104,18 @@ def run(args: argparse.Namespace, log: Any) -> int:
         adapter, daemon_argv = chosen
         config = adapter.read(daemon_argv, os.environ)
         daemons.log_read(logger, adapter, config)
+        sockets = config.log_sockets
+        notify = os.environ.get("NOTIFY_SOCKET", "")
+        if config.notify and notify.startswith("/"):
+            # it sends READY=1 from inside its jail: the socket must be there, at the same
+            # path, like a log socket (an abstract @socket is reachable from any root)
+            logger.info("notify_socket", path=notify, detail="brought into the jail")
+            sockets = (*sockets, notify)
         overrides = {
             "chroot": config.jail,
             "user": config.user,
             "group": config.group,
-            "sockets": config.log_sockets,
+            "sockets": sockets,
             "targets": config.targets,
         }
         if not args.no_config_check:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import children, free_port, status_field, stop
+from tests.daemons import SyslogSocket, children, free_port, status_field, stop
 from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
 
 ANSWER = "192.0.2.53"
@@ -147,3 +147,24 @@ def test_use_syslog_brings_dev_log_into_the_jail(area: Path, unbound_bin: str) -
     read = result.named("unbound.config")
     assert read and read[0]["log_sockets"] == ["/dev/log"] and read[0]["use_syslog"] == "yes"
     assert "/dev/log" in result.stdout
+
+
+def test_chrooted_unbound_reaches_the_notify_socket(area: Path, unbound_bin: str) -> None:
+    """NOTIFY_SOCKET is a path: it is bound into the jail at the same path, and the
+    chrooted unbound's READY=1 reaches a datagram listener there (Type=notify)."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    port = free_port()
+    config = write_unbound_config(jail, port)
+    listener = SyslogSocket(area / "notify.sock")
+    env = clean_env(NOTIFY_SOCKET=str(listener.path))
+    proc = spawn(jailshim_argv("run", "--", unbound_bin, "-d", "-c", str(config)), env)
+    try:
+        wait_for_answer(port, proc)
+        said = listener.receive(timeout=10)
+        assert any("READY=1" in datagram.split("\n") for datagram in said), said
+        assert (jail / str(listener.path).lstrip("/")).exists()
+    finally:
+        _, stderr = stop(proc)
+        listener.close()
+    assert '"notify_socket"' in stderr
