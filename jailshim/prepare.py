@@ -98,7 +98,6 @@ class Prepared:
         self.log = log
         self.journal = Journal(None, [])
         self.first_new = 0
-        self.plan: Plan | None = None
         self.fds: list[int] = []
 
     def rollback(self) -> None:
@@ -215,8 +214,9 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
             sockets=spec.sockets,
             placeholders=placeholders,
         )
-        plan = prepared.plan = decide(facts, spec.devices, spec.strategy, repair=spec.repair)
-        refused = "" if then_exec else mounts_refused(plan, log)
+        plan = decide(facts, spec.devices, spec.strategy, repair=spec.repair)
+        vanish = False if then_exec else mounts_vanish_on_exit()
+        refused = mounts_refused(plan, vanish, log)
         if spec.dry_run:
             unfinished = [describe(r) for r in prepared.journal.records if not r.done]
             text = plan.render()
@@ -235,7 +235,7 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
             raise NotPermitted(refused)
         applier = Applier(jail, dev_fd, prepared.journal, powers, ns=ns, log=log)
         # The ladder may still fall from mknod to bind at run time: refuse that too.
-        applier.mounts_refused = "" if then_exec or not mounts_vanish_on_exit() else _MOUNTS_VANISH
+        applier.mounts_refused = _MOUNTS_VANISH if vanish else ""
         try:
             with signals_deferred():
                 applier.apply(plan)
@@ -281,8 +281,9 @@ _MOUNTS_VANISH = (
 )
 
 
-def mounts_refused(plan: Plan, log: Any) -> str:
-    """Why this plan's mounts cannot serve the daemon ("" when they can, or need none)."""
+def mounts_refused(plan: Plan, vanish: bool | None, log: Any) -> str:
+    """Why this plan's mounts cannot serve the daemon ("" when they can, or need none);
+    ``vanish`` is namespaces.mounts_vanish_on_exit() (False for `run`)."""
     from jailshim.plan import Action
 
     mounts = (
@@ -292,7 +293,6 @@ def mounts_refused(plan: Plan, log: Any) -> str:
     )
     if not mounts:
         return ""
-    vanish = mounts_vanish_on_exit()
     if vanish is None:
         log.warning(
             "mount_namespace",
