@@ -12,6 +12,7 @@ APT_PACKAGES=(
   strace                                 # kill points: SIGKILL injected at each mutating syscall
   haproxy openssl                        # the daemon jailshim starts first, and certificates
   unbound knot-dnsutils gnutls-bin faketime  # the DNS-over-TLS demo and reseed tests
+  nsd stunnel4                           # the nsd and stunnel adapters' real-daemon tests
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
   catatonit                              # podman kube play: the pods' pause image
   systemd                                # systemd-analyze verify for the example units
@@ -25,7 +26,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Debian's haproxy and unbound units must not start on the host: policy-rc.d says no.
+  # Debian's haproxy, unbound, nsd and stunnel units must not start on the host: policy-rc.d says no.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT

@@ -24,6 +24,7 @@ __all__ = ["ADAPTERS", "Adapter", "DaemonConfig", "choose", "load"]
 # daemon name (COMMAND's basename, or --daemon NAME) -> the module that holds its adapter
 ADAPTERS = {
     "haproxy": "jailshim.daemons.haproxy",
+    "nsd": "jailshim.daemons.nsd",
     "unbound": "jailshim.daemons.unbound",
 }
 # a run option that names a daemon's configuration file -> that daemon

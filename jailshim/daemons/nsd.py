@@ -1,0 +1,164 @@
+"""nsd: its jail and identity as nsd reads them, through nsd-checkconf; its argv wins.
+
+`nsd-checkconf -o OPTION FILE` prints one option's value as nsd reads FILE (nsd's `-c FILE`,
+else /etc/nsd/nsd.conf); nsd's own `-t DIR` and `-u USER` override the file, as in nsd.
+`nsd-checkconf FILE` is the checker. nsd logs to syslog (/dev/log) unless `logfile:` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from jailshim.daemons import Adapter, DaemonConfig
+from jailshim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jailshim.verify.network import WaitTarget
+
+__all__ = ["ADAPTER", "DEFAULT_CONFIG", "options"]
+
+DEFAULT_CONFIG = "/etc/nsd/nsd.conf"  # nsd -h: "instead of /etc/nsd/nsd.conf"
+_WITH_ARG = set("acfiIlNnPpsutXV")  # nsd 4.6 getopt: "4a:c:df:hi:I:l:N:n:P:p:s:u:t:X:V:v"
+_ASKED = ("chroot", "username", "logfile", "ip-address")
+
+
+def options(argv: Sequence[str], with_arg: set[str]) -> dict[str, list[str]]:
+    """Each option letter's values in getopt order (-cFILE, -dc FILE); flags get ''."""
+    found: dict[str, list[str]] = {}
+    i = 1
+    while i < len(argv):
+        word = argv[i]
+        if word == "--" or not word.startswith("-") or word == "-":
+            break
+        for j in range(1, len(word)):
+            letter = word[j]
+            if letter in with_arg:
+                value = word[j + 1 :]
+                if not value:
+                    i += 1
+                    value = argv[i] if i < len(argv) else ""
+                found.setdefault(letter, []).append(value)
+                break
+            found.setdefault(letter, []).append("")
+        i += 1
+    return found
+
+
+def _checkconf(argv: Sequence[str]) -> str:
+    """nsd-checkconf beside the nsd that will run, else the one on PATH."""
+    beside = os.path.join(os.path.dirname(argv[0]), "nsd-checkconf")
+    if os.path.dirname(argv[0]) and os.access(beside, os.X_OK):
+        return beside
+    return "nsd-checkconf"
+
+
+def _rejected(tool: str, file: str, code: int, output: str) -> ConfigError:
+    lines = list(dict.fromkeys(ln.strip() for ln in output.splitlines() if ln.strip()))
+    words = " | ".join(lines[-4:]) or f"exit status {code}"
+    return ConfigError(
+        f"nsd rejected its configuration ({os.path.basename(tool)} {file}, exit {code}): {words}",
+        nsd_output=lines[-20:],
+    )
+
+
+def _run(argv: list[str]) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, close_fds=True
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"`{argv[0]}` could not run ({exc.strerror}); install nsd's tools (Debian package "
+            "nsd) or pass --chroot and --user."
+        ) from None
+
+
+def _finish(proc: subprocess.Popen[str], what: str) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise ConfigError(f"`{what}` did not finish in 60 s; check nsd's tools.") from None
+    return proc.returncode, out, err
+
+
+class _Nsd(Adapter):
+    """nsd: chroot and username from nsd-checkconf -o (nsd's -t/-u win); it is the checker."""
+
+    name = "nsd"
+
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+        tool, opts = _checkconf(argv), options(argv, _WITH_ARG)
+        file = opts.get("c", [DEFAULT_CONFIG])[-1]
+        procs = {opt: _run([tool, "-o", opt, file]) for opt in _ASKED}
+        values: dict[str, list[str]] = {}
+        failed: tuple[int, str] | None = None
+        for opt, proc in procs.items():
+            code, out, err = _finish(proc, f"{tool} -o {opt}")
+            if code != 0 and failed is None:
+                failed = (code, out + err)
+            values[opt] = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        if failed is not None:
+            raise _rejected(tool, file, *failed)
+
+        def one(opt: str, letter: str) -> str | None:
+            if letter in opts:  # nsd's command line wins over its config
+                return opts[letter][-1]
+            return values[opt][-1] if values[opt] else None
+
+        chroot, user = one("chroot", "t"), one("username", "u")
+        logfile = one("logfile", "l")
+        addresses = opts.get("a") or values["ip-address"]
+        targets, notes = _targets(addresses, file)
+        read = [("tool", tool)]
+        read += [(f"argv_{k}", opts[k][-1]) for k in ("t", "u") if k in opts]
+        if logfile:
+            read.append(("logfile", logfile))
+        return DaemonConfig(
+            files=(file,),
+            jail=(chroot.rstrip("/") or "/") if chroot else None,  # nsd-checkconf adds a /
+            user=user or None,
+            log_sockets=() if logfile else ("/dev/log",),
+            targets=targets,
+            notes=notes,
+            read=tuple(read),
+        )
+
+    def check_config(self, argv: Sequence[str]) -> None:
+        tool = _checkconf(argv)
+        file = options(argv, _WITH_ARG).get("c", [DEFAULT_CONFIG])[-1]
+        code, out, err = _finish(_run([tool, file]), tool)
+        if code != 0:
+            raise _rejected(tool, file, code, out + err)
+
+    def config_argv(self, command: str, path: str) -> list[str]:
+        return [command, "-c", path]
+
+
+def _targets(
+    addresses: Sequence[str], where: str
+) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
+    """The IPs of `ip-address:` lines or -a (ADDR or ADDR@PORT) to wait for."""
+    import ipaddress
+
+    from jailshim.verify.network import WaitTarget
+
+    targets: dict[str, WaitTarget] = {}
+    notes: list[str] = []
+    for raw in addresses:
+        host = raw.split()[0].rsplit("@", 1)[0] if raw.split() else raw
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            notes.append(f"{where}: ip-address {raw} is not an IP literal; not waited for")
+            continue
+        if not address.is_unspecified:
+            targets.setdefault(str(address), WaitTarget(str(address), f"{where}: ip-address {raw}"))
+    return tuple(targets.values()), tuple(notes)
+
+
+ADAPTER = _Nsd()

@@ -1,0 +1,147 @@
+"""`jailshim run -- nsd`: Debian's nsd, its jail and user read through nsd-checkconf."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.daemons import descendants, free_port, status_field, stop
+from tests.support import NSRUN, jailshim_argv, need, run, spawn
+
+ANSWER = "192.0.2.54"
+
+
+@pytest.fixture
+def nsd_bin(root: None) -> str:
+    """Debian's nsd, its nsd-checkconf, its `nsd` user, and kdig to ask it."""
+    path = shutil.which("nsd")
+    need(path is not None, "needs nsd (Debian package nsd)")
+    need(shutil.which("nsd-checkconf") is not None, "needs nsd-checkconf")
+    need(shutil.which("kdig") is not None, "needs kdig (Debian package knot-dnsutils)")
+    try:
+        pwd.getpwnam("nsd")
+    except KeyError:
+        need(False, "needs the user nsd (Debian package nsd creates it)")
+    assert path is not None
+    return path
+
+
+def write_nsd_config(jail: Path, port: int, extra: str = "") -> Path:
+    """A config chrooted at ``jail`` serving zone jailshim.test on 127.0.0.1:``port``; what
+    nsd writes (xfrd state, zone list) goes to jail/var, owned by nsd."""
+    var = jail / "var"
+    var.mkdir()
+    nsd = pwd.getpwnam("nsd")
+    os.chown(var, nsd.pw_uid, nsd.pw_gid)
+    (jail / "jailshim.test.zone").write_text(
+        "$ORIGIN jailshim.test.\n$TTL 60\n@ IN SOA ns hostmaster 1 3600 600 86400 60\n"
+        f"@ IN NS ns\nns IN A 127.0.0.1\nanswer IN A {ANSWER}\n"
+    )
+    config = jail / "nsd.conf"
+    config.write_text(
+        "server:\n"
+        f'    chroot: "{jail}"\n'
+        '    username: "nsd"\n'
+        f"    ip-address: 127.0.0.1@{port}\n"
+        "    do-ip6: no\n"
+        f'    zonesdir: "{jail}"\n'
+        '    database: ""\n'
+        '    pidfile: ""\n'
+        f'    xfrdfile: "{var}/xfrd.state"\n'
+        f'    zonelistfile: "{var}/zone.list"\n'
+        f'    xfrdir: "{var}"\n'
+        "    server-count: 1\n"
+        f"{extra}"
+        "remote-control:\n"
+        "    control-enable: no\n"
+        "zone:\n"
+        '    name: "jailshim.test"\n'
+        '    zonefile: "jailshim.test.zone"\n'
+    )
+    return config
+
+
+def ask(port: int) -> str:
+    """kdig's short answer for answer.jailshim.test A from 127.0.0.1:``port``."""
+    query = ["+short", "+time=1", "+retry=0", "answer.jailshim.test", "A"]
+    proc = subprocess.run(
+        ["kdig", "@127.0.0.1", "-p", str(port), *query],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return proc.stdout.strip()
+
+
+def wait_for_answer(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"jailshim/nsd exited {proc.returncode}:\n{err}\n{out}")
+        if ask(port) == ANSWER:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"nsd did not answer on 127.0.0.1:{port} within {timeout}s")
+
+
+def nsd_servers(proc: subprocess.Popen[str]) -> list[int]:
+    """nsd's children (xfrd and the server): they are the ones that chroot and drop to nsd."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = []
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            try:
+                exe = Path(f"/proc/{pid}/exe").resolve().name
+                if exe == "nsd" and status_field(pid, "Uid").split()[0] != "0":
+                    found.append(pid)
+            except OSError:  # gone meanwhile
+                continue
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("no nsd process running as nsd")
+
+
+@pytest.mark.parametrize("where", ["plain", "userns"])
+def test_nsd_answers_from_the_jail_its_config_names(area: Path, nsd_bin: str, where: str) -> None:
+    """No --chroot/--user: the jail and user come from nsd-checkconf; kdig gets the zone's
+    answer; nsd's serving processes have the jail as root and run as user nsd."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    port = free_port()
+    config = write_nsd_config(jail, port)
+    wrap = [sys.executable, NSRUN, "--mount", "--"] if where == "userns" else []
+    proc = spawn([*wrap, *jailshim_argv("run", "--", nsd_bin, "-d", "-c", str(config))])
+    try:
+        wait_for_answer(port, proc)
+        uid = str(pwd.getpwnam("nsd").pw_uid)
+        for pid in nsd_servers(proc):
+            assert os.readlink(f"/proc/{pid}/root") == str(jail)
+            assert status_field(pid, "Uid").split() == [uid] * 4
+    finally:
+        _, stderr = stop(proc)
+    assert "Traceback" not in stderr
+    read = [line for line in stderr.splitlines() if '"nsd.config"' in line]
+    assert read and f'"chroot": "{jail}"' in read[0] and '"user": "nsd"' in read[0], stderr
+
+
+def test_broken_config_exits_78_with_nsd_checkconfs_words(area: Path, nsd_bin: str) -> None:
+    """nsd-checkconf rejects the config: exit 78 with its words; nothing prepared, no nsd."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_nsd_config(jail, free_port(), extra="    bogus-option: yes\n")
+    result = run("run", "--", nsd_bin, "-d", "-c", str(config))
+    assert result.code == 78, result.stderr
+    assert "bogus-option" in result.error and f"{config}" in result.error
+    assert not (jail / "dev").exists()
+    leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
+    assert leftover.stdout == b""
