@@ -128,7 +128,7 @@ _OPTIONS = (
     _Opt(
         "--daemon",
         "read COMMAND's config with this daemon's adapter (default: COMMAND's name): "
-        "haproxy nsd unbound",
+        "haproxy nsd stunnel unbound",
         (RUN,),
         "NAME",
     ),

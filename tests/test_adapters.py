@@ -32,6 +32,8 @@ def test_every_adapter_module_has_its_adapter() -> None:
     """Each registered module loads and its ADAPTER answers to the name it is registered under."""
     for name in daemons.ADAPTERS:
         assert daemons.load(name).name == name
+    for alias, name in daemons.ALIASES.items():
+        assert name in daemons.ADAPTERS and alias not in daemons.ADAPTERS
 
 
 def test_a_daemon_without_an_adapter_imports_none(jail: Path) -> None:
@@ -46,7 +48,7 @@ def test_an_unknown_daemon_is_a_usage_error() -> None:
     flag = run("run", "--daemon", "nosuchd", "--", "true")
     assert flag.code == 64
     assert flag.error.startswith("--daemon 'nosuchd' is not a daemon")
-    assert "haproxy, nsd, unbound" in flag.error
+    assert "haproxy, nsd, stunnel, unbound" in flag.error
     variable = run("run", "--", "true", env=clean_env(JAILSHIM_DAEMON="nosuchd"))
     assert variable.code == 64
     assert variable.error.startswith("JAILSHIM_DAEMON='nosuchd' is not a daemon")

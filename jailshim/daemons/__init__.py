@@ -25,8 +25,11 @@ __all__ = ["ADAPTERS", "Adapter", "DaemonConfig", "choose", "load"]
 ADAPTERS = {
     "haproxy": "jailshim.daemons.haproxy",
     "nsd": "jailshim.daemons.nsd",
+    "stunnel": "jailshim.daemons.stunnel",
     "unbound": "jailshim.daemons.unbound",
 }
+# other names the same daemon is installed under (Debian: /usr/bin/stunnel4)
+ALIASES = {"stunnel4": "stunnel"}
 # a run option that names a daemon's configuration file -> that daemon
 _CONFIG_OPTIONS = {"haproxy_config": "haproxy"}
 
@@ -94,6 +97,7 @@ def choose(
             f"{origin(args, 'daemon')} says COMMAND is {forced}; give one of them."
         )
     basename = os.path.basename(argv[0])
+    basename = ALIASES.get(basename, basename)
     name = forced or (by_option[0][1] if by_option else None)
     if name is None:
         name = basename if basename in ADAPTERS else None

@@ -1,0 +1,129 @@
+"""stunnel: `chroot =`, `setuid =`, `setgid =` from its config's global section.
+
+stunnel has no config checker, so its file is read here as stunnel reads it (options.c): one
+`option = value` per line, blanks around both trimmed, option names case-insensitive; `;` and
+`#` start comment lines; `[name]` starts a service, ending the global section. A line that is
+none of these is stunnel's "Invalid line" and ours: exit 78 with file:line. The file is
+stunnel's first argument (default /etc/stunnel/stunnel.conf); `-fd N` is passed over.
+stunnel logs to syslog (/dev/log) unless `syslog = no`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from jailshim.daemons import Adapter, DaemonConfig
+from jailshim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jailshim.verify.network import WaitTarget
+
+__all__ = ["ADAPTER", "DEFAULT_CONFIG", "parse"]
+
+DEFAULT_CONFIG = "/etc/stunnel/stunnel.conf"
+
+
+def parse(path: str, text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The global section's options (last one wins, names lower-cased) and every service's
+    `accept` with its file:line; a line stunnel would refuse is a ConfigError with file:line."""
+    options: dict[str, str] = {}
+    accepts: list[tuple[str, str]] = []
+    in_global = True
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in ";#":
+            continue
+        where = f"{path}:{number}"
+        if line.startswith("["):
+            if not line.endswith("]"):
+                raise ConfigError(f"stunnel configuration {where}: invalid service name {line!r}.")
+            in_global = False
+            continue
+        if "=" not in line:
+            raise ConfigError(
+                f"stunnel configuration {where}: invalid line {line!r} (stunnel wants "
+                "`option = value`)."
+            )
+        name, value = (part.strip() for part in line.split("=", 1))
+        if in_global:
+            options[name.lower()] = value
+        elif name.lower() == "accept":
+            accepts.append((value, where))
+    return options, accepts
+
+
+def config_file(argv: Sequence[str]) -> str | None:
+    """stunnel's configuration file: its first argument unless an option; None: -fd N."""
+    if len(argv) < 2:
+        return DEFAULT_CONFIG
+    if argv[1] == "-fd":
+        return None
+    return argv[1] if not argv[1].startswith("-") else DEFAULT_CONFIG
+
+
+class _Stunnel(Adapter):
+    """stunnel: its global section's chroot, setuid, setgid; its own parse errors, 78."""
+
+    name = "stunnel"
+
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+        path = config_file(argv)
+        if path is None:
+            raise ConfigError(
+                "stunnel reads its configuration from a file descriptor (-fd), which jailshim "
+                "cannot read ahead; give stunnel a configuration file."
+            )
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"stunnel's configuration {path} cannot be read ({exc.strerror}); give its "
+                "file as stunnel's first argument."
+            ) from None
+        options, accepts = parse(path, text)
+        notes = []
+        if "include" in options:
+            notes.append(f"{path}: include = {options['include']} is not read; flags win")
+        targets, more = _targets(accepts)
+        syslog = options.get("syslog", "yes").lower() != "no"
+        return DaemonConfig(
+            files=(path,),
+            jail=(options.get("chroot", "").rstrip("/") or "/") if options.get("chroot") else None,
+            user=options.get("setuid") or None,
+            group=options.get("setgid") or None,
+            log_sockets=("/dev/log",) if syslog else (),
+            targets=targets,
+            notes=(*notes, *more),
+        )
+
+    def config_argv(self, command: str, path: str) -> list[str]:
+        return [command, path]
+
+
+def _targets(
+    accepts: Sequence[tuple[str, str]],
+) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
+    """The IPs of `accept = HOST:PORT` lines to wait for (a bare port binds every address)."""
+    import ipaddress
+
+    from jailshim.verify.network import WaitTarget
+
+    targets: dict[str, WaitTarget] = {}
+    notes: list[str] = []
+    for value, where in accepts:
+        if ":" not in value:
+            continue  # a port alone: every address
+        host = value.rsplit(":", 1)[0].strip("[]")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            notes.append(f"{where}: accept = {value} is not an IP literal; not waited for")
+            continue
+        if not address.is_unspecified:
+            targets.setdefault(str(address), WaitTarget(str(address), f"{where}: accept"))
+    return tuple(targets.values()), tuple(notes)
+
+
+ADAPTER = _Stunnel()

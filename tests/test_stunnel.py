@@ -1,0 +1,120 @@
+"""`jailshim run -- stunnel4 FILE`: Debian's stunnel, its jail and user from its global section."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemons import (
+    EchoServer,
+    children,
+    echo_server,
+    free_port,
+    make_certificate,
+    status_field,
+    stop,
+    tls_echo,
+    wait_for_tls,
+)
+from tests.support import NSRUN, jailshim_argv, need, run, spawn
+
+
+@pytest.fixture
+def stunnel_bin(root: None) -> str:
+    """Debian's stunnel4 and its `stunnel4` user."""
+    path = shutil.which("stunnel4")
+    need(path is not None, "needs stunnel4 (Debian package stunnel4)")
+    try:
+        pwd.getpwnam("stunnel4")
+    except KeyError:
+        need(False, "needs the user stunnel4 (Debian package stunnel4 creates it)")
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def backend() -> Iterator[EchoServer]:
+    with echo_server() as server:
+        yield server
+
+
+def write_stunnel_config(area: Path, jail: Path, port: int, backend: int, extra: str = "") -> Path:
+    """TLS on 127.0.0.1:``port`` to a plain echo backend; chroot and identity in `global`."""
+    pem = make_certificate(area)
+    config = area / "stunnel.conf"
+    config.write_text(
+        "; global section\n"
+        f"chroot = {jail}\n"
+        "setuid = stunnel4\n"
+        "setgid = stunnel4\n"
+        "foreground = yes\n"
+        "syslog = no\n"
+        "pid =\n"
+        f"{extra}"
+        "[tls]\n"
+        f"accept = 127.0.0.1:{port}\n"
+        f"connect = 127.0.0.1:{backend}\n"
+        f"cert = {pem}\n"
+    )
+    return config
+
+
+def stunnel_pid(proc: subprocess.Popen[str], wrapped: bool) -> int:
+    """The stunnel process: the Popen itself (jailshim exec'd into it) or nsrun's child."""
+    if not wrapped:
+        return proc.pid
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for child in children(proc.pid):
+            if Path(f"/proc/{child}/exe").resolve().name == "stunnel4":
+                return child
+        time.sleep(0.05)
+    raise AssertionError("no stunnel under nsrun")
+
+
+@pytest.mark.parametrize("where", ["plain", "userns"])
+def test_stunnel_serves_tls_from_the_jail_its_config_names(
+    area: Path, stunnel_bin: str, backend: EchoServer, where: str
+) -> None:
+    """No --chroot/--user: chroot, setuid, setgid from stunnel's global section; a TLS client
+    gets its bytes echoed through stunnel; stunnel's root is the jail, its uid stunnel4."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    port = free_port()
+    config = write_stunnel_config(area, jail, port, backend.port)
+    wrap = [sys.executable, NSRUN, "--mount", "--"] if where == "userns" else []
+    proc = spawn([*wrap, *jailshim_argv("run", "--", stunnel_bin, str(config))])
+    try:
+        wait_for_tls(port, proc)
+        _, echoed = tls_echo(port, b"through stunnel")
+        assert echoed == b"through stunnel"
+        pid = stunnel_pid(proc, bool(wrap))
+        assert os.readlink(f"/proc/{pid}/root") == str(jail)
+        uid = str(pwd.getpwnam("stunnel4").pw_uid)
+        assert status_field(pid, "Uid").split() == [uid] * 4
+    finally:
+        _, stderr = stop(proc)
+    assert "Traceback" not in stderr
+    read = [line for line in stderr.splitlines() if '"stunnel.config"' in line]
+    assert read and f'"chroot": "{jail}"' in read[0] and '"user": "stunnel4"' in read[0], stderr
+
+
+def test_broken_config_exits_78_with_file_and_line(area: Path, stunnel_bin: str) -> None:
+    """A line stunnel would refuse: exit 78 naming file:line; nothing prepared, no stunnel."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_stunnel_config(area, jail, free_port(), 9, extra="bogus line\n")
+    result = run("run", "--", stunnel_bin, str(config))
+    assert result.code == 78, result.stderr
+    assert f"{config}:8" in result.error and "invalid line 'bogus line'" in result.error
+    assert not (jail / "dev").exists()
+    leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
+    assert leftover.stdout == b""
