@@ -168,7 +168,7 @@ _OPTIONS = (
     ),
     _Opt(
         "--no-config-check",
-        "skip the daemon's own config check (haproxy -c)",
+        "skip the daemon's own config check (haproxy -c, unbound-checkconf, nsd-checkconf)",
         (RUN,),
         switch=True,
     ),
