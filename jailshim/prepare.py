@@ -228,6 +228,7 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
             log.info("plan", dry_run=True, changes=plan.changes_anything or bool(unfinished))
             if refused:
                 raise NotPermitted(refused)
+            prepared.first_new = len(prepared.journal.records)  # a rollback takes back nothing
             yield prepared
             return
         prepared.first_new = len(prepared.journal.records)

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
     overrides: dict[str, Any] = {}
     # the registry is a table of names: only a daemon with an adapter imports one
     chosen = daemons.choose(args, argv, binary)
-    config = adapter = None
+    config = adapter = pending = None
     if chosen is not None:
         adapter, daemon_argv = chosen
         config = adapter.read(daemon_argv, os.environ)
@@ -119,8 +119,12 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "targets": config.targets,
         }
         if not args.no_config_check:
-            adapter.check_config(daemon_argv)
+            # runs while the jail is prepared; its verdict is awaited before hand-over, and a
+            # rejection takes the prepare back (the jail is left as it was, no daemon starts)
+            pending = adapter.start_check(daemon_argv)
     if args.chroot is None and overrides.get("chroot") is None:
+        if pending is not None:
+            pending.finish()
         logger.warning(
             "no_jail",
             detail="no --chroot and no chroot in the daemon's config: nothing to prepare",
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
                 )
             )
         log.bind_context(chroot=spec.chroot)
-        prepare_and_verify(spec, logger, then_exec=True)
+        prepare_and_verify(spec, logger, then_exec=True, config_check=pending)
     if args.dry_run:
         return 0
     if args.init:

@@ -23,7 +23,7 @@ from tests.daemons import (
     wait_for_tls,
     write_haproxy_config,
 )
-from tests.support import NSRUN, clean_env, jailshim_argv, run, spawn
+from tests.support import NSRUN, clean_env, jailshim_argv, mounts_below, run, snapshot, spawn
 
 
 @pytest.fixture
@@ -80,17 +80,30 @@ def test_haproxy_serves_tls13_from_a_prepared_jail(
     assert "Traceback" not in stderr
 
 
-def test_broken_config_exits_78_and_haproxy_never_starts(area: Path, haproxy_bin: str) -> None:
-    """haproxy -c rejects the config: exit 78 with haproxy's own words; nothing prepared."""
+@pytest.mark.parametrize("jail_kind", ["plain", "nodev", "already prepared, dry run"])
+def test_broken_config_exits_78_and_haproxy_never_starts(
+    area: Path, haproxy_bin: str, jail_kind: str
+) -> None:
+    """haproxy -c (run while the jail is prepared) rejects the config: exit 78 with haproxy's
+    own words; the jail is as it was (the prepare taken back), no haproxy -c left running."""
     jail = area / "jail"
     jail.mkdir(mode=0o755)
+    if jail_kind == "nodev":
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "nodev,mode=0755", "tmpfs", str(jail)], check=True
+        )
+    extra = []
+    if jail_kind.startswith("already"):
+        assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
+        extra = ["--dry-run"]
+    before, mounts = snapshot(jail), mounts_below(jail)
     config = area / "broken.cfg"
     config.write_text(f"global\n    chroot {jail}\nfrontend f\n    bind 127.0.0.1:1\n    bogus 1\n")
-    result = run("run", "--", haproxy_bin, "-f", str(config), "-db")
+    result = run("run", *extra, "--", haproxy_bin, "-f", str(config), "-db")
     assert result.code == 78
     assert "unknown keyword 'bogus'" in result.error
     assert f"{config}:5" in result.error
-    assert not (jail / "dev").exists()
+    assert snapshot(jail) == before and mounts_below(jail) == mounts
     leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
     assert leftover.stdout == b""
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from jailshim.spec import Identity
     from jailshim.verify.network import WaitTarget
 
-__all__ = ["ADAPTERS", "Adapter", "DaemonConfig", "choose", "load"]
+__all__ = ["ADAPTERS", "Adapter", "DaemonConfig", "PendingCheck", "choose", "load"]
 
 # daemon name (COMMAND's basename, or --daemon NAME) -> the module that holds its adapter
 ADAPTERS = {
@@ -48,6 +48,18 @@ class DaemonConfig(NamedTuple):
     notify: bool = False  # it sends READY=1 to $NOTIFY_SOCKET from inside its jail
 
 
+class PendingCheck:
+    """A daemon's config checker, maybe still running while the jail is prepared (`haproxy -c`
+    loads certificates: ~30 ms that need not wait). ``finish`` waits for it and raises its
+    rejection; ``cancel`` stops it when the run fails first."""
+
+    def finish(self) -> None:
+        """Wait for the verdict; a rejection raises ConfigError."""
+
+    def cancel(self) -> None:
+        """Stop the checker (by PID) and reap it."""
+
+
 class Adapter:
     """One daemon: recognised by ``name``; reads its config; runs its own checker."""
 
@@ -59,6 +71,12 @@ class Adapter:
 
     def check_config(self, argv: Sequence[str]) -> None:
         """The daemon's own checker; a rejection raises ConfigError with its words."""
+
+    def start_check(self, argv: Sequence[str]) -> PendingCheck:
+        """Start the checker; ``finish()`` on the result gives its verdict. By default it runs
+        to the end here; an adapter whose checker is slow starts it in the background."""
+        self.check_config(argv)
+        return PendingCheck()
 
     def config_argv(self, command: str, path: str) -> list[str]:
         """The command line that reads configuration file ``path`` (--NAME-config FILE)."""

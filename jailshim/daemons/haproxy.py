@@ -20,7 +20,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from jailshim.daemons import Adapter, DaemonConfig
+from jailshim.daemons import Adapter, DaemonConfig, PendingCheck
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -815,28 +815,83 @@ def identity_as_set(identity: Identity, *, group_given: bool) -> Identity:
     return identity._replace(gid=os.getgid(), groups=tuple(sorted(set(os.getgroups()))))
 
 
+def _check_argv(binary: str, files: tuple[str, ...]) -> list[str]:
+    argv = [binary, "-c"]
+    for f in files:
+        argv += ["-f", f]
+    return argv
+
+
+def _judge(returncode: int, output: str) -> None:
+    """haproxy -c's verdict: a rejection is a config error with haproxy's words."""
+    if returncode == 0:
+        return
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    alerts = [ln.split(":", 1)[1].strip() if ":" in ln else ln for ln in lines if "[ALERT]" in ln]
+    said = " | ".join(alerts) or (lines[-1] if lines else f"exit status {returncode}")
+    raise ConfigError(
+        f"haproxy rejected its configuration (haproxy -c, exit {returncode}): {said}",
+        haproxy_output=lines[-20:],
+    )
+
+
+def _could_not_run(exc: Exception) -> ConfigError:
+    return ConfigError(f"`haproxy -c` could not run ({exc}); check the haproxy binary.")
+
+
 def haproxy_check(binary: str, files: tuple[str, ...]) -> None:
     """Run `haproxy -c` on the same files; a rejection is a config error with haproxy's words."""
     import subprocess
 
-    argv = [binary, "-c"]
-    for f in files:
-        argv += ["-f", f]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            _check_argv(binary, files), capture_output=True, text=True, timeout=60, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(
-            f"`haproxy -c` could not run ({exc}); check the haproxy binary."
-        ) from None
-    if proc.returncode == 0:
-        return
-    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    alerts = [ln.split(":", 1)[1].strip() if ":" in ln else ln for ln in lines if "[ALERT]" in ln]
-    said = " | ".join(alerts) or (lines[-1] if lines else f"exit status {proc.returncode}")
-    raise ConfigError(
-        f"haproxy rejected its configuration (haproxy -c, exit {proc.returncode}): {said}",
-        haproxy_output=lines[-20:],
-    )
+        raise _could_not_run(exc) from None
+    _judge(proc.returncode, proc.stdout + proc.stderr)
+
+
+class _RunningCheck(PendingCheck):
+    """`haproxy -c` started in the background: it runs while the jail is prepared."""
+
+    def __init__(self, binary: str, files: tuple[str, ...]) -> None:
+        import subprocess
+
+        self.proc: subprocess.Popen[str] | None = None
+        self.error: ConfigError | None = None
+        try:
+            self.proc = subprocess.Popen(
+                _check_argv(binary, files),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        except OSError as exc:
+            self.error = _could_not_run(exc)
+
+    def finish(self) -> None:
+        import subprocess
+
+        if self.error is not None:
+            raise self.error
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
+            raise _could_not_run(exc) from None
+        _judge(proc.returncode, output)
+
+    def cancel(self) -> None:
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            proc.kill()
+            proc.communicate()
 
 
 class _Haproxy(Adapter):
@@ -862,6 +917,9 @@ class _Haproxy(Adapter):
 
     def check_config(self, argv: Sequence[str]) -> None:
         haproxy_check(argv[0], tuple(config_files(argv)))
+
+    def start_check(self, argv: Sequence[str]) -> PendingCheck:
+        return _RunningCheck(argv[0], tuple(config_files(argv)))
 
     def config_argv(self, command: str, path: str) -> list[str]:
         return [command, "-f", path]
