@@ -8,11 +8,10 @@ else /etc/nsd/nsd.conf); nsd's own `-t DIR` and `-u USER` override the file, as 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from jailshim.daemons import Adapter, DaemonConfig
+from jailshim.daemons import Adapter, DaemonConfig, checkconf
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -64,28 +63,6 @@ def _rejected(tool: str, file: str, code: int, output: str) -> ConfigError:
     )
 
 
-def _run(argv: list[str]) -> subprocess.Popen[str]:
-    try:
-        return subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, close_fds=True
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"`{argv[0]}` could not run ({exc.strerror}); install nsd's tools (Debian package "
-            "nsd) or pass --chroot and --user."
-        ) from None
-
-
-def _finish(proc: subprocess.Popen[str], what: str) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise ConfigError(f"`{what}` did not finish in 60 s; check nsd's tools.") from None
-    return proc.returncode, out, err
-
-
 class _Nsd(Adapter):
     """nsd: chroot and username from nsd-checkconf -o (nsd's -t/-u win); it is the checker."""
 
@@ -94,14 +71,7 @@ class _Nsd(Adapter):
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
         tool, opts = _checkconf(argv), options(argv, _WITH_ARG)
         file = opts.get("c", [DEFAULT_CONFIG])[-1]
-        procs = {opt: _run([tool, "-o", opt, file]) for opt in _ASKED}
-        values: dict[str, list[str]] = {}
-        failed: tuple[int, str] | None = None
-        for opt, proc in procs.items():
-            code, out, err = _finish(proc, f"{tool} -o {opt}")
-            if code != 0 and failed is None:
-                failed = (code, out + err)
-            values[opt] = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        values, failed = checkconf.ask(tool, _ASKED, [file], "nsd")
         if failed is not None:
             raise _rejected(tool, file, *failed)
 
@@ -131,9 +101,9 @@ class _Nsd(Adapter):
     def check_config(self, argv: Sequence[str]) -> None:
         tool = _checkconf(argv)
         file = options(argv, _WITH_ARG).get("c", [DEFAULT_CONFIG])[-1]
-        code, out, err = _finish(_run([tool, file]), tool)
+        code, output = checkconf.run([tool, file], "nsd")
         if code != 0:
-            raise _rejected(tool, file, code, out + err)
+            raise _rejected(tool, file, code, output)
 
     def config_argv(self, command: str, path: str) -> list[str]:
         return [command, "-c", path]

@@ -10,11 +10,10 @@ $NOTIFY_SOCKET after, so both must be reachable inside the jail.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from jailshim.daemons import Adapter, DaemonConfig
+from jailshim.daemons import Adapter, DaemonConfig, checkconf
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -66,18 +65,6 @@ def _rejected(tool: str, file: str | None, code: int, output: str) -> ConfigErro
     )
 
 
-def _run(argv: list[str]) -> subprocess.Popen[str]:
-    try:
-        return subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, close_fds=True
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"`{argv[0]}` could not run ({exc.strerror}); install unbound's tools (Debian "
-            "package unbound) or pass --chroot and --user."
-        ) from None
-
-
 class _Unbound(Adapter):
     """unbound: chroot, username and directory from unbound-checkconf -o; it is the checker."""
 
@@ -86,21 +73,7 @@ class _Unbound(Adapter):
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
         tool, file = _checkconf(argv), config_file(argv)
         tail = [file] if file is not None else []
-        procs = {opt: _run([tool, "-o", opt, *tail]) for opt in _ASKED}
-        values: dict[str, list[str]] = {}
-        failed: tuple[int, str] | None = None
-        for opt, proc in procs.items():
-            try:
-                out, err = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-                raise ConfigError(
-                    f"`{tool} -o {opt}` did not finish in 60 s; check unbound's tools."
-                ) from None
-            if proc.returncode != 0 and failed is None:
-                failed = (proc.returncode, out + err)
-            values[opt] = [ln.strip() for ln in out.splitlines() if ln.strip()]
+        values, failed = checkconf.ask(tool, _ASKED, tail, "unbound")
         if failed is not None:
             raise _rejected(tool, file, *failed)
 
@@ -126,15 +99,9 @@ class _Unbound(Adapter):
 
     def check_config(self, argv: Sequence[str]) -> None:
         tool, file = _checkconf(argv), config_file(argv)
-        proc = _run([tool, *([file] if file is not None else [])])
-        try:
-            out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise ConfigError(f"`{tool}` did not finish in 60 s; check unbound's tools.") from None
-        if proc.returncode != 0:
-            raise _rejected(tool, file, proc.returncode, out + err)
+        code, output = checkconf.run([tool, *([file] if file is not None else [])], "unbound")
+        if code != 0:
+            raise _rejected(tool, file, code, output)
 
     def config_argv(self, command: str, path: str) -> list[str]:
         return [command, "-c", path]

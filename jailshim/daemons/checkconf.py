@@ -1,0 +1,55 @@
+"""Run a daemon's own config tool: `TOOL -o OPTION FILE` prints one option's value as the daemon
+reads it (unbound-checkconf, nsd-checkconf), and `TOOL FILE` is its checker."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from jailshim.errors import ConfigError
+
+__all__ = ["ask", "run"]
+
+
+def _start(argv: list[str], package: str) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, close_fds=True
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"`{argv[0]}` could not run ({exc.strerror}); install {package}'s tools (Debian "
+            f"package {package}) or pass --chroot and --user."
+        ) from None
+
+
+def _finish(proc: subprocess.Popen[str], what: str, package: str) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise ConfigError(f"`{what}` did not finish in 60 s; check {package}'s tools.") from None
+    return proc.returncode, out, err
+
+
+def run(argv: list[str], package: str) -> tuple[int, str]:
+    """The checker (``TOOL FILE``): its exit status and everything it printed."""
+    code, out, err = _finish(_start(argv, package), argv[0], package)
+    return code, out + err
+
+
+def ask(
+    tool: str, options: Sequence[str], tail: Sequence[str], package: str
+) -> tuple[dict[str, list[str]], tuple[int, str] | None]:
+    """Each option's value lines (one process per option, all running at once), and the first
+    failure as (exit status, everything it printed), or None."""
+    procs = {opt: _start([tool, "-o", opt, *tail], package) for opt in options}
+    values: dict[str, list[str]] = {}
+    failed: tuple[int, str] | None = None
+    for opt, proc in procs.items():
+        code, out, err = _finish(proc, f"{tool} -o {opt}", package)
+        if code != 0 and failed is None:
+            failed = (code, out + err)
+        values[opt] = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    return values, failed
