@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from jailshim.errors import ConfigError
 
-__all__ = ["ask", "run"]
+if TYPE_CHECKING:
+    from jailshim.verify.network import WaitTarget
+
+__all__ = ["ask", "ip_targets", "run"]
 
 
 def _start(argv: list[str], package: str) -> subprocess.Popen[str]:
@@ -53,3 +57,27 @@ def ask(
             failed = (code, out + err)
         values[opt] = [ln.strip() for ln in out.splitlines() if ln.strip()]
     return values, failed
+
+
+def ip_targets(
+    lines: Sequence[str], where: str, keyword: str
+) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
+    """The IPs of `KEYWORD: ADDR[@PORT]` values to wait for, and notes for those that are not
+    IP literals (names are not waited for); 0.0.0.0 and :: bind wherever, so need no wait."""
+    import ipaddress
+
+    from jailshim.verify.network import WaitTarget
+
+    targets: dict[str, WaitTarget] = {}
+    notes: list[str] = []
+    for raw in lines:
+        host = raw.split()[0].rsplit("@", 1)[0] if raw.split() else raw
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            notes.append(f"{where}: {keyword} {raw} is not an IP literal; not waited for")
+            continue
+        ip = str(address)
+        if not address.is_unspecified:
+            targets.setdefault(ip, WaitTarget(ip, f"{where}: {keyword} {raw}"))
+    return tuple(targets.values()), tuple(notes)

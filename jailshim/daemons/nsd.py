@@ -15,7 +15,7 @@ from jailshim.daemons import Adapter, DaemonConfig, checkconf
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
-    from jailshim.verify.network import WaitTarget
+    pass
 
 __all__ = ["ADAPTER", "DEFAULT_CONFIG", "options"]
 
@@ -83,7 +83,7 @@ class _Nsd(Adapter):
         chroot, user = one("chroot", "t"), one("username", "u")
         logfile = one("logfile", "l")
         addresses = opts.get("a") or values["ip-address"]
-        targets, notes = _targets(addresses, file)
+        targets, notes = checkconf.ip_targets(addresses, file, "ip-address")
         read = [("tool", tool)]
         read += [(f"argv_{k}", opts[k][-1]) for k in ("t", "u") if k in opts]
         if logfile:
@@ -107,28 +107,6 @@ class _Nsd(Adapter):
 
     def config_argv(self, command: str, path: str) -> list[str]:
         return [command, "-c", path]
-
-
-def _targets(
-    addresses: Sequence[str], where: str
-) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
-    """The IPs of `ip-address:` lines or -a (ADDR or ADDR@PORT) to wait for."""
-    import ipaddress
-
-    from jailshim.verify.network import WaitTarget
-
-    targets: dict[str, WaitTarget] = {}
-    notes: list[str] = []
-    for raw in addresses:
-        host = raw.split()[0].rsplit("@", 1)[0] if raw.split() else raw
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            notes.append(f"{where}: ip-address {raw} is not an IP literal; not waited for")
-            continue
-        if not address.is_unspecified:
-            targets.setdefault(str(address), WaitTarget(str(address), f"{where}: ip-address {raw}"))
-    return tuple(targets.values()), tuple(notes)
 
 
 ADAPTER = _Nsd()

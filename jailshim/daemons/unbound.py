@@ -17,7 +17,7 @@ from jailshim.daemons import Adapter, DaemonConfig, checkconf
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
-    from jailshim.verify.network import WaitTarget
+    pass
 
 __all__ = ["ADAPTER", "config_file"]
 
@@ -82,7 +82,9 @@ class _Unbound(Adapter):
 
         chroot, user, directory = one("chroot"), one("username"), one("directory")
         syslog = one("use-syslog") == "yes"
-        targets, notes = _targets(values["interface"], file or "unbound.conf")
+        targets, notes = checkconf.ip_targets(
+            values["interface"], file or "unbound.conf", "interface"
+        )
         read = [("tool", tool), ("directory", directory or "")]
         if syslog:
             read.append(("use_syslog", "yes"))
@@ -105,29 +107,6 @@ class _Unbound(Adapter):
 
     def config_argv(self, command: str, path: str) -> list[str]:
         return [command, "-c", path]
-
-
-def _targets(
-    interfaces: Sequence[str], where: str
-) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
-    """The IPs of `interface:` lines (ADDR or ADDR@PORT) to wait for; names are passed over."""
-    import ipaddress
-
-    from jailshim.verify.network import WaitTarget
-
-    targets: dict[str, WaitTarget] = {}
-    notes: list[str] = []
-    for raw in interfaces:
-        host = raw.rsplit("@", 1)[0] if "@" in raw else raw
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            notes.append(f"{where}: interface {raw} is not an IP literal; not waited for")
-            continue
-        ip = str(address)
-        if not address.is_unspecified:  # 0.0.0.0 and :: bind wherever
-            targets.setdefault(ip, WaitTarget(ip, f"{where}: interface {raw}"))
-    return tuple(targets.values()), tuple(notes)
 
 
 ADAPTER = _Unbound()
