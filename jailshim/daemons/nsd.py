@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from jailshim.daemons import Adapter, DaemonConfig, checkconf
 from jailshim.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["ADAPTER", "DEFAULT_CONFIG", "options"]
 
