@@ -213,8 +213,16 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
             powers,
             sockets=spec.sockets,
             placeholders=placeholders,
+            files=spec.files,
+            copies=frozenset(
+                (f"/{r.path}", r.ino)
+                for r in prepared.journal.records
+                if r.kind is Kind.COPY and r.done
+            ),
         )
-        plan = decide(facts, spec.devices, spec.strategy, repair=spec.repair)
+        plan = decide(
+            facts, spec.devices, spec.strategy, repair=spec.repair, file_mode=spec.file_mode
+        )
         vanish = False if then_exec else mounts_vanish_on_exit()
         refused = mounts_refused(plan, vanish, log)
         if spec.dry_run:
@@ -285,12 +293,14 @@ _MOUNTS_VANISH = (
 def mounts_refused(plan: Plan, vanish: bool | None, log: Any) -> str:
     """Why this plan's mounts cannot serve the daemon ("" when they can, or need none);
     ``vanish`` is namespaces.mounts_vanish_on_exit() (False for `run`)."""
+    from jailshim.files import FileAction
     from jailshim.plan import Action
 
     mounts = (
         plan.mount_tmpfs
         or any(s.action is Action.BIND for s in plan.steps)
         or any(s.action is Action.BIND for s in plan.sockets)
+        or any(f.action is FileAction.BIND for f in plan.files)
     )
     if not mounts:
         return ""
