@@ -39,7 +39,11 @@ class Namespace:
 
     def sh(self, script: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [*self.wrap, "sh", "-c", script], capture_output=True, text=True, timeout=30
+            [*self.wrap, "sh", "-c", script],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert proc.returncode == 0, proc.stderr
         return proc
@@ -170,7 +174,10 @@ def resolver(root: None, area: Path) -> Iterator[tuple[Namespace, Path]]:
         deadline = time.monotonic() + 10
         while True:
             probe = subprocess.run(
-                [*space.wrap, "getent", "hosts", "mail.test."], capture_output=True, text=True
+                [*space.wrap, "getent", "hosts", "mail.test."],
+                check=False,
+                capture_output=True,
+                text=True,
             )
             if MAIL_ADDRESS in probe.stdout:
                 break
@@ -221,7 +228,9 @@ def test_bind_mode_sees_a_host_change_at_once(resolver: tuple[Namespace, Path], 
     inside = jail / "etc" / "resolv.conf"
     real.write_text("nameserver 127.0.0.9\n")  # in place, as a DHCP client rewrites it
     assert space.sh(f"cat {inside}").stdout == "nameserver 127.0.0.9\n"
-    wrote = subprocess.run([*space.wrap, "sh", "-c", f"echo x > {inside}"], capture_output=True)
+    wrote = subprocess.run(
+        [*space.wrap, "sh", "-c", f"echo x > {inside}"], check=False, capture_output=True
+    )
     assert wrote.returncode != 0  # read-only in the jail
     real.write_text("nameserver 127.0.0.2\noptions timeout:1 attempts:1\n")
     ok = space.js("check", *args, "--resolve", "mail.test.")
