@@ -183,7 +183,7 @@ def _kinds(name: str, area: Path, log_socket: str) -> Kind:
         (jail / "etc").mkdir()
         (jail / "etc" / "hosts").write_text("the jail's own hosts, to be moved aside\n")
         jail.chmod(0o755)
-        files = ("--file", "/etc/hosts")
+        files: tuple[str, ...] = ("--file", "/etc/hosts")
         if name == "files":
             files += ("--file", "/etc/localtime")
         else:
