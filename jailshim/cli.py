@@ -315,7 +315,10 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if name == RUN:
             p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
         elif name == EXPLAIN:
-            p.add_argument("file", nargs="?", metavar="FILE", help="error lines (default: stdin)")
+            # not dest "file": that is --file's (jail files), which explain does not take
+            p.add_argument(
+                "log_file", nargs="?", metavar="FILE", help="error lines (default: stdin)"
+            )
     return parser
 
 
@@ -577,7 +580,7 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
     if args.command == DOCTOR:
         return _doctor(args, log)
     if args.command == EXPLAIN:
-        return _explain(args.file)
+        return _explain(args.log_file)
     if args.command == TEARDOWN:
         from jailshim.jail.safepath import Jail
         from jailshim.teardown import teardown
