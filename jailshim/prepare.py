@@ -339,6 +339,7 @@ def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:
     """A namespace copied from one that had bound (unshare -m, or a runtime starting the daemon
     after ExecStartPre=) has those binds too, right already: record them as this namespace's,
     or its teardown could neither unmount them nor remove the placeholders under them."""
+    from jailshim.files import FileAction
     from jailshim.plan import Action
 
     found = [(s.found, "dev", s.device.rdev) for s in plan.steps if s.action is Action.NOTHING]
@@ -346,6 +347,9 @@ def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:
         if sock.action is Action.NOTHING and not sock.facts.host_problem:
             where, _name = os.path.split(sock.facts.path.strip("/"))
             found.append((sock.facts.entry, where, 0))
+    for file in plan.files:  # a jail file bound read-only (--file-mode bind), "already bound"
+        if file.action is FileAction.NOTHING and not file.facts.host.problem:
+            found.append((file.facts.entry, file.facts.where, 0))
     for entry, where, rdev in found:
         if not entry.mountpoint:
             continue
