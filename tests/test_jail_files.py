@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from jailshim.errors import ConfigError
+from jailshim.files import FileAction, FileFacts, FileMode, HostFile, JailFile, decide_file
+from jailshim.jail.safepath import Entry, EntryKind
+from jailshim.verify.needs import Zone, judge_resolve, judge_time
 from tests.support import Result, clean_env, need, run, snapshot
 
 ZONE = "/usr/share/zoneinfo/Asia/Kolkata"  # +05:30 all year: never UTC, no DST surprise
@@ -311,3 +315,52 @@ def test_a_resolv_conf_symlink_out_is_displaced_never_followed(jail: Path, outsi
     ]
     assert run("teardown", "--chroot", str(jail)).code == 0
     assert snapshot(jail) == before
+
+
+# -- pure: the step per file and the verdicts, no jail ---------------------------------------
+
+
+def _facts(entry: Entry, *, content: bytes | None = None, ours: bool = False) -> FileFacts:
+    host = HostFile("/etc/hosts", "/etc/hosts", "", b"host\n", 0o644, (1, 2))
+    return FileFacts(JailFile("/etc/hosts"), host, (), entry, (3, 4), content, ours)
+
+
+@pytest.mark.parametrize(
+    ("entry", "content", "ours", "action", "displaces"),
+    [
+        (Entry("hosts", EntryKind.ABSENT), None, False, FileAction.COPY, False),
+        (Entry("hosts", EntryKind.REGULAR, size=5), b"host\n", False, FileAction.NOTHING, False),
+        (Entry("hosts", EntryKind.REGULAR, size=4), b"old\n", False, FileAction.COPY, True),
+        (Entry("hosts", EntryKind.REGULAR, size=4), b"old\n", True, FileAction.REFRESH, False),
+        (Entry("hosts", EntryKind.SYMLINK, link_target="/"), None, False, FileAction.COPY, True),
+    ],
+)
+def test_the_step_for_each_entry(
+    entry: Entry, content: bytes | None, ours: bool, action: FileAction, displaces: bool
+) -> None:
+    step = decide_file(_facts(entry, content=content, ours=ours), FileMode.COPY, "/j")
+    assert (step.action, step.displaces) == (action, displaces)
+
+
+@pytest.mark.parametrize("kind", [EntryKind.FIFO, EntryKind.DIRECTORY, EntryKind.SOCKET])
+def test_entries_never_replaced(kind: EntryKind) -> None:
+    for mode in FileMode:
+        with pytest.raises(ConfigError, match=r"/j/etc/hosts is .* remove it"):
+            decide_file(_facts(Entry("hosts", kind)), mode, "/j")
+
+
+def test_time_verdicts() -> None:
+    ist, utc = Zone("IST", 19800), Zone("UTC", 0)
+    assert judge_time(ist, ist, False, strict=True).ok
+    loose = judge_time(ist, utc, True, strict=False)
+    assert loose.ok and loose.warning and "missing" in loose.detail
+    strict = judge_time(ist, utc, True, strict=True)
+    assert not strict.ok and "UTC+05:30" in strict.detail and "--files time" in strict.remedy
+
+
+def test_resolve_verdicts() -> None:
+    missing = judge_resolve("mail.test.", [], "no answer", ["/etc/resolv.conf"])
+    assert not missing.ok and not missing.transient and "resolv.conf" in missing.detail
+    waiting = judge_resolve("mail.test.", [], "no answer", [])
+    assert not waiting.ok and waiting.transient
+    assert judge_resolve("mail.test.", ["192.0.2.25"], "", []).ok
