@@ -33,6 +33,7 @@ __all__ = [
     "Statement",
     "addresses",
     "argv_options",
+    "default_options_note",
     "listen_on",
     "logs_to_syslog",
     "parse_printed",
@@ -279,7 +280,7 @@ def _user(value: str) -> str:
     return f"+{value}"
 
 
-def _default_options_note(path: str) -> str | None:
+def default_options_note(path: str) -> str | None:
     """A warning when Debian's OPTIONS (the file the unit reads) carry -t or -u that are not
     on named's argv; None when the file is absent or says neither."""
     try:
@@ -328,7 +329,7 @@ class _Named(Adapter):
         notes = [f"named-checkconf: {line}" for line in warnings]
         read = [("tool", tool)]
         if jail is None and "u" not in opts:
-            note = _default_options_note(DEFAULT_OPTIONS_FILE)
+            note = default_options_note(DEFAULT_OPTIONS_FILE)
             if note is not None:
                 notes.append(note)
         read += [(f"argv_{k}", opts[k][-1]) for k in ("t", "u") if k in opts]
