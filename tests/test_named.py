@@ -1,10 +1,11 @@
 """`jailshim run -- named`: Debian's BIND 9.18, its jail and user from named's own argv.
 
-The jail is built by examples/named/make-jail.sh (Debian's chroot how-to: /etc/bind and the root
-hints copied in, bind's writable directories) and the stock config is changed only to listen on
-a test port on 127.0.0.1 and serve one test zone. Debian's config recurses from the root hints
-and validates (it asks the root servers at start), so each named runs in a network namespace of
-its own with only lo: nothing leaves the machine, and kdig asks it from inside that namespace.
+The jail is built as examples/named/README.md says (make-jail.sh: Debian's chroot how-to, with
+/etc/bind and the root hints copied in and bind's writable directories; the example's
+named.conf.options): the stock config changed only to listen on a test port on 127.0.0.1, plus
+one test zone. Debian's config recurses from the root hints and validates (it asks the root
+servers at start), so each named runs in a network namespace of its own with only lo: nothing
+leaves the machine, and kdig asks it from inside that namespace.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.support import NSRUN, TESTS, jailshim_argv, need, run, spawn
 
 ANSWER = "192.0.2.55"
 CONFIG = "/etc/bind/named.conf"  # inside the jail: named reads -c after its chroot (-t)
-MAKE_JAIL = TESTS.parent / "examples" / "named" / "make-jail.sh"
+EXAMPLE = TESTS.parent / "examples" / "named"
 
 
 @pytest.fixture
@@ -48,20 +49,19 @@ def named_bin(root: None) -> str:
 
 
 def make_jail(area: Path, port: int, options_extra: str = "") -> Path:
-    """Debian's config in a jail made by the example script, listening on 127.0.0.1:``port``
-    (not on IPv6) and serving zone jailshim.test."""
+    """Debian's config in a jail made by the example's script, with the example's
+    named.conf.options (Debian's, listening on 127.0.0.1 only) moved to ``port``, serving zone
+    jailshim.test."""
     jail = area / "jail"
-    subprocess.run(["sh", str(MAKE_JAIL), str(jail)], check=True, timeout=30)
+    subprocess.run(["sh", str(EXAMPLE / "make-jail.sh"), str(jail)], check=True, timeout=30)
     bind = jail / "etc" / "bind"
-    options = bind / "named.conf.options"
-    stock = options.read_text()
-    assert "listen-on-v6 { any; };" in stock, "Debian's named.conf.options changed: adapt the test"
-    options.write_text(
-        stock.replace(
-            "listen-on-v6 { any; };",
-            f"listen-on port {port} {{ 127.0.0.1; }};\n\tlisten-on-v6 {{ none; }};{options_extra}",
-        )
+    options = (EXAMPLE / "named.conf.options").read_text()
+    assert "listen-on port 10055 {" in options and "listen-on-v6 { none; };" in options
+    options = options.replace("listen-on port 10055 {", f"listen-on port {port} {{")
+    options = options.replace(
+        "listen-on-v6 { none; };", f"listen-on-v6 {{ none; }};{options_extra}"
     )
+    (bind / "named.conf.options").write_text(options)
     with (bind / "named.conf.local").open("a") as f:
         f.write('zone "jailshim.test" { type master; file "/etc/bind/db.jailshim.test"; };\n')
     (bind / "db.jailshim.test").write_text(
@@ -69,6 +69,17 @@ def make_jail(area: Path, port: int, options_extra: str = "") -> Path:
         f"ns IN A 127.0.0.1\nanswer IN A {ANSWER}\n"
     )
     return jail
+
+
+def test_the_examples_options_are_debians_listening_on_loopback(named_bin: str) -> None:
+    """examples/named/named.conf.options is Debian's file with only the listen lines changed
+    (and a comment saying so), so the tests run Debian's own config."""
+    stock = Path("/etc/bind/named.conf.options").read_text().splitlines()
+    example = (EXAMPLE / "named.conf.options").read_text().splitlines()
+    added = [line for line in example if line not in stock]
+    assert [line for line in stock if line not in example] == ["\tlisten-on-v6 { any; };"]
+    code = [line.strip() for line in added if not line.strip().startswith("//")]
+    assert code == ["listen-on port 10055 { 127.0.0.1; };", "listen-on-v6 { none; };"]
 
 
 def in_netns(argv: list[str]) -> list[str]:
@@ -294,7 +305,7 @@ def test_default_options_are_only_a_warning(tmp_path: Path) -> None:
     options.write_text('# startup options\nRESOLVCONF=no\nOPTIONS="-u bind -t /var/bind9/chroot"\n')
     note = named.default_options_note(str(options))
     assert note is not None and '"-u bind -t /var/bind9/chroot"' in note
-    assert "named will run unjailed and as root" in note
+    assert "named will run unjailed, as root" in note
     options.write_text('OPTIONS="-4"\n')
     assert named.default_options_note(str(options)) is None
     assert named.default_options_note(str(tmp_path / "absent")) is None

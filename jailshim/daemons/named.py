@@ -303,9 +303,9 @@ def default_options_note(path: str) -> str | None:
     if "t" not in given and "u" not in given:
         return None
     return (
-        f'{path} says OPTIONS="{options}" but named\'s argv has no -t or -u, so named will '
-        "run unjailed and as root; that file is read only for this warning: pass the options "
-        "on COMMAND (Debian's unit: named -f $OPTIONS)"
+        f'{path} says OPTIONS="{options}" but named\'s argv has neither -t nor -u: named will '
+        "run unjailed, as root (that file is read only for this warning); pass the options on "
+        "COMMAND, as Debian's unit does: named -f $OPTIONS"
     )
 
 
