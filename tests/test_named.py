@@ -209,6 +209,26 @@ def test_named_logging_to_syslog_brings_dev_log(area: Path, named_bin: str) -> N
     assert "/dev/log" in result.stdout
 
 
+def test_a_uid_without_a_user_is_refused_as_named_would(area: Path, named_bin: str) -> None:
+    """-u DIGITS is a UID to named (getpwuid); with no such user named exits: so does jailshim,
+    with 78 and a sentence, before anything is prepared."""
+    jail = make_jail(area, 25305)
+    missing = next(uid for uid in range(64000, 65000) if not _has_uid(uid))
+    result = run("run", "--", named_bin, "-g", "-t", str(jail), "-u", str(missing))
+    assert result.code == 78, result.stderr
+    assert f"named's -u {missing} is a UID with no user on this host" in result.error
+    assert f"user '{missing}' unknown" in result.error
+    assert not (jail / "dev").exists()
+
+
+def _has_uid(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
 # --- named's argv and config, read without running anything ---
 
 

@@ -45,7 +45,8 @@ DEFAULT_OPTIONS_FILE = "/etc/default/named"  # Debian's unit: EnvironmentFile=, 
 _GETOPT = "46A:c:Cd:D:E:fFgL:M:m:n:N:p:sS:t:T:U:u:vVx:X:"  # NAMED_MAIN_ARGS, named 9.18
 _WITH_ARG = {_GETOPT[i - 1] for i, ch in enumerate(_GETOPT) if ch == ":"}
 _FLAGS = set(_GETOPT.replace(":", "")) - _WITH_ARG
-# named's jail needs these (named opens /dev/null before the chroot; the rest from inside it)
+# BIND's ARM (security, "The chroot Environment") names /dev/zero, /dev/random, /dev/log;
+# /dev/urandom is what OpenSSL and the kernel's users read; named also opens /dev/null
 DEVICES = ("null", "random", "urandom", "zero")
 _WARNING = re.compile(r"^\S+:\d+: ")  # named-checkconf logs FILE:LINE: text to stdout
 
@@ -275,7 +276,7 @@ def _user(value: str) -> str:
     except (KeyError, OverflowError):
         raise ConfigError(
             f"named's -u {value} is a UID with no user on this host; named would exit "
-            "\"user '{value}' unknown\": give a user that exists."
+            f"\"user '{value}' unknown\": give a user that exists."
         ) from None
     return f"+{value}"
 
