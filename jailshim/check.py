@@ -49,7 +49,7 @@ def start_probe(spec: Spec) -> Probe | None:
     """Fork the first probe now, so it readies OpenSSL while the caller prepares the jail."""
     if not spec.verify or spec.dry_run:
         return None
-    return Probe(spec.chroot, spec.identity, spec.devices)
+    return Probe(spec.chroot, spec.identity, spec.devices, spec.notify_socket)
 
 
 def prepare_and_verify(
@@ -121,7 +121,11 @@ def check(
     def attempt() -> list[Finding]:
         findings: list[Finding] = []
         if spec is not None and path is not None:
-            probe = pending.pop() if pending else Probe(path, spec.identity, spec.devices)
+            probe = (
+                pending.pop()
+                if pending
+                else Probe(path, spec.identity, spec.devices, spec.notify_socket)
+            )
             findings = probe.collect()
         if targets:
             from jailshim.verify.network import network_findings

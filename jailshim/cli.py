@@ -458,6 +458,7 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
         sockets=sockets,
         wait_targets=targets,
         ensure_loopback=bool(args.ensure_loopback),
+        notify_socket=overrides.get("notify_socket") or "",
     )
 
 

@@ -130,3 +130,4 @@ class Spec(NamedTuple):
     sockets: tuple[str, ...] = ()  # host unix sockets to bind at the same path in the jail
     wait_targets: tuple[WaitTarget, ...] = ()  # addresses the daemon binds (network readiness)
     ensure_loopback: bool = False
+    notify_socket: str = ""  # $NOTIFY_SOCKET, for a daemon that sends READY=1 from in the jail

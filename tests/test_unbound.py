@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import SyslogSocket, children, free_port, status_field, stop
-from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
+from tests.support import (
+    NSRUN,
+    clean_env,
+    jailshim_argv,
+    mounts_below,
+    need,
+    run,
+    snapshot,
+    spawn,
+)
 
 ANSWER = "192.0.2.53"
 
@@ -168,3 +179,54 @@ def test_chrooted_unbound_reaches_the_notify_socket(area: Path, unbound_bin: str
         _, stderr = stop(proc)
         listener.close()
     assert '"notify_socket"' in stderr
+    checks = [e for e in map(_event, stderr.splitlines()) if e.get("check") == "notify socket"]
+    assert checks and checks[0]["ok"], stderr
+
+
+def _event(line: str) -> dict[str, object]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+@pytest.mark.parametrize("case", ["root-only", "stream", "missing"])
+def test_notify_socket_the_daemon_cannot_use_fails_the_check(
+    area: Path, unbound_bin: str, case: str
+) -> None:
+    """$NOTIFY_SOCKET that user unbound could not send READY=1 to from inside the jail (a
+    root-only mode, a stream socket, none on the host): exit 69 with a sentence naming the
+    cause, checked as unbound in the jail; unbound never starts."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_unbound_config(jail, free_port())
+    path = area / "notify.sock"
+    kind = socket.SOCK_STREAM if case == "stream" else socket.SOCK_DGRAM
+    listener = socket.socket(socket.AF_UNIX, kind)
+    try:
+        if case != "missing":
+            listener.bind(str(path))
+            path.chmod(0o700 if case == "root-only" else 0o777)
+            if case == "stream":
+                listener.listen()
+        before = snapshot(jail)
+        env = clean_env(NOTIFY_SOCKET=str(path))
+        result = run("run", "--timeout", "2", "--", unbound_bin, "-d", "-c", str(config), env=env)
+    finally:
+        listener.close()
+    assert result.code == 69, result.stderr
+    uid = pwd.getpwnam("unbound").pw_uid
+    expected = {
+        "root-only": f"(mode 0700, owner 0:0) refuses uid {uid} (EACCES",
+        "stream": "is a stream socket (EPROTOTYPE)",
+        "missing": "does not exist in the jail",
+    }[case]
+    assert result.error.startswith(f"Check notify socket failed: $NOTIFY_SOCKET {path}")
+    assert expected in result.error and "READY=1" in result.error, result.error
+    # as for any failed check, the prepared jail stays (teardown undoes it, the socket's bind too)
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert snapshot(jail) == before
+    assert not mounts_below(jail)
+    leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
+    assert leftover.stdout == b""
