@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from jailshim.daemons.stunnel import identity_as_set
+from jailshim.spec import Identity
 from tests.daemons import (
     EchoServer,
     children,
@@ -46,7 +48,9 @@ def backend() -> Iterator[EchoServer]:
         yield server
 
 
-def write_stunnel_config(area: Path, jail: Path, port: int, backend: int, extra: str = "") -> Path:
+def write_stunnel_config(
+    area: Path, jail: Path, port: int, backend: int, extra: str = "", *, setgid: bool = True
+) -> Path:
     """TLS on 127.0.0.1:``port`` to a plain echo backend; chroot and identity in `global`."""
     pem = make_certificate(area)
     config = area / "stunnel.conf"
@@ -54,7 +58,7 @@ def write_stunnel_config(area: Path, jail: Path, port: int, backend: int, extra:
         "; global section\n"
         f"chroot = {jail}\n"
         "setuid = stunnel4\n"
-        "setgid = stunnel4\n"
+        f"{'setgid = stunnel4' if setgid else ''}\n"
         "foreground = yes\n"
         "syslog = no\n"
         "pid =\n"
@@ -118,3 +122,37 @@ def test_broken_config_exits_78_with_file_and_line(area: Path, stunnel_bin: str)
     assert not (jail / "dev").exists()
     leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
     assert leftover.stdout == b""
+
+
+def test_without_setgid_stunnel_keeps_root_gid_and_the_check_runs_so(
+    area: Path, stunnel_bin: str, backend: EchoServer
+) -> None:
+    """`setuid =` without `setgid =`: stunnel 5.68 never touches its gid (drop_privileges()),
+    so it runs with gid 0 and the groups it started with; the check ran as exactly that."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    port = free_port()
+    config = write_stunnel_config(area, jail, port, backend.port, setgid=False)
+    proc = spawn(jailshim_argv("run", "--", stunnel_bin, str(config)))
+    try:
+        wait_for_tls(port, proc)
+        assert tls_echo(port, b"gid 0")[1] == b"gid 0"
+        uid = str(pwd.getpwnam("stunnel4").pw_uid)
+        assert status_field(proc.pid, "Uid").split() == [uid] * 4
+        assert status_field(proc.pid, "Gid").split() == ["0"] * 4
+        groups = sorted(int(g) for g in status_field(proc.pid, "Groups").split())
+    finally:
+        _, stderr = stop(proc)
+    assert groups == sorted(set(os.getgroups()))
+    privileges = [ln for ln in stderr.splitlines() if '"check": "privileges"' in ln]
+    assert privileges and "gid 0/0/0/0" in privileges[0], stderr
+
+
+def test_identity_is_the_one_drop_privileges_sets() -> None:
+    """With a non-zero setgid: that gid alone (setgroups(1, [gid])), the user's other groups
+    gone; with none, or gid 0 (which stunnel skips): the starting gid and groups."""
+    user = Identity("stunnel4", 995, 995, (27, 995))
+    assert identity_as_set(user, group_given=True) == Identity("stunnel4", 995, 995, (995,))
+    keeps = user._replace(gid=os.getgid(), groups=tuple(sorted(set(os.getgroups()))))
+    assert identity_as_set(user, group_given=False) == keeps
+    assert identity_as_set(user._replace(gid=0), group_given=True) == keeps
