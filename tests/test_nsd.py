@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import descendants, free_port, status_field, stop
-from tests.support import NSRUN, jailshim_argv, need, run, spawn
+from tests.daemons import SyslogSocket, descendants, free_port, status_field, stop
+from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
 
 ANSWER = "192.0.2.54"
 
@@ -145,3 +145,24 @@ def test_broken_config_exits_78_with_nsd_checkconfs_words(area: Path, nsd_bin: s
     assert not (jail / "dev").exists()
     leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
     assert leftover.stdout == b""
+
+
+def test_chrooted_nsd_reaches_the_notify_socket(area: Path, nsd_bin: str) -> None:
+    """Debian's nsd.service is Type=notify: nsd's xfrd sends READY=1 from inside the jail as
+    user nsd; NOTIFY_SOCKET (a path) is bound there, checked as nsd, and the datagram arrives."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    port = free_port()
+    config = write_nsd_config(jail, port)
+    listener = SyslogSocket(area / "notify.sock")
+    env = clean_env(NOTIFY_SOCKET=str(listener.path))
+    proc = spawn(jailshim_argv("run", "--", nsd_bin, "-d", "-c", str(config)), env)
+    try:
+        wait_for_answer(port, proc)
+        said = listener.receive(timeout=10)
+        assert any("READY=1" in datagram.split("\n") for datagram in said), said
+    finally:
+        _, stderr = stop(proc)
+        listener.close()
+    checks = [ln for ln in stderr.splitlines() if '"check": "notify socket"' in ln]
+    assert checks and '"ok": true' in checks[0], stderr
