@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import SyslogSocket, children, free_port, status_field, stop
+from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import (
     NSRUN,
     clean_env,
@@ -70,9 +71,9 @@ def write_unbound_config(jail: Path, port: int, extra: str = "") -> Path:
     return config
 
 
-def ask(port: int) -> str:
-    """kdig's short answer for answer.jailshim.test A from 127.0.0.1:``port``."""
-    query = ["+short", "+time=1", "+retry=0", "answer.jailshim.test", "A"]
+def ask(port: int, name: str = "answer.jailshim.test") -> str:
+    """kdig's short answer for ``name`` A from 127.0.0.1:``port``."""
+    query = ["+short", "+time=1", "+retry=0", name, "A"]
     proc = subprocess.run(
         ["kdig", "@127.0.0.1", "-p", str(port), *query],
         capture_output=True,
@@ -83,13 +84,18 @@ def ask(port: int) -> str:
     return proc.stdout.strip()
 
 
-def wait_for_answer(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+def wait_for_answer(
+    port: int,
+    proc: subprocess.Popen[str],
+    timeout: float = 30,
+    query: tuple[str, str] = ("answer.jailshim.test", ANSWER),
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             out, err = proc.communicate()
             raise AssertionError(f"jailshim/unbound exited {proc.returncode}:\n{err}\n{out}")
-        if ask(port) == ANSWER:
+        if ask(port, query[0]) == query[1]:
             return
         time.sleep(0.2)
     raise AssertionError(f"unbound did not answer on 127.0.0.1:{port} within {timeout}s")
@@ -230,3 +236,58 @@ def test_notify_socket_the_daemon_cannot_use_fails_the_check(
     assert not mounts_below(jail)
     leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
     assert leftover.stdout == b""
+
+
+STOCK_HELPER = "/usr/libexec/unbound-helper"  # Debian's unbound.service runs it before start
+
+
+@pytest.mark.parametrize("where", ["plain", "userns"])
+def test_stock_debian_unbound_in_var_lib_unbound_answers(
+    area: Path, unbound_bin: str, where: str
+) -> None:
+    """Debian's own unbound.conf and conf.d with one file added (`chroot: /var/lib/unbound`, a
+    test port), started as Debian's unbound.service starts it (its helper's chroot_setup and
+    root_trust_anchor_update, then `unbound -d -p`) under `jailshim run` with no flags: the
+    jail Debian gives to user unbound (owned by it) is accepted with an info event, prepared
+    (mknod; bind in a user namespace), checked as unbound, and unbound answers kdig from it.
+    Copies of /etc/unbound and /var/lib/unbound stand at those paths in a private mount
+    namespace (tests/stock.py): the host's own are left exactly as they were."""
+    stock = ("/etc/unbound", "/var/lib/unbound")
+    need(Path(STOCK_HELPER).exists(), f"needs Debian's {STOCK_HELPER} (package unbound)")
+    need(all(Path(p).is_dir() for p in stock), "needs Debian's /etc/unbound, /var/lib/unbound")
+    need(
+        Path("/var/lib/unbound").stat().st_uid == pwd.getpwnam("unbound").pw_uid,
+        "needs Debian's /var/lib/unbound, owned by unbound",
+    )
+    host_before = host_state(stock)
+    etc, var = copy_of("/etc/unbound", area), copy_of("/var/lib/unbound", area)
+    port = free_port()
+    (etc / "unbound.conf.d" / "jailshim-test.conf").write_text(
+        f'server:\n    chroot: "/var/lib/unbound"\n    port: {port}\n'
+    )
+    argv = in_stock_layout(
+        {"/etc/unbound": etc, "/var/lib/unbound": var},
+        jailshim_argv("run", "--", unbound_bin, "-d", "-p"),
+        userns=where == "userns",
+        tmpfs=["/run"],  # stock remote-control: /run/unbound.ctl, made before chroot
+        before=[[STOCK_HELPER, "chroot_setup"], [STOCK_HELPER, "root_trust_anchor_update"]],
+    )
+    proc = spawn(argv)
+    try:
+        wait_for_answer(port, proc, query=("localhost", "127.0.0.1"))
+        pid = unbound_pid(proc, where == "userns")
+        assert os.readlink(f"/proc/{pid}/root") == "/var/lib/unbound"
+        uid = str(pwd.getpwnam("unbound").pw_uid)
+        assert status_field(pid, "Uid").split() == [uid] * 4
+    finally:
+        _, stderr = stop(proc)
+    assert "Traceback" not in stderr
+    assert strategies(stderr) == ({"bind"} if where == "userns" else {"mknod"}), stderr
+    events = [_event(line) for line in stderr.splitlines()]
+    read = [e for e in events if e.get("event") == "unbound.config"]
+    assert read and read[0]["chroot"] == "/var/lib/unbound" and read[0]["user"] == "unbound"
+    assert read[0]["files"] == ["(unbound's default file)"] and read[0]["use_syslog"] == "yes"
+    owned = [e for e in events if e.get("event") == "jail.writable"]
+    assert owned and "daemon's own user or group (unbound)" in str(owned[0]["detail"]), stderr
+    assert (var / "dev" / "urandom").exists() or where == "userns"
+    assert host_state(stock) == host_before
