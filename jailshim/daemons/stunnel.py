@@ -30,14 +30,18 @@ __all__ = ["ADAPTER", "DEFAULT_CONFIG", "identity_as_set", "parse"]
 DEFAULT_CONFIG = "/etc/stunnel/stunnel.conf"
 
 
+_SPACE = " \t\n\v\f\r"  # C isspace() in the C locale, what stunnel trims
+_BOM = "\ufeff"  # a UTF-8 byte order mark, skipped on line 1 (Debian's sample starts with one)
+
+
 def parse(path: str, text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """The global section's options (last one wins, names lower-cased) and every service's
     `accept` with its file:line; a line stunnel would refuse is a ConfigError with file:line."""
     options: dict[str, str] = {}
     accepts: list[tuple[str, str]] = []
     in_global = True
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = (raw.removeprefix(_BOM) if number == 1 else raw).strip(_SPACE)
         if not line or line[0] in ";#":
             continue
         where = f"{path}:{number}"
@@ -51,7 +55,7 @@ def parse(path: str, text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
                 f"stunnel configuration {where}: invalid line {line!r} (stunnel wants "
                 "`option = value`)."
             )
-        name, value = (part.strip() for part in line.split("=", 1))
+        name, value = (part.strip(_SPACE) for part in line.split("=", 1))
         if in_global:
             options[name.lower()] = value
         elif name.lower() == "accept":
