@@ -134,6 +134,8 @@ def test_nsd_answers_from_the_jail_its_config_names(area: Path, nsd_bin: str, wh
     assert "Traceback" not in stderr
     read = [line for line in stderr.splitlines() if '"nsd.config"' in line]
     assert read and f'"chroot": "{jail}"' in read[0] and '"user": "nsd"' in read[0], stderr
+    # a user namespace forbids mknod: the bind rung of the ladder
+    assert strategies(stderr) == ({"bind"} if wrap else {"mknod"}), stderr
 
 
 def test_broken_config_exits_78_with_nsd_checkconfs_words(area: Path, nsd_bin: str) -> None:

@@ -137,6 +137,8 @@ def test_unbound_answers_from_the_jail_its_config_names(
     assert "Traceback" not in stderr
     read = [line for line in stderr.splitlines() if '"unbound.config"' in line]
     assert read and f'"chroot": "{jail}"' in read[0] and '"user": "unbound"' in read[0], stderr
+    # a user namespace forbids mknod: the bind rung of the ladder
+    assert strategies(stderr) == ({"bind"} if wrap else {"mknod"}), stderr
 
 
 def test_broken_config_exits_78_with_unbound_checkconfs_words(area: Path, unbound_bin: str) -> None:
@@ -149,6 +151,21 @@ def test_broken_config_exits_78_with_unbound_checkconfs_words(area: Path, unboun
     assert result.code == 78, result.stderr
     assert "unknown keyword 'bogus-option'" in result.error
     assert f"{config}:" in result.error
+    assert not (jail / "dev").exists()
+    leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
+    assert leftover.stdout == b""
+
+
+def test_a_jail_another_user_can_write_is_still_refused(area: Path, unbound_bin: str) -> None:
+    """The jail unbound's config names is owned by another daemon's user (nobody): 78 before
+    anything is made in it, and no unbound."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_unbound_config(jail, free_port())
+    os.chown(jail, 65534, 65534)
+    result = run("run", "--", unbound_bin, "-d", "-c", str(config))
+    assert result.code == 78, result.stderr
+    assert result.error.startswith("The jail is writable by a non-root user"), result.error
     assert not (jail / "dev").exists()
     leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
     assert leftover.stdout == b""
