@@ -222,8 +222,13 @@ def test_run_drop_in_serves_reloads_and_tears_down(
         _sh(env, name, "systemctl stop haproxy")
         _assert_torn_down(env, name, before)
         if strategy == "bind":  # ExecStopPost's fresh namespace: the binds are already gone
+            # The kernel may give ExecStopPost's namespace the inode number ExecStart's had (its
+            # records then look like this namespace's: "unbind … already gone") or another one
+            # (a namespace provably gone: its records are dropped silently); both are right,
+            # and which one happens depends on what else made namespaces in the container.
             teardown = [e for e in _events(env, name) if e.get("command") == "teardown"]
-            assert any(e.get("outcome") == "already gone" for e in teardown), teardown
+            unbinds = [e for e in teardown if str(e.get("step", "")).startswith("unbind")]
+            assert all(e.get("outcome") == "already gone" for e in unbinds), teardown
 
 
 def test_prepare_drop_in_works_where_mknod_does(env: Env) -> None:
