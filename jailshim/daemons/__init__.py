@@ -156,5 +156,7 @@ def log_read(logger: Any, adapter: Adapter, config: DaemonConfig) -> None:
         user=config.user,
         group=config.group,
         log_sockets=list(config.log_sockets),
+        addresses=[t.ip for t in config.targets],  # bound by the daemon: waited for
+        notify=config.notify,
         **dict(config.read),
     )
