@@ -171,6 +171,25 @@ def test_a_jail_another_user_can_write_is_still_refused(area: Path, unbound_bin:
     assert leftover.stdout == b""
 
 
+def test_flags_win_over_what_unbound_config_says(area: Path, unbound_bin: str) -> None:
+    """--chroot and --user beat the config's chroot: and username: — the flags' jail is
+    prepared and checked as the flags' user; the config's jail is not touched."""
+    jail, other = area / "jail", area / "other"
+    jail.mkdir(mode=0o755)
+    other.mkdir(mode=0o755)
+    config = write_unbound_config(jail, free_port())
+    result = run(
+        *("run", "--chroot", str(other), "--user", "nobody", "--daemon", "unbound"),
+        *("--", "true", "-c", str(config)),
+    )
+    assert result.code == 0, result.stderr
+    assert result.named("unbound.config")[0]["chroot"] == str(jail)  # read, then overridden
+    privileges = [e for e in result.named("check") if e["check"] == "privileges"]
+    assert privileges and privileges[0]["detail"].startswith("ran as nobody"), result.stderr
+    assert (other / "dev" / "urandom").exists() and not (jail / "dev").exists()
+    assert run("teardown", "--chroot", str(other)).code == 0
+
+
 def test_use_syslog_brings_dev_log_into_the_jail(area: Path, unbound_bin: str) -> None:
     """use-syslog: yes: the plan binds the host's /dev/log at the same path in the jail."""
     jail = area / "jail"
