@@ -50,7 +50,7 @@ def start_probe(spec: Spec) -> Probe | None:
     """Fork the first probe now, so it readies OpenSSL while the caller prepares the jail."""
     if not spec.verify or spec.dry_run:
         return None
-    return Probe(spec.chroot, spec.identity, spec.devices, needs_of(spec))
+    return Probe(spec.chroot, spec.identity, spec.devices, needs_of(spec), spec.notify_socket)
 
 
 def needs_of(spec: Spec) -> Needs:
@@ -135,7 +135,7 @@ def check(
             probe = (
                 pending.pop()
                 if pending
-                else Probe(path, spec.identity, spec.devices, needs_of(spec))
+                else Probe(path, spec.identity, spec.devices, needs_of(spec), spec.notify_socket)
             )
             findings = probe.collect()
         if targets:

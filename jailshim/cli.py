@@ -500,6 +500,7 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
         wait_targets=targets,
         ensure_loopback=bool(args.ensure_loopback),
         **_files_of(args, overrides.get("file_sets", ())),
+        notify_socket=overrides.get("notify_socket") or "",
     )
 
 

@@ -111,6 +111,8 @@ def run(args: argparse.Namespace, log: Any) -> int:
             # path, like a log socket (an abstract @socket is reachable from any root)
             logger.info("notify_socket", path=notify, detail="brought into the jail")
             sockets = (*sockets, notify)
+        else:
+            notify = ""
         overrides = {
             "chroot": config.jail,
             "user": config.user,
@@ -119,6 +121,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "targets": config.targets,
             "file_sets": config.file_sets,
             "devices": config.devices,
+            "notify_socket": notify,  # checked from inside the jail as the daemon's user
         }
         if not args.no_config_check:
             # runs while the jail is prepared; its verdict is awaited before hand-over, and a

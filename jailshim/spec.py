@@ -135,3 +135,4 @@ class Spec(NamedTuple):
     file_mode: FileMode = FileMode.COPY
     file_sets: tuple[str, ...] = ()  # named needs asked for (time, resolver, services): checked
     resolve_names: tuple[str, ...] = ()  # names getaddrinfo must resolve inside the jail
+    notify_socket: str = ""  # $NOTIFY_SOCKET, for a daemon that sends READY=1 from in the jail

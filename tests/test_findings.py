@@ -8,8 +8,10 @@ from jailshim.devices import ALLOWLIST
 from jailshim.verify.findings import (
     DeviceFacts,
     Finding,
+    NotifyFacts,
     judge_device,
     judge_getrandom,
+    judge_notify,
     render_table,
 )
 
@@ -75,3 +77,27 @@ def test_table_marks_and_remedies() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("✓ dev/urandom") and lines[1].startswith("! getrandom()")
     assert lines[2].startswith("✗ dev/null") and lines[3].strip() == "→ run prepare"
+
+
+def test_notify_socket_verdicts_name_the_cause() -> None:
+    """A connect() that works passes; each failure names its own cause, and none is transient
+    (nothing makes the socket appear or change by itself)."""
+    path = "/run/systemd/notify"
+    assert judge_notify(path, NotifyFacts(), 102).ok
+
+    def sock(err: int, mode: int = 0o777) -> NotifyFacts:
+        return NotifyFacts(err, kind="a socket", mode=mode, owner="0:0")
+
+    causes = {
+        NotifyFacts(errno.ENOENT, lstat_errno=errno.ENOENT): "does not exist in the jail",
+        NotifyFacts(errno.EACCES, lstat_errno=errno.EACCES): "directory on its path",
+        NotifyFacts(errno.ECONNREFUSED, kind="a regular file of 0 bytes"): "a regular file",
+        sock(errno.EACCES, 0o755): "(mode 0755, owner 0:0) refuses",
+        sock(errno.ECONNREFUSED): "nothing listens on",
+        sock(errno.EPROTOTYPE): "stream socket",
+        sock(errno.ENOMEM): "(ENOMEM)",
+    }
+    for facts, cause in causes.items():
+        verdict = judge_notify(path, facts, 102)
+        assert not verdict.ok and not verdict.transient and verdict.remedy
+        assert verdict.detail.startswith(f"$NOTIFY_SOCKET {path} ") and cause in verdict.detail

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +15,17 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import SyslogSocket, children, free_port, status_field, stop
-from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
+from tests.stock import copy_of, host_state, in_stock_layout, strategies
+from tests.support import (
+    NSRUN,
+    clean_env,
+    jailshim_argv,
+    mounts_below,
+    need,
+    run,
+    snapshot,
+    spawn,
+)
 
 ANSWER = "192.0.2.53"
 
@@ -59,9 +71,9 @@ def write_unbound_config(jail: Path, port: int, extra: str = "") -> Path:
     return config
 
 
-def ask(port: int) -> str:
-    """kdig's short answer for answer.jailshim.test A from 127.0.0.1:``port``."""
-    query = ["+short", "+time=1", "+retry=0", "answer.jailshim.test", "A"]
+def ask(port: int, name: str = "answer.jailshim.test") -> str:
+    """kdig's short answer for ``name`` A from 127.0.0.1:``port``."""
+    query = ["+short", "+time=1", "+retry=0", name, "A"]
     proc = subprocess.run(
         ["kdig", "@127.0.0.1", "-p", str(port), *query],
         capture_output=True,
@@ -72,13 +84,29 @@ def ask(port: int) -> str:
     return proc.stdout.strip()
 
 
-def wait_for_answer(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_for_answer(
+    port: int,
+    proc: subprocess.Popen[str],
+    timeout: float = 30,
+    query: tuple[str, str] = ("answer.jailshim.test", ANSWER),
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             out, err = proc.communicate()
             raise AssertionError(f"jailshim/unbound exited {proc.returncode}:\n{err}\n{out}")
-        if ask(port) == ANSWER:
+        if not _listening(port):  # kdig's first try at a closed port waits out +time=1
+            time.sleep(0.05)
+            continue
+        if ask(port, query[0]) == query[1]:
             return
         time.sleep(0.2)
     raise AssertionError(f"unbound did not answer on 127.0.0.1:{port} within {timeout}s")
@@ -120,6 +148,8 @@ def test_unbound_answers_from_the_jail_its_config_names(
     assert "Traceback" not in stderr
     read = [line for line in stderr.splitlines() if '"unbound.config"' in line]
     assert read and f'"chroot": "{jail}"' in read[0] and '"user": "unbound"' in read[0], stderr
+    # a user namespace forbids mknod: the bind rung of the ladder
+    assert strategies(stderr) == ({"bind"} if wrap else {"mknod"}), stderr
 
 
 def test_broken_config_exits_78_with_unbound_checkconfs_words(area: Path, unbound_bin: str) -> None:
@@ -135,6 +165,40 @@ def test_broken_config_exits_78_with_unbound_checkconfs_words(area: Path, unboun
     assert not (jail / "dev").exists()
     leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
     assert leftover.stdout == b""
+
+
+def test_a_jail_another_user_can_write_is_still_refused(area: Path, unbound_bin: str) -> None:
+    """The jail unbound's config names is owned by another daemon's user (nobody): 78 before
+    anything is made in it, and no unbound."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_unbound_config(jail, free_port())
+    os.chown(jail, 65534, 65534)
+    result = run("run", "--", unbound_bin, "-d", "-c", str(config))
+    assert result.code == 78, result.stderr
+    assert result.error.startswith("The jail is writable by a non-root user"), result.error
+    assert not (jail / "dev").exists()
+    leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
+    assert leftover.stdout == b""
+
+
+def test_flags_win_over_what_unbound_config_says(area: Path, unbound_bin: str) -> None:
+    """--chroot and --user beat the config's chroot: and username: — the flags' jail is
+    prepared and checked as the flags' user; the config's jail is not touched."""
+    jail, other = area / "jail", area / "other"
+    jail.mkdir(mode=0o755)
+    other.mkdir(mode=0o755)
+    config = write_unbound_config(jail, free_port())
+    result = run(
+        *("run", "--chroot", str(other), "--user", "nobody", "--daemon", "unbound"),
+        *("--", "true", "-c", str(config)),
+    )
+    assert result.code == 0, result.stderr
+    assert result.named("unbound.config")[0]["chroot"] == str(jail)  # read, then overridden
+    privileges = [e for e in result.named("check") if e["check"] == "privileges"]
+    assert privileges and privileges[0]["detail"].startswith("ran as nobody"), result.stderr
+    assert (other / "dev" / "urandom").exists() and not (jail / "dev").exists()
+    assert run("teardown", "--chroot", str(other)).code == 0
 
 
 def test_use_syslog_brings_dev_log_into_the_jail(area: Path, unbound_bin: str) -> None:
@@ -168,3 +232,109 @@ def test_chrooted_unbound_reaches_the_notify_socket(area: Path, unbound_bin: str
         _, stderr = stop(proc)
         listener.close()
     assert '"notify_socket"' in stderr
+    checks = [e for e in map(_event, stderr.splitlines()) if e.get("check") == "notify socket"]
+    assert checks and checks[0]["ok"], stderr
+
+
+def _event(line: str) -> dict[str, object]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+@pytest.mark.parametrize("case", ["root-only", "stream", "missing"])
+def test_notify_socket_the_daemon_cannot_use_fails_the_check(
+    area: Path, unbound_bin: str, case: str
+) -> None:
+    """$NOTIFY_SOCKET that user unbound could not send READY=1 to from inside the jail (a
+    root-only mode, a stream socket, none on the host): exit 69 with a sentence naming the
+    cause, checked as unbound in the jail; unbound never starts."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_unbound_config(jail, free_port())
+    path = area / "notify.sock"
+    kind = socket.SOCK_STREAM if case == "stream" else socket.SOCK_DGRAM
+    listener = socket.socket(socket.AF_UNIX, kind)
+    try:
+        if case != "missing":
+            listener.bind(str(path))
+            path.chmod(0o700 if case == "root-only" else 0o777)
+            if case == "stream":
+                listener.listen()
+        before = snapshot(jail)
+        env = clean_env(NOTIFY_SOCKET=str(path))
+        result = run("run", "--timeout", "2", "--", unbound_bin, "-d", "-c", str(config), env=env)
+    finally:
+        listener.close()
+    assert result.code == 69, result.stderr
+    uid = pwd.getpwnam("unbound").pw_uid
+    expected = {
+        "root-only": f"(mode 0700, owner 0:0) refuses uid {uid} (EACCES",
+        "stream": "is a stream socket (EPROTOTYPE)",
+        "missing": "does not exist in the jail",
+    }[case]
+    assert result.error.startswith(f"Check notify socket failed: $NOTIFY_SOCKET {path}")
+    assert expected in result.error and "READY=1" in result.error, result.error
+    # as for any failed check, the prepared jail stays (teardown undoes it, the socket's bind too)
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert snapshot(jail) == before
+    assert not mounts_below(jail)
+    leftover = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, check=False)
+    assert leftover.stdout == b""
+
+
+STOCK_HELPER = "/usr/libexec/unbound-helper"  # Debian's unbound.service runs it before start
+
+
+@pytest.mark.parametrize("where", ["plain", "userns"])
+def test_stock_debian_unbound_in_var_lib_unbound_answers(
+    area: Path, unbound_bin: str, where: str
+) -> None:
+    """Debian's own unbound.conf and conf.d with one file added (`chroot: /var/lib/unbound`, a
+    test port), started as Debian's unbound.service starts it (its helper's chroot_setup and
+    root_trust_anchor_update, then `unbound -d -p`) under `jailshim run` with no flags: the
+    jail Debian gives to user unbound (owned by it) is accepted with an info event, prepared
+    (mknod; bind in a user namespace), checked as unbound, and unbound answers kdig from it.
+    Copies of /etc/unbound and /var/lib/unbound stand at those paths in a private mount
+    namespace (tests/stock.py): the host's own are left exactly as they were."""
+    stock = ("/etc/unbound", "/var/lib/unbound")
+    need(Path(STOCK_HELPER).exists(), f"needs Debian's {STOCK_HELPER} (package unbound)")
+    need(all(Path(p).is_dir() for p in stock), "needs Debian's /etc/unbound, /var/lib/unbound")
+    need(
+        Path("/var/lib/unbound").stat().st_uid == pwd.getpwnam("unbound").pw_uid,
+        "needs Debian's /var/lib/unbound, owned by unbound",
+    )
+    host_before = host_state(stock)
+    etc, var = copy_of("/etc/unbound", area), copy_of("/var/lib/unbound", area)
+    port = free_port()
+    (etc / "unbound.conf.d" / "jailshim-test.conf").write_text(
+        f'server:\n    chroot: "/var/lib/unbound"\n    port: {port}\n'
+    )
+    argv = in_stock_layout(
+        {"/etc/unbound": etc, "/var/lib/unbound": var},
+        jailshim_argv("run", "--", unbound_bin, "-d", "-p"),
+        userns=where == "userns",
+        tmpfs=["/run"],  # stock remote-control: /run/unbound.ctl, made before chroot
+        before=[[STOCK_HELPER, "chroot_setup"], [STOCK_HELPER, "root_trust_anchor_update"]],
+    )
+    proc = spawn(argv)
+    try:
+        wait_for_answer(port, proc, query=("localhost", "127.0.0.1"))
+        pid = unbound_pid(proc, where == "userns")
+        assert os.readlink(f"/proc/{pid}/root") == "/var/lib/unbound"
+        uid = str(pwd.getpwnam("unbound").pw_uid)
+        assert status_field(pid, "Uid").split() == [uid] * 4
+    finally:
+        _, stderr = stop(proc)
+    assert "Traceback" not in stderr
+    assert strategies(stderr) == ({"bind"} if where == "userns" else {"mknod"}), stderr
+    events = [_event(line) for line in stderr.splitlines()]
+    read = [e for e in events if e.get("event") == "unbound.config"]
+    assert read and read[0]["chroot"] == "/var/lib/unbound" and read[0]["user"] == "unbound"
+    assert read[0]["files"] == ["(unbound's default file)"] and read[0]["use_syslog"] == "yes"
+    owned = [e for e in events if e.get("event") == "jail.writable"]
+    assert owned and "daemon's own user or group (unbound)" in str(owned[0]["detail"]), stderr
+    assert (var / "dev" / "urandom").exists() or where == "userns"
+    assert host_state(stock) == host_before

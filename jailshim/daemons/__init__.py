@@ -160,5 +160,7 @@ def log_read(logger: Any, adapter: Adapter, config: DaemonConfig) -> None:
         group=config.group,
         log_sockets=list(config.log_sockets),
         **({"devices": list(config.devices)} if config.devices else {}),
+        addresses=[t.ip for t in config.targets],  # bound by the daemon: waited for
+        notify=config.notify,
         **dict(config.read),
     )

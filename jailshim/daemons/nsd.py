@@ -3,6 +3,8 @@
 `nsd-checkconf -o OPTION FILE` prints one option's value as nsd reads FILE (nsd's `-c FILE`,
 else /etc/nsd/nsd.conf); nsd's own `-t DIR` and `-u USER` override the file, as in nsd.
 `nsd-checkconf FILE` is the checker. nsd logs to syslog (/dev/log) unless `logfile:` is set.
+Debian's nsd.service is Type=notify, and nsd 4.6 sends READY=1 from xfrd (the parent after the
+fork, so the unit's main PID), chrooted and as its user: $NOTIFY_SOCKET must be in the jail.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class _Nsd(Adapter):
             targets=targets,
             notes=notes,
             read=tuple(read),
+            notify=True,
         )
 
     def check_config(self, argv: Sequence[str]) -> None:

@@ -6,10 +6,15 @@ stunnel has no config checker, so its file is read here as stunnel reads it (opt
 none of these is stunnel's "Invalid line" and ours: exit 78 with file:line. The file is
 stunnel's first argument (default /etc/stunnel/stunnel.conf); `-fd N` is passed over.
 stunnel logs to syslog (/dev/log) unless `syslog = no`.
+
+Its identity is set as drop_privileges() (src/stunnel.c, 5.68) sets it: only a non-zero gid is
+set, with setgid(gid) and setgroups(1, [gid]); without one (no `setgid =`, or root's) it keeps
+the gid and groups it started with, so the check runs with jailshim's own (root's).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,11 +22,16 @@ from jailshim.daemons import Adapter, DaemonConfig
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
+    from jailshim.spec import Identity
     from jailshim.verify.network import WaitTarget
 
-__all__ = ["ADAPTER", "DEFAULT_CONFIG", "parse"]
+__all__ = ["ADAPTER", "DEFAULT_CONFIG", "identity_as_set", "parse"]
 
 DEFAULT_CONFIG = "/etc/stunnel/stunnel.conf"
+
+
+_SPACE = " \t\n\v\f\r"  # C isspace() in the C locale, what stunnel trims
+_BOM = "\ufeff"  # a UTF-8 byte order mark, skipped on line 1 (Debian's sample starts with one)
 
 
 def parse(path: str, text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
@@ -30,8 +40,8 @@ def parse(path: str, text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
     options: dict[str, str] = {}
     accepts: list[tuple[str, str]] = []
     in_global = True
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = (raw.removeprefix(_BOM) if number == 1 else raw).strip(_SPACE)
         if not line or line[0] in ";#":
             continue
         where = f"{path}:{number}"
@@ -45,7 +55,7 @@ def parse(path: str, text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
                 f"stunnel configuration {where}: invalid line {line!r} (stunnel wants "
                 "`option = value`)."
             )
-        name, value = (part.strip() for part in line.split("=", 1))
+        name, value = (part.strip(_SPACE) for part in line.split("=", 1))
         if in_global:
             options[name.lower()] = value
         elif name.lower() == "accept":
@@ -100,6 +110,16 @@ class _Stunnel(Adapter):
 
     def config_argv(self, command: str, path: str) -> list[str]:
         return [command, path]
+
+    def identity(self, identity: Identity, config: DaemonConfig, *, group_given: bool) -> Identity:
+        return identity_as_set(identity, group_given=group_given)
+
+
+def identity_as_set(identity: Identity, *, group_given: bool) -> Identity:
+    """The uid, gid and groups stunnel really runs with (see the module's docstring)."""
+    if group_given and identity.gid != 0:
+        return identity._replace(groups=(identity.gid,))
+    return identity._replace(gid=os.getgid(), groups=tuple(sorted(set(os.getgroups()))))
 
 
 def _targets(

@@ -14,8 +14,10 @@ from jailshim.devices import ENTROPY_DEVICES, Device
 __all__ = [
     "DeviceFacts",
     "Finding",
+    "NotifyFacts",
     "judge_device",
     "judge_getrandom",
+    "judge_notify",
     "render_table",
 ]
 
@@ -200,6 +202,88 @@ def judge_getrandom(err: int) -> tuple[Finding, Finding, bool]:
             True,
         )
     return Finding("kernel RNG", True, "initialised"), getrandom_ok, True
+
+
+class NotifyFacts(NamedTuple):
+    """What the probe child saw at $NOTIFY_SOCKET's path in the jail, as the daemon's user."""
+
+    connect_errno: int = 0  # connect() of a datagram socket to it (nothing is sent)
+    lstat_errno: int = 0  # looked at only when connect failed, to say why
+    kind: str = ""  # "a socket", "a regular file of 0 bytes"...
+    mode: int = 0
+    owner: str = ""  # "uid:gid"
+
+
+_NOTIFY_LOST = (
+    "so the daemon's READY=1 from inside the jail is lost (systemd times out its start; "
+    "unbound exits with 'sd_notify failed')"
+)
+
+
+def judge_notify(path: str, facts: NotifyFacts, uid: int) -> Finding:
+    """The verdict on $NOTIFY_SOCKET as the daemon's user meets it in the jail: connect()
+    on a unix datagram socket checks exactly what sendmsg() will (the path is searchable, the
+    socket writable, something bound to it, a datagram socket), and sends nothing."""
+    check = "notify socket"
+    if not facts.connect_errno:
+        return Finding(check, True, f"{path} accepts a datagram connection as uid {uid}")
+    err = facts.connect_errno
+    if facts.lstat_errno == errno.ENOENT or (not facts.lstat_errno and err == errno.ENOENT):
+        return Finding(
+            check,
+            False,
+            f"$NOTIFY_SOCKET {path} does not exist in the jail, {_NOTIFY_LOST}.",
+            "start it where $NOTIFY_SOCKET names a live socket on the host (jailshim run binds "
+            "it into the jail), or unset NOTIFY_SOCKET outside a Type=notify unit",
+        )
+    if facts.lstat_errno:
+        return Finding(
+            check,
+            False,
+            f"$NOTIFY_SOCKET {path} cannot be reached as uid {uid} "
+            f"({_err(facts.lstat_errno)}: a directory on its path in the jail is not "
+            f"searchable), {_NOTIFY_LOST}.",
+            "make the directories above it in the jail searchable by the daemon's user (0755)",
+        )
+    if facts.kind != "a socket":
+        return Finding(
+            check,
+            False,
+            f"$NOTIFY_SOCKET {path} is {facts.kind} in the jail, not a socket, {_NOTIFY_LOST}.",
+            "remove it from the jail and let `jailshim run` bind the host's socket there",
+        )
+    if err in (errno.EACCES, errno.EPERM):
+        return Finding(
+            check,
+            False,
+            f"$NOTIFY_SOCKET {path} (mode {facts.mode:04o}, owner {facts.owner}) refuses uid "
+            f"{uid} ({_err(err)}: sending to a unix socket needs write permission on it), "
+            f"{_NOTIFY_LOST}.",
+            "let the daemon's user write to the socket (systemd makes its own 0777), or run "
+            "the daemon without Type=notify",
+        )
+    if err == errno.ECONNREFUSED:
+        return Finding(
+            check,
+            False,
+            f"$NOTIFY_SOCKET {path} is a socket nothing listens on (ECONNREFUSED: the process "
+            f"that made it is gone), {_NOTIFY_LOST}.",
+            "point NOTIFY_SOCKET at the service manager's live socket",
+        )
+    if err == errno.EPROTOTYPE:
+        return Finding(
+            check,
+            False,
+            f"$NOTIFY_SOCKET {path} is a stream socket (EPROTOTYPE); the notify protocol sends "
+            f"datagrams, {_NOTIFY_LOST}.",
+            "point NOTIFY_SOCKET at the service manager's datagram socket",
+        )
+    return Finding(
+        check,
+        False,
+        f"$NOTIFY_SOCKET {path} cannot be connected to as uid {uid} ({_err(err)}), {_NOTIFY_LOST}.",
+        "check the socket and the service manager that made it",
+    )
 
 
 def render_table(findings: list[Finding]) -> str:

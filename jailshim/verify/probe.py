@@ -20,7 +20,14 @@ from typing import Any
 
 from jailshim.devices import ENTROPY_DEVICES, Device
 from jailshim.spec import Identity
-from jailshim.verify.findings import DeviceFacts, Finding, judge_device, judge_getrandom
+from jailshim.verify.findings import (
+    DeviceFacts,
+    Finding,
+    NotifyFacts,
+    judge_device,
+    judge_getrandom,
+    judge_notify,
+)
 from jailshim.verify.needs import Needs
 
 __all__ = ["Probe", "run_probe"]
@@ -87,6 +94,34 @@ def _device_facts(device: Device) -> DeviceFacts:
         os.close(fd)
 
 
+def _notify_facts(path: str) -> NotifyFacts:
+    """connect() a unix datagram socket to ``path`` as the current user, sending nothing (a
+    READY=1 would tell systemd the daemon is up before it is); on failure, lstat says why."""
+    import socket  # already loaded by _child before chroot
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+        return NotifyFacts()
+    except OSError as exc:
+        connect_errno = exc.errno or errno.EIO
+    finally:
+        sock.close()
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return NotifyFacts(connect_errno, lstat_errno=exc.errno or errno.EIO)
+    kind = "a socket" if stat.S_ISSOCK(st.st_mode) else _kind(st)
+    if stat.S_ISCHR(st.st_mode):
+        kind = f"a character device {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    return NotifyFacts(
+        connect_errno,
+        kind=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        owner=f"{st.st_uid}:{st.st_gid}",
+    )
+
+
 def _drop(identity: Identity) -> Finding:
     os.setgroups(list(identity.groups))
     os.setgid(identity.gid)
@@ -107,9 +142,10 @@ def _child(
     jail: str,
     identity: Identity | None,
     devices: tuple[Device, ...],
+    *,
+    notify: str,
     out: int,
     go: int,
-    *,
     needs: Needs | None,
 ) -> None:
     def emit(finding: Finding) -> None:
@@ -118,6 +154,8 @@ def _child(
     from jailshim.verify.openssl import OpenSSLProbe
 
     openssl = OpenSSLProbe()  # before chroot: libcrypto and its first seed come from the host
+    if notify:  # loaded before chroot, like libcrypto: the jail has no Python to import
+        import socket  # noqa: F401
     if needs is not None:
         from jailshim.verify.needs import gather, prepare_before_chroot
 
@@ -138,6 +176,8 @@ def _child(
     uid = os.getuid()
     for device in devices:
         emit(judge_device(device, _device_facts(device), uid, usable))
+    if notify:
+        emit(judge_notify(notify, _notify_facts(notify), uid))
     emit(openssl.reseed())
     if needs is not None:
         for finding in gather(needs, now, host_zone):
@@ -185,7 +225,9 @@ class Probe:
         identity: Identity | None,
         devices: tuple[Device, ...],
         needs: Needs | None = None,
+        notify: str = "",
     ) -> None:
+        """``notify``: $NOTIFY_SOCKET's path, when the daemon sends READY=1 from in the jail."""
         self.identity = identity
         self.read_end, write_end = os.pipe2(os.O_CLOEXEC)
         go_read, self.go = os.pipe2(os.O_CLOEXEC)
@@ -195,7 +237,9 @@ class Probe:
             try:
                 os.close(self.read_end)
                 os.close(self.go)
-                _child(jail, identity, devices, write_end, go_read, needs=needs)
+                _child(
+                    jail, identity, devices, notify=notify, out=write_end, go=go_read, needs=needs
+                )
             except BaseException as exc:
                 finding = Finding(
                     "probe", False, f"could not enter the jail: {exc}", "check --chroot"
