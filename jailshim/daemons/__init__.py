@@ -25,6 +25,7 @@ __all__ = ["ADAPTERS", "Adapter", "DaemonConfig", "PendingCheck", "choose", "loa
 ADAPTERS = {
     "haproxy": "jailshim.daemons.haproxy",
     "nsd": "jailshim.daemons.nsd",
+    "postfix": "jailshim.daemons.postfix",
     "stunnel": "jailshim.daemons.stunnel",
     "unbound": "jailshim.daemons.unbound",
 }
@@ -46,6 +47,7 @@ class DaemonConfig(NamedTuple):
     notes: tuple[str, ...] = ()  # warnings about what was read or passed over
     read: tuple[tuple[str, str], ...] = ()  # more facts read, for the log (name, value)
     notify: bool = False  # it sends READY=1 to $NOTIFY_SOCKET from inside its jail
+    file_sets: tuple[str, ...] = ()
 
 
 class PendingCheck:
