@@ -47,7 +47,7 @@ class DaemonConfig(NamedTuple):
     notes: tuple[str, ...] = ()  # warnings about what was read or passed over
     read: tuple[tuple[str, str], ...] = ()  # more facts read, for the log (name, value)
     notify: bool = False  # it sends READY=1 to $NOTIFY_SOCKET from inside its jail
-    file_sets: tuple[str, ...] = ()
+    file_sets: tuple[str, ...] = ()  # named jail-file sets it needs (files.FILE_SETS keys)
 
 
 class PendingCheck:
