@@ -213,8 +213,16 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
             powers,
             sockets=spec.sockets,
             placeholders=placeholders,
+            files=spec.files,
+            copies=frozenset(
+                (f"/{r.path}", r.ino)
+                for r in prepared.journal.records
+                if r.kind is Kind.COPY and r.done
+            ),
         )
-        plan = decide(facts, spec.devices, spec.strategy, repair=spec.repair)
+        plan = decide(
+            facts, spec.devices, spec.strategy, repair=spec.repair, file_mode=spec.file_mode
+        )
         vanish = False if then_exec else mounts_vanish_on_exit()
         refused = mounts_refused(plan, vanish, log)
         if spec.dry_run:
@@ -285,12 +293,14 @@ _MOUNTS_VANISH = (
 def mounts_refused(plan: Plan, vanish: bool | None, log: Any) -> str:
     """Why this plan's mounts cannot serve the daemon ("" when they can, or need none);
     ``vanish`` is namespaces.mounts_vanish_on_exit() (False for `run`)."""
+    from jailshim.files import FileAction
     from jailshim.plan import Action
 
     mounts = (
         plan.mount_tmpfs
         or any(s.action is Action.BIND for s in plan.steps)
         or any(s.action is Action.BIND for s in plan.sockets)
+        or any(f.action is FileAction.BIND for f in plan.files)
     )
     if not mounts:
         return ""
@@ -329,6 +339,7 @@ def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:
     """A namespace copied from one that had bound (unshare -m, or a runtime starting the daemon
     after ExecStartPre=) has those binds too, right already: record them as this namespace's,
     or its teardown could neither unmount them nor remove the placeholders under them."""
+    from jailshim.files import FileAction
     from jailshim.plan import Action
 
     found = [(s.found, "dev", s.device.rdev) for s in plan.steps if s.action is Action.NOTHING]
@@ -336,6 +347,9 @@ def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:
         if sock.action is Action.NOTHING and not sock.facts.host_problem:
             where, _name = os.path.split(sock.facts.path.strip("/"))
             found.append((sock.facts.entry, where, 0))
+    for file in plan.files:  # a jail file bound read-only (--file-mode bind), "already bound"
+        if file.action is FileAction.NOTHING and not file.facts.host.problem:
+            found.append((file.facts.entry, file.facts.where, 0))
     for entry, where, rdev in found:
         if not entry.mountpoint:
             continue

@@ -21,6 +21,7 @@ from typing import Any
 from jailshim.devices import ENTROPY_DEVICES, Device
 from jailshim.spec import Identity
 from jailshim.verify.findings import DeviceFacts, Finding, judge_device, judge_getrandom
+from jailshim.verify.needs import Needs
 
 __all__ = ["Probe", "run_probe"]
 
@@ -103,7 +104,13 @@ def _drop(identity: Identity) -> Finding:
 
 
 def _child(
-    jail: str, identity: Identity | None, devices: tuple[Device, ...], out: int, go: int
+    jail: str,
+    identity: Identity | None,
+    devices: tuple[Device, ...],
+    out: int,
+    go: int,
+    *,
+    needs: Needs | None,
 ) -> None:
     def emit(finding: Finding) -> None:
         os.write(out, (json.dumps(finding.to_json()) + "\n").encode())
@@ -111,6 +118,10 @@ def _child(
     from jailshim.verify.openssl import OpenSSLProbe
 
     openssl = OpenSSLProbe()  # before chroot: libcrypto and its first seed come from the host
+    if needs is not None:
+        from jailshim.verify.needs import gather, prepare_before_chroot
+
+        now, host_zone = prepare_before_chroot()
     if os.read(go, 1) != b"1":  # the parent gave up (prepare failed, a signal): no probe
         os._exit(0)
     os.chroot(jail)
@@ -128,6 +139,9 @@ def _child(
     for device in devices:
         emit(judge_device(device, _device_facts(device), uid, usable))
     emit(openssl.reseed())
+    if needs is not None:
+        for finding in gather(needs, now, host_zone):
+            emit(finding)
 
 
 def _privileges(pid: int, identity: Identity | None, reported: Finding) -> Finding:
@@ -165,7 +179,13 @@ class Probe:
     OpenSSL (the slow part, ~2.5 ms) while the parent is still importing and preparing, then
     waits on a pipe until ``collect`` says go (or ``cancel`` closes the pipe: it exits)."""
 
-    def __init__(self, jail: str, identity: Identity | None, devices: tuple[Device, ...]) -> None:
+    def __init__(
+        self,
+        jail: str,
+        identity: Identity | None,
+        devices: tuple[Device, ...],
+        needs: Needs | None = None,
+    ) -> None:
         self.identity = identity
         self.read_end, write_end = os.pipe2(os.O_CLOEXEC)
         go_read, self.go = os.pipe2(os.O_CLOEXEC)
@@ -175,7 +195,7 @@ class Probe:
             try:
                 os.close(self.read_end)
                 os.close(self.go)
-                _child(jail, identity, devices, write_end, go_read)
+                _child(jail, identity, devices, write_end, go_read, needs=needs)
             except BaseException as exc:
                 finding = Finding(
                     "probe", False, f"could not enter the jail: {exc}", "check --chroot"
