@@ -29,7 +29,7 @@ import pytest
 
 from jailshim.daemons import DaemonConfig, postfix
 from jailshim.errors import ConfigError
-from tests.daemons import descendants, stop
+from tests.daemons import descendants, status_field, stop
 from tests.support import TESTS, assert_ran, jailshim_argv, need, run, spawn, unmount_below
 
 PORT = 25600  # this adapter's test ports: 25600-25699, inside the test's network namespace
@@ -222,8 +222,7 @@ def test_nothing_chrooted_means_no_jail(area: Path, postfix_bin: str) -> None:
         check=True,
     ).stdout.splitlines()
     flip = {line.split(" = ")[0].rsplit("/", 1)[0]: "-" for line in services}
-    for name, value in flip.items():
-        postconf(setup.conf, "-Fe", f"{name}/chroot={value}")
+    postconf(setup.conf, "-Fe", *(f"{name}/chroot={value}" for name, value in flip.items()))
     config = read(setup)
     assert config.jail is None and config.file_sets == () and config.log_sockets == ()
     assert dict(config.read)["chrooted"].startswith("none")
@@ -297,6 +296,12 @@ def stop_postfix(proc: subprocess.Popen[str]) -> str:
     return stderr
 
 
+def _dropped(pid: int) -> bool:
+    """``pid`` runs as user postfix: postfix chroots before setuid (chroot_uid.c), so its
+    root is final from then on."""
+    return status_field(pid, "Uid").split()[0] == str(pwd.getpwnam("postfix").pw_uid)
+
+
 def test_master_chroots_dash_services_only_below_level_1(area: Path, postfix_bin: str) -> None:
     """The installed master agrees with the adapter's rule for `-`: at compatibility_level 0
     pickup (written `-`) runs chrooted in the queue directory, at 3.6 it does not."""
@@ -316,6 +321,7 @@ def test_master_chroots_dash_services_only_below_level_1(area: Path, postfix_bin
         try:
             _wait_for("pickup started", functools.partial(_processes, proc.pid, "pickup"))
             (pickup,) = _processes(proc.pid, "pickup")
+            _wait_for("pickup dropped to postfix", functools.partial(_dropped, pickup))
             argv = Path(f"/proc/{pickup}/cmdline").read_bytes().split(b"\0")
             root = os.readlink(f"/proc/{pickup}/root")
             assert (b"-c" in argv, root == str(setup.queue)) == (expected, expected), (argv, root)
