@@ -166,6 +166,11 @@ def write_postfix_config(
         "local_recipient_maps": "",
         "smtpd_helo_required": "yes",
         "smtpd_helo_restrictions": "reject_unknown_helo_hostname",
+        # whatever TLS set-up the host's main.cf has (Debian's with ssl-cert): none here
+        "smtpd_tls_security_level": "none",
+        "smtp_tls_security_level": "none",
+        "smtpd_tls_CApath": "",
+        "smtp_tls_CApath": "",
         **({} if syslog else {"maillog_file": str(maillog), "maillog_file_prefixes": str(area)}),
         **(main or {}),
     }
