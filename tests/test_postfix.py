@@ -289,10 +289,19 @@ def _wait_for(what: str, check: Callable[[], object], timeout: float = 20) -> No
     raise AssertionError(f"{what}: not within {timeout}s")
 
 
-def stop_postfix(proc: subprocess.Popen[str]) -> str:
+def stop_postfix(proc: subprocess.Popen[str], queue: Path) -> str:
     """SIGTERM to postfix's master (it stops its children; postfix-script then exits), then
-    anything left of what the test started, by PID; returns stderr."""
-    for master in _processes(proc.pid, "master"):
+    anything left of what the test started, by PID; returns stderr. The master is found below
+    ``proc`` or, if postfix-script is gone, by the pid file in the test's own ``queue``."""
+    masters = set(_processes(proc.pid, "master"))
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((queue / "pid" / "master.pid").read_text().split()[0])
+        if (
+            Path(f"/proc/{pid}/exe").resolve().name == "master"
+            and Path(f"/proc/{pid}/cwd").resolve() == queue.resolve()
+        ):
+            masters.add(pid)
+    for master in masters:
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -331,7 +340,7 @@ def test_master_chroots_dash_services_only_below_level_1(area: Path, postfix_bin
             root = os.readlink(f"/proc/{pickup}/root")
             assert (b"-c" in argv, root == str(setup.queue)) == (expected, expected), (argv, root)
         finally:
-            stop_postfix(proc)
+            stop_postfix(proc, setup.queue)
 
 
 # --- end to end: a chrooted smtpd that needs the resolver ----------------------------------
@@ -434,7 +443,7 @@ def _listening(pid: int, port: int) -> bool:
     return any(f" {local} " in line and line.split()[3] == "0A" for line in table.splitlines())
 
 
-def _start(argv: list[str]) -> subprocess.Popen[str]:
+def _start(argv: list[str], queue: Path) -> subprocess.Popen[str]:
     proc = spawn(argv)
 
     def ready() -> bool:
@@ -445,7 +454,7 @@ def _start(argv: list[str]) -> subprocess.Popen[str]:
     try:
         _wait_for(f"postfix listening on 127.0.0.1:{PORT}", ready)
     except BaseException:
-        stop_postfix(proc)
+        stop_postfix(proc, queue)
         raise
     return proc
 
@@ -464,11 +473,11 @@ def test_postfix_delivers_with_jailshim_and_refuses_without(
     setup = write_postfix_config(area, port=PORT, chroot={"postlog/unix-dgram": "-"})
     daemon = [postfix_bin, "-c", str(setup.conf), "start-fg"]
 
-    plain = _start([*ns.wrap(), *daemon])
+    plain = _start([*ns.wrap(), *daemon], setup.queue)
     try:
         without = ns.send("without-jailshim")
     finally:
-        stop_postfix(plain)
+        stop_postfix(plain, setup.queue)
     print("\n--- without jailshim ---\n" + "\n".join(without))
     assert any(
         line.startswith(
@@ -479,7 +488,7 @@ def test_postfix_delivers_with_jailshim_and_refuses_without(
     assert not (setup.queue / "etc").exists()  # nobody else fills the jail (no start script)
 
     token = f"with-jailshim-{os.getpid()}"
-    wrapped = _start([*ns.wrap(), *jailshim_argv("run", "--", *daemon)])
+    wrapped = _start([*ns.wrap(), *jailshim_argv("run", "--", *daemon)], setup.queue)
     try:
         with_jailshim = ns.send(token)
         log = setup.maillog.read_text() if setup.maillog.exists() else ""
@@ -490,7 +499,7 @@ def test_postfix_delivers_with_jailshim_and_refuses_without(
         assert _root_of(wrapped.pid, "smtpd") == {str(setup.queue)}
         assert _root_of(wrapped.pid, "postlogd") == {"/"} == _root_of(wrapped.pid, "qmgr")
     finally:
-        stderr = stop_postfix(wrapped)
+        stderr = stop_postfix(wrapped, setup.queue)
     print("\n--- with jailshim ---\n" + "\n".join(with_jailshim))
     assert "Traceback" not in stderr
     assert any(line.startswith("S: 250 2.0.0 Ok: queued as") for line in with_jailshim)
