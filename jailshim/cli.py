@@ -159,7 +159,7 @@ _OPTIONS = (
     _Opt(
         "--daemon",
         "read COMMAND's config with this daemon's adapter (default: COMMAND's name): "
-        "haproxy nsd stunnel unbound",
+        "haproxy named nsd stunnel unbound",
         (RUN,),
         "NAME",
     ),
@@ -199,7 +199,8 @@ _OPTIONS = (
     ),
     _Opt(
         "--no-config-check",
-        "skip the daemon's own config check (haproxy -c, unbound-checkconf, nsd-checkconf)",
+        "skip the daemon's own config check (haproxy -c, unbound-checkconf, nsd-checkconf, "
+        "named-checkconf)",
         (RUN,),
         switch=True,
     ),
@@ -487,7 +488,7 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
         _path(path, source, config=source == "log")
     return Spec(
         chroot=chroot,
-        devices=devices_of(args, DEFAULT_DEVICES),
+        devices=devices_of(args, [*DEFAULT_DEVICES, *overrides.get("devices", ())]),
         identity=identity_of(args, **overrides),
         strategy=Strategy(args.strategy or "auto"),
         dry_run=bool(args.dry_run),

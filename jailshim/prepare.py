@@ -149,6 +149,47 @@ def _reconcile(prepared: Prepared, ns: int, log: Any) -> bool:
     return bool(swept or pending)
 
 
+def _release_stale_binds(prepared: Prepared, spec: Spec, ns: int, log: Any) -> None:
+    """Unbind this namespace's binds of a host socket or file that the host has since
+    replaced (a restarted syslog makes a new /dev/log; systemd-resolved renames a new
+    resolv.conf into place): the jail still shows the old inode, and the survey would take
+    that mount point for an entry to move aside (EBUSY). The placeholder stays, and the plan
+    binds the host's current one onto it."""
+    from jailshim.files import FileMode
+
+    wanted = set(spec.sockets)
+    if spec.file_mode is FileMode.BIND:
+        wanted.update(f.path for f in spec.files)
+    journal, jail = prepared.journal, prepared.jail
+    for index in range(len(journal.records) - 1, -1, -1):
+        record = journal.records[index]
+        path = f"/{record.path}"
+        if not (record.kind is Kind.BIND and record.done and record.ns == ns):
+            continue
+        if record.rdev or path not in wanted:
+            continue
+        try:
+            host = os.stat(os.path.realpath(path))
+        except OSError:
+            continue  # the host has none now: the plan says so; the old bind is left
+        dir_fd, missing = jail.walk(record.where)
+        try:
+            if missing:
+                continue
+            try:
+                seen = os.stat(record.name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+        finally:
+            os.close(dir_fd)
+        if seen.st_ino == record.ino or (seen.st_dev, seen.st_ino) == (host.st_dev, host.st_ino):
+            continue  # not mounted here, or still the host's current one
+        outcome = undo(jail, record, mounts.read_mount_table())
+        if outcome == "unmounted":
+            journal.drop(index)
+        log.info("rebind", path=path, reason="the host's one was replaced", outcome=outcome)
+
+
 def check_paths(jail: Jail, records: list[Record]) -> None:
     """Walk every directory the records name before acting on any: one through a symlink
     (planted after prepare) refuses the whole run, not the middle of it."""
@@ -201,6 +242,8 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
                 if dev_fd is not None:
                     prepared.fds.append(dev_fd)
                 prepared.journal = open_journal(jail, dev_fd, table, ns)
+            with signals_deferred():
+                _release_stale_binds(prepared, spec, ns, log)
         placeholders = frozenset(
             r.ino for r in prepared.journal.records if r.kind is Kind.PLACEHOLDER and r.done
         )

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   haproxy openssl                        # the daemon jailshim starts first, and certificates
   unbound knot-dnsutils gnutls-bin faketime  # the DNS-over-TLS demo and reseed tests
   nsd stunnel4                           # the nsd and stunnel adapters' real-daemon tests
+  bind9 bind9-utils                      # the named adapter's real-daemon tests
   postfix                                # the postfix adapter's real-daemon tests
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
   catatonit                              # podman kube play: the pods' pause image
@@ -30,7 +31,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # postfix asks which mail set-up to make; "Local only" writes a main.cf (the tests copy it)
   # and opens nothing to the network. Asked before installing, so apt does not stop to ask.
   echo "postfix postfix/main_mailer_type select Local only" | debconf-set-selections
-  # Debian's daemons (haproxy, unbound, nsd, stunnel, postfix) must not start here: policy-rc.d.
+  # Debian's daemons (haproxy, unbound, nsd, stunnel, named, postfix) must not start: policy-rc.d.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
