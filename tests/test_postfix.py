@@ -496,6 +496,9 @@ def test_postfix_delivers_with_jailshim_and_refuses_without(
         for line in without
     ), without
     assert not (setup.queue / "etc").exists()  # nobody else fills the jail (no start script)
+    explained = run("explain", str(setup.maillog))  # postfix's own log of that refusal
+    assert explained.code == 0, explained.stdout
+    assert "* postfix: a chrooted smtpd cannot resolve names" in explained.stdout
 
     token = f"with-jailshim-{os.getpid()}"
     wrapped = _start([*ns.wrap(), *jailshim_argv("run", "--", *daemon)], setup.queue)
