@@ -186,8 +186,9 @@ def write_postfix_config(
 
 
 def settle(conf: Path) -> None:
-    """Date main.cf and master.cf a minute back: postfix waits until a configuration file's
-    mtime is in the past before it trusts what it read (about 2 s for a file just written)."""
+    """Date main.cf and master.cf a minute back: postfix reads a file that is still "hot"
+    (changed within about a second) again every 0.3 s until it cools down (dict.c,
+    dict_load_file_xt), about 2 s for a file just written."""
     then = time.time() - 60
     for name in ("main.cf", "master.cf"):
         os.utime(conf / name, (then, then))
