@@ -91,6 +91,18 @@ SIGNATURES: tuple[Signature, ...] = (
         "address is usable (within --timeout) and says whether it is absent, tentative or "
         "dadfailed; or set net.ipv6.ip_nonlocal_bind=1.",
     ),
+    _sig(
+        "postfix: a chrooted smtpd cannot resolve names (Helo ... Host not found)",
+        r"Helo command rejected: Host not found",
+        "Debian's postfix runs smtpd chrooted in its queue directory (/var/spool/postfix); it "
+        "reads etc/resolv.conf there, and Debian's start script copies it in. `postfix "
+        "start-fg` (containers) skips that script, so the resolver asks 127.0.0.1:53 only and "
+        "every HELO name that must be looked up is refused for now (450).",
+        "Fix: start postfix with `jailshim run -- postfix start-fg`, which copies etc/resolv.conf, "
+        "etc/hosts, etc/nsswitch.conf, etc/localtime and etc/services into the queue directory "
+        "(or `jailshim prepare --chroot /var/spool/postfix --files resolver --files time --files "
+        "services`); `jailshim check … --resolve NAME` proves a name resolves inside.",
+    ),
 )
 
 
@@ -112,7 +124,8 @@ def explain(stream: TextIO, out: TextIO | None = None) -> int:
     if not matches:
         out.write(
             "no known signature: jailshim recognises entropy failures (OpenSSL, GnuTLS, Python), "
-            "syslog sockets missing in a jail, and haproxy bind failures.\n"
+            "syslog sockets missing in a jail, haproxy bind failures, and a chrooted postfix "
+            "without its resolver files.\n"
         )
         return 1
     for sig, line in matches:

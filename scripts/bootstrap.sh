@@ -14,6 +14,7 @@ APT_PACKAGES=(
   unbound knot-dnsutils gnutls-bin faketime  # the DNS-over-TLS demo and reseed tests
   nsd stunnel4                           # the nsd and stunnel adapters' real-daemon tests
   bind9 bind9-utils                      # the named adapter's real-daemon tests
+  postfix                                # the postfix adapter's real-daemon tests
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
   catatonit                              # podman kube play: the pods' pause image
   systemd                                # systemd-analyze verify for the example units
@@ -27,7 +28,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Debian's haproxy, unbound, nsd and stunnel units must not start on the host: policy-rc.d says no.
+  # postfix asks which mail set-up to make; "Local only" writes a main.cf (the tests copy it)
+  # and opens nothing to the network. Asked before installing, so apt does not stop to ask.
+  echo "postfix postfix/main_mailer_type select Local only" | debconf-set-selections
+  # Debian's daemons (haproxy, unbound, nsd, stunnel, named, postfix) must not start: policy-rc.d.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT

@@ -26,6 +26,7 @@ ADAPTERS = {
     "haproxy": "jailshim.daemons.haproxy",
     "named": "jailshim.daemons.named",
     "nsd": "jailshim.daemons.nsd",
+    "postfix": "jailshim.daemons.postfix",
     "stunnel": "jailshim.daemons.stunnel",
     "unbound": "jailshim.daemons.unbound",
 }

@@ -1,8 +1,10 @@
 """Run a daemon's own config tool: `TOOL -o OPTION FILE` prints one option's value as the daemon
-reads it (unbound-checkconf, nsd-checkconf), and `TOOL FILE` is its checker."""
+reads it (unbound-checkconf, nsd-checkconf), and `TOOL FILE` is its checker; postfix's postconf
+answers several questions per run and `postfix check` speaks only to a terminal."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -12,7 +14,7 @@ from jailshim.errors import ConfigError
 if TYPE_CHECKING:
     from jailshim.verify.network import WaitTarget
 
-__all__ = ["ask", "ip_targets", "run"]
+__all__ = ["ask", "ip_targets", "run", "run_all", "run_on_terminal"]
 
 
 def _start(argv: list[str], package: str) -> subprocess.Popen[str]:
@@ -41,6 +43,60 @@ def run(argv: list[str], package: str) -> tuple[int, str]:
     """The checker (``TOOL FILE``): its exit status and everything it printed."""
     code, out, err = _finish(_start(argv, package), argv[0], package)
     return code, out + err
+
+
+def run_all(argvs: Sequence[list[str]], package: str) -> list[tuple[int, str, str]]:
+    """Several commands side by side: each one's exit status, stdout and stderr, in order."""
+    procs = [_start(argv, package) for argv in argvs]
+    return [_finish(proc, argv[0], package) for proc, argv in zip(procs, argvs, strict=True)]
+
+
+def run_on_terminal(argv: list[str], package: str) -> tuple[int, str]:
+    """The checker with its stdout and stderr on a pseudo-terminal (a tool that logs to stderr
+    only when it is a TTY): its exit status and everything it printed."""
+    import select
+    import time
+
+    controller, terminal = os.openpty()
+    try:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=terminal,
+                stderr=terminal,
+                close_fds=True,
+                start_new_session=True,  # the terminal is not its controlling one: no SIGHUP
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"`{argv[0]}` could not run ({exc.strerror}); install {package}'s tools (Debian "
+                f"package {package}) or pass --no-config-check."
+            ) from None
+        finally:
+            os.close(terminal)
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(controller)
+    try:
+        code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise ConfigError(f"`{' '.join(argv)}` did not finish in 60 s; check {package}.") from None
+    return code, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
 
 
 def ask(
