@@ -123,7 +123,13 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "devices": config.devices,
             "notify_socket": notify,  # checked from inside the jail as the daemon's user
         }
-        if not args.no_config_check:
+        if args.dry_run and adapter.check_writes and not args.no_config_check:
+            logger.info(
+                "config_check",
+                outcome="skipped",
+                detail=f"{adapter.name}'s checker changes files; --dry-run changes nothing",
+            )
+        elif not args.no_config_check:
             # runs while the jail is prepared; its verdict is awaited before hand-over, and a
             # rejection takes the prepare back (the jail is left as it was, no daemon starts)
             pending = adapter.start_check(daemon_argv)

@@ -533,3 +533,17 @@ def test_example_containerfile_is_hadolint_clean() -> None:
     containerfile = TESTS.parent / "examples" / "postfix" / "Containerfile"
     proc = subprocess.run([hadolint, str(containerfile)], capture_output=True, check=False)
     assert_ran(proc)
+
+
+def test_dry_run_skips_postfix_check_which_makes_queue_directories(
+    area: Path, postfix_bin: str
+) -> None:
+    """`postfix check` creates missing queue directories; --dry-run promises to change nothing,
+    so it skips the checker and says so: the queue stays as it was."""
+    setup = write_postfix_config(area, port=PORT)
+    before = sorted(p.name for p in setup.queue.iterdir()) if setup.queue.exists() else []
+    result = run("run", "--dry-run", "--", postfix_bin, "-c", str(setup.conf), "start-fg")
+    assert result.code == 0, result.stderr
+    assert [e["outcome"] for e in result.named("config_check")] == ["skipped"]
+    after = sorted(p.name for p in setup.queue.iterdir()) if setup.queue.exists() else []
+    assert after == before

@@ -68,6 +68,9 @@ class Adapter:
     """One daemon: recognised by ``name``; reads its config; runs its own checker."""
 
     name = ""
+    # The checker changes files (postfix check makes missing queue directories): a --dry-run,
+    # which promises to change nothing, skips it and says so.
+    check_writes = False
 
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
         """The daemon's config as ``argv`` (argv[0]: the binary whose tools to ask) names it."""

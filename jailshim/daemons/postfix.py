@@ -195,6 +195,7 @@ class _Postfix(Adapter):
     """postfix: queue_directory, mail_owner and master.cf's chroot column via postconf."""
 
     name = "postfix"
+    check_writes = True
 
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
         config_dir, command = parse_argv(argv, env)
