@@ -9,7 +9,7 @@ from jailshim.errors import CheckFailed
 from jailshim.jail.safepath import Jail
 from jailshim.spec import Spec
 from jailshim.verify.findings import Finding, render_table
-from jailshim.verify.probe import Probe
+from jailshim.verify.probe import CryptoSource, Probe
 from jailshim.verify.retry import Outcome, verify_with_retries
 
 if TYPE_CHECKING:
@@ -49,7 +49,12 @@ def start_probe(spec: Spec) -> Probe | None:
     """Fork the first probe now, so it readies OpenSSL while the caller prepares the jail."""
     if not spec.verify or spec.dry_run:
         return None
-    return Probe(spec.chroot, spec.identity, spec.devices)
+    return Probe(spec.chroot, spec.identity, spec.devices, crypto_source(spec))
+
+
+def crypto_source(spec: Spec) -> CryptoSource:
+    """--crypto-lib, else COMMAND's libraries, else (neither given) the host's libcrypto."""
+    return CryptoSource(paths=spec.crypto_libs, command=spec.command)
 
 
 def prepare_and_verify(
@@ -121,7 +126,11 @@ def check(
     def attempt() -> list[Finding]:
         findings: list[Finding] = []
         if spec is not None and path is not None:
-            probe = pending.pop() if pending else Probe(path, spec.identity, spec.devices)
+            probe = (
+                pending.pop()
+                if pending
+                else Probe(path, spec.identity, spec.devices, crypto_source(spec))
+            )
             findings = probe.collect()
         if targets:
             from jailshim.verify.network import network_findings

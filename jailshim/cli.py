@@ -112,6 +112,14 @@ _OPTIONS = (
         switch=True,
     ),
     _Opt(
+        "--crypto-lib",
+        "the crypto library to probe instead of COMMAND's (or, for doctor, the daemon's mapped) "
+        "ones: a libcrypto, libgnutls ... file (repeatable)",
+        (RUN, CHECK, DOCTOR),
+        "PATH",
+        repeat=True,
+    ),
+    _Opt(
         "--strategy",
         "how to make nodes (default: auto)",
         (RUN, PREPARE),
@@ -283,6 +291,13 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 )
         if name == RUN:
             p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+        elif name == CHECK:
+            p.add_argument(
+                "argv",
+                nargs=argparse.REMAINDER,
+                metavar="-- COMMAND [ARG...]",
+                help="the daemon: its own crypto libraries are probed (not run)",
+            )
         elif name == EXPLAIN:
             p.add_argument("file", nargs="?", metavar="FILE", help="error lines (default: stdin)")
     return parser
@@ -458,7 +473,23 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
         sockets=sockets,
         wait_targets=targets,
         ensure_loopback=bool(args.ensure_loopback),
+        crypto_libs=_crypto_libs(args),
+        command=overrides.get("command", ""),
     )
+
+
+def _crypto_libs(args: argparse.Namespace) -> tuple[str, ...]:
+    """--crypto-lib paths, each checked to be a file jailshim can load."""
+    paths = tuple(args.crypto_lib or ())
+    for path in paths:
+        source = origin(args, "crypto_lib")
+        _path(path, source)
+        if not os.path.isfile(path):
+            raise UsageError(
+                f"{said(source, path)} is not a file; give the library's path, such as "
+                "/usr/lib/x86_64-linux-gnu/libcrypto.so.3."
+            )
+    return paths
 
 
 def _targets(
@@ -507,7 +538,12 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
                 timeout=args.timeout or 30.0,
             )
             return 0
-        spec = _spec_from(args)
+        command = {}
+        if args.argv:
+            from jailshim.run import resolve_command
+
+            command = {"command": resolve_command(args.argv)}
+        spec = _spec_from(args, **command)
         log.bind_context(chroot=spec.chroot)
         check(spec, log.get_logger())
         return 0
@@ -548,10 +584,19 @@ def _doctor(args: argparse.Namespace, log: Any) -> int:
                 "jailshim doctor --pid takes the jail and the user from the daemon itself; "
                 f"drop {' and '.join(flags)}."
             )
-        return doctor(args.pids, None, None, devices, log.get_logger())
+        return doctor(
+            args.pids, None, None, devices, log.get_logger(), crypto_libs=_crypto_libs(args)
+        )
     if args.chroot is None:
         raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
-    return doctor(None, chroot_of(args), identity_of(args), devices, log.get_logger())
+    return doctor(
+        None,
+        chroot_of(args),
+        identity_of(args),
+        devices,
+        log.get_logger(),
+        crypto_libs=_crypto_libs(args),
+    )
 
 
 def _explain(file: str | None) -> int:

@@ -130,3 +130,5 @@ class Spec(NamedTuple):
     sockets: tuple[str, ...] = ()  # host unix sockets to bind at the same path in the jail
     wait_targets: tuple[WaitTarget, ...] = ()  # addresses the daemon binds (network readiness)
     ensure_loopback: bool = False
+    crypto_libs: tuple[str, ...] = ()  # --crypto-lib: the libraries to probe, as given
+    command: str = ""  # COMMAND's executable: its crypto libraries are probed

@@ -16,13 +16,34 @@ import select
 import signal
 import stat
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from jailshim.devices import ENTROPY_DEVICES, Device
 from jailshim.spec import Identity
 from jailshim.verify.findings import DeviceFacts, Finding, judge_device, judge_getrandom
 
-__all__ = ["Probe", "run_probe"]
+if TYPE_CHECKING:
+    from jailshim.verify.cryptolib import CryptoLib
+
+__all__ = ["CryptoSource", "Probe", "run_probe"]
+
+
+class CryptoSource(NamedTuple):
+    """Whose crypto libraries to probe: --crypto-lib paths win, then libraries already found
+    (doctor --pid, from the maps), then COMMAND's (asked of its loader in the probe child).
+    All empty: the host's default libcrypto, as "OpenSSL reseed"."""
+
+    paths: tuple[str, ...] = ()
+    libs: tuple[CryptoLib, ...] = ()
+    command: str = ""
+
+
+_HOST_DEFAULT = CryptoSource()
+
+
+class _Reseeder(Protocol):
+    def reseed(self) -> Finding: ...
+
 
 _PROBE_DEADLINE = 10.0  # seconds; a probe that hangs (a blocking read) is killed
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -102,15 +123,53 @@ def _drop(identity: Identity) -> Finding:
     return Finding("privileges", True, "")  # detail filled in by the parent from /proc
 
 
-def _child(
-    jail: str, identity: Identity | None, devices: tuple[Device, ...], out: int, go: int
+def _reseeders(source: CryptoSource) -> tuple[list[_Reseeder], list[Finding]]:
+    """One probe per library the daemon uses (loaded and seeded now, before chroot), and the
+    findings for libraries that cannot be probed."""
+    from jailshim.verify.openssl import OpenSSLProbe
+
+    if source == _HOST_DEFAULT:
+        return [OpenSSLProbe()], []
+    from jailshim.verify import cryptolib, libfind
+
+    note = ""
+    if source.paths:
+        libs = libfind.for_paths(source.paths)
+    elif source.libs:
+        libs = list(source.libs)
+    else:
+        libs, note = libfind.for_command(source.command)
+    if not libs:
+        return [], [Finding("crypto library", True, f"none probed: {note}", warning=True)]
+    probes: list[_Reseeder] = []
+    notes = []
+    for lib in libs:
+        kind = cryptolib.probe_kind(lib)
+        if kind == "openssl":
+            probes.append(OpenSSLProbe(lib))
+        elif kind == "gnutls":
+            from jailshim.verify.gnutls import GnuTLSProbe
+
+            probes.append(GnuTLSProbe(lib))
+        else:
+            check = f"{cryptolib.short_version(lib.version) or lib.family} reseed"
+            notes.append(Finding(check, True, cryptolib.unprobeable(lib), warning=True))
+    return probes, notes
+
+
+def _child(  # noqa: PLR0917  (one child, one call site)
+    jail: str,
+    identity: Identity | None,
+    devices: tuple[Device, ...],
+    crypto: CryptoSource,
+    out: int,
+    go: int,
 ) -> None:
     def emit(finding: Finding) -> None:
         os.write(out, (json.dumps(finding.to_json()) + "\n").encode())
 
-    from jailshim.verify.openssl import OpenSSLProbe
-
-    openssl = OpenSSLProbe()  # before chroot: libcrypto and its first seed come from the host
+    # before chroot: the libraries and their first seed come from the host, as the daemon's did
+    reseeders, notes = _reseeders(crypto)
     if os.read(go, 1) != b"1":  # the parent gave up (prepare failed, a signal): no probe
         os._exit(0)
     os.chroot(jail)
@@ -127,7 +186,10 @@ def _child(
     uid = os.getuid()
     for device in devices:
         emit(judge_device(device, _device_facts(device), uid, usable))
-    emit(openssl.reseed())
+    for finding in notes:
+        emit(finding)
+    for reseeder in reseeders:
+        emit(reseeder.reseed())
 
 
 def _privileges(pid: int, identity: Identity | None, reported: Finding) -> Finding:
@@ -165,7 +227,13 @@ class Probe:
     OpenSSL (the slow part, ~2.5 ms) while the parent is still importing and preparing, then
     waits on a pipe until ``collect`` says go (or ``cancel`` closes the pipe: it exits)."""
 
-    def __init__(self, jail: str, identity: Identity | None, devices: tuple[Device, ...]) -> None:
+    def __init__(
+        self,
+        jail: str,
+        identity: Identity | None,
+        devices: tuple[Device, ...],
+        crypto: CryptoSource = _HOST_DEFAULT,
+    ) -> None:
         self.identity = identity
         self.read_end, write_end = os.pipe2(os.O_CLOEXEC)
         go_read, self.go = os.pipe2(os.O_CLOEXEC)
@@ -175,7 +243,7 @@ class Probe:
             try:
                 os.close(self.read_end)
                 os.close(self.go)
-                _child(jail, identity, devices, write_end, go_read)
+                _child(jail, identity, devices, crypto, write_end, go_read)
             except BaseException as exc:
                 finding = Finding(
                     "probe", False, f"could not enter the jail: {exc}", "check --chroot"
@@ -238,6 +306,11 @@ class Probe:
             os.waitpid(pid, 0)
 
 
-def run_probe(jail: str, identity: Identity | None, devices: tuple[Device, ...]) -> list[Finding]:
+def run_probe(
+    jail: str,
+    identity: Identity | None,
+    devices: tuple[Device, ...],
+    crypto: CryptoSource = _HOST_DEFAULT,
+) -> list[Finding]:
     """Run the probe once in a child and return its findings (the child is always reaped)."""
-    return Probe(jail, identity, devices).collect()
+    return Probe(jail, identity, devices, crypto).collect()

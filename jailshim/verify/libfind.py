@@ -1,0 +1,137 @@
+"""Find a daemon's crypto libraries: ask the dynamic loader about COMMAND, read /proc/PID/maps
+for a running daemon, or take the paths given with --crypto-lib. cryptolib.py decides; this
+module only gathers the facts (a subprocess, /proc reads, bounded file reads).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import subprocess
+
+from jailshim.verify.cryptolib import (
+    CryptoLib,
+    classify,
+    from_loader_list,
+    from_maps,
+    version_in,
+)
+
+__all__ = ["for_command", "for_paths", "for_pid", "read_bounded"]
+
+_LIMIT = 32 << 20
+_DEFAULT_LOADER = "/lib64/ld-linux-x86-64.so.2"
+_PT_INTERP = 3
+
+
+def read_bounded(path: str, limit: int = _LIMIT) -> bytes:
+    """A file's bytes, read only if the path is a regular file, never blocking and never more
+    than ``limit``: the path may come from a hostile process, which could have replaced the
+    file with a FIFO (would hang) or a link to /dev/zero (endless)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        chunks, left = [], limit
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _interpreter(head: bytes) -> str:
+    """The PT_INTERP of a 64-bit little-endian ELF (the loader the kernel would run), or ""."""
+    if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1 or len(head) < 64:
+        return ""
+    (phoff,) = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if at + 56 > len(head):
+            return ""
+        kind, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", head, at)
+        if kind == _PT_INTERP and offset + size <= len(head):
+            return head[offset : offset + size].split(b"\0", 1)[0].decode(errors="replace")
+    return ""
+
+
+def for_command(binary: str) -> tuple[list[CryptoLib], str]:
+    """The crypto libraries ``binary`` will load, as its dynamic loader resolves them (RPATH,
+    RUNPATH, LD_LIBRARY_PATH and the cache, exactly as at exec), with a note when none is found.
+
+    `ld.so --list` maps the libraries without running any of their code, unlike running the
+    binary with LD_TRACE_LOADED_OBJECTS (old ldd). A static binary's OpenSSL is found from its
+    version string and returned with static=True (not probeable).
+    """
+    data = read_bounded(binary)
+    loader = _interpreter(data[:65536]) or ""
+    listed: list[CryptoLib] = []
+    if loader:
+        try:
+            proc = subprocess.run(
+                [loader, "--list", binary],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=10,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+            listed = from_loader_list(proc.stdout)
+        except (OSError, subprocess.SubprocessError):
+            loader = ""
+    if listed:
+        return [lib._replace(version=version_in(read_bounded(lib.path))) for lib in listed], ""
+    version = version_in(data)
+    if version.startswith("OpenSSL"):
+        return [CryptoLib("OpenSSL", os.path.basename(binary), "", version, static=True)], ""
+    if data[:4] != b"\x7fELF":
+        return [], f"{binary} is not an ELF executable (a script?): its interpreter's libraries"
+    if not loader:
+        return [], f"{binary} is linked statically and carries no OpenSSL version string"
+    return (
+        [],
+        f"{binary} links no crypto library jailshim knows (OpenSSL, GnuTLS, wolfSSL, Mbed TLS)",
+    )
+
+
+def for_paths(paths: tuple[str, ...]) -> list[CryptoLib]:
+    """--crypto-lib: each path as given, its family from its name (OpenSSL when unknown)."""
+    libs = []
+    for path in paths:
+        name = os.path.basename(path)
+        libs.append(
+            CryptoLib(classify(name) or "OpenSSL", name, path, version_in(read_bounded(path)))
+        )
+    return libs
+
+
+def for_pid(pid: int) -> list[CryptoLib]:
+    """The crypto libraries process ``pid`` has mapped. Each is loaded for the probe from the
+    path the maps show when that path is still the very file mapped (same inode), else from
+    /proc/PID/map_files/RANGE, the mapped file itself (a daemon in another mount namespace, a
+    library upgraded on disk since the daemon started)."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
+        return []
+    libs = []
+    for lib, mapped in from_maps(text):
+        path = lib.path
+        try:
+            same = os.stat(path).st_ino == mapped.inode
+        except OSError:
+            same = False
+        if not same:
+            path = f"/proc/{pid}/map_files/{mapped.range}"
+        libs.append(lib._replace(path=path, version=version_in(read_bounded(path))))
+    return libs
