@@ -161,15 +161,17 @@ def verdict(facts: DaemonFacts | None, findings: list[Finding], fix: str) -> tup
         return True, "safe: the jail's entropy devices work for the daemon's user"
     if entropy_broken:
         why = entropy_broken[0].detail.split(". ")[0].rstrip(".")
+        failing = [f.check.removesuffix(" reseed") for f in broken if f.check.endswith(" reseed")]
+        which = f" of {', '.join(failing)}" if failing else ""
         if facts is not None and facts.open_entropy_fds:
             # OpenSSL >= 1.1.1 keeps the device it opened before chroot and reseeds from that
             # descriptor (seen with haproxy 2.6 / OpenSSL 3.0): it survives, but only as long as
             # nothing reopens the device (GnuTLS does on every use; so does an OpenSSL that was
             # told RAND_keep_random_devices_open(0)).
             return False, (
-                f"at risk: {why}; it works only through {', '.join(facts.open_entropy_fds)}, "
-                "kept open from before chroot, and fails the moment the device is reopened "
-                f"inside the jail. Fix: {fix}"
+                f"at risk: {why}; the next reseed{which} works only through "
+                f"{', '.join(facts.open_entropy_fds)}, kept open from before chroot, and fails "
+                f"the moment the device is reopened inside the jail. Fix: {fix}"
             )
         when = (
             "it has a seccomp filter, so getrandom() may be denied and the library then reads the "
@@ -178,7 +180,7 @@ def verdict(facts: DaemonFacts | None, findings: list[Finding], fix: str) -> tup
             else "whenever getrandom() is unusable (seccomp, old kernel) the library reads the "
             "device, and GnuTLS and Python read it directly"
         )
-        return False, f"will fail at the next reseed because {why}: {when}. Fix: {fix}"
+        return False, f"will fail at the next reseed{which} because {why}: {when}. Fix: {fix}"
     return False, f"not safe: {broken[0].check}: {broken[0].detail} Fix: {fix}"
 
 

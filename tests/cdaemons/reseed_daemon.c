@@ -93,6 +93,11 @@ int main(int argc, char **argv) {
     sigaddset(&set, SIGUSR1);
     sigaddset(&set, SIGTERM);
     sigprocmask(SIG_BLOCK, &set, NULL);
+#if defined(API_OSSL11) || defined(API_OSSL3)
+    /* As a daemon that closes its descriptors after chroot: the device fd OpenSSL kept from
+     * before chroot is gone, so its next reseed opens dev/urandom in the jail. */
+    RAND_keep_random_devices_open(0);
+#endif
     say("jailed", 1);
     while (sigwait(&set, &sig) == 0 && sig == SIGUSR1) {
 #if defined(API_OSSL11) || defined(API_OSSL3)
