@@ -388,6 +388,12 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
             f"{origin(args, 'only_devices')} needs at least one --device NAME "
             "(or JAILSHIM_DEVICE); without it no device would be provided."
         )
+    if args.command == CHECK and args.argv and args.argv[0] != "--":
+        # check only looks at COMMAND's libraries: a stray word is a typo, not a daemon
+        raise UsageError(
+            f"jailshim check does not take {' '.join(args.argv)}; give the daemon after --, "
+            "such as `jailshim check --chroot DIR -- /usr/sbin/haproxy`."
+        )
     if getattr(args, "argv", None) and args.argv[0] == "--":
         args.argv = args.argv[1:]
     return args

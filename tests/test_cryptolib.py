@@ -136,6 +136,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert cc.returncode == 0, cc.stderr
+    # one daemon on two libraries: OpenSSL 1.1.1 and GnuTLS (as one linking libssl and GnuTLS)
+    out["BOTH"] = top / "reseed_both"
+    cc = subprocess.run(
+        ["gcc", "-O1", "-Wall", "-Werror", "-DAPI_OSSL11", "-o", str(out["BOTH"]), str(SOURCE),
+         f"-L{top}", f"-l:{lib111.name}", "-Wl,--no-as-needed", "-l:libgnutls.so.30",
+         "-Wl,-rpath,$ORIGIN"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert cc.returncode == 0, cc.stderr
     out["lib111"] = lib111
     return out
 
@@ -362,6 +371,20 @@ def test_gnutls_daemon_doctor_and_recovery(
     assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
     assert daemon.reseed() == "reseed ok"
     assert run("doctor", "--pid", pid, wrap=DENIED).code == 0
+
+
+def test_two_libraries_in_one_daemon_are_each_probed(jail: Path, built: dict[str, Path]) -> None:
+    """OpenSSL 1.1.1 and GnuTLS in one daemon: one finding each, failing, then passing."""
+    argv = ("check", "--chroot", str(jail), "--user", "nobody", "--timeout", "0.3", "--")
+    failed = run(*argv, str(built["BOTH"]), wrap=DENIED)
+    seen = {c: f for c, f in _findings(failed.events).items() if c.endswith(" reseed")}
+    gnutls, openssl = sorted(seen)
+    assert gnutls.startswith("GnuTLS 3.") and openssl == f"{LIB111} reseed", seen
+    assert not any(f["ok"] for f in seen.values())
+    assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
+    passed = run(*argv, str(built["BOTH"]), wrap=DENIED)
+    assert passed.code == 0, passed.stderr
+    assert len([c for c in _findings(passed.events) if c.endswith(" reseed")]) == 2
 
 
 # ---- overrides and what cannot be probed --------------------------------------------------

@@ -71,8 +71,7 @@ def for_command(binary: str) -> tuple[list[CryptoLib], str]:
     binary with LD_TRACE_LOADED_OBJECTS (old ldd). A static binary's OpenSSL is found from its
     version string and returned with static=True (not probeable).
     """
-    data = read_bounded(binary)
-    loader = _interpreter(data[:65536]) or ""
+    loader = _interpreter(read_bounded(binary, 65536))
     listed: list[CryptoLib] = []
     if loader:
         try:
@@ -88,8 +87,9 @@ def for_command(binary: str) -> tuple[list[CryptoLib], str]:
             listed = from_loader_list(proc.stdout)
         except (OSError, subprocess.SubprocessError):
             loader = ""
-    if listed:
-        return [lib._replace(version=version_in(read_bounded(lib.path))) for lib in listed], ""
+    if listed:  # their versions: from the libraries themselves, once the probe loads them
+        return listed, ""
+    data = read_bounded(binary)
     version = version_in(data)
     if version.startswith("OpenSSL"):
         return [CryptoLib("OpenSSL", os.path.basename(binary), "", version, static=True)], ""
