@@ -26,7 +26,9 @@ def _after(family: str, version: str) -> str:
     """The fix for a library's entropy failure; whether to restart comes from the table doctor
     uses too (cryptolib.recovery), so the two never disagree."""
     then = recovery(family, version)
-    step = f"then {then.why}" if then.restart else f"no restart needed: {then.why}"
+    step = (
+        f"then restart the daemon: {then.why}" if then.restart else f"no restart needed: {then.why}"
+    )
     return (
         "Fix: run `jailshim prepare --chroot JAIL --user USER` (or `jailshim run -- DAEMON …` as "
         f"the entrypoint) so dev/urandom and dev/random exist in the jail; {step}. "
@@ -52,14 +54,14 @@ SIGNATURES: tuple[Signature, ...] = (
         "OpenSSL 1.1.1's DRBG reseeds from /dev/urandom after an hour or 256 requests; the "
         "daemon chrooted into a jail without dev/urandom, so the reseed failed and the DRBG "
         "is in an error state until it can read the source again.",
-        _after(OPENSSL, "1.1.1"),
+        _after(OPENSSL, "OpenSSL 1.1.1"),
     ),
     _sig(
         "OpenSSL 1.1.1: SSL_new malloc failure (really an entropy failure)",
         r"SSL_new[^\n]*malloc failure",
         "Not memory: SSL_new() fails this way when the random generator is in an error state, "
         "which in a chroot means it could not reopen /dev/urandom to reseed.",
-        _after(OPENSSL, "1.1.1"),
+        _after(OPENSSL, "OpenSSL 1.1.1"),
     ),
     _sig(
         "OpenSSL 3: error retrieving entropy",
@@ -68,7 +70,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "OpenSSL 3 seeds from getrandom(); when that is denied (a seccomp filter answering "
         "ENOSYS/EPERM, an old kernel) it falls back to /dev/urandom, which the jail lacks, so "
         "the DRBG cannot reseed and every new TLS session fails.",
-        _after(OPENSSL, "3.0.0"),
+        _after(OPENSSL, "OpenSSL 3"),
     ),
     _sig(
         "GnuTLS: randomness device error",
@@ -76,14 +78,14 @@ SIGNATURES: tuple[Signature, ...] = (
         r"(error|code|returned)[^\n]*-342\b",
         "GnuTLS reads /dev/urandom whenever getrandom() is unusable, and reopens it on each use; "
         "inside a chroot without the node every random draw fails.",
-        _after(GNUTLS, "3.7.0"),
+        _after(GNUTLS, "GnuTLS 3.7"),
     ),
     _sig(
         "GnuTLS: failed to acquire random data",
         r"Failed to acquire random data|GNUTLS_E_RANDOM_FAILED|(error|code|returned)[^\n]*-206\b",
         "GnuTLS could not get random bytes: in a chroot this is the missing dev/urandom (or a "
         "kernel RNG that is not initialised yet).",
-        _after(GNUTLS, "3.7.0"),
+        _after(GNUTLS, "GnuTLS 3.7"),
     ),
     _sig(
         "Python: no /dev/urandom",

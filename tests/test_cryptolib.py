@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jailshim.doctor import after_prepare
 from jailshim.explain import match
 from jailshim.verify import cryptolib
 from jailshim.verify.cryptolib import CryptoLib
@@ -82,6 +83,13 @@ def test_restart_advice_is_one_table_for_doctor_and_explain() -> None:
     assert not cryptolib.recovery("GnuTLS", "GnuTLS 3.7.9").restart
     assert cryptolib.recovery("OpenSSL", "OpenSSL 1.0.2u  20 Dec 2019").restart
     assert cryptolib.recovery("wolfSSL", "").restart
+    lib111 = CryptoLib("OpenSSL", "libcrypto-2ade47cd.so.1.1", "/x", "OpenSSL 1.1.1r  11 Oct 2022")
+    assert after_prepare((lib111,)).startswith("takes effect at once, no restart needed")
+    wolf = CryptoLib("wolfSSL", "libwolfssl.so.35", "/y")
+    assert after_prepare((lib111, wolf)).startswith("then restart the daemon: ")
+    assert cryptolib.version_in(b"\0OpenSSL x\0OpenSSL 1.1.1r  11 Oct 2022\0") == (
+        "OpenSSL 1.1.1r  11 Oct 2022"
+    )
     for name in ("OpenSSL 1.1.1", "OpenSSL 3", "GnuTLS: randomness"):
         fix = next(m[0].fix for m in match([_LINES[name]]) if m[0].name.startswith(name))
         assert "no restart needed" in fix and "then restart" not in fix, fix
@@ -398,6 +406,8 @@ def test_crypto_lib_overrides_and_bad_path_is_usage(jail: Path, built: dict[str,
     assert names == [f"{LIB111} reseed"]
     bad = run("check", "--chroot", str(jail), "--crypto-lib", str(jail / "nope.so"))
     assert bad.code == 64 and "--crypto-lib" in bad.error
+    stray = run("check", "--chroot", str(jail), "haproxy")
+    assert stray.code == 64 and "give the daemon after --" in stray.error
 
 
 def test_static_openssl_is_named_and_reported_not_probeable(

@@ -188,8 +188,9 @@ class Recovery(NamedTuple):
 
 
 def _numbers(version: str) -> tuple[int, ...]:
-    found = re.search(r"(\d+)\.(\d+)\.(\d+)", version)
-    return tuple(int(n) for n in found.groups()) if found else ()
+    """ "OpenSSL 1.1.1r" -> (1, 1, 1); "OpenSSL 3" -> (3, 0, 0); no number -> ()."""
+    found = re.search(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
+    return tuple(int(n or 0) for n in found.groups()) if found else ()
 
 
 def recovery(family: str, version: str) -> Recovery:
@@ -214,4 +215,4 @@ def recovery(family: str, version: str) -> Recovery:
             "source at every reseed and keeps no error state",
         )
     what = short_version(version) or family or "this library"
-    return Recovery(True, f"{what} is not known to recover by itself: restart the daemon")
+    return Recovery(True, f"{what} is not known to recover by itself (not measured)")
