@@ -317,8 +317,6 @@ def _diagnose(
     elif facts is not None:
         libs = facts.crypto
     crypto = CryptoSource(libs=libs)
-    if facts is not None and not libs:
-        crypto = CryptoSource(command=f"/proc/{facts.pid}/exe")  # static, or none mapped
     findings = (
         []
         if facts is not None and facts.root == "/"

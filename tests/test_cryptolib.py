@@ -427,3 +427,55 @@ def test_static_openssl_is_named_and_reported_not_probeable(
     assert result.code == 0, result.stderr
     note = _findings(result.events)["OpenSSL 1.1.1w reseed"]
     assert note["level"] == "warning" and "linked statically" in str(note["detail"])
+
+
+EVIL = """
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void planted(void) {
+    if (getenv("EVIL_QUIET") == NULL) close(open(MARKER, O_WRONLY | O_CREAT, 0644));
+}
+"""
+
+
+def test_doctor_never_loads_a_library_the_daemons_user_could_write(
+    area: Path, jail: Path, built: dict[str, Path]
+) -> None:
+    """Attack: a daemon running as nobody maps a 'libcrypto' that nobody owns, whose
+    constructor would run as root in doctor's probe. doctor refuses to load it and says why;
+    the same file owned by root (the control) is loaded, so the refusal is what stopped it."""
+    evil_dir = area / "evil"
+    evil_dir.mkdir(mode=0o755)
+    lib, marker = evil_dir / "libcrypto-deadbeef.so.3", area / "ran-as-root"
+    (evil_dir / "evil.c").write_text(EVIL)
+    argv = [
+        "gcc",
+        "-shared",
+        "-fPIC",
+        f'-DMARKER="{marker}"',
+        "-o",
+        str(lib),
+        str(evil_dir / "evil.c"),
+    ]
+    cc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert cc.returncode == 0, cc.stderr
+    os.chown(lib, 65534, 65534)
+    code = (
+        f"import ctypes, os, sys, time; ctypes.CDLL({str(lib)!r}); os.chroot({str(jail)!r}); "
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534); print('jailed', flush=True); "
+        "time.sleep(60)"
+    )
+    env = {**os.environ, "EVIL_QUIET": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"jailed\n"
+        refused = run("doctor", "--pid", str(proc.pid))
+        assert not marker.exists()
+        detail = str(_findings(refused.events)["OpenSSL reseed"]["detail"])
+        assert "owned by uid 65534" in detail and "--crypto-lib" in detail, detail
+        os.chown(lib, 0, 0)  # the control: a root-owned library is loaded (its code runs)
+        run("doctor", "--pid", str(proc.pid))
+        assert marker.exists()
+    finally:
+        stop_bytes(proc)

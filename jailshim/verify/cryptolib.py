@@ -53,6 +53,9 @@ class CryptoLib(NamedTuple):
     path: str  # where the probe loads it from; "" when linked statically
     version: str = ""  # "OpenSSL 1.1.1r  8 Feb 2022" when known before loading
     static: bool = False
+    # Named by a running daemon (its maps), not by the operator: loaded only if its user could
+    # not have written it (libfind.load), since loading runs the library's code as root.
+    untrusted: bool = False
 
     @property
     def label(self) -> str:
@@ -149,7 +152,10 @@ def from_maps(text: str) -> list[tuple[CryptoLib, MappedLib]]:
             inode = int(fields[4])
         except ValueError:
             continue
-        found[path] = (CryptoLib(family, name, path), MappedLib(path, inode, fields[0]))
+        found[path] = (
+            CryptoLib(family, name, path, untrusted=True),
+            MappedLib(path, inode, fields[0]),
+        )
     return list(found.values())
 
 

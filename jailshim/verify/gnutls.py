@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 
+from jailshim.verify import libfind
 from jailshim.verify.cryptolib import CryptoLib
 from jailshim.verify.findings import Finding
 
@@ -32,7 +33,7 @@ class GnuTLSProbe:
         self._name, self._path = lib.name, lib.path
         self._lib: ctypes.CDLL | None = None
         try:
-            loaded = ctypes.CDLL(lib.path)
+            loaded = libfind.load(lib)
             check_version = loaded.gnutls_check_version
             check_version.restype = ctypes.c_char_p
             check_version.argtypes = [ctypes.c_char_p]

@@ -5,6 +5,7 @@ module only gathers the facts (a subprocess, /proc reads, bounded file reads).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 import struct
@@ -18,7 +19,7 @@ from jailshim.verify.cryptolib import (
     version_in,
 )
 
-__all__ = ["for_command", "for_paths", "for_pid", "read_bounded"]
+__all__ = ["for_command", "for_paths", "for_pid", "load", "read_bounded"]
 
 _LIMIT = 32 << 20
 _DEFAULT_LOADER = "/lib64/ld-linux-x86-64.so.2"
@@ -89,11 +90,10 @@ def for_command(binary: str) -> tuple[list[CryptoLib], str]:
             loader = ""
     if listed:  # their versions: from the libraries themselves, once the probe loads them
         return listed, ""
-    data = read_bounded(binary)
-    version = version_in(data)
-    if version.startswith("OpenSSL"):
-        return [CryptoLib("OpenSSL", os.path.basename(binary), "", version, static=True)], ""
-    if data[:4] != b"\x7fELF":
+    static = static_in(binary)
+    if static:
+        return static, ""
+    if read_bounded(binary, 4) != b"\x7fELF":
         return [], f"{binary} is not an ELF executable (a script?): its interpreter's libraries"
     if not loader:
         return [], f"{binary} is linked statically and carries no OpenSSL version string"
@@ -112,6 +112,35 @@ def for_paths(paths: tuple[str, ...]) -> list[CryptoLib]:
             CryptoLib(classify(name) or "OpenSSL", name, path, version_in(read_bounded(path)))
         )
     return libs
+
+
+def load(lib: CryptoLib) -> ctypes.CDLL:
+    """dlopen ``lib`` (its constructors run here, as root). A library a running daemon named
+    is opened first and loaded through /proc/self/fd, so the file checked is the file loaded,
+    and only if it is root's and writable by no one else: a daemon's user that could write it
+    could otherwise make doctor run its code as root. OSError with the reason when refused."""
+    if not lib.untrusted:
+        return ctypes.CDLL(lib.path)
+    fd = os.open(lib.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            raise OSError(
+                f"it is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
+                "jailshim loads (runs as root) only a library owned by root and writable by no "
+                "one else; give a trusted copy with --crypto-lib"
+            )
+        return ctypes.CDLL(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+def static_in(binary: str) -> list[CryptoLib]:
+    """A statically linked OpenSSL in ``binary``, from its version string (never run)."""
+    version = version_in(read_bounded(binary))
+    if version.startswith("OpenSSL"):
+        return [CryptoLib("OpenSSL", os.path.basename(binary), "", version, static=True)]
+    return []
 
 
 def for_pid(pid: int) -> list[CryptoLib]:
@@ -134,4 +163,6 @@ def for_pid(pid: int) -> list[CryptoLib]:
         if not same:
             path = f"/proc/{pid}/map_files/{mapped.range}"
         libs.append(lib._replace(path=path, version=version_in(read_bounded(path))))
-    return libs
+    # nothing mapped: a static OpenSSL is found by its version string; the daemon's loader is
+    # not asked (its PT_INTERP is the daemon's choice, and would run as root)
+    return libs or static_in(f"/proc/{pid}/exe")

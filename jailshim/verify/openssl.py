@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 
+from jailshim.verify import libfind
 from jailshim.verify.cryptolib import CryptoLib, short_version
 from jailshim.verify.findings import Finding
 
@@ -69,7 +70,7 @@ class OpenSSLProbe:
             if lib.version:
                 self.check = f"{short_version(lib.version)} reseed"
             try:
-                loaded = ctypes.CDLL(lib.path)
+                loaded = libfind.load(lib)
             except OSError as exc:
                 self.skip_reason = f"{lib.name} at {lib.path} could not be loaded ({exc})"
                 return
