@@ -27,15 +27,14 @@ __all__ = [
 OPENSSL, GNUTLS, WOLFSSL, MBEDTLS = "OpenSSL", "GnuTLS", "wolfSSL", "Mbed TLS"
 
 # Library file names (as linked, vendored with a hash as auditwheel and PyInstaller do, or
-# versioned) -> family. libssl needs libcrypto, which the loader and the maps list too: the
-# reseed lives in libcrypto, so libssl is recognised but only libcrypto is probed.
+# versioned) -> family. libssl (vendored libssl-<hash>.so.1.1 too) needs its libcrypto, which
+# the loader and the maps list as well: the DRBG lives there, so libcrypto is what is probed.
 _NAMES = (
     (re.compile(r"^libcrypto(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), OPENSSL),
     (re.compile(r"^libgnutls(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), GNUTLS),
     (re.compile(r"^libwolfssl(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), WOLFSSL),
     (re.compile(r"^libmbedcrypto(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), MBEDTLS),
 )
-_LIBSSL = re.compile(r"^libssl(-[0-9a-f]+)?\.so(\.[0-9.]+)?$")
 
 # The version string each library carries in its .rodata ("OpenSSL 1.1.1r  8 Feb 2022",
 # "GnuTLS 3.7.9" is not there: GnuTLS stores "3.7.9" alone, so its version comes from the
@@ -71,10 +70,6 @@ def classify(name: str) -> str:
         if pattern.match(name):
             return family
     return ""
-
-
-def is_libssl(name: str) -> bool:
-    return bool(_LIBSSL.match(name))
 
 
 def version_in(data: bytes) -> str:
