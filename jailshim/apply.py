@@ -19,10 +19,17 @@ from typing import Any, NoReturn
 from jailshim import state
 from jailshim.devices import ALLOWLIST, Device
 from jailshim.errors import ConfigError, NotPermitted
+from jailshim.files import FileAction, FileStep
 from jailshim.jail import mounts
 from jailshim.jail.namespaces import pid_namespace
 from jailshim.jail.powers import Powers
-from jailshim.jail.safepath import O_PATH_NOFOLLOW, OPEN_TRIAL, Jail, rename_into_place
+from jailshim.jail.safepath import (
+    O_PATH_NOFOLLOW,
+    OPEN_TRIAL,
+    Jail,
+    exchange,
+    rename_into_place,
+)
 from jailshim.plan import (
     Action,
     DeviceStep,
@@ -150,6 +157,14 @@ class Applier:
                     self.created.append(sock.facts.path)
                 elif sock.facts.host_problem:
                     self.log.warning("log_socket", path=sock.facts.path, outcome=sock.reason)
+            for file in plan.files:
+                if file.action is not FileAction.NOTHING:
+                    self.jail_file(file)
+                    self.created.append(file.facts.file.path)
+                elif file.facts.host.problem and not file.facts.file.optional:
+                    self.log.warning(
+                        "jail_file", path=file.facts.file.path, detail=file.facts.host.problem
+                    )
         finally:
             os.umask(old_umask)
 
@@ -202,7 +217,9 @@ class Applier:
 
     # -- entries -------------------------------------------------------------------------------
 
-    def displace(self, dir_fd: int, where: str, name: str, found: str) -> None:
+    def displace(
+        self, dir_fd: int, where: str, name: str, found: str, *, what: str = "device"
+    ) -> None:
         """Move a wrong entry aside (kept, never deleted: teardown puts it back)."""
         n = 0
         while _lstat(dir_fd, state.aside_name(name, n)) is not None:
@@ -212,7 +229,9 @@ class Applier:
         index = self._intend(Record(Kind.DISPLACED, name, where, st.st_ino, aside=aside))
         self._rename(dir_fd, where, name, aside)
         self.journal.update(index, done=True)
-        self.log.warning("device.displaced", device=name, found=found, moved_to=f"{where}/{aside}")
+        self.log.warning(
+            f"{what}.displaced", **{what: name}, found=found, moved_to=f"{where}/{aside}"
+        )
 
     def _clear_temp(self, dir_fd: int, where: str, tmp: str) -> None:
         """A temporary name is free, or holds a leftover of ours (a node of an allowlisted
@@ -410,15 +429,7 @@ class Applier:
         start, path = time.monotonic(), step.facts.path
         parent, name = os.path.split(path)
         where = parent.strip("/")
-        dir_fd, missing = self.jail.walk(where)
-        self.opened.append(dir_fd)
-        made = where[: len(where) - len("/".join(missing))].strip("/")
-        for part in missing:
-            index = self._intend(Record(Kind.MKDIR, part, made))
-            os.mkdir(part, 0o755, dir_fd=dir_fd)
-            dir_fd = self._open_made_dir(part, dir_fd)
-            self.journal.update(index, ino=os.fstat(dir_fd).st_ino, done=True)
-            made = f"{made}/{part}".strip("/")
+        dir_fd = self._make_dirs(where)
         if not step.facts.entry.placeholder and _lstat(dir_fd, name) is not None:
             self.displace(dir_fd, where, name, step.reason)
         # Outside the jail a symlink may be followed (systemd's /dev/log points into
@@ -441,3 +452,92 @@ class Applier:
             outcome="bound",
             elapsed_ms=_ms(start),
         )
+
+    def _make_dirs(self, where: str) -> int:
+        """An fd on the jail directory ``where``, made on the way where missing (root's, 0755,
+        each recorded first), never through a symlink."""
+        dir_fd, missing = self.jail.walk(where)
+        self.opened.append(dir_fd)
+        made = where[: len(where) - len("/".join(missing))].strip("/")
+        for part in missing:
+            index = self._intend(Record(Kind.MKDIR, part, made))
+            os.mkdir(part, 0o755, dir_fd=dir_fd)
+            dir_fd = self._open_made_dir(part, dir_fd)
+            self.journal.update(index, ino=os.fstat(dir_fd).st_ino, done=True)
+            made = f"{made}/{part}".strip("/")
+        return dir_fd
+
+    # -- jail files ----------------------------------------------------------------------------
+
+    def jail_file(self, step: FileStep) -> None:
+        """Place the host's file at the same path in the jail: a copy (written at a temporary
+        name, fsynced, renamed into place) or a read-only bind."""
+        start, facts = time.monotonic(), step.facts
+        where, name, host = facts.where, facts.name, facts.host
+        dir_fd = self._make_dirs(where)
+        if step.displaces:
+            self.displace(dir_fd, where, name, facts.entry.describe(), what="jail_file")
+        if step.action is FileAction.BIND:
+            source = os.open(host.real, O_PATH_NOFOLLOW)
+            try:
+                st = os.fstat(source)
+                if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != host.dev_ino:
+                    raise ConfigError(
+                        f"The host's {host.real} changed while jailshim prepared the jail; "
+                        "run again."
+                    )
+                hardened = self._bind(source, dir_fd, where, name, 0)
+            finally:
+                os.close(source)
+            outcome: dict[str, Any] = {"outcome": "bound", "read_only": hardened}
+        else:
+            stale = facts.entry.ino if step.action is FileAction.REFRESH else 0
+            self._copy(dir_fd, where, name, host.content, mode=host.mode & 0o644, stale=stale)
+            outcome = {"outcome": "refreshed" if stale else "copied", "bytes": len(host.content)}
+        self.log.info(
+            "jail_file",
+            path=facts.file.path,
+            source=host.real,
+            strategy=str(step.action),
+            elapsed_ms=_ms(start),
+            **outcome,
+        )
+
+    def _copy(
+        self, dir_fd: int, where: str, name: str, content: bytes, *, mode: int, stale: int
+    ) -> None:
+        """Write ``content`` at the temporary name, fsync, then rename it into place; with
+        ``stale`` (the inode of jailshim's own older copy) exchange the two atomically, so
+        the daemon always reads a whole file, and only then remove the old one."""
+        tmp = state.temp_name(name)
+        self._clear_temp(dir_fd, where, tmp)
+        index = self._intend(Record(Kind.COPY, name, where, tmp=tmp, replaces=stale))
+        fd = os.open(tmp, _PLACEHOLDER, mode, dir_fd=dir_fd)
+        try:
+            self.journal.update(index, ino=os.fstat(fd).st_ino)
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not stale:
+            self._rename(dir_fd, where, tmp, name)
+            self.journal.update(index, done=True)
+            return
+        old = next(
+            i
+            for i, r in enumerate(self.journal.records)
+            if r.kind is Kind.COPY and r.done and (r.where, r.name, r.ino) == (where, name, stale)
+        )
+        exchange(dir_fd, tmp, name)
+        back = _lstat(dir_fd, tmp)
+        if back is None or back.st_ino != stale:
+            exchange(dir_fd, tmp, name)  # not ours that was there: put it back, take ours back
+            raise ConfigError(
+                f"{self.jail.real}/{where}/{name} was swapped while jailshim refreshed it; "
+                "someone who can write the jail is interfering. Make the jail root-owned, "
+                "then run again.",
+            )
+        os.unlink(tmp, dir_fd=dir_fd)
+        self.journal.complete_replacing(index, old)

@@ -9,6 +9,7 @@ from jailshim.errors import CheckFailed
 from jailshim.jail.safepath import Jail
 from jailshim.spec import Spec
 from jailshim.verify.findings import Finding, render_table
+from jailshim.verify.needs import Needs
 from jailshim.verify.probe import CryptoSource, Probe
 from jailshim.verify.retry import Outcome, verify_with_retries
 
@@ -49,7 +50,19 @@ def start_probe(spec: Spec) -> Probe | None:
     """Fork the first probe now, so it readies OpenSSL while the caller prepares the jail."""
     if not spec.verify or spec.dry_run:
         return None
-    return Probe(spec.chroot, spec.identity, spec.devices, crypto_source(spec))
+    return Probe(
+        spec.chroot, spec.identity, spec.devices, needs_of(spec), crypto=crypto_source(spec)
+    )
+
+
+def needs_of(spec: Spec) -> Needs:
+    """What the probe proves beyond /dev: the time zone always (a warning unless --files
+    time), getaddrinfo for --resolve, getservbyname with --files services."""
+    return Needs(
+        time_strict="time" in spec.file_sets,
+        resolve=spec.resolve_names,
+        services="services" in spec.file_sets,
+    )
 
 
 def crypto_source(spec: Spec) -> CryptoSource:
@@ -129,7 +142,9 @@ def check(
             probe = (
                 pending.pop()
                 if pending
-                else Probe(path, spec.identity, spec.devices, crypto_source(spec))
+                else Probe(
+                    path, spec.identity, spec.devices, needs_of(spec), crypto=crypto_source(spec)
+                )
             )
             findings = probe.collect()
         if targets:

@@ -132,11 +132,42 @@ _OPTIONS = (
         "PATH",
         repeat=True,
     ),
+    _Opt(
+        "--file",
+        "a host file to place at the same path in the jail, such as /etc/hosts (repeatable)",
+        (RUN, PREPARE),
+        "PATH",
+        repeat=True,
+    ),
+    _Opt(
+        "--files",
+        "a named set of host files the daemon needs in its jail (repeatable): time "
+        "(etc/localtime), resolver (etc/resolv.conf, hosts, host.conf, nsswitch.conf, gai.conf), "
+        "services (etc/services, protocols); check proves each one from inside",
+        (RUN, PREPARE, CHECK),
+        "SET",
+        choices=("time", "resolver", "services"),
+        repeat=True,
+    ),
+    _Opt(
+        "--file-mode",
+        "how --file/--files are placed (default: copy; bind: read-only bind, sees host changes)",
+        (RUN, PREPARE),
+        choices=("copy", "bind"),
+    ),
+    _Opt(
+        "--resolve",
+        "a name getaddrinfo() must resolve inside the jail as the daemon's user, retried within "
+        "--timeout (repeatable)",
+        (RUN, PREPARE, CHECK),
+        "NAME",
+        repeat=True,
+    ),
     _Opt("--haproxy-config", "haproxy's configuration file (default: from -f)", (RUN,), "FILE"),
     _Opt(
         "--daemon",
         "read COMMAND's config with this daemon's adapter (default: COMMAND's name): "
-        "haproxy nsd stunnel unbound",
+        "haproxy named nsd stunnel unbound",
         (RUN,),
         "NAME",
     ),
@@ -176,7 +207,8 @@ _OPTIONS = (
     ),
     _Opt(
         "--no-config-check",
-        "skip the daemon's own config check (haproxy -c, unbound-checkconf, nsd-checkconf)",
+        "skip the daemon's own config check (haproxy -c, unbound-checkconf, nsd-checkconf, "
+        "named-checkconf)",
         (RUN,),
         switch=True,
     ),
@@ -299,7 +331,10 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 help="the daemon: its own crypto libraries are probed (not run)",
             )
         elif name == EXPLAIN:
-            p.add_argument("file", nargs="?", metavar="FILE", help="error lines (default: stdin)")
+            # not dest "file": that is --file's (jail files), which explain does not take
+            p.add_argument(
+                "log_file", nargs="?", metavar="FILE", help="error lines (default: stdin)"
+            )
     return parser
 
 
@@ -311,7 +346,13 @@ def _env_value(opt: _Opt, raw: str) -> Any:
             return None
         raise UsageError(f"{opt.env}={raw!r} is not a yes/no value; use 1 or 0.")
     if opt.repeat:
-        return [part.strip() for part in raw.split(",") if part.strip()]
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+        wrong = [p for p in parts if opt.choices and p not in opt.choices]
+        if wrong:
+            raise UsageError(
+                f"{opt.env}={raw!r}: {wrong[0]!r} is not one of {', '.join(opt.choices or ())}."
+            )
+        return parts
     if opt.several:
         return [raw]  # split like the flag's values, below
     if opt.choices and raw not in opt.choices:
@@ -468,7 +509,7 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
         _path(path, source, config=source == "log")
     return Spec(
         chroot=chroot,
-        devices=devices_of(args, DEFAULT_DEVICES),
+        devices=devices_of(args, [*DEFAULT_DEVICES, *overrides.get("devices", ())]),
         identity=identity_of(args, **overrides),
         strategy=Strategy(args.strategy or "auto"),
         dry_run=bool(args.dry_run),
@@ -479,9 +520,31 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
         sockets=sockets,
         wait_targets=targets,
         ensure_loopback=bool(args.ensure_loopback),
+        **_files_of(args, overrides.get("file_sets", ())),
         crypto_libs=_crypto_libs(args),
         command=overrides.get("command", ""),
     )
+
+
+def _files_of(args: argparse.Namespace, from_config: Sequence[str] = ()) -> dict[str, Any]:
+    """The jail files of this run: --file paths and the --files sets, with the sets the
+    daemon's adapter needs (union); --file-mode says how they are placed."""
+    from jailshim.files import FileMode, jail_files
+
+    sets = tuple(dict.fromkeys([*(args.files or ()), *from_config]))
+    names = tuple(dict.fromkeys(n.strip() for n in (args.resolve or ()) if n.strip()))
+    for name in names:
+        if len(name) > 253 or any(c.isspace() or c == "\0" for c in name):
+            raise UsageError(
+                f"{said(origin(args, 'resolve'), name)} is not a host name; give one such as "
+                "mail.example.org."
+            )
+    return {
+        "files": jail_files(tuple(args.file or ()), sets, source=origin(args, "file")),
+        "file_mode": FileMode(args.file_mode or "copy"),
+        "file_sets": sets,
+        "resolve_names": names,
+    }
 
 
 def _crypto_libs(args: argparse.Namespace) -> tuple[str, ...]:
@@ -560,7 +623,7 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
     if args.command == DOCTOR:
         return _doctor(args, log)
     if args.command == EXPLAIN:
-        return _explain(args.file)
+        return _explain(args.log_file)
     if args.command == TEARDOWN:
         from jailshim.jail.safepath import Jail
         from jailshim.teardown import teardown

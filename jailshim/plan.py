@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from jailshim.devices import Device
 from jailshim.errors import ConfigError
+from jailshim.files import FileAction, FileFacts, FileMode, FileStep, decide_file
 from jailshim.jail.powers import Powers
 from jailshim.jail.safepath import Entry, EntryKind
 
@@ -84,6 +85,7 @@ class Survey(NamedTuple):
     entries: dict[str, Entry]
     powers: Powers
     sockets: tuple[SocketFacts, ...] = ()
+    files: tuple[FileFacts, ...] = ()
 
 
 class DeviceStep(NamedTuple):
@@ -115,6 +117,7 @@ class Plan(NamedTuple):
     steps: tuple[DeviceStep, ...]
     nodev: bool = False  # the nodes would land on a nodev filesystem
     sockets: tuple[SocketStep, ...] = ()
+    files: tuple[FileStep, ...] = ()
 
     @property
     def changes_anything(self) -> bool:
@@ -122,6 +125,7 @@ class Plan(NamedTuple):
             self.make_dev_dir
             or self.mount_tmpfs
             or any(s.action is not Action.NOTHING for s in self.steps)
+            or any(f.action is not FileAction.NOTHING for f in self.files)
         )
 
     def render(self) -> str:
@@ -136,6 +140,8 @@ class Plan(NamedTuple):
             lines.append(f"{what} found {s.found.describe()}: {s.reason}")
         for sock in self.sockets:
             lines.append(f"{sock.facts.path:<20} {sock.action:<8} {sock.reason}")
+        for f in self.files:
+            lines.append(f"{f.facts.file.path:<20} {f.action:<8} {f.reason}")
         return "\n".join(lines)
 
 
@@ -215,12 +221,29 @@ def decide(
     strategy: Strategy = Strategy.AUTO,
     *,
     repair: bool = True,
+    file_mode: FileMode = FileMode.COPY,
 ) -> Plan:
     """The plan for ``devices``; raises ConfigError when the jail itself rules every step out.
 
     When the powers predict that every step will be refused, the plan still says what to try:
     apply.py then reports what the kernel really answered (exit 77), having changed nothing.
     """
+    plan = _decide_devices(survey, devices, strategy, repair=repair)
+    files = tuple(decide_file(f, file_mode, survey.jail) for f in survey.files)
+    acting = [f.facts.file.path for f in files if f.action is not FileAction.NOTHING]
+    if acting and (plan.mount_tmpfs or survey.dev.ours_tmpfs):
+        raise ConfigError(
+            f"{survey.jail}/dev is (or gets) a tmpfs, so jailshim's record of the jail files "
+            f"({', '.join(acting)}) would vanish with the mount namespace; ship them in the "
+            "jail image, or let dev/ live on the jail's own filesystem (--strategy auto, "
+            "a writable jail).",
+        )
+    return plan._replace(files=files)
+
+
+def _decide_devices(
+    survey: Survey, devices: tuple[Device, ...], strategy: Strategy, *, repair: bool
+) -> Plan:
     dev = survey.dev
     sockets = _socket_steps(survey, dev_gets_tmpfs=False)
     wrong = [

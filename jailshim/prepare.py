@@ -149,6 +149,47 @@ def _reconcile(prepared: Prepared, ns: int, log: Any) -> bool:
     return bool(swept or pending)
 
 
+def _release_stale_binds(prepared: Prepared, spec: Spec, ns: int, log: Any) -> None:
+    """Unbind this namespace's binds of a host socket or file that the host has since
+    replaced (a restarted syslog makes a new /dev/log; systemd-resolved renames a new
+    resolv.conf into place): the jail still shows the old inode, and the survey would take
+    that mount point for an entry to move aside (EBUSY). The placeholder stays, and the plan
+    binds the host's current one onto it."""
+    from jailshim.files import FileMode
+
+    wanted = set(spec.sockets)
+    if spec.file_mode is FileMode.BIND:
+        wanted.update(f.path for f in spec.files)
+    journal, jail = prepared.journal, prepared.jail
+    for index in range(len(journal.records) - 1, -1, -1):
+        record = journal.records[index]
+        path = f"/{record.path}"
+        if not (record.kind is Kind.BIND and record.done and record.ns == ns):
+            continue
+        if record.rdev or path not in wanted:
+            continue
+        try:
+            host = os.stat(os.path.realpath(path))
+        except OSError:
+            continue  # the host has none now: the plan says so; the old bind is left
+        dir_fd, missing = jail.walk(record.where)
+        try:
+            if missing:
+                continue
+            try:
+                seen = os.stat(record.name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+        finally:
+            os.close(dir_fd)
+        if seen.st_ino == record.ino or (seen.st_dev, seen.st_ino) == (host.st_dev, host.st_ino):
+            continue  # not mounted here, or still the host's current one
+        outcome = undo(jail, record, mounts.read_mount_table())
+        if outcome == "unmounted":
+            journal.drop(index)
+        log.info("rebind", path=path, reason="the host's one was replaced", outcome=outcome)
+
+
 def check_paths(jail: Jail, records: list[Record]) -> None:
     """Walk every directory the records name before acting on any: one through a symlink
     (planted after prepare) refuses the whole run, not the middle of it."""
@@ -201,6 +242,8 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
                 if dev_fd is not None:
                     prepared.fds.append(dev_fd)
                 prepared.journal = open_journal(jail, dev_fd, table, ns)
+            with signals_deferred():
+                _release_stale_binds(prepared, spec, ns, log)
         placeholders = frozenset(
             r.ino for r in prepared.journal.records if r.kind is Kind.PLACEHOLDER and r.done
         )
@@ -213,8 +256,16 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
             powers,
             sockets=spec.sockets,
             placeholders=placeholders,
+            files=spec.files,
+            copies=frozenset(
+                (f"/{r.path}", r.ino)
+                for r in prepared.journal.records
+                if r.kind is Kind.COPY and r.done
+            ),
         )
-        plan = decide(facts, spec.devices, spec.strategy, repair=spec.repair)
+        plan = decide(
+            facts, spec.devices, spec.strategy, repair=spec.repair, file_mode=spec.file_mode
+        )
         vanish = False if then_exec else mounts_vanish_on_exit()
         refused = mounts_refused(plan, vanish, log)
         if spec.dry_run:
@@ -285,12 +336,14 @@ _MOUNTS_VANISH = (
 def mounts_refused(plan: Plan, vanish: bool | None, log: Any) -> str:
     """Why this plan's mounts cannot serve the daemon ("" when they can, or need none);
     ``vanish`` is namespaces.mounts_vanish_on_exit() (False for `run`)."""
+    from jailshim.files import FileAction
     from jailshim.plan import Action
 
     mounts = (
         plan.mount_tmpfs
         or any(s.action is Action.BIND for s in plan.steps)
         or any(s.action is Action.BIND for s in plan.sockets)
+        or any(f.action is FileAction.BIND for f in plan.files)
     )
     if not mounts:
         return ""
@@ -329,6 +382,7 @@ def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:
     """A namespace copied from one that had bound (unshare -m, or a runtime starting the daemon
     after ExecStartPre=) has those binds too, right already: record them as this namespace's,
     or its teardown could neither unmount them nor remove the placeholders under them."""
+    from jailshim.files import FileAction
     from jailshim.plan import Action
 
     found = [(s.found, "dev", s.device.rdev) for s in plan.steps if s.action is Action.NOTHING]
@@ -336,6 +390,9 @@ def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:
         if sock.action is Action.NOTHING and not sock.facts.host_problem:
             where, _name = os.path.split(sock.facts.path.strip("/"))
             found.append((sock.facts.entry, where, 0))
+    for file in plan.files:  # a jail file bound read-only (--file-mode bind), "already bound"
+        if file.action is FileAction.NOTHING and not file.facts.host.problem:
+            found.append((file.facts.entry, file.facts.where, 0))
     for entry, where, rdev in found:
         if not entry.mountpoint:
             continue

@@ -117,6 +117,8 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "group": config.group,
             "sockets": sockets,
             "targets": config.targets,
+            "file_sets": config.file_sets,
+            "devices": config.devices,
         }
         if not args.no_config_check:
             # runs while the jail is prepared; its verdict is awaited before hand-over, and a

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from jailshim.devices import DEFAULT_DEVICES, Device, select
 from jailshim.errors import UsageError, said
+from jailshim.files import FileMode, JailFile
 from jailshim.plan import Strategy
 
 if TYPE_CHECKING:
@@ -130,5 +131,9 @@ class Spec(NamedTuple):
     sockets: tuple[str, ...] = ()  # host unix sockets to bind at the same path in the jail
     wait_targets: tuple[WaitTarget, ...] = ()  # addresses the daemon binds (network readiness)
     ensure_loopback: bool = False
+    files: tuple[JailFile, ...] = ()  # host files to place at the same path in the jail
+    file_mode: FileMode = FileMode.COPY
+    file_sets: tuple[str, ...] = ()  # named needs asked for (time, resolver, services): checked
+    resolve_names: tuple[str, ...] = ()  # names getaddrinfo must resolve inside the jail
     crypto_libs: tuple[str, ...] = ()  # --crypto-lib: the libraries to probe, as given
     command: str = ""  # COMMAND's executable: its crypto libraries are probed

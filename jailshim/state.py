@@ -61,6 +61,9 @@ class Kind(StrEnum):
     PLACEHOLDER = "placeholder"  # made the empty file `ino` at `tmp`, renamed to `name`
     BIND = "bind"  # bound a host node or socket onto placeholder `ino`, in mount namespace `ns`
     HOLDER = "holder"  # mount namespace `ns` uses this jail (what teardown must not pull away)
+    # wrote the host file's content as the regular file `ino` at `tmp`, renamed to `name`;
+    # with `replaces`, exchanged with jailshim's own older copy (that inode) instead
+    COPY = "copy"
 
 
 _MOUNTS = frozenset({Kind.TMPFS, Kind.BIND, Kind.HOLDER})
@@ -77,6 +80,7 @@ class Record(NamedTuple):
     ns: int = 0  # the mount namespace of the run that made it (where a mount lives)
     pidns: int = 0  # that run's PID namespace (whether ``ns`` can be seen to be gone)
     done: bool = False  # False: intent recorded, the syscall may or may not have happened
+    replaces: int = 0  # COPY: the inode of jailshim's stale copy this one replaces
 
     @property
     def path(self) -> str:
@@ -121,7 +125,9 @@ def _validate(record: Record) -> None:
         raise ValueError("a tmpfs record must name dev/")
     if record.kind is Kind.HOLDER and (record.where, record.name) != ("", "dev"):
         raise ValueError("a holder record must name dev/")
-    if record.kind in (Kind.MKNOD, Kind.PLACEHOLDER) and record.tmp != temp_name(record.name):
+    if record.kind in (Kind.MKNOD, Kind.PLACEHOLDER, Kind.COPY) and record.tmp != temp_name(
+        record.name
+    ):
         raise ValueError(f"temporary name {record.tmp!r} is not jailshim's")
     if record.kind is Kind.MKDIR and record.tmp not in ("", temp_name(record.name)):
         raise ValueError(f"temporary name {record.tmp!r} is not jailshim's")
@@ -131,6 +137,8 @@ def _validate(record: Record) -> None:
         raise ValueError(f"aside name {record.aside!r} is not jailshim's")
     if record.kind is not Kind.DISPLACED and record.name.startswith(_PREFIXES):
         raise ValueError(f"name {record.name!r} is one of jailshim's own")
+    if record.replaces and record.kind is not Kind.COPY:
+        raise ValueError("only a copy replaces another")
     if record.is_mount and record.ns <= 0:
         raise ValueError("a mount record needs its mount namespace")
 
@@ -272,6 +280,12 @@ class Journal:
 
     def update(self, index: int, **changes: Any) -> None:
         self.records[index] = self.records[index]._replace(**changes)
+        self._save()
+
+    def complete_replacing(self, index: int, old: int) -> None:
+        """Mark ``index`` done and forget ``old`` (the record it replaced) in one write."""
+        self.records[index] = self.records[index]._replace(done=True)
+        del self.records[old]
         self._save()
 
     def drop(self, index: int) -> None:

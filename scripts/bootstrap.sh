@@ -13,6 +13,7 @@ APT_PACKAGES=(
   haproxy openssl                        # the daemon jailshim starts first, and certificates
   unbound knot-dnsutils gnutls-bin faketime  # the DNS-over-TLS demo and reseed tests
   nsd stunnel4                           # the nsd and stunnel adapters' real-daemon tests
+  bind9 bind9-utils                      # the named adapter's real-daemon tests
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
   catatonit                              # podman kube play: the pods' pause image
   systemd                                # systemd-analyze verify for the example units

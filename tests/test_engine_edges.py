@@ -4,6 +4,8 @@ system directories."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -186,3 +188,63 @@ def test_a_gone_namespace_is_provable_from_inside_a_pid_namespace(root: None) ->
         capture_output=True, text=True, timeout=60, check=False, env=clean_env(),
     )  # fmt: skip
     assert proc.stdout.split() == ["True", "False", "True", "True"], proc.stderr
+
+
+def _fresh_socket(path: Path) -> socket.socket:
+    path.unlink(missing_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    return server
+
+
+def test_a_log_socket_the_host_replaced_is_bound_again(area: Path, jail: Path) -> None:
+    """A restarted syslog makes a new /dev/log: the jail's bind still shows the old, dead socket.
+    The next prepare binds the new one (it failed with EBUSY, moving the mount point aside), a
+    line sent in the jail reaches the new server, and teardown leaves no mount."""
+    log_path = area / "log"
+    first = _fresh_socket(log_path)
+    try:
+        assert run("prepare", "--chroot", str(jail), "--log-socket", str(log_path),
+                   "--no-verify").code == 0  # fmt: skip
+    finally:
+        first.close()
+    second = _fresh_socket(log_path)
+    try:
+        again = run("prepare", "--chroot", str(jail), "--log-socket", str(log_path), "--no-verify")
+        assert again.code == 0, again.stderr
+        assert [e["outcome"] for e in again.named("rebind")] == ["unmounted"]
+        in_jail = jail / str(log_path).lstrip("/")
+        assert in_jail.stat().st_ino == log_path.stat().st_ino
+        assert mounts_below(jail).count(str(in_jail)) == 1  # not stacked on the old one
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        cwd = os.getcwd()
+        os.chdir(in_jail.parent)  # the full path is longer than sun_path holds
+        try:
+            client.sendto(b"after the restart", in_jail.name)
+        finally:
+            os.chdir(cwd)
+            client.close()
+        second.settimeout(5)
+        assert second.recv(100) == b"after the restart"
+    finally:
+        second.close()
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert not mounts_below(jail)
+
+
+def test_a_bound_file_the_host_replaced_by_rename_is_bound_again(area: Path, jail: Path) -> None:
+    """systemd-resolved writes resolv.conf by rename: a --file-mode bind of it keeps the old
+    inode. The next prepare unbinds the stale one and binds the new content (it was refused as
+    'a mount point jailshim did not make')."""
+    host = area / "resolv.conf"
+    host.write_text("nameserver 127.0.0.1\n")
+    args = ("--chroot", str(jail), "--file", str(host), "--file-mode", "bind", "--no-verify")
+    assert run("prepare", *args).code == 0
+    (area / "resolv.new").write_text("nameserver 127.0.0.2\n")
+    (area / "resolv.new").rename(host)
+    again = run("prepare", *args)
+    assert again.code == 0, again.stderr
+    assert [e["outcome"] for e in again.named("rebind")] == ["unmounted"]
+    assert (jail / str(host).lstrip("/")).read_text() == "nameserver 127.0.0.2\n"
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert not mounts_below(jail)

@@ -40,16 +40,19 @@ def test_demo_smoke_makes_a_real_dot_query(root: None) -> None:
 
 
 def _verify(
-    script: str, drop_in: Path = SYSTEMD / "haproxy.service.d" / "jailshim.conf"
+    script: str,
+    drop_in: Path = SYSTEMD / "haproxy.service.d" / "jailshim.conf",
+    unit: str = "haproxy",
 ) -> subprocess.CompletedProcess[str]:
     """systemd-analyze verify inside a private mount namespace where /usr/local/bin/jailshim
-    exists (a stub) and /etc/systemd/system is a scratch tmpfs: nothing leaks to the host."""
+    exists (a stub) and /etc/systemd/system is a scratch tmpfs holding ``drop_in`` for
+    ``unit``.service: nothing leaks to the host."""
     need(shutil.which("systemd-analyze") is not None, "needs systemd-analyze")
     prelude = (
         "set -e; mount -t tmpfs tmpfs /usr/local/bin; "
         "printf '#!/bin/sh\\n' > /usr/local/bin/jailshim; chmod 755 /usr/local/bin/jailshim; "
-        "mount -t tmpfs tmpfs /etc/systemd/system; mkdir /etc/systemd/system/haproxy.service.d; "
-        f"cp {drop_in} /etc/systemd/system/haproxy.service.d/jailshim.conf; "
+        f"mount -t tmpfs tmpfs /etc/systemd/system; mkdir /etc/systemd/system/{unit}.service.d; "
+        f"cp {drop_in} /etc/systemd/system/{unit}.service.d/jailshim.conf; "
     )
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", prelude + script],
@@ -72,6 +75,15 @@ def test_example_units_verify_cleanly(root: None, drop_in: Path) -> None:
     result = _verify(
         f"systemd-analyze verify {SYSTEMD}/jailshim-unbound.service haproxy.service", drop_in
     )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_named_drop_in_verifies_cleanly(root: None) -> None:
+    """examples/systemd/named.service.d with Debian's named.service: no error, nothing on
+    stderr (tests/test_named.py runs examples/named's jail and config with real named)."""
+    need(Path("/lib/systemd/system/named.service").exists(), "needs Debian's named.service")
+    drop_in = SYSTEMD / "named.service.d" / "jailshim.conf"
+    result = _verify("systemd-analyze verify named.service", drop_in, unit="named")
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 

@@ -173,12 +173,32 @@ def _kinds(name: str, area: Path, log_socket: str) -> Kind:
         subprocess.run(["mount", "--bind", str(jail), str(jail)], check=True)
         subprocess.run(["mount", "-o", "remount,bind,ro", str(jail)], check=True)
         return Kind(jail, ["unshare", "--mount", "--propagation", "private"])
+    if name.startswith("files"):
+        # Jail files only (dev/null is right already): a new copy, a displaced wrong file, or
+        # (files-bind) a read-only bind over a placeholder in place of the displaced file.
+        jail = area / "files"
+        (jail / "dev").mkdir(parents=True)
+        os.mknod(jail / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.chmod(jail / "dev" / "null", 0o666)  # noqa: S103 (the right mode of dev/null)
+        (jail / "etc").mkdir()
+        (jail / "etc" / "hosts").write_text("the jail's own hosts, to be moved aside\n")
+        jail.chmod(0o755)
+        files: tuple[str, ...] = ("--file", "/etc/hosts")
+        if name == "files":
+            files += ("--file", "/etc/localtime")
+        else:
+            files += ("--file-mode", "bind")
+        return Kind(
+            jail,
+            ["unshare", "--mount", "--propagation", "private"],
+            ("--only-devices", "--device", "null", *files),
+        )
     jail = area / "userns"
     jail.mkdir(mode=0o755)
     return Kind(jail, [sys.executable, NSRUN, "--mount", "--"])
 
 
-KINDS = ["plain", "nodev+socket", "read-only", "userns"]
+KINDS = ["plain", "nodev+socket", "read-only", "userns", "files", "files-bind"]
 
 
 @pytest.mark.parametrize("kind_name", KINDS)
@@ -199,6 +219,41 @@ def test_sigkill_at_every_mutating_syscall_converges(
 
 
 # -- races ----------------------------------------------------------------------------------
+
+
+def test_sigkill_while_refreshing_a_stale_copy_converges(strace: str, area: Path) -> None:
+    """A copy whose host file changed is replaced by exchange: killed at each step, the next
+    prepare leaves the new content (a whole file, never a mix) and teardown the original."""
+    kind = _kinds("files", area, "")
+    jail = str(kind.jail)
+    old, new = area / "hosts-old", area / "hosts-new"
+    old.write_text("192.0.2.1 old.test\n")
+    new.write_text("192.0.2.2 new.test\n" * 50)
+    before = snapshot(kind.jail)
+    flags = ("--chroot", jail, "--log-level", "error", "--only-devices", "--device", "null")
+    prepare = _js("prepare", *flags, "--no-verify", "--file", "/etc/hosts")
+    verified = _js("prepare", *flags, "--user", "nobody", "--file", "/etc/hosts")
+    teardown = _js("teardown", "--chroot", jail, "--log-level", "error")
+    stale = f"mount --bind {old} /etc/hosts && {prepare} && umount /etc/hosts && "
+    stale += f"mount --bind {new} /etc/hosts && "
+    calls = _sequence(strace, kind, prepare, before=stale)
+    assert _shell(teardown, kind.wrap).returncode == 0
+    assert ("renameat2", 1) in calls or calls, calls
+    problems = []
+    for call in calls:
+        script = (
+            f"{stale}{_kill(strace, call, prepare)} 2>/dev/null; echo killed=$?; "
+            f"cmp -s {jail}/etc/hosts {old} || cmp -s {jail}/etc/hosts {new} && echo whole; "
+            f"{verified}; echo prepare=$?; cmp -s {jail}/etc/hosts {new} && echo fresh; "
+            f"{teardown}; echo teardown=$?"
+        )
+        out = _shell(script, kind.wrap).stdout
+        wanted = ("killed=137", "whole", "prepare=0", "fresh", "teardown=0")
+        if not all(w in out for w in wanted) or snapshot(kind.jail) != before:
+            problems.append(f"{call}: {out.strip()}")
+            _shell(f"{teardown}; {teardown}", kind.wrap)
+    print(f"kill points files/refresh: {len(calls)}, inconsistencies: {len(problems)}")
+    assert not problems, "\n".join(problems[:10])
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:

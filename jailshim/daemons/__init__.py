@@ -24,6 +24,7 @@ __all__ = ["ADAPTERS", "Adapter", "DaemonConfig", "PendingCheck", "choose", "loa
 # daemon name (COMMAND's basename, or --daemon NAME) -> the module that holds its adapter
 ADAPTERS = {
     "haproxy": "jailshim.daemons.haproxy",
+    "named": "jailshim.daemons.named",
     "nsd": "jailshim.daemons.nsd",
     "stunnel": "jailshim.daemons.stunnel",
     "unbound": "jailshim.daemons.unbound",
@@ -46,6 +47,8 @@ class DaemonConfig(NamedTuple):
     notes: tuple[str, ...] = ()  # warnings about what was read or passed over
     read: tuple[tuple[str, str], ...] = ()  # more facts read, for the log (name, value)
     notify: bool = False  # it sends READY=1 to $NOTIFY_SOCKET from inside its jail
+    file_sets: tuple[str, ...] = ()  # named jail-file sets it needs (files.FILE_SETS keys)
+    devices: tuple[str, ...] = ()  # device nodes it needs beyond jailshim's default ones
 
 
 class PendingCheck:
@@ -156,5 +159,6 @@ def log_read(logger: Any, adapter: Adapter, config: DaemonConfig) -> None:
         user=config.user,
         group=config.group,
         log_sockets=list(config.log_sockets),
+        **({"devices": list(config.devices)} if config.devices else {}),
         **dict(config.read),
     )

@@ -23,6 +23,7 @@ __all__ = [
     "Entry",
     "EntryKind",
     "Jail",
+    "exchange",
     "inspect_entry",
     "rename_into_place",
     "writable_by_non_root",
@@ -59,6 +60,17 @@ _SYSTEM_DIRS = frozenset(
 
 
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(dir_fd: int, src: str, dst: str, flags: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.renameat2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), flags)
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dst)
 
 
 def rename_into_place(dir_fd: int, src: str, dst: str) -> None:
@@ -68,13 +80,13 @@ def rename_into_place(dir_fd: int, src: str, dst: str) -> None:
     user can write, something may have appeared there since we looked. renameat2 with
     RENAME_NOREPLACE (Linux >= 3.15) makes that an error instead of a deletion.
     """
-    import ctypes
+    _renameat2(dir_fd, src, dst, _RENAME_NOREPLACE)
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    result = libc.renameat2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE)
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), dst)
+
+def exchange(dir_fd: int, one: str, other: str) -> None:
+    """Swap two names atomically (RENAME_EXCHANGE): a reader of either name always finds a
+    whole file, and nothing is deleted; the caller checks what it got back."""
+    _renameat2(dir_fd, one, other, _RENAME_EXCHANGE)
 
 
 class EntryKind(StrEnum):

@@ -7,6 +7,7 @@ import stat
 
 from jailshim.devices import Device
 from jailshim.errors import ConfigError
+from jailshim.files import FileFacts, HostFile, JailFile, host_problem, missing_host_file
 from jailshim.jail.mounts import MountTable
 from jailshim.jail.powers import Powers
 from jailshim.jail.safepath import Entry, EntryKind, Jail, inspect_entry, writable_by_non_root
@@ -14,7 +15,10 @@ from jailshim.plan import DevDir, SocketFacts, Survey
 from jailshim.spec import Identity
 from jailshim.state import TMPFS_SOURCE
 
-__all__ = ["check_ownership", "survey"]
+__all__ = ["check_ownership", "read_host_file", "survey", "survey_file"]
+
+_MAX_FILE = 4 * 1024 * 1024  # a jail file is configuration, not data
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def _writable_only_by(st: os.stat_result, daemon: Identity | None) -> bool:
@@ -109,6 +113,95 @@ def survey_socket(
     )
 
 
+def _read_regular(fd: int, limit: int) -> bytes:
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = os.read(fd, min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def read_host_file(path: str) -> HostFile:
+    """The host's file at ``path``, its symlinks followed on the host (etc/localtime into
+    /usr/share/zoneinfo, resolv.conf into /run/systemd/resolve): the content is what counts."""
+    real = os.path.realpath(path)
+    try:
+        fd = os.open(real, _READ)  # non-blocking: a FIFO planted there cannot hang us
+    except OSError as exc:
+        return HostFile(path, problem=host_problem(path, exc.errno or 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return HostFile(path, real, missing_host_file(path, "it is not a regular file"))
+        if st.st_size > _MAX_FILE:
+            return HostFile(path, real, missing_host_file(path, "it is larger than 4 MiB"))
+        content = _read_regular(fd, _MAX_FILE)
+        if len(content) > _MAX_FILE:
+            return HostFile(path, real, missing_host_file(path, "it is larger than 4 MiB"))
+    except OSError as exc:
+        return HostFile(path, real, host_problem(path, exc.errno or 0))
+    finally:
+        os.close(fd)
+    return HostFile(path, real, "", content, stat.S_IMODE(st.st_mode), _identity(st))
+
+
+def survey_file(
+    jail: Jail,
+    file: JailFile,
+    mounts: MountTable,
+    placeholders: frozenset[int] = frozenset(),
+    copies: frozenset[tuple[str, int]] = frozenset(),
+) -> FileFacts:
+    """The host's file and what stands at the same path in the jail (never followed)."""
+    host = read_host_file(file.path)
+    parent, name = os.path.split(file.path)
+    fd, missing = jail.walk(parent)
+    content: bytes | None = None
+    entry_id = (0, 0)
+    try:
+        readonly = bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
+        if missing:
+            entry = Entry(name, EntryKind.ABSENT)
+        else:
+            where = jail.real + (parent if parent != "/" else "")
+            entry = inspect_entry(fd, where, name, mounts, placeholders=placeholders)
+            if entry.kind is not EntryKind.ABSENT:
+                entry_id = _identity(os.stat(name, dir_fd=fd, follow_symlinks=False))
+            if entry.kind is EntryKind.REGULAR and not entry.mountpoint:
+                content = _jail_content(fd, name, entry.ino, len(host.content))
+    finally:
+        os.close(fd)
+    return FileFacts(
+        file=file,
+        host=host,
+        missing_dirs=tuple(missing),
+        entry=entry,
+        entry_dev_ino=entry_id,
+        content=content,
+        ours=(file.path, entry.ino) in copies and entry.kind is EntryKind.REGULAR,
+        readonly=readonly,
+    )
+
+
+def _jail_content(dir_fd: int, name: str, ino: int, want: int) -> bytes | None:
+    """The first ``want`` + 1 bytes of the regular file ``name`` (enough to compare), or None
+    when it changed since lstat."""
+    try:
+        fd = os.open(name, _READ, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != ino:
+            return None
+        return _read_regular(fd, want)
+    finally:
+        os.close(fd)
+
+
 def survey(
     jail: Jail,
     dev_fd: int | None,
@@ -118,6 +211,8 @@ def survey(
     *,
     sockets: tuple[str, ...] = (),
     placeholders: frozenset[int] = frozenset(),
+    files: tuple[JailFile, ...] = (),
+    copies: frozenset[tuple[str, int]] = frozenset(),
 ) -> Survey:
     fs_fd = dev_fd if dev_fd is not None else jail.fd
     flags = os.fstatvfs(fs_fd).f_flag
@@ -147,4 +242,5 @@ def survey(
         entries=entries,
         powers=powers,
         sockets=tuple(survey_socket(jail, path, mounts, placeholders) for path in sockets),
+        files=tuple(survey_file(jail, f, mounts, placeholders, copies) for f in files),
     )

@@ -16,7 +16,7 @@ import stat
 
 from jailshim import state
 from jailshim.jail import mounts
-from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail, rename_into_place
+from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail, exchange, rename_into_place
 from jailshim.state import Kind, Record
 
 __all__ = ["describe", "sweep_new_dev", "undo"]
@@ -32,6 +32,7 @@ def describe(record: Record) -> str:
         Kind.PLACEHOLDER: "remove the placeholder {}",
         Kind.BIND: "unbind {}",
         Kind.HOLDER: "release the hold on {}",
+        Kind.COPY: "remove the copy {}",
     }[record.kind].format(record.path)
 
 
@@ -67,6 +68,40 @@ def _remove_made(dir_fd: int, record: Record) -> str:
     return "already gone"
 
 
+def _remove_copy(dir_fd: int, record: Record) -> str:
+    """COPY: unlink the file jailshim wrote, at its temporary or final name. A refresh killed
+    after its exchange puts the copy it replaced back first: the jail keeps a whole file."""
+    at_tmp, at_name = _lstat(dir_fd, record.tmp), _lstat(dir_fd, record.name)
+
+    def written(st: os.stat_result | None, *, at_tmp: bool) -> bool:
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return False
+        if record.ino:
+            return st.st_ino == record.ino
+        # before its inode was recorded only the temporary name can hold it, made by root
+        return at_tmp and st.st_uid == 0 and st.st_ino != record.replaces
+
+    if (
+        record.replaces
+        and written(at_name, at_tmp=False)
+        and at_tmp is not None
+        and stat.S_ISREG(at_tmp.st_mode)
+        and at_tmp.st_ino == record.replaces
+    ):
+        exchange(dir_fd, record.tmp, record.name)
+        os.unlink(record.tmp, dir_fd=dir_fd)
+        return "removed; the copy it replaced is back"
+    if written(at_tmp, at_tmp=True):
+        os.unlink(record.tmp, dir_fd=dir_fd)
+        return "removed (from its temporary name)"
+    if written(at_name, at_tmp=False):
+        os.unlink(record.name, dir_fd=dir_fd)
+        return "removed"
+    if record.ino and at_name is not None:
+        return "left: changed since prepare"
+    return "already gone"
+
+
 def _unbind(dir_fd: int, record: Record) -> str:
     """BIND in this namespace: detach the mount on the name if it holds what was bound.
 
@@ -80,10 +115,11 @@ def _unbind(dir_fd: int, record: Record) -> str:
     try:
         st = os.fstat(fd)
         # What we bound: the host's character device, or (rdev 0) the host's log socket.
+        # A jail file (regular): the host's file, not the placeholder under it.
         bound = (
             stat.S_ISCHR(st.st_mode) and st.st_rdev == record.rdev
             if record.rdev
-            else stat.S_ISSOCK(st.st_mode)
+            else stat.S_ISSOCK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_ino != record.ino)
         )
         if not bound:
             return "already gone" if st.st_ino == record.ino else "left: something else is there"
@@ -215,6 +251,8 @@ def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | Non
             return _restore(dir_fd, record)
         if record.kind is Kind.MKDIR:
             return _rmdir(dir_fd, record)
+        if record.kind is Kind.COPY:
+            return _remove_copy(dir_fd, record)
         return _remove_made(dir_fd, record)
     finally:
         with contextlib.suppress(OSError):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from jailshim.devices import ENTROPY_DEVICES, Device
 from jailshim.spec import Identity
 from jailshim.verify.findings import DeviceFacts, Finding, judge_device, judge_getrandom
+from jailshim.verify.needs import Needs
 
 if TYPE_CHECKING:
     from jailshim.verify.cryptolib import CryptoLib
@@ -157,19 +158,25 @@ def _reseeders(source: CryptoSource) -> tuple[list[_Reseeder], list[Finding]]:
     return probes, notes
 
 
-def _child(  # noqa: PLR0917  (one child, one call site)
+def _child(
     jail: str,
     identity: Identity | None,
     devices: tuple[Device, ...],
-    crypto: CryptoSource,
     out: int,
     go: int,
+    *,
+    needs: Needs | None,
+    crypto: CryptoSource,
 ) -> None:
     def emit(finding: Finding) -> None:
         os.write(out, (json.dumps(finding.to_json()) + "\n").encode())
 
     # before chroot: the libraries and their first seed come from the host, as the daemon's did
     reseeders, notes = _reseeders(crypto)
+    if needs is not None:
+        from jailshim.verify.needs import gather, prepare_before_chroot
+
+        now, host_zone = prepare_before_chroot()
     if os.read(go, 1) != b"1":  # the parent gave up (prepare failed, a signal): no probe
         os._exit(0)
     os.chroot(jail)
@@ -190,6 +197,9 @@ def _child(  # noqa: PLR0917  (one child, one call site)
         emit(finding)
     for reseeder in reseeders:
         emit(reseeder.reseed())
+    if needs is not None:
+        for finding in gather(needs, now, host_zone):
+            emit(finding)
 
 
 def _privileges(pid: int, identity: Identity | None, reported: Finding) -> Finding:
@@ -232,6 +242,7 @@ class Probe:
         jail: str,
         identity: Identity | None,
         devices: tuple[Device, ...],
+        needs: Needs | None = None,
         crypto: CryptoSource = _HOST_DEFAULT,
     ) -> None:
         self.identity = identity
@@ -243,7 +254,7 @@ class Probe:
             try:
                 os.close(self.read_end)
                 os.close(self.go)
-                _child(jail, identity, devices, crypto, write_end, go_read)
+                _child(jail, identity, devices, write_end, go_read, needs=needs, crypto=crypto)
             except BaseException as exc:
                 finding = Finding(
                     "probe", False, f"could not enter the jail: {exc}", "check --chroot"
@@ -313,4 +324,4 @@ def run_probe(
     crypto: CryptoSource = _HOST_DEFAULT,
 ) -> list[Finding]:
     """Run the probe once in a child and return its findings (the child is always reaped)."""
-    return Probe(jail, identity, devices, crypto).collect()
+    return Probe(jail, identity, devices, crypto=crypto).collect()

@@ -1,0 +1,163 @@
+"""What a daemon reads after chroot besides /dev, proved in the probe child as its user: the
+time zone (etc/localtime), name resolution (getaddrinfo) and service names (etc/services).
+
+``Needs`` says what to prove; ``prepare_before_chroot`` loads what must come from the host;
+``gather`` runs after chroot and the drop. The ``judge_*`` functions are pure.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import NamedTuple
+
+from jailshim.verify.findings import Finding
+
+__all__ = [
+    "Needs",
+    "gather",
+    "judge_resolve",
+    "judge_services",
+    "judge_time",
+    "prepare_before_chroot",
+]
+
+_TIME_REMEDY = "prepare the jail with --files time (etc/localtime from the host)"
+_RESOLVER_FILES = ("/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/hosts")
+
+
+class Needs(NamedTuple):
+    time_strict: bool = False  # --files time: a zone mismatch fails (else: a warning)
+    resolve: tuple[str, ...] = ()  # names getaddrinfo must resolve
+    services: bool = False  # --files services: getservbyname("smtp", "tcp") must work
+
+
+class Zone(NamedTuple):
+    name: str
+    offset: int  # seconds east of UTC
+
+    def describe(self) -> str:
+        sign = "+" if self.offset >= 0 else "-"
+        hours, minutes = divmod(abs(self.offset) // 60, 60)
+        return f"{self.name} (UTC{sign}{hours:02d}:{minutes:02d})"
+
+
+def _zone(at: float) -> Zone:
+    t = time.localtime(at)
+    return Zone(t.tm_zone, t.tm_gmtoff)
+
+
+def _missing(path: str) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def judge_time(host: Zone, jail: Zone, localtime_missing: bool, *, strict: bool) -> Finding:
+    if host == jail:
+        return Finding("time", True, f"the jail's local time is {jail.describe()}, as the host's")
+    why = (
+        "etc/localtime is missing in the jail, so glibc uses UTC"
+        if localtime_missing
+        else "the jail's etc/localtime is another zone than the host's"
+    )
+    detail = f"the jail's local time is {jail.describe()}, the host's {host.describe()}: {why}"
+    if strict:
+        return Finding("time", False, detail, _TIME_REMEDY)
+    return Finding("time", True, f"{detail} (logs will be stamped so)", _TIME_REMEDY, warning=True)
+
+
+def judge_resolve(name: str, addresses: list[str], error: str, missing: list[str]) -> Finding:
+    check = f"resolve {name}"
+    if addresses:
+        shown = ", ".join(addresses[:4]) + (" …" if len(addresses) > 4 else "")
+        return Finding(check, True, f"getaddrinfo({name!r}) gives {shown}")
+    detail = f"getaddrinfo({name!r}) failed: {error}"
+    if "/etc/resolv.conf" in missing:
+        return Finding(
+            check,
+            False,
+            f"{detail}; etc/resolv.conf is missing in the jail, so glibc asks 127.0.0.1:53 only",
+            "prepare the jail with --files resolver (etc/resolv.conf from the host)",
+        )
+    if missing:
+        detail += f"; missing in the jail: {', '.join(p.lstrip('/') for p in missing)}"
+    # the resolver named in resolv.conf may come up later: worth waiting for within --timeout
+    return Finding(
+        check,
+        False,
+        detail,
+        "check the resolver etc/resolv.conf names (reachable from the daemon's network?) and "
+        "that it knows the name",
+        transient=True,
+    )
+
+
+def judge_services(port: int, error: str, services_missing: bool) -> Finding:
+    if port:
+        return Finding("services", True, f"getservbyname('smtp', 'tcp') gives port {port}")
+    why = "; etc/services is missing in the jail" if services_missing else ""
+    return Finding(
+        "services",
+        False,
+        f"getservbyname('smtp', 'tcp') failed ({error}){why}",
+        "prepare the jail with --files services (etc/services and etc/protocols)",
+    )
+
+
+def prepare_before_chroot() -> tuple[float, Zone]:
+    """Load, from the host, what the checks need after chroot (the socket module, the idna
+    codec getaddrinfo encodes names with), and read the host's zone for one instant."""
+    import encodings.idna  # noqa: F401
+    import socket  # noqa: F401
+
+    now = time.time()
+    return now, _zone(now)
+
+
+def _reload_zone() -> None:
+    """glibc reads etc/localtime again only when TZ changes: change it and put it back."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "JAILSHIM0"
+    time.tzset()
+    if saved is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = saved
+    time.tzset()
+
+
+def gather(needs: Needs, now: float, host: Zone) -> list[Finding]:
+    """After chroot and the drop: the findings for ``needs``."""
+    import socket
+
+    _reload_zone()
+    findings = [judge_time(host, _zone(now), _missing("/etc/localtime"), strict=needs.time_strict)]
+    if needs.resolve:
+        # a resolver that does not answer must not outlast the probe's deadline
+        os.environ.setdefault("RES_OPTIONS", "timeout:2 attempts:1")
+        missing = [p for p in _RESOLVER_FILES if _missing(p)]
+        for name in needs.resolve:
+            addresses: list[str] = []
+            error = ""
+            try:
+                infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+                addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+            except socket.gaierror as exc:
+                error = f"{exc.strerror or exc} (EAI {exc.errno})"
+            except OSError as exc:
+                error = f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+            findings.append(judge_resolve(name, addresses, error, missing))
+    if needs.services:
+        port, error = 0, ""
+        try:
+            port = socket.getservbyname("smtp", "tcp")
+        except OSError as exc:
+            error = str(exc)
+        findings.append(judge_services(port, error, _missing("/etc/services")))
+    return findings
