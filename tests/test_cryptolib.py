@@ -21,7 +21,7 @@ from jailshim.explain import match
 from jailshim.verify import cryptolib
 from jailshim.verify.cryptolib import CryptoLib
 from tests.daemons import stop
-from tests.support import IN_CI, TESTS, need, run
+from tests.support import IN_CI, TESTS, clean_env, need, run
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 DENIED = [
@@ -70,6 +70,10 @@ def test_loader_list_and_maps_parsed() -> None:
         "7f30-7f40 r--p 00000000 fe:00 43  /usr/lib/libgnutls.so.30.34.3 (deleted)\n"
         "7f40-7f50 rw-p 00000000 00:00 0 \n"
     )
+    assert cryptolib.missing_in_loader_list(
+        "\tlibgnutls.so.30 => not found\n/opt/d: error while loading shared libraries: "
+        "libcrypto-2ade47cd.so.1.1: cannot open shared object file: No such file or directory\n"
+    ) == ["libgnutls.so.30", "libcrypto-2ade47cd.so.1.1"]
     assert [(lib.name, m.inode, m.range) for lib, m in mapped] == [
         ("libcrypto-2ade47cd.so.1.1", 42, "7f10-7f20"),
         ("libgnutls.so.30.34.3", 43, "7f30-7f40"),
@@ -379,6 +383,27 @@ def test_gnutls_daemon_doctor_and_recovery(
     assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
     assert daemon.reseed() == "reseed ok"
     assert run("doctor", "--pid", pid, wrap=DENIED).code == 0
+
+
+def test_ld_library_path_is_honoured_as_the_loader_would(
+    area: Path, jail: Path, built: dict[str, Path]
+) -> None:
+    """A daemon built without an rpath finds its libcrypto 1.1 only through LD_LIBRARY_PATH:
+    with it, that library is probed; without it, the loader finds none, and check says so."""
+    binary = area / "norpath"
+    cc = subprocess.run(
+        ["gcc", "-DAPI_OSSL11", "-o", str(binary), str(SOURCE), f"-L{built['lib111'].parent}",
+         f"-l:{built['lib111'].name}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert cc.returncode == 0, cc.stderr
+    argv = ("check", "--chroot", str(jail), "--timeout", "0.3", "--", str(binary))
+    found = run(*argv, env=clean_env(LD_LIBRARY_PATH=str(built["lib111"].parent)))
+    assert f"{LIB111} reseed" in _findings(found.events)
+    lost = run(*argv)
+    assert f"{LIB111} reseed" not in _findings(lost.events)
+    note = str(_findings(lost.events)["crypto library"]["detail"])
+    assert "the loader finds no libcrypto-2ade47cd.so.1.1" in note, note
 
 
 def test_two_libraries_in_one_daemon_are_each_probed(jail: Path, built: dict[str, Path]) -> None:

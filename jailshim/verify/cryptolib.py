@@ -18,6 +18,7 @@ __all__ = [
     "family_of_version",
     "from_loader_list",
     "from_maps",
+    "missing_in_loader_list",
     "probe_kind",
     "recovery",
     "short_version",
@@ -122,6 +123,22 @@ def from_loader_list(text: str) -> list[CryptoLib]:
         if target.startswith("/"):
             paths.append(target.rsplit(" (0x", 1)[0])
     return _libs(paths)
+
+
+def missing_in_loader_list(text: str) -> list[str]:
+    """The crypto libraries `ld.so --list` could not find: ``name => not found`` (ldd's way)
+    or, from the loader itself, ``…: error while loading shared libraries: name: cannot open
+    shared object file…`` on stderr (it stops at the first)."""
+    names = []
+    for line in text.splitlines():
+        name, arrow, target = line.strip().partition(" => ")
+        if arrow and target.strip() == "not found" and classify(name):
+            names.append(name)
+        _, marker, rest = line.partition("error while loading shared libraries: ")
+        name = rest.split(":", 1)[0].strip()
+        if marker and classify(name):
+            names.append(name)
+    return names
 
 
 class MappedLib(NamedTuple):

@@ -16,6 +16,7 @@ from jailshim.verify.cryptolib import (
     classify,
     from_loader_list,
     from_maps,
+    missing_in_loader_list,
     version_in,
 )
 
@@ -74,6 +75,7 @@ def for_command(binary: str) -> tuple[list[CryptoLib], str]:
     """
     loader = _interpreter(read_bounded(binary, 65536))
     listed: list[CryptoLib] = []
+    missing: list[str] = []
     if loader:
         try:
             proc = subprocess.run(
@@ -86,10 +88,16 @@ def for_command(binary: str) -> tuple[list[CryptoLib], str]:
                 stdin=subprocess.DEVNULL,
             )
             listed = from_loader_list(proc.stdout)
+            missing = missing_in_loader_list(proc.stdout + proc.stderr)
         except (OSError, subprocess.SubprocessError):
             loader = ""
     if listed:  # their versions: from the libraries themselves, once the probe loads them
         return listed, ""
+    if missing:
+        return [], (
+            f"the loader finds no {', '.join(missing)} for {binary} (its RPATH/RUNPATH, "
+            "LD_LIBRARY_PATH and the cache as jailshim runs), so the daemon would not start"
+        )
     static = static_in(binary)
     if static:
         return static, ""
