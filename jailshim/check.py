@@ -10,7 +10,7 @@ from jailshim.jail.safepath import Jail
 from jailshim.spec import Spec
 from jailshim.verify.findings import Finding, render_table
 from jailshim.verify.needs import Needs
-from jailshim.verify.probe import Probe
+from jailshim.verify.probe import CryptoSource, Probe
 from jailshim.verify.retry import Outcome, verify_with_retries
 
 if TYPE_CHECKING:
@@ -50,7 +50,14 @@ def start_probe(spec: Spec) -> Probe | None:
     """Fork the first probe now, so it readies OpenSSL while the caller prepares the jail."""
     if not spec.verify or spec.dry_run:
         return None
-    return Probe(spec.chroot, spec.identity, spec.devices, needs_of(spec), spec.notify_socket)
+    return Probe(
+        spec.chroot,
+        spec.identity,
+        spec.devices,
+        needs_of(spec),
+        notify=spec.notify_socket,
+        crypto=crypto_source(spec),
+    )
 
 
 def needs_of(spec: Spec) -> Needs:
@@ -61,6 +68,11 @@ def needs_of(spec: Spec) -> Needs:
         resolve=spec.resolve_names,
         services="services" in spec.file_sets,
     )
+
+
+def crypto_source(spec: Spec) -> CryptoSource:
+    """--crypto-lib, else COMMAND's libraries, else (neither given) the host's libcrypto."""
+    return CryptoSource(paths=spec.crypto_libs, command=spec.command)
 
 
 def prepare_and_verify(
@@ -135,7 +147,14 @@ def check(
             probe = (
                 pending.pop()
                 if pending
-                else Probe(path, spec.identity, spec.devices, needs_of(spec), spec.notify_socket)
+                else Probe(
+                    path,
+                    spec.identity,
+                    spec.devices,
+                    needs_of(spec),
+                    notify=spec.notify_socket,
+                    crypto=crypto_source(spec),
+                )
             )
             findings = probe.collect()
         if targets:

@@ -112,6 +112,14 @@ _OPTIONS = (
         switch=True,
     ),
     _Opt(
+        "--crypto-lib",
+        "the crypto library to probe instead of COMMAND's (or, for doctor, the daemon's mapped) "
+        "ones: a libcrypto, libgnutls ... file (repeatable)",
+        (RUN, CHECK, DOCTOR),
+        "PATH",
+        repeat=True,
+    ),
+    _Opt(
         "--strategy",
         "how to make nodes (default: auto)",
         (RUN, PREPARE),
@@ -315,6 +323,13 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 )
         if name == RUN:
             p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG...]")
+        elif name == CHECK:
+            p.add_argument(
+                "argv",
+                nargs=argparse.REMAINDER,
+                metavar="-- COMMAND [ARG...]",
+                help="the daemon: its own crypto libraries are probed (not run)",
+            )
         elif name == EXPLAIN:
             # not dest "file": that is --file's (jail files), which explain does not take
             p.add_argument(
@@ -414,6 +429,12 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
             f"{origin(args, 'only_devices')} needs at least one --device NAME "
             "(or JAILSHIM_DEVICE); without it no device would be provided."
         )
+    if args.command == CHECK and args.argv and args.argv[0] != "--":
+        # check only looks at COMMAND's libraries: a stray word is a typo, not a daemon
+        raise UsageError(
+            f"jailshim check does not take {' '.join(args.argv)}; give the daemon after --, "
+            "such as `jailshim check --chroot DIR -- /usr/sbin/haproxy`."
+        )
     if getattr(args, "argv", None) and args.argv[0] == "--":
         args.argv = args.argv[1:]
     return args
@@ -501,6 +522,8 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
         ensure_loopback=bool(args.ensure_loopback),
         **_files_of(args, overrides.get("file_sets", ())),
         notify_socket=overrides.get("notify_socket") or "",
+        crypto_libs=_crypto_libs(args),
+        command=overrides.get("command", ""),
     )
 
 
@@ -523,6 +546,20 @@ def _files_of(args: argparse.Namespace, from_config: Sequence[str] = ()) -> dict
         "file_sets": sets,
         "resolve_names": names,
     }
+
+
+def _crypto_libs(args: argparse.Namespace) -> tuple[str, ...]:
+    """--crypto-lib paths, each checked to be a file jailshim can load."""
+    paths = tuple(args.crypto_lib or ())
+    for path in paths:
+        source = origin(args, "crypto_lib")
+        _path(path, source)
+        if not os.path.isfile(path):
+            raise UsageError(
+                f"{said(source, path)} is not a file; give the library's path, such as "
+                "/usr/lib/x86_64-linux-gnu/libcrypto.so.3."
+            )
+    return paths
 
 
 def _targets(
@@ -571,7 +608,12 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
                 timeout=args.timeout or 30.0,
             )
             return 0
-        spec = _spec_from(args)
+        command = {}
+        if args.argv:
+            from jailshim.run import resolve_command
+
+            command = {"command": resolve_command(args.argv)}
+        spec = _spec_from(args, **command)
         log.bind_context(chroot=spec.chroot)
         check(spec, log.get_logger())
         return 0
@@ -612,10 +654,19 @@ def _doctor(args: argparse.Namespace, log: Any) -> int:
                 "jailshim doctor --pid takes the jail and the user from the daemon itself; "
                 f"drop {' and '.join(flags)}."
             )
-        return doctor(args.pids, None, None, devices, log.get_logger())
+        return doctor(
+            args.pids, None, None, devices, log.get_logger(), crypto_libs=_crypto_libs(args)
+        )
     if args.chroot is None:
         raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
-    return doctor(None, chroot_of(args), identity_of(args), devices, log.get_logger())
+    return doctor(
+        None,
+        chroot_of(args),
+        identity_of(args),
+        devices,
+        log.get_logger(),
+        crypto_libs=_crypto_libs(args),
+    )
 
 
 def _explain(file: str | None) -> int:

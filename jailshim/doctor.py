@@ -8,7 +8,6 @@ namespace, so a daemon in a container is seen exactly as it sees itself, with no
 from __future__ import annotations
 
 import os
-import re
 import stat
 import sys
 from typing import Any, NamedTuple
@@ -16,8 +15,9 @@ from typing import Any, NamedTuple
 from jailshim.devices import ENTROPY_DEVICES, Device
 from jailshim.errors import CheckFailed, ConfigError, UsageError
 from jailshim.spec import Identity
+from jailshim.verify.cryptolib import CryptoLib, recovery
 from jailshim.verify.findings import Finding, render_table
-from jailshim.verify.probe import run_probe
+from jailshim.verify.probe import CryptoSource, run_probe
 
 __all__ = [
     "DOCTOR_DEVICES",
@@ -33,7 +33,6 @@ __all__ = [
 DOCTOR_DEVICES = ("urandom", "random")
 
 _ENTROPY_RDEVS = {os.makedev(1, 9): "/dev/urandom", os.makedev(1, 8): "/dev/random"}
-_VERSION = re.compile(rb"(OpenSSL \d+\.\d+\.\d+[a-z]?(?: [ -~]{0,20}\d{4})?|GnuTLS \d+\.\d+\.\d+)")
 
 
 class DaemonFacts(NamedTuple):
@@ -48,49 +47,14 @@ class DaemonFacts(NamedTuple):
     groups: tuple[int, ...] = ()
     seccomp: bool = False
     open_entropy_fds: tuple[str, ...] = ()  # "fd 7 -> /dev/urandom (1:9)"
-    libraries: tuple[str, ...] = ()  # "OpenSSL 3.0.11 19 Sep 2023 (libcrypto.so.3)"
+    crypto: tuple[CryptoLib, ...] = ()  # the crypto libraries it has mapped
+
+    @property
+    def libraries(self) -> tuple[str, ...]:
+        """How they are reported: "libcrypto-2ade47cd.so.1.1 (OpenSSL 1.1.1r)"."""
+        return tuple(lib.label for lib in self.crypto)
+
     jail_mounts: tuple[str, ...] = ()  # "/dev/urandom (devtmpfs devtmpfs, ro,nosuid,noexec)"
-
-
-def _library_versions(pid: int) -> tuple[str, ...]:
-    seen: dict[str, str] = {}
-    try:
-        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
-            paths = {line.split()[-1] for line in f if "/" in line}
-    except OSError:
-        return ()
-    for path in sorted(paths):
-        base = os.path.basename(path)
-        if not base.startswith(("libcrypto.so", "libgnutls.so")) or base in seen:
-            continue
-        hit = _VERSION.search(_read_library(path))  # mapped before any chroot: a host path
-        seen[base] = f"{hit.group(1).decode()} ({base})" if hit else base
-    return tuple(seen.values())
-
-
-_LIBRARY_LIMIT = 32 << 20
-
-
-def _read_library(path: str) -> bytes:
-    """A library's bytes, read only if the path is still a regular file, never blocking and
-    never more than 32 MiB: the path comes from a process that may be hostile, which could have
-    replaced its mapped file with a FIFO (would hang) or a link to /dev/zero (endless)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        return b""
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
-        chunks, left = [], _LIBRARY_LIMIT
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
 
 
 def _user_name(uid: int) -> str:
@@ -131,6 +95,8 @@ def _jail_mounts(pid: int, root: str) -> tuple[str, ...]:
 
 def read_daemon(pid: int) -> DaemonFacts:
     """Everything doctor reads from /proc/PID (never entering the daemon's namespaces)."""
+    from jailshim.verify.libfind import for_pid
+
     base = f"/proc/{pid}"
     try:
         with open(f"{base}/status", encoding="utf-8") as f:
@@ -166,8 +132,23 @@ def read_daemon(pid: int) -> DaemonFacts:
         groups=tuple(int(g) for g in status.get("Groups", "").split()),
         seccomp=status.get("Seccomp", "0").strip() != "0",
         open_entropy_fds=tuple(sorted(fds)),
-        libraries=_library_versions(pid),
+        crypto=tuple(for_pid(pid)),
     )
+
+
+def after_prepare(libs: tuple[CryptoLib, ...]) -> str:
+    """Pure: what happens once the jail is fixed, per library (cryptolib.recovery, the table
+    `explain` uses too); unknown libraries: what holds for each family."""
+    if not libs:
+        return (
+            "takes effect at once for a daemon on OpenSSL 1.1.1 or later or on GnuTLS: they "
+            "reopen the node at their next reseed; restart one on any other library"
+        )
+    seen = [recovery(lib.family, lib.version) for lib in libs]
+    why = "; ".join(dict.fromkeys(r.why for r in seen))
+    if any(r.restart for r in seen):
+        return f"then restart the daemon: {why}"
+    return f"takes effect at once, no restart needed: {why}"
 
 
 def verdict(facts: DaemonFacts | None, findings: list[Finding], fix: str) -> tuple[bool, str]:
@@ -180,15 +161,17 @@ def verdict(facts: DaemonFacts | None, findings: list[Finding], fix: str) -> tup
         return True, "safe: the jail's entropy devices work for the daemon's user"
     if entropy_broken:
         why = entropy_broken[0].detail.split(". ")[0].rstrip(".")
+        failing = [f.check.removesuffix(" reseed") for f in broken if f.check.endswith(" reseed")]
+        which = f" of {', '.join(failing)}" if failing else ""
         if facts is not None and facts.open_entropy_fds:
             # OpenSSL >= 1.1.1 keeps the device it opened before chroot and reseeds from that
             # descriptor (seen with haproxy 2.6 / OpenSSL 3.0): it survives, but only as long as
             # nothing reopens the device (GnuTLS does on every use; so does an OpenSSL that was
             # told RAND_keep_random_devices_open(0)).
             return False, (
-                f"at risk: {why}; it works only through {', '.join(facts.open_entropy_fds)}, "
-                "kept open from before chroot, and fails the moment the device is reopened "
-                f"inside the jail. Fix: {fix}"
+                f"at risk: {why}; the next reseed{which} works only through "
+                f"{', '.join(facts.open_entropy_fds)}, kept open from before chroot, and fails "
+                f"the moment the device is reopened inside the jail. Fix: {fix}"
             )
         when = (
             "it has a seccomp filter, so getrandom() may be denied and the library then reads the "
@@ -197,7 +180,7 @@ def verdict(facts: DaemonFacts | None, findings: list[Finding], fix: str) -> tup
             else "whenever getrandom() is unusable (seccomp, old kernel) the library reads the "
             "device, and GnuTLS and Python read it directly"
         )
-        return False, f"will fail at the next reseed because {why}: {when}. Fix: {fix}"
+        return False, f"will fail at the next reseed{which} because {why}: {when}. Fix: {fix}"
     return False, f"not safe: {broken[0].check}: {broken[0].detail} Fix: {fix}"
 
 
@@ -264,6 +247,8 @@ def doctor(
     identity: Identity | None,
     devices: tuple[Device, ...],
     log: Any,
+    *,
+    crypto_libs: tuple[str, ...] = (),
 ) -> int:
     """Diagnose the daemons ``pids`` (each one's jail and user from /proc; a master stands for
     its chrooted workers) or the jail ``chroot`` as ``identity``; 0 when all are safe, else
@@ -273,7 +258,7 @@ def doctor(
         unsafe = []
         for pid in targets:
             facts = read_daemon(pid)
-            safe, words = _diagnose(facts, "", None, devices, log)
+            safe, words = _diagnose(facts, "", None, devices, log, crypto_libs=crypto_libs)
             if not safe:
                 unsafe.append(f"PID {pid}: {words}" if len(targets) > 1 else words)
         if unsafe:
@@ -283,7 +268,7 @@ def doctor(
         raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
     if not os.path.isdir(chroot):
         raise ConfigError(f"The jail {chroot} does not exist or is not a directory.")
-    safe, words = _diagnose(None, chroot, identity, devices, log)
+    safe, words = _diagnose(None, chroot, identity, devices, log, crypto_libs=crypto_libs)
     if not safe:
         raise CheckFailed(words)
     return 0
@@ -295,6 +280,8 @@ def _diagnose(
     identity: Identity | None,
     devices: tuple[Device, ...],
     log: Any,
+    *,
+    crypto_libs: tuple[str, ...] = (),
 ) -> tuple[bool, str]:
     """One daemon (``facts``) or one jail: its findings and verdict logged; (safe?, words)."""
     if facts is not None:
@@ -322,11 +309,20 @@ def _diagnose(
         jail = jail_name = chroot
         user = identity.name if identity is not None else "USER"
     pid = {} if facts is None else {"pid": facts.pid}
-    findings = [] if facts is not None and facts.root == "/" else run_probe(jail, identity, devices)
-    fix = (
-        f"`jailshim prepare --chroot {jail_name} --user {user}` (takes effect at once: the "
-        "daemon opens the node at its next reseed, no restart needed)"
+    libs: tuple[CryptoLib, ...] = ()
+    if crypto_libs:
+        from jailshim.verify.libfind import for_paths
+
+        libs = tuple(for_paths(crypto_libs))
+    elif facts is not None:
+        libs = facts.crypto
+    crypto = CryptoSource(libs=libs)
+    findings = (
+        []
+        if facts is not None and facts.root == "/"
+        else run_probe(jail, identity, devices, crypto)
     )
+    fix = f"`jailshim prepare --chroot {jail_name} --user {user}` ({after_prepare(libs)})"
     if facts is not None and _other_mount_namespace(facts.pid):
         fix += (
             "; for the next container start make jailshim the ENTRYPOINT (without CAP_MKNOD, "

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterable
 from typing import NamedTuple, TextIO
 
+from jailshim.verify.cryptolib import GNUTLS, OPENSSL, recovery
+
 __all__ = ["SIGNATURES", "Signature", "explain", "match"]
 
 _PREPARE = (
@@ -18,6 +20,20 @@ _PREPARE = (
     "the entrypoint) so dev/urandom and dev/random exist in the jail, then restart the daemon; "
     "`jailshim doctor --pid PID` checks a running one."
 )
+
+
+def _after(family: str, version: str) -> str:
+    """The fix for a library's entropy failure; whether to restart comes from the table doctor
+    uses too (cryptolib.recovery), so the two never disagree."""
+    then = recovery(family, version)
+    step = (
+        f"then restart the daemon: {then.why}" if then.restart else f"no restart needed: {then.why}"
+    )
+    return (
+        "Fix: run `jailshim prepare --chroot JAIL --user USER` (or `jailshim run -- DAEMON …` as "
+        f"the entrypoint) so dev/urandom and dev/random exist in the jail; {step}. "
+        "`jailshim doctor --pid PID` checks a running one."
+    )
 
 
 class Signature(NamedTuple):
@@ -37,13 +53,15 @@ SIGNATURES: tuple[Signature, ...] = (
         r"RAND_DRBG_(instantiate|generate|reseed)[^\n]*(error retrieving entropy|in error state)",
         "OpenSSL 1.1.1's DRBG reseeds from /dev/urandom after an hour or 256 requests; the "
         "daemon chrooted into a jail without dev/urandom, so the reseed failed and the DRBG "
-        "stays in an error state.",
+        "is in an error state until it can read the source again.",
+        _after(OPENSSL, "OpenSSL 1.1.1"),
     ),
     _sig(
         "OpenSSL 1.1.1: SSL_new malloc failure (really an entropy failure)",
         r"SSL_new[^\n]*malloc failure",
         "Not memory: SSL_new() fails this way when the random generator is in an error state, "
         "which in a chroot means it could not reopen /dev/urandom to reseed.",
+        _after(OPENSSL, "OpenSSL 1.1.1"),
     ),
     _sig(
         "OpenSSL 3: error retrieving entropy",
@@ -52,6 +70,7 @@ SIGNATURES: tuple[Signature, ...] = (
         "OpenSSL 3 seeds from getrandom(); when that is denied (a seccomp filter answering "
         "ENOSYS/EPERM, an old kernel) it falls back to /dev/urandom, which the jail lacks, so "
         "the DRBG cannot reseed and every new TLS session fails.",
+        _after(OPENSSL, "OpenSSL 3"),
     ),
     _sig(
         "GnuTLS: randomness device error",
@@ -59,12 +78,14 @@ SIGNATURES: tuple[Signature, ...] = (
         r"(error|code|returned)[^\n]*-342\b",
         "GnuTLS reads /dev/urandom whenever getrandom() is unusable, and reopens it on each use; "
         "inside a chroot without the node every random draw fails.",
+        _after(GNUTLS, "GnuTLS 3.7"),
     ),
     _sig(
         "GnuTLS: failed to acquire random data",
         r"Failed to acquire random data|GNUTLS_E_RANDOM_FAILED|(error|code|returned)[^\n]*-206\b",
         "GnuTLS could not get random bytes: in a chroot this is the missing dev/urandom (or a "
         "kernel RNG that is not initialised yet).",
+        _after(GNUTLS, "GnuTLS 3.7"),
     ),
     _sig(
         "Python: no /dev/urandom",

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
     else:
         from jailshim.check import prepare_and_verify
 
-        spec = cli._spec_from(args, **overrides)
+        spec = cli._spec_from(args, **overrides, command=binary)
         if adapter is not None and config is not None and spec.identity is not None:
             # check as exactly the uid, gid and groups the daemon will have, or it proves the
             # wrong thing (a daemon that keeps its starting gid checks with gid 0)

@@ -136,3 +136,5 @@ class Spec(NamedTuple):
     file_sets: tuple[str, ...] = ()  # named needs asked for (time, resolver, services): checked
     resolve_names: tuple[str, ...] = ()  # names getaddrinfo must resolve inside the jail
     notify_socket: str = ""  # $NOTIFY_SOCKET, for a daemon that sends READY=1 from in the jail
+    crypto_libs: tuple[str, ...] = ()  # --crypto-lib: the libraries to probe, as given
+    command: str = ""  # COMMAND's executable: its crypto libraries are probed

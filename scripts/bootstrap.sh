@@ -18,6 +18,7 @@ APT_PACKAGES=(
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
   catatonit                              # podman kube play: the pods' pause image
   systemd                                # systemd-analyze verify for the example units
+  gcc libc6-dev                          # the C test daemons of tests/test_cryptolib.py
 )
 
 missing=()

@@ -16,7 +16,7 @@ import select
 import signal
 import stat
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from jailshim.devices import ENTROPY_DEVICES, Device
 from jailshim.spec import Identity
@@ -30,7 +30,28 @@ from jailshim.verify.findings import (
 )
 from jailshim.verify.needs import Needs
 
-__all__ = ["Probe", "run_probe"]
+if TYPE_CHECKING:
+    from jailshim.verify.cryptolib import CryptoLib
+
+__all__ = ["CryptoSource", "Probe", "run_probe"]
+
+
+class CryptoSource(NamedTuple):
+    """Whose crypto libraries to probe: --crypto-lib paths win, then libraries already found
+    (doctor --pid, from the maps), then COMMAND's (asked of its loader in the probe child).
+    All empty: the host's default libcrypto, as "OpenSSL reseed"."""
+
+    paths: tuple[str, ...] = ()
+    libs: tuple[CryptoLib, ...] = ()
+    command: str = ""
+
+
+_HOST_DEFAULT = CryptoSource()
+
+
+class _Reseeder(Protocol):
+    def reseed(self) -> Finding: ...
+
 
 _PROBE_DEADLINE = 10.0  # seconds; a probe that hangs (a blocking read) is killed
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -138,6 +159,40 @@ def _drop(identity: Identity) -> Finding:
     return Finding("privileges", True, "")  # detail filled in by the parent from /proc
 
 
+def _reseeders(source: CryptoSource) -> tuple[list[_Reseeder], list[Finding]]:
+    """One probe per library the daemon uses (loaded and seeded now, before chroot), and the
+    findings for libraries that cannot be probed."""
+    from jailshim.verify.openssl import OpenSSLProbe
+
+    if source == _HOST_DEFAULT:
+        return [OpenSSLProbe()], []
+    from jailshim.verify import cryptolib, libfind
+
+    note = ""
+    if source.paths:
+        libs = libfind.for_paths(source.paths)
+    elif source.libs:
+        libs = list(source.libs)
+    else:
+        libs, note = libfind.for_command(source.command)
+    if not libs:
+        return [], [Finding("crypto library", True, f"none probed: {note}", warning=True)]
+    probes: list[_Reseeder] = []
+    notes = []
+    for lib in libs:
+        kind = cryptolib.probe_kind(lib)
+        if kind == "openssl":
+            probes.append(OpenSSLProbe(lib))
+        elif kind == "gnutls":
+            from jailshim.verify.gnutls import GnuTLSProbe
+
+            probes.append(GnuTLSProbe(lib))
+        else:
+            check = f"{cryptolib.short_version(lib.version) or lib.family} reseed"
+            notes.append(Finding(check, True, cryptolib.unprobeable(lib), warning=True))
+    return probes, notes
+
+
 def _child(
     jail: str,
     identity: Identity | None,
@@ -147,13 +202,13 @@ def _child(
     out: int,
     go: int,
     needs: Needs | None,
+    crypto: CryptoSource,
 ) -> None:
     def emit(finding: Finding) -> None:
         os.write(out, (json.dumps(finding.to_json()) + "\n").encode())
 
-    from jailshim.verify.openssl import OpenSSLProbe
-
-    openssl = OpenSSLProbe()  # before chroot: libcrypto and its first seed come from the host
+    # before chroot: the libraries and their first seed come from the host, as the daemon's did
+    reseeders, notes = _reseeders(crypto)
     if notify:  # loaded before chroot, like libcrypto: the jail has no Python to import
         import socket  # noqa: F401
     if needs is not None:
@@ -178,7 +233,10 @@ def _child(
         emit(judge_device(device, _device_facts(device), uid, usable))
     if notify:
         emit(judge_notify(notify, _notify_facts(notify), uid))
-    emit(openssl.reseed())
+    for finding in notes:
+        emit(finding)
+    for reseeder in reseeders:
+        emit(reseeder.reseed())
     if needs is not None:
         for finding in gather(needs, now, host_zone):
             emit(finding)
@@ -225,7 +283,9 @@ class Probe:
         identity: Identity | None,
         devices: tuple[Device, ...],
         needs: Needs | None = None,
+        *,
         notify: str = "",
+        crypto: CryptoSource = _HOST_DEFAULT,
     ) -> None:
         """``notify``: $NOTIFY_SOCKET's path, when the daemon sends READY=1 from in the jail."""
         self.identity = identity
@@ -238,7 +298,14 @@ class Probe:
                 os.close(self.read_end)
                 os.close(self.go)
                 _child(
-                    jail, identity, devices, notify=notify, out=write_end, go=go_read, needs=needs
+                    jail,
+                    identity,
+                    devices,
+                    notify=notify,
+                    out=write_end,
+                    go=go_read,
+                    needs=needs,
+                    crypto=crypto,
                 )
             except BaseException as exc:
                 finding = Finding(
@@ -302,6 +369,11 @@ class Probe:
             os.waitpid(pid, 0)
 
 
-def run_probe(jail: str, identity: Identity | None, devices: tuple[Device, ...]) -> list[Finding]:
+def run_probe(
+    jail: str,
+    identity: Identity | None,
+    devices: tuple[Device, ...],
+    crypto: CryptoSource = _HOST_DEFAULT,
+) -> list[Finding]:
     """Run the probe once in a child and return its findings (the child is always reaped)."""
-    return Probe(jail, identity, devices).collect()
+    return Probe(jail, identity, devices, crypto=crypto).collect()
