@@ -123,8 +123,15 @@ def snapshot(top: Path) -> dict[str, tuple[Any, ...]]:
     return found
 
 
-def mount_lines() -> int:
-    return len(Path("/proc/self/mountinfo").read_text().splitlines())
+def mount_lines(path: Path) -> list[str]:
+    """The mount table's lines for mount points at or below ``path``, in order. Scoped to the
+    test's own directory: the machine-wide count changes whenever anything else on the machine
+    mounts (another test run, podman), which made an idempotence test flaky."""
+    prefix = str(path.resolve())
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [
+        line for line in lines if (p := line.split()[4]) == prefix or p.startswith(prefix + "/")
+    ]
 
 
 def mounts_below(path: Path) -> list[str]:

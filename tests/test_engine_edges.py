@@ -68,12 +68,12 @@ def test_systemd_dev_log_symlink_is_resolved_on_the_host(area: Path, jail: Path)
 def test_teardown_dry_run_changes_nothing(nodev_jail: Path) -> None:
     """teardown --dry-run lists what it would undo; the jail and mount table stay as they are."""
     assert run("prepare", "--chroot", str(nodev_jail), "--no-verify").code == 0
-    before, lines = snapshot(nodev_jail), mount_lines()
+    before, lines = snapshot(nodev_jail), mount_lines(nodev_jail)
     result = run("teardown", "--chroot", str(nodev_jail), "--dry-run")
     assert result.code == 0, result.stderr
     steps = [e["step"] for e in result.named("teardown")]
     assert "unbind dev/urandom" in steps and "rmdir dev" in steps
-    assert snapshot(nodev_jail) == before and mount_lines() == lines
+    assert snapshot(nodev_jail) == before and mount_lines(nodev_jail) == lines
     assert run("teardown", "--chroot", str(nodev_jail)).code == 0
     assert mounts_below(nodev_jail) == [str(nodev_jail)]
 

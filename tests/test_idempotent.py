@@ -14,11 +14,11 @@ from tests.support import mount_lines, mounts_below, run, snapshot
 def test_hundred_prepares_leave_the_mount_table_unchanged(nodev_jail: Path) -> None:
     """Bind strategy (the one that mounts): run 2..101 add no mount and change no entry."""
     assert run("prepare", "--chroot", str(nodev_jail)).code == 0
-    lines = mount_lines()
+    lines = mount_lines(nodev_jail)
     after_first = snapshot(nodev_jail)
     for _ in range(100):
         assert main(["prepare", "--chroot", str(nodev_jail), "--log-level", "error"]) == 0
-    assert mount_lines() == lines
+    assert mount_lines(nodev_jail) == lines
     assert snapshot(nodev_jail) == after_first
 
 
