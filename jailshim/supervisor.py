@@ -140,39 +140,55 @@ def signal_descendants(sig: int) -> list[str]:
     """Send SIG to every living descendant, deepest first (a parent that dies of it cannot
     orphan a child before the child got it too), then SIGCONT unless SIG is SIGKILL; return
     "name[pid]" for each. A subreaper's or PID 1's descendants are its whole subtree: orphans
-    come back to it.
+    come back to it. A child forked while we walk may be missed; the caller's next round (or
+    SIGKILL round) finds it.
 
     Only descendants: a PID read from a children list may have been reaped and reused by
     anyone before we signal it. So each is pinned with a pidfd and kept only if, read through
     /proc after that, its parent is the process above it, and that parent (pinned likewise)
     is still alive then: a living process's PID is not reused, so what we read was ours.
+    Iterative, with only the current path's pidfds open: no recursion limit, no fd limit.
     """
     reached: list[str] = []
-    _visit(os.getpid(), None, sig, reached)
-    return reached
-
-
-def _visit(parent: int, parent_fd: int | None, sig: int, reached: list[str]) -> None:
-    for pid in _children(parent):
-        try:
-            fd = _pidfd(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            state, ppid = _stat(pid)
-            if ppid != parent or not _send(parent, parent_fd, 0):
-                continue  # not (or no longer provably) below us
-            _visit(pid, fd, sig, reached)
-            if state == b"Z":
-                continue  # dead already, waiting for its parent to reap it
-            name = _read(f"/proc/{pid}/comm").strip().decode(errors="replace")
-            if _send(pid, fd, sig):
-                if sig != signal.SIGKILL:
-                    _send(pid, fd, signal.SIGCONT)
-                reached.append(f"{name}[{pid}]")
-        finally:
+    me = os.getpid()
+    # (pid, its pidfd, a zombie?, its children not yet visited), from us down to the current
+    path: list[tuple[int, int | None, bool, list[int]]] = [(me, None, False, _children(me))]
+    try:
+        while path:
+            parent, parent_fd, _, todo = path[-1]
+            if todo:
+                pid = todo.pop()
+                try:
+                    fd = _pidfd(pid)
+                except ProcessLookupError:
+                    continue
+                state, ppid = _stat(pid)
+                if ppid != parent or not _send(parent, parent_fd, 0):
+                    if fd is not None:  # not (or no longer provably) below us
+                        os.close(fd)
+                    continue
+                path.append((pid, fd, state == b"Z", _children(pid)))
+                continue
+            # every child below it has been signalled: now the process itself
+            _, fd, zombie, _ = path.pop()
+            if not path:
+                break  # that was us
+            try:
+                if zombie:
+                    continue  # dead already, waiting for its parent to reap it
+                name = _read(f"/proc/{parent}/comm").strip().decode(errors="replace")
+                if _send(parent, fd, sig):
+                    if sig != signal.SIGKILL:
+                        _send(parent, fd, signal.SIGCONT)
+                    reached.append(f"{name}[{parent}]")
+            finally:
+                if fd is not None:
+                    os.close(fd)
+    finally:
+        for _, fd, _, _ in path:
             if fd is not None:
                 os.close(fd)
+    return reached
 
 
 # The child ---------------------------------------------------------------------------------

@@ -560,3 +560,53 @@ def test_ctrl_z_suspends_jailshim_as_a_job_of_the_shell(jail: Path, area: Path) 
     finally:
         term.close()
     assert out.read_text().split() == ["ready", "SIGINT", "SIGQUIT"]
+
+
+CHAIN = """
+import os, sys, time
+from jailshim import supervisor
+top = os.getpid()
+r, w = os.pipe()
+for _ in range(int(sys.argv[1])):
+    if os.fork() == 0:  # the next link: say who it is, then fork the one below
+        os.write(w, b"%d " % os.getpid())
+        continue
+    if os.getpid() != top:  # a link with a child: wait for the signal
+        time.sleep(60)
+        os._exit(0)
+    break
+else:  # the deepest link
+    os.write(w, b"end ")
+    time.sleep(60)
+    os._exit(0)
+text = b""
+while not text.endswith(b"end "):
+    text += os.read(r, 65536)
+chain = [int(p) for p in text.split()[:-1]]
+reached = supervisor.signal_descendants(15)
+print(chain == [int(n[n.index("[") + 1 : -1]) for n in reversed(reached)], len(reached))
+"""
+
+
+def test_signal_descendants_walks_a_deep_chain_deepest_first_and_nothing_else() -> None:
+    """A chain of 60 processes, each the child of the one before: every one gets the signal,
+    the deepest first; a process beside the chain (not below the caller) gets nothing."""
+    beside = subprocess.Popen(["sleep", "60"])
+    chain = subprocess.Popen(
+        [sys.executable, "-c", CHAIN, "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=TESTS.parent,
+        start_new_session=True,  # its own process group: whatever is left is killed below
+    )
+    try:
+        out, err = chain.communicate(timeout=60)
+        assert out.split() == ["True", "60"], out + err
+        assert beside.poll() is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(chain.pid, signal.SIGKILL)
+        chain.wait()
+        beside.kill()
+        beside.wait()
