@@ -505,6 +505,24 @@ def test_ctrl_c_reaches_the_daemon_and_the_supervisor_stays(jail: Path, area: Pa
     assert out.read_text().split() == ["ready", "SIGINT", "SIGTERM"]
 
 
+def test_ctrl_z_of_the_daemon_as_pid1_is_undone(jail: Path, area: Path) -> None:
+    """As PID 1 nothing above could ever continue a daemon stopped by Ctrl-Z: the supervisor
+    continues it at once, so the Ctrl-C typed next reaches a running daemon."""
+    out = area / "signals.txt"
+    term = _Terminal(_argv(jail, [sys.executable, CHILD, str(out), "0"]), clean_env())
+    try:
+        _wait_for(lambda: out.exists() and "ready" in out.read_text())
+        sup = children(term.pid)[0]
+        term.write(b"\x1a")
+        term.write(b"\x03")
+        _wait_for(lambda: "SIGINT" in out.read_text())
+        os.kill(sup, signal.SIGTERM)
+        code = term.wait()
+    finally:
+        term.close()
+    assert code == 42, term.tail()
+
+
 def test_ctrl_z_in_a_shell_under_the_supervisor(jail: Path) -> None:
     """`podman run -it … --init bash`: bash has job control (it holds the terminal), Ctrl-Z
     stops its foreground job and gives the prompt back; bash's exit status is jailshim's."""
