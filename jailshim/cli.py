@@ -172,7 +172,12 @@ _OPTIONS = (
         (RUN,),
         switch=True,
     ),
-    _Opt("--init", "stay as PID 1: forward signals, reap zombies", (RUN,), switch=True),
+    _Opt(
+        "--init",
+        "stay as PID 1: forward signals, reap zombies, stop every descendant at the end",
+        (RUN,),
+        switch=True,
+    ),
     _Opt(
         "--kill-group",
         "with --init, forward signals to the daemon's process group",
@@ -181,8 +186,8 @@ _OPTIONS = (
     ),
     _Opt(
         "--grace",
-        "with --init, how long the rest of the process tree has after the stop signal before "
-        "SIGKILL (default: 10; 0 to 86400)",
+        "with --init, seconds from the stop signal (or COMMAND's exit) to SIGKILL for whatever "
+        "is left of the process tree (default: 10; 0 to 86400)",
         (RUN,),
         "SECONDS",
     ),
