@@ -125,4 +125,9 @@ def supervise(
     _flush()
     environment = clean_environment()
     default_signals()
+    # Blocked across the exec (the mask survives it) and taken by the supervisor's first
+    # sigwaitinfo: a stop signal during the interpreter's start-up is kept, not lost or fatal.
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.WAITED)
     os.execve(sys.executable, lean, environment)

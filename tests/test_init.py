@@ -302,6 +302,24 @@ def test_stop_signal_then_kill_when_command_ignores_it(jail: Path) -> None:
     assert any(name.startswith("sh[") for name in event["killed"]), event
 
 
+def test_term_while_the_supervisor_starts_is_kept(jail: Path) -> None:
+    """TERM sent the moment jailshim has exec'd the supervisor, while its interpreter is still
+    starting: the signal was blocked across the exec, so it is forwarded once the daemon runs
+    (the supervisor logs its exit, 143), not fatal to a half-started supervisor."""
+    proc = _start(jail, ["sleep", "60"], pid_ns=False)
+    try:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 20
+        while b"jailshim.supervisor" not in cmdline.read_bytes():
+            assert time.monotonic() < deadline, "the supervisor never started"
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        _, stderr = stop(proc)
+    assert proc.returncode == 143, stderr
+    assert stderr.count('"init.exited"') == 1, stderr
+
+
 def test_rewrite_signal_term_to_quit(jail: Path, area: Path) -> None:
     """--rewrite-signal TERM:QUIT: the daemon records QUIT (and no TERM) when TERM is sent."""
     out = area / "signals.txt"
