@@ -285,10 +285,6 @@ class _Options:
                 raise SystemExit(f"supervisor.py: unknown flag {flag}")
 
 
-def _shown(names: list[str]) -> list[str]:
-    return names[:SHOWN]
-
-
 def main(argv: list[str]) -> int:
     opts = _Options(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
@@ -368,9 +364,9 @@ def main(argv: list[str]) -> int:
             grace=opts.grace,
             seconds=round(time.monotonic() - began, 3),
             stop_signal=stop_signal,
-            still_running=_shown(still_running),
+            still_running=still_running[:SHOWN],
             still_running_count=len(still_running),
-            killed=_shown(killed),
+            killed=killed[:SHOWN],
             killed_count=len(killed),
         )
     mapped = opts.exit_map.get(code, code)
