@@ -35,7 +35,7 @@ def _measure(argv: list[str], *, supervisor: bool) -> int:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             ready = not supervisor or (
-                b"supervisor.py" in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+                b"jailshim.supervisor" in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
                 and _children(proc.pid)
             )
             if ready:

@@ -212,12 +212,38 @@ _OPTIONS = (
         (RUN,),
         switch=True,
     ),
-    _Opt("--init", "stay as PID 1: forward signals, reap zombies", (RUN,), switch=True),
+    _Opt(
+        "--init",
+        "stay as PID 1: forward signals, reap zombies, stop every descendant at the end",
+        (RUN,),
+        switch=True,
+    ),
     _Opt(
         "--kill-group",
         "with --init, forward signals to the daemon's process group",
         (RUN,),
         switch=True,
+    ),
+    _Opt(
+        "--grace",
+        "with --init, seconds from the stop signal (or COMMAND's exit) to SIGKILL for whatever "
+        "is left of the process tree (default: 10; 0 to 86400)",
+        (RUN,),
+        "SECONDS",
+    ),
+    _Opt(
+        "--rewrite-signal",
+        "with --init, forward signal FROM as TO, such as TERM:QUIT; TO 0 drops FROM (repeatable)",
+        (RUN,),
+        "FROM:TO",
+        repeat=True,
+    ),
+    _Opt(
+        "--map-exit",
+        "with --init, exit with CODE2 when COMMAND's status is CODE1, such as 143:0 (repeatable)",
+        (RUN,),
+        "CODE1:CODE2",
+        repeat=True,
     ),
     _Opt(
         "--log-format",
@@ -420,6 +446,17 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     args.origin = found
     if args.timeout is not None:
         args.timeout = _seconds(args.timeout, found["timeout"])
+    if args.grace is not None or args.rewrite_signal or args.map_exit:
+        from jailshim import init_options
+
+        if args.grace is not None:
+            args.grace = init_options.grace(args.grace, found["grace"])
+        if args.rewrite_signal:
+            args.rewrite_signal = init_options.rewrites(
+                args.rewrite_signal, found["rewrite_signal"]
+            )
+        if args.map_exit:
+            args.map_exit = init_options.exit_map(args.map_exit, found["map_exit"])
     args.pids = None
     if args.pid is not None:  # every PID given in args.pids; args.pid is the first
         args.pids = _pids(args.pid, found["pid"])

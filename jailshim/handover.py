@@ -6,9 +6,12 @@ import contextlib
 import errno
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from jailshim.errors import CommandNotExecutable, CommandNotFound
+
+if TYPE_CHECKING:
+    from jailshim.init_options import StopOptions
 
 __all__ = ["clean_environment", "default_signals", "exec_command", "other_init", "supervise"]
 
@@ -86,8 +89,12 @@ def other_init() -> str | None:
     return name if name in _REAPING_INITS else None
 
 
-def supervise(argv: list[str], *, kill_group: bool, log: Any) -> NoReturn:
+def supervise(
+    argv: list[str], *, kill_group: bool, log: Any, stop: StopOptions | None = None
+) -> NoReturn:
     """Become the lean supervisor: a fresh interpreter that imports nothing heavy."""
+    from jailshim.init_options import StopOptions
+
     if (name := other_init()) is not None:
         log.warning(
             "init.double",
@@ -104,10 +111,23 @@ def supervise(argv: list[str], *, kill_group: bool, log: Any) -> NoReturn:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     from jailshim import supervisor
 
+    stop = stop or StopOptions()
     flags = ["--kill-group"] if kill_group else []
-    lean = [sys.executable, "-S", "-E", supervisor.__file__, *flags, "--", *argv]
-    log.info("handover", mode="init", command=argv, kill_group=kill_group)
+    # Imported, not run as a script: a script is compiled from source on every start, and
+    # the compiler's peak (~0.8 MB) stays resident; an import loads the cached bytecode.
+    root = os.path.dirname(os.path.dirname(supervisor.__file__))
+    stub = (
+        f"import sys; sys.path[0] = {root!r}; from jailshim.supervisor import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    lean = [sys.executable, "-S", "-E", "-c", stub, *flags, *stop.argv(), "--", *argv]
+    log.info("handover", mode="init", command=argv, kill_group=kill_group, grace=stop.grace)
     _flush()
     environment = clean_environment()
     default_signals()
+    # Blocked across the exec (the mask survives it) and taken by the supervisor's first
+    # sigwaitinfo: a stop signal during the interpreter's start-up is kept, not lost or fatal.
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.WAITED)
     os.execve(sys.executable, lean, environment)

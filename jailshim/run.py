@@ -170,6 +170,13 @@ def run(args: argparse.Namespace, log: Any) -> int:
     if args.dry_run:
         return 0
     if args.init:
-        handover.supervise(argv, kill_group=bool(args.kill_group), log=logger)
+        from jailshim.init_options import DEFAULT_GRACE, StopOptions
+
+        stop = StopOptions(
+            grace=DEFAULT_GRACE if args.grace is None else args.grace,
+            rewrites=args.rewrite_signal or (),
+            exit_map=args.map_exit or (),
+        )
+        handover.supervise(argv, kill_group=bool(args.kill_group), log=logger, stop=stop)
     handover.exec_command(binary, argv, logger)
     return 0  # not reached: exec replaced this process

@@ -1,14 +1,23 @@
-"""The lean PID 1 (`jailshim run --init`): forward signals, reap zombies, pass on the status.
+"""The lean PID 1 (`jailshim run --init`): forward signals, reap zombies, stop the whole tree.
 
-Run as a script by a fresh interpreter (`python -S -E supervisor.py [--kill-group] -- CMD...`)
-after jailshim has prepared and verified the jail, so that while the daemon runs, this process
-holds only what a bare interpreter holds. It imports os, sys, time and the C halves of signal
-and json (_signal, _json): the Python `signal` and `json` modules pull in enum and re, which
-cost 1.6 MB of resident memory for every container, for nothing we use.
+Run as a script by a fresh interpreter (`python -S -E supervisor.py [FLAGS] -- CMD...`) after
+jailshim has prepared and verified the jail, so that while the daemon runs, this process holds
+only what a bare interpreter holds. It imports os, sys, time and the C halves of signal and json
+(_signal, _json): the Python `signal` and `json` modules pull in enum and re, which cost 1.6 MB
+of resident memory for every container, for nothing we use.
 
 Why: a daemon that is not written to be PID 1 ignores SIGTERM (no default action for PID 1)
 and never reaps the orphans re-parented to it, which pile up as zombies (the reasons tini and
-dumb-init exist).
+dumb-init exist). And at the end, tini and dumb-init exit as soon as their first child does,
+leaving re-parented descendants running; this supervisor stops every descendant first:
+
+    stop signal forwarded, or COMMAND exited
+      -> the stop signal (and SIGCONT, so a stopped process can act on it) to every descendant
+      -> --grace seconds (one period, from the first of the two) -> SIGKILL what is left
+      -> reap everything -> exit with COMMAND's status, or 128+n.
+
+Flags (from jailshim's handover, already checked): --kill-group, --grace SECONDS,
+--rewrite FROM:TO (signal numbers; TO 0 drops FROM), --map-exit CODE:CODE.
 """
 
 from __future__ import annotations
@@ -29,13 +38,23 @@ FORWARDED = (
     signal.SIGWINCH,
     signal.SIGCONT,
 )
+# The signals that ask for a stop: forwarding one starts the grace period.
+STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# What a terminal's job control stops a process with (Ctrl-Z; reading or writing it from behind).
+JOB_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+# Blocked for the supervisor's whole life and taken with sigwaitinfo: a signal that arrives at
+# any moment (during fork, during a stop) stays pending, so none is lost; only the same signal
+# twice before it is taken becomes one, as the kernel does for every process.
+WAITED = (*FORWARDED, signal.SIGCHLD)
+SHOWN = 10  # processes named in the stop event; the counts say how many more
+KILL_EVERY = 0.05  # seconds between SIGKILL rounds, for what forked while the last round ran
 
 
 def _json_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_json_value(v) for v in value) + "]"
     return str(_json.encode_basestring_ascii(str(value)))
@@ -46,15 +65,160 @@ def _log(level: str, event: str, **facts: object) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     line = {"timestamp": stamp, "level": level, "event": event, **facts}
     body = ", ".join(f"{_json_value(k)}: {_json_value(v)}" for k, v in line.items())
-    os.write(2, ("{" + body + "}\n").encode())
+    try:
+        os.write(2, ("{" + body + "}\n").encode())
+    except OSError:  # stderr gone (a closed terminal): the stop goes on without its log line
+        pass
 
 
-def _spawn(cmd: list[str]) -> int:
+# The process tree, from /proc --------------------------------------------------------------
+
+
+def _read(path: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _stat(pid: int) -> tuple[bytes, int]:
+    """(state, ppid) from /proc/PID/stat; (b"", 0) when it is gone. The name before them is
+    in parentheses and may hold anything, so split after the last ')'."""
+    data = _read(f"/proc/{pid}/stat")
+    fields = data[data.rfind(b")") + 2 :].split()
+    return (fields[0], int(fields[1])) if len(fields) > 1 else (b"", 0)
+
+
+def _children(pid: int) -> list[int]:
+    """PID's children: the kernel's per-thread lists, or (a kernel without
+    CONFIG_PROC_CHILDREN) every process in /proc whose parent it is."""
+    if _CHILDREN_LISTS:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
+        data = b" ".join(_read(f"/proc/{pid}/task/{tid}/children") for tid in tids)
+        return [int(word) for word in data.split()]
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _stat(int(e))[1] == pid]
+
+
+_CHILDREN_LISTS = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for PID (raises ProcessLookupError when it is gone); None where the kernel has
+    none (before 5.3, gVisor): then the PID itself, checked just before."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except OSError:
+        return None
+
+
+def _send(pid: int, fd: int | None, sig: int) -> bool:
+    try:
+        if fd is None:
+            os.kill(pid, sig)
+        else:
+            signal.pidfd_send_signal(fd, sig)
+    except OSError:  # gone, or (a supervisor without root) no longer ours to signal
+        return False
+    return True
+
+
+def signal_descendants(sig: int) -> list[str]:
+    """Send SIG to every living descendant, deepest first (a parent that dies of it cannot
+    orphan a child before the child got it too), then SIGCONT unless SIG is SIGKILL; return
+    "name[pid]" for each. A subreaper's or PID 1's descendants are its whole subtree: orphans
+    come back to it. A child forked while we walk may be missed; the caller's next round (or
+    SIGKILL round) finds it.
+
+    Only descendants: a PID read from a children list may have been reaped and reused by
+    anyone before we signal it. So each is pinned with a pidfd and kept only if, read through
+    /proc after that, its parent is the process above it, and that parent (pinned likewise)
+    is still alive then: a living process's PID is not reused, so what we read was ours.
+    Iterative, with only the current path's pidfds open: no recursion limit, no fd limit.
+    """
+    reached: list[str] = []
+    me = os.getpid()
+    # (pid, its pidfd, a zombie?, its children not yet visited), from us down to the current
+    path: list[tuple[int, int | None, bool, list[int]]] = [(me, None, False, _children(me))]
+    try:
+        while path:
+            parent, parent_fd, _, todo = path[-1]
+            if todo:
+                pid = todo.pop()
+                try:
+                    fd = _pidfd(pid)
+                except ProcessLookupError:
+                    continue
+                state, ppid = _stat(pid)
+                if ppid != parent or not _send(parent, parent_fd, 0):
+                    if fd is not None:  # not (or no longer provably) below us
+                        os.close(fd)
+                    continue
+                path.append((pid, fd, state == b"Z", _children(pid)))
+                continue
+            # every child below it has been signalled: now the process itself
+            _, fd, zombie, _ = path.pop()
+            if not path:
+                break  # that was us
+            try:
+                if zombie:
+                    continue  # dead already, waiting for its parent to reap it
+                name = _read(f"/proc/{parent}/comm").strip().decode(errors="replace")
+                if _send(parent, fd, sig):
+                    if sig != signal.SIGKILL:
+                        _send(parent, fd, signal.SIGCONT)
+                    reached.append(f"{name}[{parent}]")
+            finally:
+                if fd is not None:
+                    os.close(fd)
+    finally:
+        for _, fd, _, _ in path:
+            if fd is not None:
+                os.close(fd)
+    return reached
+
+
+# The child ---------------------------------------------------------------------------------
+
+
+def _foreground_terminal() -> int | None:
+    """fd 0 when it is our controlling terminal and we are its foreground process group
+    (podman run -it, an interactive shell); None otherwise. From the background we must not
+    take the terminal from whoever has it."""
+    try:
+        return 0 if os.tcgetpgrp(0) == os.getpgrp() else None
+    except OSError:  # not a terminal, or not ours
+        return None
+
+
+def _spawn(cmd: list[str], tty: int | None) -> int:
     # Signals stay blocked across fork so none is lost or delivered to the wrong handler
     # between fork and exec (dumb-init does the same).
     pid = os.fork()
     if pid == 0:
         os.setpgid(0, 0)  # its own group, so --kill-group reaches its children too
+        if tty is not None:
+            # The terminal's foreground goes to the child's group, so Ctrl-C and Ctrl-Z reach
+            # it (and a shell gets job control), as tini does. In the child, before exec: a
+            # shell exec'd here may hand the terminal on to a job at once, and a late call
+            # from the parent would take it back. SIGTTOU is still ignored here.
+            try:
+                os.tcsetpgrp(tty, os.getpid())
+            except OSError:
+                pass
         # Every disposition to default and an empty mask, as tini does: the interpreter ignores
         # SIGPIPE and SIGXFSZ, and execvp keeps what is ignored and blocked.
         for sig in range(1, signal.NSIG):
@@ -75,45 +239,142 @@ def _spawn(cmd: list[str]) -> int:
     return pid
 
 
-def main(argv: list[str]) -> int:
-    kill_group = "--kill-group" in argv[: argv.index("--")]
-    cmd = argv[argv.index("--") + 1 :]
-    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
-    child = _spawn(cmd)
-    target = -child if kill_group else child
-
-    def forward(signum: int, _frame: object) -> None:
+def _follow_job_stop(child: int, tty: int, stopped_by: int) -> None:
+    """COMMAND was stopped from the terminal we gave it. Stop as a job ourselves, so that the
+    shell that started us gets its terminal back and `fg` continues us; then give the terminal
+    back to COMMAND and continue it. Where no job control is above us (PID 1 in a container,
+    any orphaned process group) the kernel discards our SIGTSTP, and Ctrl-Z is undone at once:
+    nothing could ever continue COMMAND."""
+    os.kill(os.getpid(), signal.SIGTSTP)  # returns when continued, or at once if discarded
+    try:
+        if os.tcgetpgrp(tty) == os.getpgrp():  # `fg`: we hold the terminal again
+            os.tcsetpgrp(tty, child)
+        in_front = os.tcgetpgrp(tty) == child
+    except OSError:
+        in_front = False
+    # After SIGTTIN/SIGTTOU, continue it only in front: from behind it would stop again.
+    if stopped_by == signal.SIGTSTP or in_front:
         try:
-            os.kill(target, signum)
-        except ProcessLookupError:
+            os.killpg(child, signal.SIGCONT)
+        except OSError:
             pass
 
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-    _log("info", "init.started", pid=os.getpid(), child=child, kill_group=kill_group)
-    status, reaped = 0, 0
+
+# The loop ----------------------------------------------------------------------------------
+
+
+class _Options:
+    def __init__(self, argv: list[str]) -> None:
+        split = argv.index("--")
+        self.command = argv[split + 1 :]
+        self.kill_group = False
+        self.grace = 10.0
+        self.rewrite: dict[int, int] = {}
+        self.exit_map: dict[int, int] = {}
+        words = iter(argv[:split])
+        for flag in words:
+            if flag == "--kill-group":
+                self.kill_group = True
+            elif flag == "--grace":
+                self.grace = float(next(words))
+            elif flag in ("--rewrite", "--map-exit"):
+                old, new = next(words).split(":")
+                pairs = self.rewrite if flag == "--rewrite" else self.exit_map
+                pairs[int(old)] = int(new)
+            else:
+                raise SystemExit(f"supervisor.py: unknown flag {flag}")
+
+
+def main(argv: list[str]) -> int:
+    opts = _Options(argv)
+    signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+    # While COMMAND holds the terminal we are in the background: writing our log line to it
+    # (with stty tostop) or taking it back must not stop us.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+    tty = _foreground_terminal()
+    child = _spawn(opts.command, tty)
+    target = -child if opts.kill_group else child
+    _log(
+        "info",
+        "init.started",
+        pid=os.getpid(),
+        child=child,
+        kill_group=opts.kill_group,
+        grace=opts.grace,
+        terminal=tty is not None,
+    )
+    status: int | None = None  # COMMAND's wait status, once it has exited
+    stop_signal = signal.SIGTERM  # what the rest get: the stop signal as forwarded, or TERM
+    began = deadline = 0.0  # the stop sequence: when it began, when SIGKILL is due (0: not yet)
+    rest_asked = killing = False
+    still_running: list[str] = []
+    killed: list[str] = []
+    reaped = 0
     while True:
-        try:
-            pid, status_now = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if pid == child:
-            status = status_now
-            break
-        reaped += 1  # an orphan re-parented to us: reaped, nothing else to do
-    while True:  # the daemon is gone: collect any zombie left, without waiting
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
-        reaped += 1
+        if killing:
+            info = signal.sigtimedwait(WAITED, KILL_EVERY)
+        elif deadline:
+            info = signal.sigtimedwait(WAITED, max(0.0, deadline - time.monotonic()))
+        else:
+            info = signal.sigwaitinfo(WAITED)
+        if info is not None and info.si_signo != signal.SIGCHLD and status is None:
+            received = info.si_signo
+            sent = opts.rewrite.get(received, received)
+            if sent:
+                _send(target, None, sent)
+                if received in STOPPING and not deadline:
+                    stop_signal, began = sent, time.monotonic()
+                    deadline = began + opts.grace
+                    _send(target, None, signal.SIGCONT)  # a stopped COMMAND must hear it
+        no_children = False
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
+            except ChildProcessError:
+                no_children = True
+                break
+            if pid == 0:
+                break
+            if os.WIFSTOPPED(wait_status):
+                if pid == child and tty is not None and os.WSTOPSIG(wait_status) in JOB_STOPS:
+                    _follow_job_stop(child, tty, os.WSTOPSIG(wait_status))
+            elif pid == child:
+                status = wait_status
+            else:
+                reaped += 1  # an orphan re-parented to us, or what the stop ended
+        if status is not None:
+            if no_children:  # as subreaper or PID 1: no child left means no descendant left
+                break
+            if not rest_asked and not killing:
+                rest_asked = True
+                still_running = signal_descendants(stop_signal)
+                if not deadline:
+                    began = time.monotonic()
+                    deadline = began + opts.grace
+        if deadline and time.monotonic() >= deadline:
+            killing = True
+            killed += [n for n in signal_descendants(signal.SIGKILL) if n not in killed]
     code = os.waitstatus_to_exitcode(status)
     code = 128 - code if code < 0 else code
-    _log("info", "init.exited", child=child, exit_code=code, orphans_reaped=reaped)
-    return code
+    if still_running or killed:
+        _log(
+            "warning" if killed else "info",
+            "init.stop",
+            grace=opts.grace,
+            seconds=round(time.monotonic() - began, 3),
+            stop_signal=stop_signal,
+            still_running=still_running[:SHOWN],
+            still_running_count=len(still_running),
+            killed=killed[:SHOWN],
+            killed_count=len(killed),
+        )
+    mapped = opts.exit_map.get(code, code)
+    facts: dict[str, object] = {"child": child, "exit_code": mapped, "orphans_reaped": reaped}
+    if mapped != code:
+        facts["mapped_from"] = code
+    _log("info", "init.exited", **facts)
+    return mapped
 
 
 if __name__ == "__main__":

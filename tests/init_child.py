@@ -4,7 +4,8 @@
 
 Forks ORPHANS processes that each fork a grandchild and exit at once, so the grandchildren are
 re-parented to the nearest subreaper or PID 1 (jailshim's supervisor) and must be reaped there.
-Writes "ready" to OUT, then appends the name of every forwarded signal; exits 42 on SIGTERM.
+Writes "ready" to OUT, then appends the name of every forwarded signal; exits 42 on SIGTERM and
+3 on SIGQUIT, and carries on after SIGINT (an interactive program's Ctrl-C).
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ import signal
 import sys
 import time
 
+RECORDED = (
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGTERM,
+)
+
 
 def main(out: str, orphans: int) -> int:
     def record(signum: int, _frame: object) -> None:
@@ -21,8 +32,10 @@ def main(out: str, orphans: int) -> int:
             f.write(signal.Signals(signum).name + "\n")
         if signum == signal.SIGTERM:
             sys.exit(42)
+        if signum == signal.SIGQUIT:
+            sys.exit(3)
 
-    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTERM):
+    for sig in RECORDED:
         signal.signal(sig, record)
     for _ in range(orphans):
         pid = os.fork()

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import select
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from jailshim.cli import parse_args
+from jailshim.errors import UsageError
 from tests.daemons import children, status_field, stop
 from tests.support import TESTS, clean_env, jailshim_argv, spawn
 
 CHILD = str(TESTS / "init_child.py")
+TREE = str(TESTS / "init_tree.py")
 
 
 def _wait_for(predicate: object, timeout: float = 20) -> None:
@@ -26,11 +34,23 @@ def _wait_for(predicate: object, timeout: float = 20) -> None:
     raise AssertionError("condition not reached in time")
 
 
-def _start(jail: Path, cmd: list[str], *, pid_ns: bool = True) -> subprocess.Popen[str]:
+def _argv(
+    jail: Path, cmd: list[str], flags: tuple[str, ...] = (), pid_ns: bool = True
+) -> list[str]:
     wrap = ["unshare", "--pid", "--fork", "--mount-proc"] if pid_ns else []
-    return spawn(
-        [*wrap, *jailshim_argv("run", "--init", "--chroot", str(jail), "--no-verify", "--", *cmd)]
-    )
+    run = ("run", "--init", *flags, "--chroot", str(jail), "--no-verify", "--", *cmd)
+    return [*wrap, *jailshim_argv(*run)]
+
+
+def _start(
+    jail: Path,
+    cmd: list[str],
+    *,
+    pid_ns: bool = True,
+    flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    return spawn(_argv(jail, cmd, flags, pid_ns), env=env)
 
 
 def _supervisor(proc: subprocess.Popen[str]) -> int:
@@ -61,9 +81,9 @@ def test_signals_forwarded_orphans_reaped_status_passed_on(jail: Path, area: Pat
         assert Path(f"/proc/{sup}/cmdline").read_bytes().split(b"\0")[2] == b"-E"
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
             os.kill(sup, sig)
-        _wait_for(
-            lambda: out.read_text().split()[1:] == ["SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH"]
-        )
+        # in any order: a Python handler in the child can be interrupted by the next signal
+        expected = ["SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH"]
+        _wait_for(lambda: sorted(out.read_text().split()[1:]) == expected)
         _wait_for(lambda: _zombies_of(sup) == 0 and len(children(sup)) == 1, timeout=30)
         rss_kib = int(status_field(sup, "VmRSS").split()[0])
         print(f"supervisor VmRSS {rss_kib} KiB")
@@ -181,3 +201,448 @@ def test_subreaper_when_not_pid1(jail: Path, area: Path, pid_ns: bool) -> None:
         _, stderr = stop(proc)
     assert proc.returncode == 42, stderr
     assert '"orphans_reaped": 50' in stderr
+
+
+# The stop sequence, signal rewriting, exit mapping ----------------------------------------
+
+
+def _events(stderr: str, name: str) -> list[dict[str, Any]]:
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") == name:
+                found.append(event)
+    return found
+
+
+def _tree_facts(out: Path) -> tuple[int, float]:
+    """The grandchild's PID and when COMMAND exited (monotonic), from init_tree.py's OUT."""
+    words = dict(line.split(" ", 1) for line in out.read_text().splitlines() if " " in line)
+    return int(words["grandchild"]), float(words["exiting"])
+
+
+def _kill_if_grandchild(out: Path) -> None:
+    """A failed test must not leave the grandchild running (it is ours: named by us)."""
+    try:
+        pid, _ = _tree_facts(out)
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "grandchild":
+            os.kill(pid, signal.SIGKILL)
+    except (KeyError, ValueError, OSError):
+        pass
+
+
+@pytest.mark.parametrize("pid_ns", [True, False], ids=["pid1", "subreaper"])
+def test_stop_sequence_kills_a_daemonised_grandchild_after_the_grace(
+    jail: Path, area: Path, pid_ns: bool
+) -> None:
+    """COMMAND exits 0 leaving a daemonised grandchild (own session) that ignores SIGTERM: it
+    gets TERM, is KILLed when --grace 1 is over, and only then does jailshim exit, with 0."""
+    out = area / "tree.txt"
+    out.touch()
+    flags = ("--grace", "1")
+    proc = _start(jail, [sys.executable, TREE, str(out), "ignore"], pid_ns=pid_ns, flags=flags)
+    try:
+        proc.wait(timeout=30)
+        ended = time.monotonic()
+        grandchild, exited = _tree_facts(out)
+        gone = not Path(f"/proc/{grandchild}").exists()
+    finally:
+        _, stderr = stop(proc)
+        if not pid_ns:
+            _kill_if_grandchild(out)
+    assert proc.returncode == 0, stderr
+    assert "TERM" in out.read_text().splitlines()  # it was asked first
+    print(f"stop with --grace 1: {ended - exited:.3f} s from COMMAND's exit to jailshim's")
+    assert 1.0 <= ended - exited < 5, stderr  # ≈ the grace: not at once, not for ever
+    (event,) = _events(stderr, "init.stop")
+    assert event["still_running"] == event["killed"] == [f"grandchild[{grandchild}]"], event
+    assert 1.0 <= event["seconds"] < 5 and event["level"] == "warning"
+    if not pid_ns:  # as PID 1 the kernel would end it with the namespace anyway
+        assert gone, "the grandchild outlived the supervisor"
+
+
+def test_stop_sequence_ends_when_the_rest_obeys_term(jail: Path, area: Path) -> None:
+    """A grandchild that exits on TERM ends the stop sequence at once, long before the default
+    10 s grace; the stop event names it as still running and kills nothing."""
+    out = area / "tree.txt"
+    out.touch()
+    proc = _start(jail, [sys.executable, TREE, str(out), "obey"])
+    try:
+        proc.wait(timeout=30)
+        ended = time.monotonic()
+        grandchild, exited = _tree_facts(out)
+    finally:
+        _, stderr = stop(proc)
+    assert proc.returncode == 0, stderr
+    print(f"stop with the default grace, TERM obeyed: {ended - exited:.3f} s")
+    assert ended - exited < 5, stderr
+    (event,) = _events(stderr, "init.stop")
+    assert event["still_running"] == [f"grandchild[{grandchild}]"] and event["killed"] == []
+    assert event["grace"] == 10.0
+
+
+def test_stop_signal_then_kill_when_command_ignores_it(jail: Path) -> None:
+    """TERM is forwarded to a COMMAND that ignores it: after --grace 1 the whole tree is
+    KILLed and jailshim exits 137 (the status COMMAND died with)."""
+    script = "trap '' TERM; echo ready; while :; do sleep 0.2; done"
+    proc = _start(jail, ["sh", "-c", script], flags=("--grace", "1"))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        sup = _supervisor(proc)
+        asked = time.monotonic()
+        os.kill(sup, signal.SIGTERM)
+        proc.wait(timeout=30)
+        ended = time.monotonic()
+    finally:
+        _, stderr = stop(proc)
+    assert proc.returncode == 137, stderr
+    assert 1.0 <= ended - asked < 5, stderr
+    (event,) = _events(stderr, "init.stop")
+    assert any(name.startswith("sh[") for name in event["killed"]), event
+
+
+def test_term_while_the_supervisor_starts_is_kept(jail: Path) -> None:
+    """TERM sent the moment jailshim has exec'd the supervisor, while its interpreter is still
+    starting: the signal was blocked across the exec, so it is forwarded once the daemon runs
+    (the supervisor logs its exit, 143), not fatal to a half-started supervisor."""
+    proc = _start(jail, ["sleep", "60"], pid_ns=False)
+    try:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline")
+        deadline = time.monotonic() + 20
+        while b"jailshim.supervisor" not in cmdline.read_bytes():
+            assert time.monotonic() < deadline, "the supervisor never started"
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        _, stderr = stop(proc)
+    assert proc.returncode == 143, stderr
+    assert stderr.count('"init.exited"') == 1, stderr
+
+
+def test_rewrite_signal_term_to_quit(jail: Path, area: Path) -> None:
+    """--rewrite-signal TERM:QUIT: the daemon records QUIT (and no TERM) when TERM is sent."""
+    out = area / "signals.txt"
+    flags = ("--rewrite-signal", "TERM:QUIT", "--rewrite-signal", "hup:0")
+    proc = _start(jail, [sys.executable, CHILD, str(out), "0"], flags=flags)
+    try:
+        sup = _supervisor(proc)
+        _wait_for(lambda: out.exists() and "ready" in out.read_text())
+        os.kill(sup, signal.SIGHUP)  # dropped
+        os.kill(sup, signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        _, stderr = stop(proc)
+    assert proc.returncode == 3, stderr  # init_child's exit on QUIT
+    assert out.read_text().split() == ["ready", "SIGQUIT"]
+
+
+def test_map_exit_from_the_environment(jail: Path) -> None:
+    """JAILSHIM_MAP_EXIT=143:0,137:9: a daemon ended by TERM (143) makes jailshim exit 0."""
+    proc = _start(jail, ["sleep", "60"], env=clean_env(JAILSHIM_MAP_EXIT="143:0,137:9"))
+    try:
+        sup = _supervisor(proc)
+        _wait_for(lambda: len(children(sup)) == 1)
+        os.kill(sup, signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        _, stderr = stop(proc)
+    assert proc.returncode == 0, stderr
+    (exited,) = _events(stderr, "init.exited")
+    assert exited["exit_code"] == 0 and exited["mapped_from"] == 143
+
+
+def test_a_burst_of_1000_signals_loses_no_kind(jail: Path, area: Path) -> None:
+    """1000 signals of four kinds sent at once: each kind reaches the daemon (the kernel may
+    merge repeats of one kind, never drop a kind), and the supervisor still forwards TERM."""
+    out = area / "signals.txt"
+    proc = _start(jail, [sys.executable, CHILD, str(out), "0"])
+    kinds = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+    try:
+        sup = _supervisor(proc)
+        _wait_for(lambda: out.exists() and "ready" in out.read_text())
+        for i in range(1000):
+            os.kill(sup, kinds[i % 4])
+        names = {s.name for s in kinds}
+        _wait_for(lambda: set(out.read_text().split()[1:]) == names)
+        os.kill(sup, signal.SIGTERM)
+        proc.wait(timeout=20)
+    finally:
+        _, stderr = stop(proc)
+    assert proc.returncode == 42, stderr
+    print(f"burst of 1000: the daemon handled {len(out.read_text().split()) - 2}")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--grace", "soon"], {}, r"^--grace 'soon' must be a number of seconds from 0"),
+        (["--grace", "-1"], {}, "from 0 to 86400"),
+        ([], {"JAILSHIM_GRACE": "nan"}, r"^JAILSHIM_GRACE='nan' must be"),
+        (["--rewrite-signal", "TERM"], {}, r"is not FROM:TO with two signals"),
+        (["--rewrite-signal", "KILL:TERM"], {}, r"KILL is not a signal the supervisor forwards"),
+        (["--rewrite-signal", "TERM:NOPE"], {}, r"NOPE is not a signal; give a name"),
+        ([], {"JAILSHIM_REWRITE_SIGNAL": "TERM:QUIT,TERM:USR1"}, r"TERM is rewritten twice"),
+        (["--map-exit", "143"], {}, r"^--map-exit '143' is not CODE:CODE"),
+        (["--map-exit", "300:0"], {}, r"from 0 to 255"),
+        ([], {"JAILSHIM_MAP_EXIT": "143:x"}, r"^JAILSHIM_MAP_EXIT='143:x' is not"),
+    ],
+)
+def test_bad_stop_options_are_one_sentence(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_args(["run", "--init", *args, "--", "true"], env)
+
+
+def test_stop_options_parsed() -> None:
+    """Names with or without SIG, any case, or numbers; TO 0 drops; variables comma-separated."""
+    args = parse_args(
+        ["run", "--grace", "0", "--rewrite-signal", "sigterm:quit", "--", "true"],
+        {"JAILSHIM_REWRITE_SIGNAL": "HUP:1", "JAILSHIM_MAP_EXIT": "143:0, 137:0"},
+    )
+    assert args.grace == 0.0 and args.rewrite_signal == ((15, 3),)
+    assert args.map_exit == ((143, 0), (137, 0))
+    bad = subprocess.run(
+        jailshim_argv("run", "--init", "--map-exit", "1:2:3", "--", "true"),
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=False,
+    )
+    assert bad.returncode == 64 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+# A terminal --------------------------------------------------------------------------------
+
+
+class _Terminal:
+    """ARGV on a new pseudo-terminal, as its session leader (like `podman run -it`)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        import pty
+
+        pid, fd = pty.fork()
+        if pid == 0:
+            try:
+                os.execvpe(argv[0], argv, env)
+            finally:
+                os._exit(127)
+        self.pid, self.fd = pid, fd
+        self.output = bytearray()
+        self.seen = 0
+        self.status: int | None = None
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: every process on the terminal has closed it
+            data = b""
+        self.output += data
+        return bool(data)
+
+    def expect(self, needle: bytes, timeout: float = 20) -> None:
+        """Wait for NEEDLE after what the last expect() matched."""
+        deadline = time.monotonic() + timeout
+        while (found := self.output.find(needle, self.seen)) < 0:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(left):
+                raise AssertionError(f"{needle!r} not seen on the terminal: {self.tail()!r}")
+        self.seen = found + len(needle)
+
+    def tail(self) -> bytes:
+        """The end of the output (jailshim's log lines come first and say little here)."""
+        return bytes(self.output[-1500:])
+
+    def write(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def wait(self, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+                return os.waitstatus_to_exitcode(status)
+            self._read(0.05)
+        raise AssertionError(f"still running: {self.tail()!r}")
+
+    def close(self) -> None:
+        if self.status is None:
+            family = [self.pid, *_descendants(self.pid)]
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _state(pid: int) -> str:
+    return status_field(pid, "State")[0]
+
+
+def _foreground_group(pid: int) -> int:
+    """tpgid from /proc/PID/stat: the foreground process group of PID's terminal."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rfind(")") + 2 :].split()[5])
+
+
+def test_ctrl_c_reaches_the_daemon_and_the_supervisor_stays(jail: Path, area: Path) -> None:
+    """On a terminal, as PID 1: the daemon's group gets the terminal's foreground, so Ctrl-C
+    goes to the daemon alone. Had the supervisor got it, it would have been a stop signal and
+    --grace 1 would have ended the daemon; it still runs after 1.5 s, until TERM."""
+    out = area / "signals.txt"
+    term = _Terminal(
+        _argv(jail, [sys.executable, CHILD, str(out), "0"], ("--grace", "1")), clean_env()
+    )
+    try:
+        _wait_for(lambda: out.exists() and "ready" in out.read_text())
+        sup = children(term.pid)[0]
+        daemon = children(sup)[0]
+        assert _foreground_group(daemon) == daemon
+        term.write(b"\x03")
+        _wait_for(lambda: "SIGINT" in out.read_text())
+        time.sleep(1.5)
+        assert _state(daemon) != "Z" and _state(sup) != "Z"
+        os.kill(sup, signal.SIGTERM)
+        code = term.wait()
+    finally:
+        term.close()
+    assert code == 42, term.tail()
+    assert out.read_text().split() == ["ready", "SIGINT", "SIGTERM"]
+
+
+def test_ctrl_z_of_the_daemon_as_pid1_is_undone(jail: Path, area: Path) -> None:
+    """As PID 1 nothing above could ever continue a daemon stopped by Ctrl-Z: the supervisor
+    continues it at once, so the Ctrl-C typed next reaches a running daemon."""
+    out = area / "signals.txt"
+    term = _Terminal(_argv(jail, [sys.executable, CHILD, str(out), "0"]), clean_env())
+    try:
+        _wait_for(lambda: out.exists() and "ready" in out.read_text())
+        sup = children(term.pid)[0]
+        term.write(b"\x1a")
+        term.write(b"\x03")
+        _wait_for(lambda: "SIGINT" in out.read_text())
+        os.kill(sup, signal.SIGTERM)
+        code = term.wait()
+    finally:
+        term.close()
+    assert code == 42, term.tail()
+
+
+def test_ctrl_z_in_a_shell_under_the_supervisor(jail: Path) -> None:
+    """`podman run -it … --init bash`: bash has job control (it holds the terminal), Ctrl-Z
+    stops its foreground job and gives the prompt back; bash's exit status is jailshim's."""
+    env = clean_env(PS1="prompt$ ", HISTFILE="/dev/null")
+    term = _Terminal(_argv(jail, ["bash", "--norc", "--noprofile", "-i"]), env)
+    try:
+        term.expect(b"prompt$ ")
+        term.write(b"sleep 30\n")
+        sup = children(term.pid)[0]
+        shell = children(sup)[0]
+        # bash has given the terminal to the job: Ctrl-Z before that would go to bash
+        _wait_for(lambda: children(shell) == [_foreground_group(shell)])
+        term.write(b"\x1a")
+        term.expect(b"Stopped")
+        term.expect(b"prompt$ ")
+        # left behind, still stopped: the stop sequence's TERM comes with a CONT, so it ends
+        # at once instead of being KILLed after the 10 s grace
+        term.write(b"disown -a; exit 7\n")
+        code = term.wait()
+    finally:
+        term.close()
+    assert code == 7, term.tail()
+    assert b'"still_running": ["sleep[' in term.output, term.tail()
+    assert b'"killed": []' in term.output, term.tail()
+
+
+def test_ctrl_z_suspends_jailshim_as_a_job_of_the_shell(jail: Path, area: Path) -> None:
+    """Not PID 1, run from an interactive shell: Ctrl-Z stops the daemon, and the supervisor
+    stops itself so the shell gets its terminal back; `fg` continues both and the daemon holds
+    the terminal again (Ctrl-C, then Ctrl-\\ reach it); its status is the shell's $?."""
+    out = area / "signals.txt"
+    command = shlex.join(_argv(jail, [sys.executable, CHILD, str(out), "0"], pid_ns=False))
+    env = clean_env(PS1="prompt$ ", HISTFILE="/dev/null")
+    term = _Terminal(["bash", "--norc", "--noprofile", "-i"], env)
+    try:
+        term.expect(b"prompt$ ")
+        term.write(command.encode() + b"\n")
+        _wait_for(lambda: out.exists() and "ready" in out.read_text())
+        sup = children(term.pid)[0]
+        daemon = children(sup)[0]
+        term.write(b"\x1a")
+        term.expect(b"Stopped")
+        assert _state(daemon) == "T" and _state(sup) == "T"
+        term.write(b"fg\n")
+        _wait_for(lambda: _state(daemon) != "T" and _foreground_group(daemon) == daemon)
+        term.write(b"\x03")
+        _wait_for(lambda: "SIGINT" in out.read_text())
+        term.write(b"\x1c")
+        term.expect(b"prompt$ ")
+        term.write(b"echo rc=$?; exit\n")
+        term.expect(b"rc=3")
+        term.wait()
+    finally:
+        term.close()
+    assert out.read_text().split() == ["ready", "SIGINT", "SIGQUIT"]
+
+
+CHAIN = """
+import os, sys, time
+from jailshim import supervisor
+top = os.getpid()
+r, w = os.pipe()
+for _ in range(int(sys.argv[1])):
+    if os.fork() == 0:  # the next link: say who it is, then fork the one below
+        os.write(w, b"%d " % os.getpid())
+        continue
+    if os.getpid() != top:  # a link with a child: wait for the signal
+        time.sleep(60)
+        os._exit(0)
+    break
+else:  # the deepest link
+    os.write(w, b"end ")
+    time.sleep(60)
+    os._exit(0)
+text = b""
+while not text.endswith(b"end "):
+    text += os.read(r, 65536)
+chain = [int(p) for p in text.split()[:-1]]
+reached = supervisor.signal_descendants(15)
+print(chain == [int(n[n.index("[") + 1 : -1]) for n in reversed(reached)], len(reached))
+"""
+
+
+def test_signal_descendants_walks_a_deep_chain_deepest_first_and_nothing_else() -> None:
+    """A chain of 60 processes, each the child of the one before: every one gets the signal,
+    the deepest first; a process beside the chain (not below the caller) gets nothing."""
+    beside = subprocess.Popen(["sleep", "60"])
+    chain = subprocess.Popen(
+        [sys.executable, "-c", CHAIN, "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=TESTS.parent,
+        start_new_session=True,  # its own process group: whatever is left is killed below
+    )
+    try:
+        out, err = chain.communicate(timeout=60)
+        assert out.split() == ["True", "60"], out + err
+        assert beside.poll() is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(chain.pid, signal.SIGKILL)
+        chain.wait()
+        beside.kill()
+        beside.wait()

@@ -1,0 +1,109 @@
+"""`run --init`'s stop options: --grace, --rewrite-signal FROM:TO, --map-exit CODE:CODE.
+
+Pure parsing: each value becomes numbers the lean supervisor takes on its command line, or one
+sentence naming the value as it was given (flag or JAILSHIM_ variable).
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import NamedTuple
+
+from jailshim.errors import UsageError, said
+from jailshim.supervisor import FORWARDED
+
+__all__ = ["DEFAULT_GRACE", "MAX_GRACE", "StopOptions", "exit_map", "grace", "rewrites"]
+
+DEFAULT_GRACE = 10.0  # Docker's and podman's stop timeout
+MAX_GRACE = 86400.0  # a day: a longer grace is a typo, not a plan
+
+
+class StopOptions(NamedTuple):
+    grace: float = DEFAULT_GRACE
+    rewrites: tuple[tuple[int, int], ...] = ()
+    exit_map: tuple[tuple[int, int], ...] = ()
+
+    def argv(self) -> list[str]:
+        """The supervisor's command-line form."""
+        words = ["--grace", repr(self.grace)]
+        for old, new in self.rewrites:
+            words += ["--rewrite", f"{old}:{new}"]
+        for old, new in self.exit_map:
+            words += ["--map-exit", f"{old}:{new}"]
+        return words
+
+
+def grace(raw: str, source: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= MAX_GRACE:  # NaN fails every comparison
+        raise UsageError(
+            f"{said(source, raw)} must be a number of seconds from 0 to {MAX_GRACE:.0f}, "
+            "such as 10."
+        )
+    return value
+
+
+def _forwarded_names() -> str:
+    return ", ".join(signal.Signals(s).name.removeprefix("SIG") for s in FORWARDED)
+
+
+def _signal_number(word: str) -> int | None:
+    """TERM, SIGTERM, term or 15 as a number; 0 stays 0 (drop); None when it is none of them."""
+    text = word.strip().upper()
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        return number if number <= signal.SIGRTMAX else None
+    try:
+        return int(signal.Signals["SIG" + text.removeprefix("SIG")])
+    except KeyError:
+        return None
+
+
+def _pair(raw: str, source: str, what: str) -> tuple[str, str]:
+    old, sep, new = raw.partition(":")
+    if not sep or not old.strip() or not new.strip():
+        raise UsageError(f"{said(source, raw)} is not {what}.")
+    return old, new
+
+
+def rewrites(raws: list[str], source: str) -> tuple[tuple[int, int], ...]:
+    """FROM:TO signal pairs; FROM one the supervisor forwards, TO any signal or 0 (drop it)."""
+    what = "FROM:TO with two signals, such as TERM:QUIT (TO may be 0: do not forward FROM)"
+    pairs: dict[int, int] = {}
+    for raw in raws:
+        old_word, new_word = _pair(raw, source, what)
+        old, new = _signal_number(old_word), _signal_number(new_word)
+        if old is None or old not in FORWARDED:
+            raise UsageError(
+                f"{said(source, raw)}: {old_word.strip()} is not a signal the supervisor "
+                f"forwards; FROM must be one of {_forwarded_names()}."
+            )
+        if new is None:
+            raise UsageError(
+                f"{said(source, raw)}: {new_word.strip()} is not a signal; give a name such "
+                "as QUIT or USR1, a number, or 0 to drop FROM."
+            )
+        if old in pairs:
+            raise UsageError(f"{said(source, raw)}: {old_word.strip()} is rewritten twice.")
+        pairs[old] = new
+    return tuple(pairs.items())
+
+
+def exit_map(raws: list[str], source: str) -> tuple[tuple[int, int], ...]:
+    """CODE:CODE pairs, each an exit status 0-255 (143 is a stop by SIGTERM)."""
+    what = "CODE:CODE with two exit statuses from 0 to 255, such as 143:0"
+    pairs: dict[int, int] = {}
+    for raw in raws:
+        codes = _pair(raw, source, what)
+        if not all(c.strip().isascii() and c.strip().isdigit() for c in codes):
+            raise UsageError(f"{said(source, raw)} is not {what}.")
+        old, new = (int(c) for c in codes)
+        if old > 255 or new > 255:
+            raise UsageError(f"{said(source, raw)} is not {what}.")
+        if old in pairs:
+            raise UsageError(f"{said(source, raw)}: {old} is mapped twice.")
+        pairs[old] = new
+    return tuple(pairs.items())
