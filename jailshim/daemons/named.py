@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from jailshim.daemons import Adapter, DaemonConfig, checkconf
+from jailshim.daemons.getopt import GetoptError, getopt
 from jailshim.errors import ConfigError, UsageError
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
 DEFAULT_CONFIG = "/etc/bind/named.conf"  # named -V: "named configuration: /etc/bind/named.conf"
 DEFAULT_OPTIONS_FILE = "/etc/default/named"  # Debian's unit: EnvironmentFile=, `named -f $OPTIONS`
 _GETOPT = "46A:c:Cd:D:E:fFgL:M:m:n:N:p:sS:t:T:U:u:vVx:X:"  # NAMED_MAIN_ARGS, named 9.18
-_WITH_ARG = {_GETOPT[i - 1] for i, ch in enumerate(_GETOPT) if ch == ":"}
-_FLAGS = set(_GETOPT.replace(":", "")) - _WITH_ARG
 # BIND's ARM (security, "The chroot Environment") names /dev/zero, /dev/random, /dev/log;
 # /dev/urandom is what OpenSSL and the kernel's users read; named also opens /dev/null
 DEVICES = ("null", "random", "urandom", "zero")
@@ -56,43 +55,26 @@ def argv_options(argv: Sequence[str]) -> dict[str, list[str]]:
     flags combine (-gu bind), a value is the rest of its word or the next one (-tDIR, -t DIR),
     `--` or the first non-option ends the options. What named itself refuses (an unknown
     letter, a missing value, a word after the options) is a UsageError: named would exit."""
-    found: dict[str, list[str]] = {}
-    i = 1
-    while i < len(argv):
-        word = argv[i]
-        if word == "--":
-            i += 1
-            break
-        if not word.startswith("-") or word == "-":
-            break
-        j = 1
-        while j < len(word):
-            letter = word[j]
-            if letter in _WITH_ARG:
-                value = word[j + 1 :]
-                if not value:
-                    i += 1
-                    if i >= len(argv):
-                        raise UsageError(
-                            f"named's option -{letter} needs a value and COMMAND ends there; "
-                            "give it one, as named would refuse to start."
-                        )
-                    value = argv[i]
-                found.setdefault(letter, []).append(value)
-                break
-            if letter not in _FLAGS:
-                raise UsageError(
-                    f"named's command line has -{letter}, which named 9.18 does not take (it "
-                    "would refuse to start); named -h lists its options."
-                )
-            found.setdefault(letter, []).append("")
-            j += 1
-        i += 1
-    if i < len(argv):
+    try:
+        parsed = getopt(argv, _GETOPT)
+    except GetoptError as exc:
+        if exc.missing:
+            raise UsageError(
+                f"named's option -{exc.letter} needs a value and COMMAND ends there; "
+                "give it one, as named would refuse to start."
+            ) from None
         raise UsageError(
-            f"named's command line has {argv[i]!r} after its options; named takes no "
+            f"named's command line has -{exc.letter}, which named 9.18 does not take (it "
+            "would refuse to start); named -h lists its options."
+        ) from None
+    if parsed.rest < len(argv):
+        raise UsageError(
+            f"named's command line has {argv[parsed.rest]!r} after its options; named takes no "
             "arguments (it would refuse to start): give its file as -c FILE."
         )
+    found: dict[str, list[str]] = {}
+    for letter, value in parsed.options:
+        found.setdefault(letter, []).append(value)
     return found
 
 

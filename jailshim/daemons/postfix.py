@@ -30,12 +30,12 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from jailshim.daemons import Adapter, DaemonConfig, checkconf
+from jailshim.daemons.getopt import GetoptError, getopt
 from jailshim.errors import ConfigError
 
 __all__ = ["ADAPTER", "MasterService", "chroot_default", "chrooted", "parse_argv", "parse_master"]
 
-_WITH_ARG = {"c"}  # postfix.c: GETOPT(argc, argv, "c:Dv"), "+" on Linux (no permutation)
-_FLAGS = {"D", "v"}
+_GETOPT = "c:Dv"  # postfix.c: GETOPT(argc, argv, "c:Dv"), "+" on Linux (no permutation)
 # main.cf parameters read, in this order (postconf -h prints one line per name)
 _ASKED = (
     "config_directory",
@@ -63,40 +63,28 @@ class MasterService(NamedTuple):
 def parse_argv(argv: Sequence[str], env: Mapping[str, str]) -> tuple[str | None, str | None]:
     """The config directory postfix will use (its last -c, else $MAIL_CONFIG, else None:
     postconf's default) and its COMMAND (None when there is none)."""
+    try:
+        parsed = getopt(argv, _GETOPT)
+    except GetoptError as exc:
+        if exc.missing:
+            raise ConfigError(
+                "postfix's -c needs its configuration directory; give `postfix -c "
+                "/etc/postfix start-fg`."
+            ) from None
+        raise ConfigError(
+            f"postfix does not know the option -{exc.letter} (it takes -c DIR, -D and -v); "
+            "give `postfix [-c DIR] start-fg`."
+        ) from None
     config_dir: str | None = None
-    i = 1
-    while i < len(argv):
-        word = argv[i]
-        if word == "--":
-            i += 1
-            break
-        if not word.startswith("-") or word == "-":
-            break
-        for j in range(1, len(word)):
-            letter = word[j]
-            if letter in _WITH_ARG:
-                value = word[j + 1 :]
-                if not value:
-                    i += 1
-                    if i >= len(argv):
-                        raise ConfigError(
-                            "postfix's -c needs its configuration directory; give `postfix -c "
-                            "/etc/postfix start-fg`."
-                        )
-                    value = argv[i]
-                if not value.startswith("/"):
-                    raise ConfigError(
-                        f"postfix -c {value!r}: postfix requires an absolute path; give the "
-                        "configuration directory as /PATH."
-                    )
-                config_dir = value
-                break
-            if letter not in _FLAGS:
+    for letter, value in parsed.options:
+        if letter == "c":
+            if not value.startswith("/"):
                 raise ConfigError(
-                    f"postfix does not know the option -{letter} (it takes -c DIR, -D and -v); "
-                    "give `postfix [-c DIR] start-fg`."
+                    f"postfix -c {value!r}: postfix requires an absolute path; give the "
+                    "configuration directory as /PATH."
                 )
-        i += 1
+            config_dir = value
+    i = parsed.rest
     command = argv[i] if i < len(argv) else None
     if config_dir is None:
         config_dir = env.get("MAIL_CONFIG") or None
