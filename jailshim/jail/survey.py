@@ -10,7 +10,14 @@ from jailshim.errors import ConfigError
 from jailshim.files import FileFacts, HostFile, JailFile, host_problem, missing_host_file
 from jailshim.jail.mounts import MountTable
 from jailshim.jail.powers import Powers
-from jailshim.jail.safepath import Entry, EntryKind, Jail, inspect_entry, writable_by_non_root
+from jailshim.jail.safepath import (
+    O_PATH_NOFOLLOW,
+    Entry,
+    EntryKind,
+    Jail,
+    inspect_entry,
+    writable_by_non_root,
+)
 from jailshim.plan import DevDir, SocketFacts, Survey
 from jailshim.spec import Identity
 from jailshim.state import TMPFS_SOURCE
@@ -124,18 +131,33 @@ def _read_regular(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _open_regular(name: str, dir_fd: int | None = None) -> tuple[int, os.stat_result] | None:
+    """A read fd on ``name`` (not followed) and its stat, only when it is a regular file; None
+    for anything else, which is looked at through O_PATH and never opened: opening acts for
+    some files (a watchdog device arms the watchdog, a FIFO wakes its blocked writer)."""
+    path_fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        st = os.fstat(path_fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        # The same inode, reopened for reading through the kernel's magic link.
+        return os.open(f"/proc/self/fd/{path_fd}", _READ & ~os.O_NOFOLLOW), st
+    finally:
+        os.close(path_fd)
+
+
 def read_host_file(path: str) -> HostFile:
     """The host's file at ``path``, its symlinks followed on the host (etc/localtime into
     /usr/share/zoneinfo, resolv.conf into /run/systemd/resolve): the content is what counts."""
     real = os.path.realpath(path)
     try:
-        fd = os.open(real, _READ)  # non-blocking: a FIFO planted there cannot hang us
+        opened = _open_regular(real)
     except OSError as exc:
         return HostFile(path, problem=host_problem(path, exc.errno or 0))
+    if opened is None:
+        return HostFile(path, real, missing_host_file(path, "it is not a regular file"))
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return HostFile(path, real, missing_host_file(path, "it is not a regular file"))
         if st.st_size > _MAX_FILE:
             return HostFile(path, real, missing_host_file(path, "it is larger than 4 MiB"))
         content = _read_regular(fd, _MAX_FILE)
@@ -188,16 +210,16 @@ def survey_file(
 
 def _jail_content(dir_fd: int, name: str, ino: int, want: int) -> bytes | None:
     """The first ``want`` + 1 bytes of the regular file ``name`` (enough to compare), or None
-    when it changed since lstat."""
+    when it changed since lstat (the daemon's user may have put a FIFO there meanwhile)."""
     try:
-        fd = os.open(name, _READ, dir_fd=dir_fd)
+        opened = _open_regular(name, dir_fd)
     except OSError:
         return None
+    if opened is None:
+        return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_ino != ino:
-            return None
-        return _read_regular(fd, want)
+        return _read_regular(fd, want) if st.st_ino == ino else None
     finally:
         os.close(fd)
 

@@ -1,0 +1,138 @@
+"""Jail files attacked: a daemon's user who owns the jail (and its etc/), host files that are
+not files, forged records, names swapped while prepare runs. What held is listed in the
+attack report (docs/ARCHITECTURE.md, "Jail files"); every test here broke something once.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support import NOBODY, run, snapshot
+
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_NO_ID = 0xFFFFFFFF
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """The kernel's xattr form of a POSIX ACL (version 2, then tag/perm/id per entry)."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+# A default ACL the daemon's user can set on its own directory: every file made below it would
+# be readable by that user (the mask follows the new file's group bits).
+_READ_FOR_NOBODY = _acl(
+    (_ACL_USER_OBJ, 7, _NO_ID),
+    (_ACL_USER, 7, NOBODY),
+    (_ACL_GROUP_OBJ, 5, _NO_ID),
+    (_ACL_MASK, 7, _NO_ID),
+    (_ACL_OTHER, 5, _NO_ID),
+)
+
+
+def _as_nobody_can_read(path: Path) -> bool:
+    proc = subprocess.run(
+        ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups", "cat", path],
+        capture_output=True,
+        check=False,
+    )
+    return proc.returncode == 0
+
+
+def _has_xattr(path: Path, name: str) -> bool:
+    return name in os.listxattr(path, follow_symlinks=False)
+
+
+def _owned_by_nobody(*dirs: Path) -> None:
+    for d in dirs:
+        d.mkdir(exist_ok=True)
+        os.chown(d, NOBODY, NOBODY)
+
+
+def test_a_copy_of_a_secret_never_becomes_readable_by_the_daemons_user(
+    jail: Path, area: Path
+) -> None:
+    """The daemon's user owns the jail and the directory the copy goes in: a setgid bit there
+    would give the copy that user's group, a default ACL would give that user a read. The
+    host's file is 0640 root:root: the copy must not be readable by that user either."""
+    secret = area / "keys" / "secret.pem"
+    secret.parent.mkdir()
+    secret.write_text("-----BEGIN PRIVATE KEY-----\n")
+    secret.chmod(0o640)
+    os.chown(jail, NOBODY, NOBODY)
+    inside = jail / str(secret.parent).lstrip("/")
+    parts = inside.relative_to(jail).parts
+    _owned_by_nobody(*(jail.joinpath(*parts[: i + 1]) for i in range(len(parts))))
+    inside.chmod(0o2755)  # setgid: new entries take the directory's group (nobody's)
+    os.setxattr(inside.parent, "system.posix_acl_default", _READ_FOR_NOBODY)  # for made dirs
+    os.setxattr(inside, "system.posix_acl_default", _READ_FOR_NOBODY)
+    (inside.parent / "sub").mkdir()  # sanity: the ACL is inherited on this filesystem
+    assert _has_xattr(inside.parent / "sub", "system.posix_acl_access")
+    (inside.parent / "sub").rmdir()
+    other = area / "other" / "conf"  # its directory is made by jailshim below the ACL'd one
+    other.parent.mkdir()
+    other.write_text("setting\n")
+    other.chmod(0o640)
+    os.rename(area / "other", area / "keys" / "other")
+    other = area / "keys" / "other" / "conf"
+
+    args = ("--chroot", str(jail), "--user", "nobody", "--no-verify")
+    result = run("prepare", *args, "--file", str(secret), "--file", str(other))
+    assert result.code == 0, result.stderr
+    made_dir = inside / "other"
+    for copy in (inside / "secret.pem", made_dir / "conf"):
+        st = copy.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o640), copy
+        assert not _has_xattr(copy, "system.posix_acl_access"), copy
+        assert not _as_nobody_can_read(copy), copy
+    st = made_dir.stat()  # root's own directory, passing nothing on
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o755)
+    assert not _has_xattr(made_dir, "system.posix_acl_default")
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert not (inside / "secret.pem").exists() and not made_dir.exists()
+
+
+def test_a_setgid_jail_root_of_the_daemons_user_is_prepared(jail: Path, area: Path) -> None:
+    """A jail root 2750 nobody:nogroup (a shared directory): dev/ and etc/ made in it inherit
+    the setgid bit; that is not someone swapping jailshim's directory."""
+    host = area / "hosts"
+    host.write_text("192.0.2.1 one.test\n")
+    os.chown(jail, NOBODY, NOBODY)
+    jail.chmod(0o2750)
+    before = snapshot(jail)
+    args = ("--chroot", str(jail), "--user", "nobody", "--no-verify", "--file", str(host))
+    result = run("prepare", *args)
+    assert result.code == 0, result.stderr
+    for made in ("dev", "tmp"):
+        st = (jail / made).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o755), made
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert snapshot(jail) == before
+
+
+def test_a_host_file_that_is_no_regular_file_is_never_opened(jail: Path, area: Path) -> None:
+    """Opening acts for some files (a watchdog device arms the watchdog, a FIFO wakes its
+    writer): the host side is looked at through O_PATH and read only when regular. A writer
+    blocked opening the FIFO stays blocked."""
+    fifo = area / "fifo"
+    os.mkfifo(fifo)
+    link = area / "null"
+    link.symlink_to("/dev/null")  # a symlink on the host is followed, to a device here
+    writer = subprocess.Popen(["sh", "-c", f"exec 3>{fifo}; echo woke"], stdout=subprocess.PIPE)
+    try:
+        args = ("prepare", "--chroot", str(jail), "--no-verify")
+        result = run(*args, "--file", str(fifo), "--file", str(link))
+        assert result.code == 0, result.stderr
+        warned = {e["path"]: e["detail"] for e in result.named("jail_file")}
+        assert "not a regular file" in warned[str(fifo)]
+        assert "not a regular file" in warned[str(link)]
+        time.sleep(0.2)
+        assert writer.poll() is None, "prepare opened the FIFO: its writer woke"
+    finally:
+        writer.kill()  # by PID: the writer this test started
+        writer.wait()
+    assert run("teardown", "--chroot", str(jail)).code == 0
