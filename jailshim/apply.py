@@ -558,7 +558,7 @@ class Applier:
         )
         exchange(dir_fd, tmp, name)
         back = _lstat(dir_fd, tmp)
-        if back is None or back.st_ino != stale:
+        if back is None or back.st_ino != stale or back.st_uid != 0:
             exchange(dir_fd, tmp, name)  # not ours that was there: put it back, take ours back
             raise ConfigError(
                 f"{self.jail.real}/{where}/{name} was swapped while jailshim refreshed it; "

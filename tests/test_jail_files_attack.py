@@ -136,3 +136,51 @@ def test_a_host_file_that_is_no_regular_file_is_never_opened(jail: Path, area: P
         writer.kill()  # by PID: the writer this test started
         writer.wait()
     assert run("teardown", "--chroot", str(jail)).code == 0
+
+
+def _same_inode_again(path: Path, ino: int, content: str) -> None:
+    """Replace ``path`` by the daemon's user's own file on the freed inode number (ext4 and
+    tmpfs hand a freed number out again at once)."""
+    path.unlink()
+    for _ in range(200):
+        path.write_text(content)
+        if path.stat().st_ino == ino:
+            os.chown(path, NOBODY, NOBODY)
+            return
+        path.rename(path.with_name(f"{path.name}.{path.stat().st_ino}"))  # keep it taken
+    raise AssertionError("the filesystem did not hand out the inode number again")
+
+
+def test_a_file_of_the_daemons_user_on_a_reused_inode_is_never_deleted(
+    jail: Path, area: Path
+) -> None:
+    """jailshim's copy is removed by the daemon's user, who writes its own file at the name
+    and gets the same inode number: that file is not jailshim's copy (not root's), so a
+    refresh moves it aside and teardown gives it back, never deletes it."""
+    host = area / "hosts"
+    host.write_text("192.0.2.1 one.test\n")
+    os.chown(jail, NOBODY, NOBODY)
+    inside = jail / str(host.parent).lstrip("/")
+    parts = inside.relative_to(jail).parts
+    _owned_by_nobody(*(jail.joinpath(*parts[: i + 1]) for i in range(len(parts))))
+    args = ("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
+    assert run(*args, "--file", str(host)).code == 0
+    copy = inside / "hosts"
+    _same_inode_again(copy, copy.stat().st_ino, "192.0.2.9 mine.test\n")
+    before = snapshot(inside)
+
+    again = run(*args, "--file", str(host))
+    assert again.code == 0, again.stderr
+    assert [e["outcome"] for e in again.named("jail_file")] == ["copied"], again.stderr
+    assert copy.read_text() == host.read_text()
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert copy.read_text() == "192.0.2.9 mine.test\n"
+    assert snapshot(inside) == before
+
+    # The same without a prepare in between: teardown alone leaves the user's file.
+    assert run(*args, "--file", str(host)).code == 0  # displaces it, copies
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert run(*args, "--file", str(host)).code == 0
+    _same_inode_again(copy, copy.stat().st_ino, "192.0.2.9 mine.test\n")
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert copy.read_text() == "192.0.2.9 mine.test\n"

@@ -182,7 +182,7 @@ def survey_file(
     parent, name = os.path.split(file.path)
     fd, missing = jail.walk(parent)
     content: bytes | None = None
-    entry_id = (0, 0)
+    entry_id, root_s = (0, 0), False
     try:
         readonly = bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
         if missing:
@@ -191,7 +191,8 @@ def survey_file(
             where = jail.real + (parent if parent != "/" else "")
             entry = inspect_entry(fd, where, name, mounts, placeholders=placeholders)
             if entry.kind is not EntryKind.ABSENT:
-                entry_id = _identity(os.stat(name, dir_fd=fd, follow_symlinks=False))
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                entry_id, root_s = _identity(st), st.st_uid == 0
             if entry.kind is EntryKind.REGULAR and not entry.mountpoint:
                 content = _jail_content(fd, name, entry.ino, len(host.content))
     finally:
@@ -203,7 +204,8 @@ def survey_file(
         entry=entry,
         entry_dev_ino=entry_id,
         content=content,
-        ours=(file.path, entry.ino) in copies and entry.kind is EntryKind.REGULAR,
+        # root's too: the daemon's user's own file may have got the freed inode number
+        ours=(file.path, entry.ino) in copies and entry.kind is EntryKind.REGULAR and root_s,
         readonly=readonly,
     )
 

@@ -45,8 +45,10 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
 
 def _ours(record: Record, st: os.stat_result | None, *, at_tmp: bool) -> bool:
     """Whether ``st`` is the inode ``record`` made. Before the inode was recorded only the
-    temporary name can hold it, and only something of the recorded shape made by root."""
-    if st is None:
+    temporary name can hold it, and only something of the recorded shape made by root.
+    Root's in any case: a freed inode number is handed out again at once (ext4, tmpfs), so in
+    a directory the daemon's user can write, its own file may have the recorded number."""
+    if st is None or st.st_uid != 0:
         return False
     if record.kind is Kind.MKNOD:
         shape = stat.S_ISCHR(st.st_mode) and st.st_rdev == record.rdev
@@ -74,12 +76,13 @@ def _remove_copy(dir_fd: int, record: Record) -> str:
     at_tmp, at_name = _lstat(dir_fd, record.tmp), _lstat(dir_fd, record.name)
 
     def written(st: os.stat_result | None, *, at_tmp: bool) -> bool:
-        if st is None or not stat.S_ISREG(st.st_mode):
+        # root's: the daemon's user's own file may have got the freed inode number (_ours)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
             return False
         if record.ino:
             return st.st_ino == record.ino
-        # before its inode was recorded only the temporary name can hold it, made by root
-        return at_tmp and st.st_uid == 0 and st.st_ino != record.replaces
+        # before its inode was recorded only the temporary name can hold it
+        return at_tmp and st.st_ino != record.replaces
 
     if (
         record.replaces
@@ -87,6 +90,7 @@ def _remove_copy(dir_fd: int, record: Record) -> str:
         and at_tmp is not None
         and stat.S_ISREG(at_tmp.st_mode)
         and at_tmp.st_ino == record.replaces
+        and at_tmp.st_uid == 0
     ):
         exchange(dir_fd, record.tmp, record.name)
         os.unlink(record.tmp, dir_fd=dir_fd)
