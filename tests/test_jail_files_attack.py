@@ -116,20 +116,24 @@ def test_a_setgid_jail_root_of_the_daemons_user_is_prepared(jail: Path, area: Pa
 
 def test_a_host_file_that_is_no_regular_file_is_never_opened(jail: Path, area: Path) -> None:
     """Opening acts for some files (a watchdog device arms the watchdog, a FIFO wakes its
-    writer): the host side is looked at through O_PATH and read only when regular. A writer
-    blocked opening the FIFO stays blocked."""
+    writer), reading for some "regular" ones (/proc/kmsg): the host side is looked at through
+    O_PATH and read only when it is a regular file outside /proc, /sys and /dev (where --file
+    itself may not point). A writer blocked opening the FIFO stays blocked."""
     fifo = area / "fifo"
     os.mkfifo(fifo)
     link = area / "null"
     link.symlink_to("/dev/null")  # a symlink on the host is followed, to a device here
+    kmsg = area / "kmsg"
+    kmsg.symlink_to("/proc/kmsg")  # a "regular file" whose read consumes syslog's messages
     writer = subprocess.Popen(["sh", "-c", f"exec 3>{fifo}; echo woke"], stdout=subprocess.PIPE)
     try:
         args = ("prepare", "--chroot", str(jail), "--no-verify")
-        result = run(*args, "--file", str(fifo), "--file", str(link))
+        result = run(*args, "--file", str(fifo), "--file", str(link), "--file", str(kmsg))
         assert result.code == 0, result.stderr
         warned = {e["path"]: e["detail"] for e in result.named("jail_file")}
         assert "not a regular file" in warned[str(fifo)]
         assert "not a regular file" in warned[str(link)]
+        assert "under /proc" in warned[str(kmsg)]
         time.sleep(0.2)
         assert writer.poll() is None, "prepare opened the FIFO: its writer woke"
     finally:
@@ -138,17 +142,13 @@ def test_a_host_file_that_is_no_regular_file_is_never_opened(jail: Path, area: P
     assert run("teardown", "--chroot", str(jail)).code == 0
 
 
-def _same_inode_again(path: Path, ino: int, content: str) -> None:
-    """Replace ``path`` by the daemon's user's own file on the freed inode number (ext4 and
-    tmpfs hand a freed number out again at once)."""
-    path.unlink()
-    for _ in range(200):
-        path.write_text(content)
-        if path.stat().st_ino == ino:
-            os.chown(path, NOBODY, NOBODY)
-            return
-        path.rename(path.with_name(f"{path.name}.{path.stat().st_ino}"))  # keep it taken
-    raise AssertionError("the filesystem did not hand out the inode number again")
+def _same_inode_again(path: Path, content: str) -> None:
+    """The state after the daemon's user removed ``path`` and wrote its own file there, which
+    got the freed inode number (ext4 hands it out again at once, when no other file is made
+    meanwhile): that number, the user's file. Made here on the very inode, so the test does not
+    depend on the allocator and on what other processes create meanwhile."""
+    path.write_text(content)
+    os.chown(path, NOBODY, NOBODY)
 
 
 def test_a_file_of_the_daemons_user_on_a_reused_inode_is_never_deleted(
@@ -166,7 +166,7 @@ def test_a_file_of_the_daemons_user_on_a_reused_inode_is_never_deleted(
     args = ("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
     assert run(*args, "--file", str(host)).code == 0
     copy = inside / "hosts"
-    _same_inode_again(copy, copy.stat().st_ino, "192.0.2.9 mine.test\n")
+    _same_inode_again(copy, "192.0.2.9 mine.test\n")
     before = snapshot(inside)
 
     again = run(*args, "--file", str(host))
@@ -181,6 +181,41 @@ def test_a_file_of_the_daemons_user_on_a_reused_inode_is_never_deleted(
     assert run(*args, "--file", str(host)).code == 0  # displaces it, copies
     assert run("teardown", "--chroot", str(jail)).code == 0
     assert run(*args, "--file", str(host)).code == 0
-    _same_inode_again(copy, copy.stat().st_ino, "192.0.2.9 mine.test\n")
+    _same_inode_again(copy, "192.0.2.9 mine.test\n")
     assert run("teardown", "--chroot", str(jail)).code == 0
     assert copy.read_text() == "192.0.2.9 mine.test\n"
+
+
+def test_a_mount_moved_to_a_bound_files_name_is_never_unmounted(jail: Path, area: Path) -> None:
+    """--file-mode bind left a bind at the file's name; the host then renamed a new file into
+    place (stale bind). The daemon's user, who owns the directories, moves that directory away
+    (the bind goes with it) and moves in its place a directory holding the operator's own
+    mount at the same name: neither the stale-bind release nor teardown may unmount that."""
+    host = area / "hosts"
+    host.write_text("192.0.2.1 one.test\n")
+    os.chown(jail, NOBODY, NOBODY)
+    inside = jail / str(area).lstrip("/")
+    parts = inside.relative_to(jail).parts
+    _owned_by_nobody(*(jail.joinpath(*parts[: i + 1]) for i in range(len(parts))))
+    operator = jail / "srv" / "conf"
+    _owned_by_nobody(operator.parent, operator)
+    (operator / "hosts").write_text("")
+    (area / "operators").write_text("the operator's mount\n")
+    subprocess.run(
+        ["mount", "--bind", str(area / "operators"), str(operator / "hosts")], check=True
+    )
+
+    args = ("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
+    bound = run(*args, "--file", str(host), "--file-mode", "bind")
+    assert bound.code == 0, bound.stderr
+    (area / "hosts.new").write_text("192.0.2.2 two.test\n")
+    (area / "hosts.new").rename(host)  # the host's file replaced: the jail's bind is stale
+    inside.rename(inside.with_name("moved"))  # as the daemon's user could: the bind goes along
+    operator.rename(inside)
+    assert (inside / "hosts").read_text() == "the operator's mount\n"
+
+    again = run(*args, "--file", str(host), "--file-mode", "bind")
+    assert (inside / "hosts").read_text() == "the operator's mount\n", again.stderr
+    assert again.code == 78, again.stderr  # a mount point jailshim did not make
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert (inside / "hosts").read_text() == "the operator's mount\n"

@@ -131,17 +131,25 @@ def _read_regular(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _open_regular(name: str, dir_fd: int | None = None) -> tuple[int, os.stat_result] | None:
-    """A read fd on ``name`` (not followed) and its stat, only when it is a regular file; None
-    for anything else, which is looked at through O_PATH and never opened: opening acts for
-    some files (a watchdog device arms the watchdog, a FIFO wakes its blocked writer)."""
+# Kernel interfaces, not files (--file itself may not name them): reading /proc/kmsg as root
+# consumes the messages syslog was to log.
+_NOT_FILES = ("/proc/", "/sys/", "/dev/")
+
+
+def _open_regular(name: str, dir_fd: int | None = None) -> tuple[int, os.stat_result] | str:
+    """A read fd on ``name`` (not followed) and its stat when it is a regular file, else why
+    not. Anything else is looked at through O_PATH and never opened: opening acts for some
+    files (a watchdog device arms the watchdog, a FIFO wakes its blocked writer)."""
     path_fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
     try:
         st = os.fstat(path_fd)
         if not stat.S_ISREG(st.st_mode):
-            return None
-        # The same inode, reopened for reading through the kernel's magic link.
-        return os.open(f"/proc/self/fd/{path_fd}", _READ & ~os.O_NOFOLLOW), st
+            return "it is not a regular file"
+        magic = f"/proc/self/fd/{path_fd}"  # the kernel's name for the very inode
+        real = os.readlink(magic)
+        if dir_fd is None and real.startswith(_NOT_FILES):
+            return f"it is {real}, under /{real.split('/')[1]}: a kernel interface, not a file"
+        return os.open(magic, _READ & ~os.O_NOFOLLOW), st
     finally:
         os.close(path_fd)
 
@@ -154,8 +162,8 @@ def read_host_file(path: str) -> HostFile:
         opened = _open_regular(real)
     except OSError as exc:
         return HostFile(path, problem=host_problem(path, exc.errno or 0))
-    if opened is None:
-        return HostFile(path, real, missing_host_file(path, "it is not a regular file"))
+    if isinstance(opened, str):
+        return HostFile(path, real, missing_host_file(path, opened))
     fd, st = opened
     try:
         if st.st_size > _MAX_FILE:
@@ -217,7 +225,7 @@ def _jail_content(dir_fd: int, name: str, ino: int, want: int) -> bytes | None:
         opened = _open_regular(name, dir_fd)
     except OSError:
         return None
-    if opened is None:
+    if isinstance(opened, str):
         return None
     fd, st = opened
     try:

@@ -106,11 +106,25 @@ def _remove_copy(dir_fd: int, record: Record) -> str:
     return "already gone"
 
 
+def _stands_on(dir_fd: int, name: str, ino: int) -> bool:
+    """Whether the entry ``name`` itself is the inode ``ino``, whatever is mounted on it:
+    readdir reports the inode a mount covers, stat the mount's root."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        with os.scandir(fd) as entries:
+            return any(e.name == name and e.inode() == ino for e in entries)
+    finally:
+        os.close(fd)
+
+
 def _unbind(dir_fd: int, record: Record) -> str:
-    """BIND in this namespace: detach the mount on the name if it holds what was bound.
+    """BIND in this namespace: detach the mount on the name if it holds what was bound and
+    stands on jailshim's placeholder.
 
     Found through the directory fd, not by path in mountinfo: a user who can write the jail
-    could rename the directory under us, and the mount moves with it.
+    could rename the directory under us, and the mount moves with it. That user can also move
+    in a directory holding another's mount at the same name (a mount point cannot be renamed,
+    its directory can): that mount stands on another file, and is left.
     """
     try:
         fd = os.open(record.name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
@@ -127,6 +141,8 @@ def _unbind(dir_fd: int, record: Record) -> str:
         )
         if not bound:
             return "already gone" if st.st_ino == record.ino else "left: something else is there"
+        if record.ino and not _stands_on(dir_fd, record.name, record.ino):
+            return "left: a mount jailshim did not make"
         try:
             mounts.unmount(fd)
         except OSError as exc:
