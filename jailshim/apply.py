@@ -486,7 +486,15 @@ class Applier:
         made = where[: len(where) - len("/".join(missing))].strip("/")
         for part in missing:
             index = self._intend(Record(Kind.MKDIR, part, made))
-            os.mkdir(part, 0o755, dir_fd=dir_fd)
+            try:
+                os.mkdir(part, 0o755, dir_fd=dir_fd)
+            except FileExistsError:
+                self.journal.drop(index)  # not ours: its undo must not remove it
+                raise ConfigError(
+                    f"{self.jail.real}/{made}/{part} appeared while jailshim prepared the jail "
+                    "(someone who can write the jail is interfering); what was made is taken "
+                    "back. Make the jail root-owned, then run again.".replace("//", "/"),
+                ) from None
             dir_fd = self._open_made_dir(part, dir_fd)
             self.journal.update(index, ino=os.fstat(dir_fd).st_ino, done=True)
             made = f"{made}/{part}".strip("/")

@@ -5,14 +5,17 @@ attack report (docs/ARCHITECTURE.md, "Jail files"); every test here broke someth
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import stat
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
-from tests.support import NOBODY, run, snapshot
+from tests.support import NOBODY, mounts_below, run, snapshot
 
 _ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
 _NO_ID = 0xFFFFFFFF
@@ -219,3 +222,100 @@ def test_a_mount_moved_to_a_bound_files_name_is_never_unmounted(jail: Path, area
     assert again.code == 78, again.stderr  # a mount point jailshim did not make
     assert run("teardown", "--chroot", str(jail)).code == 0
     assert (inside / "hosts").read_text() == "the operator's mount\n"
+
+
+HOST_FILES = ("/etc/hosts", "/etc/services")
+
+
+def test_etc_swapped_for_a_symlink_out_while_prepare_runs(jail: Path, outside: Path) -> None:
+    """The daemon's user owns the jail and its etc/ and swaps etc/ for a symlink to a directory
+    outside, back and forth, while prepares (copy and bind) and teardowns run: nothing outside
+    changes, every run ends in one sentence, and once it stops one teardown gives back the jail
+    as it was, with no mount left."""
+    os.chown(jail, NOBODY, NOBODY)
+    etc = jail / "etc"
+    _owned_by_nobody(etc)
+    (etc / "keep").write_text("the jail's own\n")
+    (jail / "dev").mkdir()
+    before, kept = snapshot(jail), snapshot(outside)
+    stop = threading.Event()
+
+    def swap() -> None:
+        aside, link = jail / "etc.real", jail / "etc.link"
+        steps = (
+            lambda: link.symlink_to(outside),
+            lambda: etc.rename(aside),
+            lambda: link.rename(etc),
+            lambda: time.sleep(0.0005),
+            lambda: etc.rename(link),
+            lambda: aside.rename(etc),
+            link.unlink,
+            lambda: time.sleep(0.002),  # mostly a real directory: prepares get far
+        )
+        while not stop.is_set():
+            for step in steps:
+                with contextlib.suppress(OSError):
+                    step()
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    codes: list[int] = []
+    odd: list[str] = []
+    try:
+        for i in range(16):
+            mode = ("copy", "bind")[i % 2]
+            args = ("--chroot", str(jail), "--user", "nobody", "--no-verify")
+            files = ("--file", HOST_FILES[0], "--file", HOST_FILES[1], "--file-mode", mode)
+            for result in (run("prepare", *args, *files), run("teardown", "--chroot", str(jail))):
+                codes.append(result.code)
+                odd += [] if result.code in (0, 78) else [result.stderr]
+    finally:
+        stop.set()
+        swapper.join()
+    for name in ("etc", "etc.link"):  # the swap's symlinks go; then etc/ is put back
+        if (jail / name).is_symlink():
+            (jail / name).unlink()
+    assert run("teardown", "--chroot", str(jail)).code == 0  # an etc/ jailshim made goes
+    if (jail / "etc.real").exists():
+        (jail / "etc.real").rename(etc)
+    assert set(codes) <= {0, 78}, odd
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert snapshot(outside) == kept
+    assert mounts_below(jail) == []
+    # What the user's renames hid from a rollback or teardown may stay (its directory was
+    # gone, so its record was forgotten): only root's inert files, copies of the two files or
+    # empty placeholders (maybe moved aside by a later prepare), nothing else.
+    after = snapshot(jail)
+    left = {k: v for k, v in after.items() if before.get(k) != v}
+    copies = {hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in HOST_FILES}
+    copies.add(hashlib.sha256(b"").hexdigest())
+    assert all(v[2] == 0 and v[4] in copies for v in left.values()), left
+    assert all(before[k] == after.get(k) for k in before), after
+
+
+def test_a_bind_moved_with_its_directory_is_kept_until_it_is_back(jail: Path, area: Path) -> None:
+    """The daemon's user renames its etc/ (the bind of --file-mode bind goes along) and makes
+    a new one: teardown cannot reach the bind, and must not forget it (a mount no teardown
+    would ever take back); once etc/ is back, teardown unmounts it."""
+    host = area / "hosts"
+    host.write_text("192.0.2.1 one.test\n")
+    os.chown(jail, NOBODY, NOBODY)
+    inside = jail / str(area).lstrip("/")
+    parts = inside.relative_to(jail).parts
+    _owned_by_nobody(*(jail.joinpath(*parts[: i + 1]) for i in range(len(parts))))
+    args = ("--chroot", str(jail), "--user", "nobody", "--no-verify", "--file-mode", "bind")
+    assert run("prepare", *args, "--file", str(host)).code == 0
+    moved = inside.with_name("moved")
+    inside.rename(moved)
+    inside.mkdir()
+
+    kept = run("teardown", "--chroot", str(jail))
+    assert kept.code == 0, kept.stderr
+    [unbind] = [e for e in kept.named("teardown") if e["step"].startswith("unbind")]
+    assert unbind["level"] == "warning" and str(moved / "hosts") in unbind["outcome"]
+    assert mounts_below(jail) == [str(moved / "hosts")]
+    inside.rmdir()
+    moved.rename(inside)
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert mounts_below(jail) == []
+    assert os.listdir(inside) == []

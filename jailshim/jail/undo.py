@@ -19,7 +19,7 @@ from jailshim.jail import mounts
 from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail, exchange, rename_into_place
 from jailshim.state import Kind, Record
 
-__all__ = ["describe", "sweep_new_dev", "undo"]
+__all__ = ["KEPT", "describe", "sweep_new_dev", "undo"]
 
 
 def describe(record: Record) -> str:
@@ -115,6 +115,30 @@ def _stands_on(dir_fd: int, name: str, ino: int) -> bool:
             return any(e.name == name and e.inode() == ino for e in entries)
     finally:
         os.close(fd)
+
+
+def _moved_bind(record: Record, table: mounts.MountTable) -> str:
+    """Where this namespace still has the bind ``record`` made, after its directory was
+    renamed (by the daemon's user, who may own it; the mount goes along), or "".
+
+    Neither the directory nor the placeholder can be removed while the bind is on it, so a
+    bind not found at its name was moved, not lost: forgetting its record would leave a mount
+    no teardown takes back. A mount point keeps its own name; the entry under it is the
+    placeholder."""
+    for entry in table.entries:
+        parent, name = os.path.split(entry.mount_point)
+        if name != record.name:
+            continue
+        try:  # reading a directory's entries only: following a symlink on the way is harmless
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if _stands_on(fd, name, record.ino):
+                return entry.mount_point
+        finally:
+            os.close(fd)
+    return ""
 
 
 def _unbind(dir_fd: int, record: Record) -> str:
@@ -225,7 +249,9 @@ def _rmdir(dir_fd: int, record: Record) -> str:
     st = _lstat(dir_fd, record.name)
     if st is None:
         return "already gone"
-    if not stat.S_ISDIR(st.st_mode) or (record.ino and st.st_ino != record.ino):
+    # before its inode was recorded: only a directory root made (not the daemon's user's own,
+    # which appeared at the name meanwhile)
+    if not stat.S_ISDIR(st.st_mode) or (st.st_ino != record.ino if record.ino else st.st_uid):
         return "left: changed since prepare"
     try:
         os.rmdir(record.name, dir_fd=dir_fd)
@@ -244,6 +270,26 @@ def _unmount_tmpfs(jail: Jail, table: mounts.MountTable) -> str:
     return "unmounted"
 
 
+# An outcome that keeps its record: the step could not be undone yet, and a later run can.
+KEPT = "kept"
+
+
+def _record_dir(jail: Jail, record: Record, dev_fd: int | None) -> tuple[int, list[str]]:
+    """An fd on the record's directory (the very dev/ the journal was read from, for dev/)
+    and what is missing on the way."""
+    if record.where == "dev" and dev_fd is not None:
+        return os.dup(dev_fd), []
+    return jail.walk(record.where)
+
+
+def _unbind_at(jail: Jail, record: Record, dev_fd: int | None) -> str:
+    dir_fd, missing = _record_dir(jail, record, dev_fd)
+    try:
+        return f"already gone: {record.where}/ is gone" if missing else _unbind(dir_fd, record)
+    finally:
+        os.close(dir_fd)
+
+
 def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | None = None) -> str:
     """Undo ``record`` in this mount namespace; returns what was done, or why it was left.
 
@@ -257,16 +303,16 @@ def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | Non
         return _unmount_tmpfs(jail, table)
     if record.kind is Kind.MKDIR and (record.where, record.name) == ("", "dev"):
         return _remove_dev(jail, record)
-    missing: list[str] = []
-    if record.where == "dev" and dev_fd is not None:
-        dir_fd = os.dup(dev_fd)
-    else:
-        dir_fd, missing = jail.walk(record.where)
+    if record.kind is Kind.BIND:
+        outcome = _unbind_at(jail, record, dev_fd)
+        if outcome == "unmounted" or not record.ino:
+            return outcome
+        moved = _moved_bind(record, table)
+        return f"{KEPT}: the bind moved to {moved} with its directory" if moved else outcome
+    dir_fd, missing = _record_dir(jail, record, dev_fd)
     try:
         if missing:
             return f"already gone: {record.where}/ is gone"
-        if record.kind is Kind.BIND:
-            return _unbind(dir_fd, record)
         if record.kind is Kind.DISPLACED:
             return _restore(dir_fd, record)
         if record.kind is Kind.MKDIR:
