@@ -319,3 +319,41 @@ def test_a_bind_moved_with_its_directory_is_kept_until_it_is_back(jail: Path, ar
     assert run("teardown", "--chroot", str(jail)).code == 0
     assert mounts_below(jail) == []
     assert os.listdir(inside) == []
+
+
+def test_planted_names_are_never_written_through(jail: Path, outside: Path, area: Path) -> None:
+    """Held (no engine change): a hard link to a file outside at the copy's name is moved
+    aside and given back, never written; a symlink, a FIFO or a hard link at the temporary name
+    is in the way (78), never opened, followed or removed; a symlink at the aside name is
+    skipped. Nothing outside changes."""
+    host = area / "hosts"
+    host.write_text("192.0.2.1 one.test\n")
+    etc = jail / str(area).lstrip("/")
+    etc.mkdir(parents=True)
+    args = ("prepare", "--chroot", str(jail), "--no-verify", "--file", str(host))
+    secret = outside / "secret"
+    kept = snapshot(outside)
+    for shape in ("symlink", "fifo", "hardlink"):
+        planted = etc / ".jailshim-new-hosts"
+        if shape == "symlink":
+            planted.symlink_to(secret)
+        elif shape == "fifo":
+            os.mkfifo(planted)
+        else:
+            os.link(secret, planted)
+        before = snapshot(jail)
+        refused = run(*args)
+        assert refused.code == 78, refused.stderr
+        assert ".jailshim-new-hosts is in the way" in refused.error
+        assert snapshot(jail) == before
+        planted.unlink()
+    os.link(secret, etc / "hosts")  # the name itself: the user's link to a file outside
+    (etc / ".jailshim-displaced-hosts").symlink_to(secret)
+    before = snapshot(jail)
+    placed = run(*args)
+    assert placed.code == 0, placed.stderr
+    assert (etc / "hosts").read_text() == host.read_text()
+    assert (etc / ".jailshim-displaced-hosts.1").stat().st_ino == secret.stat().st_ino
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert snapshot(jail) == before
+    assert snapshot(outside) == kept

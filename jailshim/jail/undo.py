@@ -117,14 +117,15 @@ def _stands_on(dir_fd: int, name: str, ino: int) -> bool:
         os.close(fd)
 
 
-def _moved_bind(record: Record, table: mounts.MountTable) -> str:
+def _moved_bind(record: Record, table: mounts.MountTable, st_dev: int) -> str:
     """Where this namespace still has the bind ``record`` made, after its directory was
     renamed (by the daemon's user, who may own it; the mount goes along), or "".
 
     Neither the directory nor the placeholder can be removed while the bind is on it, so a
     bind not found at its name was moved, not lost: forgetting its record would leave a mount
     no teardown takes back. A mount point keeps its own name; the entry under it is the
-    placeholder."""
+    placeholder, on the filesystem ``st_dev`` of the record's directory (a rename does not
+    leave its filesystem; inode numbers alone repeat across filesystems)."""
     for entry in table.entries:
         parent, name = os.path.split(entry.mount_point)
         if name != record.name:
@@ -134,7 +135,7 @@ def _moved_bind(record: Record, table: mounts.MountTable) -> str:
         except OSError:
             continue
         try:
-            if _stands_on(fd, name, record.ino):
+            if os.fstat(fd).st_dev == st_dev and _stands_on(fd, name, record.ino):
                 return entry.mount_point
         finally:
             os.close(fd)
@@ -282,10 +283,14 @@ def _record_dir(jail: Jail, record: Record, dev_fd: int | None) -> tuple[int, li
     return jail.walk(record.where)
 
 
-def _unbind_at(jail: Jail, record: Record, dev_fd: int | None) -> str:
+def _unbind_at(jail: Jail, record: Record, dev_fd: int | None) -> tuple[str, int]:
+    """_unbind, and the filesystem the record's directory (or what is left of it) is on."""
     dir_fd, missing = _record_dir(jail, record, dev_fd)
     try:
-        return f"already gone: {record.where}/ is gone" if missing else _unbind(dir_fd, record)
+        st_dev = os.fstat(dir_fd).st_dev
+        if missing:
+            return f"already gone: {record.where}/ is gone", st_dev
+        return _unbind(dir_fd, record), st_dev
     finally:
         os.close(dir_fd)
 
@@ -304,10 +309,10 @@ def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | Non
     if record.kind is Kind.MKDIR and (record.where, record.name) == ("", "dev"):
         return _remove_dev(jail, record)
     if record.kind is Kind.BIND:
-        outcome = _unbind_at(jail, record, dev_fd)
+        outcome, st_dev = _unbind_at(jail, record, dev_fd)
         if outcome == "unmounted" or not record.ino:
             return outcome
-        moved = _moved_bind(record, table)
+        moved = _moved_bind(record, table, st_dev)
         return f"{KEPT}: the bind moved to {moved} with its directory" if moved else outcome
     dir_fd, missing = _record_dir(jail, record, dev_fd)
     try:
