@@ -117,7 +117,7 @@ def _stands_on(dir_fd: int, name: str, ino: int) -> bool:
         os.close(fd)
 
 
-def _moved_bind(record: Record, table: mounts.MountTable, st_dev: int) -> str:
+def _moved_bind(record: Record, table: mounts.MountTable, st_dev: int, jail: str) -> str:
     """Where this namespace still has the bind ``record`` made, after its directory was
     renamed (by the daemon's user, who may own it; the mount goes along), or "".
 
@@ -125,10 +125,11 @@ def _moved_bind(record: Record, table: mounts.MountTable, st_dev: int) -> str:
     bind not found at its name was moved, not lost: forgetting its record would leave a mount
     no teardown takes back. A mount point keeps its own name; the entry under it is the
     placeholder, on the filesystem ``st_dev`` of the record's directory (a rename does not
-    leave its filesystem; inode numbers alone repeat across filesystems)."""
+    leave its filesystem; inode numbers alone repeat across filesystems). Only mounts in the
+    jail are looked at: a directory of another filesystem (a hung NFS mount) is never opened."""
     for entry in table.entries:
         parent, name = os.path.split(entry.mount_point)
-        if name != record.name:
+        if name != record.name or not parent.startswith(f"{jail}/"):
             continue
         try:  # reading a directory's entries only: following a symlink on the way is harmless
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -312,7 +313,7 @@ def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | Non
         outcome, st_dev = _unbind_at(jail, record, dev_fd)
         if outcome == "unmounted" or not record.ino:
             return outcome
-        moved = _moved_bind(record, table, st_dev)
+        moved = _moved_bind(record, table, st_dev, jail.real)
         return f"{KEPT}: the bind moved to {moved} with its directory" if moved else outcome
     dir_fd, missing = _record_dir(jail, record, dev_fd)
     try:
