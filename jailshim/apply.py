@@ -48,6 +48,10 @@ _TMPFS_DATA = "mode=0755,size=256k,nr_inodes=64"
 _BIND_HARDENING = mounts.MS_RDONLY | mounts.MS_NOSUID | mounts.MS_NOEXEC
 _REFUSALS = (errno.EPERM, errno.EACCES)
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A directory this run made is opened for real (not O_PATH): its mode and ACL are then set.
+_MADE_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# What a parent directory passes on to new entries besides its setgid group.
+_ACCESS_ACL, _DEFAULT_ACL = "system.posix_acl_access", "system.posix_acl_default"
 _PLACEHOLDER = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _ALLOWED_RDEVS = frozenset(d.rdev for d in ALLOWLIST.values())
 
@@ -61,6 +65,23 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
+
+
+def _root_with_exactly(fd: int, mode: int, *acls: str) -> None:
+    """Make what this run just created root's, with exactly ``mode`` and no ACL: a directory
+    the daemon's user owns passes its setgid group and its default ACL on to new entries, and
+    a copy of the host's 0640 key would become readable by that user."""
+    for acl in acls:
+        try:
+            os.removexattr(fd, acl)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                raise
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) != (0, 0):
+        os.fchown(fd, 0, 0)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 class Applier:
@@ -104,15 +125,19 @@ class Applier:
         """Open a directory this run just made, and make sure it is that one: in a jail its user
         can write, the name could have been swapped for the user's own directory, which the
         user could then move out of the jail with everything root put in it. A directory root
-        made cannot be moved to another parent by that user (it needs write access to it)."""
-        fd = self._open_dir(name, dir_fd)
+        made cannot be moved to another parent by that user (it needs write access to it).
+        A setgid parent gives it 02755 and a default ACL may take bits away: both are taken
+        off here, so nothing made below it inherits them either."""
+        fd = os.open(name, _MADE_DIR, dir_fd=dir_fd)
+        self.opened.append(fd)
         st = os.fstat(fd)
-        if st.st_uid != 0 or stat.S_IMODE(st.st_mode) != 0o755:
+        if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & ~0o2755:
             raise ConfigError(
                 f"{self.jail.real}: the directory {name} jailshim just made was replaced by "
                 f"another (owner {st.st_uid}); someone who can write the jail is interfering. "
                 "Nothing was left made; make the jail root-owned, then run again.",
             )
+        _root_with_exactly(fd, 0o755, _ACCESS_ACL, _DEFAULT_ACL)
         return fd
 
     def _rename(self, dir_fd: int, where: str, src: str, dst: str) -> None:
@@ -461,7 +486,15 @@ class Applier:
         made = where[: len(where) - len("/".join(missing))].strip("/")
         for part in missing:
             index = self._intend(Record(Kind.MKDIR, part, made))
-            os.mkdir(part, 0o755, dir_fd=dir_fd)
+            try:
+                os.mkdir(part, 0o755, dir_fd=dir_fd)
+            except FileExistsError:
+                self.journal.drop(index)  # not ours: its undo must not remove it
+                raise ConfigError(
+                    f"{self.jail.real}/{made}/{part} appeared while jailshim prepared the jail "
+                    "(someone who can write the jail is interfering); what was made is taken "
+                    "back. Make the jail root-owned, then run again.".replace("//", "/"),
+                ) from None
             dir_fd = self._open_made_dir(part, dir_fd)
             self.journal.update(index, ino=os.fstat(dir_fd).st_ino, done=True)
             made = f"{made}/{part}".strip("/")
@@ -515,6 +548,7 @@ class Applier:
         fd = os.open(tmp, _PLACEHOLDER, mode, dir_fd=dir_fd)
         try:
             self.journal.update(index, ino=os.fstat(fd).st_ino)
+            _root_with_exactly(fd, mode, _ACCESS_ACL)
             view = memoryview(content)
             while view:
                 view = view[os.write(fd, view) :]
@@ -532,7 +566,7 @@ class Applier:
         )
         exchange(dir_fd, tmp, name)
         back = _lstat(dir_fd, tmp)
-        if back is None or back.st_ino != stale:
+        if back is None or back.st_ino != stale or back.st_uid != 0:
             exchange(dir_fd, tmp, name)  # not ours that was there: put it back, take ours back
             raise ConfigError(
                 f"{self.jail.real}/{where}/{name} was swapped while jailshim refreshed it; "

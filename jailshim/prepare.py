@@ -22,7 +22,7 @@ from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive, pid_namespace
 from jailshim.jail.safepath import Jail
-from jailshim.jail.undo import describe, sweep_new_dev, undo
+from jailshim.jail.undo import KEPT, describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
 from jailshim.spec import Spec
 from jailshim.state import Journal, Kind, Record
@@ -70,15 +70,38 @@ def open_journal(jail: Jail, dev_fd: int | None, table: mounts.MountTable, ns: i
     return Journal(dev_fd, records)
 
 
+_PUT_BACK = (
+    "its record is kept: someone who can write the jail renamed a directory on the way; put "
+    "it back, then run teardown again"
+)
+
+
 def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Any, event: str) -> None:
-    """Undo the records at ``indexes`` (newest first), dropping each from the journal."""
+    """Undo the records at ``indexes`` (newest first), dropping each from the journal. A
+    record that could not be undone is kept, and so are the older ones in its directory (the
+    placeholder under a bind that moved with it) or holding it, and the journal's home."""
+    kept: set[str] = set()  # directories holding a record that is kept
+
+    def holds_kept(record: Record) -> bool:
+        if record.kind is Kind.TMPFS or (record.kind is Kind.MKDIR and record.path == "dev"):
+            return bool(kept)  # the journal lives there
+        return record.where in kept or any(d.startswith(f"{record.path}/") for d in kept)
+
     for index in sorted(indexes, reverse=True):
         record = journal.records[index]
+        if holds_kept(record):
+            log.warning(event, step=describe(record), outcome=f"{KEPT} with the records above")
+            continue
         table = mounts.read_mount_table()
         try:
             outcome = undo(jail, record, table, journal.dir_fd)
         except OSError as exc:
             log.error(event, step=describe(record), errno=describe_errno(exc.errno or 0))
+            kept.add(record.where)
+            continue
+        if outcome.startswith(KEPT):
+            log.warning(event, step=describe(record), outcome=outcome, detail=_PUT_BACK)
+            kept.add(record.where)
             continue
         log.info(event, step=describe(record), outcome=outcome)
         if record.kind is Kind.MKDIR and record.path == "dev":

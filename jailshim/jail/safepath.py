@@ -305,13 +305,17 @@ class Jail:
         return fd, []
 
     def _refuse_non_directory(self, dir_fd: int, name: str, where: str) -> NoReturn:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        found = (
-            f"a symlink to {os.readlink(name, dir_fd=dir_fd)}"
-            if stat.S_ISLNK(st.st_mode)
-            else str(_kind(st.st_mode))
-        )
-        os.close(dir_fd)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            found = (
+                f"a symlink to {os.readlink(name, dir_fd=dir_fd)}"
+                if stat.S_ISLNK(st.st_mode)
+                else str(_kind(st.st_mode))
+            )
+        except OSError:  # gone again: someone who can write the jail is swapping it
+            found = "something that changed while jailshim looked at it"
+        finally:
+            os.close(dir_fd)
         raise ConfigError(
             f"{where} is {found}, not a directory; jailshim never follows symlinks "
             "inside a jail: replace it with a real directory.",

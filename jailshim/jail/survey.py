@@ -10,7 +10,14 @@ from jailshim.errors import ConfigError
 from jailshim.files import FileFacts, HostFile, JailFile, host_problem, missing_host_file
 from jailshim.jail.mounts import MountTable
 from jailshim.jail.powers import Powers
-from jailshim.jail.safepath import Entry, EntryKind, Jail, inspect_entry, writable_by_non_root
+from jailshim.jail.safepath import (
+    O_PATH_NOFOLLOW,
+    Entry,
+    EntryKind,
+    Jail,
+    inspect_entry,
+    writable_by_non_root,
+)
 from jailshim.plan import DevDir, SocketFacts, Survey
 from jailshim.spec import Identity
 from jailshim.state import TMPFS_SOURCE
@@ -124,18 +131,41 @@ def _read_regular(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# Kernel interfaces, not files (--file itself may not name them): reading /proc/kmsg as root
+# consumes the messages syslog was to log.
+_NOT_FILES = ("/proc/", "/sys/", "/dev/")
+
+
+def _open_regular(name: str, dir_fd: int | None = None) -> tuple[int, os.stat_result] | str:
+    """A read fd on ``name`` (not followed) and its stat when it is a regular file, else why
+    not. Anything else is looked at through O_PATH and never opened: opening acts for some
+    files (a watchdog device arms the watchdog, a FIFO wakes its blocked writer)."""
+    path_fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        st = os.fstat(path_fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "it is not a regular file"
+        magic = f"/proc/self/fd/{path_fd}"  # the kernel's name for the very inode
+        real = os.readlink(magic)
+        if dir_fd is None and real.startswith(_NOT_FILES):
+            return f"it is {real}, under /{real.split('/')[1]}: a kernel interface, not a file"
+        return os.open(magic, _READ & ~os.O_NOFOLLOW), st
+    finally:
+        os.close(path_fd)
+
+
 def read_host_file(path: str) -> HostFile:
     """The host's file at ``path``, its symlinks followed on the host (etc/localtime into
     /usr/share/zoneinfo, resolv.conf into /run/systemd/resolve): the content is what counts."""
     real = os.path.realpath(path)
     try:
-        fd = os.open(real, _READ)  # non-blocking: a FIFO planted there cannot hang us
+        opened = _open_regular(real)
     except OSError as exc:
         return HostFile(path, problem=host_problem(path, exc.errno or 0))
+    if isinstance(opened, str):
+        return HostFile(path, real, missing_host_file(path, opened))
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return HostFile(path, real, missing_host_file(path, "it is not a regular file"))
         if st.st_size > _MAX_FILE:
             return HostFile(path, real, missing_host_file(path, "it is larger than 4 MiB"))
         content = _read_regular(fd, _MAX_FILE)
@@ -160,7 +190,7 @@ def survey_file(
     parent, name = os.path.split(file.path)
     fd, missing = jail.walk(parent)
     content: bytes | None = None
-    entry_id = (0, 0)
+    entry_id, root_s = (0, 0), False
     try:
         readonly = bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
         if missing:
@@ -169,7 +199,8 @@ def survey_file(
             where = jail.real + (parent if parent != "/" else "")
             entry = inspect_entry(fd, where, name, mounts, placeholders=placeholders)
             if entry.kind is not EntryKind.ABSENT:
-                entry_id = _identity(os.stat(name, dir_fd=fd, follow_symlinks=False))
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                entry_id, root_s = _identity(st), st.st_uid == 0
             if entry.kind is EntryKind.REGULAR and not entry.mountpoint:
                 content = _jail_content(fd, name, entry.ino, len(host.content))
     finally:
@@ -181,23 +212,24 @@ def survey_file(
         entry=entry,
         entry_dev_ino=entry_id,
         content=content,
-        ours=(file.path, entry.ino) in copies and entry.kind is EntryKind.REGULAR,
+        # root's too: the daemon's user's own file may have got the freed inode number
+        ours=(file.path, entry.ino) in copies and entry.kind is EntryKind.REGULAR and root_s,
         readonly=readonly,
     )
 
 
 def _jail_content(dir_fd: int, name: str, ino: int, want: int) -> bytes | None:
     """The first ``want`` + 1 bytes of the regular file ``name`` (enough to compare), or None
-    when it changed since lstat."""
+    when it changed since lstat (the daemon's user may have put a FIFO there meanwhile)."""
     try:
-        fd = os.open(name, _READ, dir_fd=dir_fd)
+        opened = _open_regular(name, dir_fd)
     except OSError:
         return None
+    if isinstance(opened, str):
+        return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_ino != ino:
-            return None
-        return _read_regular(fd, want)
+        return _read_regular(fd, want) if st.st_ino == ino else None
     finally:
         os.close(fd)
 

@@ -19,7 +19,7 @@ from jailshim.jail import mounts
 from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail, exchange, rename_into_place
 from jailshim.state import Kind, Record
 
-__all__ = ["describe", "sweep_new_dev", "undo"]
+__all__ = ["KEPT", "describe", "sweep_new_dev", "undo"]
 
 
 def describe(record: Record) -> str:
@@ -45,8 +45,10 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
 
 def _ours(record: Record, st: os.stat_result | None, *, at_tmp: bool) -> bool:
     """Whether ``st`` is the inode ``record`` made. Before the inode was recorded only the
-    temporary name can hold it, and only something of the recorded shape made by root."""
-    if st is None:
+    temporary name can hold it, and only something of the recorded shape made by root.
+    Root's in any case: a freed inode number is handed out again at once (ext4, tmpfs), so in
+    a directory the daemon's user can write, its own file may have the recorded number."""
+    if st is None or st.st_uid != 0:
         return False
     if record.kind is Kind.MKNOD:
         shape = stat.S_ISCHR(st.st_mode) and st.st_rdev == record.rdev
@@ -74,12 +76,13 @@ def _remove_copy(dir_fd: int, record: Record) -> str:
     at_tmp, at_name = _lstat(dir_fd, record.tmp), _lstat(dir_fd, record.name)
 
     def written(st: os.stat_result | None, *, at_tmp: bool) -> bool:
-        if st is None or not stat.S_ISREG(st.st_mode):
+        # root's: the daemon's user's own file may have got the freed inode number (_ours)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
             return False
         if record.ino:
             return st.st_ino == record.ino
-        # before its inode was recorded only the temporary name can hold it, made by root
-        return at_tmp and st.st_uid == 0 and st.st_ino != record.replaces
+        # before its inode was recorded only the temporary name can hold it
+        return at_tmp and st.st_ino != record.replaces
 
     if (
         record.replaces
@@ -87,6 +90,7 @@ def _remove_copy(dir_fd: int, record: Record) -> str:
         and at_tmp is not None
         and stat.S_ISREG(at_tmp.st_mode)
         and at_tmp.st_ino == record.replaces
+        and at_tmp.st_uid == 0
     ):
         exchange(dir_fd, record.tmp, record.name)
         os.unlink(record.tmp, dir_fd=dir_fd)
@@ -102,11 +106,51 @@ def _remove_copy(dir_fd: int, record: Record) -> str:
     return "already gone"
 
 
+def _stands_on(dir_fd: int, name: str, ino: int) -> bool:
+    """Whether the entry ``name`` itself is the inode ``ino``, whatever is mounted on it:
+    readdir reports the inode a mount covers, stat the mount's root."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        with os.scandir(fd) as entries:
+            return any(e.name == name and e.inode() == ino for e in entries)
+    finally:
+        os.close(fd)
+
+
+def _moved_bind(record: Record, table: mounts.MountTable, st_dev: int, jail: str) -> str:
+    """Where this namespace still has the bind ``record`` made, after its directory was
+    renamed (by the daemon's user, who may own it; the mount goes along), or "".
+
+    Neither the directory nor the placeholder can be removed while the bind is on it, so a
+    bind not found at its name was moved, not lost: forgetting its record would leave a mount
+    no teardown takes back. A mount point keeps its own name; the entry under it is the
+    placeholder, on the filesystem ``st_dev`` of the record's directory (a rename does not
+    leave its filesystem; inode numbers alone repeat across filesystems). Only mounts in the
+    jail are looked at: a directory of another filesystem (a hung NFS mount) is never opened."""
+    for entry in table.entries:
+        parent, name = os.path.split(entry.mount_point)
+        if name != record.name or not parent.startswith(f"{jail}/"):
+            continue
+        try:  # reading a directory's entries only: following a symlink on the way is harmless
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_dev == st_dev and _stands_on(fd, name, record.ino):
+                return entry.mount_point
+        finally:
+            os.close(fd)
+    return ""
+
+
 def _unbind(dir_fd: int, record: Record) -> str:
-    """BIND in this namespace: detach the mount on the name if it holds what was bound.
+    """BIND in this namespace: detach the mount on the name if it holds what was bound and
+    stands on jailshim's placeholder.
 
     Found through the directory fd, not by path in mountinfo: a user who can write the jail
-    could rename the directory under us, and the mount moves with it.
+    could rename the directory under us, and the mount moves with it. That user can also move
+    in a directory holding another's mount at the same name (a mount point cannot be renamed,
+    its directory can): that mount stands on another file, and is left.
     """
     try:
         fd = os.open(record.name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
@@ -123,6 +167,8 @@ def _unbind(dir_fd: int, record: Record) -> str:
         )
         if not bound:
             return "already gone" if st.st_ino == record.ino else "left: something else is there"
+        if record.ino and not _stands_on(dir_fd, record.name, record.ino):
+            return "left: a mount jailshim did not make"
         try:
             mounts.unmount(fd)
         except OSError as exc:
@@ -205,7 +251,9 @@ def _rmdir(dir_fd: int, record: Record) -> str:
     st = _lstat(dir_fd, record.name)
     if st is None:
         return "already gone"
-    if not stat.S_ISDIR(st.st_mode) or (record.ino and st.st_ino != record.ino):
+    # before its inode was recorded: only a directory root made (not the daemon's user's own,
+    # which appeared at the name meanwhile)
+    if not stat.S_ISDIR(st.st_mode) or (st.st_ino != record.ino if record.ino else st.st_uid):
         return "left: changed since prepare"
     try:
         os.rmdir(record.name, dir_fd=dir_fd)
@@ -224,6 +272,30 @@ def _unmount_tmpfs(jail: Jail, table: mounts.MountTable) -> str:
     return "unmounted"
 
 
+# An outcome that keeps its record: the step could not be undone yet, and a later run can.
+KEPT = "kept"
+
+
+def _record_dir(jail: Jail, record: Record, dev_fd: int | None) -> tuple[int, list[str]]:
+    """An fd on the record's directory (the very dev/ the journal was read from, for dev/)
+    and what is missing on the way."""
+    if record.where == "dev" and dev_fd is not None:
+        return os.dup(dev_fd), []
+    return jail.walk(record.where)
+
+
+def _unbind_at(jail: Jail, record: Record, dev_fd: int | None) -> tuple[str, int]:
+    """_unbind, and the filesystem the record's directory (or what is left of it) is on."""
+    dir_fd, missing = _record_dir(jail, record, dev_fd)
+    try:
+        st_dev = os.fstat(dir_fd).st_dev
+        if missing:
+            return f"already gone: {record.where}/ is gone", st_dev
+        return _unbind(dir_fd, record), st_dev
+    finally:
+        os.close(dir_fd)
+
+
 def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | None = None) -> str:
     """Undo ``record`` in this mount namespace; returns what was done, or why it was left.
 
@@ -237,16 +309,16 @@ def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | Non
         return _unmount_tmpfs(jail, table)
     if record.kind is Kind.MKDIR and (record.where, record.name) == ("", "dev"):
         return _remove_dev(jail, record)
-    missing: list[str] = []
-    if record.where == "dev" and dev_fd is not None:
-        dir_fd = os.dup(dev_fd)
-    else:
-        dir_fd, missing = jail.walk(record.where)
+    if record.kind is Kind.BIND:
+        outcome, st_dev = _unbind_at(jail, record, dev_fd)
+        if outcome == "unmounted" or not record.ino:
+            return outcome
+        moved = _moved_bind(record, table, st_dev, jail.real)
+        return f"{KEPT}: the bind moved to {moved} with its directory" if moved else outcome
+    dir_fd, missing = _record_dir(jail, record, dev_fd)
     try:
         if missing:
             return f"already gone: {record.where}/ is gone"
-        if record.kind is Kind.BIND:
-            return _unbind(dir_fd, record)
         if record.kind is Kind.DISPLACED:
             return _restore(dir_fd, record)
         if record.kind is Kind.MKDIR:
