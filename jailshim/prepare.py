@@ -21,7 +21,7 @@ from jailshim.errors import ConfigError, NotPermitted, PrepareOSError
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive, pid_namespace
-from jailshim.jail.safepath import Jail
+from jailshim.jail.safepath import Jail, rename_into_place
 from jailshim.jail.undo import KEPT, describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
 from jailshim.spec import Spec
@@ -29,6 +29,7 @@ from jailshim.state import Journal, Kind, Record
 
 __all__ = [
     "Prepared",
+    "bring_back_moved_dev",
     "check_paths",
     "open_journal",
     "prepare",
@@ -213,6 +214,64 @@ def _release_stale_binds(prepared: Prepared, spec: Spec, ns: int, log: Any) -> N
         log.info("rebind", path=path, reason="the host's one was replaced", outcome=outcome)
 
 
+def bring_back_moved_dev(jail: Jail, log: Any, *, dry_run: bool = False) -> None:
+    """When the jail has no dev/, look for jailshim's dev/ under another name and rename it
+    back. The daemon's user may own the jail root and so rename dev/ (root's, but renaming
+    needs only the parent); the binds in it go along. Without this, teardown said "nothing to
+    undo" and exited 0 with the mounts still in the jail, and prepare made a second dev/ beside
+    them. Only the jail root's own entries are looked at: a root-owned directory whose record
+    file root wrote and trusts is jailshim's (nobody else can make one)."""
+    if _lstat(jail.fd, "dev") is not None:
+        return
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=jail.fd)
+    try:
+        with os.scandir(fd) as entries:
+            names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    finally:
+        os.close(fd)
+    for name in sorted(names):
+        if name == state.NEW_DEV or not _holds_our_journal(jail, name):
+            continue
+        if dry_run:
+            log.warning("dev.moved", found=name, detail="would be renamed back to dev/")
+            return
+        try:
+            rename_into_place(jail.fd, name, "dev")
+        except OSError as exc:
+            log.warning("dev.moved", found=name, outcome=f"left: {exc.strerror}")
+            return
+        log.warning(
+            "dev.moved",
+            found=name,
+            outcome="renamed back to dev/",
+            detail="someone who can write the jail renamed jailshim's dev/; make the jail "
+            "root-owned to stop it",
+        )
+        return
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _holds_our_journal(jail: Jail, name: str) -> bool:
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=jail.fd
+        )
+    except OSError:
+        return False
+    try:
+        return bool(state.load_records(fd, f"{jail.real}/{name}"))
+    except ConfigError:  # not trusted, or not a record: not ours to move
+        return False
+    finally:
+        os.close(fd)
+
+
 def check_paths(jail: Jail, records: list[Record]) -> None:
     """Walk every directory the records name before acting on any: one through a symlink
     (planted after prepare) refuses the whole run, not the middle of it."""
@@ -245,6 +304,7 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
     prepared = Prepared(jail, lock, log)
     say_lock_ignored(lock, log)
     try:
+        bring_back_moved_dev(jail, log, dry_run=spec.dry_run)
         dev_fd = jail.open_dir("dev")
         if dev_fd is not None:
             prepared.fds.append(dev_fd)

@@ -19,6 +19,7 @@ from jailshim.jail.namespaces import namespace_alive
 from jailshim.jail.safepath import Jail
 from jailshim.jail.undo import describe, sweep_new_dev
 from jailshim.prepare import (
+    bring_back_moved_dev,
     check_paths,
     open_journal,
     say_lock_ignored,
@@ -35,6 +36,7 @@ def teardown(jail: Jail, log: Any, *, dry_run: bool = False, timeout: float = 30
     ``dry_run``, how many would be, changing nothing)."""
     with JailLock(jail.fd, jail.real, timeout) as lock:
         say_lock_ignored(lock, log)
+        bring_back_moved_dev(jail, log, dry_run=dry_run)
         dev_fd = jail.open_dir("dev")
         try:
             return _teardown(jail, dev_fd, log, dry_run)

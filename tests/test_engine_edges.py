@@ -248,3 +248,37 @@ def test_a_bound_file_the_host_replaced_by_rename_is_bound_again(area: Path, jai
     assert (jail / str(host).lstrip("/")).read_text() == "nameserver 127.0.0.2\n"
     assert run("teardown", "--chroot", str(jail)).code == 0
     assert not mounts_below(jail)
+
+
+def test_a_dev_the_daemons_user_renamed_is_found_and_taken_back(area: Path) -> None:
+    """The daemon's user owns the jail root, so it can rename jailshim's dev/ (the binds go
+    along). teardown said "nothing to undo" and exited 0 with the mounts left; now it renames
+    jailshim's dev/ back and undoes it. A directory the user made, even holding a copy of the
+    record file, is not taken for jailshim's."""
+    jail = area / "jail"
+    jail.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "nodev,mode=0755", "tmpfs", str(jail)], check=True
+    )
+    try:
+        os.chown(jail, 65534, 65534)
+        assert run("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify").code == 0
+        decoy = jail / "a-decoy"  # the user's own, with a copy of the record: never trusted
+        decoy.mkdir()
+        state = (jail / "dev" / ".jailshim-state.json").read_bytes()
+        (decoy / ".jailshim-state.json").write_bytes(state)
+        os.chown(decoy, 65534, 65534)
+        (jail / "dev").rename(jail / "moved")
+        assert len(mounts_below(jail / "moved")) == 3
+        again = run("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
+        assert again.code == 0, again.stderr
+        assert [e["found"] for e in again.named("dev.moved")] == ["moved"]
+        assert again.named("prepared")[0]["created"] == []  # the same dev/, not a second one
+        (jail / "dev").rename(jail / "moved")
+        result = run("teardown", "--chroot", str(jail))
+        assert result.code == 0, result.stderr
+        assert [e["outcome"] for e in result.named("dev.moved")] == ["renamed back to dev/"]
+        assert mounts_below(jail) == [str(jail)]
+        assert sorted(p.name for p in jail.iterdir()) == ["a-decoy"]
+    finally:
+        subprocess.run(["umount", "-R", str(jail)], check=False)
