@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO, cast
 
-from jailshim import __version__
+from jailshim import __version__, stopsignals
 from jailshim.errors import (
     ConfigError,
     JailshimError,
@@ -723,20 +723,6 @@ def _explain(file: str | None) -> int:
         ) from None
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGINT arrived while jailshim worked (before any hand-over)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    # Unwinding lets apply's undo stack run: a container stopped during prepare leaves no
-    # half-made jail. exec() resets these handlers for the daemon.
-    raise Interrupted(signum)
-
-
 class _Stream:
     """A standard stream whose reader may go away: `jailshim … | head` is not a failure.
 
@@ -804,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jailshim import log
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, stopsignals.interrupt)
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # as git does: the usage, on stderr
         sys.stderr.write(_build_parser().format_help())
@@ -834,7 +820,7 @@ def _main(argv: Sequence[str], log: Any) -> int:
     except JailshimError as exc:
         return _report(exc, log)
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        signum = exc.signum if isinstance(exc, stopsignals.Interrupted) else signal.SIGINT
         log.get_logger().warning(
             "interrupted", signal=signal.Signals(signum).name, detail="stopped before hand-over"
         )

@@ -26,6 +26,7 @@ from jailshim.jail.undo import KEPT, describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
 from jailshim.spec import Spec
 from jailshim.state import Journal, Kind, Record
+from jailshim.stopsignals import STOP_SIGNALS, signals_deferred
 
 __all__ = [
     "Prepared",
@@ -38,19 +39,7 @@ __all__ = [
     "undo_records",
 ]
 
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 _MAX_FOREIGN_NAMESPACES = 8
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold stop signals while the journal and the jail are changed together; one that arrives
-    meanwhile is delivered (and unwinds) right after."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def open_journal(jail: Jail, dev_fd: int | None, table: mounts.MountTable, ns: int) -> Journal:
@@ -126,7 +115,7 @@ class Prepared:
 
     def rollback(self) -> None:
         """Take back every record this run added (a failed step, a stop signal)."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # finish undoing, then exit
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # finish undoing, then exit
         mine = list(range(self.first_new, len(self.journal.records)))
         undo_records(self.jail, self.journal, mine, self.log, "rollback")
 
@@ -400,7 +389,7 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
         )
         try:
             yield prepared
-        except KeyboardInterrupt:  # a stop signal during verification (cli.Interrupted)
+        except KeyboardInterrupt:  # a stop signal during verification (stopsignals.Interrupted)
             prepared.rollback()
             raise
     finally:

@@ -173,3 +173,36 @@ def test_console_logs_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
     text = stream.getvalue()
     assert "hidden" not in text and "shown" in text and "device=null" in text
     assert "\x1b[" not in text
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # on purpose
+def test_a_stop_signal_lost_in_a_finalizer_still_ends_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stop signal's handler runs at any bytecode, also inside a finalizer, where Python
+    prints "Exception ignored" and goes on (pyroute2's asyncio loop has many): `run` then
+    waited out its whole --timeout after a SIGTERM. The wait asks again before each attempt
+    and each sleep."""
+    import signal
+
+    from jailshim import stopsignals
+    from jailshim.verify.findings import Finding
+    from jailshim.verify.retry import verify_with_retries
+
+    monkeypatch.setattr(stopsignals, "_received", [])
+
+    class HandlerRunsHere:
+        def __del__(self) -> None:
+            stopsignals.interrupt(signal.SIGTERM, None)
+
+    attempts: list[int] = []
+
+    def probe() -> list[Finding]:
+        attempts.append(1)
+        HandlerRunsHere()  # finalized at once: the handler's exception is swallowed
+        return [Finding("address 192.0.2.77", False, "absent", transient=True)]
+
+    with pytest.raises(stopsignals.Interrupted) as raised:
+        verify_with_retries(probe, timeout=10, log=log.get_logger())
+    assert raised.value.signum == signal.SIGTERM
+    assert attempts == [1]

@@ -239,7 +239,16 @@ def judge_address(facts: AddressFacts, bind_errno: int) -> Finding:
 
 
 def _diagnose(targets: list[WaitTarget], ensure_loopback: bool, log: Any) -> list[AddressFacts]:
-    """Ask netlink about each address that the fast path could not bind."""
+    """Ask netlink about each address that the fast path could not bind, with the stop
+    signals held: pyroute2's bare `except:` swallowed their exception (a SIGTERM during the
+    address wait was lost, and `run` waited out its --timeout)."""
+    from jailshim.stopsignals import signals_deferred
+
+    with signals_deferred():
+        return _ask_netlink(targets, ensure_loopback, log)
+
+
+def _ask_netlink(targets: list[WaitTarget], ensure_loopback: bool, log: Any) -> list[AddressFacts]:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from jailshim.stopsignals import raise_if_received
 from jailshim.verify.findings import Finding
 
 __all__ = ["Outcome", "verify_with_retries"]
@@ -53,6 +54,11 @@ class Outcome(NamedTuple):
         return f"Check {first.check} {when}: {first.detail.rstrip('.')}; {first.remedy}.{more}"
 
 
+def _sleep(seconds: float) -> None:
+    raise_if_received()
+    time.sleep(seconds)
+
+
 def verify_with_retries(probe: Callable[[], list[Finding]], timeout: float, log: Any) -> Outcome:
     """Attempt until every check passes, one fails for good, or ``timeout`` seconds are spent."""
     start = time.monotonic()
@@ -60,6 +66,7 @@ def verify_with_retries(probe: Callable[[], list[Finding]], timeout: float, log:
 
     def one_attempt() -> list[Finding]:
         nonlocal attempt
+        raise_if_received()
         attempt += 1
         findings = probe()
         failing = _failing(findings)
@@ -86,6 +93,7 @@ def verify_with_retries(probe: Callable[[], list[Finding]], timeout: float, log:
 
         time.sleep(min(0.1, remaining()))
         retrying = tenacity.Retrying(
+            sleep=_sleep,
             stop=lambda state: remaining() <= 0,
             wait=capped,
             retry=tenacity.retry_if_result(_waitable),
