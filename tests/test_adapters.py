@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jailshim import daemons
-from tests.support import assert_ran, clean_env, jailshim_argv, run
+from tests.support import assert_ran, clean_env, jailshim_argv, need, run
 
 
 def _imported(argv: list[str]) -> set[str]:
@@ -75,3 +78,36 @@ def test_daemon_flag_and_another_daemons_config_option_conflict(area: Path) -> N
     result = run("run", "--daemon", "unbound", "--haproxy-config", str(cfg), "--", "true")
     assert result.code == 64
     assert "--haproxy-config" in result.error and "--daemon" in result.error
+
+
+def test_getopt_reads_as_c_daemons_do() -> None:
+    """POSIX getopt without reordering: combined flags, -xVALUE and -x VALUE, `--` and the
+    first word that is not an option end the options."""
+    from jailshim.daemons.getopt import GetoptError, getopt
+
+    parsed = getopt(["d", "-dc", "/a.conf", "-c/b.conf", "--", "-x"], "c:d")
+    assert parsed.options == (("d", ""), ("c", "/a.conf"), ("c", "/b.conf"))
+    assert parsed.rest == 5
+    assert getopt(["d", "-d", "start", "-c", "x"], "c:d").rest == 2
+    with pytest.raises(GetoptError) as missing:
+        getopt(["d", "-c"], "c:d")
+    assert missing.value.missing and missing.value.letter == "c"
+    with pytest.raises(GetoptError) as unknown:
+        getopt(["d", "-dZ"], "c:d")
+    assert not unknown.value.missing and unknown.value.letter == "Z"
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["/usr/sbin/nsd", "-Z"], "nsd's option -Z is not one it takes"),
+        (["/usr/sbin/unbound", "-d", "-c"], "unbound's option -c needs a value"),
+    ],
+)
+def test_a_command_line_the_daemon_would_refuse_is_one_sentence(
+    argv: list[str], words: str
+) -> None:
+    need(os.path.exists(argv[0]), f"needs {argv[0]}")
+    result = run("run", "--", *argv)
+    assert result.code == 64, result.stderr
+    assert words in result.error

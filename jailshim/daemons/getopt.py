@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["GetoptError", "Parsed", "getopt"]
+from jailshim.errors import UsageError
+
+__all__ = ["GetoptError", "Parsed", "getopt", "options_of"]
 
 
 class GetoptError(Exception):
@@ -57,3 +59,20 @@ def getopt(argv: Sequence[str], optstring: str) -> Parsed:
             options.append((letter, ""))
         i += 1
     return Parsed(tuple(options), i)
+
+
+def options_of(daemon: str, argv: Sequence[str], optstring: str) -> dict[str, list[str]]:
+    """Each option letter's values (a flag's: ""), or the sentence for a command line the
+    daemon itself would refuse (it would print its usage and exit)."""
+    try:
+        parsed = getopt(argv, optstring)
+    except GetoptError as exc:
+        what = "needs a value and COMMAND ends there" if exc.missing else "is not one it takes"
+        raise UsageError(
+            f"{daemon}'s option -{exc.letter} {what}, so {daemon} would refuse to start; "
+            f"fix COMMAND (`{daemon} -h` lists its options)."
+        ) from None
+    found: dict[str, list[str]] = {}
+    for letter, value in parsed.options:
+        found.setdefault(letter, []).append(value)
+    return found

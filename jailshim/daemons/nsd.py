@@ -13,35 +13,14 @@ import os
 from collections.abc import Mapping, Sequence
 
 from jailshim.daemons import Adapter, DaemonConfig, checkconf
+from jailshim.daemons.getopt import options_of
 from jailshim.errors import ConfigError
 
-__all__ = ["ADAPTER", "DEFAULT_CONFIG", "options"]
+__all__ = ["ADAPTER", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = "/etc/nsd/nsd.conf"  # nsd -h: "instead of /etc/nsd/nsd.conf"
-_WITH_ARG = set("acfiIlNnPpsutXV")  # nsd 4.6 getopt: "4a:c:df:hi:I:l:N:n:P:p:s:u:t:X:V:v"
+_GETOPT = "46a:c:df:hi:I:l:N:n:P:p:s:u:t:X:V:v"  # nsd.c (4.6), as nsd -h lists them
 _ASKED = ("chroot", "username", "logfile", "ip-address")
-
-
-def options(argv: Sequence[str], with_arg: set[str]) -> dict[str, list[str]]:
-    """Each option letter's values in getopt order (-cFILE, -dc FILE); flags get ''."""
-    found: dict[str, list[str]] = {}
-    i = 1
-    while i < len(argv):
-        word = argv[i]
-        if word == "--" or not word.startswith("-") or word == "-":
-            break
-        for j in range(1, len(word)):
-            letter = word[j]
-            if letter in with_arg:
-                value = word[j + 1 :]
-                if not value:
-                    i += 1
-                    value = argv[i] if i < len(argv) else ""
-                found.setdefault(letter, []).append(value)
-                break
-            found.setdefault(letter, []).append("")
-        i += 1
-    return found
 
 
 def _checkconf(argv: Sequence[str]) -> str:
@@ -67,7 +46,7 @@ class _Nsd(Adapter):
     name = "nsd"
 
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
-        tool, opts = _checkconf(argv), options(argv, _WITH_ARG)
+        tool, opts = _checkconf(argv), options_of("nsd", argv, _GETOPT)
         file = opts.get("c", [DEFAULT_CONFIG])[-1]
         values, failed = checkconf.ask(tool, _ASKED, [file], "nsd")
         if failed is not None:
@@ -99,7 +78,7 @@ class _Nsd(Adapter):
 
     def check_config(self, argv: Sequence[str]) -> None:
         tool = _checkconf(argv)
-        file = options(argv, _WITH_ARG).get("c", [DEFAULT_CONFIG])[-1]
+        file = options_of("nsd", argv, _GETOPT).get("c", [DEFAULT_CONFIG])[-1]
         code, output = checkconf.run([tool, file], "nsd")
         if code != 0:
             raise _rejected(tool, file, code, output)

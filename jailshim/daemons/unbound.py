@@ -13,33 +13,19 @@ import os
 from collections.abc import Mapping, Sequence
 
 from jailshim.daemons import Adapter, DaemonConfig, checkconf
+from jailshim.daemons.getopt import options_of
 from jailshim.errors import ConfigError
 
 __all__ = ["ADAPTER", "config_file"]
 
-_WITH_ARG = {"c", "w"}  # unbound's getopt string: "c:dhpvw:V"
+_GETOPT = "c:dhpvw:V"  # unbound.c's getopt string
 _ASKED = ("chroot", "username", "directory", "use-syslog", "interface")
 
 
 def config_file(argv: Sequence[str]) -> str | None:
     """The FILE of unbound's last `-c FILE` (getopt: -cFILE, -dc FILE), or None (its default)."""
-    found: str | None = None
-    i = 1
-    while i < len(argv):
-        word = argv[i]
-        if word == "--" or not word.startswith("-") or word == "-":
-            break
-        for j in range(1, len(word)):
-            if word[j] in _WITH_ARG:
-                value = word[j + 1 :]
-                if not value:
-                    i += 1
-                    value = argv[i] if i < len(argv) else ""
-                if word[j] == "c":
-                    found = value
-                break
-        i += 1
-    return found
+    files = options_of("unbound", argv, _GETOPT).get("c")
+    return files[-1] if files else None
 
 
 def _checkconf(argv: Sequence[str]) -> str:
