@@ -167,7 +167,7 @@ _OPTIONS = (
     _Opt(
         "--daemon",
         "read COMMAND's config with this daemon's adapter (default: COMMAND's name): "
-        "haproxy named nsd stunnel unbound",
+        "haproxy named nsd postfix stunnel unbound",
         (RUN,),
         "NAME",
     ),
@@ -208,7 +208,7 @@ _OPTIONS = (
     _Opt(
         "--no-config-check",
         "skip the daemon's own config check (haproxy -c, unbound-checkconf, nsd-checkconf, "
-        "named-checkconf)",
+        "named-checkconf, postfix check)",
         (RUN,),
         switch=True,
     ),

@@ -111,3 +111,11 @@ def test_a_command_line_the_daemon_would_refuse_is_one_sentence(
     result = run("run", "--", *argv)
     assert result.code == 64, result.stderr
     assert words in result.error
+
+
+def test_the_daemon_option_lists_every_adapter() -> None:
+    """--daemon's help names each daemon of the registry (postfix was missing from it)."""
+    from jailshim.cli import _OPTIONS
+
+    (daemon,) = [o for o in _OPTIONS if o.flag == "--daemon"]
+    assert daemon.help.rsplit(": ", 1)[1].split() == sorted(daemons.ADAPTERS)
