@@ -1,0 +1,55 @@
+"""Attacks on crypto-library discovery (issue 17) and the --init stop sequence (issue 18)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from jailshim.verify import libfind
+from jailshim.verify.cryptolib import CryptoLib
+
+_IN_OPEN = 0x20
+
+
+def _opens_of(path: Path, action: object) -> int:
+    """How many times ``path`` was opened (inotify IN_OPEN) while ``action`` ran."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0
+    try:
+        assert libc.inotify_add_watch(fd, str(path).encode(), _IN_OPEN) >= 0
+        action()  # type: ignore[operator]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return 0
+        count, at = 0, 0
+        while at < len(data):
+            _, mask, _, size = struct.unpack_from("iIII", data, at)
+            count += bool(mask & _IN_OPEN)
+            at += 16 + size
+        return count
+    finally:
+        os.close(fd)
+
+
+def test_a_daemons_library_swapped_for_a_device_is_never_opened(tmp_path: Path) -> None:
+    """A path from a daemon's maps (a file its user controls) replaced by a link to a device
+    or FIFO: root must not open it (opening /dev/watchdog arms the machine's reboot, a tape
+    rewinds). Only its inode is looked at, through O_PATH, before anything is opened."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    swapped = tmp_path / "libcrypto.so.1.1"
+    swapped.symlink_to(fifo)
+    lib = CryptoLib("OpenSSL", swapped.name, str(swapped), untrusted=True)
+
+    def attempt() -> None:
+        assert libfind.read_bounded(str(swapped)) == b""
+        with pytest.raises(OSError, match="regular file"):
+            libfind.load(lib)
+
+    assert _opens_of(fifo, attempt) == 0
