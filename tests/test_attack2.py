@@ -53,3 +53,39 @@ def test_a_daemons_library_swapped_for_a_device_is_never_opened(tmp_path: Path) 
             libfind.load(lib)
 
     assert _opens_of(fifo, attempt) == 0
+
+
+def test_a_daemons_library_swapped_after_discovery_is_not_loaded(tmp_path: Path) -> None:
+    """doctor --pid finds libcrypto at a path the daemon's user can rename; between finding
+    it and loading it (as root), the user puts a link to another root-owned library there.
+    What root loads must be the very file the daemon has mapped, or nothing."""
+    import shutil
+    import subprocess
+    import sys
+
+    lib_dir = tmp_path / "lib"
+    lib_dir.mkdir()
+    mapped = lib_dir / "libcrypto.so.3"
+    shutil.copy("/usr/lib/x86_64-linux-gnu/libcrypto.so.3", mapped)
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import ctypes, sys; ctypes.CDLL({str(mapped)!r}); "
+            "print(flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert daemon.stdout is not None
+        daemon.stdout.readline()
+        (lib,) = libfind.for_pid(daemon.pid)
+        assert lib.path == str(mapped)
+        mapped.unlink()  # the swap: another root-owned library under the name doctor found
+        mapped.symlink_to("/usr/lib/x86_64-linux-gnu/libz.so.1")
+        with pytest.raises(OSError, match="not the file"):
+            libfind.load(lib)
+    finally:
+        daemon.kill()
+        daemon.wait()

@@ -56,6 +56,9 @@ class CryptoLib(NamedTuple):
     # Named by a running daemon (its maps), not by the operator: loaded only if its user could
     # not have written it (libfind.load), since loading runs the library's code as root.
     untrusted: bool = False
+    # The inode the daemon has mapped (from its maps): what is loaded must be that very file,
+    # not whatever its user has put under the name since.
+    inode: int = 0
 
     @property
     def label(self) -> str:
@@ -165,7 +168,7 @@ def from_maps(text: str) -> list[tuple[CryptoLib, MappedLib]]:
         except ValueError:
             continue
         found[path] = (
-            CryptoLib(family, name, path, untrusted=True),
+            CryptoLib(family, name, path, untrusted=True, inode=inode),
             MappedLib(path, inode, fields[0]),
         )
     return list(found.values())

@@ -145,6 +145,11 @@ def load(lib: CryptoLib) -> ctypes.CDLL:
     fd = open_regular(lib.path)
     try:
         st = os.fstat(fd)
+        if lib.inode and st.st_ino != lib.inode:
+            raise OSError(
+                f"it is not the file the daemon has mapped (inode {st.st_ino}, not "
+                f"{lib.inode}): it was replaced since it was found; run doctor again"
+            )
         if st.st_uid != 0 or st.st_mode & 0o022:
             raise OSError(
                 f"it is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
