@@ -89,3 +89,29 @@ def test_a_daemons_library_swapped_after_discovery_is_not_loaded(tmp_path: Path)
     finally:
         daemon.kill()
         daemon.wait()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        # never caught, so never forwarded: the sentence says why, not only that
+        ("KILL:TERM", r"KILL is not a signal the supervisor forwards \(it cannot be caught\)"),
+        ("STOP:TERM", r"STOP is not a signal the supervisor forwards \(it cannot be caught\)"),
+        # TERM starts the stop sequence, which sends CONT right after it: a STOP in its place
+        # was undone at once, and the daemon was killed after the grace without a word
+        ("TERM:STOP", r"TERM:STOP.*would be undone at once"),
+        ("INT:TSTP", r"INT:TSTP.*would be undone at once"),
+    ],
+)
+def test_rewrites_that_cannot_work_are_refused(raw: str, message: str) -> None:
+    from jailshim.cli import parse_args
+    from jailshim.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        parse_args(["run", "--init", "--rewrite-signal", raw, "--", "true"], {})
+
+
+def test_a_rewrite_to_stop_outside_the_stop_sequence_is_kept() -> None:
+    from jailshim.init_options import rewrites
+
+    assert rewrites(["USR1:STOP"], "--rewrite-signal") == ((10, 19),)
