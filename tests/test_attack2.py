@@ -115,3 +115,52 @@ def test_a_rewrite_to_stop_outside_the_stop_sequence_is_kept() -> None:
     from jailshim.init_options import rewrites
 
     assert rewrites(["USR1:STOP"], "--rewrite-signal") == ((10, 19),)
+
+
+def test_a_daemon_mapping_one_hostile_file_under_many_names_costs_doctor_little(
+    tmp_path: Path,
+) -> None:
+    """The daemon's user maps one file full of "OpenSSL " under 60 crypto-library names
+    (hard links, its own file): doctor read and scanned it once per name, 32 MB and a second
+    each, as root. One inode is one library, and a process has a few crypto libraries."""
+    import subprocess
+    import sys
+    import time
+
+    hostile = tmp_path / "hostile"
+    hostile.write_bytes(b"OpenSSL " * (1 << 20))
+    names = []
+    for n in range(60):
+        name = tmp_path / f"libcrypto-{n:08x}.so.1.1"
+        os.link(hostile, name)
+        names.append(str(name))
+    code = (
+        "import mmap, sys\n"
+        f"files = [open(p, 'rb') for p in {names!r}]\n"
+        "maps = [mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ) for f in files]\n"
+        "print(flush=True); sys.stdin.read()\n"
+    )
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert daemon.stdout is not None
+        daemon.stdout.readline()
+        began = time.monotonic()
+        libs = libfind.for_pid(daemon.pid)
+        took = time.monotonic() - began
+        assert len(libs) == 1, [lib.name for lib in libs]
+        assert took < 1.0, took
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def test_many_distinct_crypto_libraries_in_one_process_are_capped() -> None:
+    from jailshim.verify.cryptolib import from_maps
+
+    maps = "".join(
+        f"7f{n:04x}000-7f{n:04x}100 r--p 00000000 fd:01 {1000 + n} /x/libcrypto-{n:08x}.so.1\n"
+        for n in range(100)
+    )
+    assert 1 <= len(from_maps(maps)) <= 16
