@@ -164,3 +164,35 @@ def test_many_distinct_crypto_libraries_in_one_process_are_capped() -> None:
         for n in range(100)
     )
     assert 1 <= len(from_maps(maps)) <= 16
+
+
+def test_a_comm_with_parentheses_and_fields_does_not_fool_the_tree_walk() -> None:
+    """A descendant names itself ") R 1 1 1\\n)x" (its /proc/PID/stat then reads as if its
+    parent were PID 1) and its child "z) Z 1 (" (as if a zombie): both are still found, as
+    descendants, and signalled; nothing else is."""
+    import subprocess
+    import sys
+
+    from jailshim import supervisor
+
+    code = (
+        "import os, sys\n"
+        "open('/proc/self/comm', 'w').write(') R 1 1 1\\n)x')\n"
+        "if os.fork() == 0:\n"
+        "    open('/proc/self/comm', 'w').write('z) Z 1 (')\n"
+        "    sys.stdin.read(); os._exit(0)\n"
+        "print(flush=True); sys.stdin.read(); os.wait()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        child.stdout.readline()
+        reached = supervisor.signal_descendants(0)
+        assert len(reached) == 2, reached
+        assert reached[-1].endswith(f"[{child.pid}]") and reached[0].startswith("z) Z 1 (")
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
