@@ -180,8 +180,8 @@ def test_a_comm_with_parentheses_and_fields_does_not_fool_the_tree_walk() -> Non
         "open('/proc/self/comm', 'w').write(') R 1 1 1\\n)x')\n"
         "if os.fork() == 0:\n"
         "    open('/proc/self/comm', 'w').write('z) Z 1 (')\n"
-        "    sys.stdin.read(); os._exit(0)\n"
-        "print(flush=True); sys.stdin.read(); os.wait()\n"
+        "    print(flush=True); sys.stdin.read(); os._exit(0)\n"
+        "sys.stdin.read(); os.wait()\n"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -196,3 +196,14 @@ def test_a_comm_with_parentheses_and_fields_does_not_fool_the_tree_walk() -> Non
         assert child.stdin is not None
         child.stdin.close()
         child.wait(10)
+
+
+@pytest.mark.parametrize("head", [b"\x7fELF", b"\x7fELF\x02", b"\x7fELF\x02\x01" + b"\xff" * 58])
+def test_a_truncated_or_garbled_elf_command_is_no_crash(tmp_path: Path, head: bytes) -> None:
+    """COMMAND's first bytes are parsed for its loader: a truncated file raised IndexError in
+    the probe child, reported as 'could not enter the jail: index out of range; check
+    --chroot'."""
+    binary = tmp_path / "daemon"
+    binary.write_bytes(head)
+    libs, note = libfind.for_command(str(binary))
+    assert libs == [] and note

@@ -64,7 +64,7 @@ def read_bounded(path: str, limit: int = _LIMIT) -> bytes:
 
 def _interpreter(head: bytes) -> str:
     """The PT_INTERP of a 64-bit little-endian ELF (the loader the kernel would run), or ""."""
-    if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1 or len(head) < 64:
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
         return ""
     (phoff,) = struct.unpack_from("<Q", head, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
