@@ -207,3 +207,20 @@ def test_a_truncated_or_garbled_elf_command_is_no_crash(tmp_path: Path, head: by
     binary.write_bytes(head)
     libs, note = libfind.for_command(str(binary))
     assert libs == [] and note
+
+
+def test_two_libraries_of_one_daemon_are_two_libraries() -> None:
+    """doctor --pid on a daemon with libcrypto and GnuTLS: both are loaded through
+    /proc/self/fd/N, and the fd closed after the first made the second the same name, which
+    the dynamic loader answers with the library it already has: GnuTLS was 'libcrypto'."""
+    first = libfind.load(
+        CryptoLib(
+            "OpenSSL", "libcrypto.so.3", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", untrusted=True
+        )
+    )
+    second = libfind.load(
+        CryptoLib(
+            "GnuTLS", "libgnutls.so.30", "/usr/lib/x86_64-linux-gnu/libgnutls.so.30", untrusted=True
+        )
+    )
+    assert hasattr(first, "OpenSSL_version") and hasattr(second, "gnutls_check_version")

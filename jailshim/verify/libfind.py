@@ -156,9 +156,13 @@ def load(lib: CryptoLib) -> ctypes.CDLL:
                 "jailshim loads (runs as root) only a library owned by root and writable by no "
                 "one else; give a trusted copy with --crypto-lib"
             )
-        return ctypes.CDLL(f"/proc/self/fd/{fd}")
-    finally:
+        loaded = ctypes.CDLL(f"/proc/self/fd/{fd}")
+    except BaseException:
         os.close(fd)
+        raise
+    # The fd stays open (the probe child is short-lived): closed, its number would be the next
+    # library's name too, and the dynamic loader answers a name it has loaded with that library.
+    return loaded
 
 
 def static_in(binary: str) -> list[CryptoLib]:
