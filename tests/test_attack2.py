@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import struct
@@ -224,3 +225,59 @@ def test_two_libraries_of_one_daemon_are_two_libraries() -> None:
         )
     )
     assert hasattr(first, "OpenSSL_version") and hasattr(second, "gnutls_check_version")
+
+
+_SUBREAPER = """\
+import ctypes, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, as handover does
+sys.path[0] = {root!r}
+from jailshim.supervisor import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+_TREE = """\
+import os, signal, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with open(sys.argv[1], "w") as f:
+            f.write(os.readlink("/proc/self"))  # its PID as /proc (and the test) number it
+        time.sleep(30)
+    os._exit(0)
+while not os.path.getsize(sys.argv[1]):
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("shell", ['exec "$@"', '"$@"'], ids=["pid1", "subreaper"])
+def test_stop_sequence_with_a_proc_of_another_pid_namespace(tmp_path: Path, shell: str) -> None:
+    """`unshare --pid --fork` without --mount-proc: /proc numbers processes as the parent
+    namespace does, getpid() as the new one. The supervisor walked /proc/GETPID (another
+    process) and pinned /proc's numbers with pidfd_open (its own numbering): it found no
+    descendant, never sent TERM or KILL, and waited for the grandchild to end by itself."""
+    import subprocess
+    import sys
+    import time
+
+    root = str(Path(__file__).resolve().parent.parent)
+    out = tmp_path / "grandchild"
+    out.write_text("")
+    argv = ["unshare", "--pid", "--fork", "sh", "-c", f"sleep 0.01; {shell}", "sh"]
+    argv += [sys.executable, "-S", "-E", "-c", _SUBREAPER.format(root=root), "--grace", "0.3"]
+    argv += ["--", sys.executable, "-c", _TREE, str(out)]
+    began = time.monotonic()
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=10)
+        took = time.monotonic() - began
+        assert proc.returncode == 0, stderr
+        assert took < 5, stderr
+        assert '"killed_count": 1' in stderr, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if out.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(out.read_text()), 9)
