@@ -10,7 +10,7 @@ import signal
 from typing import NamedTuple
 
 from jailshim.errors import UsageError, said
-from jailshim.supervisor import FORWARDED
+from jailshim.supervisor import FORWARDED, JOB_STOPS, STOPPING
 
 __all__ = ["DEFAULT_GRACE", "MAX_GRACE", "StopOptions", "exit_map", "grace", "rewrites"]
 
@@ -46,6 +46,10 @@ def grace(raw: str, source: str) -> float:
     return value
 
 
+_UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP)
+_PAUSES = (signal.SIGSTOP, *JOB_STOPS)
+
+
 def _forwarded_names() -> str:
     return ", ".join(signal.Signals(s).name.removeprefix("SIG") for s in FORWARDED)
 
@@ -77,14 +81,23 @@ def rewrites(raws: list[str], source: str) -> tuple[tuple[int, int], ...]:
         old_word, new_word = _pair(raw, source, what)
         old, new = _signal_number(old_word), _signal_number(new_word)
         if old is None or old not in FORWARDED:
+            uncatchable = " (it cannot be caught)" if old in _UNCATCHABLE else ""
             raise UsageError(
                 f"{said(source, raw)}: {old_word.strip()} is not a signal the supervisor "
-                f"forwards; FROM must be one of {_forwarded_names()}."
+                f"forwards{uncatchable}; FROM must be one of {_forwarded_names()}."
             )
         if new is None:
             raise UsageError(
                 f"{said(source, raw)}: {new_word.strip()} is not a signal; give a name such "
                 "as QUIT or USR1, a number, or 0 to drop FROM."
+            )
+        if old in STOPPING and new in _PAUSES:
+            # the supervisor sends SIGCONT right after a stop signal, so that a stopped daemon
+            # can act on it: the pause would be undone, and the daemon killed after the grace
+            raise UsageError(
+                f"{said(source, raw)}: {old_word.strip()} starts the stop sequence, which "
+                f"continues the daemon right after it, so {new_word.strip()} would be undone "
+                "at once; give a signal that ends the daemon, or 0 to drop FROM."
             )
         if old in pairs:
             raise UsageError(f"{said(source, raw)}: {old_word.strip()} is rewritten twice.")

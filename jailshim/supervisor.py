@@ -111,26 +111,43 @@ def _children(pid: int) -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit() and _stat(int(e))[1] == pid]
 
 
-_CHILDREN_LISTS = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+def _proc_pid() -> int:
+    """Our PID as /proc numbers it: not getpid() when /proc belongs to another PID namespace
+    (`unshare --pid --fork` without --mount-proc). Every PID the tree walk reads is in that
+    numbering, so the walk starts from it and signals through /proc, never by number."""
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return os.getpid()
+
+
+_CHILDREN_LISTS = os.path.exists(f"/proc/self/task/{_proc_pid()}/children")
 
 
 def _pidfd(pid: int) -> int | None:
-    """A pidfd for PID (raises ProcessLookupError when it is gone); None where the kernel has
-    none (before 5.3, gVisor): then the PID itself, checked just before."""
+    """/proc/PID opened, which pidfd_send_signal takes as a pidfd (Linux 5.1): it signals that
+    very process or fails, even if the PID is reused meanwhile, and it is /proc's numbering.
+    ProcessLookupError when it is gone; None where there is no /proc/PID to open."""
     try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        raise
+        return os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
     except OSError:
         return None
 
 
 def _send(pid: int, fd: int | None, sig: int) -> bool:
     try:
-        if fd is None:
-            os.kill(pid, sig)
-        else:
-            signal.pidfd_send_signal(fd, sig)
+        if fd is not None:
+            try:
+                signal.pidfd_send_signal(fd, sig)
+                return True
+            except (ProcessLookupError, PermissionError):  # gone, or not ours to signal
+                return False
+            except OSError:  # no pidfd_send_signal (before 5.1, gVisor): by number, below
+                if _proc_pid() != os.getpid():
+                    return False  # /proc's numbers are not ours to kill() with
+        os.kill(pid, sig)
     except OSError:  # gone, or (a supervisor without root) no longer ours to signal
         return False
     return True
@@ -150,9 +167,9 @@ def signal_descendants(sig: int) -> list[str]:
     Iterative, with only the current path's pidfds open: no recursion limit, no fd limit.
     """
     reached: list[str] = []
-    me = os.getpid()
+    me = _proc_pid()
     # (pid, its pidfd, a zombie?, its children not yet visited), from us down to the current
-    path: list[tuple[int, int | None, bool, list[int]]] = [(me, None, False, _children(me))]
+    path: list[tuple[int, int | None, bool, list[int]]] = [(me, _pidfd(me), False, _children(me))]
     try:
         while path:
             parent, parent_fd, _, todo = path[-1]
@@ -172,6 +189,8 @@ def signal_descendants(sig: int) -> list[str]:
             # every child below it has been signalled: now the process itself
             _, fd, zombie, _ = path.pop()
             if not path:
+                if fd is not None:
+                    os.close(fd)
                 break  # that was us
             try:
                 if zombie:

@@ -6,6 +6,7 @@ module only gathers the facts (a subprocess, /proc reads, bounded file reads).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat
 import struct
@@ -20,24 +21,36 @@ from jailshim.verify.cryptolib import (
     version_in,
 )
 
-__all__ = ["for_command", "for_paths", "for_pid", "load", "read_bounded"]
+__all__ = ["for_command", "for_paths", "for_pid", "load", "open_regular", "read_bounded"]
 
 _LIMIT = 32 << 20
 _DEFAULT_LOADER = "/lib64/ld-linux-x86-64.so.2"
 _PT_INTERP = 3
 
 
-def read_bounded(path: str, limit: int = _LIMIT) -> bytes:
-    """A file's bytes, read only if the path is a regular file, never blocking and never more
-    than ``limit``: the path may come from a hostile process, which could have replaced the
-    file with a FIFO (would hang) or a link to /dev/zero (endless)."""
+def open_regular(path: str) -> int:
+    """A read-only fd on ``path`` if it is a regular file; OSError otherwise, without ever
+    opening anything else. The path may come from a hostile process, which could have swapped
+    it for a link to a device (opening /dev/watchdog arms a reboot, a tape rewinds) or a FIFO
+    (would hang): the file is looked at through O_PATH first, which opens nothing, and that
+    very inode is then opened through /proc/self/fd."""
+    handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        return os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    finally:
+        os.close(handle)
+
+
+def read_bounded(path: str, limit: int = _LIMIT) -> bytes:
+    """A file's bytes, read only if the path is a regular file (open_regular), never more
+    than ``limit`` (a huge file)."""
+    try:
+        fd = open_regular(path)
     except OSError:
         return b""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
         chunks, left = [], limit
         while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
             chunks.append(chunk)
@@ -51,7 +64,7 @@ def read_bounded(path: str, limit: int = _LIMIT) -> bytes:
 
 def _interpreter(head: bytes) -> str:
     """The PT_INTERP of a 64-bit little-endian ELF (the loader the kernel would run), or ""."""
-    if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1 or len(head) < 64:
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
         return ""
     (phoff,) = struct.unpack_from("<Q", head, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
@@ -129,18 +142,27 @@ def load(lib: CryptoLib) -> ctypes.CDLL:
     could otherwise make doctor run its code as root. OSError with the reason when refused."""
     if not lib.untrusted:
         return ctypes.CDLL(lib.path)
-    fd = os.open(lib.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    fd = open_regular(lib.path)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        if lib.inode and st.st_ino != lib.inode:
+            raise OSError(
+                f"it is not the file the daemon has mapped (inode {st.st_ino}, not "
+                f"{lib.inode}): it was replaced since it was found; run doctor again"
+            )
+        if st.st_uid != 0 or st.st_mode & 0o022:
             raise OSError(
                 f"it is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
                 "jailshim loads (runs as root) only a library owned by root and writable by no "
                 "one else; give a trusted copy with --crypto-lib"
             )
-        return ctypes.CDLL(f"/proc/self/fd/{fd}")
-    finally:
+        loaded = ctypes.CDLL(f"/proc/self/fd/{fd}")
+    except BaseException:
         os.close(fd)
+        raise
+    # The fd stays open (the probe child is short-lived): closed, its number would be the next
+    # library's name too, and the dynamic loader answers a name it has loaded with that library.
+    return loaded
 
 
 def static_in(binary: str) -> list[CryptoLib]:
