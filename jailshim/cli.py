@@ -393,10 +393,9 @@ def origin(args: argparse.Namespace, dest: str, default: str = "") -> str:
 
 
 def _seconds(raw: str, source: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
+    from jailshim.numbers import plain_seconds
+
+    value = plain_seconds(raw)
     if not 0 < value <= MAX_TIMEOUT:  # NaN fails every comparison
         raise UsageError(
             f"{said(source, raw)} must be a positive number of seconds, at most "
@@ -457,6 +456,7 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
             )
         if args.map_exit:
             args.map_exit = init_options.exit_map(args.map_exit, found["map_exit"])
+    _needs_init(args)
     args.pids = None
     if args.pid is not None:  # every PID given in args.pids; args.pid is the first
         args.pids = _pids(args.pid, found["pid"])
@@ -475,6 +475,22 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     if getattr(args, "argv", None) and args.argv[0] == "--":
         args.argv = args.argv[1:]
     return args
+
+
+_INIT_ONLY = ("grace", "rewrite_signal", "map_exit", "kill_group")
+
+
+def _needs_init(args: argparse.Namespace) -> None:
+    """--grace, --rewrite-signal, --map-exit and --kill-group act only in the supervisor that
+    --init starts: without it they were silently ignored (a daemon's exit status never mapped)."""
+    if args.command != RUN or args.init:
+        return
+    given = [dest for dest in _INIT_ONLY if getattr(args, dest, None) not in (None, [])]
+    if given:
+        raise UsageError(
+            f"{origin(args, given[0])} applies only with --init (jailshim staying as PID 1 to "
+            "forward signals and stop the daemon); add --init, or drop it."
+        )
 
 
 def _path(path: str, source: str, *, config: bool = False) -> str:

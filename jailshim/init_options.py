@@ -10,6 +10,7 @@ import signal
 from typing import NamedTuple
 
 from jailshim.errors import UsageError, said
+from jailshim.numbers import plain_seconds
 from jailshim.supervisor import FORWARDED, JOB_STOPS, STOPPING
 
 __all__ = ["DEFAULT_GRACE", "MAX_GRACE", "StopOptions", "exit_map", "grace", "rewrites"]
@@ -34,10 +35,7 @@ class StopOptions(NamedTuple):
 
 
 def grace(raw: str, source: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
+    value = plain_seconds(raw)
     if not 0 <= value <= MAX_GRACE:  # NaN fails every comparison
         raise UsageError(
             f"{said(source, raw)} must be a number of seconds from 0 to {MAX_GRACE:.0f}, "

@@ -93,3 +93,42 @@ def test_help_version_and_no_command() -> None:
     assert bare.returncode == 64 and bare.stdout == ""
     assert bare.stderr.startswith("usage: jailshim") and "explain" in bare.stderr
     assert "{" not in bare.stderr  # the usage, not a JSON error event
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        # float() read these as numbers: 1000 s, 1000 s, an endless budget
+        ([], {"JAILSHIM_TIMEOUT": "1_000"}, "JAILSHIM_TIMEOUT='1_000' must be a positive number"),
+        (["--timeout", "1e3"], {}, "must be a positive number"),
+        (["--timeout", "inf"], {}, "must be a positive number"),
+        (["--init", "--grace", "1_0"], {}, "--grace '1_0' must be a number of seconds"),
+        # accepted, and the port never checked: no daemon can bind it
+        (["--wait-addr", "[::1]:99999"], {}, "'99999' is not a port from 1 to 65535"),
+        (["--wait-addr", "127.0.0.1:0"], {}, "'0' is not a port"),
+        ([], {"JAILSHIM_WAIT_ADDR": "127.0.0.1:x"}, "WAIT_ADDR='127.0.0.1:x': 'x' is not"),
+        # the supervisor's options without the supervisor were silently ignored
+        (["--grace", "3"], {}, "--grace applies only with --init"),
+        (["--map-exit", "143:0"], {}, "--map-exit applies only with --init"),
+        (["--rewrite-signal", "TERM:QUIT"], {}, "--rewrite-signal applies only with --init"),
+        (["--kill-group"], {}, "--kill-group applies only with --init"),
+        ([], {"JAILSHIM_GRACE": "0"}, "JAILSHIM_GRACE applies only with --init"),
+    ],
+)
+def test_run_values_that_were_taken_for_something_else(
+    args: list[str], env: dict[str, str], needle: str
+) -> None:
+    """Values Python or argparse accepted but the operator did not mean: one sentence, 64,
+    and COMMAND never runs (it would print 'ran')."""
+    result = run("run", "--no-verify", *args, "--", "echo", "ran", env=env)
+    assert result.code == 64, result
+    assert needle in result.error
+    assert "ran" not in result.stdout
+
+
+def test_plain_seconds() -> None:
+    from jailshim.numbers import plain_seconds
+
+    assert [plain_seconds(t) for t in ("30", " 0.5 ", ".5", "7.", "0")] == [30, 0.5, 0.5, 7, 0]
+    for text in ("1_000", "1e3", "inf", "nan", "-1", "+1", "", ".", "١٢", "0x10", "1.2.3"):
+        assert plain_seconds(text) != plain_seconds(text), text  # NaN

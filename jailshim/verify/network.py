@@ -91,7 +91,26 @@ def parse_wait_addr(text: str) -> WaitTarget:
             f"--wait-addr {text!r} is not a specific IP address; give one such as 192.0.2.10, "
             "[2001:db8::1]:443 or 127.0.0.1:8443."
         )
+    port = _port_of(text.strip())
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        # [::1]:99999 was accepted: a port no daemon can bind is a typo in the address
+        raise UsageError(
+            f"--wait-addr {text!r}: {port!r} is not a port from 1 to 65535; give one such as "
+            "127.0.0.1:8443, or the address alone."
+        )
     return WaitTarget(ip, "--wait-addr")
+
+
+def _port_of(text: str) -> str | None:
+    """The port written after an IP literal ('ip:port', '[ip6]:port'); None when there is none."""
+    if text.startswith("["):
+        rest = text[text.find("]") + 1 :]
+        return rest.removeprefix(":") if rest else None
+    try:
+        ipaddress.ip_address(text)  # a whole address (also an IPv6 one, full of colons)
+        return None
+    except ValueError:
+        return text.rpartition(":")[2] if ":" in text else None
 
 
 def haproxy_targets(binds: Iterable[Any]) -> tuple[list[WaitTarget], list[str]]:
