@@ -50,13 +50,18 @@ TABLE = [
         (OOLD, NOSYS, NEW, False, False, False, True),
         (FAIL, Remedy.PREPARE_AND_RESTART, "at its next reseed"),
     ),
-    # GnuTLS falls back on ENOSYS only
+    # GnuTLS falls back on any error but EAGAIN, and opens the device at every read: no fd
+    # carries it (measured, docs/entropy-matrix.md)
     ((GT, NOSYS, NEW, None, False, True, True), (SAFE, NONE, "")),
-    ((GT, NOSYS, NEW, None, True, False, True), (FRAGILE, PREP, "")),
-    ((GT, PERM, NEW, None, False, True, True), (FAIL, ALLOW, "at its next reseed")),
+    ((GT, PERM, NEW, None, False, True, True), (SAFE, NONE, "")),
+    ((GT, NOSYS, NEW, None, True, False, True), (FAIL, PREP, "at its next reseed")),
+    ((GT, PERM, NEW, None, None, False, False), (FAIL, PREP, "at its next reseed")),
     # libsodium opens the device once, in sodium_init(), and keeps it
     ((NA, NOSYS, NEW, None, True, False, True), (SAFE, NONE, "")),
-    ((NA, PERM, NEW, None, False, False, False), (FAIL, Remedy.PREPARE_AND_RESTART, "at start")),
+    (
+        (NA, PERM, NEW, None, False, False, True),
+        (FAIL, Remedy.PREPARE_AND_RESTART, "at its next reseed"),
+    ),
     ((NA, PERM, NEW, None, None, False, False), (FRAGILE, Remedy.PREPARE_AND_RESTART, "")),
     # the daemon's filter not evaluated
     ((O3, G_UNK, NEW, True, False, True, True), (SAFE, NONE, "")),

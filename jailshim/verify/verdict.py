@@ -81,18 +81,20 @@ class Decision(NamedTuple):
 
 
 # Which getrandom() failures make a library turn to the devices; any other failure is final.
-# OpenSSL (syscall_random(), rand_unix.c) and libsodium (randombytes_sysrandom_init) fall
-# back on every error; GnuTLS's have_getrandom() (lib/nettle/sysrng-linux.c) on ENOSYS only.
+# Measured (docs/entropy-matrix.md): ENOSYS and EPERM alike for every library here. OpenSSL's
+# syscall_random() (rand_unix.c) and libsodium's randombytes_sysrandom_init() take any error;
+# GnuTLS 3.7.9's have_getrandom() (lib/nettle/sysrng-linux.c) any error but EAGAIN.
 _FALLS_BACK_ON: dict[Library, frozenset[Getrandom]] = {
-    Library.OPENSSL_OLD: frozenset({Getrandom.ENOSYS, Getrandom.EPERM, Getrandom.OTHER}),
-    Library.OPENSSL_111: frozenset({Getrandom.ENOSYS, Getrandom.EPERM, Getrandom.OTHER}),
-    Library.OPENSSL_3: frozenset({Getrandom.ENOSYS, Getrandom.EPERM, Getrandom.OTHER}),
-    Library.GNUTLS: frozenset({Getrandom.ENOSYS}),
-    Library.LIBSODIUM: frozenset({Getrandom.ENOSYS, Getrandom.EPERM, Getrandom.OTHER}),
+    library: frozenset({Getrandom.ENOSYS, Getrandom.EPERM, Getrandom.OTHER})
+    for library in Library
+    if library is not Library.UNKNOWN
 }
-# Libraries that reopen the device when their kept fd is gone or replaced: a kept fd carries
-# them only until then. libsodium opens it once, in sodium_init(), and never again.
-_REOPENS = frozenset({Library.OPENSSL_OLD, Library.OPENSSL_111, Library.OPENSSL_3, Library.GNUTLS})
+# Libraries that reseed through a device fd kept from before chroot, and reopen the device
+# when it is gone or replaced: a kept fd carries them only until then. GnuTLS opens and closes
+# /dev/urandom at every read (_rnd_get_system_entropy_urandom), so no fd ever carries it.
+# libsodium opens it once, in sodium_init(), and reads that fd until randombytes_close().
+_REOPENS = frozenset({Library.OPENSSL_OLD, Library.OPENSSL_111, Library.OPENSSL_3})
+_KEEPS_FD = _REOPENS | {Library.LIBSODIUM}
 # Measured (tests/test_cryptolib.py): a DRBG in error state re-instantiates at its next
 # generate (OpenSSL >= 1.1.1); GnuTLS keeps no error state. libsodium aborts the process.
 _RECOVERS = frozenset({Library.OPENSSL_111, Library.OPENSSL_3, Library.GNUTLS})
@@ -184,24 +186,25 @@ def decide(facts: EntropyFacts) -> Decision:
     if facts.nodes is None:
         return _unknown(f"{reads}; whether the jail has it")
     remedy = Remedy.PREPARE if lib in _RECOVERS else Remedy.PREPARE_AND_RESTART
+    failing = f"{reads} and the jail has none"
+    if lib not in _KEEPS_FD or facts.kept_fd is False:
+        return Decision(Verdict.WILL_FAIL, remedy, failing, "at its next reseed")
     if facts.kept_fd is None and facts.running:
-        return _unknown(f"{reads} and the jail has none; whether it keeps a device fd")
-    if facts.kept_fd is False:
-        # libsodium opens the device once, in sodium_init(): in the jail, with no node, it
-        # aborts; the others fail the reseed that comes after chroot
-        when = "at start" if lib is Library.LIBSODIUM else "at its next reseed"
-        return Decision(Verdict.WILL_FAIL, remedy, f"{reads} and the jail has none", when)
+        return _unknown(f"{failing}; whether it keeps a device fd")
     if facts.kept_fd and lib not in _REOPENS:
         return Decision(
             Verdict.SAFE, Remedy.NONE, f"{reads} through the fd it opened before chroot"
         )
-    # a kept fd (seen in a live daemon, or the best case before it starts: the library seeded
-    # before chroot, as haproxy's does) carries it only until the device is opened again
+    # A kept fd (seen in a live daemon, or the best case before it starts: the library seeded
+    # before chroot, as haproxy's does) carries it only until the device is opened again; an
+    # open fd is no proof either: OpenSSL 3.0.19 and 1.1.1b forget a device fd opened before
+    # their RAND init, and leave it open (docs/entropy-matrix.md).
     kept = "through the fd it kept" if facts.kept_fd else "only through a device fd it opens"
     return Decision(
         Verdict.FRAGILE,
         remedy,
         f"{reads} {kept} before chroot, and the jail has none",
         breaks_if="the library opens the device inside the jail: seeded after chroot, a worker "
-        "that closes its fds, RAND_keep_random_devices_open(0), a replaced device",
+        "that closes its fds, RAND_keep_random_devices_open(0), randombytes_close(), a "
+        "replaced device",
     )
