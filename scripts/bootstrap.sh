@@ -19,6 +19,7 @@ APT_PACKAGES=(
   catatonit                              # podman kube play: the pods' pause image
   systemd                                # systemd-analyze verify for the example units
   gcc libc6-dev                          # the C test daemons of tests/test_cryptolib.py
+  libsodium23                            # the entropy matrix's libsodium cells (no -dev needed)
 )
 
 missing=()
