@@ -52,13 +52,20 @@ def in_stock_layout(
     return [*wrap, "sh", "-c", "; ".join(steps), "sh", *argv]
 
 
+def _meaning(st: os.stat_result) -> tuple[int, ...]:
+    """What a test means by "the same directory": not the whole stat, whose atime the test's
+    own reading moves (relatime updates an atime older than the ctime: on a fresh machine the
+    first run failed, a second passed)."""
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+
+
 def host_state(paths: Sequence[str]) -> tuple[object, ...]:
     """The host's own directories as they are (entries, modes, owners, contents) and whether
     anything is mounted on or below them: a stock test must leave both as it found them."""
     mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     return tuple(
         (
-            os.lstat(p),
+            _meaning(os.lstat(p)),
             snapshot(Path(p)),
             [m for m in mounts if f" {p}/" in m or f" {p} " in m],
         )
