@@ -11,17 +11,31 @@ import os
 import stat
 import struct
 import subprocess
+from collections.abc import Callable
 
 from jailshim.verify.cryptolib import (
+    MAX_MAPPED,
     CryptoLib,
+    MappedFile,
     classify,
     from_loader_list,
-    from_maps,
+    load_refusal,
+    mapped_files,
     missing_in_loader_list,
+    server_owned,
+    soname_of,
     version_in,
 )
 
-__all__ = ["for_command", "for_paths", "for_pid", "load", "open_regular", "read_bounded"]
+__all__ = [
+    "for_command",
+    "for_paths",
+    "for_pid",
+    "load",
+    "open_regular",
+    "read_bounded",
+    "same_mount_namespace",
+]
 
 _LIMIT = 32 << 20
 _DEFAULT_LOADER = "/lib64/ld-linux-x86-64.so.2"
@@ -51,15 +65,33 @@ def read_bounded(path: str, limit: int = _LIMIT) -> bytes:
     except OSError:
         return b""
     try:
-        chunks, left = [], limit
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return b""
+        return _read_fd(fd, limit)
     finally:
         os.close(fd)
+
+
+def _read_fd(fd: int, limit: int = _LIMIT) -> bytes:
+    """At most ``limit`` bytes from ``fd``'s start (b"" when it cannot be read)."""
+    chunks, at = [], 0
+    try:
+        while at < limit and (chunk := os.pread(fd, min(limit - at, 1 << 20), at)):
+            chunks.append(chunk)
+            at += len(chunk)
+    except OSError:
+        return b""
+    return b"".join(chunks)
+
+
+def _read_at(fd: int) -> Callable[[int, int], bytes]:
+    """pread for soname_of: b"" for an offset no file has (a garbled ELF header)."""
+
+    def read(offset: int, size: int) -> bytes:
+        try:
+            return os.pread(fd, size, offset)
+        except (OSError, OverflowError, ValueError):
+            return b""
+
+    return read
 
 
 def _interpreter(head: bytes) -> str:
@@ -136,26 +168,27 @@ def for_paths(paths: tuple[str, ...]) -> list[CryptoLib]:
 
 
 def load(lib: CryptoLib) -> ctypes.CDLL:
-    """dlopen ``lib`` (its constructors run here, as root). A library a running daemon named
-    is opened first and loaded through /proc/self/fd, so the file checked is the file loaded,
-    and only if it is root's and writable by no one else: a daemon's user that could write it
-    could otherwise make doctor run its code as root. OSError with the reason when refused."""
+    """dlopen ``lib`` (its constructors run here, as root). The operator's (COMMAND's,
+    --crypto-lib) as named. A daemon's only when for_pid found no reason against it
+    (cryptolib.load_refusal) and through /proc/PID/map_files, the mapped file itself, opened
+    and loaded through /proc/self/fd: the file loaded is the file judged, by device and inode,
+    whatever now has its name. OSError with the reason when refused."""
     if not lib.untrusted:
         return ctypes.CDLL(lib.path)
+    if lib.refusal:
+        raise OSError(lib.refusal)
     fd = open_regular(lib.path)
     try:
         st = os.fstat(fd)
-        if lib.inode and st.st_ino != lib.inode:
+        if (st.st_dev, st.st_ino) != (lib.dev, lib.inode) or not lib.inode:
             raise OSError(
-                f"it is not the file the daemon has mapped (inode {st.st_ino}, not "
-                f"{lib.inode}): it was replaced since it was found; run doctor again"
+                f"it is not the file the daemon had mapped when doctor looked (device "
+                f"{os.major(st.st_dev)}:{os.minor(st.st_dev)} inode {st.st_ino}, not "
+                f"{os.major(lib.dev)}:{os.minor(lib.dev)} inode {lib.inode}): it was unmapped "
+                "or replaced since; run doctor again"
             )
-        if st.st_uid != 0 or st.st_mode & 0o022:
-            raise OSError(
-                f"it is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
-                "jailshim loads (runs as root) only a library owned by root and writable by no "
-                "one else; give a trusted copy with --crypto-lib"
-            )
+        if st.st_uid != 0 or st.st_mode & 0o022:  # only root could have changed that since
+            raise OSError(f"{lib.name} is no longer root's alone; run doctor again")
         loaded = ctypes.CDLL(f"/proc/self/fd/{fd}")
     except BaseException:
         os.close(fd)
@@ -173,26 +206,160 @@ def static_in(binary: str) -> list[CryptoLib]:
     return []
 
 
-def for_pid(pid: int) -> list[CryptoLib]:
-    """The crypto libraries process ``pid`` has mapped. Each is loaded for the probe from the
-    path the maps show when that path is still the very file mapped (same inode), else from
-    /proc/PID/map_files/RANGE, the mapped file itself (a daemon in another mount namespace, a
-    library upgraded on disk since the daemon started)."""
+def same_mount_namespace(pid: int) -> bool:
+    """Is ``pid`` in this process's mount namespace? Compared by device and inode of the nsfs
+    files (an inode number is unique only on its own filesystem); False when unknown."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/ns/mnt"), os.stat("/proc/self/ns/mnt")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _unchrooted_peer(pid: int) -> str:
+    """A process in ``pid``'s mount namespace that is not chrooted ("self" when that is
+    doctor's own), or "": a chrooted process's mountinfo hides the mounts outside its root,
+    its libraries' among them."""
+    if same_mount_namespace(pid):
+        return "self"
+    try:
+        want = os.stat(f"/proc/{pid}/ns/mnt")
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return ""
+    for name in entries:  # a container's init, its shell: found in a few ms
+        try:
+            ns = os.stat(f"/proc/{name}/ns/mnt")
+            same = (ns.st_dev, ns.st_ino) == (want.st_dev, want.st_ino)
+            if same and os.readlink(f"/proc/{name}/root") == "/":
+                return name
+        except OSError:
+            continue
+    return ""
+
+
+def _filesystems(pid: int) -> dict[int, str]:
+    """mount id -> filesystem type, for the mounts of ``pid``'s mount namespace ({} when no
+    process there shows them: its files' filesystems are then unknown, and not read)."""
+    from jailshim.jail.mounts import parse_mountinfo
+
+    peer = _unchrooted_peer(pid)
+    if not peer:
+        return {}
+    try:
+        with open(f"/proc/{peer}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            return {e.mount_id: e.fstype for e in parse_mountinfo(f.read())}
+    except OSError:
+        return {}
+
+
+def _mount_id(handle: int) -> int:
+    """The mount of the file open at ``handle``, from its fdinfo: asking the file itself
+    (fstat, fstatfs) could call a FUSE server, which may never answer."""
+    try:
+        with open(f"/proc/self/fdinfo/{handle}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def _identify(
+    pid: int, mapped: MappedFile, same_namespace: bool, filesystems: dict[int, str]
+) -> CryptoLib | None:
+    """What the file ``pid`` has mapped at ``mapped.range`` is: a crypto library (by its ELF
+    soname, else by its name) or None. Read through /proc/PID/map_files, the mapped file
+    itself whatever its name now (renamed, deleted, in another mount namespace)."""
+    link = f"/proc/{pid}/map_files/{mapped.range}"
+    shown = os.path.basename(mapped.path)
+    by_name = classify(shown)
+    try:
+        handle = os.open(link, os.O_PATH | os.O_CLOEXEC)  # opens nothing, follows the link
+    except OSError as exc:
+        if not by_name:
+            return None
+        return CryptoLib(
+            by_name,
+            shown,
+            link,
+            untrusted=True,
+            refusal=f"{shown} could not be proven to be the file PID {pid} has mapped ({link}: "
+            f"{exc.strerror}; following it needs CAP_SYS_ADMIN in the host's user namespace)",
+        )
+    try:
+        fstype = filesystems.get(_mount_id(handle), "")
+        # A FUSE file is never stat'ed or read (its server may never answer); a file whose
+        # filesystem is unknown (the mounts outside a chrooted daemon's root are hidden from
+        # its mountinfo, and a container may have no process that is not chrooted) only when
+        # its name says it is a crypto library, as before content was looked at.
+        if server_owned(fstype) or not (fstype or by_name):
+            family, name, version, st = by_name, shown, "", None
+        else:
+            st = os.fstat(handle)
+            if not stat.S_ISREG(st.st_mode):  # a mapped device is never opened
+                return None
+            fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+            try:
+                soname = soname_of(_read_at(fd))
+                family, name = classify(soname) or by_name, soname or shown
+                version = version_in(_read_fd(fd)) if family else ""
+            finally:
+                os.close(fd)
+        if not family:
+            return None
+        refusal = load_refusal(
+            same_mount_namespace=same_namespace,
+            fstype=fstype,
+            uid=st.st_uid if st else -1,
+            mode=st.st_mode if st else 0,
+            pid=pid,
+            name=name,
+        )
+        return CryptoLib(
+            family,
+            name,
+            link,
+            version,
+            untrusted=True,
+            inode=st.st_ino if st else 0,
+            dev=st.st_dev if st else 0,
+            refusal=refusal,
+        )
+    except OSError:
+        return None  # unmapped meanwhile
+    finally:
+        os.close(handle)
+
+
+def for_pid(pid: int) -> tuple[list[CryptoLib], str]:
+    """The crypto libraries process ``pid`` has mapped, each known by what the mapped file is
+    (its soname), not by the name its path shows now, and each with the reason it must not be
+    loaded, if any (another mount namespace, not root's, not provably the mapped file). With
+    none, a note saying so: doctor then probes no library at all, never the host's in place
+    of the daemon's."""
     try:
         with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
-    except OSError:
-        return []
+    except OSError as exc:
+        return [], f"PID {pid}'s memory map could not be read ({exc.strerror})"
+    files = mapped_files(text)
+    same, filesystems = same_mount_namespace(pid), _filesystems(pid)
     libs = []
-    for lib, mapped in from_maps(text):
-        path = lib.path
-        try:
-            same = os.stat(path).st_ino == mapped.inode
-        except OSError:
-            same = False
-        if not same:
-            path = f"/proc/{pid}/map_files/{mapped.range}"
-        libs.append(lib._replace(path=path, version=version_in(read_bounded(path))))
+    for mapped in files:
+        lib = _identify(pid, mapped, same, filesystems)
+        if lib is not None:
+            libs.append(lib)
+            if len(libs) == MAX_MAPPED:
+                break
     # nothing mapped: a static OpenSSL is found by its version string; the daemon's loader is
     # not asked (its PT_INTERP is the daemon's choice, and would run as root)
-    return libs or static_in(f"/proc/{pid}/exe")
+    libs = libs or static_in(f"/proc/{pid}/exe")
+    if libs:
+        return libs, ""
+    return [], (
+        f"none of the {len(files)} files PID {pid} has mapped is a crypto library jailshim "
+        "knows (OpenSSL, GnuTLS, wolfSSL, Mbed TLS) by its ELF soname or its name, and its "
+        "executable carries no OpenSSL version"
+    )
