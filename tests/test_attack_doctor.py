@@ -207,6 +207,31 @@ def test_a_library_that_doctor_found_then_saw_remapped_is_not_loaded(
         libfind.load(lib._replace(dev=lib.dev + 1))
 
 
+def test_without_map_files_the_path_is_used_only_while_it_is_the_mapped_file(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """doctor without CAP_SYS_ADMIN (in a container) cannot follow /proc/PID/map_files: the
+    library is loaded from the path the maps show while that path is the mapped file (device
+    and inode from the maps); once the path names another file, it is not loaded at all."""
+    libs = area / "libs"
+    libs.mkdir()
+    shutil.copy(DEBIAN_LIBCRYPTO, libs / "libcrypto.so.3")
+    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail)
+    drop = ["setpriv", "--inh-caps=-sys_admin,-checkpoint_restore",
+            "--bounding-set=-sys_admin,-checkpoint_restore", "--"]  # fmt: skip
+    probed = run("doctor", "--pid", str(pid), wrap=drop)
+    (row,) = _reseed_rows(probed).values()
+    assert row["check"].startswith("OpenSSL 3.") and "primary DRBG" in row["detail"], row
+    assert f"at {libs}/libcrypto.so.3:" in row["detail"], row
+
+    marker = area / "ran"
+    os.rename(_evil(area, marker), libs / "libcrypto.so.3")  # root's, but not the mapped file
+    refused = run("doctor", "--pid", str(pid), wrap=drop)
+    assert not marker.exists(), marker.read_text()
+    (row,) = _reseed_rows(refused).values()
+    assert row["level"] == "warning" and "could not be proven to be the file" in row["detail"]
+
+
 # ---- 7: a renamed library is still the daemon's ---------------------------------------------
 
 

@@ -8,6 +8,7 @@ openssl.py and gnutls.py probe, and every verdict below is testable without a da
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import struct
@@ -163,12 +164,13 @@ class MappedFile(NamedTuple):
     path: str  # as /proc/PID/maps shows it: the daemon's mount namespace, renamed or deleted
     inode: int
     range: str  # "7f12a000-7f12b000", the name of its /proc/PID/map_files link
+    dev: int = 0  # from the maps' major:minor (on overlayfs and btrfs not the path's st_dev)
 
 
 def mapped_files(text: str) -> list[MappedFile]:
     """Each file a process has mapped, once (by device and inode, whatever its names: a
     hostile daemon could map one file under thousands of names), from /proc/PID/maps."""
-    found: dict[tuple[str, int], MappedFile] = {}
+    found: dict[tuple[int, int], MappedFile] = {}
     for line in text.splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) < 6 or not fields[5].startswith("/"):
@@ -177,11 +179,17 @@ def mapped_files(text: str) -> list[MappedFile]:
             inode = int(fields[4])
         except ValueError:
             continue
-        if inode == 0 or (fields[3], inode) in found:
+        major, _, minor = fields[3].partition(":")
+        try:
+            dev = os.makedev(int(major, 16), int(minor, 16))
+        except ValueError:
+            continue
+        if inode == 0 or (dev, inode) in found:
             continue
         if len(found) == MAX_FILES:
             break
-        found[fields[3], inode] = MappedFile(fields[5].removesuffix(" (deleted)"), inode, fields[0])
+        path = fields[5].removesuffix(" (deleted)")
+        found[dev, inode] = MappedFile(path, inode, fields[0], dev)
     return list(found.values())
 
 

@@ -266,6 +266,24 @@ def _mount_id(handle: int) -> int:
     return -1
 
 
+def _by_path(mapped: MappedFile) -> int:
+    """An O_PATH fd on ``mapped.path`` if that is still the mapped file (the device and inode
+    /proc/PID/maps gives: on overlayfs and btrfs they are not the path's, and nothing is
+    proven), else -1."""
+    try:
+        handle = os.open(mapped.path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        st = os.fstat(handle)
+    except OSError:
+        st = None
+    if st is None or (st.st_dev, st.st_ino) != (mapped.dev, mapped.inode):
+        os.close(handle)
+        return -1
+    return handle
+
+
 def _identify(
     pid: int, mapped: MappedFile, same_namespace: bool, filesystems: dict[int, str]
 ) -> CryptoLib | None:
@@ -280,14 +298,21 @@ def _identify(
     except OSError as exc:
         if not by_name:
             return None
-        return CryptoLib(
-            by_name,
-            shown,
-            link,
-            untrusted=True,
-            refusal=f"{shown} could not be proven to be the file PID {pid} has mapped ({link}: "
-            f"{exc.strerror}; following it needs CAP_SYS_ADMIN in the host's user namespace)",
-        )
+        # Following map_files needs CAP_SYS_ADMIN (doctor in a container without it): the
+        # path the maps show is then used only where it is provably the mapped file, in
+        # doctor's own mount namespace, by the device and inode the maps give.
+        handle = _by_path(mapped) if same_namespace else -1
+        if handle < 0:
+            return CryptoLib(
+                by_name,
+                shown,
+                link,
+                untrusted=True,
+                refusal=f"{shown} could not be proven to be the file PID {pid} has mapped "
+                f"({link}: {exc.strerror}; following it needs CAP_SYS_ADMIN, and its path "
+                "names another file now)",
+            )
+        link = mapped.path
     try:
         fstype = filesystems.get(_mount_id(handle), "")
         # A FUSE file is never stat'ed or read (its server may never answer); a file whose
