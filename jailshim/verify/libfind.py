@@ -303,15 +303,16 @@ def _identify(
         # doctor's own mount namespace, by the device and inode the maps give.
         handle = _by_path(mapped) if same_namespace else -1
         if handle < 0:
-            return CryptoLib(
-                by_name,
-                shown,
-                link,
-                untrusted=True,
-                refusal=f"{shown} could not be proven to be the file PID {pid} has mapped "
-                f"({link}: {exc.strerror}; following it needs CAP_SYS_ADMIN, and its path "
-                "names another file now)",
+            why = (
+                f"{shown} could not be proven to be the file PID {pid} has mapped ({link}: "
+                f"{exc.strerror}; following it needs CAP_SYS_ADMIN, and its path names "
+                "another file now)"
             )
+            if not same_namespace:
+                why = load_refusal(
+                    same_mount_namespace=False, fstype="", uid=-1, mode=0, pid=pid, name=shown
+                )
+            return CryptoLib(by_name, shown, link, untrusted=True, refusal=why)
         link = mapped.path
     try:
         fstype = filesystems.get(_mount_id(handle), "")
