@@ -378,3 +378,33 @@ def test_soname_of_real_libraries() -> None:
 
     data = Path(DEBIAN_LIBCRYPTO).read_bytes()
     assert soname_of(lambda at, size: data[at : at + size]) == "libcrypto.so.3"
+
+
+@pytest.mark.parametrize(
+    ("facts", "reason"),
+    [
+        ({"same_mount_namespace": False}, "another mount namespace"),
+        ({"fstype": "fuse.sshfs"}, "FUSE filesystem"),  # its server says who owns it
+        ({"fstype": "fuseblk"}, "FUSE filesystem"),
+        ({"fstype": ""}, "not in the mount table"),
+        ({"uid": NOBODY}, "owned by uid 65534"),
+        ({"mode": 0o100664}, "mode 0664"),
+        ({}, ""),
+    ],
+)
+def test_what_a_daemons_library_must_be_to_be_loaded(facts: dict[str, Any], reason: str) -> None:
+    """Pure: doctor's own mount namespace, a filesystem that is not a FUSE server's, root's
+    alone; anything else is a reason not to load (run as root) the daemon's library."""
+    from jailshim.verify.cryptolib import load_refusal
+
+    given: dict[str, Any] = {
+        "same_mount_namespace": True,
+        "fstype": "ext4",
+        "uid": 0,
+        "mode": 0o100644,
+        "pid": 42,
+        "name": "libcrypto.so.3",
+        **facts,
+    }
+    said = load_refusal(**given)
+    assert (reason in said and said) if reason else said == "", said
