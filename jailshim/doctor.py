@@ -7,8 +7,10 @@ namespace, so a daemon in a container is seen exactly as it sees itself, with no
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
+import struct
 import sys
 from typing import Any, NamedTuple
 
@@ -91,6 +93,30 @@ def _jail_mounts(pid: int, root: str) -> tuple[str, ...]:
         for e in entries
         if e.mount_point != "/"
     )
+
+
+_AT_STATX_DONT_SYNC, _STATX_TYPE = 0x4000, 0x1
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _cached_type(path: str) -> tuple[int, int]:
+    """(st_mode, st_rdev) of what ``path`` leads to, from the kernel's cached attributes
+    (statx AT_STATX_DONT_SYNC): a plain stat of a daemon's fd on a FUSE file asks its server,
+    which may never answer. (0, 0) when it cannot be told."""
+    import ctypes
+
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    if _libc().statx(-100, path.encode(), _AT_STATX_DONT_SYNC, _STATX_TYPE, buf) != 0:
+        return 0, 0
+    (mode,) = struct.unpack_from("<H", buf.raw, 0x1C)
+    major, minor = struct.unpack_from("<II", buf.raw, 0x80)
+    return mode, os.makedev(major, minor)
 
 
 def _gone(pid: int, status: dict[str, str]) -> UsageError:
@@ -176,13 +202,10 @@ def read_daemon(pid: int) -> DaemonFacts:
     fds = []
     try:
         for fd in os.listdir(f"{base}/fd"):
-            try:
-                st = os.stat(f"{base}/fd/{fd}")
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev in _ENTROPY_RDEVS:
-                numbers = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-                fds.append(f"fd {fd} -> {_ENTROPY_RDEVS[st.st_rdev]} ({numbers})")
+            mode, rdev = _cached_type(f"{base}/fd/{fd}")
+            if stat.S_ISCHR(mode) and rdev in _ENTROPY_RDEVS:
+                numbers = f"{os.major(rdev)}:{os.minor(rdev)}"
+                fds.append(f"fd {fd} -> {_ENTROPY_RDEVS[rdev]} ({numbers})")
     except OSError:
         pass
     crypto, note = for_pid(pid)

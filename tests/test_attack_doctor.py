@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import NOBODY, Result, need, run
+from tests.support import NOBODY, TESTS, Result, need, run
 
 DEBIAN_LIBCRYPTO = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3"
 
@@ -230,6 +230,40 @@ def test_without_map_files_the_path_is_used_only_while_it_is_the_mapped_file(
     assert not marker.exists(), marker.read_text()
     (row,) = _reseed_rows(refused).values()
     assert row["level"] == "warning" and "could not be proven to be the file" in row["detail"]
+
+
+def test_a_library_on_fuse_is_neither_trusted_nor_touched(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A FUSE server says who owns its files: a "root-owned" libcrypto.so.3 (with a
+    constructor) on a FUSE mount in doctor's own namespace was loaded as root. Now it is not,
+    and doctor sends its server no request at all (a server may never answer one)."""
+    need(os.path.exists("/dev/fuse"), "needs /dev/fuse")
+    marker = area / "ran"
+    evil = _evil(area, marker)
+    mount, log = area / "fuse", area / "fuse.log"
+    mount.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, str(TESTS / "fuse_file.py"), str(mount), "libcrypto.so.3", str(evil),
+         str(log)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"mounted\n"
+        pid = _daemon(started, [], str(mount / "libcrypto.so.3"), jail)
+        before = log.read_text()
+        result = run("doctor", "--pid", str(pid))
+        assert not marker.exists(), marker.read_text()
+        assert log.read_text() == before  # not one request from doctor
+        (row,) = _reseed_rows(result).values()
+        assert row["level"] == "warning" and "FUSE filesystem" in row["detail"], row
+    finally:
+        for proc in started:  # the daemon maps the file: it goes first
+            proc.kill()
+            proc.wait(10)
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+        server.kill()
+        server.wait(10)
 
 
 # ---- 7: a renamed library is still the daemon's ---------------------------------------------
