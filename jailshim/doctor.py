@@ -7,10 +7,8 @@ namespace, so a daemon in a container is seen exactly as it sees itself, with no
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
-import struct
 import sys
 from typing import Any, NamedTuple
 
@@ -95,30 +93,6 @@ def _jail_mounts(pid: int, root: str) -> tuple[str, ...]:
     )
 
 
-_AT_STATX_DONT_SYNC, _STATX_TYPE = 0x4000, 0x1
-
-
-@functools.cache
-def _libc() -> Any:
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _cached_type(path: str) -> tuple[int, int]:
-    """(st_mode, st_rdev) of what ``path`` leads to, from the kernel's cached attributes
-    (statx AT_STATX_DONT_SYNC): a plain stat of a daemon's fd on a FUSE file asks its server,
-    which may never answer. (0, 0) when it cannot be told."""
-    import ctypes
-
-    buf = ctypes.create_string_buffer(256)  # struct statx
-    if _libc().statx(-100, path.encode(), _AT_STATX_DONT_SYNC, _STATX_TYPE, buf) != 0:
-        return 0, 0
-    (mode,) = struct.unpack_from("<H", buf.raw, 0x1C)
-    major, minor = struct.unpack_from("<II", buf.raw, 0x80)
-    return mode, os.makedev(major, minor)
-
-
 def _gone(pid: int, status: dict[str, str]) -> UsageError:
     """--pid names no running process: gone, a zombie, or a leader whose threads live on."""
     state = status.get("State", "")
@@ -186,7 +160,7 @@ def _refused(pid: int) -> NotPermitted:
 
 def read_daemon(pid: int) -> DaemonFacts:
     """Everything doctor reads from /proc/PID (never entering the daemon's namespaces)."""
-    from jailshim.verify.libfind import for_pid
+    from jailshim.verify.libfind import cached_type, for_pid
 
     base = f"/proc/{pid}"
     status: dict[str, str] = {}
@@ -202,7 +176,7 @@ def read_daemon(pid: int) -> DaemonFacts:
     fds = []
     try:
         for fd in os.listdir(f"{base}/fd"):
-            mode, rdev = _cached_type(f"{base}/fd/{fd}")
+            mode, rdev, _ = cached_type(f"{base}/fd/{fd}")
             if stat.S_ISCHR(mode) and rdev in _ENTROPY_RDEVS:
                 numbers = f"{os.major(rdev)}:{os.minor(rdev)}"
                 fds.append(f"fd {fd} -> {_ENTROPY_RDEVS[rdev]} ({numbers})")

@@ -3,7 +3,8 @@ showing NAME with the bytes of SOURCE, claiming owner uid 0 and mode 0755, as an
 may. Prints "mounted" when serving; logs each request's opcode name to LOG (one per line), so
 a test sees whether anyone read the file. Ends when the mount goes (umount) or on SIGTERM.
 
-Usage: fuse_file.py MOUNTPOINT NAME SOURCE LOG
+Usage: fuse_file.py MOUNTPOINT NAME SOURCE LOG [JAIL]   (JAIL: chroot there once mounted, so
+that no process of a test's mount namespace shows its mounts outside a jail)
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ ROOT, FILE = 1, 2
 
 def attr(node: int, size: int) -> bytes:
     mode = 0o040755 if node == ROOT else 0o100755
-    # ino size blocks atime mtime ctime atimens mtimens ctimens mode nlink uid gid rdev blksize flags
+    # ino size blocks atime mtime ctime (ns x3) mode nlink uid gid rdev blksize flags
     return struct.pack("<QQQQQQIIIIIIIIII", node, size, (size + 511) // 512, 0, 0, 0, 0, 0, 0,
                        mode, 1, 0, 0, 0, 4096, 0)  # fmt: skip
 
 
 def main() -> int:
     mountpoint, name, source, log = sys.argv[1:5]
-    data = open(source, "rb").read()
+    with open(source, "rb") as f:
+        data = f.read()
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     libc = ctypes.CDLL(None, use_errno=True)
     options = f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other".encode()
@@ -38,6 +40,8 @@ def main() -> int:
         raise OSError(ctypes.get_errno(), "mount fuse")
     os.set_inheritable(fd, False)
     with open(log, "a", buffering=1) as journal:
+        if len(sys.argv) > 5:
+            os.chroot(sys.argv[5])
         print("mounted", flush=True)
         while True:
             try:

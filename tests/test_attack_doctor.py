@@ -266,6 +266,40 @@ def test_a_library_on_fuse_is_neither_trusted_nor_touched(
         server.wait(10)
 
 
+def test_a_containers_fuse_library_is_sent_no_request(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A container (its own mount namespace, one chrooted process: its mountinfo hides the
+    mounts outside the jail) maps libcrypto.so.3 from a FUSE mount of its own. doctor cannot
+    tell that filesystem's type from the daemon; it must not stat or open the file (an OPEN or
+    GETATTR its server may never answer hangs doctor): only its name is used."""
+    need(os.path.exists("/dev/fuse"), "needs /dev/fuse")
+    evil = _evil(area, area / "ran")
+    mount, log, ready, server = area / "fuse", area / "fuse.log", area / "ready", area / "pid"
+    mount.mkdir()
+    serve = (
+        f"{sys.executable} {TESTS / 'fuse_file.py'} {mount} libcrypto.so.3 {evil} {log} "
+        f"{jail} > {ready} & echo $! > {server}; "
+        f'while [ ! -s {ready} ]; do sleep 0.05; done; exec "$@"'
+    )
+    container = ["unshare", "--mount", "--propagation", "private", "sh", "-c", serve, "sh"]
+    try:
+        pid = _daemon(started, container, str(mount / "libcrypto.so.3"), jail)
+        before = log.read_text()
+        time.sleep(1.1)  # past the attributes' validity: a stat now would ask the server
+        result = run("doctor", "--pid", str(pid))
+        assert log.read_text() == before  # not one request from doctor
+        (row,) = _reseed_rows(result).values()
+        assert row["level"] == "warning" and "another mount namespace" in row["detail"], row
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait(10)
+        if server.exists() and server.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(server.read_text()), 9)
+
+
 # ---- 7: a renamed library is still the daemon's ---------------------------------------------
 
 

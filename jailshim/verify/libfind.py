@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import stat
 import struct
 import subprocess
 from collections.abc import Callable
+from typing import NamedTuple
 
 from jailshim.verify.cryptolib import (
     MAX_MAPPED,
@@ -28,6 +30,7 @@ from jailshim.verify.cryptolib import (
 )
 
 __all__ = [
+    "cached_type",
     "for_command",
     "for_paths",
     "for_pid",
@@ -206,6 +209,27 @@ def static_in(binary: str) -> list[CryptoLib]:
     return []
 
 
+_AT_EMPTY_PATH, _AT_STATX_DONT_SYNC, _STATX_TYPE = 0x1000, 0x4000, 0x1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def cached_type(path: str = "", fd: int = -100) -> tuple[int, int, int]:
+    """(st_mode, st_rdev, st_dev) of ``path`` (or of ``fd`` itself) from the attributes the
+    kernel has cached (statx AT_STATX_DONT_SYNC): a plain stat of a FUSE file asks its server,
+    which may never answer. (0, 0, 0) when it cannot be told."""
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    flags = _AT_STATX_DONT_SYNC | (0 if path else _AT_EMPTY_PATH)
+    if _libc().statx(fd, path.encode(), flags, _STATX_TYPE, buf) != 0:
+        return 0, 0, 0
+    (mode,) = struct.unpack_from("<H", buf.raw, 0x1C)
+    rdev_major, rdev_minor, dev_major, dev_minor = struct.unpack_from("<IIII", buf.raw, 0x80)
+    return mode, os.makedev(rdev_major, rdev_minor), os.makedev(dev_major, dev_minor)
+
+
 def same_mount_namespace(pid: int) -> bool:
     """Is ``pid`` in this process's mount namespace? Compared by device and inode of the nsfs
     files (an inode number is unique only on its own filesystem); False when unknown."""
@@ -238,19 +262,40 @@ def _unchrooted_peer(pid: int) -> str:
     return ""
 
 
-def _filesystems(pid: int) -> dict[int, str]:
-    """mount id -> filesystem type, for the mounts of ``pid``'s mount namespace ({} when no
-    process there shows them: its files' filesystems are then unknown, and not read)."""
-    from jailshim.jail.mounts import parse_mountinfo
+class _Filesystems(NamedTuple):
+    by_mount: dict[int, str]  # mount id -> type
+    by_device: dict[int, str]  # st_dev -> type
 
-    peer = _unchrooted_peer(pid)
-    if not peer:
-        return {}
+
+def _mount_table(path: str) -> _Filesystems:
+    """A mountinfo's filesystem types by mount id and by device (its major:minor field)."""
+    by_mount: dict[int, str] = {}
+    by_device: dict[int, str] = {}
     try:
-        with open(f"/proc/{peer}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            return {e.mount_id: e.fstype for e in parse_mountinfo(f.read())}
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(" ")
+                try:
+                    fstype = fields[fields.index("-", 6) + 1]
+                    major, minor = fields[2].split(":")
+                    by_mount[int(fields[0])] = fstype
+                    by_device.setdefault(os.makedev(int(major), int(minor)), fstype)
+                except (ValueError, IndexError):
+                    continue
     except OSError:
-        return {}
+        pass
+    return _Filesystems(by_mount, by_device)
+
+
+def _filesystems(pid: int) -> _Filesystems:
+    """The filesystem types of ``pid``'s mount namespace, from a process there that is not
+    chrooted; with doctor's own by device as well: a container's libraries usually live on
+    a host filesystem (overlayfs maps the lower or upper layer's file), while a FUSE mount
+    made in the container is not doctor's. What is in neither is unknown, and not read."""
+    peer = _unchrooted_peer(pid)
+    theirs = _mount_table(f"/proc/{peer}/mountinfo") if peer else _Filesystems({}, {})
+    ours = theirs if peer == "self" else _mount_table("/proc/self/mountinfo")
+    return _Filesystems(theirs.by_mount, {**ours.by_device, **theirs.by_device})
 
 
 def _mount_id(handle: int) -> int:
@@ -285,7 +330,7 @@ def _by_path(mapped: MappedFile) -> int:
 
 
 def _identify(
-    pid: int, mapped: MappedFile, same_namespace: bool, filesystems: dict[int, str]
+    pid: int, mapped: MappedFile, same_namespace: bool, filesystems: _Filesystems
 ) -> CryptoLib | None:
     """What the file ``pid`` has mapped at ``mapped.range`` is: a crypto library (by its ELF
     soname, else by its name) or None. Read through /proc/PID/map_files, the mapped file
@@ -315,12 +360,12 @@ def _identify(
             return CryptoLib(by_name, shown, link, untrusted=True, refusal=why)
         link = mapped.path
     try:
-        fstype = filesystems.get(_mount_id(handle), "")
-        # A FUSE file is never stat'ed or read (its server may never answer); a file whose
-        # filesystem is unknown (the mounts outside a chrooted daemon's root are hidden from
-        # its mountinfo, and a container may have no process that is not chrooted) only when
-        # its name says it is a crypto library, as before content was looked at.
-        if server_owned(fstype) or not (fstype or by_name):
+        fstype = filesystems.by_mount.get(_mount_id(handle), "")
+        if not fstype:  # outside a chrooted daemon's root: its mountinfo hides the mount
+            fstype = filesystems.by_device.get(cached_type(fd=handle)[2], "")
+        # A FUSE file, or one on a filesystem that cannot be told, is never stat'ed or read:
+        # a FUSE server may never answer. Only its name can say what it is.
+        if server_owned(fstype) or not fstype:
             family, name, version, st = by_name, shown, "", None
         else:
             st = os.fstat(handle)
