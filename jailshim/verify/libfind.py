@@ -311,6 +311,28 @@ def _mount_id(handle: int) -> int:
     return -1
 
 
+def _filesystem_of(handle: int, filesystems: _Filesystems) -> str:
+    """The type of the filesystem ``handle`` is on, asking nothing of the file itself: by
+    mount id in the namespace's mount table, else by device (cached) among doctor's own."""
+    fstype = filesystems.by_mount.get(_mount_id(handle), "")
+    if not fstype:  # outside a chrooted daemon's root: its mountinfo hides the mount
+        fstype = filesystems.by_device.get(cached_type(fd=handle)[2], "")
+    return fstype
+
+
+def _readable(path: str, filesystems: _Filesystems) -> bool:
+    """May doctor read ``path`` (a magic link): on a filesystem it can tell, not FUSE."""
+    try:
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fstype = _filesystem_of(handle, filesystems)
+    finally:
+        os.close(handle)
+    return bool(fstype) and not server_owned(fstype)
+
+
 def _by_path(mapped: MappedFile) -> int:
     """An O_PATH fd on ``mapped.path`` if that is still the mapped file (the device and inode
     /proc/PID/maps gives: on overlayfs and btrfs they are not the path's, and nothing is
@@ -360,9 +382,7 @@ def _identify(
             return CryptoLib(by_name, shown, link, untrusted=True, refusal=why)
         link = mapped.path
     try:
-        fstype = filesystems.by_mount.get(_mount_id(handle), "")
-        if not fstype:  # outside a chrooted daemon's root: its mountinfo hides the mount
-            fstype = filesystems.by_device.get(cached_type(fd=handle)[2], "")
+        fstype = _filesystem_of(handle, filesystems)
         # A FUSE file, or one on a filesystem that cannot be told, is never stat'ed or read:
         # a FUSE server may never answer. Only its name can say what it is.
         if server_owned(fstype) or not fstype:
@@ -426,7 +446,8 @@ def for_pid(pid: int) -> tuple[list[CryptoLib], str]:
                 break
     # nothing mapped: a static OpenSSL is found by its version string; the daemon's loader is
     # not asked (its PT_INTERP is the daemon's choice, and would run as root)
-    libs = libs or static_in(f"/proc/{pid}/exe")
+    exe = f"/proc/{pid}/exe"
+    libs = libs or (static_in(f"/proc/{pid}/exe") if _readable(exe, filesystems) else [])
     if libs:
         return libs, ""
     return [], (
