@@ -265,26 +265,33 @@ def _unchrooted_peer(pid: int) -> str:
 class _Filesystems(NamedTuple):
     by_mount: dict[int, str]  # mount id -> type
     by_device: dict[int, str]  # st_dev -> type
+    servers: tuple[str, ...] = ()  # FUSE mount points (a path below one is never walked)
 
 
 def _mount_table(path: str) -> _Filesystems:
     """A mountinfo's filesystem types by mount id and by device (its major:minor field)."""
-    by_mount: dict[int, str] = {}
-    by_device: dict[int, str] = {}
+    from jailshim.jail.mounts import parse_mountinfo
+
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split(" ")
-                try:
-                    fstype = fields[fields.index("-", 6) + 1]
-                    major, minor = fields[2].split(":")
-                    by_mount[int(fields[0])] = fstype
-                    by_device.setdefault(os.makedev(int(major), int(minor)), fstype)
-                except (ValueError, IndexError):
-                    continue
+            text = f.read()
     except OSError:
-        pass
-    return _Filesystems(by_mount, by_device)
+        return _Filesystems({}, {})
+    entries = parse_mountinfo(text)
+    by_device: dict[int, str] = {}
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            major, minor = fields[2].split(":")
+            fstype = fields[fields.index("-", 6) + 1]
+            by_device.setdefault(os.makedev(int(major), int(minor)), fstype)
+        except (ValueError, IndexError):
+            continue
+    return _Filesystems(
+        {e.mount_id: e.fstype for e in entries},
+        by_device,
+        tuple(e.mount_point for e in entries if server_owned(e.fstype)),
+    )
 
 
 def _filesystems(pid: int) -> _Filesystems:
@@ -295,7 +302,7 @@ def _filesystems(pid: int) -> _Filesystems:
     peer = _unchrooted_peer(pid)
     theirs = _mount_table(f"/proc/{peer}/mountinfo") if peer else _Filesystems({}, {})
     ours = theirs if peer == "self" else _mount_table("/proc/self/mountinfo")
-    return _Filesystems(theirs.by_mount, {**ours.by_device, **theirs.by_device})
+    return _Filesystems(theirs.by_mount, {**ours.by_device, **theirs.by_device}, theirs.servers)
 
 
 def _mount_id(handle: int) -> int:
@@ -333,10 +340,12 @@ def _readable(path: str, filesystems: _Filesystems) -> bool:
     return bool(fstype) and not server_owned(fstype)
 
 
-def _by_path(mapped: MappedFile) -> int:
+def _by_path(mapped: MappedFile, filesystems: _Filesystems) -> int:
     """An O_PATH fd on ``mapped.path`` if that is still the mapped file (the device and inode
     /proc/PID/maps gives: on overlayfs and btrfs they are not the path's, and nothing is
-    proven), else -1."""
+    proven), else -1. A path below a FUSE mount is not walked (a lookup asks the server)."""
+    if any(mapped.path.startswith(point.rstrip("/") + "/") for point in filesystems.servers):
+        return -1
     try:
         handle = os.open(mapped.path, os.O_PATH | os.O_CLOEXEC)
     except OSError:
@@ -368,7 +377,7 @@ def _identify(
         # Following map_files needs CAP_SYS_ADMIN (doctor in a container without it): the
         # path the maps show is then used only where it is provably the mapped file, in
         # doctor's own mount namespace, by the device and inode the maps give.
-        handle = _by_path(mapped) if same_namespace else -1
+        handle = _by_path(mapped, filesystems) if same_namespace else -1
         if handle < 0:
             why = (
                 f"{shown} could not be proven to be the file PID {pid} has mapped ({link}: "
