@@ -13,7 +13,7 @@ import sys
 from typing import Any, NamedTuple
 
 from jailshim.devices import ENTROPY_DEVICES, Device
-from jailshim.errors import CheckFailed, ConfigError, UsageError
+from jailshim.errors import CheckFailed, ConfigError, NotPermitted, UsageError
 from jailshim.spec import Identity
 from jailshim.verify.cryptolib import CryptoLib, recovery
 from jailshim.verify.findings import Finding, render_table
@@ -48,6 +48,7 @@ class DaemonFacts(NamedTuple):
     seccomp: bool = False
     open_entropy_fds: tuple[str, ...] = ()  # "fd 7 -> /dev/urandom (1:9)"
     crypto: tuple[CryptoLib, ...] = ()  # the crypto libraries it has mapped
+    crypto_note: str = ""  # why none could be named (then none is probed, not the host's)
 
     @property
     def libraries(self) -> tuple[str, ...]:
@@ -67,10 +68,9 @@ def _user_name(uid: int) -> str:
 
 
 def _other_mount_namespace(pid: int) -> bool:
-    try:
-        return os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
-    except OSError:
-        return False
+    from jailshim.verify.libfind import same_mount_namespace
+
+    return os.path.exists(f"/proc/{pid}/ns/mnt") and not same_mount_namespace(pid)
 
 
 def _jail_mounts(pid: int, root: str) -> tuple[str, ...]:
@@ -93,34 +93,96 @@ def _jail_mounts(pid: int, root: str) -> tuple[str, ...]:
     )
 
 
+def _gone(pid: int, status: dict[str, str]) -> UsageError:
+    """--pid names no running process: gone, a zombie, or a leader whose threads live on."""
+    state = status.get("State", "")
+    if not state.startswith(("Z", "X")):
+        return UsageError(f"--pid {pid}: no such process; give the daemon's PID.")
+    parent = status.get("PPid", "?").strip()
+    try:
+        threads = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if t != str(pid))
+    except (OSError, ValueError):
+        threads = []
+    if threads:  # its main thread called pthread_exit; the process runs on in the others
+        return UsageError(
+            f"--pid {pid}: its main thread has exited but the process runs on in threads "
+            f"{', '.join(map(str, threads[:5]))}; give one of those as --pid."
+        )
+    return UsageError(
+        f"--pid {pid}: the process has exited and is a zombie (its parent, PID {parent}, has "
+        "not reaped it yet): there is no daemon left to inspect."
+    )
+
+
+def _capabilities(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            line = next(x for x in f if x.startswith("CapEff:" if pid == "self" else "CapPrm:"))
+        return int(line.split()[1], 16)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0
+
+
+_CAP_SYS_PTRACE = 1 << 19
+_INIT_USER_NS = 0xEFFFFFFD  # PROC_USER_INIT_INO: the inode of the initial user namespace
+
+
+def _refused(pid: int) -> NotPermitted:
+    """The kernel refused to show /proc/PID's root: say why it refused this process, which
+    is not always "not root" (issue 25: root was told to run doctor as root)."""
+    if os.geteuid() != 0:
+        return NotPermitted(f"--pid {pid}: /proc/{pid} is not readable; run doctor as root.")
+    try:
+        in_init_ns = os.stat("/proc/self/ns/user").st_ino == _INIT_USER_NS
+    except OSError:
+        in_init_ns = True
+    if not in_init_ns:
+        return NotPermitted(
+            f"--pid {pid}: the kernel refused /proc/{pid}/root: doctor runs as root in a user "
+            "namespace (a rootless container?), which gives it no power over processes "
+            "outside it; run doctor on the host."
+        )
+    ours = _capabilities("self")
+    if not ours & _CAP_SYS_PTRACE:
+        lacking = _capabilities(str(pid)) & ~ours
+        more = f" and PID {pid} holds capabilities doctor lacks ({lacking:#x})" if lacking else ""
+        return NotPermitted(
+            f"--pid {pid}: the kernel refused /proc/{pid}/root: doctor runs as root but without "
+            f"CAP_SYS_PTRACE (containers drop it){more}; run doctor with CAP_SYS_PTRACE or on "
+            "the host."
+        )
+    return NotPermitted(
+        f"--pid {pid}: the kernel refused /proc/{pid}/root although doctor runs as root with "
+        f"CAP_SYS_PTRACE: a security module (Landlock, AppArmor, SELinux, a BPF LSM) keeps "
+        f"this process from inspecting PID {pid}; run doctor outside that confinement."
+    )
+
+
 def read_daemon(pid: int) -> DaemonFacts:
     """Everything doctor reads from /proc/PID (never entering the daemon's namespaces)."""
-    from jailshim.verify.libfind import for_pid
+    from jailshim.verify.libfind import cached_type, for_pid
 
     base = f"/proc/{pid}"
+    status: dict[str, str] = {}
     try:
         with open(f"{base}/status", encoding="utf-8") as f:
             status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
         root = os.readlink(f"{base}/root")
         cwd = os.readlink(f"{base}/cwd")
     except FileNotFoundError:
-        raise UsageError(f"--pid {pid}: no such process; give the daemon's PID.") from None
+        raise _gone(pid, status) from None
     except PermissionError:
-        raise ConfigError(
-            f"--pid {pid}: /proc/{pid} is not readable; run doctor as root."
-        ) from None
+        raise _refused(pid) from None
     fds = []
     try:
         for fd in os.listdir(f"{base}/fd"):
-            try:
-                st = os.stat(f"{base}/fd/{fd}")
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev in _ENTROPY_RDEVS:
-                numbers = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-                fds.append(f"fd {fd} -> {_ENTROPY_RDEVS[st.st_rdev]} ({numbers})")
+            mode, rdev, _ = cached_type(f"{base}/fd/{fd}")
+            if stat.S_ISCHR(mode) and rdev in _ENTROPY_RDEVS:
+                numbers = f"{os.major(rdev)}:{os.minor(rdev)}"
+                fds.append(f"fd {fd} -> {_ENTROPY_RDEVS[rdev]} ({numbers})")
     except OSError:
         pass
+    crypto, note = for_pid(pid)
     return DaemonFacts(
         jail_mounts=_jail_mounts(pid, root),
         pid=pid,
@@ -132,7 +194,8 @@ def read_daemon(pid: int) -> DaemonFacts:
         groups=tuple(int(g) for g in status.get("Groups", "").split()),
         seccomp=status.get("Seccomp", "0").strip() != "0",
         open_entropy_fds=tuple(sorted(fds)),
-        crypto=tuple(for_pid(pid)),
+        crypto=tuple(crypto),
+        crypto_note=note,
     )
 
 
@@ -316,7 +379,10 @@ def _diagnose(
         libs = tuple(for_paths(crypto_libs))
     elif facts is not None:
         libs = facts.crypto
-    crypto = CryptoSource(libs=libs)
+    missing = ""
+    if facts is not None and not crypto_libs and not libs:
+        missing = f"{facts.crypto_note}; --crypto-lib PATH names a library to probe"
+    crypto = CryptoSource(libs=libs, missing=missing)
     findings = (
         []
         if facts is not None and facts.root == "/"

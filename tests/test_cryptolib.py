@@ -64,19 +64,20 @@ def test_loader_list_and_maps_parsed() -> None:
     assert listed == [
         CryptoLib("OpenSSL", "libcrypto-2ade47cd.so.1.1", "/opt/d/libcrypto-2ade47cd.so.1.1")
     ]
-    mapped = cryptolib.from_maps(
+    mapped = cryptolib.mapped_files(
         "7f10-7f20 r--p 00000000 fe:00 42  /opt/d/libcrypto-2ade47cd.so.1.1\n"
         "7f20-7f30 r-xp 00001000 fe:00 42  /opt/d/libcrypto-2ade47cd.so.1.1\n"
         "7f30-7f40 r--p 00000000 fe:00 43  /usr/lib/libgnutls.so.30.34.3 (deleted)\n"
         "7f40-7f50 rw-p 00000000 00:00 0 \n"
+        "7f50-7f60 r--p 00000000 fe:00 42  /opt/d/another-name-of-the-same-file\n"
     )
     assert cryptolib.missing_in_loader_list(
         "\tlibgnutls.so.30 => not found\n/opt/d: error while loading shared libraries: "
         "libcrypto-2ade47cd.so.1.1: cannot open shared object file: No such file or directory\n"
     ) == ["libgnutls.so.30", "libcrypto-2ade47cd.so.1.1"]
-    assert [(lib.name, m.inode, m.range) for lib, m in mapped] == [
-        ("libcrypto-2ade47cd.so.1.1", 42, "7f10-7f20"),
-        ("libgnutls.so.30.34.3", 43, "7f30-7f40"),
+    assert [(m.path, m.inode, m.range) for m in mapped] == [
+        ("/opt/d/libcrypto-2ade47cd.so.1.1", 42, "7f10-7f20"),
+        ("/usr/lib/libgnutls.so.30.34.3", 43, "7f30-7f40"),
     ]
 
 

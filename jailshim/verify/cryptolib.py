@@ -8,20 +8,28 @@ openssl.py and gnutls.py probe, and every verdict below is testable without a da
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 __all__ = [
     "CryptoLib",
+    "MappedFile",
     "Recovery",
     "classify",
     "family_of_version",
     "from_loader_list",
-    "from_maps",
+    "load_refusal",
+    "mapped_files",
     "missing_in_loader_list",
     "probe_kind",
     "recovery",
+    "server_owned",
     "short_version",
+    "soname_of",
     "version_in",
 ]
 
@@ -56,9 +64,14 @@ class CryptoLib(NamedTuple):
     # Named by a running daemon (its maps), not by the operator: loaded only if its user could
     # not have written it (libfind.load), since loading runs the library's code as root.
     untrusted: bool = False
-    # The inode the daemon has mapped (from its maps): what is loaded must be that very file,
-    # not whatever its user has put under the name since.
+    # The mapped file's identity (fstat through /proc/PID/map_files, the true st_dev even on
+    # overlayfs or btrfs): what is loaded must be that very file, not whatever has been put
+    # under its name since, nor a file of the same inode number on another filesystem.
     inode: int = 0
+    dev: int = 0
+    # Why a daemon's library is not loaded (load_refusal): reported as "cannot probe", and
+    # never replaced by the host's library.
+    refusal: str = ""
 
     @property
     def label(self) -> str:
@@ -141,46 +154,126 @@ def missing_in_loader_list(text: str) -> list[str]:
 # A process maps a few crypto libraries (libcrypto, GnuTLS, a vendored copy or two); more is
 # a hostile daemon making doctor read and load files by the thousand.
 MAX_MAPPED = 16
+# Every distinct file a process maps is looked at (its ELF soname), not only the ones named
+# like a crypto library: a daemon's user can rename its library. A real daemon maps tens of
+# files; a hostile one up to vm.max_map_count (65530), each a few reads as root.
+MAX_FILES = 512
 
 
-class MappedLib(NamedTuple):
-    path: str
+class MappedFile(NamedTuple):
+    path: str  # as /proc/PID/maps shows it: the daemon's mount namespace, renamed or deleted
     inode: int
     range: str  # "7f12a000-7f12b000", the name of its /proc/PID/map_files link
+    dev: int = 0  # from the maps' major:minor (on overlayfs and btrfs not the path's st_dev)
 
 
-def from_maps(text: str) -> list[tuple[CryptoLib, MappedLib]]:
-    """The crypto libraries a process has mapped, from /proc/PID/maps, with where they are
-    mapped (the path is the host's view; a file replaced since is ``(deleted)``)."""
-    found: dict[tuple[str, int], tuple[CryptoLib, MappedLib]] = {}
+def mapped_files(text: str) -> list[MappedFile]:
+    """Each file a process has mapped, once (by device and inode, whatever its names: a
+    hostile daemon could map one file under thousands of names), from /proc/PID/maps."""
+    found: dict[tuple[int, int], MappedFile] = {}
     for line in text.splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) < 6 or not fields[5].startswith("/"):
             continue
-        path = fields[5].removesuffix(" (deleted)")
-        name = path.rsplit("/", 1)[-1]
-        family = classify(name)
         try:
             inode = int(fields[4])
         except ValueError:
             continue
-        # One file is one library, whatever its names (hard links): a hostile daemon could
-        # map one file under thousands of names, and each is read and scanned as root.
-        if not family or (fields[3], inode) in found or path in (m.path for _, m in found.values()):
+        major, _, minor = fields[3].partition(":")
+        try:
+            dev = os.makedev(int(major, 16), int(minor, 16))
+        except ValueError:
             continue
-        if len(found) == MAX_MAPPED:
+        if inode == 0 or (dev, inode) in found:
+            continue
+        if len(found) == MAX_FILES:
             break
-        found[fields[3], inode] = (
-            CryptoLib(family, name, path, untrusted=True, inode=inode),
-            MappedLib(path, inode, fields[0]),
-        )
+        path = fields[5].removesuffix(" (deleted)")
+        found[dev, inode] = MappedFile(path, inode, fields[0], dev)
     return list(found.values())
+
+
+_PT_LOAD, _PT_DYNAMIC, _DT_STRTAB, _DT_SONAME = 1, 2, 5, 14
+_MAX_READ = 64 << 10
+
+
+def soname_of(read_at: Callable[[int, int], bytes]) -> str:
+    """The DT_SONAME of a 64-bit little-endian ELF shared object, read through
+    ``read_at(offset, size)`` (a few small reads, never the whole file), or "".
+
+    What a library is, unlike its file name, stays with the file when the daemon's user
+    renames it: libcrypto.so.3 renamed to x.bin is still "libcrypto.so.3" inside."""
+    head = read_at(0, 64)
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return ""
+    (phoff,) = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    if phentsize < 56 or phnum * phentsize > _MAX_READ:
+        return ""
+    table = read_at(phoff, phnum * phentsize)
+    loads, dynamic = [], (0, 0)
+    for at in range(0, len(table) - 55, phentsize):
+        kind, _, offset, vaddr, _, size, _, _ = struct.unpack_from("<IIQQQQQQ", table, at)
+        if kind == _PT_LOAD:
+            loads.append((vaddr, offset, size))
+        elif kind == _PT_DYNAMIC:
+            dynamic = (offset, size)
+    entries = read_at(dynamic[0], min(dynamic[1], _MAX_READ)) if dynamic[1] else b""
+    strtab = name_at = -1
+    for at in range(0, len(entries) - 15, 16):
+        tag, value = struct.unpack_from("<qQ", entries, at)
+        if tag == 0:
+            break
+        if tag == _DT_STRTAB:
+            strtab = value
+        elif tag == _DT_SONAME:
+            name_at = value
+    if strtab < 0 or name_at < 0:
+        return ""
+    for vaddr, offset, size in loads:  # DT_STRTAB is an address: the segment maps it
+        if vaddr <= strtab < vaddr + size:
+            name = read_at(offset + strtab - vaddr + name_at, 256).split(b"\0", 1)[0]
+            return name.decode("ascii", "replace")
+    return ""
+
+
+def server_owned(fstype: str) -> bool:
+    """A filesystem whose owners and contents a user-space server decides (FUSE): its files
+    are neither trusted by owner nor read (a read can block for as long as the server likes)."""
+    return fstype.split(".", 1)[0] in ("fuse", "fuseblk")
+
+
+def load_refusal(
+    *, same_mount_namespace: bool, fstype: str, uid: int, mode: int, pid: int, name: str
+) -> str:
+    """Why jailshim must not load (run as root) ``name``, a library the daemon ``pid`` has
+    mapped, or "" when it may. Facts from the mapped file itself (map_files, fstat, its
+    mount); loading runs the library's constructors as root in doctor's namespaces.
+
+    "Owned by root" says who wrote a file only in doctor's own mount namespace: a rootful
+    container's root is uid 0 too (issue 25: its libcrypto.so.3 constructor ran as host root).
+    A FUSE server decides the owners and contents it shows."""
+    if not same_mount_namespace:
+        return (
+            f"PID {pid} is in another mount namespace (a container?), where root-owned says "
+            f"nothing about who wrote {name} (a rootful container's root is uid 0 too)"
+        )
+    if not fstype:
+        return f"{name}'s filesystem is not in the mount table (unmounted since?)"
+    if server_owned(fstype):
+        return f"{name} is on a FUSE filesystem ({fstype}), whose server decides its owner"
+    if uid != 0 or mode & 0o022:
+        return (
+            f"{name} is owned by uid {uid} with mode {stat.S_IMODE(mode):04o}: jailshim loads "
+            "(runs as root) only a library owned by root and writable by no one else"
+        )
+    return ""
 
 
 def probe_kind(lib: CryptoLib) -> str:
     """Which probe a library gets: "openssl" or "gnutls", or "" with the reason in
     ``unprobeable`` (a static copy cannot be loaded on its own)."""
-    if lib.static or not lib.path:
+    if lib.static or not lib.path or lib.refusal:
         return ""
     if lib.family == OPENSSL:
         return "openssl"
@@ -191,6 +284,12 @@ def probe_kind(lib: CryptoLib) -> str:
 
 def unprobeable(lib: CryptoLib) -> str:
     """Why ``lib`` is not probed (for a warning), "" when it is."""
+    if lib.refusal:
+        return (
+            f"cannot probe {lib.name} ({short_version(lib.version) or 'version unknown'}): "
+            f"{lib.refusal}, so jailshim does not load it and probes no other library in its "
+            "place; --crypto-lib PATH names a library to load (its code runs as root)"
+        )
     if lib.static:
         return (
             f"{lib.version or lib.family} is linked statically into the daemon: jailshim cannot "

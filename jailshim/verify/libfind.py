@@ -7,21 +7,38 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import stat
 import struct
 import subprocess
+from collections.abc import Callable
+from typing import NamedTuple
 
 from jailshim.verify.cryptolib import (
+    MAX_MAPPED,
     CryptoLib,
+    MappedFile,
     classify,
     from_loader_list,
-    from_maps,
+    load_refusal,
+    mapped_files,
     missing_in_loader_list,
+    server_owned,
+    soname_of,
     version_in,
 )
 
-__all__ = ["for_command", "for_paths", "for_pid", "load", "open_regular", "read_bounded"]
+__all__ = [
+    "cached_type",
+    "for_command",
+    "for_paths",
+    "for_pid",
+    "load",
+    "open_regular",
+    "read_bounded",
+    "same_mount_namespace",
+]
 
 _LIMIT = 32 << 20
 _DEFAULT_LOADER = "/lib64/ld-linux-x86-64.so.2"
@@ -51,15 +68,33 @@ def read_bounded(path: str, limit: int = _LIMIT) -> bytes:
     except OSError:
         return b""
     try:
-        chunks, left = [], limit
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return b""
+        return _read_fd(fd, limit)
     finally:
         os.close(fd)
+
+
+def _read_fd(fd: int, limit: int = _LIMIT) -> bytes:
+    """At most ``limit`` bytes from ``fd``'s start (b"" when it cannot be read)."""
+    chunks, at = [], 0
+    try:
+        while at < limit and (chunk := os.pread(fd, min(limit - at, 1 << 20), at)):
+            chunks.append(chunk)
+            at += len(chunk)
+    except OSError:
+        return b""
+    return b"".join(chunks)
+
+
+def _read_at(fd: int) -> Callable[[int, int], bytes]:
+    """pread for soname_of: b"" for an offset no file has (a garbled ELF header)."""
+
+    def read(offset: int, size: int) -> bytes:
+        try:
+            return os.pread(fd, size, offset)
+        except (OSError, OverflowError, ValueError):
+            return b""
+
+    return read
 
 
 def _interpreter(head: bytes) -> str:
@@ -136,26 +171,27 @@ def for_paths(paths: tuple[str, ...]) -> list[CryptoLib]:
 
 
 def load(lib: CryptoLib) -> ctypes.CDLL:
-    """dlopen ``lib`` (its constructors run here, as root). A library a running daemon named
-    is opened first and loaded through /proc/self/fd, so the file checked is the file loaded,
-    and only if it is root's and writable by no one else: a daemon's user that could write it
-    could otherwise make doctor run its code as root. OSError with the reason when refused."""
+    """dlopen ``lib`` (its constructors run here, as root). The operator's (COMMAND's,
+    --crypto-lib) as named. A daemon's only when for_pid found no reason against it
+    (cryptolib.load_refusal) and through /proc/PID/map_files, the mapped file itself, opened
+    and loaded through /proc/self/fd: the file loaded is the file judged, by device and inode,
+    whatever now has its name. OSError with the reason when refused."""
     if not lib.untrusted:
         return ctypes.CDLL(lib.path)
+    if lib.refusal:
+        raise OSError(lib.refusal)
     fd = open_regular(lib.path)
     try:
         st = os.fstat(fd)
-        if lib.inode and st.st_ino != lib.inode:
+        if (st.st_dev, st.st_ino) != (lib.dev, lib.inode) or not lib.inode:
             raise OSError(
-                f"it is not the file the daemon has mapped (inode {st.st_ino}, not "
-                f"{lib.inode}): it was replaced since it was found; run doctor again"
+                f"it is not the file the daemon had mapped when doctor looked (device "
+                f"{os.major(st.st_dev)}:{os.minor(st.st_dev)} inode {st.st_ino}, not "
+                f"{os.major(lib.dev)}:{os.minor(lib.dev)} inode {lib.inode}): it was unmapped "
+                "or replaced since; run doctor again"
             )
-        if st.st_uid != 0 or st.st_mode & 0o022:
-            raise OSError(
-                f"it is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
-                "jailshim loads (runs as root) only a library owned by root and writable by no "
-                "one else; give a trusted copy with --crypto-lib"
-            )
+        if st.st_uid != 0 or st.st_mode & 0o022:  # only root could have changed that since
+            raise OSError(f"{lib.name} is no longer root's alone; run doctor again")
         loaded = ctypes.CDLL(f"/proc/self/fd/{fd}")
     except BaseException:
         os.close(fd)
@@ -173,26 +209,258 @@ def static_in(binary: str) -> list[CryptoLib]:
     return []
 
 
-def for_pid(pid: int) -> list[CryptoLib]:
-    """The crypto libraries process ``pid`` has mapped. Each is loaded for the probe from the
-    path the maps show when that path is still the very file mapped (same inode), else from
-    /proc/PID/map_files/RANGE, the mapped file itself (a daemon in another mount namespace, a
-    library upgraded on disk since the daemon started)."""
+_AT_EMPTY_PATH, _AT_STATX_DONT_SYNC, _STATX_TYPE = 0x1000, 0x4000, 0x1
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def cached_type(path: str = "", fd: int = -100) -> tuple[int, int, int]:
+    """(st_mode, st_rdev, st_dev) of ``path`` (or of ``fd`` itself) from the attributes the
+    kernel has cached (statx AT_STATX_DONT_SYNC): a plain stat of a FUSE file asks its server,
+    which may never answer. (0, 0, 0) when it cannot be told."""
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    flags = _AT_STATX_DONT_SYNC | (0 if path else _AT_EMPTY_PATH)
+    if _libc().statx(fd, path.encode(), flags, _STATX_TYPE, buf) != 0:
+        return 0, 0, 0
+    (mode,) = struct.unpack_from("<H", buf.raw, 0x1C)
+    rdev_major, rdev_minor, dev_major, dev_minor = struct.unpack_from("<IIII", buf.raw, 0x80)
+    return mode, os.makedev(rdev_major, rdev_minor), os.makedev(dev_major, dev_minor)
+
+
+def same_mount_namespace(pid: int) -> bool:
+    """Is ``pid`` in this process's mount namespace? Compared by device and inode of the nsfs
+    files (an inode number is unique only on its own filesystem); False when unknown."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/ns/mnt"), os.stat("/proc/self/ns/mnt")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _unchrooted_peer(pid: int) -> str:
+    """A process in ``pid``'s mount namespace that is not chrooted ("self" when that is
+    doctor's own), or "": a chrooted process's mountinfo hides the mounts outside its root,
+    its libraries' among them."""
+    if same_mount_namespace(pid):
+        return "self"
+    try:
+        want = os.stat(f"/proc/{pid}/ns/mnt")
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return ""
+    for name in entries:  # a container's init, its shell: found in a few ms
+        try:
+            ns = os.stat(f"/proc/{name}/ns/mnt")
+            same = (ns.st_dev, ns.st_ino) == (want.st_dev, want.st_ino)
+            if same and os.readlink(f"/proc/{name}/root") == "/":
+                return name
+        except OSError:
+            continue
+    return ""
+
+
+class _Filesystems(NamedTuple):
+    by_mount: dict[int, str]  # mount id -> type
+    by_device: dict[int, str]  # st_dev -> type
+    servers: tuple[str, ...] = ()  # FUSE mount points (a path below one is never walked)
+
+
+def _mount_table(path: str) -> _Filesystems:
+    """A mountinfo's filesystem types by mount id and by device (its major:minor field)."""
+    from jailshim.jail.mounts import parse_mountinfo
+
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
+        return _Filesystems({}, {})
+    entries = parse_mountinfo(text)
+    by_device: dict[int, str] = {}
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            major, minor = fields[2].split(":")
+            fstype = fields[fields.index("-", 6) + 1]
+            by_device.setdefault(os.makedev(int(major), int(minor)), fstype)
+        except (ValueError, IndexError):
+            continue
+    return _Filesystems(
+        {e.mount_id: e.fstype for e in entries},
+        by_device,
+        tuple(e.mount_point for e in entries if server_owned(e.fstype)),
+    )
+
+
+def _filesystems(pid: int) -> _Filesystems:
+    """The filesystem types of ``pid``'s mount namespace, from a process there that is not
+    chrooted; with doctor's own by device as well: a container's libraries usually live on
+    a host filesystem (overlayfs maps the lower or upper layer's file), while a FUSE mount
+    made in the container is not doctor's. What is in neither is unknown, and not read."""
+    peer = _unchrooted_peer(pid)
+    theirs = _mount_table(f"/proc/{peer}/mountinfo") if peer else _Filesystems({}, {})
+    ours = theirs if peer == "self" else _mount_table("/proc/self/mountinfo")
+    return _Filesystems(theirs.by_mount, {**ours.by_device, **theirs.by_device}, theirs.servers)
+
+
+def _mount_id(handle: int) -> int:
+    """The mount of the file open at ``handle``, from its fdinfo: asking the file itself
+    (fstat, fstatfs) could call a FUSE server, which may never answer."""
+    try:
+        with open(f"/proc/self/fdinfo/{handle}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def _filesystem_of(handle: int, filesystems: _Filesystems) -> str:
+    """The type of the filesystem ``handle`` is on, asking nothing of the file itself: by
+    mount id in the namespace's mount table, else by device (cached) among doctor's own."""
+    fstype = filesystems.by_mount.get(_mount_id(handle), "")
+    if not fstype:  # outside a chrooted daemon's root: its mountinfo hides the mount
+        fstype = filesystems.by_device.get(cached_type(fd=handle)[2], "")
+    return fstype
+
+
+def _readable(path: str, filesystems: _Filesystems) -> bool:
+    """May doctor read ``path`` (a magic link): on a filesystem it can tell, not FUSE."""
+    try:
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fstype = _filesystem_of(handle, filesystems)
+    finally:
+        os.close(handle)
+    return bool(fstype) and not server_owned(fstype)
+
+
+def _by_path(mapped: MappedFile, filesystems: _Filesystems) -> int:
+    """An O_PATH fd on ``mapped.path`` if that is still the mapped file (the device and inode
+    /proc/PID/maps gives: on overlayfs and btrfs they are not the path's, and nothing is
+    proven), else -1. A path below a FUSE mount is not walked (a lookup asks the server)."""
+    if any(mapped.path.startswith(point.rstrip("/") + "/") for point in filesystems.servers):
+        return -1
+    try:
+        handle = os.open(mapped.path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        st = os.fstat(handle)
+    except OSError:
+        st = None
+    if st is None or (st.st_dev, st.st_ino) != (mapped.dev, mapped.inode):
+        os.close(handle)
+        return -1
+    return handle
+
+
+def _identify(
+    pid: int, mapped: MappedFile, same_namespace: bool, filesystems: _Filesystems
+) -> CryptoLib | None:
+    """What the file ``pid`` has mapped at ``mapped.range`` is: a crypto library (by its ELF
+    soname, else by its name) or None. Read through /proc/PID/map_files, the mapped file
+    itself whatever its name now (renamed, deleted, in another mount namespace)."""
+    link = f"/proc/{pid}/map_files/{mapped.range}"
+    shown = os.path.basename(mapped.path)
+    by_name = classify(shown)
+    try:
+        handle = os.open(link, os.O_PATH | os.O_CLOEXEC)  # opens nothing, follows the link
+    except OSError as exc:
+        if not by_name:
+            return None
+        # Following map_files needs CAP_SYS_ADMIN (doctor in a container without it): the
+        # path the maps show is then used only where it is provably the mapped file, in
+        # doctor's own mount namespace, by the device and inode the maps give.
+        handle = _by_path(mapped, filesystems) if same_namespace else -1
+        if handle < 0:
+            why = (
+                f"{shown} could not be proven to be the file PID {pid} has mapped ({link}: "
+                f"{exc.strerror}; following it needs CAP_SYS_ADMIN, and its path names "
+                "another file now)"
+            )
+            if not same_namespace:
+                why = load_refusal(
+                    same_mount_namespace=False, fstype="", uid=-1, mode=0, pid=pid, name=shown
+                )
+            return CryptoLib(by_name, shown, link, untrusted=True, refusal=why)
+        link = mapped.path
+    try:
+        fstype = _filesystem_of(handle, filesystems)
+        # A FUSE file, or one on a filesystem that cannot be told, is never stat'ed or read:
+        # a FUSE server may never answer. Only its name can say what it is.
+        if server_owned(fstype) or not fstype:
+            family, name, version, st = by_name, shown, "", None
+        else:
+            st = os.fstat(handle)
+            if not stat.S_ISREG(st.st_mode):  # a mapped device is never opened
+                return None
+            fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+            try:
+                soname = soname_of(_read_at(fd))
+                family, name = classify(soname) or by_name, soname or shown
+                version = version_in(_read_fd(fd)) if family else ""
+            finally:
+                os.close(fd)
+        if not family:
+            return None
+        refusal = load_refusal(
+            same_mount_namespace=same_namespace,
+            fstype=fstype,
+            uid=st.st_uid if st else -1,
+            mode=st.st_mode if st else 0,
+            pid=pid,
+            name=name,
+        )
+        return CryptoLib(
+            family,
+            name,
+            link,
+            version,
+            untrusted=True,
+            inode=st.st_ino if st else 0,
+            dev=st.st_dev if st else 0,
+            refusal=refusal,
+        )
+    except OSError:
+        return None  # unmapped meanwhile
+    finally:
+        os.close(handle)
+
+
+def for_pid(pid: int) -> tuple[list[CryptoLib], str]:
+    """The crypto libraries process ``pid`` has mapped, each known by what the mapped file is
+    (its soname), not by the name its path shows now, and each with the reason it must not be
+    loaded, if any (another mount namespace, not root's, not provably the mapped file). With
+    none, a note saying so: doctor then probes no library at all, never the host's in place
+    of the daemon's."""
     try:
         with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
-    except OSError:
-        return []
+    except OSError as exc:
+        return [], f"PID {pid}'s memory map could not be read ({exc.strerror})"
+    files = mapped_files(text)
+    same, filesystems = same_mount_namespace(pid), _filesystems(pid)
     libs = []
-    for lib, mapped in from_maps(text):
-        path = lib.path
-        try:
-            same = os.stat(path).st_ino == mapped.inode
-        except OSError:
-            same = False
-        if not same:
-            path = f"/proc/{pid}/map_files/{mapped.range}"
-        libs.append(lib._replace(path=path, version=version_in(read_bounded(path))))
+    for mapped in files:
+        lib = _identify(pid, mapped, same, filesystems)
+        if lib is not None:
+            libs.append(lib)
+            if len(libs) == MAX_MAPPED:
+                break
     # nothing mapped: a static OpenSSL is found by its version string; the daemon's loader is
     # not asked (its PT_INTERP is the daemon's choice, and would run as root)
-    return libs or static_in(f"/proc/{pid}/exe")
+    exe = f"/proc/{pid}/exe"
+    libs = libs or (static_in(f"/proc/{pid}/exe") if _readable(exe, filesystems) else [])
+    if libs:
+        return libs, ""
+    return [], (
+        f"none of the {len(files)} files PID {pid} has mapped is a crypto library jailshim "
+        "knows (OpenSSL, GnuTLS, wolfSSL, Mbed TLS) by its ELF soname or its name, and its "
+        "executable carries no OpenSSL version"
+    )

@@ -39,11 +39,14 @@ __all__ = ["CryptoSource", "Probe", "run_probe"]
 class CryptoSource(NamedTuple):
     """Whose crypto libraries to probe: --crypto-lib paths win, then libraries already found
     (doctor --pid, from the maps), then COMMAND's (asked of its loader in the probe child).
-    All empty: the host's default libcrypto, as "OpenSSL reseed"."""
+    All empty: the host's default libcrypto, as "OpenSSL reseed" (a jail with no daemon).
+    ``missing``: why a daemon's libraries could not be named; then nothing is probed, since
+    the host's library says nothing about the daemon's (issue 25: it was, and said "safe")."""
 
     paths: tuple[str, ...] = ()
     libs: tuple[CryptoLib, ...] = ()
     command: str = ""
+    missing: str = ""
 
 
 _HOST_DEFAULT = CryptoSource()
@@ -171,16 +174,18 @@ def _reseeders(source: CryptoSource) -> tuple[list[_Reseeder], list[Finding]]:
     note = ""
     if source.paths:
         libs = libfind.for_paths(source.paths)
-    elif source.libs:
-        libs = list(source.libs)
+    elif source.libs or source.missing:
+        libs, note = list(source.libs), source.missing
     else:
         libs, note = libfind.for_command(source.command)
     if not libs:
-        return [], [Finding("crypto library", True, f"none probed: {note}", warning=True)]
+        said = f"cannot tell: {note}" if source.missing else f"none probed: {note}"
+        return [], [Finding("crypto library", True, said, warning=True)]
     probes: list[_Reseeder] = []
     notes = []
     for lib in libs:
-        kind = cryptolib.probe_kind(lib)
+        # a daemon's library that must not be loaded: "cannot probe", and nothing in its place
+        kind = "" if lib.refusal else cryptolib.probe_kind(lib)
         if kind == "openssl":
             probes.append(OpenSSLProbe(lib))
         elif kind == "gnutls":

@@ -1,0 +1,484 @@
+"""Attacks on `jailshim doctor --pid` (issue 25, items 1, 7 and 8): a container's root and a
+daemon's own user try to make doctor run their code as host root, or probe the host's library
+in place of the daemon's; and doctor says the true thing about a PID it cannot inspect."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import NOBODY, TESTS, Result, need, run
+
+DEBIAN_LIBCRYPTO = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3"
+
+# A "libcrypto.so.3" whose constructor records who ran it, unless the daemon itself loads it
+# (EVIL_QUIET): any line in MARKER is doctor running the library's code.
+EVIL = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((used)) const char version[] = "OpenSSL 3.0.99 1 Jan 2026";
+__attribute__((constructor)) static void planted(void) {
+    if (getenv("EVIL_QUIET") != NULL) return;
+    char ns[64] = "";
+    ssize_t n = readlink("/proc/self/ns/mnt", ns, sizeof ns - 1);
+    if (n > 0) ns[n] = 0;
+    FILE *f = fopen(MARKER, "a");
+    if (f) { fprintf(f, "uid=%d %s\n", (int)getuid(), ns); fclose(f); }
+}
+"""
+
+# The daemon: loads LIB (as haproxy loads libcrypto), calls itself haproxy, chroots, drops to
+# nobody, says so, and sleeps. With RENAME, its user then renames the mapped library through a
+# directory fd kept from before chroot (the directory is the user's).
+DAEMON = """
+import ctypes, os, sys, time
+lib, jail, rename = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+with open("/proc/self/comm", "w") as f:
+    f.write("haproxy")
+ctypes.CDLL(lib)
+dfd = os.open(os.path.dirname(lib), os.O_RDONLY | os.O_DIRECTORY)
+os.chroot(jail)
+os.chdir("/")
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+if rename:
+    os.rename(os.path.basename(lib), "data.bin", src_dir_fd=dfd, dst_dir_fd=dfd)
+print("jailed", flush=True)
+time.sleep(120)
+"""
+
+
+def _gcc(area: Path, name: str, source: str, *flags: str) -> Path:
+    need(shutil.which("gcc") is not None, "needs gcc (Debian package gcc)")
+    (area / f"{name}.c").write_text(source)
+    out = area / name
+    cc = subprocess.run(
+        ["gcc", "-shared", "-fPIC", *flags, "-o", str(out), str(area / f"{name}.c")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert cc.returncode == 0, cc.stderr
+    return out
+
+
+def _evil(area: Path, marker: Path) -> Path:
+    return _gcc(area, "evil.so", EVIL, "-Wl,-soname,libcrypto.so.3", f'-DMARKER="{marker}"')
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; each is killed by its PID and reaped, whatever happens."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(10)
+
+
+def _daemon(
+    procs: list[subprocess.Popen[bytes]],
+    argv_prefix: list[str],
+    lib: str,
+    jail: Path,
+    *,
+    rename: bool = False,
+) -> int:
+    proc = subprocess.Popen(
+        [*argv_prefix, sys.executable, "-c", DAEMON, lib, str(jail), "1" if rename else "0"],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "EVIL_QUIET": "1"},
+    )
+    procs.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == b"jailed\n"
+    return proc.pid
+
+
+def _rows(result: Result) -> dict[str, dict[str, Any]]:
+    return {str(e["check"]): e for e in result.events if e["event"] == "check"}
+
+
+def _reseed_rows(result: Result) -> dict[str, dict[str, Any]]:
+    return {c: e for c, e in _rows(result).items() if c.endswith(" reseed")}
+
+
+# ---- 1: a container's library is never loaded by host root ---------------------------------
+
+
+def test_a_containers_libcrypto_never_runs_as_host_root(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A rootful container (mount namespace, no user namespace): its root-owned
+    /usr/lib/x86_64-linux-gnu/libcrypto.so.3 has a constructor; a process there loads it,
+    calls itself haproxy, chroots and drops to nobody. `doctor --pid` on the host ran that
+    constructor as uid 0 in the host's mount namespace. Now: never loaded, the row says
+    cannot probe (never ok, never the host's library in its place), the version comes from
+    the bytes; --crypto-lib loads what the operator names."""
+    marker = area / "ran"
+    evil = _evil(area, marker)
+    container = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 f'mount --bind {evil} {DEBIAN_LIBCRYPTO} && exec "$@"', "sh"]  # fmt: skip
+    pid = _daemon(started, container, DEBIAN_LIBCRYPTO, jail)
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy"
+    assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
+
+    result = run("doctor", "--pid", str(pid))
+    assert not marker.exists(), marker.read_text()
+    assert result.named("doctor.daemon")[0]["libraries"] == ["libcrypto.so.3 (OpenSSL 3.0.99)"]
+    (row,) = _reseed_rows(result).values()
+    assert row["check"] == "OpenSSL 3.0.99 reseed" and row["level"] == "warning", row
+    assert row["detail"].startswith("cannot probe libcrypto.so.3 (OpenSSL 3.0.99)"), row
+    assert "another mount namespace" in row["detail"] and "--crypto-lib" in row["detail"]
+
+    chosen = run("doctor", "--pid", str(pid), "--crypto-lib", DEBIAN_LIBCRYPTO)
+    assert not marker.exists(), marker.read_text()
+    (row,) = _reseed_rows(chosen).values()
+    assert "primary DRBG" in row["detail"] and DEBIAN_LIBCRYPTO in row["detail"], row
+
+
+def test_a_file_of_the_same_inode_number_on_another_filesystem_is_not_loaded(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """The daemon maps DIR/libcrypto.so.3 (inode 2 of a tmpfs); then another tmpfs is
+    mounted over DIR holding a root-owned DIR/libcrypto.so.3, also inode 2. The inode check
+    compared st_ino alone: doctor loaded the file now at the path, not the mapped one. Now the
+    mapped file itself is loaded (map_files, device and inode), and nothing of the other."""
+    libs = area / "libs"
+    libs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "a", str(libs)], check=True)
+    shutil.copy(DEBIAN_LIBCRYPTO, libs / "libcrypto.so.3")
+    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail)
+    marker = area / "ran"
+    evil = _evil(area, marker)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "b", str(libs)], check=True)
+    shutil.copy(evil, libs / "libcrypto.so.3")
+    mapped = os.stat(f"/proc/{pid}/map_files/" + _range_of(pid, "libcrypto.so.3"))
+    now = os.stat(libs / "libcrypto.so.3")
+    assert now.st_ino == mapped.st_ino and now.st_dev != mapped.st_dev
+
+    result = run("doctor", "--pid", str(pid))
+    assert not marker.exists(), marker.read_text()
+    (row,) = _reseed_rows(result).values()
+    host = ctypes.CDLL(DEBIAN_LIBCRYPTO)
+    host.OpenSSL_version.restype = ctypes.c_char_p
+    version = host.OpenSSL_version(0).decode()
+    assert row["check"] == f"{' '.join(version.split()[:2])} reseed", row
+    assert "primary DRBG reseeded" in row["detail"], row
+
+
+def _range_of(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        if line.endswith("/" + name):
+            return line.split()[0]
+    raise AssertionError(f"{name} is not mapped by {pid}")
+
+
+def test_a_library_that_doctor_found_then_saw_remapped_is_not_loaded(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """Found (device, inode) and loaded file must be one: a library whose identity does not
+    match what was found (another device, same inode number) is refused at load."""
+    from jailshim.verify import libfind
+
+    libs = area / "libs"
+    libs.mkdir()
+    shutil.copy(DEBIAN_LIBCRYPTO, libs / "libcrypto.so.3")
+    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail)
+    (lib,), _ = libfind.for_pid(pid)
+    assert not lib.refusal, lib
+    with pytest.raises(OSError, match="not the file the daemon had mapped"):
+        libfind.load(lib._replace(dev=lib.dev + 1))
+
+
+def test_without_map_files_the_path_is_used_only_while_it_is_the_mapped_file(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """doctor without CAP_SYS_ADMIN (in a container) cannot follow /proc/PID/map_files: the
+    library is loaded from the path the maps show while that path is the mapped file (device
+    and inode from the maps); once the path names another file, it is not loaded at all."""
+    libs = area / "libs"
+    libs.mkdir()
+    shutil.copy(DEBIAN_LIBCRYPTO, libs / "libcrypto.so.3")
+    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail)
+    probed = run("doctor", "--pid", str(pid), wrap=_NO_MAP_FILES)
+    (row,) = _reseed_rows(probed).values()
+    assert row["check"].startswith("OpenSSL 3.") and "primary DRBG" in row["detail"], row
+    assert f"at {libs}/libcrypto.so.3:" in row["detail"], row
+
+    marker = area / "ran"
+    os.rename(_evil(area, marker), libs / "libcrypto.so.3")  # root's, but not the mapped file
+    refused = run("doctor", "--pid", str(pid), wrap=_NO_MAP_FILES)
+    assert not marker.exists(), marker.read_text()
+    (row,) = _reseed_rows(refused).values()
+    assert row["level"] == "warning" and "could not be proven to be the file" in row["detail"]
+
+
+_NO_MAP_FILES = ["setpriv", "--inh-caps=-sys_admin,-checkpoint_restore",
+                 "--bounding-set=-sys_admin,-checkpoint_restore", "--"]  # fmt: skip
+
+
+@pytest.mark.parametrize("wrap", [[], _NO_MAP_FILES], ids=["root", "without-map_files"])
+def test_a_library_on_fuse_is_neither_trusted_nor_touched(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]], wrap: list[str]
+) -> None:
+    """A FUSE server says who owns its files: a "root-owned" libcrypto.so.3 (with a
+    constructor) on a FUSE mount in doctor's own namespace was loaded as root. Now it is not,
+    and doctor sends its server no request at all (a server may never answer one), also when
+    it cannot follow map_files and would look at the path instead."""
+    need(os.path.exists("/dev/fuse"), "needs /dev/fuse")
+    marker = area / "ran"
+    evil = _evil(area, marker)
+    mount, log = area / "fuse", area / "fuse.log"
+    mount.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, str(TESTS / "fuse_file.py"), str(mount), "libcrypto.so.3", str(evil),
+         str(log)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"mounted\n"
+        pid = _daemon(started, [], str(mount / "libcrypto.so.3"), jail)
+        before = log.read_text()
+        time.sleep(1.1)  # past the attributes' validity: a lookup or stat would ask the server
+        result = run("doctor", "--pid", str(pid), wrap=wrap)
+        assert not marker.exists(), marker.read_text()
+        assert log.read_text() == before  # not one request from doctor
+        (row,) = _reseed_rows(result).values()
+        assert row["level"] == "warning", row
+        assert "FUSE filesystem" in row["detail"] or "could not be proven" in row["detail"], row
+    finally:
+        for proc in started:  # the daemon maps the file: it goes first
+            proc.kill()
+            proc.wait(10)
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+        server.kill()
+        server.wait(10)
+
+
+def test_a_containers_fuse_library_is_sent_no_request(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A container (its own mount namespace, one chrooted process: its mountinfo hides the
+    mounts outside the jail) maps libcrypto.so.3 from a FUSE mount of its own. doctor cannot
+    tell that filesystem's type from the daemon; it must not stat or open the file (an OPEN or
+    GETATTR its server may never answer hangs doctor): only its name is used."""
+    need(os.path.exists("/dev/fuse"), "needs /dev/fuse")
+    evil = _evil(area, area / "ran")
+    mount, log, ready, server = area / "fuse", area / "fuse.log", area / "ready", area / "pid"
+    mount.mkdir()
+    serve = (
+        f"{sys.executable} {TESTS / 'fuse_file.py'} {mount} libcrypto.so.3 {evil} {log} "
+        f"{jail} > {ready} & echo $! > {server}; "
+        f'while [ ! -s {ready} ]; do sleep 0.05; done; exec "$@"'
+    )
+    container = ["unshare", "--mount", "--propagation", "private", "sh", "-c", serve, "sh"]
+    try:
+        pid = _daemon(started, container, str(mount / "libcrypto.so.3"), jail)
+        before = log.read_text()
+        time.sleep(1.1)  # past the attributes' validity: a stat now would ask the server
+        result = run("doctor", "--pid", str(pid))
+        assert log.read_text() == before  # not one request from doctor
+        (row,) = _reseed_rows(result).values()
+        assert row["level"] == "warning" and "another mount namespace" in row["detail"], row
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait(10)
+        if server.exists() and server.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(server.read_text()), 9)
+
+
+# ---- 7: a renamed library is still the daemon's ---------------------------------------------
+
+
+def test_a_library_renamed_by_the_daemons_user_is_still_found_and_probed(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """The daemon's user renames its mapped libcrypto.so.3 to data.bin (the directory is its
+    own): doctor listed no library and probed the host's OpenSSL in its place ("OpenSSL
+    reseed"). The mapped file is known by its soname, and that file is probed."""
+    libs = area / "libs"
+    libs.mkdir()
+    os.chown(libs, NOBODY, NOBODY)
+    shutil.copy(DEBIAN_LIBCRYPTO, libs / "libcrypto.so.3")  # root's, 0644: a trusted copy
+    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail, rename=True)
+    assert (libs / "data.bin").exists() and not (libs / "libcrypto.so.3").exists()
+
+    result = run("doctor", "--pid", str(pid))
+    (label,) = result.named("doctor.daemon")[0]["libraries"]
+    assert label.startswith("libcrypto.so.3 (OpenSSL 3."), label
+    rows = _reseed_rows(result)
+    assert "OpenSSL reseed" not in rows, rows  # the host's, unversioned
+    (row,) = rows.values()
+    assert row["check"].startswith("OpenSSL 3.") and "primary DRBG" in row["detail"], row
+
+
+def test_a_daemon_with_no_library_doctor_can_name_gets_cannot_tell(
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """The daemon's user owns its library, strips what names it (no soname, no version) and
+    renames it: doctor cannot tell which library the daemon uses. It says so, and probes no
+    library of the host's in its place."""
+    libs = area / "libs"
+    libs.mkdir()
+    plain = _gcc(area, "plain.so", "int answer(void) { return 42; }\n")
+    shutil.copy(plain, libs / "libcrypto.so.3")
+    os.chown(libs / "libcrypto.so.3", NOBODY, NOBODY)
+    os.chown(libs, NOBODY, NOBODY)
+    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail, rename=True)
+
+    result = run("doctor", "--pid", str(pid))
+    assert result.named("doctor.daemon")[0]["libraries"] == []
+    assert _reseed_rows(result) == {}
+    row = _rows(result)["crypto library"]
+    assert row["level"] == "warning" and row["detail"].startswith("cannot tell: none of the")
+    assert "--crypto-lib" in row["detail"], row
+
+
+# ---- 8: what doctor says about a PID it cannot inspect ---------------------------------------
+
+
+def test_a_zombie_is_said_to_be_a_zombie(root: None) -> None:
+    """A daemon that exited and is not reaped yet was "no such process"."""
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{child.pid}/status").read_text().count("State:\tZ"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        result = run("doctor", "--pid", str(child.pid))
+        assert result.code == 64
+        assert "has exited and is a zombie" in result.error
+        assert f"its parent, PID {os.getpid()}, has not reaped it yet" in result.error
+    finally:
+        child.wait()
+
+
+def _sleeper(started: list[subprocess.Popen[bytes]]) -> int:
+    proc = subprocess.Popen(["sleep", "60"])
+    started.append(proc)
+    return proc.pid
+
+
+def test_root_without_cap_sys_ptrace_is_told_so_not_to_become_root(
+    root: None, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """doctor as root without CAP_SYS_PTRACE (a container's default) on a process holding
+    more capabilities: the kernel refuses /proc/PID/root, and doctor said "run doctor as
+    root" to root."""
+    pid = _sleeper(started)
+    drop = ["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"]
+    result = run("doctor", "--pid", str(pid), wrap=drop)
+    assert result.code == 77, result.stderr
+    assert "run doctor as root" not in result.error
+    assert "doctor runs as root but without CAP_SYS_PTRACE" in result.error, result.error
+
+
+_LANDLOCK = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+attr = ctypes.c_uint64(1 << 11)  # handles LANDLOCK_ACCESS_FS_MAKE_BLOCK only (ABI 1)
+fd = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(8), ctypes.c_uint32(0))
+if fd < 0 or libc.syscall(446, ctypes.c_int(fd), ctypes.c_uint32(0)) != 0:
+    sys.exit(99)
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_root_confined_by_a_security_module_is_told_so(
+    root: None, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """doctor as root with CAP_SYS_PTRACE inside a Landlock domain, on a process outside it:
+    the kernel refuses, whatever root holds (PID 1 on this machine). "run doctor as root" was
+    no help; the sentence says a security module confines doctor."""
+    pid = _sleeper(started)
+    check = subprocess.run(
+        [sys.executable, "-c", _LANDLOCK, "true"], capture_output=True, check=False
+    )
+    need(check.returncode == 0, "needs Landlock (Linux 5.13+, in the active LSMs)")
+    result = run("doctor", "--pid", str(pid), wrap=[sys.executable, "-c", _LANDLOCK])
+    assert result.code == 77, result.stderr
+    assert "run doctor as root" not in result.error
+    assert "although doctor runs as root with CAP_SYS_PTRACE: a security module" in result.error
+
+
+# ---- the soname reader on hostile bytes --------------------------------------------------------
+
+
+def _elf_head(phoff: int, phentsize: int, phnum: int) -> bytes:
+    head = bytearray(b"\x7fELF\x02\x01" + b"\0" * 58)
+    struct.pack_into("<Q", head, 0x20, phoff)
+    struct.pack_into("<HH", head, 0x36, phentsize, phnum)
+    return bytes(head)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x7fELF\x02\x01" + b"\xff" * 58,  # offsets past any file (pread would overflow)
+        _elf_head(64, 56, 0xFFFF),  # 3.6 MB of program headers asked for
+        _elf_head(64, 56, 1) + struct.pack("<IIQQQQQQ", 2, 0, 1 << 62, 0, 0, 1 << 40, 0, 0),
+        b"OpenSSL " * 1000,
+    ],
+)
+def test_soname_of_garbled_elf_is_empty(data: bytes) -> None:
+    from jailshim.verify.cryptolib import soname_of
+
+    assert soname_of(lambda at, size: data[at : at + size]) == ""
+
+
+def test_soname_of_real_libraries() -> None:
+    from jailshim.verify.cryptolib import soname_of
+
+    data = Path(DEBIAN_LIBCRYPTO).read_bytes()
+    assert soname_of(lambda at, size: data[at : at + size]) == "libcrypto.so.3"
+
+
+@pytest.mark.parametrize(
+    ("facts", "reason"),
+    [
+        ({"same_mount_namespace": False}, "another mount namespace"),
+        ({"fstype": "fuse.sshfs"}, "FUSE filesystem"),  # its server says who owns it
+        ({"fstype": "fuseblk"}, "FUSE filesystem"),
+        ({"fstype": ""}, "not in the mount table"),
+        ({"uid": NOBODY}, "owned by uid 65534"),
+        ({"mode": 0o100664}, "mode 0664"),
+        ({}, ""),
+    ],
+)
+def test_what_a_daemons_library_must_be_to_be_loaded(facts: dict[str, Any], reason: str) -> None:
+    """Pure: doctor's own mount namespace, a filesystem that is not a FUSE server's, root's
+    alone; anything else is a reason not to load (run as root) the daemon's library."""
+    from jailshim.verify.cryptolib import load_refusal
+
+    given: dict[str, Any] = {
+        "same_mount_namespace": True,
+        "fstype": "ext4",
+        "uid": 0,
+        "mode": 0o100644,
+        "pid": 42,
+        "name": "libcrypto.so.3",
+        **facts,
+    }
+    said = load_refusal(**given)
+    assert (reason in said and said) if reason else said == "", said
