@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from jailshim.errors import ConfigError, UsageError, said
 from jailshim.jail.safepath import Entry, EntryKind
+from jailshim.state import OWN_PREFIX
 
 __all__ = [
     "FILE_SETS",
@@ -27,6 +28,7 @@ __all__ = [
     "decide_file",
     "jail_files",
     "missing_host_file",
+    "refuse_reserved",
 ]
 
 
@@ -68,6 +70,20 @@ _WITHOUT = {
 _MAX_PATH = 4095
 
 
+def refuse_reserved(path: str, source: str, *, config: bool = False) -> None:
+    """Refuse a jail path with a component jailshim keeps for itself (a name starting with
+    .jailshim-): placed, it was recorded under a name that every later prepare and teardown
+    of that jail refused as a forged record (78). The one check for jail files and sockets."""
+    for part in path.split("/"):
+        if part.startswith(OWN_PREFIX):
+            error = ConfigError if config else UsageError
+            raise error(
+                f"{said(source, path)} has the name {part!r}, and names starting with "
+                f"{OWN_PREFIX} are jailshim's own in a jail (its temporary and set-aside "
+                "entries); give a path without one."
+            )
+
+
 def _checked_path(path: str, source: str) -> str:
     if not path.startswith("/"):
         raise UsageError(f"{said(source, path)} must be an absolute path, such as /etc/hosts.")
@@ -82,6 +98,7 @@ def _checked_path(path: str, source: str) -> str:
             f"{said(source, path)} is under /{parts[0]}, which jailshim manages otherwise; give "
             "a file such as /etc/hosts (devices: --device, log sockets: --log-socket)."
         )
+    refuse_reserved(path, source)
     return "/" + "/".join(parts)
 
 

@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import os
 import select
+import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +126,38 @@ def test_the_daemons_user_never_reads_a_root_only_copy_while_it_is_made(
         leaks["refresh"] += _SECRET in seen[0]
         assert run("teardown", "--chroot", str(jail)).code == 0
     assert leaks == {"copy": 0, "refresh": 0}, f"read by the daemon's user in {trials} trials"
+
+
+def test_a_name_jailshim_keeps_for_itself_is_refused_and_the_jail_stays_usable(
+    jail: Path, area: Path
+) -> None:
+    """A --file or --log-socket with a component starting .jailshim-new- or
+    .jailshim-displaced- was placed (exit 0); its record then read as forged, and every
+    prepare and teardown of the jail exited 78. Refused at input (64), nothing made."""
+    plain = area / "hosts"
+    plain.write_text("192.0.2.1 one.test\n")
+    named = area / ".jailshim-new-hosts"
+    named.write_text("192.0.2.2 two.test\n")
+    below = area / ".jailshim-displaced-etc" / "hosts"
+    below.parent.mkdir()
+    below.write_text("192.0.2.3 three.test\n")
+    sock_path = area / ".jailshim-new-log"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    args = ("prepare", "--chroot", str(jail), "--no-verify")
+    try:
+        for given in (
+            ("--file", str(named)),
+            ("--file", str(below)),
+            ("--log-socket", str(sock_path)),
+        ):
+            refused = run(*args, "--file", str(plain), *given)
+            assert refused.code == 64, refused.stderr
+            assert "jailshim's own" in refused.error and given[1] in refused.error
+            assert os.listdir(jail) == []
+        placed = run(*args, "--file", str(plain))
+        assert placed.code == 0, placed.stderr
+        assert run("teardown", "--chroot", str(jail)).code == 0
+        assert os.listdir(jail) == []
+    finally:
+        sock.close()
