@@ -10,8 +10,11 @@ import os
 import select
 import socket
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.support import NOBODY, run
 
@@ -161,3 +164,61 @@ def test_a_name_jailshim_keeps_for_itself_is_refused_and_the_jail_stays_usable(
         assert os.listdir(jail) == []
     finally:
         sock.close()
+
+
+@pytest.fixture
+def small_jail(area: Path) -> Path:
+    """A jail on a 64 KiB tmpfs (unmounted by ``area`` afterwards)."""
+    path = area / "small"
+    path.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(path)], check=True
+    )
+    return path
+
+
+def _fill(jail: Path) -> Path:
+    """Fill the jail's filesystem up to its last byte; the file that does it."""
+    filler = jail / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 4096):
+                pass
+    finally:
+        os.close(fd)
+    assert os.statvfs(jail).f_bavail == 0
+    return filler
+
+
+def test_a_full_disk_under_a_copy_is_said_naming_the_file(small_jail: Path, area: Path) -> None:
+    """A jail file larger than the space left: "Preparing …/dev failed: No space left on
+    device" named neither the file nor the cause. One sentence naming the copy's path and a
+    full disk (71); nothing is left in the jail."""
+    big = area / "big.conf"
+    big.write_bytes(os.urandom(200_000))
+    result = run("prepare", "--chroot", str(small_jail), "--no-verify", "--file", str(big))
+    assert result.code == 71, result.stderr
+    assert f"{small_jail}{big} cannot be written: the disk is full (ENOSPC)" in result.error
+    assert os.listdir(small_jail) == []
+
+
+def test_a_full_disk_leaves_no_temporary_journal(small_jail: Path, area: Path) -> None:
+    """The journal is rewritten by a temporary name and a rename: on a full disk teardown
+    stopped at its first record (71) and left dev/.jailshim-state.json.new. Teardown now
+    goes on (forgetting can wait; each undo frees space) and gives the jail back; a prepare
+    on a full disk says so in one sentence and leaves nothing."""
+    conf = area / "small.conf"
+    conf.write_text("setting\n")
+    args = ("--chroot", str(small_jail), "--no-verify", "--file", str(conf))
+    assert run("prepare", *args).code == 0
+    filler = _fill(small_jail)
+    torn = run("teardown", "--chroot", str(small_jail))
+    assert torn.code == 0, torn.stderr
+    assert os.listdir(small_jail) == [filler.name]
+
+    refused = run("prepare", *args)
+    assert refused.code == 71, refused.stderr
+    assert "/dev/.jailshim-state.json, jailshim's record" in refused.error
+    assert "the disk is full (ENOSPC)" in refused.error
+    assert os.listdir(small_jail) == [filler.name]
