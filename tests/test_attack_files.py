@@ -11,6 +11,7 @@ import select
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,3 +223,87 @@ def test_a_full_disk_leaves_no_temporary_journal(small_jail: Path, area: Path) -
     assert "/dev/.jailshim-state.json, jailshim's record" in refused.error
     assert "the disk is full (ENOSPC)" in refused.error
     assert os.listdir(small_jail) == [filler.name]
+
+
+_LOCKS = Path("/run/jailshim/locks")
+# Takes the jail's lock ROUNDS times and writes "in PID" / "out PID" around a short hold.
+_CONTENDER = """
+import os, sys, time
+from jailshim.jail.lock import JailLock
+jail, log, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fd = os.open(jail, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+out = os.open(log, os.O_WRONLY | os.O_APPEND)
+for _ in range(rounds):
+    with JailLock(fd, jail, 60):
+        os.write(out, f"in {os.getpid()}\\n".encode())
+        time.sleep(0.002)
+        os.write(out, f"out {os.getpid()}\\n".encode())
+"""
+
+
+def _lock_file(jail: Path) -> Path:
+    st = jail.stat()
+    return _LOCKS / f"{st.st_dev}-{st.st_ino}"
+
+
+@contextlib.contextmanager
+def _users_lock_on(jail: Path) -> Iterator[None]:
+    """nobody holds the jail directory's flock (ignored by jailshim), so root's lock file is
+    the only thing that serialises root's runs."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import fcntl, os, time; fd = os.open({str(jail)!r}, os.O_RDONLY); "
+         "os.setgroups([]); os.setgid(65534); os.setuid(65534); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()  # by PID: the holder this test started
+        holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
+
+
+def test_root_lock_files_are_removed_when_no_longer_needed(area: Path) -> None:
+    """One lock file per jail ever prepared stayed in /run/jailshim/locks (322 after an
+    afternoon): each prepare and teardown now removes its own as it lets go."""
+    conf = area / "conf"
+    conf.write_text("setting\n")
+    for i in range(6):
+        jail = area / f"jail{i}"
+        jail.mkdir()
+        args = ("--chroot", str(jail), "--no-verify", "--file", str(conf))
+        assert run("prepare", *args).code == 0
+        assert not _lock_file(jail).exists()
+        assert run("teardown", "--chroot", str(jail)).code == 0
+        assert not _lock_file(jail).exists()
+
+
+def test_root_lock_still_serialises_while_its_file_is_removed(jail: Path, area: Path) -> None:
+    """Removing a flocked file another process waits on breaks the lock: the waiter gets a
+    lock on a file no one else sees while a newcomer locks a new one. 8 processes take the
+    jail's lock 40 times each, with a user holding the jail directory's flock (ignored), so
+    only root's file serialises them: every hold is alone, and no file is left."""
+    log = area / "holds"
+    log.touch()
+    rounds = 40
+    with _users_lock_on(jail):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CONTENDER, str(jail), str(log), str(rounds)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, errors
+    lines = log.read_text().splitlines()
+    assert len(lines) == 8 * rounds * 2
+    holds = list(zip(lines[0::2], lines[1::2], strict=True))
+    overlaps = [h for h in holds if (h[0].split()[0], h[1]) != ("in", h[0].replace("in", "out"))]
+    assert overlaps == []
+    assert not _lock_file(jail).exists()
