@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import NOBODY, run
+from tests.support import NOBODY, need, run
 
 _SECRET = b"TOPSECRET"
 # Every inotify event on the directory: whatever jailshim does there wakes the attacker.
@@ -202,6 +203,23 @@ def test_a_full_disk_under_a_copy_is_said_naming_the_file(small_jail: Path, area
     assert result.code == 71, result.stderr
     assert f"{small_jail}{big} cannot be written: the disk is full (ENOSPC)" in result.error
     assert os.listdir(small_jail) == []
+
+
+def test_a_used_up_quota_under_a_copy_is_said_naming_the_file(jail: Path, area: Path) -> None:
+    """EDQUOT as a container without CAP_SYS_RESOURCE meets it (root ignores quota limits
+    otherwise, and this machine's tmpfs has no quota support): strace makes the copy's fsync,
+    where delayed allocation reports it, answer EDQUOT. One sentence naming the file (71)."""
+    strace = shutil.which("strace")
+    need(strace is not None, "needs strace (scripts/bootstrap.sh installs it)")
+    assert strace is not None
+    conf = area / "quota.conf"
+    conf.write_text("setting\n")
+    inject = [strace, "-f", "-qq", "-o", "/dev/null", "-e", "inject=fsync:error=EDQUOT"]
+    args = ("prepare", "--chroot", str(jail), "--no-verify", "--file", str(conf))
+    result = run(*args, wrap=inject)
+    assert result.code == 71, result.stderr
+    assert f"{jail}{conf} cannot be written: the disk quota is used up (EDQUOT)" in result.error
+    assert os.listdir(jail) == []
 
 
 def test_a_full_disk_leaves_no_temporary_journal(small_jail: Path, area: Path) -> None:
