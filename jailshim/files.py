@@ -15,10 +15,10 @@ from typing import NamedTuple
 
 from jailshim.errors import ConfigError, UsageError, said
 from jailshim.jail.safepath import Entry, EntryKind
-from jailshim.state import OWN_PREFIX
 
 __all__ = [
     "FILE_SETS",
+    "OWN_PREFIX",
     "FileAction",
     "FileFacts",
     "FileMode",
@@ -68,6 +68,11 @@ _WITHOUT = {
 }
 
 _MAX_PATH = 4095
+# Every name jailshim gives an entry of its own in a jail starts with this (state.py: the
+# temporary and aside names, the journal). A jail file or socket whose path has such a
+# component was recorded under a name the journal's validation takes for a forgery, refusing
+# every later prepare and teardown of the jail (78): input refuses it (refuse_reserved).
+OWN_PREFIX = ".jailshim-"
 
 
 def refuse_reserved(path: str, source: str, *, config: bool = False) -> None:

@@ -26,11 +26,11 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from jailshim.errors import ConfigError, PrepareOSError
+from jailshim.files import OWN_PREFIX
 from jailshim.jail.safepath import writable_by_non_root
 
 __all__ = [
     "NEW_DEV",
-    "OWN_PREFIX",
     "STATE_NAME",
     "TMPFS_SOURCE",
     "Journal",
@@ -54,12 +54,7 @@ TMPFS_SOURCE = "jailshim"
 NEW_DEV = ".jailshim-new-dev"
 _VERSION = 2
 _MAX_BYTES = 256 * 1024
-_PREFIXES = (".jailshim-new-", ".jailshim-displaced-")
-# Every name jailshim gives an entry of its own starts with this (temporary and aside names,
-# the journal). A jail file or socket whose path has such a component would be recorded under
-# a name the validation above takes for a forgery, refusing every later prepare and teardown
-# of the jail (78): input refuses it instead (files.refuse_reserved).
-OWN_PREFIX = ".jailshim-"
+_PREFIXES = (f"{OWN_PREFIX}new-", f"{OWN_PREFIX}displaced-")
 
 
 class Kind(StrEnum):
