@@ -168,6 +168,23 @@ def test_a_name_jailshim_keeps_for_itself_is_refused_and_the_jail_stays_usable(
         sock.close()
 
 
+def test_a_reserved_name_from_a_daemons_config_is_a_config_error(
+    haproxy_bin: str, jail: Path, area: Path
+) -> None:
+    """A log socket named in haproxy's config (an adapter derives sockets from config) with a
+    reserved name is the config's fault: 78, before anything is made."""
+    cfg = area / "haproxy.cfg"
+    cfg.write_text(
+        f"global\n  chroot {jail}\n  log {area}/.jailshim-displaced-log local0\n"
+        "defaults\n  mode http\n  timeout client 1s\n  timeout server 1s\n"
+        "  timeout connect 1s\nfrontend f\n  bind 127.0.0.1:18443\n"
+    )
+    refused = run("run", "--dry-run", "--", haproxy_bin, "-f", str(cfg))
+    assert refused.code == 78, refused.stderr
+    assert "'.jailshim-displaced-log'" in refused.error and "jailshim's own" in refused.error
+    assert os.listdir(jail) == []
+
+
 @pytest.fixture
 def small_jail(area: Path) -> Path:
     """A jail on a 64 KiB tmpfs (unmounted by ``area`` afterwards)."""
