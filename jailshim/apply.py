@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from jailshim import state
 from jailshim.devices import ALLOWLIST, Device
-from jailshim.errors import ConfigError, NotPermitted
+from jailshim.errors import ConfigError, NotPermitted, PrepareOSError
 from jailshim.files import FileAction, FileStep
 from jailshim.jail import mounts
 from jailshim.jail.namespaces import pid_namespace
@@ -202,7 +202,11 @@ class Applier:
         fd = self._open_made_dir(state.NEW_DEV, self.jail.fd)
         record = Record(Kind.MKDIR, "dev", "", os.fstat(fd).st_ino, tmp=state.NEW_DEV)
         self.journal.dir_fd = fd
-        index = self._intend(record)
+        try:
+            index = self._intend(record)
+        except state.JournalUnwritable:  # a full disk: nothing records it, so take it back
+            os.rmdir(state.NEW_DEV, dir_fd=self.jail.fd)
+            raise
         self._rename(self.jail.fd, "", state.NEW_DEV, "dev")
         self._still_at(self.jail.fd, "dev", fd)
         self.journal.update(index, done=True)
@@ -545,16 +549,33 @@ class Applier:
         tmp = state.temp_name(name)
         self._clear_temp(dir_fd, where, tmp)
         index = self._intend(Record(Kind.COPY, name, where, tmp=tmp, replaces=stale))
-        fd = os.open(tmp, _PLACEHOLDER, mode, dir_fd=dir_fd)
+        # Made with no permission bits at all, then root:root with its final bits before a
+        # byte is written: created with them, in a setgid directory of the daemon's user it
+        # took that user's group, and an fd the user opened before the chown read the secret
+        # after it (permissions are checked at open only). Mode 0 also masks a default ACL.
         try:
-            self.journal.update(index, ino=os.fstat(fd).st_ino)
-            _root_with_exactly(fd, mode, _ACCESS_ACL)
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(tmp, _PLACEHOLDER, 0, dir_fd=dir_fd)
+            try:
+                _root_with_exactly(fd, mode, _ACCESS_ACL)
+                self.journal.update(index, ino=os.fstat(fd).st_ino)
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if not state.disk_full(exc):
+                raise
+            # said as "Preparing …/dev failed", which named neither the file nor the cause
+            raise PrepareOSError(
+                f"{self.jail.real}/{where}/{name} cannot be written: "
+                f"{state.disk_full(exc)} ({errno.errorcode[exc.errno or 0]}); what this run "
+                "made is taken back: free space on that filesystem, then run again.".replace(
+                    "//", "/"
+                ),
+                errno=exc.errno,
+            ) from None
         if not stale:
             self._rename(dir_fd, where, tmp, name)
             self.journal.update(index, done=True)

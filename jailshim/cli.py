@@ -549,6 +549,7 @@ def chroot_of(args: argparse.Namespace, **overrides: Any) -> str:
 def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
     """The Spec for this run; ``overrides`` (from a daemon's config) fill unset flags."""
     from jailshim.devices import DEFAULT_DEVICES
+    from jailshim.files import refuse_reserved
     from jailshim.plan import Strategy
     from jailshim.spec import Spec
 
@@ -560,6 +561,7 @@ def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
         if not path.startswith("/"):
             raise UsageError(f"{said(source, path)} must be an absolute path, such as /dev/log.")
         _path(path, source, config=source == "log")
+        refuse_reserved(path, source, config=source == "log")
     return Spec(
         chroot=chroot,
         devices=devices_of(args, [*DEFAULT_DEVICES, *overrides.get("devices", ())]),

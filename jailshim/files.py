@@ -18,6 +18,7 @@ from jailshim.jail.safepath import Entry, EntryKind
 
 __all__ = [
     "FILE_SETS",
+    "OWN_PREFIX",
     "FileAction",
     "FileFacts",
     "FileMode",
@@ -27,6 +28,7 @@ __all__ = [
     "decide_file",
     "jail_files",
     "missing_host_file",
+    "refuse_reserved",
 ]
 
 
@@ -66,6 +68,25 @@ _WITHOUT = {
 }
 
 _MAX_PATH = 4095
+# Every name jailshim gives an entry of its own in a jail starts with this (state.py: the
+# temporary and aside names, the journal). A jail file or socket whose path has such a
+# component was recorded under a name the journal's validation takes for a forgery, refusing
+# every later prepare and teardown of the jail (78): input refuses it (refuse_reserved).
+OWN_PREFIX = ".jailshim-"
+
+
+def refuse_reserved(path: str, source: str, *, config: bool = False) -> None:
+    """Refuse a jail path with a component jailshim keeps for itself (a name starting with
+    .jailshim-): placed, it was recorded under a name that every later prepare and teardown
+    of that jail refused as a forged record (78). The one check for jail files and sockets."""
+    for part in path.split("/"):
+        if part.startswith(OWN_PREFIX):
+            error = ConfigError if config else UsageError
+            raise error(
+                f"{said(source, path)} has the name {part!r}, and names starting with "
+                f"{OWN_PREFIX} are jailshim's own in a jail (its temporary and set-aside "
+                "entries); give a path without one."
+            )
 
 
 def _checked_path(path: str, source: str) -> str:
@@ -82,6 +103,7 @@ def _checked_path(path: str, source: str) -> str:
             f"{said(source, path)} is under /{parts[0]}, which jailshim manages otherwise; give "
             "a file such as /etc/hosts (devices: --device, log sockets: --log-socket)."
         )
+    refuse_reserved(path, source)
     return "/" + "/".join(parts)
 
 

@@ -17,6 +17,7 @@ nothing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -24,7 +25,8 @@ import stat
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from jailshim.errors import ConfigError
+from jailshim.errors import ConfigError, PrepareOSError
+from jailshim.files import OWN_PREFIX
 from jailshim.jail.safepath import writable_by_non_root
 
 __all__ = [
@@ -32,9 +34,11 @@ __all__ = [
     "STATE_NAME",
     "TMPFS_SOURCE",
     "Journal",
+    "JournalUnwritable",
     "Kind",
     "Record",
     "aside_name",
+    "disk_full",
     "load_records",
     "mount_namespace",
     "temp_name",
@@ -50,7 +54,7 @@ TMPFS_SOURCE = "jailshim"
 NEW_DEV = ".jailshim-new-dev"
 _VERSION = 2
 _MAX_BYTES = 256 * 1024
-_PREFIXES = (".jailshim-new-", ".jailshim-displaced-")
+_PREFIXES = (f"{OWN_PREFIX}new-", f"{OWN_PREFIX}displaced-")
 
 
 class Kind(StrEnum):
@@ -233,11 +237,41 @@ def load_records(dir_fd: int, where: str) -> list[Record]:
         os.close(fd)
 
 
+_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
+
+
+def disk_full(exc: OSError) -> str:
+    """What a full disk or quota is called in a sentence ("" for any other error)."""
+    return _FULL.get(exc.errno or 0, "")
+
+
+class JournalUnwritable(PrepareOSError):
+    """The journal could not be rewritten (a full disk, mostly); its temporary is gone."""
+
+
+def _unwritable(dir_fd: int, exc: OSError) -> JournalUnwritable:
+    try:
+        where = os.readlink(f"/proc/self/fd/{dir_fd}")
+    except OSError:
+        where = "dev"
+    where = where.removesuffix(f"/{NEW_DEV}") + "/dev" if where.endswith(NEW_DEV) else where
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    why = disk_full(exc) or exc.strerror or "refused"
+    return JournalUnwritable(
+        f"{where}/{STATE_NAME}, jailshim's record of what it made in the jail, cannot be "
+        f"written: {why} ({name}); nothing was done that it does not record: free space on "
+        "that filesystem, then run again.",
+        errno=exc.errno,
+    )
+
+
 def _write(dir_fd: int, records: list[Record]) -> None:
     """Replace the record atomically: a fixed temporary name, then rename over the old one.
 
     Atomic against process death (SIGKILL, OOM), which is what a container stop does. No fsync:
-    mounts do not survive a power loss anyway, and a stale record is reconciled by inode.
+    mounts do not survive a power loss anyway, and a stale record is reconciled by inode. A
+    write that fails (a full disk) removes its temporary and raises JournalUnwritable: the
+    temporary was left behind by a teardown on a full disk.
     """
     if not records:
         for name in (STATE_NAME, _STATE_TMP):
@@ -247,17 +281,27 @@ def _write(dir_fd: int, records: list[Record]) -> None:
     body = json.dumps({"version": _VERSION, "records": [r._asdict() for r in records]})
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_STATE_TMP, dir_fd=dir_fd)  # a leftover of a killed run
-    fd = os.open(
-        _STATE_TMP,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o644,
-        dir_fd=dir_fd,
-    )
     try:
-        os.write(fd, body.encode() + b"\n")
-    finally:
-        os.close(fd)
-    os.rename(_STATE_TMP, STATE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        fd = os.open(
+            _STATE_TMP,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o644,
+            dir_fd=dir_fd,
+        )
+    except OSError as exc:
+        raise _unwritable(dir_fd, exc) from None
+    try:
+        try:
+            view = memoryview(body.encode() + b"\n")
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(_STATE_TMP, STATE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(_STATE_TMP, dir_fd=dir_fd)
+        raise _unwritable(dir_fd, exc) from None
 
 
 class Journal:
@@ -273,9 +317,14 @@ class Journal:
         _write(self.dir_fd, self.records)
 
     def intend(self, record: Record) -> int:
-        """Record a step before doing it; returns its index for ``update``."""
+        """Record a step before doing it; returns its index for ``update``. When the record
+        cannot be written the step must not be done: it is not kept either."""
         self.records.append(record)
-        self._save()
+        try:
+            self._save()
+        except JournalUnwritable:
+            self.records.pop()
+            raise
         return len(self.records) - 1
 
     def update(self, index: int, **changes: Any) -> None:
@@ -289,8 +338,14 @@ class Journal:
         self._save()
 
     def drop(self, index: int) -> None:
+        """Forget an undone (or never done) step. If the file cannot be rewritten now (a
+        full disk), it keeps the step for a while: undoing it again finds it "already gone",
+        as after a kill between an undo and its drop. Teardown on a full disk goes on (each
+        undo frees space, and the last drop removes the file) instead of stopping at the
+        first record."""
         del self.records[index]
-        self._save()
+        with contextlib.suppress(JournalUnwritable):
+            self._save()
 
     def move_to(self, dir_fd: int) -> None:
         """Keep the records in another directory from now on (a new dev/, the tmpfs)."""

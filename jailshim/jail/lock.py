@@ -10,6 +10,13 @@ stale lock):
   is ignored, with a warning: that user gets no say in root's start-up.
 Without a lock, eight prepares at once stacked tmpfs mounts eight deep and one's rollback deleted
 the node another had just made, while that other one exited 0.
+
+Root's lock file is removed by its holder just before it lets go (322 of them were left in
+/run/jailshim/locks after one afternoon, one per jail ever prepared). A process that was
+waiting on the removed file then holds a lock on a name no one else sees: so after every
+flock the fd must still be the file at the name (device and inode), else it opens the name
+again and waits on that. Only the holder removes, so the file at the name never changes under
+a holder.
 """
 
 from __future__ import annotations
@@ -53,20 +60,35 @@ def _holder(fd: int) -> tuple[int, int | None]:
     return 0, None
 
 
-def _root_lock_file(st: os.stat_result) -> int | None:
+def _root_lock_path(st: os.stat_result) -> str | None:
     """Root's lock file for the jail with identity ``st``; None where /run cannot take it."""
     try:
         os.makedirs(_LOCK_DIR, mode=0o700, exist_ok=True)
         dir_st = os.stat(_LOCK_DIR, follow_symlinks=False)
-        if not stat.S_ISDIR(dir_st.st_mode) or dir_st.st_uid != 0 or dir_st.st_mode & 0o077:
-            return None  # not root's own: do not trust it
+    except OSError:
+        return None
+    if not stat.S_ISDIR(dir_st.st_mode) or dir_st.st_uid != 0 or dir_st.st_mode & 0o077:
+        return None  # not root's own: do not trust it
+    return f"{_LOCK_DIR}/{st.st_dev}-{st.st_ino}"
+
+
+def _open_lock_file(path: str) -> int | None:
+    try:
         return os.open(
-            f"{_LOCK_DIR}/{st.st_dev}-{st.st_ino}",
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            0o600,
+            path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600
         )
     except OSError:
         return None
+
+
+def _is_at(fd: int, path: str) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (its holder removes it when done)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 class JailLock:
@@ -76,12 +98,19 @@ class JailLock:
     def __init__(self, jail_fd: int, where: str, timeout: float) -> None:
         self.fds: list[int] = []
         self.ignored = ""
+        self._root_file = ""  # root's lock file, once held (removed by ``release``)
         deadline = time.monotonic() + timeout
         try:
-            root_fd = _root_lock_file(os.fstat(jail_fd))
-            if root_fd is not None:
+            path = _root_lock_path(os.fstat(jail_fd))
+            while path is not None and (root_fd := _open_lock_file(path)) is not None:
                 self.fds.append(root_fd)
                 self._wait(root_fd, deadline, where, timeout)
+                if _is_at(root_fd, path):
+                    self._root_file = path
+                    break
+                # its holder removed it as it let go: wait on the file at the name now
+                self.fds.remove(root_fd)
+                os.close(root_fd)
             # flock needs a real open file, not the O_PATH handle: reopen the same inode.
             dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=jail_fd)
             self.fds.append(dir_fd)
@@ -111,6 +140,11 @@ class JailLock:
                 time.sleep(_POLL)
 
     def release(self) -> None:
+        if self._root_file and self.fds:  # still held: remove it before letting go
+            with contextlib.suppress(OSError):
+                if _is_at(self.fds[0], self._root_file):
+                    os.unlink(self._root_file)
+        self._root_file = ""
         for fd in self.fds:  # closing the only fd drops its flock
             with contextlib.suppress(OSError):
                 os.close(fd)

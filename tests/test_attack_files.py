@@ -1,0 +1,344 @@
+"""Jail files attacked again (issue 25): the daemon's user racing a copy of a root-only file,
+names jailshim keeps for itself given as jail files, a full disk under a copy and under the
+journal, and the lock files root keeps in /run. Every test here failed before its fix."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import NOBODY, need, run
+
+_SECRET = b"TOPSECRET"
+# Every inotify event on the directory: whatever jailshim does there wakes the attacker.
+_IN_ALL_EVENTS = 0x00000FFF
+
+
+def _owned_by_nobody(jail: Path, inside: Path) -> None:
+    """The jail and every directory down to ``inside`` made and owned by the daemon's user."""
+    os.chown(jail, NOBODY, NOBODY)
+    parts = inside.relative_to(jail).parts
+    for i in range(len(parts)):
+        d = jail.joinpath(*parts[: i + 1])
+        d.mkdir(exist_ok=True)
+        os.chown(d, NOBODY, NOBODY)
+
+
+def _attacker(where: Path, names: tuple[str, ...], ready: int, stop: int, report: int) -> None:
+    """The daemon's user, in a forked child: in its own setgid directory, on every inotify
+    event it tries to open each name jailshim may write there and keeps every fd it gets;
+    told to stop, it reads them all and reports what they hold. Never returns."""
+    code = 1
+    try:
+        os.chdir(where)  # as root: the test's tmp_path above may be 0700
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        libc = ctypes.CDLL(None, use_errno=True)
+        inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if inotify < 0 or libc.inotify_add_watch(inotify, b".", _IN_ALL_EVENTS) < 0:
+            raise OSError(ctypes.get_errno(), "inotify")
+        held: list[int] = []
+        os.write(ready, b"r")
+        while True:
+            readable, _, _ = select.select([inotify, stop], [], [])
+            if inotify in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(inotify, 65536):
+                        pass
+                for name in names:
+                    with contextlib.suppress(OSError):
+                        held.append(os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW))
+            if stop in readable:
+                break
+        seen = b"".join(os.pread(fd, 4096, 0) for fd in held)
+        os.write(report, struct.pack("I", len(held)) + seen[:60000])
+        code = 0
+    finally:
+        os._exit(code)
+
+
+@contextlib.contextmanager
+def _racing(where: Path, names: tuple[str, ...]) -> Iterator[list[bytes]]:
+    """A nobody process racing in ``where`` while the body runs; the list gets, afterwards,
+    everything the files it managed to open held."""
+    ready_r, ready_w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _attacker(where, names, ready_w, stop_r, report_w)
+    for fd in (ready_w, stop_r, report_w):
+        os.close(fd)
+    seen: list[bytes] = []
+    try:
+        assert os.read(ready_r, 1) == b"r", "the attacker did not start"
+        yield seen
+        os.write(stop_w, b"s")
+        data = b""
+        while chunk := os.read(report_r, 65536):
+            data += chunk
+        seen.append(data[4:])
+    finally:
+        for fd in (ready_r, stop_w, report_r):
+            os.close(fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)  # by PID: the attacker this test forked (already gone when done)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) in (0, -9)
+
+
+def test_the_daemons_user_never_reads_a_root_only_copy_while_it_is_made(
+    jail: Path, area: Path
+) -> None:
+    """The daemon's user owns the jail and the copy's directory (setgid, its group) and opens
+    the temporary copy on every inotify event: a file created with its final mode 0640 took
+    that group, and an fd opened before the chown read TOPSECRET after it (18 of 20 copies,
+    9 of 10 refreshes). The copy must be root:root with its final bits before any other user
+    can open it, on the copy and the refresh path alike."""
+    secret = area / "keys" / "secret.pem"
+    secret.parent.mkdir()
+    secret.write_bytes(_SECRET + b" 0\n")
+    secret.chmod(0o640)
+    inside = jail / str(secret.parent).lstrip("/")
+    _owned_by_nobody(jail, inside)
+    inside.chmod(0o2755)  # setgid: new entries take the directory's group (nobody's)
+    names = (".jailshim-new-secret.pem", "secret.pem")
+    args = ("--chroot", str(jail), "--user", "nobody", "--no-verify", "--file", str(secret))
+    leaks = {"copy": 0, "refresh": 0}
+    trials = 20
+    for trial in range(trials):
+        with _racing(inside, names) as seen:
+            result = run("prepare", *args)
+        assert result.code == 0, result.stderr
+        leaks["copy"] += _SECRET in seen[0]
+        secret.write_bytes(_SECRET + f" {trial + 1}\n".encode())  # stale: a refresh is due
+        with _racing(inside, names) as seen:
+            result = run("prepare", *args)
+        assert result.code == 0, result.stderr
+        assert [e["outcome"] for e in result.named("jail_file")] == ["refreshed"]
+        leaks["refresh"] += _SECRET in seen[0]
+        assert run("teardown", "--chroot", str(jail)).code == 0
+    assert leaks == {"copy": 0, "refresh": 0}, f"read by the daemon's user in {trials} trials"
+
+
+def test_a_name_jailshim_keeps_for_itself_is_refused_and_the_jail_stays_usable(
+    jail: Path, area: Path
+) -> None:
+    """A --file or --log-socket with a component starting .jailshim-new- or
+    .jailshim-displaced- was placed (exit 0); its record then read as forged, and every
+    prepare and teardown of the jail exited 78. Refused at input (64), nothing made."""
+    plain = area / "hosts"
+    plain.write_text("192.0.2.1 one.test\n")
+    named = area / ".jailshim-new-hosts"
+    named.write_text("192.0.2.2 two.test\n")
+    below = area / ".jailshim-displaced-etc" / "hosts"
+    below.parent.mkdir()
+    below.write_text("192.0.2.3 three.test\n")
+    sock_path = area / ".jailshim-new-log"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    args = ("prepare", "--chroot", str(jail), "--no-verify")
+    try:
+        for given in (
+            ("--file", str(named)),
+            ("--file", str(below)),
+            ("--log-socket", str(sock_path)),
+        ):
+            refused = run(*args, "--file", str(plain), *given)
+            assert refused.code == 64, refused.stderr
+            assert "jailshim's own" in refused.error and given[1] in refused.error
+            assert os.listdir(jail) == []
+        placed = run(*args, "--file", str(plain))
+        assert placed.code == 0, placed.stderr
+        assert run("teardown", "--chroot", str(jail)).code == 0
+        assert os.listdir(jail) == []
+    finally:
+        sock.close()
+
+
+def test_a_reserved_name_from_a_daemons_config_is_a_config_error(
+    haproxy_bin: str, jail: Path, area: Path
+) -> None:
+    """A log socket named in haproxy's config (an adapter derives sockets from config) with a
+    reserved name is the config's fault: 78, before anything is made."""
+    cfg = area / "haproxy.cfg"
+    cfg.write_text(
+        f"global\n  chroot {jail}\n  log {area}/.jailshim-displaced-log local0\n"
+        "defaults\n  mode http\n  timeout client 1s\n  timeout server 1s\n"
+        "  timeout connect 1s\nfrontend f\n  bind 127.0.0.1:18443\n"
+    )
+    refused = run("run", "--dry-run", "--", haproxy_bin, "-f", str(cfg))
+    assert refused.code == 78, refused.stderr
+    assert "'.jailshim-displaced-log'" in refused.error and "jailshim's own" in refused.error
+    assert os.listdir(jail) == []
+
+
+@pytest.fixture
+def small_jail(area: Path) -> Path:
+    """A jail on a 64 KiB tmpfs (unmounted by ``area`` afterwards)."""
+    path = area / "small"
+    path.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(path)], check=True
+    )
+    return path
+
+
+def _fill(jail: Path) -> Path:
+    """Fill the jail's filesystem up to its last byte; the file that does it."""
+    filler = jail / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 4096):
+                pass
+    finally:
+        os.close(fd)
+    assert os.statvfs(jail).f_bavail == 0
+    return filler
+
+
+def test_a_full_disk_under_a_copy_is_said_naming_the_file(small_jail: Path, area: Path) -> None:
+    """A jail file larger than the space left: "Preparing …/dev failed: No space left on
+    device" named neither the file nor the cause. One sentence naming the copy's path and a
+    full disk (71); nothing is left in the jail."""
+    big = area / "big.conf"
+    big.write_bytes(os.urandom(200_000))
+    result = run("prepare", "--chroot", str(small_jail), "--no-verify", "--file", str(big))
+    assert result.code == 71, result.stderr
+    assert f"{small_jail}{big} cannot be written: the disk is full (ENOSPC)" in result.error
+    assert os.listdir(small_jail) == []
+
+
+def test_a_used_up_quota_under_a_copy_is_said_naming_the_file(jail: Path, area: Path) -> None:
+    """EDQUOT as a container without CAP_SYS_RESOURCE meets it (root ignores quota limits
+    otherwise, and this machine's tmpfs has no quota support): strace makes the copy's fsync,
+    where delayed allocation reports it, answer EDQUOT. One sentence naming the file (71)."""
+    strace = shutil.which("strace")
+    need(strace is not None, "needs strace (scripts/bootstrap.sh installs it)")
+    assert strace is not None
+    conf = area / "quota.conf"
+    conf.write_text("setting\n")
+    inject = [strace, "-f", "-qq", "-o", "/dev/null", "-e", "inject=fsync:error=EDQUOT"]
+    args = ("prepare", "--chroot", str(jail), "--no-verify", "--file", str(conf))
+    result = run(*args, wrap=inject)
+    assert result.code == 71, result.stderr
+    assert f"{jail}{conf} cannot be written: the disk quota is used up (EDQUOT)" in result.error
+    assert os.listdir(jail) == []
+
+
+def test_a_full_disk_leaves_no_temporary_journal(small_jail: Path, area: Path) -> None:
+    """The journal is rewritten by a temporary name and a rename: on a full disk teardown
+    stopped at its first record (71) and left dev/.jailshim-state.json.new. Teardown now
+    goes on (forgetting can wait; each undo frees space) and gives the jail back; a prepare
+    on a full disk says so in one sentence and leaves nothing."""
+    conf = area / "small.conf"
+    conf.write_text("setting\n")
+    args = ("--chroot", str(small_jail), "--no-verify", "--file", str(conf))
+    assert run("prepare", *args).code == 0
+    filler = _fill(small_jail)
+    torn = run("teardown", "--chroot", str(small_jail))
+    assert torn.code == 0, torn.stderr
+    assert os.listdir(small_jail) == [filler.name]
+
+    refused = run("prepare", *args)
+    assert refused.code == 71, refused.stderr
+    assert "/dev/.jailshim-state.json, jailshim's record" in refused.error
+    assert "the disk is full (ENOSPC)" in refused.error
+    assert os.listdir(small_jail) == [filler.name]
+
+
+_LOCKS = Path("/run/jailshim/locks")
+# Takes the jail's lock ROUNDS times and writes "in PID" / "out PID" around a short hold.
+_CONTENDER = """
+import os, sys, time
+from jailshim.jail.lock import JailLock
+jail, log, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fd = os.open(jail, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+out = os.open(log, os.O_WRONLY | os.O_APPEND)
+for _ in range(rounds):
+    with JailLock(fd, jail, 60):
+        os.write(out, f"in {os.getpid()}\\n".encode())
+        time.sleep(0.002)
+        os.write(out, f"out {os.getpid()}\\n".encode())
+"""
+
+
+def _lock_file(jail: Path) -> Path:
+    st = jail.stat()
+    return _LOCKS / f"{st.st_dev}-{st.st_ino}"
+
+
+@contextlib.contextmanager
+def _users_lock_on(jail: Path) -> Iterator[None]:
+    """nobody holds the jail directory's flock (ignored by jailshim), so root's lock file is
+    the only thing that serialises root's runs."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import fcntl, os, time; fd = os.open({str(jail)!r}, os.O_RDONLY); "
+         "os.setgroups([]); os.setgid(65534); os.setuid(65534); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()  # by PID: the holder this test started
+        holder.wait()
+        if holder.stdout:
+            holder.stdout.close()
+
+
+def test_root_lock_files_are_removed_when_no_longer_needed(area: Path) -> None:
+    """One lock file per jail ever prepared stayed in /run/jailshim/locks (322 after an
+    afternoon): each prepare and teardown now removes its own as it lets go."""
+    conf = area / "conf"
+    conf.write_text("setting\n")
+    for i in range(6):
+        jail = area / f"jail{i}"
+        jail.mkdir()
+        args = ("--chroot", str(jail), "--no-verify", "--file", str(conf))
+        assert run("prepare", *args).code == 0
+        assert not _lock_file(jail).exists()
+        assert run("teardown", "--chroot", str(jail)).code == 0
+        assert not _lock_file(jail).exists()
+
+
+def test_root_lock_still_serialises_while_its_file_is_removed(jail: Path, area: Path) -> None:
+    """Removing a flocked file another process waits on breaks the lock: the waiter gets a
+    lock on a file no one else sees while a newcomer locks a new one. 8 processes take the
+    jail's lock 40 times each, with a user holding the jail directory's flock (ignored), so
+    only root's file serialises them: every hold is alone, and no file is left."""
+    log = area / "holds"
+    log.touch()
+    rounds = 40
+    with _users_lock_on(jail):
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CONTENDER, str(jail), str(log), str(rounds)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, errors
+    lines = log.read_text().splitlines()
+    assert len(lines) == 8 * rounds * 2
+    holds = list(zip(lines[0::2], lines[1::2], strict=True))
+    overlaps = [h for h in holds if (h[0].split()[0], h[1]) != ("in", h[0].replace("in", "out"))]
+    assert overlaps == []
+    assert not _lock_file(jail).exists()
