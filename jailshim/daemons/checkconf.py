@@ -10,6 +10,7 @@ runs find and post-install: killing postfix alone left them running under PID 1 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -155,24 +156,18 @@ class Tool:
             for pid, ppid, state in session_members(sid):
                 if state == "Z" and ppid == os.getpid() and pid != sid:
                     # an orphan that came back to us (jailshim as PID 1, or a subreaper)
-                    try:
+                    with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, os.WNOHANG)
-                    except ChildProcessError:
-                        pass
                 elif state not in ("Z", "X"):
                     living.append(pid)
             if self.proc.returncode is None or living:
                 # The tool unreaped (alive or a zombie) or a living member holds the number:
                 # it names this group and no other.
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(sid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
                 for pid in living:  # one that moved to another group of the same session
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
             self.proc.poll()  # reaps the tool itself
             if not living and self.proc.returncode is not None:
                 return
@@ -207,9 +202,7 @@ def run_all(argvs: Sequence[list[str]], package: str) -> list[tuple[int, str, st
                 tool.end()
 
 
-def run_on_terminal(
-    argv: list[str], package: str, *, timeout: float = TIMEOUT
-) -> tuple[int, str]:
+def run_on_terminal(argv: list[str], package: str, *, timeout: float = TIMEOUT) -> tuple[int, str]:
     """The checker with its stdout and stderr on a pseudo-terminal (a tool that logs to stderr
     only when it is a TTY): its exit status and everything it printed."""
     import select
@@ -262,6 +255,8 @@ def ask(
             failed = (code, out + err)
         values[opt] = [ln.strip() for ln in out.splitlines() if ln.strip()]
     return values, failed
+
+
 def ip_targets(
     lines: Sequence[str], where: str, keyword: str
 ) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:

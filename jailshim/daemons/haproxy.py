@@ -34,6 +34,7 @@ __all__ = [
     "config_files",
     "haproxy_check",
     "identity_as_set",
+    "jail_of",
     "parse_config",
     "read_config",
     "split_line",
@@ -873,6 +874,19 @@ class _RunningCheck(PendingCheck):
             tool.end()
 
 
+def jail_of(chroot: str, cwd: str, change_dir: str | None, version: str) -> str:
+    """PURE: the directory haproxy really chroots to. chroot(global.chroot) is called in main()
+    (src/haproxy.c) from haproxy's current directory: the one it started in, or -C DIR, which
+    init() chdir()s to before reading the configuration and, up to 3.1, never leaves; 3.2
+    (commit e900ef987) goes back to the starting directory after check_config_validity()."""
+    if chroot.startswith("/"):
+        return chroot
+    base = cwd
+    if change_dir is not None and _version_key(version) < (3, 2):
+        base = os.path.join(cwd, change_dir)
+    return os.path.join(base, chroot)
+
+
 class _Haproxy(Adapter):
     """haproxy: its -f files read as haproxy 2.6 reads them; `haproxy -c` as its checker."""
 
@@ -884,9 +898,15 @@ class _Haproxy(Adapter):
         from jailshim.verify.network import haproxy_targets
 
         targets, notes = haproxy_targets(config.binds)
+        jail = config.chroot
+        if jail is not None and not jail.startswith("/"):
+            _, change_dir = _cfg_args(argv)
+            # only then is the version asked: `haproxy -vv` is a process of its own
+            version = binary_facts(argv[0]).version if change_dir is not None else "0"
+            jail = jail_of(jail, os.getcwd(), change_dir, version)
         return DaemonConfig(
             files=config.files,
-            jail=config.chroot,
+            jail=jail,
             user=config.user,
             group=config.group,
             log_sockets=config.log_sockets,

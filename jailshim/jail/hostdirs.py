@@ -74,8 +74,8 @@ FHS_DIRECTORIES = (
 )
 _PSEUDO = ("/proc", "/sys", "/dev")  # their filesystems and everything below them
 
-_cache: dict[tuple[int, int], str] | None = None
-_pseudo_devices: frozenset[int] = frozenset()
+# read once a run: (identity -> path, the devices of /proc, /sys and /dev)
+_facts_read: list[tuple[dict[tuple[int, int], str], frozenset[int]]] = []
 
 
 def skeleton(listing: str | None) -> list[str]:
@@ -97,20 +97,22 @@ def _identities(paths: Iterable[str]) -> dict[tuple[int, int], str]:
             st = os.stat(path)  # follows symlinks: /bin is /usr/bin on a merged /usr
         except OSError:
             continue
-        if (st.st_mode & 0o170000) == 0o040000:  # a directory; files of the list are no jail
-            found.setdefault((st.st_dev, st.st_ino), path)
+        if (st.st_mode & 0o170000) != 0o040000:  # a file of the list: no jail anyway
+            continue
+        key = (st.st_dev, st.st_ino)
+        # named by the path that is no symlink (/usr/lib, not /lib -> usr/lib)
+        if key not in found or os.path.islink(found[key]):
+            found[key] = path
     return found
 
 
 def _facts() -> tuple[dict[tuple[int, int], str], frozenset[int]]:
-    global _cache, _pseudo_devices
-    if _cache is None:
+    if not _facts_read:
         try:
             with open(BASE_FILES_LIST, encoding="utf-8", errors="surrogateescape") as f:
                 listing: str | None = f.read()
         except OSError:  # no dpkg: the FHS's directories alone
             listing = None
-        _cache = _identities(skeleton(listing))
         devices = set()
         for path in _PSEUDO:
             try:
@@ -118,8 +120,9 @@ def _facts() -> tuple[dict[tuple[int, int], str], frozenset[int]]:
             except OSError:
                 continue
         root = os.stat("/").st_dev
-        _pseudo_devices = frozenset(devices - {root})  # an unmounted /proc is only a directory
-    return _cache, _pseudo_devices
+        # an unmounted /proc is a directory of the root filesystem, not a filesystem of its own
+        _facts_read.append((_identities(skeleton(listing)), frozenset(devices - {root})))
+    return _facts_read[0]
 
 
 def host_directory(st: os.stat_result, real: str) -> str | None:

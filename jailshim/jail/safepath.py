@@ -226,9 +226,9 @@ class Jail:
         host = host_directory(st, self.real)
         if host is not None:
             self.close()
-            same = "" if host == self.real else f" (the same directory as {host})"
+            alias = "" if host == self.real else f" (reached as {self.real})"
             raise ConfigError(
-                f"The jail {path} is the system directory {self.real}{same}, the host's own; "
+                f"The jail {path} is the system directory {host}{alias}, the host's own; "
                 "jailshim would create entries in it. Give the daemon's own jail directory, "
                 "such as /var/lib/haproxy.",
                 chroot=path,
