@@ -7,10 +7,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from jailshim import daemons
-from jailshim.errors import CommandNotExecutable, CommandNotFound, UsageError
+from jailshim.errors import CommandNotExecutable, CommandNotFound, JailshimError, UsageError
 
 if TYPE_CHECKING:
-    from jailshim.spec import Spec
+    from jailshim.spec import Identity
 
 __all__ = ["interpreter", "resolve_command", "run", "vet_jail"]
 
@@ -88,21 +88,18 @@ def _check_interpreter(path: str) -> None:
         script = interp
 
 
-def vet_jail(spec: Spec | None) -> None:
+def vet_jail(chroot: str, *, allow_writable: bool, identity: Identity | None) -> None:
     """The jail as prepare will judge it (jail/safepath.Jail: no symlink, not one of the host's
     own directories; jail/survey.check_ownership: who may write it), before anything acts on
-    it; nothing is changed here."""
-    if spec is None:
-        return
+    it; nothing is changed here. Without the daemon's identity (its user could not be
+    resolved) a jail a non-root user can write is refused, as for anyone else's."""
     from jailshim.jail.safepath import Jail
     from jailshim.jail.survey import check_ownership
 
-    with Jail(spec.chroot) as jail:
+    with Jail(chroot) as jail:
         dev_fd = jail.open_dir("dev")
         try:
-            check_ownership(
-                jail, dev_fd, allow_writable=spec.allow_writable_jail, daemon=spec.identity
-            )
+            check_ownership(jail, dev_fd, allow_writable=allow_writable, daemon=identity)
         finally:
             if dev_fd is not None:
                 os.close(dev_fd)
@@ -147,9 +144,20 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "notify_socket": notify,  # checked from inside the jail as the daemon's user
         }
     spec = None
+    chroot = None
+    spec_error: JailshimError | None = None
     if args.chroot is not None or overrides.get("chroot") is not None:
-        spec = cli._spec_from(args, **overrides, command=binary)
-        if adapter is not None and config is not None and spec.identity is not None:
+        chroot = cli.chroot_of(args, **overrides)
+        try:
+            spec = cli._spec_from(args, **overrides, command=binary)
+        except JailshimError as exc:  # its checker's verdict, if any, is the more basic news
+            spec_error = exc
+        if (
+            spec is not None
+            and spec.identity is not None
+            and adapter is not None
+            and config is not None
+        ):
             # check as exactly the uid, gid and groups the daemon will have, or it proves the
             # wrong thing (a daemon that keeps its starting gid checks with gid 0)
             spec = spec._replace(
@@ -171,10 +179,19 @@ def run(args: argparse.Namespace, log: Any) -> int:
             # check` with queue_directory = / made /active, /bounce … in the real / and then
             # the refusal came (issue 25). The checker runs while the jail is prepared; its
             # verdict is awaited before hand-over, and a rejection takes the prepare back.
-            vet_jail(spec)
+            if chroot is not None:
+                vet_jail(
+                    chroot,
+                    allow_writable=bool(args.allow_writable_jail),
+                    identity=spec.identity if spec is not None else None,
+                )
             for path in config.checker_dirs:
                 daemons.refuse_host_directory(path, f"{adapter.name}'s checker")
             pending = adapter.start_check(daemon_argv)
+            if spec_error is not None:
+                pending.finish()  # its rejection, in the daemon's words, wins
+    if spec_error is not None:
+        raise spec_error
     if spec is None:
         if pending is not None:
             pending.finish()
