@@ -150,6 +150,23 @@ def test_postfix_check_never_runs_on_a_refused_queue_directory(
     assert time.monotonic() - started < 30  # no find over /
 
 
+def test_postfix_check_never_walks_a_data_directory_that_is_the_hosts(
+    tmp_path: Path, postfix_bin: str
+) -> None:
+    """data_directory = /: postfix check's check-warn runs `find $data_directory/.` over all of
+    / (and create-missing would make it): refused first, 78, nothing walked or made."""
+    area = tmp_path / "pfx"
+    area.mkdir(mode=0o755)
+    tmp_path.chmod(0o755)
+    setup = write_postfix_config(area, port=25692, main={"data_directory": "/"})
+    started = time.monotonic()
+    result = in_scratch_root(tmp_path, "run", "--", postfix_bin, "-c", str(setup.conf), "status")
+    assert result.code == 78, result.stderr
+    assert "`postfix's checker` would act in /" in result.error, result.error
+    assert result.written_in("/") == [], result.written
+    assert time.monotonic() - started < 30
+
+
 def _hanging_checker(tmp: Path) -> tuple[list[str], Path]:
     """A checker that starts a child which ignores TERM and sleeps, then hangs itself; the
     child writes its PID where the test can read it."""

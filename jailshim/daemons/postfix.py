@@ -47,6 +47,7 @@ _ASKED = (
     "smtp_tls_CApath",
     "smtpd_tls_CApath",
     "local_recipient_maps",
+    "data_directory",
 )
 _FILE_SETS = ("time", "resolver", "services")
 _STARTS = ("start", "start-fg")
@@ -238,7 +239,7 @@ class _Postfix(Adapter):
                 user=values["mail_owner"] or None,
                 notes=tuple(notes),
                 read=tuple(read),
-                checker_dirs=(queue,),
+                checker_dirs=(queue, values["data_directory"]),
             )
         read.append(("chrooted", " ".join(jailed)))
         maillog = values["maillog_file"]
@@ -255,7 +256,10 @@ class _Postfix(Adapter):
             notes=tuple(notes),
             read=tuple(read),
             file_sets=_FILE_SETS,
-            checker_dirs=(queue,),  # postfix check (post-install create-missing) makes its queue
+            # postfix check (postfix-script check-fatal, check-warn) makes missing queue
+            # directories and data_directory (post-install create-missing) and runs find over
+            # both: data_directory = / walked all of /
+            checker_dirs=(queue, values["data_directory"]),
         )
 
     def check_config(self, argv: Sequence[str]) -> None:
