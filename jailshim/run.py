@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jailshim import daemons
-from jailshim.errors import CommandNotExecutable, CommandNotFound, UsageError
+from jailshim.errors import CommandNotExecutable, CommandNotFound, JailshimError, UsageError
 
-__all__ = ["interpreter", "resolve_command", "run"]
+if TYPE_CHECKING:
+    from jailshim.spec import Identity
+
+__all__ = ["interpreter", "resolve_command", "run", "vet_jail"]
 
 
 def _which(name: str) -> str | None:
@@ -85,6 +88,23 @@ def _check_interpreter(path: str) -> None:
         script = interp
 
 
+def vet_jail(chroot: str, *, allow_writable: bool, identity: Identity | None) -> None:
+    """The jail as prepare will judge it (jail/safepath.Jail: no symlink, not one of the host's
+    own directories; jail/survey.check_ownership: who may write it), before anything acts on
+    it; nothing is changed here. Without the daemon's identity (its user could not be
+    resolved) a jail a non-root user can write is refused, as for anyone else's."""
+    from jailshim.jail.safepath import Jail
+    from jailshim.jail.survey import check_ownership
+
+    with Jail(chroot) as jail:
+        dev_fd = jail.open_dir("dev")
+        try:
+            check_ownership(jail, dev_fd, allow_writable=allow_writable, daemon=identity)
+        finally:
+            if dev_fd is not None:
+                os.close(dev_fd)
+
+
 def run(args: argparse.Namespace, log: Any) -> int:
     from jailshim import cli, handover
 
@@ -123,6 +143,31 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "devices": config.devices,
             "notify_socket": notify,  # checked from inside the jail as the daemon's user
         }
+    spec = None
+    chroot = None
+    spec_error: JailshimError | None = None
+    if args.chroot is not None or overrides.get("chroot") is not None:
+        chroot = cli.chroot_of(args, **overrides)
+        try:
+            spec = cli._spec_from(args, **overrides, command=binary)
+        except JailshimError as exc:  # its checker's verdict, if any, is the more basic news
+            spec_error = exc
+        if (
+            spec is not None
+            and spec.identity is not None
+            and adapter is not None
+            and config is not None
+        ):
+            # check as exactly the uid, gid and groups the daemon will have, or it proves the
+            # wrong thing (a daemon that keeps its starting gid checks with gid 0)
+            spec = spec._replace(
+                identity=adapter.identity(
+                    spec.identity,
+                    config,
+                    group_given=args.group is not None or config.group is not None,
+                )
+            )
+    if adapter is not None and config is not None:
         if args.dry_run and adapter.check_writes and not args.no_config_check:
             logger.info(
                 "config_check",
@@ -130,10 +175,24 @@ def run(args: argparse.Namespace, log: Any) -> int:
                 detail=f"{adapter.name}'s checker changes files; --dry-run changes nothing",
             )
         elif not args.no_config_check:
-            # runs while the jail is prepared; its verdict is awaited before hand-over, and a
-            # rejection takes the prepare back (the jail is left as it was, no daemon starts)
+            # The jail is judged before the checker runs, as prepare judges it: `postfix
+            # check` with queue_directory = / made /active, /bounce … in the real / and then
+            # the refusal came (issue 25). The checker runs while the jail is prepared; its
+            # verdict is awaited before hand-over, and a rejection takes the prepare back.
+            if chroot is not None:
+                vet_jail(
+                    chroot,
+                    allow_writable=bool(args.allow_writable_jail),
+                    identity=spec.identity if spec is not None else None,
+                )
+            for path in config.checker_dirs:
+                daemons.refuse_host_directory(path, f"{adapter.name}'s checker")
             pending = adapter.start_check(daemon_argv)
-    if args.chroot is None and overrides.get("chroot") is None:
+            if spec_error is not None:
+                pending.finish()  # its rejection, in the daemon's words, wins
+    if spec_error is not None:
+        raise spec_error
+    if spec is None:
         if pending is not None:
             pending.finish()
         logger.warning(
@@ -154,17 +213,6 @@ def run(args: argparse.Namespace, log: Any) -> int:
     else:
         from jailshim.check import prepare_and_verify
 
-        spec = cli._spec_from(args, **overrides, command=binary)
-        if adapter is not None and config is not None and spec.identity is not None:
-            # check as exactly the uid, gid and groups the daemon will have, or it proves the
-            # wrong thing (a daemon that keeps its starting gid checks with gid 0)
-            spec = spec._replace(
-                identity=adapter.identity(
-                    spec.identity,
-                    config,
-                    group_given=args.group is not None or config.group is not None,
-                )
-            )
         log.bind_context(chroot=spec.chroot)
         prepare_and_verify(spec, logger, then_exec=True, config_check=pending)
     if args.dry_run:

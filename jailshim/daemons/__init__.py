@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from jailshim.spec import Identity
     from jailshim.verify.network import WaitTarget
 
-__all__ = ["ADAPTERS", "Adapter", "DaemonConfig", "PendingCheck", "choose", "load"]
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "DaemonConfig",
+    "PendingCheck",
+    "choose",
+    "load",
+    "refuse_host_directory",
+]
 
 # daemon name (COMMAND's basename, or --daemon NAME) -> the module that holds its adapter
 ADAPTERS = {
@@ -50,6 +58,9 @@ class DaemonConfig(NamedTuple):
     notify: bool = False  # it sends READY=1 to $NOTIFY_SOCKET from inside its jail
     file_sets: tuple[str, ...] = ()  # named jail-file sets it needs (files.FILE_SETS keys)
     devices: tuple[str, ...] = ()  # device nodes it needs beyond jailshim's default ones
+    # directories its checker creates entries in (postfix check makes queue directories):
+    # each is judged as a jail is before the checker runs
+    checker_dirs: tuple[str, ...] = ()
 
 
 class PendingCheck:
@@ -149,6 +160,30 @@ def _readable(path: str, source: str, daemon: str) -> None:
             f"{said(source, path)} cannot be read ({exc.strerror}); give {daemon}'s "
             "configuration file."
         ) from None
+
+
+def refuse_host_directory(path: str, tool: str) -> None:
+    """``tool`` (a daemon's checker) will act in directory ``path``: refuse it, one sentence and
+    78, when it is one of the host's own directories (jail/hostdirs.py), however it is spelled.
+    Symlinks are followed, as the tool follows them; a missing directory is nobody's yet."""
+    from jailshim.jail.hostdirs import host_directory
+
+    try:
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # missing or not a directory: the tool makes or refuses it, not ours
+        return
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        host = host_directory(os.fstat(fd), real)
+    finally:
+        os.close(fd)
+    if host is not None:
+        raise ConfigError(
+            f"`{tool}` would act in {path}, which is the system directory {host}"
+            f"{'' if host == real else f' (reached as {real})'}, the host's own; jailshim runs "
+            "no checker there. Give the daemon a directory of its own.",
+            chroot=path,
+        )
 
 
 def log_read(logger: Any, adapter: Adapter, config: DaemonConfig) -> None:

@@ -24,6 +24,7 @@ from jailshim.daemons import Adapter, DaemonConfig, PendingCheck
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
+    from jailshim.daemons.checkconf import Tool
     from jailshim.spec import Identity
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "config_files",
     "haproxy_check",
     "identity_as_set",
+    "jail_of",
     "parse_config",
     "read_config",
     "split_line",
@@ -369,13 +371,11 @@ class Facts(NamedTuple):
 
 def binary_facts(binary: str = "haproxy") -> Facts:
     """The version, feature list and OpenSSL version of ``binary``, from `haproxy -vv`."""
-    import subprocess
+    from jailshim.daemons.checkconf import Tool
 
     try:
-        out = subprocess.run(
-            [binary, "-vv"], capture_output=True, text=True, timeout=30, check=False
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        _, out, _ = Tool([binary, "-vv"], "haproxy", timeout=30).communicate()
+    except ConfigError:  # could not run, or no answer in time: predicates see no facts
         return Facts()
     version = features = openssl = ""
     for ln in out.splitlines():
@@ -835,63 +835,56 @@ def _judge(returncode: int, output: str) -> None:
     )
 
 
-def _could_not_run(exc: Exception) -> ConfigError:
-    return ConfigError(f"`haproxy -c` could not run ({exc}); check the haproxy binary.")
+def _start_check(binary: str, files: tuple[str, ...]) -> Tool:
+    """`haproxy -c` on the same files, in a session of its own (checkconf.Tool)."""
+    import subprocess
+
+    from jailshim.daemons.checkconf import Tool
+
+    return Tool(
+        _check_argv(binary, files),
+        "haproxy",
+        remedy="or check the haproxy binary",
+        stderr=subprocess.STDOUT,
+    )
 
 
 def haproxy_check(binary: str, files: tuple[str, ...]) -> None:
     """Run `haproxy -c` on the same files; a rejection is a config error with haproxy's words."""
-    import subprocess
-
-    try:
-        proc = subprocess.run(
-            _check_argv(binary, files), capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise _could_not_run(exc) from None
-    _judge(proc.returncode, proc.stdout + proc.stderr)
+    code, output, _ = _start_check(binary, files).communicate("haproxy -c")
+    _judge(code, output)
 
 
 class _RunningCheck(PendingCheck):
     """`haproxy -c` started in the background: it runs while the jail is prepared."""
 
     def __init__(self, binary: str, files: tuple[str, ...]) -> None:
-        import subprocess
-
-        self.proc: subprocess.Popen[str] | None = None
-        self.error: ConfigError | None = None
-        try:
-            self.proc = subprocess.Popen(
-                _check_argv(binary, files),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        except OSError as exc:
-            self.error = _could_not_run(exc)
+        self.tool: Tool | None = _start_check(binary, files)
 
     def finish(self) -> None:
-        import subprocess
-
-        if self.error is not None:
-            raise self.error
-        if self.proc is None:
+        if self.tool is None:
             return
-        proc, self.proc = self.proc, None
-        try:
-            output, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired as exc:
-            proc.kill()
-            proc.communicate()
-            raise _could_not_run(exc) from None
-        _judge(proc.returncode, output)
+        tool, self.tool = self.tool, None
+        code, output, _ = tool.communicate("haproxy -c")
+        _judge(code, output)
 
     def cancel(self) -> None:
-        if self.proc is not None:
-            proc, self.proc = self.proc, None
-            proc.kill()
-            proc.communicate()
+        if self.tool is not None:
+            tool, self.tool = self.tool, None
+            tool.end()
+
+
+def jail_of(chroot: str, cwd: str, change_dir: str | None, version: str) -> str:
+    """PURE: the directory haproxy really chroots to. chroot(global.chroot) is called in main()
+    (src/haproxy.c) from haproxy's current directory: the one it started in, or -C DIR, which
+    init() chdir()s to before reading the configuration and, up to 3.1, never leaves; 3.2
+    (commit e900ef987) goes back to the starting directory after check_config_validity()."""
+    if chroot.startswith("/"):
+        return chroot
+    base = cwd
+    if change_dir is not None and _version_key(version) < (3, 2):
+        base = os.path.join(cwd, change_dir)
+    return os.path.join(base, chroot)
 
 
 class _Haproxy(Adapter):
@@ -905,9 +898,15 @@ class _Haproxy(Adapter):
         from jailshim.verify.network import haproxy_targets
 
         targets, notes = haproxy_targets(config.binds)
+        jail = config.chroot
+        if jail is not None and not jail.startswith("/"):
+            _, change_dir = _cfg_args(argv)
+            # only then is the version asked: `haproxy -vv` is a process of its own
+            version = binary_facts(argv[0]).version if change_dir is not None else "0"
+            jail = jail_of(jail, os.getcwd(), change_dir, version)
         return DaemonConfig(
             files=config.files,
-            jail=config.chroot,
+            jail=jail,
             user=config.user,
             group=config.group,
             log_sockets=config.log_sockets,

@@ -300,6 +300,11 @@ class _Named(Adapter):
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
         opts = argv_options(argv)
         tool = _checkconf(argv)
+        if "t" in opts:
+            # named-checkconf -t chroots there as root: judged before it runs, as every jail is
+            from jailshim.daemons import refuse_host_directory
+
+            refuse_host_directory(os.path.join(os.getcwd(), opts["t"][-1]), "named-checkconf -t")
         ask = _check_argv(tool, opts, printed=True)
         code, output = checkconf.run(ask, "bind9-utils")
         if code != 0:
@@ -308,7 +313,9 @@ class _Named(Adapter):
         file = opts["c"][-1] if "c" in opts else DEFAULT_CONFIG
         jail = opts["t"][-1] if "t" in opts else None
         if jail is not None and not jail.startswith("/"):
-            jail = os.path.join(os.getcwd(), jail)  # chroot(2) takes it from named's cwd
+            # named_os_chroot() (bin/named/os.c), called from setup() (bin/named/main.c) before
+            # named_os_daemonize(): chroot(-t DIR) from the directory named started in
+            jail = os.path.join(os.getcwd(), jail)
         notes = [f"named-checkconf: {line}" for line in warnings]
         read = [("tool", tool)]
         if jail is None and "u" not in opts:

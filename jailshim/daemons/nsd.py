@@ -58,6 +58,15 @@ class _Nsd(Adapter):
             return values[opt][-1] if values[opt] else None
 
         chroot, user = one("chroot", "t"), one("username", "u")
+        if chroot and not chroot.startswith("/"):
+            # nsd.c (main): chdir(zonesdir), then "zonesdir has to be an absolute path that
+            # starts with the chroot path", then chroot(chroot) from inside zonesdir: a relative
+            # chroot names one directory to nsd's check and another to chroot(2).
+            raise ConfigError(
+                f"nsd's chroot {chroot!r} ({'-t' if 't' in opts else file}) is a relative path, "
+                "which nsd takes from its zonesdir, not from where it starts; give the jail as "
+                "an absolute path."
+            )
         logfile = one("logfile", "l")
         addresses = opts.get("a") or values["ip-address"]
         targets, notes = checkconf.ip_targets(addresses, file, "ip-address")

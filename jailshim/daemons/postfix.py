@@ -47,6 +47,7 @@ _ASKED = (
     "smtp_tls_CApath",
     "smtpd_tls_CApath",
     "local_recipient_maps",
+    "data_directory",
 )
 _FILE_SETS = ("time", "resolver", "services")
 _STARTS = ("start", "start-fg")
@@ -200,6 +201,16 @@ class _Postfix(Adapter):
             raise _unreadable(main_argv, main[0], main[1] + main[2])
         values = dict(zip(_ASKED, (ln.strip() for ln in lines), strict=False))
         where = values["config_directory"] or config_dir or "postfix's configuration"
+        queue = values["queue_directory"]
+        if not queue.startswith("/"):
+            # master.c chdir()s to it; each chrooted daemon (single_server.c and the other
+            # *_server.c) chdir()s to it again from there and chroot_uid() (chroot_uid.c)
+            # chroots to it from there: one name, a different directory for every step.
+            raise ConfigError(
+                f"postfix's queue_directory {queue!r} ({where}/main.cf) is a relative path, "
+                "which every postfix program takes from a different directory; give it as an "
+                "absolute path."
+            )
         default = chroot_default(values["compatibility_level"])
         services = parse_master(master[1])
         jailed = chrooted(services, default, f"{where}/master.cf")
@@ -224,9 +235,12 @@ class _Postfix(Adapter):
         if not jailed:
             read.append(("chrooted", "none: every service reads the host's files, no jail"))
             return DaemonConfig(
-                files=files, user=values["mail_owner"] or None, notes=tuple(notes), read=tuple(read)
+                files=files,
+                user=values["mail_owner"] or None,
+                notes=tuple(notes),
+                read=tuple(read),
+                checker_dirs=(queue, values["data_directory"]),
             )
-        queue = values["queue_directory"]
         read.append(("chrooted", " ".join(jailed)))
         maillog = values["maillog_file"]
         if maillog:
@@ -242,6 +256,10 @@ class _Postfix(Adapter):
             notes=tuple(notes),
             read=tuple(read),
             file_sets=_FILE_SETS,
+            # postfix check (postfix-script check-fatal, check-warn) makes missing queue
+            # directories and data_directory (post-install create-missing) and runs find over
+            # both: data_directory = / walked all of /
+            checker_dirs=(queue, values["data_directory"]),
         )
 
     def check_config(self, argv: Sequence[str]) -> None:

@@ -63,6 +63,16 @@ def parse(path: str, text: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
     return options, accepts
 
 
+def _jail_of(chroot: str) -> str | None:
+    """The directory stunnel chroots to: change_root() (src/stunnel.c) runs chroot() in
+    main_configure(), before daemonize() moves to / (src/ui_unix.c, main_unix), so a relative
+    chroot is taken from the directory stunnel starts in (jailshim's own, kept by exec)."""
+    if not chroot:
+        return None
+    path = chroot if chroot.startswith("/") else os.path.join(os.getcwd(), chroot)
+    return path.rstrip("/") or "/"
+
+
 def config_file(argv: Sequence[str]) -> str | None:
     """stunnel's configuration file: its first argument unless an option; None: -fd N."""
     if len(argv) < 2:
@@ -100,7 +110,7 @@ class _Stunnel(Adapter):
         syslog = options.get("syslog", "yes").lower() != "no"
         return DaemonConfig(
             files=(path,),
-            jail=(options.get("chroot", "").rstrip("/") or "/") if options.get("chroot") else None,
+            jail=_jail_of(options.get("chroot", "")),
             user=options.get("setuid") or None,
             group=options.get("setgid") or None,
             log_sockets=("/dev/log",) if syslog else (),

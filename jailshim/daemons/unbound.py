@@ -16,7 +16,7 @@ from jailshim.daemons import Adapter, DaemonConfig, checkconf
 from jailshim.daemons.getopt import options_of
 from jailshim.errors import ConfigError
 
-__all__ = ["ADAPTER", "config_file"]
+__all__ = ["ADAPTER", "config_file", "relative_chroot"]
 
 _GETOPT = "c:dhpvw:V"  # unbound.c's getopt string
 _ASKED = ("chroot", "username", "directory", "use-syslog", "interface")
@@ -47,6 +47,21 @@ def _rejected(tool: str, file: str | None, code: int, output: str) -> ConfigErro
     )
 
 
+def relative_chroot(chroot: str, file: str | None) -> ConfigError:
+    """The refusal of a relative `chroot:`: unbound takes it from a directory jailshim cannot
+    know. Each `directory:` statement chdir()s there as the file is parsed (server_directory,
+    util/configparser.y: "change there right away for includes relative to this"), then
+    perform_setup() (daemon/unbound.c) does chdir(chroot) and chroot(chroot) from wherever that
+    left it: `chroot: ".."` from /a/b/c is /a with no `directory:`, and / with `directory:
+    ".."` — and unbound-checkconf -o prints only the last `directory:`, or the compiled-in
+    default that was never entered."""
+    return ConfigError(
+        f"unbound's chroot {chroot!r} ({file or 'its default file'}) is a relative path, which "
+        "unbound takes from the directory its `directory:` lines and the chroot itself lead "
+        "to, not from where it starts; give the jail as an absolute path."
+    )
+
+
 class _Unbound(Adapter):
     """unbound: chroot, username and directory from unbound-checkconf -o; it is the checker."""
 
@@ -67,6 +82,8 @@ class _Unbound(Adapter):
         targets, notes = checkconf.ip_targets(
             values["interface"], file or "unbound.conf", "interface"
         )
+        if chroot and not chroot.startswith("/"):
+            raise relative_chroot(chroot, file)
         read = [("tool", tool), ("directory", directory or "")]
         if syslog:
             read.append(("use_syslog", "yes"))

@@ -34,31 +34,6 @@ _DIR_NOFOLLOW = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_TRIAL = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-# Directories that are never a daemon's jail: preparing one would put nodes, mounts and
-# records into the system itself (seen: --chroot /dev created /dev/dev).
-_SYSTEM_DIRS = frozenset(
-    [
-        "/bin",
-        "/boot",
-        "/dev",
-        "/etc",
-        "/home",
-        "/lib",
-        "/lib64",
-        "/opt",
-        "/proc",
-        "/root",
-        "/run",
-        "/sbin",
-        "/srv",
-        "/sys",
-        "/tmp",
-        "/usr",
-        "/var",
-    ]
-)
-
-
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 
@@ -245,11 +220,17 @@ class Jail:
             raise ConfigError(
                 "The jail is /, which is no jail; give a directory below it.", chroot=path
             )
-        if self.real in _SYSTEM_DIRS or self.real.startswith(("/proc/", "/sys/", "/dev/")):
+        from jailshim.jail.hostdirs import host_directory
+
+        # judged by device and inode, so /var/../var/lib or a bind mount of /var/lib is too
+        host = host_directory(st, self.real)
+        if host is not None:
             self.close()
+            alias = "" if host == self.real else f" (reached as {self.real})"
             raise ConfigError(
-                f"The jail {path} is the system directory {self.real}; jailshim would create "
-                "entries in it. Give the daemon's own jail directory, such as /var/lib/haproxy.",
+                f"The jail {path} is the system directory {host}{alias}, the host's own; "
+                "jailshim would create entries in it. Give the daemon's own jail directory, "
+                "such as /var/lib/haproxy.",
                 chroot=path,
             )
         self.stat = st
