@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from jailshim import daemons
-from jailshim.errors import CommandNotExecutable, CommandNotFound, UsageError
+from jailshim.errors import CommandNotExecutable, CommandNotFound, ConfigError, UsageError
 
 __all__ = ["interpreter", "resolve_command", "run"]
 
@@ -85,6 +85,20 @@ def _check_interpreter(path: str) -> None:
         script = interp
 
 
+def _check_notify_socket(path: str) -> None:
+    """$NOTIFY_SOCKET that can never be the service manager's socket is refused (78) before
+    anything is prepared; a missing one is left to the check in the jail."""
+    from jailshim.verify.findings import notify_refusal
+
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    refusal = notify_refusal(path, mode)
+    if refusal:
+        raise ConfigError(refusal)
+
+
 def run(args: argparse.Namespace, log: Any) -> int:
     from jailshim import cli, handover
 
@@ -109,6 +123,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
         if config.notify and notify.startswith("/"):
             # it sends READY=1 from inside its jail: the socket must be there, at the same
             # path, like a log socket (an abstract @socket is reachable from any root)
+            _check_notify_socket(notify)
             logger.info("notify_socket", path=notify, detail="brought into the jail")
             sockets = (*sockets, notify)
         else:
