@@ -423,3 +423,46 @@ def test_which_directories_a_user_could_move_out() -> None:
     assert movable_out(shared, users)
     assert not movable_out(shared, sticky)  # /tmp: only the owners may move root's entry
     assert movable_out(users, sticky)
+
+
+def test_a_jail_its_user_can_move_away_is_refused(area: Path) -> None:
+    """The daemon's user owns its jail and the directory the jail is in: that user could move
+    the whole jail (with root's nodes and mounts) elsewhere while jailshim works in it; 78,
+    whatever --allow-writable-jail says, and nothing is made. A root-owned jail writable by
+    all in a sticky directory (a /tmp) cannot be moved by anyone else: accepted with the flag."""
+    home = area / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    jail = home / "jail"
+    jail.mkdir()
+    os.chown(jail, NOBODY, NOBODY)
+    before = snapshot(home)
+    for extra in ((), ("--allow-writable-jail",)):
+        args = ("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify", *extra)
+        refused = run(*args)
+        assert refused.code == 78, refused.stderr
+        assert "could move the whole jail" in refused.error and str(home) in refused.error
+        assert snapshot(home) == before
+
+    shared = area / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    jail = shared / "jail"
+    jail.mkdir()
+    jail.chmod(0o777)
+    args = ("--chroot", str(jail), "--no-verify", "--allow-writable-jail")
+    result = run("prepare", *args)
+    assert result.code == 0, result.stderr
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert sorted(os.listdir(jail)) == []
+
+
+def test_a_jail_of_another_user_without_write_bits_is_still_theirs(jail: Path) -> None:
+    """A jail owned by a user other than root and the daemon's, mode 0555: its owner can chmod
+    it and write at any time, so it is refused like a writable one (it passed as root's)."""
+    os.chown(jail, 12345, 12345)
+    jail.chmod(0o555)
+    result = run("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
+    assert result.code == 78, result.stderr
+    assert "writable by a non-root user" in result.error, result.error
+    assert os.listdir(jail) == []

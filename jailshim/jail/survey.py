@@ -32,7 +32,7 @@ def _writable_only_by(st: os.stat_result, daemon: Identity | None) -> bool:
     """Whether the only non-root users who can write here are the daemon's user or group."""
     if daemon is None or st.st_mode & stat.S_IWOTH:
         return False
-    owner_ok = st.st_uid in (0, daemon.uid) or not st.st_mode & stat.S_IWUSR
+    owner_ok = st.st_uid in (0, daemon.uid)  # any other owner may chmod it and write
     group_ok = st.st_gid in (0, daemon.gid) or not st.st_mode & stat.S_IWGRP
     return owner_ok and group_ok
 
