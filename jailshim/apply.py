@@ -490,8 +490,11 @@ class Applier:
         try:
             return self._bind(source, dir_fd, where, name, 0)
         except FileNotFoundError:
-            if os.fstat(source).st_nlink:
-                raise
+            if os.fstat(source).st_nlink:  # the placeholder, unlinked by a user of the jail
+                raise ConfigError(
+                    f"{self.jail.real}/{where}/{name} changed while jailshim prepared the jail "
+                    "(someone who can write the jail is interfering); run again.".replace("//", "/")
+                ) from None
             raise ConfigError(
                 f"The host's {host} changed while jailshim prepared the jail; run again."
             ) from None

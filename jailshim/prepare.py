@@ -22,7 +22,7 @@ from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive, pid_namespace
 from jailshim.jail.safepath import Jail, rename_into_place
-from jailshim.jail.undo import KEPT, describe, sweep_new_dev, undo
+from jailshim.jail.undo import KEPT, UNPROVEN, describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
 from jailshim.spec import Spec
 from jailshim.state import Journal, Kind, Record
@@ -92,7 +92,9 @@ def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Any, eve
             kept.add(record.where)
             continue
         if outcome.startswith(KEPT):
-            log.warning(event, step=describe(record), outcome=outcome, detail=_PUT_BACK)
+            # a record kept in a directory not proven in the jail: its outcome says what to do
+            said = {} if outcome.startswith(UNPROVEN) else {"detail": _PUT_BACK}
+            log.warning(event, step=describe(record), outcome=outcome, **said)
             kept.add(record.where)
             continue
         log.info(event, step=describe(record), outcome=outcome)

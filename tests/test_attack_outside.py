@@ -353,16 +353,21 @@ def test_a_notify_socket_that_cannot_be_one_is_named_for_what_it_is(area: Path, 
     assert mounts_below(area) == []
 
 
+@pytest.mark.parametrize("changed", ["host", "jail"])
 def test_a_bound_file_replaced_on_the_host_during_prepare_asks_to_run_again(
-    jail: Path, area: Path
+    jail: Path, area: Path, changed: str
 ) -> None:
     """--file-mode bind: the host renames a new file over the one jailshim opened, between
     its open and the mount (the kernel then answers ENOENT for the unlinked source). That is
     the host changing under prepare: 78 "changed … run again", nothing left; not 71 naming
-    /proc/self/fd paths. Made deterministic with strace's delay on mount(2)."""
+    /proc/self/fd paths. The same when the placeholder is unlinked in the jail (by the
+    daemon's user, in its own directory below root's). Deterministic: strace delays mount(2)."""
     need(shutil.which("strace") is not None, "needs strace")
     host = area / "hosts"
     host.write_text("192.0.2.1 one.test\n")
+    placeholder = jail / str(host).lstrip("/")
+    placeholder.parent.mkdir(parents=True)
+    os.chown(placeholder.parent, NOBODY, NOBODY)
     before = snapshot(jail)
     argv = [
         "strace",
@@ -390,10 +395,13 @@ def test_a_bound_file_replaced_on_the_host_during_prepare_asks_to_run_again(
 
         time.sleep(0.25)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (jail / str(host).lstrip("/")).exists():
+        while time.monotonic() < deadline and not placeholder.exists():
             time.sleep(0.005)
-        (area / "hosts.new").write_text("192.0.2.2 two.test\n")
-        (area / "hosts.new").rename(host)
+        if changed == "host":
+            (area / "hosts.new").write_text("192.0.2.2 two.test\n")
+            (area / "hosts.new").rename(host)
+        else:
+            placeholder.unlink()
         _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -403,6 +411,8 @@ def test_a_bound_file_replaced_on_the_host_during_prepare_asks_to_run_again(
     assert proc.returncode == 78, err
     assert "changed while jailshim" in err and "run again" in err, err
     assert "/proc/self/fd" not in err
+    if changed == "jail":
+        assert "interfering" in err, err
     assert snapshot(jail) == before
     assert mounts_below(area) == []
 

@@ -19,7 +19,7 @@ from jailshim.jail import mounts
 from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail, exchange, rename_into_place
 from jailshim.state import Kind, Record
 
-__all__ = ["KEPT", "describe", "sweep_new_dev", "undo"]
+__all__ = ["KEPT", "UNPROVEN", "describe", "sweep_new_dev", "undo"]
 
 
 def describe(record: Record) -> str:
@@ -279,6 +279,8 @@ def _unmount_tmpfs(jail: Jail, table: mounts.MountTable) -> str:
 
 # An outcome that keeps its record: the step could not be undone yet, and a later run can.
 KEPT = "kept"
+# ... because its directory is not proven to stay in the jail: nothing was done there
+UNPROVEN = f"{KEPT}, nothing done there"
 
 
 def _record_dir(jail: Jail, record: Record, dev_fd: int | None) -> tuple[int, list[str], str]:
@@ -297,7 +299,7 @@ def _unbind_at(jail: Jail, record: Record, dev_fd: int | None) -> tuple[str, int
     try:
         st_dev = os.fstat(dir_fd).st_dev
         if movable:
-            return f"{KEPT}: {movable}", st_dev
+            return f"{UNPROVEN}: {movable}", st_dev
         if missing:
             return f"already gone: {record.where}/ is gone", st_dev
         return _unbind(dir_fd, record), st_dev
@@ -334,7 +336,7 @@ def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | Non
     dir_fd, missing, movable = _record_dir(jail, record, dev_fd)
     try:
         if movable:  # never act where the directory may be outside the jail by now
-            return f"{KEPT}: {movable}"
+            return f"{UNPROVEN}: {movable}"
         if missing:
             return f"already gone: {record.where}/ is gone"
         if record.kind is Kind.DISPLACED:
