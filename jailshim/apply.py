@@ -71,6 +71,17 @@ def _event(step: SocketStep) -> str:
     return "notify_socket" if step.facts.notify else "log_socket"
 
 
+def _unnamed_file(dir_fd: int) -> int | None:
+    """An unnamed regular file (O_TMPFILE, mode 0) on ``dir_fd``'s filesystem, or None where
+    that filesystem cannot make one (older overlayfs, some FUSE): then the file is named."""
+    try:
+        return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
+        raise
+
+
 def _root_with_exactly(fd: int, mode: int, *acls: str) -> None:
     """Make what this run just created root's, with exactly ``mode`` and no ACL: a directory
     the daemon's user owns passes its setgid group and its default ACL on to new entries, and
@@ -153,6 +164,15 @@ class Applier:
                 f"{self.jail.real}/{where}/{dst} appeared while jailshim prepared the jail "
                 "(someone who can write the jail is interfering); what was made is taken back. "
                 "Make the jail root-owned, then run again.".replace("//", "/"),
+            ) from None
+        except FileNotFoundError:
+            # the user who owns the directory moved jailshim's temporary entry away (a
+            # non-directory moves between any two parents its user can write): was 71
+            # "Preparing …/dev failed: ENOENT"
+            raise ConfigError(
+                f"{self.jail.real}/{where}/{src} was moved away while jailshim prepared the "
+                "jail (someone who can write the jail is interfering); what was made is taken "
+                "back. Make the directory root-owned, then run again.".replace("//", "/"),
             ) from None
 
     def _still_at(self, dir_fd: int, name: str, fd: int) -> None:
@@ -577,7 +597,8 @@ class Applier:
         # took that user's group, and an fd the user opened before the chown read the secret
         # after it (permissions are checked at open only). Mode 0 also masks a default ACL.
         try:
-            fd = os.open(tmp, _PLACEHOLDER, 0, dir_fd=dir_fd)
+            unnamed = _unnamed_file(dir_fd)
+            fd = os.open(tmp, _PLACEHOLDER, 0, dir_fd=dir_fd) if unnamed is None else unnamed
             try:
                 _root_with_exactly(fd, mode, _ACCESS_ACL)
                 self.journal.update(index, ino=os.fstat(fd).st_ino)
@@ -585,6 +606,12 @@ class Applier:
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
+                if unnamed is not None:
+                    # A name only now, whole: the daemon's user may own this directory and a
+                    # named file it can move to any directory of its own, outside the jail
+                    # too, while root writes on through the fd (root wrote the host file's
+                    # bytes outside the jail). Unnamed, it can be neither opened nor moved.
+                    os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dir_fd, follow_symlinks=True)
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -341,3 +341,85 @@ def test_root_lock_still_serialises_while_its_file_is_removed(jail: Path, area: 
     overlaps = [h for h in holds if (h[0].split()[0], h[1]) != ("in", h[0].replace("in", "out"))]
     assert overlaps == []
     assert not _lock_file(jail).exists()
+
+
+def _mover(where: Path, tmp: str, away: Path, ready: int, stop: int, report: int) -> None:
+    """The daemon's user, in a forked child: the moment jailshim's temporary copy appears in
+    its own directory, it renames the file to a directory of its own outside the jail (a
+    non-directory moves between any two parents its user can write) and notes the size it
+    had; told to stop, it reports that size and the size the file has there now (-1, -1: it
+    never caught the file). Never returns."""
+    code = 1
+    try:
+        os.chdir(where)  # as root: the test's tmp_path above may be 0700
+        away_fd = os.open(away, os.O_RDONLY | os.O_DIRECTORY)
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        libc = ctypes.CDLL(None, use_errno=True)
+        inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if inotify < 0 or libc.inotify_add_watch(inotify, b".", _IN_ALL_EVENTS) < 0:
+            raise OSError(ctypes.get_errno(), "inotify")
+        os.write(ready, b"r")
+        moved_at = -1
+        while True:
+            readable, _, _ = select.select([inotify, stop], [], [])
+            if inotify in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(inotify, 65536):
+                        pass
+                if moved_at < 0:
+                    with contextlib.suppress(OSError):
+                        os.rename(tmp, tmp, dst_dir_fd=away_fd)
+                        moved_at = os.stat(tmp, dir_fd=away_fd, follow_symlinks=False).st_size
+            if stop in readable:
+                break
+        now = os.stat(tmp, dir_fd=away_fd, follow_symlinks=False).st_size if moved_at >= 0 else -1
+        os.write(report, struct.pack("qq", moved_at, now))
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def test_root_writes_no_byte_of_a_copy_outside_the_jail(jail: Path, area: Path) -> None:
+    """The daemon's user owns the copy's directory (below root's, so the directory itself
+    cannot leave the jail) and moves jailshim's temporary copy out of the jail the moment it
+    appears: root kept writing the host file's bytes through its fd into a file that was now
+    outside the jail. The copy is written unnamed (O_TMPFILE) and gets a name only whole."""
+    host = area / "conf" / "big.conf"
+    host.parent.mkdir()
+    host.write_bytes(b"x" * (3 << 20))
+    inside = jail / str(host.parent).lstrip("/")
+    _owned_by_nobody(jail, inside)
+    away = area / "away"  # the user's own directory on the same filesystem, outside the jail
+    away.mkdir()
+    os.chown(away, NOBODY, NOBODY)
+    ready_r, ready_w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _mover(inside, ".jailshim-new-big.conf", away, ready_w, stop_r, report_w)
+    for fd in (ready_w, stop_r, report_w):
+        os.close(fd)
+    try:
+        assert os.read(ready_r, 1) == b"r", "the attacker did not start"
+        args = ("--chroot", str(jail), "--user", "nobody", "--no-verify", "--file", str(host))
+        # strace holds each fchown 0.3 s, so the attacker always wins the race for a file
+        # that has a name before its bytes are written (it won 0 of 3 without: a 3 MiB write
+        # is quicker than its wake-up here)
+        slow = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "inject=fchown:delay_exit=300000"]
+        result = run("prepare", *args, wrap=slow)
+        assert result.code in (0, 78), result.stderr
+        os.write(stop_w, b"s")
+        data = os.read(report_r, 16)
+    finally:
+        for fd in (ready_r, stop_w, report_r):
+            os.close(fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)  # by PID: the attacker this test forked (gone when done)
+        os.waitpid(pid, 0)
+    moved_at, now = struct.unpack("qq", data)
+    assert moved_at >= 0, f"the attacker never caught the temporary copy: {result.stderr}"
+    assert now == moved_at, f"root wrote {now - moved_at} bytes after the file left the jail"
+    assert run("teardown", "--chroot", str(jail)).code == 0
