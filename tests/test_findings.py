@@ -23,7 +23,7 @@ GOOD = DeviceFacts(
 
 def test_good_entropy_device_passes() -> None:
     """A 1:9 node that gives two different, non-constant reads passes."""
-    assert judge_device(URANDOM, GOOD, 65534, True).ok
+    assert judge_device(URANDOM, GOOD, 65534).ok
 
 
 def test_constant_or_repeated_bytes_fail() -> None:
@@ -31,28 +31,26 @@ def test_constant_or_repeated_bytes_fail() -> None:
     zeros = DeviceFacts(is_char=True, numbers="1:9", samples=(b"\0" * 64, b"\0" * 64))
     same = DeviceFacts(is_char=True, numbers="1:9", samples=(bytes(range(64)),) * 2)
     for facts in (zeros, same):
-        verdict = judge_device(URANDOM, facts, 65534, True)
+        verdict = judge_device(URANDOM, facts, 65534)
         assert not verdict.ok and not verdict.transient
 
 
-def test_missing_is_transient_and_says_getrandom_matters_when_denied() -> None:
-    """ENOENT is worth waiting for; with getrandom unusable the stakes are spelt out."""
-    verdict = judge_device(URANDOM, DeviceFacts(lstat_errno=errno.ENOENT), 65534, False)
-    assert verdict.transient and "getrandom() is unusable" in verdict.detail
+def test_missing_is_transient_and_claims_nothing_about_getrandom() -> None:
+    """ENOENT is worth waiting for. Whether the daemon needs the node is the entropy verdict's
+    to say: the row no longer claims "getrandom() is unusable here, so every crypto library
+    depends on this node" (false for OpenSSL >= 1.1.1d on a kernel >= 4.8 without the
+    marker: it never reads the devices; issue 23)."""
+    verdict = judge_device(URANDOM, DeviceFacts(lstat_errno=errno.ENOENT), 65534)
+    assert verdict.transient and verdict.whose == "jail"
+    assert "getrandom" not in verdict.detail and "every crypto library" not in verdict.detail
 
 
 def test_null_full_behaviour() -> None:
     """null accepts writes, full answers ENOSPC."""
     null, full = ALLOWLIST["null"], ALLOWLIST["full"]
-    assert judge_device(
-        null, DeviceFacts(is_char=True, numbers="1:3", write_result="ok"), 0, True
-    ).ok
-    assert judge_device(
-        full, DeviceFacts(is_char=True, numbers="1:7", write_result="ENOSPC"), 0, True
-    ).ok
-    assert not judge_device(
-        full, DeviceFacts(is_char=True, numbers="1:7", write_result="ok"), 0, True
-    ).ok
+    assert judge_device(null, DeviceFacts(is_char=True, numbers="1:3", write_result="ok"), 0).ok
+    assert judge_device(full, DeviceFacts(is_char=True, numbers="1:7", write_result="ENOSPC"), 0).ok
+    assert not judge_device(full, DeviceFacts(is_char=True, numbers="1:7", write_result="ok"), 0).ok
 
 
 def test_getrandom_verdicts() -> None:
@@ -61,6 +59,9 @@ def test_getrandom_verdicts() -> None:
     assert not rng.ok and rng.transient and gr.ok and usable
     rng, gr, usable = judge_getrandom(errno.ENOSYS)
     assert rng.ok and gr.warning and not usable
+    # the old claim, false for OpenSSL >= 1.1.1d on a kernel >= 4.8 (issue 23), is gone
+    assert "fall back" not in gr.detail and "essential" not in gr.detail
+    assert {rng.whose, gr.whose} == {"probe"}
     rng, gr, usable = judge_getrandom(0)
     assert rng.ok and gr.ok and not gr.warning and usable
 
@@ -77,6 +78,22 @@ def test_table_marks_and_remedies() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("✓ dev/urandom") and lines[1].startswith("! getrandom()")
     assert lines[2].startswith("✗ dev/null") and lines[3].strip() == "→ run prepare"
+
+
+def test_table_and_json_say_whose_fact_each_row_is() -> None:
+    """Issue 23: doctor's "✓ getrandom() usable" was jailshim's probe's, said of a daemon whose
+    filter denied it. Each row names its owner on the TTY and in JSON."""
+    rows = [
+        Finding("getrandom()", True, "ENOSYS: its filter", warning=True, whose="daemon"),
+        Finding("getrandom() (probe)", True, "usable", whose="probe"),
+        Finding("dev/urandom", False, "missing", "prepare", whose="jail"),
+    ]
+    lines = render_table(rows).splitlines()
+    assert lines[0].split()[:3] == ["!", "getrandom()", "daemon"]
+    assert lines[1].split()[:4] == ["✓", "getrandom()", "(probe)", "probe"]
+    assert lines[2].split()[:3] == ["✗", "dev/urandom", "jail"]
+    assert rows[2].to_json()["whose"] == "jail"
+    assert Finding.from_json(rows[0].to_json()) == rows[0]
 
 
 def test_notify_socket_verdicts_name_the_cause() -> None:
