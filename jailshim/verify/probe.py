@@ -219,7 +219,13 @@ def _reseeders(
             probe = GnuTLSProbe(lib)
         if probe is not None:
             probes.append(probe)
-            known.append(ProbeLibrary(lib.family, probe.version or lib.version, probe.check))
+            version = probe.version or lib.version
+            if not version and lib.path and not lib.untrusted:
+                # not loadable here (a vendored copy whose libz only its binary's rpath finds):
+                # its version string still says which row of the table it is
+                with contextlib.suppress(OSError):
+                    version = cryptolib.version_in(libfind.read_bounded(lib.path))
+            known.append(ProbeLibrary(lib.family, version, probe.check))
             continue
         check = f"{cryptolib.short_version(lib.version) or lib.family} reseed"
         notes.append(Finding(check, True, cryptolib.unprobeable(lib), warning=True, whose="probe"))
