@@ -202,8 +202,12 @@ def judge_entropy(
             )
         )
         if failing and lib.check:
+            # its reseed failed for the verdict's reason: the same remedy, and worth waiting
+            # for exactly when the missing node is (another step of the start may make it)
             findings = [
-                f._replace(remedy=remedy) if f.check == lib.check and not f.ok else f
+                f._replace(remedy=remedy, transient=waits)
+                if f.check == lib.check and not f.ok
+                else f
                 for f in findings
             ]
     needed = any(
