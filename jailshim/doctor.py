@@ -413,7 +413,7 @@ def _daemon_rows(
         Finding("shm marker", True, marker, warning=entropy.marker is None, whose="daemon"),
         Finding("kernel", True, seen, warning=kernel is None, whose="daemon"),
         Finding("device fds", True, fds, whose="daemon"),
-        Finding("crypto library", True, named, warning=not libs, whose="daemon"),
+        Finding("libraries", True, named, warning=not libs, whose="daemon"),
     ]
 
 
@@ -422,22 +422,25 @@ def _as_evidence(findings: list[Finding]) -> list[Finding]:
     doctor's, not the daemon's (issue 23: "✓ getrandom() usable" of a daemon whose filter
     denied it), and its reseed closes the library's kept fds first: a failure there is what
     happens once the daemon reopens the device, which the verdict weighs, not a verdict."""
-    out = []
-    for f in findings:
-        if f.whose != "probe" or f.check in ("privileges", "probe"):
-            out.append(f)
-            continue
-        failed = "" if f.ok else "failed: "
-        out.append(
-            f._replace(
-                check=f"{f.check} (probe)",
-                ok=True,
-                warning=f.warning or not f.ok,
-                remedy="",
-                detail=f"in jailshim's probe, not the daemon: {failed}{f.detail}",
-            )
+    return [_evidence(f) for f in findings]
+
+
+def _evidence(f: Finding) -> Finding:
+    if f.check in ("getrandom()", "kernel RNG"):
+        return f._replace(
+            check=f"{f.check} (probe)" if f.check == "getrandom()" else f.check,
+            detail=f"in jailshim's probe, not the daemon: {f.detail}",
         )
-    return out
+    if f.check.endswith(" reseed") and not f.ok:
+        return f._replace(
+            ok=True,
+            warning=True,
+            remedy="",
+            detail=f"{f.detail.rstrip('.')} (in jailshim's probe, which closes the library's "
+            "kept fds first: what the daemon meets once it opens the device in its jail; the "
+            "entropy row weighs it)",
+        )
+    return f
 
 
 def _diagnose(
