@@ -380,3 +380,24 @@ def test_signature_table_is_well_formed() -> None:
     """Every row has a name, a cause and a fix; names are unique."""
     assert len({s.name for s in SIGNATURES}) == len(SIGNATURES)
     assert all(s.cause and s.fix.startswith("Fix:") for s in SIGNATURES)
+
+
+def test_explain_names_the_filter_where_openssl_never_reads_the_device() -> None:
+    """Issue 23: explain said OpenSSL 3 "falls back to /dev/urandom, which the jail lacks"
+    and prescribed `jailshim prepare` alone. Under a filter with no marker on a kernel >= 4.8
+    OpenSSL never reads the device: the cause is the filter, in the table's own words."""
+    from jailshim.verify.verdict import EntropyFacts, Getrandom, Library, decide
+
+    for line, library in (
+        ("error:1C8000BD:Provider routines::error retrieving entropy", Library.OPENSSL_3),
+        ("RAND_DRBG_reseed:error retrieving entropy", Library.OPENSSL_111),
+    ):
+        ((sig, _),) = match([line])
+        facts = EntropyFacts(library, Getrandom.ENOSYS, kernel=(6, 1), marker=False)
+        assert decide(facts).why in sig.cause, sig.cause
+        assert "the filter is the cause" in sig.cause
+        assert "allow getrandom()" in sig.fix and "SystemCallFilter=" in sig.fix
+        assert "--read-filter" in sig.fix
+    for sig in SIGNATURES:
+        assert "fall back to /dev/urandom" not in sig.cause, sig.name
+        assert "falls back to /dev/urandom" not in sig.cause, sig.name
