@@ -5,6 +5,15 @@ from __future__ import annotations
 import errno
 
 from jailshim.devices import ALLOWLIST
+from jailshim.verify.entropy import (
+    CHECK_FAILS,
+    ProbeEntropy,
+    ProbeLibrary,
+    absent_only,
+    getrandom_of,
+    judge_entropy,
+    worst,
+)
 from jailshim.verify.findings import (
     DeviceFacts,
     Finding,
@@ -13,6 +22,14 @@ from jailshim.verify.findings import (
     judge_getrandom,
     judge_notify,
     render_table,
+)
+from jailshim.verify.verdict import (
+    Decision,
+    EntropyFacts,
+    Getrandom,
+    Library,
+    Remedy,
+    Verdict,
 )
 
 URANDOM = ALLOWLIST["urandom"]
@@ -118,3 +135,67 @@ def test_notify_socket_verdicts_name_the_cause() -> None:
         verdict = judge_notify(path, facts, 102)
         assert not verdict.ok and not verdict.transient and verdict.remedy
         assert verdict.detail.startswith(f"$NOTIFY_SOCKET {path} ") and cause in verdict.detail
+
+
+# ---- the entropy rows, from verdict.decide() (jailshim/verify/entropy.py) -------------------
+
+OSSL3 = ProbeLibrary("OpenSSL", "OpenSSL 3.0.19 27 Jan 2026", "OpenSSL 3.0.19 reseed")
+MISSING = Finding(
+    "dev/urandom", False, "dev/urandom does not exist.", "prepare", True, whose="jail"
+)
+RESEED_FAILED = Finding("OpenSSL 3.0.19 reseed", False, "no primary DRBG", "x", whose="probe")
+
+
+def _judge(getrandom: Getrandom, marker: bool, rows: list[Finding]) -> list[Finding]:
+    facts = EntropyFacts(Library.UNKNOWN, getrandom, kernel=(6, 1), marker=marker, nodes=False)
+    judged, verdicts, _ = judge_entropy(
+        rows, facts, (OSSL3,), absent=("dev/urandom",), fails=CHECK_FAILS,
+        prepare="run `jailshim prepare`", whose="probe",
+    )  # fmt: skip
+    return verdicts + judged
+
+
+def test_a_missing_node_is_information_when_the_library_reads_getrandom() -> None:
+    """Issue 23, the Debian haproxy case: OpenSSL 3, getrandom() works, no dev/urandom."""
+    verdict, node = _judge(Getrandom.WORKS, False, [MISSING])
+    assert verdict.ok and verdict.detail == "safe: OpenSSL 3 reads getrandom(), which works"
+    assert node.ok and node.warning and not node.transient and "not needed now" in node.detail
+
+
+def test_a_missing_node_fails_where_the_library_reads_it() -> None:
+    verdict, node = _judge(Getrandom.ENOSYS, True, [MISSING])
+    assert not verdict.ok and verdict.detail.startswith("safe now, fragile")
+    assert verdict.remedy == "run `jailshim prepare`" and verdict.transient
+    assert not node.ok and node.transient
+
+
+def test_a_library_that_cannot_seed_fails_naming_the_filter() -> None:
+    """Issue 23, case 2: the reseed row fails (never "ok, skipped") with the filter's remedy."""
+    verdict, node, reseed = _judge(Getrandom.EPERM, False, [MISSING, RESEED_FAILED])
+    assert not verdict.ok and verdict.detail.startswith("will fail at start: getrandom() fails")
+    assert "SystemCallFilter=" in verdict.remedy and "does not help" in verdict.remedy
+    assert not reseed.ok and reseed.remedy == verdict.remedy and not reseed.transient
+    assert node.ok and node.warning  # the jail is not what fails it
+
+
+def test_only_an_absent_node_is_excused() -> None:
+    """A wrong node gives non-random bytes to whoever reads it: never downgraded."""
+    assert absent_only(DeviceFacts(lstat_errno=errno.ENOENT))
+    assert absent_only(DeviceFacts(is_char=True, numbers="1:9", open_errno=errno.EACCES))
+    assert not absent_only(DeviceFacts(kind="a regular file of 4096 bytes"))
+    assert not absent_only(DeviceFacts(is_char=True, numbers="1:9", samples=(b"\0" * 64,) * 2))
+
+
+def test_probe_facts_map_onto_the_table() -> None:
+    assert [getrandom_of(e) for e in (0, errno.EAGAIN, errno.ENOSYS, errno.EPERM, errno.EIO)] == [
+        Getrandom.WORKS, Getrandom.WORKS, Getrandom.ENOSYS, Getrandom.EPERM, Getrandom.OTHER,
+    ]  # fmt: skip
+    facts = ProbeEntropy(38, True, (2, 6), (OSSL3,), ("dev/urandom",), False)
+    assert ProbeEntropy.from_json(facts.to_json()) == facts
+
+
+def test_the_worst_decision_is_the_verdict_line() -> None:
+    said = [Decision(v, Remedy.NONE, str(v)) for v in Verdict]
+    assert worst(said).verdict is Verdict.WILL_FAIL
+    assert worst(said[:1] + said[3:]).verdict is Verdict.CANNOT_TELL
+    assert worst([said[0], said[1]]).verdict is Verdict.FRAGILE
