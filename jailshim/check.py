@@ -15,9 +15,10 @@ from jailshim.verify.retry import Outcome, verify_with_retries
 
 if TYPE_CHECKING:
     from jailshim.daemons import PendingCheck
+    from jailshim.verify.entropy import ProbeEntropy
     from jailshim.verify.network import WaitTarget
 
-__all__ = ["check", "prepare_and_verify", "report", "start_probe"]
+__all__ = ["check", "judge_probe", "prepare_and_verify", "report", "start_probe"]
 
 
 def report(outcome: Outcome, log: Any) -> list[Finding]:
@@ -30,7 +31,7 @@ def report(outcome: Outcome, log: Any) -> list[Finding]:
     for f in outcome.findings:
         level = 10 if table else 20 if f.ok and not f.warning else 30 if f.ok else 40
         remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
-        log.log(level, "check", check=f.check, ok=f.ok, detail=f.detail, **remedy)
+        log.log(level, "check", check=f.check, ok=f.ok, whose=f.whose, detail=f.detail, **remedy)
     if table:
         sys.stdout.write(render_table(outcome.findings) + "\n")
     if outcome.failing:
@@ -58,6 +59,37 @@ def start_probe(spec: Spec) -> Probe | None:
         notify=spec.notify_socket,
         crypto=crypto_source(spec),
     )
+
+
+def judge_probe(findings: list[Finding], entropy: ProbeEntropy | None) -> list[Finding]:
+    """The probe's rows with the entropy verdict spoken (verdict.decide): the probe's facts
+    are the daemon's-to-be (same lineage, seccomp filter, IPC namespace, personality). Fails
+    on "will fail" and "safe now, fragile"; "cannot tell" is a warning."""
+    if entropy is None:  # the child died first: its failure row says why
+        return findings
+    from jailshim.verify.entropy import CHECK_FAILS, after_row, getrandom_of, judge_entropy
+    from jailshim.verify.verdict import EntropyFacts, Library
+
+    facts = EntropyFacts(
+        library=Library.UNKNOWN,
+        getrandom=getrandom_of(entropy.getrandom_errno),
+        kernel=entropy.kernel,
+        marker=entropy.marker,
+        kept_fd=None,  # not running yet
+        nodes=entropy.urandom,
+        running=False,
+    )
+    judged, rows, _ = judge_entropy(
+        findings,
+        facts,
+        entropy.libraries,
+        absent=entropy.absent,
+        fails=CHECK_FAILS,
+        prepare="run `jailshim prepare` on this jail (`jailshim run` does it before the start)",
+        whose="probe",
+    )
+    # after getrandom(): the one sentence of a failed check is the first failing row's
+    return after_row(judged, "getrandom()", rows)
 
 
 def needs_of(spec: Spec) -> Needs:
@@ -156,7 +188,7 @@ def check(
                     crypto=crypto_source(spec),
                 )
             )
-            findings = probe.collect()
+            findings = judge_probe(probe.collect(), probe.entropy)
         if targets:
             from jailshim.verify.network import network_findings
 

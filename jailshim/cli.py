@@ -120,6 +120,14 @@ _OPTIONS = (
         repeat=True,
     ),
     _Opt(
+        "--read-filter",
+        "read each daemon's seccomp filters to learn what getrandom() does for it: a ptrace "
+        "stop of microseconds (needs CAP_SYS_ADMIN); without it a daemon with a filter is "
+        '"cannot tell" where that matters',
+        (DOCTOR,),
+        switch=True,
+    ),
+    _Opt(
         "--strategy",
         "how to make nodes (default: auto)",
         (RUN, PREPARE),
@@ -296,6 +304,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message[0].upper()}{message[1:]}; see `{self.prog} --help`.")
 
 
+# errors.VERDICT_ERRORS in words (doctor --help, and the README's exit-code table)
+_DOCTOR_EXITS = (
+    " Exit codes: 0 safe (no action needed); 69 will fail, or safe now but fragile (action "
+    "needed: the remedy is printed); 75 cannot tell (rerun with --read-filter, --crypto-lib, "
+    "or more powers, as the verdict says); 64/77 as for every command."
+)
+
+
 def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, just that command's subparser (the common case, and ~100
     fewer add_argument calls on every container start)."""
@@ -305,7 +321,8 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "be read inside it, then hand over to the daemon.",
         epilog="`jailshim COMMAND --help` lists a command's options and their JAILSHIM_* "
         "variables. Exit codes: 0 ok, 64 usage, 69 a check failed (or still failing when the "
-        "retry budget ran out), 71 OS error, 77 not permitted (names the missing power), "
+        "retry budget ran out; doctor: action needed), 71 OS error, 75 doctor cannot tell "
+        "(rerun as it says), 77 not permitted (names the missing power), "
         "78 configuration error (daemon config, unsafe jail), 126/127 COMMAND not executable / "
         "not found; with --init, the daemon's status or 128+signal.",
     )
@@ -324,7 +341,8 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
             epilog=f"jailshim {name} reads no JAILSHIM_* variable."
             if name == EXPLAIN
             else "Every option is also a variable (shown in brackets); flags win. Variables "
-            f"for options jailshim {name} does not take are ignored.",
+            f"for options jailshim {name} does not take are ignored."
+            + (_DOCTOR_EXITS if name == DOCTOR else ""),
         )
         for opt in _OPTIONS:
             if name not in opt.commands:
@@ -710,7 +728,13 @@ def _doctor(args: argparse.Namespace, log: Any) -> int:
                 f"drop {' and '.join(flags)}."
             )
         return doctor(
-            args.pids, None, None, devices, log.get_logger(), crypto_libs=_crypto_libs(args)
+            args.pids,
+            None,
+            None,
+            devices,
+            log.get_logger(),
+            crypto_libs=_crypto_libs(args),
+            read_filter=bool(args.read_filter),
         )
     if args.chroot is None:
         raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")

@@ -10,18 +10,24 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from jailshim.devices import ENTROPY_DEVICES, Device
-from jailshim.errors import CheckFailed, ConfigError, NotPermitted, UsageError
+from jailshim.devices import Device
+from jailshim.errors import VERDICT_ERRORS, ConfigError, NotPermitted, UsageError
 from jailshim.spec import Identity
 from jailshim.verify.cryptolib import CryptoLib, recovery
 from jailshim.verify.findings import Finding, render_table
 from jailshim.verify.probe import CryptoSource, run_probe
+from jailshim.verify.verdict import Decision, EntropyFacts, Getrandom, Library, Verdict, library_of
+
+if TYPE_CHECKING:
+    from jailshim.verify.daemon_entropy import DaemonEntropy
+    from jailshim.verify.entropy import ProbeLibrary
 
 __all__ = [
     "DOCTOR_DEVICES",
     "DaemonFacts",
+    "Diagnosis",
     "chrooted_children",
     "doctor",
     "expand_pids",
@@ -56,6 +62,7 @@ class DaemonFacts(NamedTuple):
         return tuple(lib.label for lib in self.crypto)
 
     jail_mounts: tuple[str, ...] = ()  # "/dev/urandom (devtmpfs devtmpfs, ro,nosuid,noexec)"
+    status_text: str = ""  # /proc/PID/status as read: its Seccomp and Seccomp_filters lines
 
 
 def _user_name(uid: int) -> str:
@@ -164,9 +171,11 @@ def read_daemon(pid: int) -> DaemonFacts:
 
     base = f"/proc/{pid}"
     status: dict[str, str] = {}
+    text = ""
     try:
         with open(f"{base}/status", encoding="utf-8") as f:
-            status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+            text = f.read()
+        status = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
         root = os.readlink(f"{base}/root")
         cwd = os.readlink(f"{base}/cwd")
     except FileNotFoundError:
@@ -196,6 +205,7 @@ def read_daemon(pid: int) -> DaemonFacts:
         open_entropy_fds=tuple(sorted(fds)),
         crypto=tuple(crypto),
         crypto_note=note,
+        status_text=text,
     )
 
 
@@ -214,37 +224,63 @@ def after_prepare(libs: tuple[CryptoLib, ...]) -> str:
     return f"takes effect at once, no restart needed: {why}"
 
 
-def verdict(facts: DaemonFacts | None, findings: list[Finding], fix: str) -> tuple[bool, str]:
-    """Pure: (safe?, the verdict in words)."""
-    broken = [f for f in findings if not f.ok]
-    entropy_broken = [f for f in broken if f.check.removeprefix("dev/") in ENTROPY_DEVICES]
-    if facts is not None and facts.root == "/":
-        return True, "safe: the daemon is not chrooted, it sees the host's /dev"
-    if not broken:
-        return True, "safe: the jail's entropy devices work for the daemon's user"
-    if entropy_broken:
-        why = entropy_broken[0].detail.split(". ")[0].rstrip(".")
-        failing = [f.check.removesuffix(" reseed") for f in broken if f.check.endswith(" reseed")]
-        which = f" of {', '.join(failing)}" if failing else ""
-        if facts is not None and facts.open_entropy_fds:
-            # OpenSSL >= 1.1.1 keeps the device it opened before chroot and reseeds from that
-            # descriptor (seen with haproxy 2.6 / OpenSSL 3.0): it survives, but only as long as
-            # nothing reopens the device (GnuTLS does on every use; so does an OpenSSL that was
-            # told RAND_keep_random_devices_open(0)).
-            return False, (
-                f"at risk: {why}; the next reseed{which} works only through "
-                f"{', '.join(facts.open_entropy_fds)}, kept open from before chroot, and fails "
-                f"the moment the device is reopened inside the jail. Fix: {fix}"
-            )
-        when = (
-            "it has a seccomp filter, so getrandom() may be denied and the library then reads the "
-            "device"
-            if facts is not None and facts.seccomp
-            else "whenever getrandom() is unusable (seccomp, old kernel) the library reads the "
-            "device, and GnuTLS and Python read it directly"
+class Diagnosis(NamedTuple):
+    """One daemon's (or jail's) verdict: its worst library's, or a failing check's."""
+
+    verdict: Verdict  # errors.VERDICT_ERRORS maps it to the exit code
+    words: str
+
+
+def _hints(facts: EntropyFacts, libs: tuple[ProbeLibrary, ...]) -> str:
+    """What to rerun with, for a "cannot tell": the facts that were missing."""
+    hints = []
+    if facts.getrandom is Getrandom.UNKNOWN:
+        hints.append(
+            "rerun with --read-filter to read the daemon's seccomp filters (a ptrace stop of "
+            "microseconds; needs CAP_SYS_ADMIN)"
         )
-        return False, f"will fail at the next reseed{which} because {why}: {when}. Fix: {fix}"
-    return False, f"not safe: {broken[0].check}: {broken[0].detail} Fix: {fix}"
+    if not libs or any(library_of(lib.family, lib.version) is Library.UNKNOWN for lib in libs):
+        hints.append("name its crypto library with --crypto-lib PATH")
+    if facts.marker is None or facts.kernel is None:
+        hints.append(
+            "run doctor with the powers to join its IPC namespace and read its /proc entries "
+            "(root, CAP_SYS_ADMIN, on the host)"
+        )
+    return "; ".join(hints)
+
+
+def verdict(
+    decisions: list[Decision],
+    facts: EntropyFacts,
+    libs: tuple[ProbeLibrary, ...],
+    broken: list[Finding],
+    fix: str,
+    *,
+    after: str = "",
+) -> Diagnosis:
+    """Pure: the verdict line from each library's decision (verdict.decide, the worst one
+    stated) and the checks that failed for another reason (a privilege drop, a wrong node)."""
+    from jailshim.verify.entropy import remedy_words, sentence, worst
+
+    decision = worst(decisions)
+    words = sentence(decision)
+    if decision.verdict is Verdict.CANNOT_TELL:
+        hints = _hints(facts, libs)
+        words += f". {hints[0].upper()}{hints[1:]}" if hints else ""
+    elif decision.verdict is not Verdict.SAFE:
+        remedy = remedy_words(decision, prepare=fix, running=facts.running, after_prepare=after)
+        words += f". Fix: {remedy}"
+    if broken and decision.verdict in (Verdict.SAFE, Verdict.CANNOT_TELL):
+        first = broken[0]
+        more = f" (and {len(broken) - 1} more failing)" if len(broken) > 1 else ""
+        return Diagnosis(
+            Verdict.WILL_FAIL,
+            f"not safe: {first.check}: {first.detail.rstrip('.')}{more}. Fix: "
+            f"{first.remedy or fix}; entropy: {words}",
+        )
+    if decision.verdict is Verdict.SAFE:
+        words += "; no action needed"
+    return Diagnosis(decision.verdict, words)
 
 
 def _user_word(uid: int) -> str:
@@ -312,29 +348,99 @@ def doctor(
     log: Any,
     *,
     crypto_libs: tuple[str, ...] = (),
+    read_filter: bool = False,
 ) -> int:
     """Diagnose the daemons ``pids`` (each one's jail and user from /proc; a master stands for
     its chrooted workers) or the jail ``chroot`` as ``identity``; 0 when all are safe, else
-    CheckFailed with the verdict (each unsafe PID's, when there are several)."""
+    the error errors.VERDICT_ERRORS gives the worst verdict (each PID's words, when there are
+    several). ``read_filter``: read a daemon's seccomp filters (a brief ptrace stop)."""
+    results: list[tuple[str, Diagnosis]] = []
     if pids:
         targets = expand_pids(pids, log)
-        unsafe = []
         for pid in targets:
             facts = read_daemon(pid)
-            safe, words = _diagnose(facts, "", None, devices, log, crypto_libs=crypto_libs)
-            if not safe:
-                unsafe.append(f"PID {pid}: {words}" if len(targets) > 1 else words)
-        if unsafe:
-            raise CheckFailed(" ".join(unsafe))
+            found = _diagnose(
+                facts, "", None, devices, log, crypto_libs=crypto_libs, read_filter=read_filter
+            )
+            results.append((f"PID {pid}: " if len(targets) > 1 else "", found))
+    else:
+        if chroot is None:
+            raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
+        if not os.path.isdir(chroot):
+            raise ConfigError(f"The jail {chroot} does not exist or is not a directory.")
+        results.append(
+            ("", _diagnose(None, chroot, identity, devices, log, crypto_libs=crypto_libs))
+        )
+    from jailshim.verify.entropy import worst_verdict
+
+    verdicts = [found.verdict for _, found in results]
+    error = VERDICT_ERRORS[worst_verdict(verdicts)]
+    if error is None:
         return 0
-    if chroot is None:
-        raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
-    if not os.path.isdir(chroot):
-        raise ConfigError(f"The jail {chroot} does not exist or is not a directory.")
-    safe, words = _diagnose(None, chroot, identity, devices, log, crypto_libs=crypto_libs)
-    if not safe:
-        raise CheckFailed(words)
-    return 0
+    said = [f"{who}{found.words}" for who, found in results if found.verdict is not Verdict.SAFE]
+    raise error(" ".join(said))
+
+
+def _daemon_rows(
+    facts: DaemonFacts, entropy: DaemonEntropy, libs: tuple[CryptoLib, ...], note: str
+) -> list[Finding]:
+    """The daemon's own entropy facts, each a row that says it is the daemon's."""
+    getrandom = entropy.getrandom
+    kernel = entropy.kernel
+    marker = {
+        True: "present in its IPC namespace (OpenSSL >= 1.1.1d reads the devices when "
+        "getrandom() fails)",
+        False: "absent from its IPC namespace",
+        None: "unknown: its IPC namespace could not be joined",
+    }[entropy.marker]
+    seen = (
+        "unknown"
+        if kernel is None
+        else "2.6, as it sees it (personality UNAME26: setarch --uname-2.6)"
+        if kernel == (2, 6)
+        else f"{kernel[0]}.{kernel[1]}, as it sees it"
+    )
+    fds = ", ".join(facts.open_entropy_fds) or "none open"
+    named = ", ".join(lib.label for lib in libs) or f"none identified ({note})"
+    return [
+        Finding(
+            "getrandom()",
+            True,
+            f"{getrandom}: {entropy.getrandom_why}",
+            warning=getrandom is not Getrandom.WORKS,
+            whose="daemon",
+        ),
+        Finding("shm marker", True, marker, warning=entropy.marker is None, whose="daemon"),
+        Finding("kernel", True, seen, warning=kernel is None, whose="daemon"),
+        Finding("device fds", True, fds, whose="daemon"),
+        Finding("libraries", True, named, warning=not libs, whose="daemon"),
+    ]
+
+
+def _as_evidence(findings: list[Finding]) -> list[Finding]:
+    """jailshim's probe rows in doctor: evidence, said to be the probe's. Its getrandom() is
+    doctor's, not the daemon's (issue 23: "✓ getrandom() usable" of a daemon whose filter
+    denied it), and its reseed closes the library's kept fds first: a failure there is what
+    happens once the daemon reopens the device, which the verdict weighs, not a verdict."""
+    return [_evidence(f) for f in findings]
+
+
+def _evidence(f: Finding) -> Finding:
+    if f.check in ("getrandom()", "kernel RNG"):
+        return f._replace(
+            check=f"{f.check} (probe)" if f.check == "getrandom()" else f.check,
+            detail=f"in jailshim's probe, not the daemon: {f.detail}",
+        )
+    if f.check.endswith(" reseed") and not f.ok:
+        return f._replace(
+            ok=True,
+            warning=True,
+            remedy="",
+            detail=f"{f.detail.rstrip('.')} (in jailshim's probe, which closes the library's "
+            "kept fds first: what the daemon meets once it opens the device in its jail; the "
+            "entropy row weighs it)",
+        )
+    return f
 
 
 def _diagnose(
@@ -345,8 +451,16 @@ def _diagnose(
     log: Any,
     *,
     crypto_libs: tuple[str, ...] = (),
-) -> tuple[bool, str]:
-    """One daemon (``facts``) or one jail: its findings and verdict logged; (safe?, words)."""
+    read_filter: bool = False,
+) -> Diagnosis:
+    """One daemon (``facts``) or one jail: its findings and verdict logged."""
+    from jailshim.verify.entropy import (
+        ProbeLibrary,
+        after_row,
+        getrandom_of,
+        judge_entropy,
+    )
+
     if facts is not None:
         jail = f"/proc/{facts.pid}/root"
         jail_name = facts.root
@@ -383,29 +497,76 @@ def _diagnose(
     if facts is not None and not crypto_libs and not libs:
         missing = f"{facts.crypto_note}; --crypto-lib PATH names a library to probe"
     crypto = CryptoSource(libs=libs, missing=missing)
-    findings = (
-        []
-        if facts is not None and facts.root == "/"
-        else run_probe(jail, identity, devices, crypto)
-    )
-    fix = f"`jailshim prepare --chroot {jail_name} --user {user}` ({after_prepare(libs)})"
+    chrooted = facts is None or facts.root != "/"
+    findings, probed = run_probe(jail, identity, devices, crypto) if chrooted else ([], None)
+    fix = f"`jailshim prepare --chroot {jail_name} --user {user}`"
     if facts is not None and _other_mount_namespace(facts.pid):
         fix += (
-            "; for the next container start make jailshim the ENTRYPOINT (without CAP_MKNOD, "
+            " (for the next container start make jailshim the ENTRYPOINT; without CAP_MKNOD, "
             "add --cap-add=SYS_ADMIN so it can bind the nodes)"
         )
-    safe, words = verdict(facts, findings, fix)
+    # the libraries, with the versions the probe measured (GnuTLS says its own)
+    known = probed.libraries if probed is not None else ()
+    if not known:
+        known = tuple(ProbeLibrary(lib.family, lib.version, "") for lib in libs)
+    nodes = (probed.urandom if probed is not None else None) if chrooted else True
+    absent = probed.absent if probed is not None else ()
+    if facts is not None:
+        from jailshim.verify.daemon_entropy import daemon_entropy
+
+        entropy = daemon_entropy(facts.pid, facts.status_text, read_filter=read_filter)
+        asked = EntropyFacts(
+            library=Library.UNKNOWN,
+            getrandom=entropy.getrandom,
+            kernel=entropy.kernel,
+            marker=entropy.marker,
+            kept_fd=bool(facts.open_entropy_fds),
+            nodes=nodes,
+            running=True,
+        )
+        rows = _daemon_rows(facts, entropy, libs, facts.crypto_note or missing)
+        findings = rows + _as_evidence(findings)
+    else:  # a jail and no daemon: the probe's facts stand for a daemon about to start there
+        asked = EntropyFacts(
+            library=Library.UNKNOWN,
+            getrandom=getrandom_of(probed.getrandom_errno) if probed else Getrandom.UNKNOWN,
+            kernel=probed.kernel if probed else None,
+            marker=probed.marker if probed else None,
+            kept_fd=None,
+            nodes=nodes,
+            running=False,
+        )
+    judged, verdict_rows, decisions = judge_entropy(
+        findings,
+        asked,
+        known,
+        absent=absent,
+        fails=frozenset({Verdict.WILL_FAIL, Verdict.FRAGILE}),
+        prepare=fix,
+        whose="daemon" if facts is not None else "probe",
+        after_prepare=after_prepare(libs),
+    )
+    findings = after_row(
+        judged, "crypto library" if facts is not None else "getrandom()", verdict_rows
+    )
+    broken = [f for f in findings if not f.ok and not f.check.startswith("entropy")]
+    found = verdict(decisions, asked, known, broken, fix, after=after_prepare(libs))
     # As check.report does: with the table on screen each finding and the verdict are said
     # once (per-finding events drop to debug); machines get every finding as a JSON event.
     table = sys.stdout.isatty()
     for f in findings:
         level = 10 if table else 20 if f.ok and not f.warning else 30 if f.ok else 40
         remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
-        log.log(level, "check", check=f.check, ok=f.ok, detail=f.detail, **pid, **remedy)
+        log.log(
+            level, "check", check=f.check, ok=f.ok, whose=f.whose, detail=f.detail, **pid, **remedy
+        )
     if table and findings:
         sys.stdout.write(render_table(findings) + "\n")
+    safe = found.verdict is Verdict.SAFE
     if safe:
-        log.info("doctor.verdict", safe=True, verdict=words, **pid)
-    elif not table:  # on a TTY the failure event (CheckFailed) says it
-        log.error("doctor.verdict", safe=False, verdict=words, **pid)
-    return safe, words
+        log.info("doctor.verdict", safe=True, verdict=found.words, **pid)
+    elif not table:  # on a TTY the failure event says it
+        log.error(
+            "doctor.verdict", safe=False, verdict=found.words, outcome=str(found.verdict), **pid
+        )
+    return found

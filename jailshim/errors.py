@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_CODES",
+    "VERDICT_ERRORS",
+    "CannotTell",
     "CheckFailed",
     "CommandNotExecutable",
     "CommandNotFound",
@@ -38,6 +40,11 @@ class CheckFailed(JailshimError):
     """A verification still failed when the retry budget ran out."""
 
 
+class CannotTell(JailshimError):
+    """A verdict that rests on a fact jailshim could not learn (the sentence says which, and
+    what to rerun with: --read-filter, --crypto-lib, more powers)."""
+
+
 class PrepareOSError(JailshimError):
     """The kernel refused something for a reason other than missing powers (while preparing,
     or a limit of the machine: file descriptors, memory, a full disk)."""
@@ -63,11 +70,25 @@ class CommandNotFound(JailshimError):
 EXIT_CODES: dict[type[JailshimError], int] = {
     UsageError: 64,  # EX_USAGE
     CheckFailed: 69,  # EX_UNAVAILABLE
+    CannotTell: 75,  # EX_TEMPFAIL: rerun with what the sentence names
     PrepareOSError: 71,  # EX_OSERR
     NotPermitted: 77,  # EX_NOPERM
     ConfigError: 78,  # EX_CONFIG
     CommandNotExecutable: 126,
     CommandNotFound: 127,
+}
+
+
+# doctor's entropy verdict (jailshim/verify/verdict.py's Verdict values) -> what it raises:
+# nothing (exit 0) when no action is needed, CheckFailed (69) when the printed remedy is needed
+# now, CannotTell (75) when a fact is missing. Keyed by the verdict's words, so this module
+# imports nothing. check and run differ only in "cannot tell": a warning there (the daemon has
+# not started; nothing to rerun), see jailshim/verify/entropy.py.
+VERDICT_ERRORS: dict[str, type[JailshimError] | None] = {
+    "safe": None,
+    "safe now, fragile": CheckFailed,
+    "will fail": CheckFailed,
+    "cannot tell": CannotTell,
 }
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import NamedTuple, TextIO
 
 from jailshim.verify.cryptolib import GNUTLS, OPENSSL, recovery
+from jailshim.verify.verdict import EntropyFacts, Getrandom, Library, decide
 
 __all__ = ["SIGNATURES", "Signature", "explain", "match"]
 
@@ -36,6 +37,40 @@ def _after(family: str, version: str) -> str:
     )
 
 
+def _filter_fix(family: str, version: str) -> str:
+    """The fix where the cause may be a seccomp filter rather than the jail (both are said:
+    explain sees an error line, not the daemon's filter, marker or kernel)."""
+    return (
+        "Fix: if the daemon runs under a seccomp filter that denies getrandom() (systemd's "
+        "SystemCallFilter=/SystemCallErrorNumber=, a container runtime's seccomp profile) and "
+        "has no marker, allow getrandom() in it and restart the daemon: no jail helps. "
+        "Otherwise: "
+        + _after(family, version)
+        .removeprefix("Fix: ")
+        .replace(
+            "`jailshim doctor --pid PID` checks a running one.",
+            "`jailshim doctor --pid PID --read-filter` checks a running one and says which.",
+        )
+    )
+
+
+def _table_says(library: Library) -> str:
+    """What the one table (verify/verdict.py) says for ``library`` when getrandom() is denied
+    to it on a modern kernel, without and with OpenSSL's marker, in a jail without devices:
+    explain's causes use its words, so they never disagree with check and doctor."""
+    facts = EntropyFacts(
+        library, Getrandom.ENOSYS, kernel=(6, 1), marker=False, kept_fd=False, nodes=False,
+        running=True,
+    )  # fmt: skip
+    without, marked = decide(facts), decide(facts._replace(marker=True))
+    if without == marked:
+        return f"when {without.why} ({without.verdict} {without.when})."
+    return (
+        f"when {without.why} ({without.verdict} {without.when}: the filter is the cause); "
+        f"with the marker, {marked.why} ({marked.verdict} {marked.when})."
+    )
+
+
 class Signature(NamedTuple):
     name: str
     pattern: re.Pattern[str]
@@ -47,51 +82,66 @@ def _sig(name: str, pattern: str, cause: str, fix: str = _PREPARE) -> Signature:
     return Signature(name, re.compile(pattern, re.IGNORECASE), cause, fix)
 
 
+_WORKS = (
+    "With getrandom() working it never opens a device, so a jail without dev/urandom is not "
+    "the cause; "
+)
+
 SIGNATURES: tuple[Signature, ...] = (
     _sig(
         "OpenSSL 1.1.1: DRBG could not get entropy",
         r"RAND_DRBG_(instantiate|generate|reseed)[^\n]*(error retrieving entropy|in error state)",
-        "OpenSSL 1.1.1's DRBG reseeds from /dev/urandom after an hour or 256 requests; the "
-        "daemon chrooted into a jail without dev/urandom, so the reseed failed and the DRBG "
-        "is in an error state until it can read the source again.",
-        _after(OPENSSL, "OpenSSL 1.1.1"),
+        "OpenSSL 1.1.1's DRBG (re)seeds from getrandom(), the master after an hour. "
+        + _WORKS
+        + "it fails "
+        + _table_says(Library.OPENSSL_111)
+        + " Before 1.1.1d there is no marker test: it reads dev/urandom whenever getrandom() "
+        "is denied. The DRBG stays in error state until its source works again.",
+        _filter_fix(OPENSSL, "OpenSSL 1.1.1"),
     ),
     _sig(
         "OpenSSL 1.1.1: SSL_new malloc failure (really an entropy failure)",
         r"SSL_new[^\n]*malloc failure",
-        "Not memory: SSL_new() fails this way when the random generator is in an error state, "
-        "which in a chroot means it could not reopen /dev/urandom to reseed.",
-        _after(OPENSSL, "OpenSSL 1.1.1"),
+        "Not memory: SSL_new() fails this way when the random generator is in an error state: "
+        "its getrandom() is denied and it could not read dev/urandom in the chroot, or (1.1.1d "
+        "and later, kernel >= 4.8, no shm marker) would not read it at all.",
+        _filter_fix(OPENSSL, "OpenSSL 1.1.1"),
     ),
     _sig(
         "OpenSSL 3: error retrieving entropy",
         r"^(?!.*RAND_DRBG)(.*(ossl_prov_drbg_\w+|error:1C8000BD|Provider routines|SSL handshake"
         r" failure)[^\n]*error retrieving entropy|.*error retrieving entropy)",
-        "OpenSSL 3 seeds from getrandom(); when that is denied (a seccomp filter answering "
-        "ENOSYS/EPERM, an old kernel) it falls back to /dev/urandom, which the jail lacks, so "
-        "the DRBG cannot reseed and every new TLS session fails.",
-        _after(OPENSSL, "OpenSSL 3"),
+        "OpenSSL 3 seeds from getrandom(). "
+        + _WORKS
+        + "it fails "
+        + _table_says(Library.OPENSSL_3)
+        + ' Without the marker the daemon cannot even seed at start (haproxy: "unable to '
+        'allocate SSL context"), even with /dev/urandom present.',
+        _filter_fix(OPENSSL, "OpenSSL 3"),
     ),
     _sig(
         "GnuTLS: randomness device error",
         r"Error in the system's randomness device|GNUTLS_E_RANDOM_DEVICE_ERROR|"
         r"(error|code|returned)[^\n]*-342\b",
-        "GnuTLS reads /dev/urandom whenever getrandom() is unusable, and reopens it on each use; "
-        "inside a chroot without the node every random draw fails.",
+        "GnuTLS 3.7 chooses its source at load: getrandom(), else (any error but EAGAIN: a "
+        "seccomp filter, an old kernel) /dev/urandom, which it opens at every reseed. "
+        + _WORKS
+        + "it fails "
+        + _table_says(Library.GNUTLS),
         _after(GNUTLS, "GnuTLS 3.7"),
     ),
     _sig(
         "GnuTLS: failed to acquire random data",
         r"Failed to acquire random data|GNUTLS_E_RANDOM_FAILED|(error|code|returned)[^\n]*-206\b",
-        "GnuTLS could not get random bytes: in a chroot this is the missing dev/urandom (or a "
-        "kernel RNG that is not initialised yet).",
+        "GnuTLS could not get random bytes: in a chroot, its getrandom() is denied and the jail "
+        "has no usable dev/urandom (or the kernel RNG is not initialised yet).",
         _after(GNUTLS, "GnuTLS 3.7"),
     ),
     _sig(
         "Python: no /dev/urandom",
         r"/dev/urandom \(or equivalent\) not found",
-        "os.urandom() fell back to /dev/urandom (getrandom() denied or unavailable) after the "
-        "process chrooted into a jail that has no dev/urandom.",
+        "os.urandom() reads /dev/urandom only when getrandom() is unusable (a seccomp filter, a "
+        "kernel older than 3.17); the process had chrooted into a jail that has no dev/urandom.",
     ),
     _sig(
         "Syslog socket missing or unwritable inside the jail",

@@ -80,19 +80,52 @@ def _break(jail: Path, how: str) -> None:
 @pytest.mark.parametrize(
     ("how", "needle"),
     [
-        ("missing", "dev/urandom still failing after"),
-        ("mode-0600", "EACCES: mode 0600 does not let uid 65534 open it"),
         ("zero-file", "is a regular file of 4096 bytes, not the character device 1:9"),
         ("null-numbers", "is the character device 1:3, not 1:9"),
     ],
 )
-def test_broken_node_fails_with_69(prepared: Path, how: str, needle: str) -> None:
-    """Each broken node: exit 69 with a sentence naming what was found and the remedy."""
+def test_wrong_node_fails_with_69(prepared: Path, how: str, needle: str) -> None:
+    """A wrong node (non-random bytes for whoever reads it): exit 69 with a sentence naming
+    what was found and the remedy, whatever the library's verdict."""
     _break(prepared, how)
     result = run("check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "0.5")
     assert result.code == 69
     assert needle in result.error
     assert "jailshim prepare" in result.error
+
+
+@pytest.mark.parametrize(
+    ("how", "needle"),
+    [
+        ("missing", "dev/urandom does not exist"),
+        ("mode-0600", "EACCES: mode 0600 does not let uid 65534 open it"),
+    ],
+)
+def test_absent_node_fails_where_the_library_reads_it(
+    prepared: Path, seccomp_ready: None, how: str, needle: str
+) -> None:
+    """getrandom() denied, the marker present: OpenSSL reads the devices, so a node missing or
+    unopenable for the daemon's user fails (69) with the prepare remedy."""
+    _break(prepared, how)
+    wrap = under_seccomp("deny", "ENOSYS", "--shm-marker", ipc=True)
+    result = run(
+        "check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "0.5", wrap=wrap
+    )
+    assert result.code == 69
+    assert needle in str(findings(result.events)["dev/urandom"]["detail"])
+    assert "jailshim prepare" in result.error
+
+
+@pytest.mark.parametrize("how", ["missing", "mode-0600"])
+def test_absent_node_is_a_warning_when_getrandom_works(prepared: Path, how: str) -> None:
+    """Issue 23 (Debian's haproxy): OpenSSL 3 with getrandom() working never opens the device,
+    so a jail without it passes; the node's row stays, as a warning that says why."""
+    _break(prepared, how)
+    result = run("check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "0.5")
+    assert result.code == 0, result.stderr
+    row = findings(result.events)["dev/urandom"]
+    assert row["level"] == "warning" and row["whose"] == "jail"
+    assert "not needed now: OpenSSL 3 reads getrandom(), which works" in str(row["detail"])
 
 
 def test_permanent_failure_is_not_retried(prepared: Path) -> None:
@@ -106,8 +139,11 @@ def test_permanent_failure_is_not_retried(prepared: Path) -> None:
 def test_nodev_node_fails(nodev_jail: Path) -> None:
     """A mknod'ed node on a nodev filesystem: named as nodev."""
     (nodev_jail / "dev").mkdir()
-    os.mknod(nodev_jail / "dev" / "urandom", stat.S_IFCHR | 0o666, os.makedev(1, 9))
-    result = run("check", "--chroot", str(nodev_jail), "--user", "nobody", "--device", "urandom")
+    os.mknod(nodev_jail / "dev" / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    result = run(
+        "check", "--chroot", str(nodev_jail), "--user", "nobody", "--only-devices",
+        "--device", "zero",
+    )  # fmt: skip
     assert result.code == 69
     assert "the filesystem is mounted nodev" in result.error
 
@@ -120,8 +156,9 @@ def test_jail_readable_only_by_root_fails_for_nobody(prepared: Path) -> None:
     assert "cannot be reached as uid 65534 (EACCES)" in result.error
 
 
-def test_device_appearing_later_is_waited_for(prepared: Path) -> None:
-    """A missing node is transient: when it appears during the wait, check passes."""
+def test_device_appearing_later_is_waited_for(prepared: Path, seccomp_ready: None) -> None:
+    """A missing node the library needs is transient (with the reseed it fails): when it
+    appears during the wait, check passes."""
     node = prepared / "dev" / "urandom"
     node.unlink()
 
@@ -131,8 +168,12 @@ def test_device_appearing_later_is_waited_for(prepared: Path) -> None:
 
     maker = threading.Thread(target=create_later)
     maker.start()
+    # getrandom() denied, the marker present: OpenSSL needs the node, so check waits for it
+    wrap = under_seccomp("deny", "ENOSYS", "--shm-marker", ipc=True)
     try:
-        result = run("check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "20")
+        result = run(
+            "check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "20", wrap=wrap
+        )
     finally:
         maker.join()
     assert result.code == 0, result.stderr
@@ -142,23 +183,42 @@ def test_device_appearing_later_is_waited_for(prepared: Path) -> None:
 
 
 @pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
-def test_getrandom_denied_is_reported_and_devices_become_essential(
+def test_getrandom_denied_with_the_marker_needs_the_devices(
     prepared: Path, seccomp_ready: None, err: str
 ) -> None:
-    """getrandom denied: reported as a warning; a prepared jail still passes; a missing device
-    is an error that says getrandom is unusable."""
-    wrap = under_seccomp("deny", err)
+    """getrandom denied, OpenSSL's marker present: reported as a warning; a prepared jail
+    passes (OpenSSL reads the devices); a missing device fails with the prepare remedy."""
+    wrap = under_seccomp("deny", err, "--shm-marker", ipc=True)
     result = run("check", "--chroot", str(prepared), "--user", "nobody", wrap=wrap)
     assert result.code == 0, result.stderr
     seen = findings(result.events)
     assert f"denied ({err}" in str(seen["getrandom()"]["detail"])
-    assert seen["getrandom()"]["level"] == "warning"
+    assert seen["getrandom()"]["level"] == "warning" and seen["getrandom()"]["whose"] == "probe"
     (prepared / "dev" / "urandom").unlink()
     broken = run(
         "check", "--chroot", str(prepared), "--user", "nobody", "--timeout", "0.3", wrap=wrap
     )
     assert broken.code == 69
-    assert "getrandom() is unusable here" in broken.error
+    assert "jailshim prepare" in broken.error and "dev/urandom" in broken.error
+
+
+@pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
+def test_getrandom_denied_without_the_marker_fails_naming_the_filter(
+    prepared: Path, seccomp_ready: None, err: str
+) -> None:
+    """Issue 23, case 2: a filter denies getrandom(), no marker, a prepared jail. OpenSSL 3
+    (>= 1.1.1d, kernel >= 4.8) never reads the devices: it cannot even seed, and the daemon
+    does not start. check passed it ("ok, skipped: no primary DRBG before chroot"); now it
+    fails with a sentence about getrandom() and the filter, and the reseed row is a failure."""
+    wrap = under_seccomp("deny", err, ipc=True)
+    result = run("check", "--chroot", str(prepared), "--user", "nobody", wrap=wrap)
+    assert result.code == 69, result.stderr
+    assert result.error.startswith("Check entropy (OpenSSL 3")
+    assert f"getrandom() fails with {err}" in result.error
+    assert "seccomp filter" in result.error and "SystemCallFilter=" in result.error
+    reseed = next(v for k, v in findings(result.events).items() if k.endswith(" reseed"))
+    assert reseed["ok"] is False and "skipped" not in str(reseed["detail"])
+    assert "allow getrandom()" in str(reseed["remedy"])
 
 
 def test_rng_not_ready_is_waited_for(prepared: Path, seccomp_ready: None) -> None:

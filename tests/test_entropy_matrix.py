@@ -166,24 +166,27 @@ def compare_with_verdict(cell: Cell, outcome: Outcome) -> list[str]:
     problems = []
     for view, asked in views.items():
         decision = verdict.decide(asked)
-        kind = verdict.Verdict
-        if decision.verdict is kind.SAFE:
-            fits = {"ok"}
-        elif decision.verdict is kind.FRAGILE:
-            # "safe while it keeps the fd": true only if a kept fd really carries it
-            carried = EXPECTED[replace(cell, jail="kept fd")] == "ok"
-            fits = {"ok"} if view == "doctor" else {"ok", "reseed-fails"} if carried else set()
-        elif decision.verdict is kind.WILL_FAIL:
-            at_start = view == "check" and decision.when == "at start"
-            fits = {"start-fails"} if at_start else {"reseed-fails", "start-fails"}
-        else:
-            fits = set()  # every fact is known here: "cannot tell" is wrong
-        if outcome.result not in fits:
+        if outcome.result not in fitting(cell, view, str(decision.verdict), decision.when):
             problems.append(
                 f"{cell}: {view} says {decision.verdict} {decision.when} ({decision.why}; "
                 f"remedy: {decision.remedy}), measured {outcome.result}"
             )
     return problems
+
+
+def fitting(cell: Cell, view: str, said: str, when: str) -> set[str]:
+    """The measured outcomes a verdict (``said``: "safe", "safe now, fragile", "will fail",
+    "cannot tell"; ``when``: "at start", ...) agrees with, as `check` or `doctor` says it."""
+    if said == "safe":
+        return {"ok"}
+    if said == "safe now, fragile":
+        # "safe while it keeps the fd": true only if a kept fd really carries it
+        carried = EXPECTED[replace(cell, jail="kept fd")] == "ok"
+        return {"ok"} if view == "doctor" else {"ok", "reseed-fails"} if carried else set()
+    if said == "will fail":
+        at_start = view == "check" and when == "at start"
+        return {"start-fails"} if at_start else {"reseed-fails", "start-fails"}
+    return set()  # every fact is known here: "cannot tell" is wrong
 
 
 # ---- running the cells ---------------------------------------------------------------------
@@ -330,3 +333,141 @@ def test_a_cell_that_says_nothing_is_killed(matrix: tuple[Built, Jails]) -> None
         Path(f"/proc/{c}/comm").exists() and Path(f"/proc/{c}/comm").read_text() == "sleep\n"
         for c in children
     )
+
+
+# ---- doctor and check themselves, on live cells --------------------------------------------
+
+# One cell per library x verdict class (issue 23's three cases first): doctor on the cell's
+# live process and check on its binary under the same wrappers must agree with the truth.
+CLI_CELLS = (
+    # case 1: Debian's OpenSSL 3, getrandom() working, an empty jail: safe, exit 0
+    Cell("openssl-3", "allowed", False, "real", "no dev/"),
+    # case 2: ENOSYS, no marker, a prepared jail: fails, and the sentence names the filter
+    Cell("openssl-3", "ENOSYS", False, "real", "prepared"),
+    # case 3: the marker: an empty jail fails with the prepare remedy, a prepared one passes
+    Cell("openssl-3", "ENOSYS", True, "real", "no dev/"),
+    Cell("openssl-3", "ENOSYS", True, "real", "prepared"),
+    Cell("openssl-3", "EPERM", True, "real", "kept fd"),
+    Cell("openssl-3", "EPERM", False, "2.6", "prepared"),
+    Cell("openssl-1.1.1r", "allowed", False, "real", "no dev/"),
+    Cell("openssl-1.1.1r", "EPERM", False, "real", "prepared"),
+    Cell("openssl-1.1.1r", "ENOSYS", True, "real", "kept fd"),
+    Cell("openssl-1.1.1r", "ENOSYS", False, "2.6", "no dev/"),
+    Cell("openssl-1.1.1b", "ENOSYS", False, "real", "prepared"),
+    Cell("openssl-1.1.1b", "ENOSYS", False, "real", "no dev/"),
+    Cell("openssl-1.1.1b", "EPERM", False, "real", "kept fd"),
+    Cell("gnutls", "allowed", False, "real", "no dev/"),
+    Cell("gnutls", "EPERM", False, "real", "prepared"),
+    Cell("gnutls", "ENOSYS", False, "real", "kept fd"),
+    Cell("gnutls", "ENOSYS", True, "2.6", "no dev/"),
+    Cell("libsodium", "allowed", False, "real", "no dev/"),
+    Cell("libsodium", "ENOSYS", False, "real", "kept fd"),
+    Cell("libsodium", "EPERM", False, "2.6", "no dev/"),
+    Cell("libsodium", "ENOSYS", False, "real", "prepared"),
+)
+_EXIT = {"safe": 0, "cannot tell": 75}  # doctor (errors.VERDICT_ERRORS); the rest: 69
+
+
+def _said(events: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Each entropy verdict row: (verdict, when, the event)."""
+    rows = []
+    for event in events:
+        if event.get("event") != "check" or not str(event["check"]).startswith("entropy"):
+            continue
+        detail = str(event["detail"])
+        said = next(
+            v
+            for v in ("safe now, fragile", "safe", "will fail", "cannot tell")
+            if detail.startswith(v)
+        )
+        when = detail.removeprefix("will fail ").split(":")[0] if said == "will fail" else ""
+        rows.append((said, when, event))
+    return rows
+
+
+def _wrappers(cell: Cell) -> list[str]:
+    """The cell's own wrappers (entropy_truth.cell_argv), with the marker made by
+    seccomp_run: check runs where the daemon would."""
+    argv = ["unshare", "--ipc"]
+    if cell.getrandom != "allowed":
+        marker = ["--shm-marker"] if cell.marker else []
+        argv += [truth.SYSTEM_PYTHON, truth.SECCOMP_RUN, "deny", cell.getrandom, *marker, "--"]
+    if cell.kernel == "2.6":
+        argv += ["setarch", "--uname-2.6"]
+    return argv
+
+
+def _events(stderr: str) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_doctor_and_check_agree_with_the_truth_on_live_cells(
+    matrix: tuple[Built, Jails],
+) -> None:
+    """Issue 23, done when: doctor's verdict on a live process of the cell (--read-filter: its
+    own seccomp filter, marker, kernel, kept fds) and check's on the cell's binary under the
+    same filter, IPC namespace and personality agree with a real reseed there; their exit
+    codes follow the verdict; each row says whose fact it is."""
+    from tests.support import clean_env, jailshim_argv
+
+    built, jails = matrix
+    problems = []
+    for cell in CLI_CELLS:
+        with truth.live_cell(cell, built, jails) as live:
+            doctor = subprocess.run(
+                jailshim_argv("doctor", "--pid", str(live.pid), "--read-filter"),
+                capture_output=True, text=True, env=clean_env(), timeout=60, check=False,
+            )  # fmt: skip
+            outcome = live.outcome()
+        assert outcome.result == EXPECTED[cell], (cell, outcome)
+        jail = jails.prepared if cell.jail == "prepared" else jails.empty
+        check = subprocess.run(
+            [*_wrappers(cell), *jailshim_argv(
+                "check", "--chroot", str(jail), "--user", "nobody", "--only-devices",
+                "--device", "urandom", "--device", "random", "--timeout", "0.3", "--",
+                str(built.binaries[cell.library]))],
+            capture_output=True, text=True, env=clean_env(), timeout=60, check=False,
+        )  # fmt: skip
+        for view, proc in (("doctor", doctor), ("check", check)):
+            events = _events(proc.stderr)
+            said = _said(events)
+            if len(said) != 1:
+                problems.append(f"{cell}: {view} said {len(said)} verdicts: {proc.stderr[-600:]}")
+                continue
+            verdict, when, row = said[0]
+            if outcome.result not in fitting(cell, view, verdict, when):
+                problems.append(f"{cell}: {view}: {row['detail']}; measured {outcome.result}")
+            if view == "doctor":
+                code = _EXIT.get(verdict, 69)
+            else:
+                code = 69 if verdict in ("will fail", "safe now, fragile") else 0
+            if proc.returncode != code:
+                problems.append(f"{cell}: {view} exit {proc.returncode} for {verdict}")
+            rows = [e for e in events if e.get("event") == "check"]
+            if any(e.get("whose") not in ("daemon", "jail", "probe") for e in rows):
+                problems.append(f"{cell}: {view}: a row without its owner: {rows}")
+        _issue_cases(cell, doctor, check, problems)
+    assert not problems, "\n".join(problems)
+
+
+def _issue_cases(
+    cell: Cell,
+    doctor: subprocess.CompletedProcess[str],
+    check: subprocess.CompletedProcess[str],
+    problems: list[str],
+) -> None:
+    """The issue's three cases, in the words the operator reads."""
+    failed = " ".join(str(e.get("error", "")) for e in _events(check.stderr))
+    if cell == CLI_CELLS[0] and (doctor.returncode, check.returncode) != (0, 0):
+        problems.append(f"case 1: doctor {doctor.returncode}, check {check.returncode}")
+    if cell == CLI_CELLS[1] and not (
+        check.returncode == 69 and "getrandom()" in failed and "seccomp filter" in failed
+        and "SystemCallFilter=" in failed
+    ):  # fmt: skip
+        problems.append(f"case 2: check {check.returncode}: {failed}")
+    if cell == CLI_CELLS[2] and not (check.returncode == 69 and "jailshim prepare" in failed):
+        problems.append(f"case 3, empty jail: check {check.returncode}: {failed}")
+    if cell == CLI_CELLS[3] and check.returncode != 0:
+        problems.append(f"case 3, prepared: check {check.returncode}: {check.stderr[-600:]}")

@@ -5,6 +5,15 @@ from __future__ import annotations
 import errno
 
 from jailshim.devices import ALLOWLIST
+from jailshim.verify.entropy import (
+    CHECK_FAILS,
+    ProbeEntropy,
+    ProbeLibrary,
+    absent_only,
+    getrandom_of,
+    judge_entropy,
+    worst,
+)
 from jailshim.verify.findings import (
     DeviceFacts,
     Finding,
@@ -13,6 +22,14 @@ from jailshim.verify.findings import (
     judge_getrandom,
     judge_notify,
     render_table,
+)
+from jailshim.verify.verdict import (
+    Decision,
+    EntropyFacts,
+    Getrandom,
+    Library,
+    Remedy,
+    Verdict,
 )
 
 URANDOM = ALLOWLIST["urandom"]
@@ -23,7 +40,7 @@ GOOD = DeviceFacts(
 
 def test_good_entropy_device_passes() -> None:
     """A 1:9 node that gives two different, non-constant reads passes."""
-    assert judge_device(URANDOM, GOOD, 65534, True).ok
+    assert judge_device(URANDOM, GOOD, 65534).ok
 
 
 def test_constant_or_repeated_bytes_fail() -> None:
@@ -31,28 +48,26 @@ def test_constant_or_repeated_bytes_fail() -> None:
     zeros = DeviceFacts(is_char=True, numbers="1:9", samples=(b"\0" * 64, b"\0" * 64))
     same = DeviceFacts(is_char=True, numbers="1:9", samples=(bytes(range(64)),) * 2)
     for facts in (zeros, same):
-        verdict = judge_device(URANDOM, facts, 65534, True)
+        verdict = judge_device(URANDOM, facts, 65534)
         assert not verdict.ok and not verdict.transient
 
 
-def test_missing_is_transient_and_says_getrandom_matters_when_denied() -> None:
-    """ENOENT is worth waiting for; with getrandom unusable the stakes are spelt out."""
-    verdict = judge_device(URANDOM, DeviceFacts(lstat_errno=errno.ENOENT), 65534, False)
-    assert verdict.transient and "getrandom() is unusable" in verdict.detail
+def test_missing_is_transient_and_claims_nothing_about_getrandom() -> None:
+    """ENOENT is worth waiting for. Whether the daemon needs the node is the entropy verdict's
+    to say: the row no longer claims "getrandom() is unusable here, so every crypto library
+    depends on this node" (false for OpenSSL >= 1.1.1d on a kernel >= 4.8 without the
+    marker: it never reads the devices; issue 23)."""
+    verdict = judge_device(URANDOM, DeviceFacts(lstat_errno=errno.ENOENT), 65534)
+    assert verdict.transient and verdict.whose == "jail"
+    assert "getrandom" not in verdict.detail and "every crypto library" not in verdict.detail
 
 
 def test_null_full_behaviour() -> None:
     """null accepts writes, full answers ENOSPC."""
     null, full = ALLOWLIST["null"], ALLOWLIST["full"]
-    assert judge_device(
-        null, DeviceFacts(is_char=True, numbers="1:3", write_result="ok"), 0, True
-    ).ok
-    assert judge_device(
-        full, DeviceFacts(is_char=True, numbers="1:7", write_result="ENOSPC"), 0, True
-    ).ok
-    assert not judge_device(
-        full, DeviceFacts(is_char=True, numbers="1:7", write_result="ok"), 0, True
-    ).ok
+    assert judge_device(null, DeviceFacts(is_char=True, numbers="1:3", write_result="ok"), 0).ok
+    assert judge_device(full, DeviceFacts(is_char=True, numbers="1:7", write_result="ENOSPC"), 0).ok
+    assert not judge_device(full, DeviceFacts(is_char=True, numbers="1:7", write_result="ok"), 0).ok
 
 
 def test_getrandom_verdicts() -> None:
@@ -61,6 +76,9 @@ def test_getrandom_verdicts() -> None:
     assert not rng.ok and rng.transient and gr.ok and usable
     rng, gr, usable = judge_getrandom(errno.ENOSYS)
     assert rng.ok and gr.warning and not usable
+    # the old claim, false for OpenSSL >= 1.1.1d on a kernel >= 4.8 (issue 23), is gone
+    assert "fall back" not in gr.detail and "essential" not in gr.detail
+    assert {rng.whose, gr.whose} == {"probe"}
     rng, gr, usable = judge_getrandom(0)
     assert rng.ok and gr.ok and not gr.warning and usable
 
@@ -77,6 +95,22 @@ def test_table_marks_and_remedies() -> None:
     lines = text.splitlines()
     assert lines[0].startswith("✓ dev/urandom") and lines[1].startswith("! getrandom()")
     assert lines[2].startswith("✗ dev/null") and lines[3].strip() == "→ run prepare"
+
+
+def test_table_and_json_say_whose_fact_each_row_is() -> None:
+    """Issue 23: doctor's "✓ getrandom() usable" was jailshim's probe's, said of a daemon whose
+    filter denied it. Each row names its owner on the TTY and in JSON."""
+    rows = [
+        Finding("getrandom()", True, "ENOSYS: its filter", warning=True, whose="daemon"),
+        Finding("getrandom() (probe)", True, "usable", whose="probe"),
+        Finding("dev/urandom", False, "missing", "prepare", whose="jail"),
+    ]
+    lines = render_table(rows).splitlines()
+    assert lines[0].split()[:3] == ["!", "getrandom()", "daemon"]
+    assert lines[1].split()[:4] == ["✓", "getrandom()", "(probe)", "probe"]
+    assert lines[2].split()[:3] == ["✗", "dev/urandom", "jail"]
+    assert rows[2].to_json()["whose"] == "jail"
+    assert Finding.from_json(rows[0].to_json()) == rows[0]
 
 
 def test_notify_socket_verdicts_name_the_cause() -> None:
@@ -101,3 +135,67 @@ def test_notify_socket_verdicts_name_the_cause() -> None:
         verdict = judge_notify(path, facts, 102)
         assert not verdict.ok and not verdict.transient and verdict.remedy
         assert verdict.detail.startswith(f"$NOTIFY_SOCKET {path} ") and cause in verdict.detail
+
+
+# ---- the entropy rows, from verdict.decide() (jailshim/verify/entropy.py) -------------------
+
+OSSL3 = ProbeLibrary("OpenSSL", "OpenSSL 3.0.19 27 Jan 2026", "OpenSSL 3.0.19 reseed")
+MISSING = Finding(
+    "dev/urandom", False, "dev/urandom does not exist.", "prepare", True, whose="jail"
+)
+RESEED_FAILED = Finding("OpenSSL 3.0.19 reseed", False, "no primary DRBG", "x", whose="probe")
+
+
+def _judge(getrandom: Getrandom, marker: bool, rows: list[Finding]) -> list[Finding]:
+    facts = EntropyFacts(Library.UNKNOWN, getrandom, kernel=(6, 1), marker=marker, nodes=False)
+    judged, verdicts, _ = judge_entropy(
+        rows, facts, (OSSL3,), absent=("dev/urandom",), fails=CHECK_FAILS,
+        prepare="run `jailshim prepare`", whose="probe",
+    )  # fmt: skip
+    return verdicts + judged
+
+
+def test_a_missing_node_is_information_when_the_library_reads_getrandom() -> None:
+    """Issue 23, the Debian haproxy case: OpenSSL 3, getrandom() works, no dev/urandom."""
+    verdict, node = _judge(Getrandom.WORKS, False, [MISSING])
+    assert verdict.ok and verdict.detail == "safe: OpenSSL 3 reads getrandom(), which works"
+    assert node.ok and node.warning and not node.transient and "not needed now" in node.detail
+
+
+def test_a_missing_node_fails_where_the_library_reads_it() -> None:
+    verdict, node = _judge(Getrandom.ENOSYS, True, [MISSING])
+    assert not verdict.ok and verdict.detail.startswith("safe now, fragile")
+    assert verdict.remedy == "run `jailshim prepare`" and verdict.transient
+    assert not node.ok and node.transient
+
+
+def test_a_library_that_cannot_seed_fails_naming_the_filter() -> None:
+    """Issue 23, case 2: the reseed row fails (never "ok, skipped") with the filter's remedy."""
+    verdict, node, reseed = _judge(Getrandom.EPERM, False, [MISSING, RESEED_FAILED])
+    assert not verdict.ok and verdict.detail.startswith("will fail at start: getrandom() fails")
+    assert "SystemCallFilter=" in verdict.remedy and "does not help" in verdict.remedy
+    assert not reseed.ok and reseed.remedy == verdict.remedy and not reseed.transient
+    assert node.ok and node.warning  # the jail is not what fails it
+
+
+def test_only_an_absent_node_is_excused() -> None:
+    """A wrong node gives non-random bytes to whoever reads it: never downgraded."""
+    assert absent_only(DeviceFacts(lstat_errno=errno.ENOENT))
+    assert absent_only(DeviceFacts(is_char=True, numbers="1:9", open_errno=errno.EACCES))
+    assert not absent_only(DeviceFacts(kind="a regular file of 4096 bytes"))
+    assert not absent_only(DeviceFacts(is_char=True, numbers="1:9", samples=(b"\0" * 64,) * 2))
+
+
+def test_probe_facts_map_onto_the_table() -> None:
+    assert [getrandom_of(e) for e in (0, errno.EAGAIN, errno.ENOSYS, errno.EPERM, errno.EIO)] == [
+        Getrandom.WORKS, Getrandom.WORKS, Getrandom.ENOSYS, Getrandom.EPERM, Getrandom.OTHER,
+    ]  # fmt: skip
+    facts = ProbeEntropy(38, True, (2, 6), (OSSL3,), ("dev/urandom",), False)
+    assert ProbeEntropy.from_json(facts.to_json()) == facts
+
+
+def test_the_worst_decision_is_the_verdict_line() -> None:
+    said = [Decision(v, Remedy.NONE, str(v)) for v in Verdict]
+    assert worst(said).verdict is Verdict.WILL_FAIL
+    assert worst(said[:1] + said[3:]).verdict is Verdict.CANNOT_TELL
+    assert worst([said[0], said[1]]).verdict is Verdict.FRAGILE

@@ -12,6 +12,7 @@ from jailshim.cli import parse_args
 from jailshim.devices import ALLOWLIST, select
 from jailshim.errors import (
     EXIT_CODES,
+    CannotTell,
     CheckFailed,
     CommandNotExecutable,
     CommandNotFound,
@@ -61,6 +62,7 @@ def test_exit_code_table_is_complete_and_documented() -> None:
     assert {cls: code for cls, code in EXIT_CODES.items()} == {
         UsageError: 64,
         CheckFailed: 69,
+        CannotTell: 75,
         PrepareOSError: 71,
         NotPermitted: 77,
         ConfigError: 78,
@@ -76,6 +78,19 @@ def test_exit_code_table_is_complete_and_documented() -> None:
 
     assert exit_code_for(SubConfig("x")) == 78
     assert exit_code_for(Unlisted("x")) == 70
+
+
+def test_doctor_verdict_exit_table() -> None:
+    """doctor's entropy verdicts -> exit codes, in one table keyed by every verdict there is:
+    0 safe, 69 action needed, 75 cannot tell (EX_TEMPFAIL)."""
+    from jailshim.errors import VERDICT_ERRORS
+    from jailshim.verify.verdict import Verdict
+
+    assert set(VERDICT_ERRORS) == {str(v) for v in Verdict}
+    codes = {
+        v: 0 if (e := VERDICT_ERRORS[v]) is None else exit_code_for(e("x")) for v in VERDICT_ERRORS
+    }
+    assert codes == {"safe": 0, "safe now, fragile": 69, "will fail": 69, "cannot tell": 75}
 
 
 def test_device_allowlist() -> None:

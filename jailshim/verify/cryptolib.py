@@ -34,15 +34,18 @@ __all__ = [
 ]
 
 OPENSSL, GNUTLS, WOLFSSL, MBEDTLS = "OpenSSL", "GnuTLS", "wolfSSL", "Mbed TLS"
+LIBSODIUM = "libsodium"  # no reseed probe; named so the entropy verdict knows its row
 
 # Library file names (as linked, vendored with a hash as auditwheel and PyInstaller do, or
 # versioned) -> family. libssl (vendored libssl-<hash>.so.1.1 too) needs its libcrypto, which
 # the loader and the maps list as well: the DRBG lives there, so libcrypto is what is probed.
 _NAMES = (
-    (re.compile(r"^libcrypto(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), OPENSSL),
+    # a letter release in the name too: psycopg2-binary 2.8.3 vendors libcrypto-….so.1.1.1b
+    (re.compile(r"^libcrypto(-[0-9a-f]+)?\.so(\.[0-9.]+[a-z]?)?$"), OPENSSL),
     (re.compile(r"^libgnutls(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), GNUTLS),
     (re.compile(r"^libwolfssl(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), WOLFSSL),
     (re.compile(r"^libmbedcrypto(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), MBEDTLS),
+    (re.compile(r"^libsodium(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), LIBSODIUM),
 )
 
 # The version string each library carries in its .rodata ("OpenSSL 1.1.1r  8 Feb 2022",

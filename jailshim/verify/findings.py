@@ -34,6 +34,10 @@ class Finding(NamedTuple):
     remedy: str = ""
     transient: bool = False  # worth waiting for: the state may clear by itself
     warning: bool = False  # passed, but the operator should know
+    # Whose fact it is (issue 23: doctor's "✓ getrandom() usable" was its own probe's, said of
+    # a daemon whose filter denied it): "daemon" (read from the running daemon), "jail" (its
+    # files, as its user meets them), "probe" (jailshim's own probe process), "" (neither).
+    whose: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return self._asdict()
@@ -66,40 +70,42 @@ def _err(code: int) -> str:
     return errno.errorcode.get(code, str(code))
 
 
-def judge_device(device: Device, facts: DeviceFacts, uid: int, getrandom_usable: bool) -> Finding:
-    """The verdict on one device node as the daemon's user would meet it."""
+def judge_device(device: Device, facts: DeviceFacts, uid: int) -> Finding:
+    """The verdict on one device node as the daemon's user would meet it. Whether a missing
+    entropy node matters to the daemon is not said here: its library, getrandom() and the
+    kernel decide that (jailshim/verify/entropy.py, from verdict.decide)."""
+    return _judge_device(device, facts, uid)._replace(whose="jail")
+
+
+def _judge_device(device: Device, facts: DeviceFacts, uid: int) -> Finding:
     check = f"dev/{device.name}"
-    stakes = (
-        ""
-        if getrandom_usable or device.name not in ENTROPY_DEVICES
-        else " getrandom() is unusable here, so every crypto library depends on this node."
-    )
     if facts.lstat_errno == errno.ENOENT:
         return Finding(
-            check, False, f"dev/{device.name} does not exist.{stakes}", _PREPARE, transient=True
+            check,
+            False,
+            f"dev/{device.name} does not exist.",
+            _PREPARE,
+            transient=True,
         )
     if facts.lstat_errno:
         return Finding(
             check,
             False,
-            f"dev/{device.name} cannot be reached as uid {uid} "
-            f"({_err(facts.lstat_errno)}).{stakes}",
+            f"dev/{device.name} cannot be reached as uid {uid} ({_err(facts.lstat_errno)}).",
             "make the jail and its dev/ searchable by the daemon's user (mode 0755)",
         )
     if not facts.is_char:
         return Finding(
             check,
             False,
-            f"dev/{device.name} is {facts.kind}, not the character device "
-            f"{device.numbers}.{stakes}",
+            f"dev/{device.name} is {facts.kind}, not the character device {device.numbers}.",
             _PREPARE + "; it replaces the wrong entry",
         )
     if facts.numbers != device.numbers:
         return Finding(
             check,
             False,
-            f"dev/{device.name} is the character device {facts.numbers}, "
-            f"not {device.numbers}.{stakes}",
+            f"dev/{device.name} is the character device {facts.numbers}, not {device.numbers}.",
             _PREPARE + "; it replaces the wrong node",
         )
     if facts.open_errno:
@@ -111,8 +117,7 @@ def judge_device(device: Device, facts: DeviceFacts, uid: int, getrandom_usable:
         return Finding(
             check,
             False,
-            f"dev/{device.name} cannot be opened as uid {uid} "
-            f"({_err(facts.open_errno)}: {why}).{stakes}",
+            f"dev/{device.name} cannot be opened as uid {uid} ({_err(facts.open_errno)}: {why}).",
             f"{_PREPARE}; prepare binds the host's node on a nodev filesystem and replaces a "
             "node of the wrong mode",
         )
@@ -162,7 +167,10 @@ def _judge_plain(check: str, device: Device, facts: DeviceFacts) -> Finding:
 
 
 def judge_getrandom(err: int) -> tuple[Finding, Finding, bool]:
-    """Verdicts on the kernel RNG and on getrandom() from one getrandom(GRND_NONBLOCK) errno.
+    """Verdicts on the kernel RNG and on getrandom() from one getrandom(GRND_NONBLOCK) errno,
+    in jailshim's probe. What a denial means for a library (OpenSSL >= 1.1.1d on a kernel
+    >= 4.8 without the shm marker cannot seed at all; others turn to dev/urandom) is the
+    entropy verdict's to say (verdict.decide), not this row's.
 
     Returns (rng finding, getrandom finding, getrandom usable).
     """
@@ -173,17 +181,19 @@ def judge_getrandom(err: int) -> tuple[Finding, Finding, bool]:
                 True,
                 "readiness unknown: getrandom() is denied, so only the devices can tell",
                 warning=True,
+                whose="probe",
             ),
             Finding(
                 "getrandom()",
                 True,
-                f"denied ({_err(err)}: a seccomp filter or an old kernel): OpenSSL, GnuTLS and "
-                "Python fall back to dev/urandom, so the jail's device nodes are essential",
+                f"denied ({_err(err)}: a seccomp filter, or a kernel older than 3.17); what "
+                "that means for the daemon's library is in its entropy row",
                 warning=True,
+                whose="probe",
             ),
             False,
         )
-    getrandom_ok = Finding("getrandom()", True, "usable")
+    getrandom_ok = Finding("getrandom()", True, "usable", whose="probe")
     if err == errno.EAGAIN:
         return (
             Finding(
@@ -192,6 +202,7 @@ def judge_getrandom(err: int) -> tuple[Finding, Finding, bool]:
                 "not initialised yet: getrandom(GRND_NONBLOCK) answered EAGAIN",
                 "wait for the kernel RNG (rng-tools/haveged, or virtio-rng for VMs)",
                 transient=True,
+                whose="probe",
             ),
             getrandom_ok,
             True,
@@ -199,12 +210,16 @@ def judge_getrandom(err: int) -> tuple[Finding, Finding, bool]:
     if err:
         return (
             Finding(
-                "kernel RNG", False, f"getrandom() failed with {_err(err)}", "check the kernel"
+                "kernel RNG",
+                False,
+                f"getrandom() failed with {_err(err)}",
+                "check the kernel",
+                whose="probe",
             ),
             getrandom_ok,
             True,
         )
-    return Finding("kernel RNG", True, "initialised"), getrandom_ok, True
+    return Finding("kernel RNG", True, "initialised", whose="probe"), getrandom_ok, True
 
 
 class NotifyFacts(NamedTuple):
@@ -327,12 +342,14 @@ def notify_refusal(path: str, host_mode: int | None) -> str:
 
 
 def render_table(findings: list[Finding]) -> str:
-    """A table for people: ✓/✗, the check, the finding, the remedy."""
+    """A table for people: ✓/✗, the check, whose fact it is, the finding, the remedy."""
     width = max((len(f.check) for f in findings), default=5)
+    owners = max((len(f.whose) for f in findings), default=0)
     lines = []
     for f in findings:
         mark = "✓" if f.ok and not f.warning else ("!" if f.ok else "✗")
-        lines.append(f"{mark} {f.check:<{width}}  {f.detail}")
+        whose = f"{f.whose:<{owners}}  " if owners else ""
+        lines.append(f"{mark} {f.check:<{width}}  {whose}{f.detail}")
         if f.remedy and not f.ok:
-            lines.append(f"  {'':<{width}}  → {f.remedy}")
+            lines.append(f"  {'':<{width}}  {'':<{len(whose)}}→ {f.remedy}")
     return "\n".join(lines)

@@ -17,6 +17,12 @@ from jailshim.verify import libfind
 from jailshim.verify.cryptolib import CryptoLib
 from jailshim.verify.findings import Finding
 
+# the entropy row says which of the two (verdict.decide); this is what is left without one
+_SEED_REMEDY = (
+    "let the library seed: allow getrandom() in the daemon's seccomp filter, or provide the "
+    "devices it reads (the entropy row says which)"
+)
+
 __all__ = ["GnuTLSProbe"]
 
 _RND_RANDOM = 1  # GNUTLS_RND_RANDOM
@@ -27,7 +33,8 @@ class GnuTLSProbe:
     """Two halves: ``__init__`` outside the jail (load, first draw), ``reseed`` inside it."""
 
     def __init__(self, lib: CryptoLib) -> None:
-        self.skip_reason = ""
+        self.skip_reason = ""  # this library cannot be probed
+        self.seed_error = ""  # it gave no random bytes even before chroot
         self.version = lib.version
         self.check = "GnuTLS reseed"
         self._name, self._path = lib.name, lib.path
@@ -52,9 +59,7 @@ class GnuTLSProbe:
         # outside the jail, as the daemon did: this thread's generators are seeded now
         code = loaded.gnutls_rnd(_RND_RANDOM, buf, len(buf))
         if code < 0:
-            self.skip_reason = (
-                f"{self.version}: no random bytes before chroot ({self._text(loaded, code)})"
-            )
+            self.seed_error = self._text(loaded, code)
             return
         self._lib = loaded
 
@@ -63,18 +68,32 @@ class GnuTLSProbe:
         return f"{(lib.gnutls_strerror(code) or b'').decode(errors='replace')} ({code})"
 
     def reseed(self) -> Finding:
+        subject = f"{self._name} ({self.version}) at {self._path}"
+        if self.seed_error:
+            return Finding(
+                self.check,
+                False,
+                f"{subject}: no random bytes even before chroot ({self.seed_error}): the "
+                "daemon would not start",
+                _SEED_REMEDY,
+                whose="probe",
+            )
         lib = self._lib
         if lib is None:
-            return Finding(self.check, True, f"skipped: {self.skip_reason}", warning=True)
+            return Finding(
+                self.check, True, f"skipped: {self.skip_reason}", warning=True, whose="probe"
+            )
         buf = ctypes.create_string_buffer(16)
         lib.gnutls_rnd_refresh()
         code = lib.gnutls_rnd(_RND_RANDOM, buf, len(buf))
-        subject = f"{self._name} ({self.version}) at {self._path}"
         if code == 0:
-            return Finding(self.check, True, f"{subject}: generators reseeded in the jail")
+            return Finding(
+                self.check, True, f"{subject}: generators reseeded in the jail", whose="probe"
+            )
         return Finding(
             self.check,
             False,
             f"{subject}: reseeding failed in the jail: {self._text(lib, code)}",
             _REMEDY,
+            whose="probe",
         )

@@ -20,6 +20,12 @@ from jailshim.verify import libfind
 from jailshim.verify.cryptolib import CryptoLib, short_version
 from jailshim.verify.findings import Finding
 
+# the entropy row says which of the two (verdict.decide); this is what is left without one
+_SEED_REMEDY = (
+    "let the library seed: allow getrandom() in the daemon's seccomp filter, or provide the "
+    "devices it reads (the entropy row says which)"
+)
+
 __all__ = ["OpenSSLProbe"]
 
 _REMEDY = "provide dev/urandom and dev/random in the jail (`jailshim prepare`)"
@@ -52,7 +58,8 @@ class OpenSSLProbe:
     """
 
     def __init__(self, lib: CryptoLib | None = None) -> None:
-        self.skip_reason = ""
+        self.skip_reason = ""  # this library cannot be probed (no libcrypto, no DRBG API)
+        self.seed_error = ""  # it could not even seed before chroot: the daemon would not start
         self.version = ""
         self.check = "OpenSSL reseed"
         self._name = self._path = ""
@@ -128,7 +135,7 @@ class OpenSSLProbe:
         # instantiates and seeds, outside the jail
         self._primary = get_primary(None) if self._api == "3" else get_primary()
         if not self._primary:
-            self.skip_reason = f"{self.version}: no primary DRBG before chroot ({self._errors()})"
+            self.seed_error = self._errors() or "no error text"
 
     def _errors(self) -> str:
         lib = self._lib
@@ -148,8 +155,20 @@ class OpenSSLProbe:
     def reseed(self) -> Finding:
         """Inside the jail: force a reseed of the primary DRBG from the OS entropy source."""
         drbg = "master" if self._api == "1.1.1" else "primary"
+        if self.seed_error:
+            # issue 23: this was "ok, skipped", and check passed a daemon that cannot start
+            return Finding(
+                self.check,
+                False,
+                f"{self._subject()}: no {drbg} DRBG could be seeded even before chroot "
+                f"({self.seed_error}): the daemon would not start",
+                _SEED_REMEDY,
+                whose="probe",
+            )
         if self._lib is None or not self._primary:
-            return Finding(self.check, True, f"skipped: {self.skip_reason}", warning=True)
+            return Finding(
+                self.check, True, f"skipped: {self.skip_reason}", warning=True, whose="probe"
+            )
         self._lib.RAND_keep_random_devices_open(0)
         self._errors()  # start from an empty error queue
         if self._api == "3":
@@ -157,11 +176,17 @@ class OpenSSLProbe:
         else:
             ok = self._reseed(self._primary, None, 0, 0) == 1
         if ok:
-            return Finding(self.check, True, f"{self._subject()}: {drbg} DRBG reseeded in the jail")
+            return Finding(
+                self.check,
+                True,
+                f"{self._subject()}: {drbg} DRBG reseeded in the jail",
+                whose="probe",
+            )
         return Finding(
             self.check,
             False,
             f"{self._subject()}: reseeding the {drbg} DRBG failed in the jail: "
             f"{self._errors() or 'no error text'}",
             _REMEDY,
+            whose="probe",
         )

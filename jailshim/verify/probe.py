@@ -32,6 +32,7 @@ from jailshim.verify.needs import Needs
 
 if TYPE_CHECKING:
     from jailshim.verify.cryptolib import CryptoLib
+    from jailshim.verify.entropy import ProbeEntropy, ProbeLibrary
 
 __all__ = ["CryptoSource", "Probe", "run_probe"]
 
@@ -53,7 +54,24 @@ _HOST_DEFAULT = CryptoSource()
 
 
 class _Reseeder(Protocol):
+    check: str
+    version: str
+
     def reseed(self) -> Finding: ...
+
+
+_OPENSSL_SHM_KEY = 114  # OPENSSL_RAND_SEED_DEVRANDOM_SHM_ID (rand_unix.c)
+
+
+def _marker_here() -> bool | None:
+    """Is OpenSSL's "random is seeded" segment in this process's IPC namespace (the daemon's
+    to be)? EACCES: it exists, for another user."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.shmget(_OPENSSL_SHM_KEY, 0, 0) >= 0:
+        return True
+    return {errno.EACCES: True, errno.ENOENT: False}.get(ctypes.get_errno())
 
 
 _PROBE_DEADLINE = 10.0  # seconds; a probe that hangs (a blocking read) is killed
@@ -162,13 +180,18 @@ def _drop(identity: Identity) -> Finding:
     return Finding("privileges", True, "")  # detail filled in by the parent from /proc
 
 
-def _reseeders(source: CryptoSource) -> tuple[list[_Reseeder], list[Finding]]:
-    """One probe per library the daemon uses (loaded and seeded now, before chroot), and the
-    findings for libraries that cannot be probed."""
+def _reseeders(
+    source: CryptoSource,
+) -> tuple[list[_Reseeder], list[Finding], list[ProbeLibrary]]:
+    """One probe per library the daemon uses (loaded and seeded now, before chroot), the
+    findings for libraries that cannot be probed, and every library for the verdict."""
+    from jailshim.verify.entropy import ProbeLibrary
     from jailshim.verify.openssl import OpenSSLProbe
 
     if source == _HOST_DEFAULT:
-        return [OpenSSLProbe()], []
+        host = OpenSSLProbe()
+        known = [ProbeLibrary("OpenSSL", host.version, host.check)] if host.version else []
+        return [host], [], known
     from jailshim.verify import cryptolib, libfind
 
     note = ""
@@ -180,22 +203,34 @@ def _reseeders(source: CryptoSource) -> tuple[list[_Reseeder], list[Finding]]:
         libs, note = libfind.for_command(source.command)
     if not libs:
         said = f"cannot tell: {note}" if source.missing else f"none probed: {note}"
-        return [], [Finding("crypto library", True, said, warning=True)]
+        return [], [Finding("crypto library", True, said, warning=True, whose="probe")], []
     probes: list[_Reseeder] = []
     notes = []
+    known = []
     for lib in libs:
         # a daemon's library that must not be loaded: "cannot probe", and nothing in its place
         kind = "" if lib.refusal else cryptolib.probe_kind(lib)
+        probe: _Reseeder | None = None
         if kind == "openssl":
-            probes.append(OpenSSLProbe(lib))
+            probe = OpenSSLProbe(lib)
         elif kind == "gnutls":
             from jailshim.verify.gnutls import GnuTLSProbe
 
-            probes.append(GnuTLSProbe(lib))
-        else:
-            check = f"{cryptolib.short_version(lib.version) or lib.family} reseed"
-            notes.append(Finding(check, True, cryptolib.unprobeable(lib), warning=True))
-    return probes, notes
+            probe = GnuTLSProbe(lib)
+        if probe is not None:
+            probes.append(probe)
+            version = probe.version or lib.version
+            if not version and lib.path and not lib.untrusted:
+                # not loadable here (a vendored copy whose libz only its binary's rpath finds):
+                # its version string still says which row of the table it is
+                with contextlib.suppress(OSError):
+                    version = cryptolib.version_in(libfind.read_bounded(lib.path))
+            known.append(ProbeLibrary(lib.family, version, probe.check))
+            continue
+        check = f"{cryptolib.short_version(lib.version) or lib.family} reseed"
+        notes.append(Finding(check, True, cryptolib.unprobeable(lib), warning=True, whose="probe"))
+        known.append(ProbeLibrary(lib.family, lib.version, ""))
+    return probes, notes, known
 
 
 def _child(
@@ -212,8 +247,12 @@ def _child(
     def emit(finding: Finding) -> None:
         os.write(out, (json.dumps(finding.to_json()) + "\n").encode())
 
+    from jailshim.verify.entropy import ProbeEntropy, absent_only, release_of
+
+    # the marker as the daemon will find it: before any library here could make it
+    marker = _marker_here()
     # before chroot: the libraries and their first seed come from the host, as the daemon's did
-    reseeders, notes = _reseeders(crypto)
+    reseeders, notes, libraries = _reseeders(crypto)
     if notify:  # loaded before chroot, like libcrypto: the jail has no Python to import
         import socket  # noqa: F401
     if needs is not None:
@@ -230,18 +269,35 @@ def _child(
         gr_errno = 0
     except OSError as exc:
         gr_errno = exc.errno or errno.EIO
-    rng, getrandom, usable = judge_getrandom(gr_errno)
+    rng, getrandom, _ = judge_getrandom(gr_errno)
     emit(rng)
     emit(getrandom)
     uid = os.getuid()
+    absent = []
+    urandom: bool | None = None
     for device in devices:
-        emit(judge_device(device, _device_facts(device), uid, usable))
+        facts = _device_facts(device)
+        finding = judge_device(device, facts, uid)
+        if device.name in ENTROPY_DEVICES and not finding.ok and absent_only(facts):
+            absent.append(finding.check)
+        if device.name == "urandom":
+            urandom = finding.ok
+        emit(finding)
     if notify:
         emit(judge_notify(notify, _notify_facts(notify), uid))
     for finding in notes:
         emit(finding)
     for reseeder in reseeders:
         emit(reseeder.reseed())
+    entropy = ProbeEntropy(
+        getrandom_errno=gr_errno,
+        marker=marker,
+        kernel=release_of(os.uname().release),
+        libraries=tuple(libraries),
+        absent=tuple(absent),
+        urandom=urandom,
+    )
+    os.write(out, (json.dumps({"entropy": entropy.to_json()}) + "\n").encode())
     if needs is not None:
         for finding in gather(needs, now, host_zone):
             emit(finding)
@@ -294,6 +350,8 @@ class Probe:
     ) -> None:
         """``notify``: $NOTIFY_SOCKET's path, when the daemon sends READY=1 from in the jail."""
         self.identity = identity
+        # the entropy facts the child saw (collect() fills it in): the verdict's input
+        self.entropy: ProbeEntropy | None = None
         self.read_end, write_end = os.pipe2(os.O_CLOEXEC)
         go_read, self.go = os.pipe2(os.O_CLOEXEC)
         self.pid = os.fork()
@@ -349,10 +407,25 @@ class Probe:
                 if not chunk:
                     break
                 chunks.append(chunk)
-            lines = b"".join(chunks).splitlines()
-            findings = [Finding.from_json(json.loads(line)) for line in lines]
+            findings = []
+            for line in b"".join(chunks).splitlines():
+                data = json.loads(line)
+                if "entropy" in data:
+                    from jailshim.verify.entropy import ProbeEntropy
+
+                    self.entropy = ProbeEntropy.from_json(data["entropy"])
+                else:
+                    findings.append(Finding.from_json(data))
             if findings and findings[0].check == "privileges":
                 findings[0] = _privileges(pid, self.identity, findings[0])
+            # rows that do not say whose they are: the probe's own (privileges, a probe that
+            # failed), else the jail's (its files, its notify socket)
+            findings = [
+                f
+                if f.whose
+                else f._replace(whose="probe" if f.check in ("privileges", "probe") else "jail")
+                for f in findings
+            ]
             if hung:
                 findings.append(
                     Finding(
@@ -379,6 +452,8 @@ def run_probe(
     identity: Identity | None,
     devices: tuple[Device, ...],
     crypto: CryptoSource = _HOST_DEFAULT,
-) -> list[Finding]:
-    """Run the probe once in a child and return its findings (the child is always reaped)."""
-    return Probe(jail, identity, devices, crypto=crypto).collect()
+) -> tuple[list[Finding], ProbeEntropy | None]:
+    """Run the probe once in a child and return its findings and entropy facts (None when
+    the child died before it could say them); the child is always reaped."""
+    probe = Probe(jail, identity, devices, crypto=crypto)
+    return probe.collect(), probe.entropy
