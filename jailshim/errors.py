@@ -13,6 +13,7 @@ __all__ = [
     "CommandNotFound",
     "ConfigError",
     "JailshimError",
+    "NoInput",
     "NotPermitted",
     "PrepareOSError",
     "UsageError",
@@ -36,6 +37,11 @@ class UsageError(JailshimError):
 
 class CheckFailed(JailshimError):
     """A verification still failed when the retry budget ran out."""
+
+
+class NoInput(JailshimError):
+    """A file the operator named as input cannot be read (`jailshim explain FILE`): the command
+    line is right (not 64), the file is missing or closed to us."""
 
 
 class PrepareOSError(JailshimError):
@@ -62,6 +68,7 @@ class CommandNotFound(JailshimError):
 # The one table. Codes follow sysexits.h and the shell's 126/127 convention.
 EXIT_CODES: dict[type[JailshimError], int] = {
     UsageError: 64,  # EX_USAGE
+    NoInput: 66,  # EX_NOINPUT
     CheckFailed: 69,  # EX_UNAVAILABLE
     PrepareOSError: 71,  # EX_OSERR
     NotPermitted: 77,  # EX_NOPERM

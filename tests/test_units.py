@@ -17,6 +17,7 @@ from jailshim.errors import (
     CommandNotFound,
     ConfigError,
     JailshimError,
+    NoInput,
     NotPermitted,
     PrepareOSError,
     UsageError,
@@ -60,6 +61,7 @@ def test_exit_code_table_is_complete_and_documented() -> None:
     """Every failure class maps to its documented code."""
     assert {cls: code for cls, code in EXIT_CODES.items()} == {
         UsageError: 64,
+        NoInput: 66,
         CheckFailed: 69,
         PrepareOSError: 71,
         NotPermitted: 77,
