@@ -67,6 +67,10 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
+def _event(step: SocketStep) -> str:
+    return "notify_socket" if step.facts.notify else "log_socket"
+
+
 def _root_with_exactly(fd: int, mode: int, *acls: str) -> None:
     """Make what this run just created root's, with exactly ``mode`` and no ACL: a directory
     the daemon's user owns passes its setgid group and its default ACL on to new entries, and
@@ -181,7 +185,7 @@ class Applier:
                     self.socket(sock)
                     self.created.append(sock.facts.path)
                 elif sock.facts.host_problem:
-                    self.log.warning("log_socket", path=sock.facts.path, outcome=sock.reason)
+                    self.log.warning(_event(sock), path=sock.facts.path, outcome=sock.reason)
             for file in plan.files:
                 if file.action is not FileAction.NOTHING:
                     self.jail_file(file)
@@ -454,7 +458,8 @@ class Applier:
         )
 
     def socket(self, step: SocketStep) -> None:
-        """Bind the host's log socket at the same path in the jail, making dirs on the way."""
+        """Bind the host's socket (log, notify) at the same path in the jail, making dirs on
+        the way."""
         start, path = time.monotonic(), step.facts.path
         parent, name = os.path.split(path)
         where = parent.strip("/")
@@ -467,14 +472,13 @@ class Applier:
         source = os.open(host, O_PATH_NOFOLLOW)
         try:
             if not stat.S_ISSOCK(os.fstat(source).st_mode):
-                raise ConfigError(
-                    f"The host's {path} stopped being a socket; start the log daemon."
-                )
-            self._bind(source, dir_fd, where, name, 0)
+                owner = "the service manager's socket" if step.facts.notify else "the log daemon"
+                raise ConfigError(f"The host's {path} stopped being a socket; start {owner}.")
+            self._bind_host(source, host, dir_fd, where, name)
         finally:
             os.close(source)
         self.log.info(
-            "log_socket",
+            _event(step),
             path=path,
             source=host,
             strategy="bind",
@@ -482,10 +486,29 @@ class Applier:
             elapsed_ms=_ms(start),
         )
 
+    def _bind_host(self, source: int, host: str, dir_fd: int, where: str, name: str) -> bool:
+        """_bind of a host socket or file. Replaced on the host after it was opened (syslog
+        restarted, resolv.conf renamed into place), the source is unlinked and mount(2)
+        answers ENOENT: that is the host changing under prepare, not an OS error (it read
+        "mount /proc/self/fd/12 on /proc/self/fd/13: No such file or directory", exit 71)."""
+        try:
+            return self._bind(source, dir_fd, where, name, 0)
+        except FileNotFoundError:
+            if os.fstat(source).st_nlink:  # the placeholder, unlinked by a user of the jail
+                raise ConfigError(
+                    f"{self.jail.real}/{where}/{name} changed while jailshim prepared the jail "
+                    "(someone who can write the jail is interfering); run again.".replace("//", "/")
+                ) from None
+            raise ConfigError(
+                f"The host's {host} changed while jailshim prepared the jail; run again."
+            ) from None
+
     def _make_dirs(self, where: str) -> int:
         """An fd on the jail directory ``where``, made on the way where missing (root's, 0755,
-        each recorded first), never through a symlink."""
-        dir_fd, missing = self.jail.walk(where)
+        each recorded first), never through a symlink, and proven to stay in the jail: a
+        directory on the way that a user other than root could move out is refused (78)
+        before anything is made (the directories made here are root's alone)."""
+        dir_fd, missing = self.jail.walk(where, inside=True)
         self.opened.append(dir_fd)
         made = where[: len(where) - len("/".join(missing))].strip("/")
         for part in missing:
@@ -523,7 +546,7 @@ class Applier:
                         f"The host's {host.real} changed while jailshim prepared the jail; "
                         "run again."
                     )
-                hardened = self._bind(source, dir_fd, where, name, 0)
+                hardened = self._bind_host(source, host.real, dir_fd, where, name)
             finally:
                 os.close(source)
             outcome: dict[str, Any] = {"outcome": "bound", "read_only": hardened}

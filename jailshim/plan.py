@@ -71,6 +71,12 @@ class SocketFacts(NamedTuple):
     entry: Entry  # at the path in the jail (ABSENT when a directory is missing)
     entry_id: tuple[int, int]
     readonly: bool  # the filesystem of the deepest existing directory
+    notify: bool = False  # $NOTIFY_SOCKET (the daemon's READY=1), not a log socket
+
+    @property
+    def role(self) -> str:
+        """What the socket is for, as sentences and log events name it."""
+        return "$NOTIFY_SOCKET" if self.notify else "log socket"
 
     @property
     def under_dev(self) -> bool:
@@ -86,6 +92,9 @@ class Survey(NamedTuple):
     powers: Powers
     sockets: tuple[SocketFacts, ...] = ()
     files: tuple[FileFacts, ...] = ()
+    # (directory, why): a directory on whose way a user other than root could move one out of
+    # the jail (safepath.Jail.walk_proving); no step may act there
+    unpinned: tuple[tuple[str, str], ...] = ()
 
 
 class DeviceStep(NamedTuple):
@@ -230,6 +239,7 @@ def decide(
     """
     plan = _decide_devices(survey, devices, strategy, repair=repair)
     files = tuple(decide_file(f, file_mode, survey.jail) for f in survey.files)
+    _refuse_unpinned(survey, plan.sockets, files)
     acting = [f.facts.file.path for f in files if f.action is not FileAction.NOTHING]
     if acting and (plan.mount_tmpfs or survey.dev.ours_tmpfs):
         raise ConfigError(
@@ -239,6 +249,20 @@ def decide(
             "a writable jail).",
         )
     return plan._replace(files=files)
+
+
+def _refuse_unpinned(
+    survey: Survey, sockets: tuple[SocketStep, ...], files: tuple[FileStep, ...]
+) -> None:
+    """A step that would bind or write in a directory a user other than root could move out
+    of the jail is refused: root's mount or file would go along, out of the jail (seen: a
+    read-only bind of the log socket in the user's own directory outside, prepare exiting 0)."""
+    unpinned = dict(survey.unpinned)
+    acting = [os.path.dirname(s.facts.path).strip("/") for s in sockets if s.action is Action.BIND]
+    acting += [f.facts.where for f in files if f.action is not FileAction.NOTHING]
+    for where in acting:
+        if where in unpinned:
+            raise ConfigError(unpinned[where])
 
 
 def _decide_devices(
@@ -321,7 +345,8 @@ def _decide_devices(
 
 
 def _socket_steps(survey: Survey, *, dev_gets_tmpfs: bool) -> tuple[SocketStep, ...]:
-    """Bind each host log socket at the same path in the jail, unless it already is there."""
+    """Bind each host socket (log, notify) at the same path in the jail, unless it already is
+    there."""
     steps = []
     for facts in survey.sockets:
         hidden = dev_gets_tmpfs and facts.under_dev  # the new tmpfs hides what was there
@@ -332,14 +357,14 @@ def _socket_steps(survey: Survey, *, dev_gets_tmpfs: bool) -> tuple[SocketStep, 
         else:
             if facts.readonly and not facts.under_dev:
                 raise ConfigError(
-                    f"{survey.jail}{facts.path} is on a read-only filesystem, so the log socket "
-                    f"cannot be bound there; ship an empty file at {facts.path} in the jail "
-                    "image, or log to /dev/log.",
+                    f"{survey.jail}{facts.path} is on a read-only filesystem, so the "
+                    f"{facts.role} cannot be bound there; ship an empty file at {facts.path} in "
+                    "the jail image" + (", or log to /dev/log." if not facts.notify else "."),
                 )
             if not hidden and facts.entry.kind is EntryKind.DIRECTORY:
                 raise ConfigError(
-                    f"{survey.jail}{facts.path} is a directory, not a place for the log socket; "
-                    "remove it.",
+                    f"{survey.jail}{facts.path} is a directory, not a place for the "
+                    f"{facts.role}; remove it.",
                 )
             reason = f"bind the host's socket {facts.path}"
             if not hidden and facts.entry.placeholder:

@@ -22,7 +22,7 @@ from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive, pid_namespace
 from jailshim.jail.safepath import Jail, rename_into_place
-from jailshim.jail.undo import KEPT, describe, sweep_new_dev, undo
+from jailshim.jail.undo import KEPT, UNPROVEN, describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
 from jailshim.spec import Spec
 from jailshim.state import Journal, Kind, Record
@@ -75,7 +75,9 @@ def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Any, eve
     def holds_kept(record: Record) -> bool:
         if record.kind is Kind.TMPFS or (record.kind is Kind.MKDIR and record.path == "dev"):
             return bool(kept)  # the journal lives there
-        return record.where in kept or any(d.startswith(f"{record.path}/") for d in kept)
+        return record.where in kept or any(
+            d == record.path or d.startswith(f"{record.path}/") for d in kept
+        )
 
     for index in sorted(indexes, reverse=True):
         record = journal.records[index]
@@ -90,7 +92,9 @@ def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Any, eve
             kept.add(record.where)
             continue
         if outcome.startswith(KEPT):
-            log.warning(event, step=describe(record), outcome=outcome, detail=_PUT_BACK)
+            # a record kept in a directory not proven in the jail: its outcome says what to do
+            said = {} if outcome.startswith(UNPROVEN) else {"detail": _PUT_BACK}
+            log.warning(event, step=describe(record), outcome=outcome, **said)
             kept.add(record.where)
             continue
         log.info(event, step=describe(record), outcome=outcome)
@@ -263,7 +267,10 @@ def _holds_our_journal(jail: Jail, name: str) -> bool:
 
 def check_paths(jail: Jail, records: list[Record]) -> None:
     """Walk every directory the records name before acting on any: one through a symlink
-    (planted after prepare) refuses the whole run, not the middle of it."""
+    (planted after prepare) refuses the whole run, not the middle of it. One that a user
+    other than root could move out of the jail is not refused here (that user could then
+    block every teardown by making such a directory at a recorded name): undo keeps each
+    record there, with the sentence that says why, and acts on none of them."""
     for where in {r.where for r in records}:
         fd, _missing = jail.walk(where)
         os.close(fd)
@@ -334,6 +341,7 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
                 for r in prepared.journal.records
                 if r.kind is Kind.COPY and r.done
             ),
+            notify=spec.notify_socket,
         )
         plan = decide(
             facts, spec.devices, spec.strategy, repair=spec.repair, file_mode=spec.file_mode

@@ -7,7 +7,13 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from jailshim import daemons
-from jailshim.errors import CommandNotExecutable, CommandNotFound, JailshimError, UsageError
+from jailshim.errors import (
+    CommandNotExecutable,
+    CommandNotFound,
+    ConfigError,
+    JailshimError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from jailshim.spec import Identity
@@ -105,6 +111,20 @@ def vet_jail(chroot: str, *, allow_writable: bool, identity: Identity | None) ->
                 os.close(dev_fd)
 
 
+def _check_notify_socket(path: str) -> None:
+    """$NOTIFY_SOCKET that can never be the service manager's socket is refused (78) before
+    anything is prepared; a missing one is left to the check in the jail."""
+    from jailshim.verify.findings import notify_refusal
+
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    refusal = notify_refusal(path, mode)
+    if refusal:
+        raise ConfigError(refusal)
+
+
 def run(args: argparse.Namespace, log: Any) -> int:
     from jailshim import cli, handover
 
@@ -129,6 +149,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
         if config.notify and notify.startswith("/"):
             # it sends READY=1 from inside its jail: the socket must be there, at the same
             # path, like a log socket (an abstract @socket is reachable from any root)
+            _check_notify_socket(notify)
             logger.info("notify_socket", path=notify, detail="brought into the jail")
             sockets = (*sockets, notify)
         else:

@@ -56,6 +56,13 @@ def _owned_by_nobody(*dirs: Path) -> None:
         os.chown(d, NOBODY, NOBODY)
 
 
+def _nobodys_in_roots(inside: Path) -> None:
+    """``inside`` owned by NOBODY, below root's own directories: the user's directory in one
+    of the user's could be moved out of the jail, and is refused (test_attack_outside.py)."""
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    _owned_by_nobody(inside)
+
+
 def test_a_copy_of_a_secret_never_becomes_readable_by_the_daemons_user(
     jail: Path, area: Path
 ) -> None:
@@ -68,8 +75,7 @@ def test_a_copy_of_a_secret_never_becomes_readable_by_the_daemons_user(
     secret.chmod(0o640)
     os.chown(jail, NOBODY, NOBODY)
     inside = jail / str(secret.parent).lstrip("/")
-    parts = inside.relative_to(jail).parts
-    _owned_by_nobody(*(jail.joinpath(*parts[: i + 1]) for i in range(len(parts))))
+    _nobodys_in_roots(inside)
     inside.chmod(0o2755)  # setgid: new entries take the directory's group (nobody's)
     os.setxattr(inside.parent, "system.posix_acl_default", _READ_FOR_NOBODY)  # for made dirs
     os.setxattr(inside, "system.posix_acl_default", _READ_FOR_NOBODY)
@@ -164,8 +170,7 @@ def test_a_file_of_the_daemons_user_on_a_reused_inode_is_never_deleted(
     host.write_text("192.0.2.1 one.test\n")
     os.chown(jail, NOBODY, NOBODY)
     inside = jail / str(host.parent).lstrip("/")
-    parts = inside.relative_to(jail).parts
-    _owned_by_nobody(*(jail.joinpath(*parts[: i + 1]) for i in range(len(parts))))
+    _nobodys_in_roots(inside)
     args = ("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
     assert run(*args, "--file", str(host)).code == 0
     copy = inside / "hosts"
@@ -197,9 +202,8 @@ def test_a_mount_moved_to_a_bound_files_name_is_never_unmounted(jail: Path, area
     host = area / "hosts"
     host.write_text("192.0.2.1 one.test\n")
     os.chown(jail, NOBODY, NOBODY)
-    inside = jail / str(area).lstrip("/")
-    parts = inside.relative_to(jail).parts
-    _owned_by_nobody(*(jail.joinpath(*parts[: i + 1]) for i in range(len(parts))))
+    inside = jail / str(area).lstrip("/")  # root's (jailshim makes it), in the user's own
+    _nobodys_in_roots(inside.parent)
     operator = jail / "srv" / "conf"
     _owned_by_nobody(operator.parent, operator)
     (operator / "hosts").write_text("")
@@ -300,9 +304,8 @@ def test_a_bind_moved_with_its_directory_is_kept_until_it_is_back(jail: Path, ar
     host = area / "hosts"
     host.write_text("192.0.2.1 one.test\n")
     os.chown(jail, NOBODY, NOBODY)
-    inside = jail / str(area).lstrip("/")
-    parts = inside.relative_to(jail).parts
-    _owned_by_nobody(*(jail.joinpath(*parts[: i + 1]) for i in range(len(parts))))
+    inside = jail / str(area).lstrip("/")  # root's (jailshim makes it), in the user's own
+    _nobodys_in_roots(inside.parent)
     args = ("--chroot", str(jail), "--user", "nobody", "--no-verify", "--file-mode", "bind")
     assert run("prepare", *args, "--file", str(host)).code == 0
     moved = inside.with_name("moved")
@@ -318,7 +321,7 @@ def test_a_bind_moved_with_its_directory_is_kept_until_it_is_back(jail: Path, ar
     moved.rename(inside)
     assert run("teardown", "--chroot", str(jail)).code == 0
     assert mounts_below(jail) == []
-    assert os.listdir(inside) == []
+    assert not inside.exists()  # jailshim's own, kept with the bind's record until now
 
 
 def test_planted_names_are_never_written_through(jail: Path, outside: Path, area: Path) -> None:

@@ -74,6 +74,7 @@ class MountEntry(NamedTuple):
     fstype: str
     source: str
     options: str
+    dev: int = 0  # the mounted filesystem's device (major:minor), as st_dev numbers it
 
 
 def _unescape(field: str) -> str:
@@ -88,6 +89,7 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
         fields = line.split(" ")
         try:
             sep = fields.index("-", 6)
+            major, minor = fields[2].split(":")
             entries.append(
                 MountEntry(
                     mount_id=int(fields[0]),
@@ -96,6 +98,7 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
                     options=fields[5],
                     fstype=fields[sep + 1],
                     source=_unescape(fields[sep + 2]),
+                    dev=os.makedev(int(major), int(minor)),
                 )
             )
         except (ValueError, IndexError):

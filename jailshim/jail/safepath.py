@@ -22,9 +22,11 @@ __all__ = [
     "O_PATH_NOFOLLOW",
     "Entry",
     "EntryKind",
+    "Holder",
     "Jail",
     "exchange",
     "inspect_entry",
+    "movable_out",
     "rename_into_place",
     "writable_by_non_root",
 ]
@@ -121,12 +123,63 @@ class Entry(NamedTuple):
 
 
 def writable_by_non_root(st: os.stat_result) -> bool:
-    """Whether some user other than root can create or rename entries in this directory."""
+    """Whether some user other than root can create or rename entries in this directory, or
+    can at any time: an owner who is not root may chmod it (a 0555 directory of the daemon's
+    user had passed as root's)."""
     mode = st.st_mode
-    return bool(
-        (st.st_uid != 0 and mode & stat.S_IWUSR)
-        or (st.st_gid != 0 and mode & stat.S_IWGRP)
-        or mode & stat.S_IWOTH
+    return bool(st.st_uid != 0 or (st.st_gid != 0 and mode & stat.S_IWGRP) or mode & stat.S_IWOTH)
+
+
+class Holder(NamedTuple):
+    """What decides whether a directory can be moved to another parent by a user other than
+    root: its owner, its mode, and whether such a user can write it (mode, owner or ACL)."""
+
+    uid: int
+    mode: int
+    writable: bool
+
+
+def movable_out(directory: Holder, parent: Holder) -> bool:
+    """Whether a user other than root could move ``directory`` to another parent, out of the
+    jail. rename(2) to another parent needs write access to the directory itself (its ".."
+    changes) as well as to the parent it leaves, and a sticky parent lets only the owner of
+    the directory or of the parent move it. A directory root owns and no one else can write
+    stays below its parent whoever owns that parent; the daemon's own directory in root's
+    directory stays too. Renaming within the same parent stays possible: that keeps it in the
+    jail (and every step checks the inode it made by its fd, not by its name)."""
+    if not (directory.writable and parent.writable):
+        return False
+    return not (parent.mode & stat.S_ISVTX and directory.uid == 0 and parent.uid == 0)
+
+
+def _holder(fd: int) -> tuple[Holder, os.stat_result]:
+    st = os.fstat(fd)
+    writable = writable_by_non_root(st) or bool(st.st_mode & stat.S_IWGRP and _has_access_acl(fd))
+    return Holder(st.st_uid, st.st_mode, writable), st
+
+
+def _has_access_acl(fd: int) -> bool:
+    """A POSIX ACL may give a named user write access that the mode shows only as the group's
+    bits (the ACL's mask), here with group root."""
+    try:
+        return "system.posix_acl_access" in os.listxattr(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True  # cannot tell: not proven root's alone
+
+
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _described(path: str, st: os.stat_result) -> str:
+    return (
+        f"{path} (owner {_owner(st.st_uid)}, group {st.st_gid}, "
+        f"mode {stat.S_IMODE(st.st_mode):04o})"
     )
 
 
@@ -184,6 +237,8 @@ def inspect_entry(
 
 class Jail:
     """An open handle on the jail directory; every other path is reached from it."""
+
+    _root_movable: str | None = None  # root_movable(), once asked
 
     def __init__(self, path: str) -> None:
         if not path or not path.strip():
@@ -261,21 +316,42 @@ class Jail:
             return None
         return fd
 
-    def walk(self, relative: str) -> tuple[int, list[str]]:
+    def walk(self, relative: str, *, inside: bool = False) -> tuple[int, list[str]]:
         """Walk ``relative`` (a/b/c) down from the jail without following any symlink.
 
         Returns an O_PATH fd on the deepest directory that exists and the names still missing
-        below it (empty when the whole path exists). The caller closes the fd.
+        below it (empty when the whole path exists). The caller closes the fd. With
+        ``inside``, a directory on the way that a user other than root could move out of the
+        jail is refused (78): a step must act only where it is proven to stay in the jail.
+        """
+        fd, missing, movable = self.walk_proving(relative)
+        if inside and movable:
+            os.close(fd)
+            raise ConfigError(movable, chroot=self.path)
+        return fd, missing
+
+    def walk_proving(self, relative: str) -> tuple[int, list[str], str]:
+        """``walk``, and "" when every directory it opened is pinned inside the jail, else
+        the sentence that names the first one a user other than root could move out.
+
+        The proof is made on each directory's fd as it is opened: a directory is pinned below
+        its parent when no user other than root could move it (movable_out), and the jail
+        root when its own parent keeps it (root_movable). Those facts are root's to change
+        (the mode and owner of a root-owned inode), so they still hold when the step acts.
+        Seen without it: the daemon's user pre-created jail/run/, renamed it out of the jail
+        on the first inotify event, and root's bind of the log socket was made there.
         """
         parts = [p for p in relative.split("/") if p and p != "."]
         if ".." in parts:
             raise ConfigError(f"{relative!r} climbs out of the jail with '..'; give a plain path.")
         fd = os.dup(self.fd)
+        movable = self.root_movable()
+        above, _ = _holder(fd)
         for i, part in enumerate(parts):
             try:
                 nxt = os.open(part, _DIR_NOFOLLOW, dir_fd=fd)
             except FileNotFoundError:
-                return fd, parts[i:]
+                return fd, parts[i:], movable
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     os.close(fd)
@@ -283,7 +359,35 @@ class Jail:
                 self._refuse_non_directory(fd, part, "/".join([self.real, *parts[:i], part]))
             os.close(fd)
             fd = nxt
-        return fd, []
+            held, st = _holder(fd)
+            if not movable and movable_out(held, above):
+                where = "/".join([self.real, *parts[:i]])
+                movable = _movable_sentence(_described(f"{where}/{part}", st), where)
+            above = held
+        return fd, [], movable
+
+    def root_movable(self) -> str:
+        """ "" when no user other than root can move the jail root itself away (its parent is
+        root's and no one else's to write, or the jail root is root's alone, or it is a mount
+        point, which cannot be renamed), else the sentence that says so. Asked once."""
+        if self._root_movable is None:
+            self._root_movable = ""
+            held, st = _holder(self.fd)
+            parent_fd = os.open("..", _DIR_NOFOLLOW, dir_fd=self.fd)
+            try:
+                parent, parent_st = _holder(parent_fd)
+            finally:
+                os.close(parent_fd)
+            if parent_st.st_dev == st.st_dev and movable_out(held, parent):
+                where = os.path.dirname(self.real)
+                self._root_movable = (
+                    f"The jail {_described(self.real, st)} is in {where}, which a user other "
+                    "than root can write: that user could move the whole jail while jailshim "
+                    "works in it, and root's mounts and files would go along. Make "
+                    f"{where} root's and not group/other-writable, or the jail root's "
+                    "(chown root:root), then run again."
+                )
+        return self._root_movable
 
     def _refuse_non_directory(self, dir_fd: int, name: str, where: str) -> NoReturn:
         try:
@@ -302,3 +406,12 @@ class Jail:
             "inside a jail: replace it with a real directory.",
             chroot=self.path,
         )
+
+
+def _movable_sentence(described: str, parent: str) -> str:
+    return (
+        f"{described} is in {parent}, which a user other than root can write too: that user "
+        "could move it out of the jail while jailshim works in it, and root's mounts and files "
+        "would go along. chown root:root it and make it not group/other-writable, or remove it "
+        "so that jailshim makes its own, then run again."
+    )

@@ -32,7 +32,7 @@ def _writable_only_by(st: os.stat_result, daemon: Identity | None) -> bool:
     """Whether the only non-root users who can write here are the daemon's user or group."""
     if daemon is None or st.st_mode & stat.S_IWOTH:
         return False
-    owner_ok = st.st_uid in (0, daemon.uid) or not st.st_mode & stat.S_IWUSR
+    owner_ok = st.st_uid in (0, daemon.uid)  # any other owner may chmod it and write
     group_ok = st.st_gid in (0, daemon.gid) or not st.st_mode & stat.S_IWGRP
     return owner_ok and group_ok
 
@@ -65,6 +65,9 @@ def check_ownership(
             )
     if not writable_by_non_root(jail.stat):
         return []
+    movable = jail.root_movable()
+    if movable:  # whatever the flag says: root must never work in a jail that can be moved away
+        raise ConfigError(movable, chroot=jail.path)
     found = describe(jail.real, jail.stat)
     if daemon is not None and _writable_only_by(jail.stat, daemon):
         return [
@@ -84,17 +87,25 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
 
 
 def survey_socket(
-    jail: Jail, path: str, mounts: MountTable, placeholders: frozenset[int] = frozenset()
+    jail: Jail,
+    path: str,
+    mounts: MountTable,
+    placeholders: frozenset[int] = frozenset(),
+    *,
+    notify: bool = False,
 ) -> SocketFacts:
-    """The host socket at ``path`` and what stands at the same path inside the jail."""
+    """The host socket at ``path`` (a log socket, or $NOTIFY_SOCKET with ``notify``) and what
+    stands at the same path inside the jail."""
     host_problem, host_id = "", (0, 0)
+    shown = f"$NOTIFY_SOCKET {path}" if notify else path
+    lost = "the daemon's READY=1 will be lost" if notify else "logs will be lost"
     try:
         st = os.stat(path)
         host_id = _identity(st)
         if not stat.S_ISSOCK(st.st_mode):
-            host_problem = f"the host's {path} is not a socket, logs will be lost"
+            host_problem = f"the host's {shown} is not a socket, {lost}"
     except OSError as exc:
-        host_problem = f"the host's {path} does not exist ({exc.strerror}), logs will be lost"
+        host_problem = f"the host's {shown} does not exist ({exc.strerror}), {lost}"
     parent, name = os.path.split(path.rstrip("/"))
     fd, missing = jail.walk(parent)
     try:
@@ -117,6 +128,7 @@ def survey_socket(
         entry=entry,
         entry_id=entry_id,
         readonly=readonly,
+        notify=notify,
     )
 
 
@@ -245,6 +257,7 @@ def survey(
     placeholders: frozenset[int] = frozenset(),
     files: tuple[JailFile, ...] = (),
     copies: frozenset[tuple[str, int]] = frozenset(),
+    notify: str = "",
 ) -> Survey:
     fs_fd = dev_fd if dev_fd is not None else jail.fd
     flags = os.fstatvfs(fs_fd).f_flag
@@ -273,6 +286,23 @@ def survey(
         dev=dev,
         entries=entries,
         powers=powers,
-        sockets=tuple(survey_socket(jail, path, mounts, placeholders) for path in sockets),
+        sockets=tuple(
+            survey_socket(jail, path, mounts, placeholders, notify=path == notify)
+            for path in sockets
+        ),
         files=tuple(survey_file(jail, f, mounts, placeholders, copies) for f in files),
+        unpinned=_unpinned(jail, (*sockets, *(f.path for f in files))),
     )
+
+
+def _unpinned(jail: Jail, paths: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The directories of ``paths`` (as relative to the jail) on whose way a user other than
+    root could move a directory out of the jail, each with the sentence that says so: a step
+    must not act there (plan.decide; apply proves it again when it acts)."""
+    found = []
+    for where in sorted({os.path.dirname(p.rstrip("/")).strip("/") for p in paths}):
+        fd, _missing, movable = jail.walk_proving(where)
+        os.close(fd)
+        if movable:
+            found.append((where, movable))
+    return tuple(found)

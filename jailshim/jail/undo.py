@@ -19,7 +19,7 @@ from jailshim.jail import mounts
 from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail, exchange, rename_into_place
 from jailshim.state import Kind, Record
 
-__all__ = ["KEPT", "describe", "sweep_new_dev", "undo"]
+__all__ = ["KEPT", "UNPROVEN", "describe", "sweep_new_dev", "undo"]
 
 
 def describe(record: Record) -> str:
@@ -125,11 +125,16 @@ def _moved_bind(record: Record, table: mounts.MountTable, st_dev: int, jail: str
     bind not found at its name was moved, not lost: forgetting its record would leave a mount
     no teardown takes back. A mount point keeps its own name; the entry under it is the
     placeholder, on the filesystem ``st_dev`` of the record's directory (a rename does not
-    leave its filesystem; inode numbers alone repeat across filesystems). Only mounts in the
-    jail are looked at: a directory of another filesystem (a hung NFS mount) is never opened."""
+    leave its filesystem; inode numbers alone repeat across filesystems). Mount points in the
+    jail are looked at, and outside it those whose directory the mount table puts on that
+    filesystem (a directory an older prepare made in the user's own directory, moved out of
+    the jail with it): a directory of another filesystem (a hung NFS mount) is never opened."""
+    devs = {entry.mount_id: entry.dev for entry in table.entries}
     for entry in table.entries:
         parent, name = os.path.split(entry.mount_point)
-        if name != record.name or not parent.startswith(f"{jail}/"):
+        if name != record.name:
+            continue
+        if not parent.startswith(f"{jail}/") and devs.get(entry.parent_id) != st_dev:
             continue
         try:  # reading a directory's entries only: following a symlink on the way is harmless
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -274,21 +279,27 @@ def _unmount_tmpfs(jail: Jail, table: mounts.MountTable) -> str:
 
 # An outcome that keeps its record: the step could not be undone yet, and a later run can.
 KEPT = "kept"
+# ... because its directory is not proven to stay in the jail: nothing was done there
+UNPROVEN = f"{KEPT}, nothing done there"
 
 
-def _record_dir(jail: Jail, record: Record, dev_fd: int | None) -> tuple[int, list[str]]:
-    """An fd on the record's directory (the very dev/ the journal was read from, for dev/)
-    and what is missing on the way."""
+def _record_dir(jail: Jail, record: Record, dev_fd: int | None) -> tuple[int, list[str], str]:
+    """An fd on the record's directory (the very dev/ the journal was read from, for dev/),
+    what is missing on the way, and "" when every directory on the way is proven to stay in
+    the jail (else the sentence that says which one a user other than root could move out)."""
     if record.where == "dev" and dev_fd is not None:
-        return os.dup(dev_fd), []
-    return jail.walk(record.where)
+        return os.dup(dev_fd), [], ""
+    return jail.walk_proving(record.where)
 
 
 def _unbind_at(jail: Jail, record: Record, dev_fd: int | None) -> tuple[str, int]:
-    """_unbind, and the filesystem the record's directory (or what is left of it) is on."""
-    dir_fd, missing = _record_dir(jail, record, dev_fd)
+    """_unbind, and the filesystem the record's directory (or what is left of it) is on.
+    Nothing is done in a directory not proven to stay in the jail: its record is kept."""
+    dir_fd, missing, movable = _record_dir(jail, record, dev_fd)
     try:
         st_dev = os.fstat(dir_fd).st_dev
+        if movable:
+            return f"{UNPROVEN}: {movable}", st_dev
         if missing:
             return f"already gone: {record.where}/ is gone", st_dev
         return _unbind(dir_fd, record), st_dev
@@ -314,9 +325,18 @@ def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | Non
         if outcome == "unmounted" or not record.ino:
             return outcome
         moved = _moved_bind(record, table, st_dev, jail.real)
-        return f"{KEPT}: the bind moved to {moved} with its directory" if moved else outcome
-    dir_fd, missing = _record_dir(jail, record, dev_fd)
+        if not moved or (outcome.startswith(KEPT) and moved == f"{jail.real}/{record.path}"):
+            return outcome  # gone; or where it was, in a directory not proven to stay
+        if moved.startswith(f"{jail.real}/"):
+            return f"{KEPT}: the bind moved to {moved} with its directory"
+        return (
+            f"{KEPT}: the bind moved out of the jail to {moved} with its directory; jailshim "
+            "never unmounts outside the jail: move the directory back"
+        )
+    dir_fd, missing, movable = _record_dir(jail, record, dev_fd)
     try:
+        if movable:  # never act where the directory may be outside the jail by now
+            return f"{UNPROVEN}: {movable}"
         if missing:
             return f"already gone: {record.where}/ is gone"
         if record.kind is Kind.DISPLACED:

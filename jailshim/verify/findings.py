@@ -7,6 +7,8 @@ what they mean, so every verdict can be tested without a jail.
 from __future__ import annotations
 
 import errno
+import os
+import stat
 from typing import Any, NamedTuple
 
 from jailshim.devices import ENTROPY_DEVICES, Device
@@ -18,6 +20,7 @@ __all__ = [
     "judge_device",
     "judge_getrandom",
     "judge_notify",
+    "notify_refusal",
     "render_table",
 ]
 
@@ -283,6 +286,43 @@ def judge_notify(path: str, facts: NotifyFacts, uid: int) -> Finding:
         False,
         f"$NOTIFY_SOCKET {path} cannot be connected to as uid {uid} ({_err(err)}), {_NOTIFY_LOST}.",
         "check the socket and the service manager that made it",
+    )
+
+
+# sun_path holds 108 bytes; libsystemd's sd_notify() wants a NUL after the path, so 107
+# (sockaddr_un_set_path: longer is ENAMETOOLONG, and the daemon's READY=1 is never sent).
+NOTIFY_PATH_MAX = 107
+
+_HOST_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def notify_refusal(path: str, host_mode: int | None) -> str:
+    """Why $NOTIFY_SOCKET ``path`` can never take the daemon's READY=1, as one sentence, or ""
+    when it may. ``host_mode`` is st_mode of what the host has at the path, symlinks followed
+    (None: nothing yet; the check in the jail says so, and it may still appear). Said before
+    anything is prepared: it read "cannot be connected to (EIO)" for a long path, and "does
+    not exist in the jail" for a directory, after a warning that logs would be lost."""
+    size = len(os.fsencode(path))
+    if size > NOTIFY_PATH_MAX:
+        return (
+            f"$NOTIFY_SOCKET {path} is {size} bytes long; a unix socket address holds at most "
+            f"{NOTIFY_PATH_MAX} (sun_path with its NUL), so the daemon's sd_notify() cannot "
+            "send READY=1 to it. Give the service manager's socket a shorter path (systemd's "
+            "is /run/systemd/notify), or unset NOTIFY_SOCKET."
+        )
+    if host_mode is None or stat.S_ISSOCK(host_mode):
+        return ""
+    kind = next((name for test, name in _HOST_KINDS if test(host_mode)), "not a socket")
+    return (
+        f"$NOTIFY_SOCKET {path} is {kind} on the host, not the service manager's socket, so "
+        "the daemon's READY=1 would be lost. Point NOTIFY_SOCKET at the socket the service "
+        "manager listens on (systemd sets it for a Type=notify unit), or unset it."
     )
 
 

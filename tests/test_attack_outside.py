@@ -1,0 +1,478 @@
+"""Root must never act outside the jail (issue 25, item 3 and the small notify/bind ones).
+
+The daemon's user owns its jail root (accepted as the daemon's own). It pre-creates the
+directories a log socket, $NOTIFY_SOCKET or a jail file needs, and a real process of that user
+renames one of them out of the jail on the first inotify event in it: jailshim used to go on
+working through its directory fd, leaving a bind (socket, file) or a root-owned copy outside,
+and exiting 0 with the socket missing from the jail. A directory a user other than root could
+move to another parent is now refused (78) before anything is made in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemons import SyslogSocket
+from tests.support import NOBODY, clean_env, mounts_below, need, run, snapshot
+
+# Runs as root until its fds and its inotify watch are set up, then as NOBODY only: the
+# rename is the user's own (the kernel checks that user's rights), through fds, since the
+# test's directories sit below pytest's root-only /tmp/pytest-of-root.
+_RACER = r"""
+import ctypes, os, sys
+jail, watched, made, moved, away, uid = sys.argv[1:7]
+IN_CREATE, IN_MOVED_TO = 0x100, 0x80
+libc = ctypes.CDLL(None, use_errno=True)
+jail_fd = os.open(jail, os.O_PATH | os.O_DIRECTORY)
+away_fd = os.open(away, os.O_PATH | os.O_DIRECTORY)
+
+
+def watch(path):
+    inotify = libc.inotify_init1(os.O_CLOEXEC)  # its own queue: no earlier event is read
+    assert libc.inotify_add_watch(inotify, os.fsencode(path), IN_CREATE | IN_MOVED_TO) >= 0
+    return inotify
+
+if watched:
+    inotify = watch(os.path.join(jail, watched))
+os.setgroups([])
+os.setresgid(int(uid), int(uid), int(uid))
+os.setresuid(int(uid), int(uid), int(uid))
+print("ready", flush=True)
+if watched:
+    os.read(inotify, 4096)  # the first entry jailshim makes in that directory
+if made:  # the user's own directory, made while prepare runs (after its survey)
+    try:
+        os.mkdir(made, dir_fd=jail_fd)
+    except FileExistsError:
+        print("lost", flush=True)
+        sys.exit(0)
+    made_fd = os.open(made, os.O_PATH | os.O_DIRECTORY, dir_fd=jail_fd)
+    os.read(watch(f"/proc/self/fd/{made_fd}"), 4096)
+try:
+    os.rename(moved, moved, src_dir_fd=jail_fd, dst_dir_fd=away_fd)
+    print("moved", flush=True)
+except OSError as exc:
+    print("refused", exc.errno, flush=True)
+"""
+
+
+class Racer:
+    """A NOBODY process that moves ``jail/moved`` into ``away`` on the first entry made in
+    ``jail/watched`` (or at once when ``watched`` is empty). With ``made``, it first makes that
+    directory (its own) on the first event in ``watched`` and waits for one in it."""
+
+    def __init__(self, jail: Path, watched: str, moved: str, away: Path, made: str = "") -> None:
+        argv = [sys.executable, "-c", _RACER, str(jail), watched, made, moved, str(away)]
+        argv.append(str(NOBODY))
+        self.waits = bool(watched)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def result(self) -> str:
+        """What the racer did ("" when it is still waiting: it is then stopped, by PID)."""
+        try:
+            self.proc.wait(timeout=0.5 if self.waits else 30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()  # readline's buffer too
+        assert "Traceback" not in err, err
+        return out.strip()
+
+
+def _nobodys(jail: Path, relative: str) -> None:
+    """Make jail/relative and every directory on the way, all owned by NOBODY."""
+    here = jail
+    for part in Path(relative).parts:
+        here = here / part
+        here.mkdir(exist_ok=True)
+        os.chown(here, NOBODY, NOBODY)
+
+
+def _root_owned_below(top: Path) -> list[str]:
+    """Anything root made below ``top`` (the user's own directory outside the jail)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            if os.lstat(os.path.join(dirpath, name)).st_uid == 0:
+                found.append(os.path.join(dirpath, name))
+    return found
+
+
+@pytest.fixture
+def owned_jail(jail: Path, area: Path) -> Iterator[tuple[Path, Path]]:
+    """The jail, owned by NOBODY (its daemon's user), and ``away``: NOBODY's own directory
+    outside the jail, on the same filesystem (a rename cannot cross one)."""
+    os.chown(jail, NOBODY, NOBODY)
+    away = area / "away"
+    away.mkdir()
+    os.chown(away, NOBODY, NOBODY)
+    yield jail, away
+
+
+def _reset(jail: Path, away: Path) -> None:
+    """After a trial: whatever escaped is detached and removed, then the jail torn down."""
+    for point in sorted(mounts_below(away), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    for entry in away.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    run("teardown", "--chroot", str(jail))
+    for point in sorted(mounts_below(jail), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    for entry in jail.iterdir():
+        if entry.name != "dev":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _fake_unbound(area: Path, jail: Path) -> tuple[Path, Path]:
+    """A COMMAND named unbound (the unbound adapter reads the config through the real
+    unbound-checkconf, and the run brings $NOTIFY_SOCKET into the jail) that only exits."""
+    need(shutil.which("unbound-checkconf") is not None, "needs unbound-checkconf")
+    command = area / "bin" / "unbound"
+    command.parent.mkdir()
+    command.write_text("#!/bin/sh\nexit 0\n")
+    command.chmod(0o755)
+    config = area / "unbound.conf"
+    config.write_text(
+        "server:\n"
+        f'    chroot: "{jail}"\n'
+        f'    directory: "{jail}"\n'
+        '    username: "nobody"\n'
+        "    use-syslog: no\n"
+        '    pidfile: ""\n'
+        "remote-control:\n"
+        "    control-enable: no\n"
+    )
+    return command, config
+
+
+TRIALS = 3
+
+
+@pytest.mark.parametrize(
+    "target", ["log socket", "notify socket", "time", "bind", "time, made during prepare"]
+)
+def test_a_directory_the_user_moves_out_never_takes_roots_work_with_it(
+    owned_jail: tuple[Path, Path], area: Path, target: str
+) -> None:
+    """NOBODY owns the jail and pre-creates the directories on the way to a log socket,
+    $NOTIFY_SOCKET, etc/localtime (--files time) or a --file-mode bind; on the first entry
+    jailshim makes there it renames the top one out of the jail. Nothing root-made and no
+    mount may ever be outside the jail, every run is 0 or 78, and an exit 0 means the socket
+    or file is in the jail."""
+    jail, away = owned_jail
+    if target.endswith("made during prepare"):
+        (jail / "dev").mkdir()  # root's: apply's first entry there comes after the survey
+    host_dir = area / "host"
+    host_dir.mkdir()
+    listener: SyslogSocket | None = None
+    env = clean_env()
+    args = ("--chroot", str(jail), "--user", "nobody", "--no-verify")
+    if target in ("log socket", "notify socket"):
+        listener = SyslogSocket(host_dir / ("log" if target == "log socket" else "notify"))
+        path = str(listener.path)
+        if target == "log socket":
+            command: tuple[str, ...] = ("prepare", *args, "--log-socket", path)
+        else:
+            fake, config = _fake_unbound(area, jail)
+            env = clean_env(NOTIFY_SOCKET=path)
+            command = (
+                "run",
+                "--no-verify",
+                "--no-config-check",
+                "--",
+                str(fake),
+                "-c",
+                str(config),
+            )
+        watched = str(host_dir).lstrip("/")
+    else:
+        need(os.path.isfile("/etc/localtime"), "needs the host's /etc/localtime")
+        time = target.startswith("time")
+        path = "/etc/localtime" if time else "/etc/hosts"
+        files = ("--files", "time") if time else ("--file", path, "--file-mode", "bind")
+        command = ("prepare", *args, *files)
+        watched = "etc"
+    moved = watched.split("/")[0]
+    made = target.endswith("made during prepare")
+    failures: list[str] = []
+    try:
+        for trial in range(TRIALS):
+            if made:  # made at jailshim's first node in dev/: after the survey saw no etc/
+                racer = Racer(jail, "dev", moved, away, made="etc")
+            else:
+                _nobodys(jail, watched)
+                racer = Racer(jail, watched, moved, away)
+            result = run(*command, env=env)
+            did = racer.result()
+            escaped = _root_owned_below(away) + mounts_below(away)
+            if result.code not in (0, 78):
+                failures.append(f"trial {trial}: exit {result.code}: {result.stderr[-600:]}")
+            if escaped:
+                failures.append(f"trial {trial} (racer {did!r}): outside the jail: {escaped}")
+            inside = jail / path.lstrip("/")
+            if result.code == 0 and not (inside.exists() or inside.is_socket()):
+                failures.append(f"trial {trial}: exit 0 but {inside} is missing from the jail")
+            if result.code == 78:
+                assert "could move it out of the jail" in result.error, result.error
+            _reset(jail, away)
+    finally:
+        if listener is not None:
+            listener.close()
+    assert not failures, "\n".join(failures)
+    assert mounts_below(area) == []
+
+
+def test_root_made_directories_stay_and_the_work_lands_in_the_jail(
+    owned_jail: tuple[Path, Path], area: Path
+) -> None:
+    """The same user and jail, without pre-created directories: jailshim makes them (root's,
+    0755), the user's rename of each one out is refused by the kernel, and the prepare puts the
+    socket and the file in the jail; teardown takes all of it back."""
+    jail, away = owned_jail
+    listener = SyslogSocket(area / "log")
+    try:
+        before = snapshot(jail)
+        args = ("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
+        result = run(*args, "--log-socket", str(listener.path), "--files", "time")
+        assert result.code == 0, result.stderr
+        moving = Racer(jail, "", "etc", away)
+        assert moving.result().startswith("refused 13")  # EACCES: root's etc/ stays put
+        moving = Racer(jail, "", "tmp", away)
+        assert moving.result().startswith("refused 13")
+        assert stat.S_ISSOCK((jail / str(listener.path).lstrip("/")).lstat().st_mode)
+        assert (jail / "etc" / "localtime").read_bytes() == Path("/etc/localtime").read_bytes()
+        assert list(away.iterdir()) == []
+        assert run("teardown", "--chroot", str(jail)).code == 0
+        assert snapshot(jail) == before
+        assert mounts_below(area) == []
+    finally:
+        listener.close()
+
+
+def test_a_bind_moved_out_with_its_directory_is_never_dropped(
+    owned_jail: tuple[Path, Path], area: Path
+) -> None:
+    """A bind in etc/ (root's when prepared; handed to the daemon's user afterwards, as an
+    operator's chown -R would): that user moves etc/ out of the jail. Teardown must neither
+    unmount outside the jail nor forget the bind ("already gone" left the mount for ever): the
+    record is kept with a warning naming where it is. Back, but still the user's, it is
+    kept again (nothing is done in a directory the user could move out); once root's again,
+    teardown takes it back."""
+    jail, away = owned_jail
+    host = area / "hosts"
+    host.write_text("192.0.2.1 one.test\n")
+    args = ("--chroot", str(jail), "--user", "nobody", "--no-verify", "--file-mode", "bind")
+    assert run("prepare", *args, "--file", str(host)).code == 0
+    top = str(area).lstrip("/").split("/")[0]
+    for dirpath, _dirs, _files in os.walk(jail / top):
+        os.chown(dirpath, NOBODY, NOBODY)  # the operator's mistake, not the user's doing
+    assert Racer(jail, "", top, away).result() == "moved"
+    outside = away / str(host).lstrip("/")
+    assert mounts_below(area) == [str(outside)]
+
+    kept = run("teardown", "--chroot", str(jail))
+    assert kept.code == 0, kept.stderr
+    [unbind] = [e for e in kept.named("teardown") if e["step"].startswith("unbind")]
+    assert unbind["level"] == "warning", unbind
+    assert "out of the jail" in unbind["outcome"] and str(outside) in unbind["outcome"], unbind
+    assert mounts_below(area) == [str(outside)]  # never unmounted outside the jail
+
+    (away / top).rename(jail / top)  # back, still the user's: nothing is done there
+    kept = run("teardown", "--chroot", str(jail))
+    assert kept.code == 0, kept.stderr
+    [unbind] = [e for e in kept.named("teardown") if e["step"].startswith("unbind")]
+    assert unbind["level"] == "warning", unbind
+    assert "could move it out of the jail" in unbind["outcome"], unbind
+    assert "chown root:root" in unbind["outcome"], unbind
+    assert mounts_below(area) == [str(jail / str(host).lstrip("/"))]
+    for dirpath, _dirs, _files in os.walk(jail / top):
+        os.chown(dirpath, 0, 0)
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert mounts_below(area) == []
+    assert not (jail / str(host).lstrip("/")).exists()
+
+
+_SUN_PATH = 108
+
+
+@pytest.mark.parametrize("case", ["too long", "directory", "regular file"])
+def test_a_notify_socket_that_cannot_be_one_is_named_for_what_it_is(area: Path, case: str) -> None:
+    """$NOTIFY_SOCKET longer than a unix socket address holds, or naming a directory or a
+    regular file on the host: one sentence that says so (78), not "(EIO)" or "does not exist
+    in the jail", and no word of logs; the jail is left as it was."""
+    jail = area / "jail"
+    jail.mkdir()
+    fake, config = _fake_unbound(area, jail)
+    if case == "too long":
+        deep = area / ("d" * 60) / ("e" * 60)
+        deep.mkdir(parents=True)
+        path = deep / "notify"
+        assert len(os.fsencode(str(path))) >= _SUN_PATH
+        holder = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        cwd = os.getcwd()
+        os.chdir(deep)  # a path that long can only be bound relatively
+        try:
+            holder.bind("notify")
+        finally:
+            os.chdir(cwd)
+        expected = "bytes long"
+    else:
+        holder = None
+        path = area / "notify"
+        if case == "directory":
+            path.mkdir()
+        else:
+            path.write_text("")
+        expected = f"is {'a directory' if case == 'directory' else 'a regular file'} on the host"
+    before = snapshot(jail)
+    try:
+        env = clean_env(NOTIFY_SOCKET=str(path))
+        result = run("run", "--no-config-check", "--", str(fake), "-c", str(config), env=env)
+    finally:
+        if holder is not None:
+            holder.close()
+    assert result.code == 78, result.stderr
+    assert result.error.startswith(f"$NOTIFY_SOCKET {path} "), result.error
+    assert expected in result.error, result.error
+    assert "EIO" not in result.stderr and "log" not in result.error.lower()
+    assert snapshot(jail) == before
+    assert mounts_below(area) == []
+
+
+@pytest.mark.parametrize("changed", ["host", "jail"])
+def test_a_bound_file_replaced_on_the_host_during_prepare_asks_to_run_again(
+    jail: Path, area: Path, changed: str
+) -> None:
+    """--file-mode bind: the host renames a new file over the one jailshim opened, between
+    its open and the mount (the kernel then answers ENOENT for the unlinked source). That is
+    the host changing under prepare: 78 "changed … run again", nothing left; not 71 naming
+    /proc/self/fd paths. The same when the placeholder is unlinked in the jail (by the
+    daemon's user, in its own directory below root's). Deterministic: strace delays mount(2)."""
+    need(shutil.which("strace") is not None, "needs strace")
+    host = area / "hosts"
+    host.write_text("192.0.2.1 one.test\n")
+    placeholder = jail / str(host).lstrip("/")
+    placeholder.parent.mkdir(parents=True)
+    os.chown(placeholder.parent, NOBODY, NOBODY)
+    before = snapshot(jail)
+    argv = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "inject=mount:delay_enter=400000:when=1",
+        sys.executable,
+        "-m",
+        "jailshim",
+        "prepare",
+        "--chroot",
+        str(jail),
+        "--no-verify",
+        "--file",
+        str(host),
+        "--file-mode",
+        "bind",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        time.sleep(0.25)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not placeholder.exists():
+            time.sleep(0.005)
+        if changed == "host":
+            (area / "hosts.new").write_text("192.0.2.2 two.test\n")
+            (area / "hosts.new").rename(host)
+        else:
+            placeholder.unlink()
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "Traceback" not in err, err
+    assert proc.returncode == 78, err
+    assert "changed while jailshim" in err and "run again" in err, err
+    assert "/proc/self/fd" not in err
+    if changed == "jail":
+        assert "interfering" in err, err
+    assert snapshot(jail) == before
+    assert mounts_below(area) == []
+
+
+def test_which_directories_a_user_could_move_out() -> None:
+    """rename(2) to another parent needs write access to the directory and to its parent;
+    a sticky parent lets only the owners move it. Root's 0755 directory anywhere, and the
+    user's own directory in root's, stay; the user's own in the user's own does not."""
+    from jailshim.jail.safepath import Holder, movable_out
+
+    roots = Holder(0, stat.S_IFDIR | 0o755, writable=False)
+    users = Holder(NOBODY, stat.S_IFDIR | 0o755, writable=True)
+    shared = Holder(0, stat.S_IFDIR | 0o777, writable=True)
+    sticky = Holder(0, stat.S_IFDIR | 0o1777, writable=True)
+    assert not movable_out(roots, users)
+    assert not movable_out(users, roots)
+    assert movable_out(users, users)
+    assert movable_out(shared, users)
+    assert not movable_out(shared, sticky)  # /tmp: only the owners may move root's entry
+    assert movable_out(users, sticky)
+
+
+def test_a_jail_its_user_can_move_away_is_refused(area: Path) -> None:
+    """The daemon's user owns its jail and the directory the jail is in: that user could move
+    the whole jail (with root's nodes and mounts) elsewhere while jailshim works in it; 78,
+    whatever --allow-writable-jail says, and nothing is made. A root-owned jail writable by
+    all in a sticky directory (a /tmp) cannot be moved by anyone else: accepted with the flag."""
+    home = area / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    jail = home / "jail"
+    jail.mkdir()
+    os.chown(jail, NOBODY, NOBODY)
+    before = snapshot(home)
+    for extra in ((), ("--allow-writable-jail",)):
+        args = ("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify", *extra)
+        refused = run(*args)
+        assert refused.code == 78, refused.stderr
+        assert "could move the whole jail" in refused.error and str(home) in refused.error
+        assert snapshot(home) == before
+
+    shared = area / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    jail = shared / "jail"
+    jail.mkdir()
+    jail.chmod(0o777)
+    args = ("--chroot", str(jail), "--no-verify", "--allow-writable-jail")
+    result = run("prepare", *args)
+    assert result.code == 0, result.stderr
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert sorted(os.listdir(jail)) == []
+
+
+def test_a_jail_of_another_user_without_write_bits_is_still_theirs(jail: Path) -> None:
+    """A jail owned by a user other than root and the daemon's, mode 0555: its owner can chmod
+    it and write at any time, so it is refused like a writable one (it passed as root's)."""
+    os.chown(jail, 12345, 12345)
+    jail.chmod(0o555)
+    result = run("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
+    assert result.code == 78, result.stderr
+    assert "writable by a non-root user" in result.error, result.error
+    assert os.listdir(jail) == []
