@@ -19,6 +19,7 @@ from jailshim import __version__, stopsignals
 from jailshim.errors import (
     ConfigError,
     JailshimError,
+    NoInput,
     PrepareOSError,
     UsageError,
     exit_code_for,
@@ -276,6 +277,32 @@ _COMMANDS = {
     EXPLAIN: "explain error lines from a file or stdin",
 }
 
+# Each command's exit codes, in its --help (scripts branch on them); the numbers are
+# errors.EXIT_CODES'.
+_FAILURES = (
+    "64 usage, 71 OS error, 77 not permitted (names the missing power), 78 the jail is missing "
+    "or unsafe"
+)
+_EXITS = {
+    RUN: "Exit codes: 64 usage, 69 a check failed (still failing when the retry budget ran out), "
+    "71 OS error, 77 not permitted (names the missing power), 78 configuration error (daemon "
+    "config, unsafe jail), 126/127 COMMAND not executable / not found; on success jailshim "
+    "becomes COMMAND, so its status is COMMAND's (with --init: COMMAND's status or "
+    "128+signal).",
+    PREPARE: f"Exit codes: 0 prepared (and verified), 69 a check failed, {_FAILURES}.",
+    CHECK: "Exit codes: 0 verified, 69 a check failed (still failing when the retry budget ran "
+    f"out), {_FAILURES}.",
+    TEARDOWN: f"Exit codes: 0 undone (or nothing to undo), {_FAILURES}.",
+    # errors.VERDICT_ERRORS in words
+    DOCTOR: "Exit codes: 0 safe (no action needed); 69 will fail, or safe now but fragile "
+    "(action needed: the remedy is printed); 75 cannot tell (rerun with --read-filter, "
+    "--crypto-lib, or more powers, as the verdict says); 64 usage (also: the PID is gone or a "
+    "zombie), 71 OS error, 77 not permitted (cannot read the daemon's /proc entries: the "
+    "sentence says why), 78 no such jail.",
+    EXPLAIN: "Exit codes: 0 something recognised, 1 nothing recognised, 64 usage, 66 FILE "
+    "cannot be read.",
+}
+
 
 class _Formatter(argparse.HelpFormatter):
     # argparse makes a formatter for every add_argument call; given no width it imports shutil
@@ -304,12 +331,39 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message[0].upper()}{message[1:]}; see `{self.prog} --help`.")
 
 
-# errors.VERDICT_ERRORS in words (doctor --help, and the README's exit-code table)
-_DOCTOR_EXITS = (
-    " Exit codes: 0 safe (no action needed); 69 will fail, or safe now but fragile (action "
-    "needed: the remedy is printed); 75 cannot tell (rerun with --read-filter, --crypto-lib, "
-    "or more powers, as the verdict says); 64/77 as for every command."
-)
+def _closest(word: str, known: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for a mistyped ``word``, or nothing when none is close."""
+    import difflib
+
+    found = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
+    return f" (did you mean {found[0]}?)" if found else ""
+
+
+def _not_taken(command: str, extra: Sequence[str]) -> UsageError:
+    """The words ``command`` does not take, named one by one: an unknown option without the
+    value that followed it (`--chrot /x` was reported as "--chrot /x", glued), the option it
+    resembles, or the commands that do take it."""
+    own = ["--help", *(o.flag for o in _OPTIONS if command in o.commands)]
+    named: list[str] = []
+    after_option = False
+    for word in extra:
+        if word.startswith("-") and word != "-":
+            flag = word.split("=", 1)[0]
+            others = [c for c in _COMMANDS for o in _OPTIONS if o.flag == flag and c in o.commands]
+            if others:
+                hint = f" (an option of jailshim {' and '.join(others)})"
+            else:
+                hint = _closest(flag, own)
+            named.append(f"{flag}{hint}")
+            after_option = True
+        elif after_option:  # the unknown option's value, most likely: not a word of its own
+            after_option = False
+        else:
+            named.append(repr(word))
+    return UsageError(
+        f"jailshim {command} does not take {', '.join(named)}; see "
+        f"`jailshim {command} --help` for its options."
+    )
 
 
 def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -320,13 +374,15 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Start chrooted daemons safely: prepare the jail's dev/, prove entropy can "
         "be read inside it, then hand over to the daemon.",
         epilog="`jailshim COMMAND --help` lists a command's options and their JAILSHIM_* "
-        "variables. Exit codes: 0 ok, 64 usage, 69 a check failed (or still failing when the "
-        "retry budget ran out; doctor: action needed), 71 OS error, 75 doctor cannot tell "
-        "(rerun as it says), 77 not permitted (names the missing power), "
-        "78 configuration error (daemon config, unsafe jail), 126/127 COMMAND not executable / "
+        "variables. Exit codes: 0 ok, 64 usage, 66 an input file cannot be read (explain "
+        "FILE), 69 a check failed (or still failing when the retry budget ran out; doctor: "
+        "action needed), 71 OS error, 75 doctor cannot tell (rerun as it says), 77 not "
+        "permitted (names the missing power), 78 configuration error (daemon config, unsafe "
+        "jail), 126/127 COMMAND not executable / "
         "not found; with --init, the daemon's status or 128+signal.",
     )
-    parser.add_argument("--version", action="version", version=f"jailshim {__version__}")
+    # -V as well: most tools take it, and argparse read it as a missing COMMAND
+    parser.add_argument("-V", "--version", action="version", version=f"jailshim {__version__}")
     # prog given: otherwise argparse builds a HelpFormatter, importing shutil (and bz2, lzma)
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser, prog="jailshim"
@@ -338,11 +394,14 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
             name,
             help=summary,
             description=summary,
-            epilog=f"jailshim {name} reads no JAILSHIM_* variable."
-            if name == EXPLAIN
-            else "Every option is also a variable (shown in brackets); flags win. Variables "
-            f"for options jailshim {name} does not take are ignored."
-            + (_DOCTOR_EXITS if name == DOCTOR else ""),
+            epilog=(
+                f"jailshim {name} reads no JAILSHIM_* variable."
+                if name == EXPLAIN
+                else "Every option is also a variable (shown in brackets); flags win. Variables "
+                f"for options jailshim {name} does not take are ignored."
+            )
+            + " "
+            + _EXITS[name],
         )
         for opt in _OPTIONS:
             if name not in opt.commands:
@@ -445,12 +504,14 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     environ = dict(os.environ) if environ is None else environ
     argv = list(argv)
     only = argv[0] if argv and argv[0] in _COMMANDS else None
+    if argv and only is None and not argv[0].startswith("-"):
+        raise UsageError(
+            f"{argv[0]!r} is not a jailshim command{_closest(argv[0], list(_COMMANDS))}; the "
+            f"commands are {', '.join(_COMMANDS)} (see `jailshim --help`)."
+        )
     args, extra = _build_parser(only).parse_known_args(argv)
     if extra:
-        raise UsageError(
-            f"jailshim {args.command} does not take {' '.join(extra)}; see "
-            f"`jailshim {args.command} --help` for its options."
-        )
+        raise _not_taken(args.command, extra)
     found: dict[str, str] = {}
     for opt in _OPTIONS:
         if args.command not in opt.commands:
@@ -760,8 +821,14 @@ def _explain(file: str | None) -> int:
         with open(file, encoding="utf-8", errors="replace") as f:
             return explain(f)
     except OSError as exc:
-        raise UsageError(
-            f"{short(file)} cannot be read ({exc.strerror}); give a log file."
+        import errno
+
+        # a path the kernel cannot take is a usage error, as for every command (64); else
+        # the command line is right and its file is not there for us (66)
+        error = UsageError if exc.errno == errno.ENAMETOOLONG else NoInput
+        raise error(
+            f"{short(file)} cannot be read ({exc.strerror}); give a log file jailshim can read, "
+            "or pipe the lines in (`... | jailshim explain`)."
         ) from None
 
 

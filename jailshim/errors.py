@@ -15,6 +15,7 @@ __all__ = [
     "CommandNotFound",
     "ConfigError",
     "JailshimError",
+    "NoInput",
     "NotPermitted",
     "PrepareOSError",
     "UsageError",
@@ -45,6 +46,11 @@ class CannotTell(JailshimError):
     what to rerun with: --read-filter, --crypto-lib, more powers)."""
 
 
+class NoInput(JailshimError):
+    """A file the operator named as input cannot be read (`jailshim explain FILE`): the command
+    line is right (not 64), the file is missing or closed to us."""
+
+
 class PrepareOSError(JailshimError):
     """The kernel refused something for a reason other than missing powers (while preparing,
     or a limit of the machine: file descriptors, memory, a full disk)."""
@@ -69,6 +75,7 @@ class CommandNotFound(JailshimError):
 # The one table. Codes follow sysexits.h and the shell's 126/127 convention.
 EXIT_CODES: dict[type[JailshimError], int] = {
     UsageError: 64,  # EX_USAGE
+    NoInput: 66,  # EX_NOINPUT
     CheckFailed: 69,  # EX_UNAVAILABLE
     CannotTell: 75,  # EX_TEMPFAIL: rerun with what the sentence names
     PrepareOSError: 71,  # EX_OSERR

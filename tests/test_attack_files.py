@@ -343,7 +343,7 @@ def test_root_lock_still_serialises_while_its_file_is_removed(jail: Path, area: 
     assert not _lock_file(jail).exists()
 
 
-def _mover(where: Path, tmp: str, away: Path, ready: int, stop: int, report: int) -> None:
+def _mover(where: Path, tmp: str, away: Path, *, ready: int, stop: int, report: int) -> None:
     """The daemon's user, in a forked child: the moment jailshim's temporary copy appears in
     its own directory, it renames the file to a directory of its own outside the jail (a
     non-directory moves between any two parents its user can write) and notes the size it
@@ -399,7 +399,7 @@ def test_root_writes_no_byte_of_a_copy_outside_the_jail(jail: Path, area: Path) 
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _mover(inside, ".jailshim-new-big.conf", away, ready_w, stop_r, report_w)
+        _mover(inside, ".jailshim-new-big.conf", away, ready=ready_w, stop=stop_r, report=report_w)
     for fd in (ready_w, stop_r, report_w):
         os.close(fd)
     try:

@@ -132,3 +132,87 @@ def test_plain_seconds() -> None:
     assert [plain_seconds(t) for t in ("30", " 0.5 ", ".5", "7.", "0")] == [30, 0.5, 0.5, 7, 0]
     for text in ("1_000", "1e3", "inf", "nan", "-1", "+1", "", ".", "١٢", "0x10", "1.2.3"):
         assert plain_seconds(text) != plain_seconds(text), text  # NaN
+
+
+def test_dash_capital_v_is_the_version() -> None:
+    """`jailshim -V` said "the following arguments are required: COMMAND" (exit 64): it is the
+    version, as --version and most tools."""
+    import subprocess
+
+    from tests.support import clean_env, jailshim_argv
+
+    short = subprocess.run(
+        jailshim_argv("-V"), capture_output=True, text=True, env=clean_env(), check=False
+    )
+    long = subprocess.run(
+        jailshim_argv("--version"), capture_output=True, text=True, env=clean_env(), check=False
+    )
+    assert short.returncode == 0 and short.stdout == long.stdout, short
+    assert short.stdout.startswith("jailshim ")
+
+
+@pytest.mark.parametrize("typo", [["--chrot", "/var/lib/x"], ["--chrot=/var/lib/x"]])
+def test_a_mistyped_option_gets_the_one_it_resembles(typo: list[str]) -> None:
+    """`--chrot /var/lib/x` was "does not take --chrot /var/lib/x": the value glued to the option
+    as if one word, and no hint. Now the option alone, and the option it resembles."""
+    result = run("prepare", *typo)
+    assert result.code == 64
+    assert result.error.startswith(
+        "jailshim prepare does not take --chrot (did you mean --chroot?)"
+    ), result.error
+    assert "/var/lib/x" not in result.error
+
+
+def test_another_commands_option_names_the_commands_that_take_it() -> None:
+    """An option of another command names which commands take it; a stray word is quoted."""
+    result = run("check", "--strategy", "bind")
+    assert result.code == 64
+    assert "does not take --strategy (an option of jailshim run and prepare)" in result.error
+    stray = run("teardown", "--chroot", "/nonexistent", "extra")
+    assert stray.code == 64 and "does not take 'extra'" in stray.error
+
+
+def test_a_mistyped_command_gets_the_one_it_resembles() -> None:
+    result = run("prepar", "--chroot", "/x")
+    assert result.code == 64
+    assert result.error.startswith("'prepar' is not a jailshim command (did you mean prepare?)")
+
+
+@pytest.mark.parametrize(
+    ("command", "codes"),
+    [
+        ("run", ["64 usage", "69 a check failed", "77 not permitted", "126/127"]),
+        ("prepare", ["0 prepared", "69 a check failed", "64 usage", "78 the jail"]),
+        ("check", ["0 verified", "69 a check failed", "64 usage"]),
+        ("teardown", ["0 undone", "64 usage"]),
+        ("doctor", ["0 safe", "69 action needed", "64 usage"]),
+        ("explain", ["0 something recognised", "1 nothing recognised", "66 FILE cannot be read"]),
+    ],
+)
+def test_each_commands_help_lists_its_exit_codes(command: str, codes: list[str]) -> None:
+    """A script branches on doctor's 0/69, check's 0/69: each command's --help says them."""
+    import subprocess
+
+    from tests.support import clean_env, jailshim_argv
+
+    env = {**clean_env(), "COLUMNS": "1000"}
+    helptext = subprocess.run(
+        jailshim_argv(command, "--help"), capture_output=True, text=True, env=env, check=False
+    )
+    assert helptext.returncode == 0
+    text = " ".join(helptext.stdout.split())  # the formatter wraps lines
+    assert "Exit codes:" in text
+    for code in codes:
+        assert code in text, (code, text)
+
+
+def test_explain_on_a_file_it_cannot_read_exits_66(tmp_path: Path) -> None:
+    """explain FILE that cannot be read exited 64 (usage), undocumented; the command line was
+    right: 66 (EX_NOINPUT, in errors.EXIT_CODES and the README's table), one sentence."""
+    from jailshim.errors import EXIT_CODES, NoInput
+
+    assert EXIT_CODES[NoInput] == 66
+    for target in (tmp_path / "missing.log", tmp_path):  # ENOENT, EISDIR
+        result = run("explain", str(target))
+        assert result.code == 66, result
+        assert " cannot be read (" in result.error and "give a log file" in result.error

@@ -290,6 +290,36 @@ def test_dot_query_through_the_container(
         assert '"event": "checked"' in logs and '"event": "handover"' in logs
 
 
+def _established_to(podman: Podman, name: str, port: int) -> bool:
+    """Whether the container has an established TCP connection to 127.0.0.1:``port``."""
+    table = podman("exec", name, "cat", "/proc/net/tcp", timeout=60).stdout.decode()
+    remote = f"0100007F:{port:04X}"  # 127.0.0.1 as the kernel prints it, little-endian
+    return any(f[2] == remote and f[3] == "01" for f in (ln.split() for ln in table.splitlines()))
+
+
+def test_stop_after_a_client_connected_ends_within_the_timeout(
+    podman: Podman, image: str, shared: Shared
+) -> None:
+    """A DoT client whose upstream never answers, then `podman stop` (SIGUSR1, 10 s): haproxy's
+    graceful stop waited for that session, podman killed it at 10 s (exit 137); with the
+    example's hard-stop-after the container stops by itself (0, or 143), well within 10 s."""
+    with _container(podman, image, shared, "--cap-add=MKNOD") as name:
+        podman("exec", "-d", name, "python3", "/t/dns_tool.py", "silent", "5300")
+        podman("exec", "-d", name, "python3", "/t/dns_tool.py", "hold", "853", "hello.demo")
+        deadline = time.monotonic() + 30
+        while not _established_to(podman, name, 5300):  # haproxy forwarded the query
+            assert time.monotonic() < deadline, podman("logs", name, check=False).stderr
+            time.sleep(0.2)
+        started = time.monotonic()
+        podman("stop", "-t", "10", name, timeout=60)
+        took = time.monotonic() - started
+        inspect = ["inspect", "--format", "{{.State.ExitCode}}", name]
+        status = podman(*inspect).stdout.decode().strip()
+        logs = podman("logs", name, check=False)
+    assert status in ("0", "143"), (status, took, logs.stderr.decode()[-2000:])
+    assert took < 9, took
+
+
 def test_no_mknod_no_sys_admin_exits_77(podman: Podman, image: str, shared: Shared) -> None:
     """--cap-drop=MKNOD alone: exit 77 telling what to add; haproxy never starts."""
     name = _container_name()

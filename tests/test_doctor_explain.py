@@ -370,10 +370,10 @@ def test_explain_unrelated_text_exits_1() -> None:
 
 
 def test_explain_file_argument(tmp_path: Path) -> None:
-    """A FILE argument is read like stdin; a missing file is a usage error."""
+    """A FILE argument is read like stdin; a missing file exits 66 (EX_NOINPUT)."""
     (tmp_path / "log").write_text(SEED_STORY)
     assert run("explain", str(tmp_path / "log")).code == 0
-    assert run("explain", str(tmp_path / "nope")).code == 64
+    assert run("explain", str(tmp_path / "nope")).code == 66
 
 
 def test_signature_table_is_well_formed() -> None:

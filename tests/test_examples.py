@@ -7,15 +7,17 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.daemons import free_port, stop
+from tests.daemons import descendants, free_port, stop
 from tests.stock import copy_of, host_state, in_stock_layout
 from tests.support import TESTS, clean_env, need, spawn
 
@@ -120,24 +122,75 @@ def test_verify_would_catch_a_bad_drop_in(root: None) -> None:
 
 # -- the daemon examples, run as their READMEs say ---------------------------------------------
 
-# example -> (the stock directories its commands write to, its ports, the daemon it needs)
+# example -> (the stock directories its commands write to, its ports, the daemon it needs,
+# what the daemon itself leaves in its jail once stopped and torn down: its README names each)
 DAEMON_EXAMPLES = {
-    "unbound": (("/etc/unbound", "/var/lib/unbound"), ("10053",), "unbound"),
-    "nsd": (("/etc/nsd", "/var/lib/nsd"), ("10054",), "nsd"),
-    "stunnel": (("/etc/stunnel", "/var/lib/stunnel4"), ("10443", "10080"), "stunnel4"),
+    "unbound": (("/etc/unbound", "/var/lib/unbound"), ("10053",), "unbound", ()),
+    "nsd": (
+        ("/etc/nsd", "/var/lib/nsd"),
+        ("10054",),
+        "nsd",
+        ("nsd.db", "xfrd.state"),
+    ),
+    "stunnel": (("/etc/stunnel", "/var/lib/stunnel4"), ("10443", "10080"), "stunnel4", ()),
 }
+STOP_MARKER = "to stop:"  # a comment line: Ctrl-C ends the daemon; the commands below follow
 
 
 def _readme_commands(example: str) -> list[tuple[str, str]]:
-    """The first ```sh block of examples/EXAMPLE/README.md: (command, its `# …` comment)."""
+    """The first ```sh block of examples/EXAMPLE/README.md: (command, its `# …` comment); a
+    comment line alone is ("", the comment)."""
     text = (REPO / "examples" / example / "README.md").read_text()
     block = text.split("```sh\n", 1)[1].split("```", 1)[0]
     lines = []
     for line in block.splitlines():
+        if line.lstrip().startswith("#"):
+            lines.append(("", line.strip().lstrip("# ").strip()))
+            continue
         command, _, comment = line.partition("  #")
         if command.strip():
             lines.append((command.strip(), comment.strip().lstrip("# ").strip()))
     return lines
+
+
+def _parse_readme(
+    example: str, edit: Callable[[str], str] = str
+) -> tuple[list[str], str, list[str], list[tuple[str, str]], list[str]]:
+    """The README's commands as the test runs them: setup (before the start), the start
+    (`jailshim run`), backends (`&`), clients (`# in another shell: EXPECTED`) and, after a
+    `# to stop:` comment line (Ctrl-C then stops the daemon), the commands run once it has
+    stopped (teardown). `systemctl` lines are for a real host and are passed over."""
+    setup: list[str] = []
+    start = ""
+    backends: list[str] = []
+    clients: list[tuple[str, str]] = []
+    after: list[str] = []
+    stopping = False
+    for written, comment in _readme_commands(example):
+        command = edit(written)
+        if not command:
+            stopping = stopping or comment.startswith(STOP_MARKER)
+        elif command.startswith("systemctl ") or command.startswith("command -v systemctl"):
+            continue
+        elif stopping:
+            after.append(command)
+        elif command.startswith("jailshim run "):
+            start = command
+        elif command.endswith("&"):
+            backends.append(command.rstrip("&").strip())
+        elif "in another shell:" in comment:
+            clients.append((command, comment.split("in another shell:", 1)[1].strip()))
+        else:
+            setup.append(command)
+    return setup, start, backends, clients, after
+
+
+def test_readme_parser_reads_the_stop_section() -> None:
+    """The parser's convention on a block written for it: `# to stop:` starts what runs after
+    the daemon has stopped; a `# in another shell:` client before it stays a client."""
+    setup, start, backends, clients, after = _parse_readme("unbound")
+    assert setup and start.startswith("jailshim run ") and not backends
+    assert clients and after == ["jailshim teardown --chroot /var/lib/unbound"]
 
 
 def _listening(port: int, proc: subprocess.Popen[str]) -> None:
@@ -163,14 +216,20 @@ def _poll(argv: list[str], expected: str, proc: subprocess.Popen[str]) -> str:
     raise AssertionError(f"{argv} never gave {expected!r}: {seen!r}")
 
 
+def _entries(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")}
+
+
 @pytest.mark.parametrize("example", sorted(DAEMON_EXAMPLES))
 def test_daemon_example_works_as_its_readme_says(area: Path, example: str) -> None:
     """examples/EXAMPLE/README.md's commands, run as written on Debian's stock layout (copies of
     the daemon's directories at their real paths in a private mount namespace, tests/stock.py)
     with the example's ports moved to free ones: the daemon answers the README's own client
-    line with the answer its comment promises, and the host's directories are left as they
-    were. `systemctl` lines are for a real host and are passed over."""
-    stock, ports, daemon = DAEMON_EXAMPLES[example]
+    line with the answer its comment promises; Ctrl-C (SIGINT, as the README's `# to stop:`
+    says) ends it, the README's commands after that (teardown) exit 0 in the same namespace,
+    the jail's dev/ is gone and what stays in the jail is what the README names; the host's
+    directories are left as they were."""
+    stock, ports, daemon, leaves = DAEMON_EXAMPLES[example]
     need(shutil.which(daemon) is not None, f"needs {daemon} (scripts/bootstrap.sh installs it)")
     need(all(Path(p).is_dir() for p in stock), f"needs Debian's {', '.join(stock)}")
     for tool in ("kdig", "openssl"):
@@ -186,38 +245,56 @@ def test_daemon_example_works_as_its_readme_says(area: Path, example: str) -> No
     copy.mkdir(mode=0o755)
     for source in (REPO / "examples" / example).iterdir():
         (copy / source.name).write_text(moved_ports(source.read_text()))
-    setup, start, backends, clients = [], "", [], []
-    for written, comment in _readme_commands(example):
-        command = moved_ports(written)
-        if command.startswith("systemctl "):
-            continue
-        if command.startswith("jailshim run "):
-            start = command
-        elif command.endswith("&"):
-            backends.append(command.rstrip("&").strip())
-        elif "in another shell:" in comment:
-            clients.append((command, comment.split("in another shell:", 1)[1].strip()))
-        else:
-            setup.append(command)
-    assert start and clients, _readme_commands(example)
+    setup, start, backends, clients, after = _parse_readme(example, moved_ports)
+    assert start and clients and after, _readme_commands(example)
+    readme = (REPO / "examples" / example / "README.md").read_text()
+    assert all(name in readme for name in leaves), leaves
     host_before = host_state(stock)
     binds = {path: copy_of(path, area) for path in stock}
+    jail = binds[stock[1]]
+    jail_before = _entries(jail)
     bin_dir = os.path.dirname(sys.executable)  # this tree's `jailshim`
-    script = f"cd {copy}; set -e; {'; '.join(setup)}; exec {start}"
+    pidfile = area / "daemon.pid"
+    # the start in the background of the namespace's shell, so that what follows the stop
+    # runs in the same namespace (teardown must find the mounts jailshim made there)
+    steps = [
+        f"cd {copy}",
+        "set -e",
+        *setup,
+        f"{start} & echo $! > {pidfile}",
+        "status=0; wait $! || status=$?",
+        'echo "example-daemon-exit=$status" >&2',
+        *after,
+    ]
     env = {**clean_env(), "PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
     started = [subprocess.Popen(shlex.split(b), cwd=area) for b in backends]
-    proc = spawn(in_stock_layout(binds, ["sh", "-c", script], userns=False), env)
+    proc = spawn(in_stock_layout(binds, ["sh", "-c", "; ".join(steps)], userns=False), env)
+    stderr = ""
     try:
         for port in moved.values():  # listening (kdig's first try would wait out 5 s)
             _listening(int(port), proc)
         for command, expected in clients:
             _poll(["sh", "-c", f"timeout 10 {command}"], expected, proc)
+        pid = int(pidfile.read_text())
+        assert pid in descendants(proc.pid)  # ours: the daemon, by the PID its shell gave
+        os.kill(pid, signal.SIGINT)  # Ctrl-C, as the README says
+        _, stderr = proc.communicate(timeout=60)
     finally:
-        _, stderr = stop(proc)
+        if proc.poll() is None or not stderr:
+            _, stderr = stop(proc)
         for backend in started:
             backend.terminate()
             backend.wait(timeout=10)
     assert "Traceback" not in stderr
+    assert proc.returncode == 0, stderr  # each command after the stop exited 0 (set -e)
+    exits = [ln.split("=", 1)[1] for ln in stderr.splitlines() if "example-daemon-exit=" in ln]
+    assert exits and exits[0] in ("0", "130"), stderr  # stopped by the SIGINT, not killed
     read = [json.loads(ln) for ln in stderr.splitlines() if '.config"' in ln]
     assert read and read[0]["chroot"] == stock[1], stderr
+    assert not (jail / "dev").exists(), _entries(jail)
+    # the README's own files copied into the jail (nsd's zone) are the reader's, not left over
+    copied = {
+        Path(c.split()[1]).name for c in setup if c.startswith("cp ") and stock[1] in c.split()[-1]
+    }
+    assert _entries(jail) - jail_before - copied == set(leaves), stderr
     assert host_state(stock) == host_before

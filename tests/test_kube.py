@@ -197,7 +197,8 @@ def test_compose_up_answers_dot_and_down_removes_it(env: Env) -> None:
     work = env.directory / project
     text = COMPOSE.read_text()
     text = _sub(text, "localhost/jailshim-haproxy:latest", tc.IMAGE)
-    text = _sub(text, '"192.0.2.53:53"', '"127.0.0.1:5300"')
+    text = re.sub(r'"\$\{DNS_UPSTREAM:\?[^}]*\}"', '"127.0.0.1:5300"', text)
+    assert '"127.0.0.1:5300"' in text
     text = _sub(text, '    ports:\n      - "853:853"\n', "    network_mode: none\n")
     text = _sub(text, "./haproxy-dot/dot.pem", str(env.certificate))
     work.mkdir(mode=0o755)

@@ -23,7 +23,7 @@ import pytest
 from jailshim.daemons import named
 from jailshim.errors import UsageError
 from tests.daemons import descendants, status_field, stop
-from tests.support import NSRUN, TESTS, jailshim_argv, need, run, spawn
+from tests.support import NSRUN, TESTS, clean_env, jailshim_argv, need, run, spawn
 
 ANSWER = "192.0.2.55"
 CONFIG = "/etc/bind/named.conf"  # inside the jail: named reads -c after its chroot (-t)
@@ -331,3 +331,19 @@ def test_default_options_are_only_a_warning(tmp_path: Path) -> None:
     options.write_text('OPTIONS="-4"\n')
     assert named.default_options_note(str(options)) is None
     assert named.default_options_note(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("socket_set", [False, True], ids=["no-notify-socket", "notify-socket"])
+def test_config_event_says_notify_capable_apart_from_the_socket(
+    area: Path, named_bin: str, socket_set: bool
+) -> None:
+    """named.config said `"notify": true` with NOTIFY_SOCKET unset: now notify_capable
+    (Debian's named sends READY=1 after its chroot) and notify_socket (null without one)."""
+    jail = make_jail(area, 25305)
+    socket_path = str(area / "notify.sock")
+    env = clean_env(NOTIFY_SOCKET=socket_path) if socket_set else clean_env()
+    result = run("run", "--dry-run", "--", *named_argv(named_bin, jail, "-g"), env=env)
+    assert result.code == 0, result.stderr
+    read = result.named("named.config")[0]
+    assert "notify" not in read and read["notify_capable"] is True, read
+    assert read["notify_socket"] == (socket_path if socket_set else None), read

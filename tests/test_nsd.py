@@ -239,3 +239,21 @@ def test_stock_debian_nsd_in_var_lib_nsd_answers(area: Path, nsd_bin: str, where
     assert read[0]["files"] == ["/etc/nsd/nsd.conf"] and read[0]["log_sockets"] == ["/dev/log"]
     assert '"jail.writable"' in stderr and "daemon's own user or group (nsd)" in stderr
     assert host_state(stock) == host_before
+
+
+@pytest.mark.parametrize("socket_set", [False, True], ids=["no-notify-socket", "notify-socket"])
+def test_config_event_says_notify_capable_apart_from_the_socket(
+    area: Path, nsd_bin: str, socket_set: bool
+) -> None:
+    """nsd.config said `"notify": true` with NOTIFY_SOCKET unset: now notify_capable (xfrd
+    sends READY=1 from inside) and notify_socket (null without one)."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_nsd_config(jail, free_port())
+    socket_path = str(area / "notify.sock")
+    env = clean_env(NOTIFY_SOCKET=socket_path) if socket_set else clean_env()
+    result = run("run", "--dry-run", "--", nsd_bin, "-d", "-c", str(config), env=env)
+    assert result.code == 0, result.stderr
+    read = result.named("nsd.config")[0]
+    assert "notify" not in read and read["notify_capable"] is True, read
+    assert read["notify_socket"] == (socket_path if socket_set else None), read

@@ -338,3 +338,22 @@ def test_stock_debian_unbound_in_var_lib_unbound_answers(
     assert owned and "daemon's own user or group (unbound)" in str(owned[0]["detail"]), stderr
     assert (var / "dev" / "urandom").exists() or where == "userns"
     assert host_state(stock) == host_before
+
+
+@pytest.mark.parametrize("socket_set", [False, True], ids=["no-notify-socket", "notify-socket"])
+def test_config_event_says_notify_capable_apart_from_the_socket(
+    area: Path, unbound_bin: str, socket_set: bool
+) -> None:
+    """unbound.config said `"notify": true` even with NOTIFY_SOCKET unset, read as "systemd is
+    notified": it says notify_capable (unbound sends READY=1 from its jail) and notify_socket
+    (the socket it will send to, null without one)."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    config = write_unbound_config(jail, free_port())
+    socket_path = str(area / "notify.sock")
+    env = clean_env(NOTIFY_SOCKET=socket_path) if socket_set else clean_env()
+    result = run("run", "--dry-run", "--", unbound_bin, "-d", "-c", str(config), env=env)
+    assert result.code == 0, result.stderr
+    read = result.named("unbound.config")[0]
+    assert "notify" not in read and read["notify_capable"] is True, read
+    assert read["notify_socket"] == (socket_path if socket_set else None), read

@@ -18,6 +18,7 @@ from jailshim.errors import (
     CommandNotFound,
     ConfigError,
     JailshimError,
+    NoInput,
     NotPermitted,
     PrepareOSError,
     UsageError,
@@ -61,6 +62,7 @@ def test_exit_code_table_is_complete_and_documented() -> None:
     """Every failure class maps to its documented code."""
     assert {cls: code for cls, code in EXIT_CODES.items()} == {
         UsageError: 64,
+        NoInput: 66,
         CheckFailed: 69,
         CannotTell: 75,
         PrepareOSError: 71,

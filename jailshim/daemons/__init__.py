@@ -200,6 +200,8 @@ def log_read(logger: Any, adapter: Adapter, config: DaemonConfig) -> None:
         log_sockets=list(config.log_sockets),
         **({"devices": list(config.devices)} if config.devices else {}),
         addresses=[t.ip for t in config.targets],  # bound by the daemon: waited for
-        notify=config.notify,
+        # "notify": true read as "systemd is notified" even with no $NOTIFY_SOCKET: say both
+        notify_capable=config.notify,  # it sends READY=1 from inside its jail when asked to
+        notify_socket=(os.environ.get("NOTIFY_SOCKET") or None) if config.notify else None,
         **dict(config.read),
     )

@@ -3,6 +3,8 @@
     python3 dns_tool.py serve PORT          answer every A query over TCP with 192.0.2.53
     python3 dns_tool.py query PORT NAME     one DNS-over-TLS query to 127.0.0.1:PORT; prints
                                             the TLS version and the A record, exit 0 if found
+    python3 dns_tool.py silent PORT         an upstream that accepts and never answers
+    python3 dns_tool.py hold PORT NAME      one DoT query, then wait an hour for its answer
 
 Both stay on 127.0.0.1 inside the container's own network namespace (--network=none).
 """
@@ -67,8 +69,37 @@ def query(port: int, name: str) -> int:
     return 1
 
 
+def silent(port: int) -> None:
+    """Connections complete in the kernel's backlog; nothing is ever read or answered."""
+    with socket.create_server(("127.0.0.1", port)):
+        time.sleep(3600)
+
+
+def hold(port: int, name: str) -> None:
+    """A client whose query a silent upstream never answers: its session stays open."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    message = struct.pack("!HHHHHH", 0x4A53, 0x0100, 1, 0, 0, 0) + _question(name)
+    for _ in range(100):
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=3600)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        sys.exit("no listener")
+    with raw, ctx.wrap_socket(raw) as tls:
+        tls.sendall(struct.pack("!H", len(message)) + message)
+        tls.recv(2)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(int(sys.argv[2]))
+    elif sys.argv[1] == "silent":
+        silent(int(sys.argv[2]))
+    elif sys.argv[1] == "hold":
+        hold(int(sys.argv[2]), sys.argv[3])
     else:
         sys.exit(query(int(sys.argv[2]), sys.argv[3]))
