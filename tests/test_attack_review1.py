@@ -6,6 +6,7 @@ Each test here reproduces a finding on the code as merged for issue 25 and is ma
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -13,7 +14,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,85 @@ def test_a_directory_a_package_owns_is_not_a_jail(host_dir: str) -> None:
     result = run("prepare", "--chroot", host_dir, "--dry-run")
     assert result.code == 78, result.error
     assert not os.path.exists(os.path.join(host_dir, "dev"))
+
+
+def _as_nobody(action: Callable[[], bytes], cwd: Path, *, chroot: bool = False) -> bytes:
+    """``action``'s result, run in a forked child as nobody from ``cwd`` (entered as root:
+    pytest's own directories are root's 0700), or "refused: ERRNO"."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            os.chdir(cwd)
+            if chroot:
+                os.chroot(".")
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                out = action()
+            except OSError as exc:
+                out = f"refused: {errno.errorcode.get(exc.errno or 0)}".encode()
+            os.write(write_end, out)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        out = f.read()
+    os.waitpid(child, 0)
+    return out
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review1: a --file in a host directory the daemon's user can write is followed "
+    "through that user's symlink to any root file; a 0644 file kept secret by its 0700 "
+    "directory is copied into the jail 0644 and the user reads it — leaks a secret",
+)
+@pytest.mark.parametrize("file_mode", ["copy", "bind"])
+def test_a_users_symlink_never_brings_a_file_it_cannot_reach_into_the_jail(
+    tmp_path: Path, file_mode: str
+) -> None:
+    """The operator names a file in a directory the daemon's user owns (its app.conf, a
+    certificate a renewal hook of that user writes). The user replaces it by a symlink to a
+    file it cannot reach: root's 0644 notes in a 0700 directory (as /root, /etc/ssl/private
+    keep theirs). jailshim reads the host side through its symlinks, checks only that the
+    target is a regular file outside /proc, /sys and /dev, and gives the copy the target's
+    bits (0644): inside the jail the user reads root's secret."""
+    tmp_path.chmod(0o755)
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o700)
+    secret = vault / "notes.txt"
+    secret.write_bytes(b"TOPSECRET\n")
+    secret.chmod(0o644)
+    home = tmp_path / "app"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    wanted = home / "app.conf"
+    assert _as_nobody(lambda: (os.symlink(secret, "app.conf"), b"made")[1], home) == b"made"
+    assert _as_nobody(lambda: Path("vault/notes.txt").read_bytes(), tmp_path) == (
+        b"refused: EACCES"
+    )
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    result = run(
+        "prepare",
+        "--chroot",
+        str(jail),
+        "--file",
+        str(wanted),
+        "--file-mode",
+        file_mode,
+        "--no-verify",
+    )
+    try:
+        inside = str(wanted)
+
+        def read_in_the_jail() -> bytes:
+            return Path(inside).read_bytes()
+
+        seen = _as_nobody(read_in_the_jail, jail, chroot=True) if result.code == 0 else b""
+        assert b"TOPSECRET" not in seen, f"prepare exited {result.code}; the user read {seen!r}"
+    finally:
+        run("teardown", "--chroot", str(jail))
