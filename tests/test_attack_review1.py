@@ -356,3 +356,31 @@ def test_postfix_check_never_follows_a_queue_directory_swapped_after_the_vet(
             break
     os.close(area_fd)
     assert sorted(p.name for p in outside.iterdir()) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review1: a .jailshim-new-dev the daemon's user made in its own jail root is left "
+    "(rightly) but prepare then fails as 71 'Preparing JAIL/dev failed: File exists (EEXIST)', "
+    "naming neither the entry nor what to do — wrong report",
+)
+def test_a_temporary_dev_the_daemons_user_made_is_named_in_the_refusal(tmp_path: Path) -> None:
+    """The daemon's user owns the jail root and makes .jailshim-new-dev there (a directory of
+    its own, one file in it). Reconcile leaves it ("not a directory jailshim made": held, it
+    is never removed or followed), then making dev/ at that name fails with the bare errno.
+    Wanted: 78 and one sentence naming the entry, as _clear_temp says for a jail file's."""
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    os.chown(jail, NOBODY, NOBODY)
+    made = jail / ".jailshim-new-dev"
+    made.mkdir()
+    (made / "mine").write_text("the user's\n")
+    os.chown(made / "mine", NOBODY, NOBODY)
+    os.chown(made, NOBODY, NOBODY)
+    result = run("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
+    try:
+        assert (made / "mine").read_text() == "the user's\n"
+        assert result.code == 78, result.error
+        assert ".jailshim-new-dev" in result.error
+    finally:
+        run("teardown", "--chroot", str(jail))
