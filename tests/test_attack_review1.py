@@ -389,3 +389,43 @@ def test_a_temporary_dev_the_daemons_user_made_is_named_in_the_refusal(tmp_path:
         assert ".jailshim-new-dev" in result.error
     finally:
         run("teardown", "--chroot", str(jail))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review1: a file of the daemon's user at a --file's jail path is 'already the host's "
+    "content' when it equals the host's root-only file and is left, else moved aside: a guess "
+    "oracle on a secret, one guess per root start — leaks a secret (one bit a run)",
+)
+def test_the_daemons_user_cannot_learn_a_secret_by_guessing_its_copy(tmp_path: Path) -> None:
+    """The daemon's user owns its jail and the copy's directory. It writes a guess at the path
+    where `--file /…/pin` (root:root 0600) will go. decide_file compares contents whatever the
+    owner: an equal guess is left in place (the user's file, the user's bits), a wrong one is
+    moved aside to .jailshim-displaced-pin-0 — visible to the user after every prepare, so each
+    restart of its daemon answers "is the secret X?". Wanted: a file root did not make is
+    never "already right"; the user sees the same outcome whatever it guessed."""
+    tmp_path.chmod(0o755)
+    secret = tmp_path / "host" / "pin"
+    secret.parent.mkdir()
+    secret.write_bytes(b"4711\n")
+    secret.chmod(0o600)
+    jail = tmp_path / "jail"
+    inside = jail / str(secret.parent).lstrip("/")
+    inside.mkdir(parents=True)
+    mine = inside
+    while True:  # the jail and every directory down to the copy's: the daemon's user's
+        os.chown(mine, NOBODY, NOBODY)
+        if mine == jail:
+            break
+        mine = mine.parent
+    guess = inside / "pin"
+    guess.write_bytes(b"4711\n")
+    os.chown(guess, NOBODY, NOBODY)
+    result = run(
+        "prepare", "--chroot", str(jail), "--user", "nobody", "--file", str(secret), "--no-verify"
+    )
+    try:
+        assert result.code == 0, result.error
+        assert os.stat(guess).st_uid == 0, "the user's right guess was left in place"
+    finally:
+        run("teardown", "--chroot", str(jail))
