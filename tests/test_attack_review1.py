@@ -429,3 +429,46 @@ def test_the_daemons_user_cannot_learn_a_secret_by_guessing_its_copy(tmp_path: P
         assert os.stat(guess).st_uid == 0, "the user's right guess was left in place"
     finally:
         run("teardown", "--chroot", str(jail))
+
+
+_NSS_MODULE = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void ran(void) {
+    FILE *f = fopen("/ran-as", "a");
+    if (f) { fprintf(f, "uid=%d euid=%d\n", (int)getuid(), (int)geteuid()); fclose(f); }
+}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review1: with a root identity (no --user, a root daemon) the probe resolves names "
+    "and services after chroot as root, and glibc loads the NSS modules the jail's "
+    "nsswitch.conf names from the jail's lib/: code another container's root (or any writer "
+    "of the jail) put there runs as root — runs code as root",
+)
+def test_the_probe_never_runs_a_jails_nss_module_as_root(tmp_path: Path) -> None:
+    """Another container on the same jail volume (its root writes files owned by uid 0, so
+    the jail passes every owner check without a flag) puts etc/nsswitch.conf ("hosts: evil
+    files") and lib/x86_64-linux-gnu/libnss_evil.so.2 (a constructor) in the jail. `jailshim
+    check --chroot JAIL --resolve localhost` without --user: the probe child chroots, keeps
+    uid 0 (no identity to drop to), getaddrinfo() reads the jail's nsswitch.conf (NSS was
+    never used before chroot, so glibc's "root changed: do not reload" guard has nothing to
+    keep) and dlopen()s the module. The constructor ran as uid=0 euid=0 (also in prepare).
+    A root in a chroot with every capability is root on the host's mount namespace."""
+    need(shutil.which("gcc") is not None, "needs gcc")
+    jail = tmp_path / "jail"
+    for lib in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"):
+        (jail / lib).mkdir(parents=True)
+        subprocess.run(
+            ["gcc", "-shared", "-fPIC", "-o", str(jail / lib / "libnss_evil.so.2"), "-x", "c", "-"],
+            input=_NSS_MODULE,
+            text=True,
+            check=True,
+        )
+    (jail / "etc").mkdir()
+    (jail / "etc" / "nsswitch.conf").write_text("hosts: evil files\nservices: evil files\n")
+    run("check", "--chroot", str(jail), "--device", "null", "--resolve", "localhost")
+    ran = jail / "ran-as"
+    assert not ran.exists(), f"the jail's NSS module ran in jailshim's probe: {ran.read_text()}"
