@@ -443,13 +443,6 @@ __attribute__((constructor)) static void ran(void) {
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: with a root identity (no --user, a root daemon) the probe resolves names "
-    "and services after chroot as root, and glibc loads the NSS modules the jail's "
-    "nsswitch.conf names from the jail's lib/: code another container's root (or any writer "
-    "of the jail) put there runs as root — runs code as root",
-)
 def test_the_probe_never_runs_a_jails_nss_module_as_root(tmp_path: Path) -> None:
     """Another container on the same jail volume (its root writes files owned by uid 0, so
     the jail passes every owner check without a flag) puts etc/nsswitch.conf ("hosts: evil
@@ -471,6 +464,12 @@ def test_the_probe_never_runs_a_jails_nss_module_as_root(tmp_path: Path) -> None
         )
     (jail / "etc").mkdir()
     (jail / "etc" / "nsswitch.conf").write_text("hosts: evil files\nservices: evil files\n")
-    run("check", "--chroot", str(jail), "--device", "null", "--resolve", "localhost")
+    ask = ("--device", "null", "--resolve", "localhost", "--files", "services", "--timeout", "1")
+    checked = run("check", "--chroot", str(jail), *ask)
     ran = jail / "ran-as"
     assert not ran.exists(), f"the jail's NSS module ran in jailshim's probe: {ran.read_text()}"
+    # the fix skips the lookup as root, and the row says why and how to have it made
+    rows = [e for e in checked.named("check") if e["check"] in ("resolve localhost", "services")]
+    assert len(rows) == 2, checked.stderr
+    for row in rows:
+        assert row["ok"] and "not looked up" in row["detail"] and "--user" in row["detail"], row
