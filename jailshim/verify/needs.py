@@ -2,7 +2,8 @@
 time zone (etc/localtime), name resolution (getaddrinfo) and service names (etc/services).
 
 ``Needs`` says what to prove; ``prepare_before_chroot`` loads what must come from the host;
-``gather`` runs after chroot and the drop. The ``judge_*`` functions are pure.
+``gather`` runs after chroot and the drop, and makes no NSS lookup as root (see there). The
+``judge_*`` functions are pure.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "judge_resolve",
     "judge_services",
     "judge_time",
+    "not_looked_up_as_root",
     "prepare_before_chroot",
 ]
 
@@ -132,12 +134,35 @@ def _reload_zone() -> None:
     time.tzset()
 
 
-def gather(needs: Needs, now: float, host: Zone) -> list[Finding]:
-    """After chroot and the drop: the findings for ``needs``."""
+_AS_ROOT_REMEDY = "give --user (the daemon's user) to look it up as that user"
+_AS_ROOT = (
+    "not looked up: the probe runs as root (no --user, or a daemon that runs as root), and a "
+    "lookup in the jail would load, as root, the NSS modules its etc/nsswitch.conf names from "
+    f"the jail's lib/; {_AS_ROOT_REMEDY}"
+)
+
+
+def not_looked_up_as_root(needs: Needs) -> list[Finding]:
+    """The rows of the lookups a root probe skips: warnings saying why and how to get them."""
+    checks = [f"resolve {name}" for name in needs.resolve] + (
+        ["services"] if needs.services else []
+    )
+    return [Finding(check, True, _AS_ROOT, _AS_ROOT_REMEDY, warning=True) for check in checks]
+
+
+def gather(needs: Needs, now: float, host: Zone, *, as_root: bool) -> list[Finding]:
+    """After chroot and the drop: the findings for ``needs``.
+
+    ``as_root``: getaddrinfo and getservbyname are skipped (warnings). NSS never ran before
+    chroot, so glibc would dlopen() the modules the jail's nsswitch.conf names from the jail:
+    code any writer of the jail (another container's root on its volume) put there ran as root
+    (review1 R0). As the daemon's user they run as the daemon will run them."""
     import socket
 
-    _reload_zone()
+    _reload_zone()  # tzfile reads only, no NSS: safe as root
     findings = [judge_time(host, _zone(now), _missing("/etc/localtime"), strict=needs.time_strict)]
+    if as_root:
+        return findings + not_looked_up_as_root(needs)
     if needs.resolve:
         # a resolver that does not answer must not outlast the probe's deadline
         os.environ.setdefault("RES_OPTIONS", "timeout:2 attempts:1")

@@ -75,8 +75,9 @@ def _marker_here() -> bool | None:
 
 
 _PROBE_DEADLINE = 10.0  # seconds; a probe that hangs (a blocking read) is killed
-_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-_OPEN_RDWR = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+# the reopen of a node looked at by fd (/proc/self/fd/N): O_NOFOLLOW would refuse the magic link
+_OPEN_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+_OPEN_RDWR = os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
 def _kind(st: os.stat_result) -> str:
@@ -93,33 +94,43 @@ def _kind(st: os.stat_result) -> str:
     return "a socket"
 
 
-def _device_facts(device: Device) -> DeviceFacts:
-    """lstat, open, read (and write) /dev/NAME as the current user; all errors are facts."""
+def _device_facts(device: Device, proc_fd: int) -> DeviceFacts:
+    """Look at /dev/NAME by an O_PATH fd, then open THAT node (through ``proc_fd``'s
+    self/fd/N, as the current user) and read (or write) it; all errors are facts.
+
+    By fd, not by name: a uid-0 daemon's jail is that root's (a container's root, CAP_MKNOD)
+    to rename in at any instant, and a second open of the name got a block node of the host's
+    disk swapped in after the look (review1 R2: read as root in the host's cgroup; a watchdog
+    node would reboot)."""
     path = f"/dev/{device.name}"
     try:
-        st = os.lstat(path)
+        look = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         return DeviceFacts(lstat_errno=exc.errno or errno.EIO)
-    if not stat.S_ISCHR(st.st_mode):
-        return DeviceFacts(is_symlink=stat.S_ISLNK(st.st_mode), kind=_kind(st))
-    base: dict[str, Any] = {
-        "is_char": True,
-        "numbers": f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}",
-        "mode": stat.S_IMODE(st.st_mode),
-    }
-    if device.name == "tty" or st.st_rdev != device.rdev:
-        # tty: opening needs a controlling terminal; identity is what matters. Other numbers:
-        # never opened, since opening some devices acts (a watchdog node reboots the machine).
-        return DeviceFacts(**base)
-    entropy = device.name in ENTROPY_DEVICES
     try:
-        fd = os.open(path, _OPEN_READ if entropy else _OPEN_RDWR)
-    except OSError as exc:
+        st = os.fstat(look)
+        if not stat.S_ISCHR(st.st_mode):
+            return DeviceFacts(is_symlink=stat.S_ISLNK(st.st_mode), kind=_kind(st))
+        base: dict[str, Any] = {
+            "is_char": True,
+            "numbers": f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}",
+            "mode": stat.S_IMODE(st.st_mode),
+        }
+        if device.name == "tty" or st.st_rdev != device.rdev:
+            # tty: opening needs a controlling terminal; identity is what matters. Other numbers:
+            # never opened, since opening some devices acts (a watchdog node reboots the machine).
+            return DeviceFacts(**base)
+        entropy = device.name in ENTROPY_DEVICES
         try:
-            nodev = bool(os.statvfs(path).f_flag & os.ST_NODEV)
-        except OSError:
-            nodev = False
-        return DeviceFacts(**base, open_errno=exc.errno or errno.EIO, nodev=nodev)
+            fd = os.open(f"self/fd/{look}", _OPEN_READ if entropy else _OPEN_RDWR, dir_fd=proc_fd)
+        except OSError as exc:
+            try:
+                nodev = bool(os.fstatvfs(look).f_flag & os.ST_NODEV)
+            except OSError:
+                nodev = False
+            return DeviceFacts(**base, open_errno=exc.errno or errno.EIO, nodev=nodev)
+    finally:
+        os.close(look)
     try:
         if entropy:
             try:
@@ -261,6 +272,9 @@ def _child(
         now, host_zone = prepare_before_chroot()
     if os.read(go, 1) != b"1":  # the parent gave up (prepare failed, a signal): no probe
         os._exit(0)
+    # the host's /proc, to reopen a node looked at by fd (_device_facts); closed before anything
+    # of the jail's could run here (the needs' NSS modules, as the daemon's user)
+    proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     os.chroot(jail)
     os.chdir("/")
     emit(_drop(identity) if identity is not None else Finding("privileges", True, ""))
@@ -276,13 +290,14 @@ def _child(
     absent = []
     urandom: bool | None = None
     for device in devices:
-        facts = _device_facts(device)
+        facts = _device_facts(device, proc_fd)
         finding = judge_device(device, facts, uid)
         if device.name in ENTROPY_DEVICES and not finding.ok and absent_only(facts):
             absent.append(finding.check)
         if device.name == "urandom":
             urandom = finding.ok
         emit(finding)
+    os.close(proc_fd)
     if notify:
         emit(judge_notify(notify, _notify_facts(notify), uid))
     for finding in notes:
@@ -299,7 +314,7 @@ def _child(
     )
     os.write(out, (json.dumps({"entropy": entropy.to_json()}) + "\n").encode())
     if needs is not None:
-        for finding in gather(needs, now, host_zone):
+        for finding in gather(needs, now, host_zone, as_root=os.geteuid() == 0):
             emit(finding)
 
 
