@@ -473,3 +473,49 @@ def test_the_probe_never_runs_a_jails_nss_module_as_root(tmp_path: Path) -> None
     assert len(rows) == 2, checked.stderr
     for row in rows:
         assert row["ok"] and "not looked up" in row["detail"] and "--user" in row["detail"], row
+
+
+_NSS_FD_SCOUT = r"""
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+__attribute__((constructor)) static void ran(void) {
+    int dirs = 0, open_fds = 0;
+    for (int fd = 3; fd < 4096; fd++) {
+        struct stat st;
+        if (fstat(fd, &st) == 0) { open_fds++; if (S_ISDIR(st.st_mode)) dirs++; }
+    }
+    FILE *f = fopen("/tmp/scout", "a");
+    if (f) { fprintf(f, "uid=%d fds=%d dirs=%d\n", (int)getuid(), open_fds, dirs); fclose(f); }
+}
+"""
+
+
+def test_a_jails_nss_module_finds_no_way_out_of_the_chroot(tmp_path: Path) -> None:
+    """With --user, the probe looks names up as the daemon's user, so the jail's NSS modules
+    run in it (as they will in the daemon). The probe child inherits every fd of its parent,
+    and a directory fd would be a way out of the chroot (fchdir): before the lookups the probe
+    keeps only its report pipe."""
+    need(shutil.which("gcc") is not None, "needs gcc")
+    jail = tmp_path / "jail"
+    for lib in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"):
+        (jail / lib).mkdir(parents=True)
+        subprocess.run(
+            ["gcc", "-shared", "-fPIC", "-o", str(jail / lib / "libnss_db.so.2"), "-x", "c", "-"],
+            input=_NSS_FD_SCOUT,
+            text=True,
+            check=True,
+        )
+    (jail / "tmp").mkdir(mode=0o1777)
+    (jail / "tmp").chmod(0o1777)
+    # Debian's own nsswitch.conf says "services: db files": glibc (which read the host's
+    # config before chroot, for the user) loads libnss_db.so.2 lazily, from the jail
+    ask = ("--user", "nobody", "--files", "services", "--timeout", "1")
+    prepared = run("prepare", "--chroot", str(jail), *ask)
+    assert (jail / "tmp" / "scout").exists(), prepared.stderr
+    scout = (jail / "tmp" / "scout").read_text()
+    assert scout.startswith(f"uid={NOBODY} "), scout
+    # only the report pipe: before, the parent's go pipe too (the probe is forked before
+    # prepare opens the jail, so no directory fd was among them yet; any later one would be)
+    assert " fds=1 dirs=0" in scout, f"the jail's NSS module found fds of jailshim's: {scout}"
+    assert run("teardown", "--chroot", str(jail)).code == 0

@@ -244,6 +244,9 @@ def _reseeders(
     return probes, notes, known
 
 
+_FD_LIMIT = 1 << 20  # above any RLIMIT_NOFILE a process here can have (fs.nr_open's default)
+
+
 def _child(
     jail: str,
     identity: Identity | None,
@@ -314,6 +317,11 @@ def _child(
     )
     os.write(out, (json.dumps({"entropy": entropy.to_json()}) + "\n").encode())
     if needs is not None:
+        # The lookups run the jail's NSS modules (code its writers chose) as the daemon's user:
+        # an fd inherited from the parent (the jail's O_PATH fd, a lock, the journal's dev/)
+        # would be its way out of the chroot (fchdir), so none but the report pipe is left.
+        os.closerange(3, out)
+        os.closerange(out + 1, _FD_LIMIT)
         for finding in gather(needs, now, host_zone, as_root=os.geteuid() == 0):
             emit(finding)
 
