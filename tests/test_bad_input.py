@@ -185,7 +185,7 @@ def test_a_mistyped_command_gets_the_one_it_resembles() -> None:
         ("prepare", ["0 prepared", "69 a check failed", "64 usage", "78 the jail"]),
         ("check", ["0 verified", "69 a check failed", "64 usage"]),
         ("teardown", ["0 undone", "64 usage"]),
-        ("doctor", ["0 safe", "69 action needed", "64 usage"]),
+        ("doctor", ["0 safe", "69 will fail", "75 cannot tell", "64 usage"]),
         ("explain", ["0 something recognised", "1 nothing recognised", "66 FILE cannot be read"]),
     ],
 )
