@@ -202,7 +202,7 @@ def survey_file(
     parent, name = os.path.split(file.path)
     fd, missing = jail.walk(parent)
     content: bytes | None = None
-    entry_id, root_s = (0, 0), False
+    entry_id, root_s, root_kept = (0, 0), False, False
     try:
         readonly = bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
         if missing:
@@ -213,6 +213,7 @@ def survey_file(
             if entry.kind is not EntryKind.ABSENT:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 entry_id, root_s = _identity(st), st.st_uid == 0
+                root_kept = not writable_by_non_root(st)
             if entry.kind is EntryKind.REGULAR and not entry.mountpoint:
                 content = _jail_content(fd, name, entry.ino, len(host.content))
     finally:
@@ -227,6 +228,7 @@ def survey_file(
         # root's too: the daemon's user's own file may have got the freed inode number
         ours=(file.path, entry.ino) in copies and entry.kind is EntryKind.REGULAR and root_s,
         readonly=readonly,
+        root_kept=root_kept,
     )
 
 
