@@ -234,12 +234,6 @@ def _as_nobody(action: Callable[[], bytes], cwd: Path, *, chroot: bool = False) 
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: a --file in a host directory the daemon's user can write is followed "
-    "through that user's symlink to any root file; a 0644 file kept secret by its 0700 "
-    "directory is copied into the jail 0644 and the user reads it — leaks a secret",
-)
 @pytest.mark.parametrize("file_mode", ["copy", "bind"])
 def test_a_users_symlink_never_brings_a_file_it_cannot_reach_into_the_jail(
     tmp_path: Path, file_mode: str
