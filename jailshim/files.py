@@ -150,6 +150,7 @@ class FileFacts(NamedTuple):
     content: bytes | None = None  # of a regular file there (None: not read)
     ours: bool = False  # a copy jailshim made (its record names this inode)
     readonly: bool = False  # the filesystem of the deepest existing directory
+    root_kept: bool = False  # the entry is root's and no other user can write it
 
     @property
     def where(self) -> str:
@@ -216,12 +217,17 @@ def decide_file(facts: FileFacts, mode: FileMode, jail: str) -> FileStep:
             f"{where} is a mount point (an earlier --file-mode bind, or another's); run "
             "`jailshim teardown` or unmount it before copying the file there.",
         )
-    if entry.kind is EntryKind.REGULAR and facts.content == host.content:
+    # Equal content is "already right" only in a file root keeps: another user's file was
+    # left when it equalled the host's root-only secret and moved aside when not, answering
+    # one guess a start (review1, R1b). Any other entry is moved aside and copied (or, on a
+    # read-only filesystem a user may write by another path, refused) whatever it holds.
+    if entry.kind is EntryKind.REGULAR and facts.root_kept and facts.content == host.content:
         return FileStep(facts, FileAction.NOTHING, "already the host's content")
     if facts.readonly:
         raise ConfigError(
-            f"{where} is on a read-only filesystem and is not the host's {path}; ship the "
-            "file in the jail image, or make the jail writable.",
+            f"{where} is on a read-only filesystem and is not a root-owned copy of the host's "
+            f"{path} that only root can write; ship that file in the jail image, or make the "
+            "jail writable.",
         )
     if facts.ours:
         return FileStep(facts, FileAction.REFRESH, f"refresh jailshim's copy of {host.real}")

@@ -236,12 +236,6 @@ def _as_nobody(action: Callable[[], bytes], cwd: Path, *, chroot: bool = False) 
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: a --file in a host directory the daemon's user can write is followed "
-    "through that user's symlink to any root file; a 0644 file kept secret by its 0700 "
-    "directory is copied into the jail 0644 and the user reads it — leaks a secret",
-)
 @pytest.mark.parametrize("file_mode", ["copy", "bind"])
 def test_a_users_symlink_never_brings_a_file_it_cannot_reach_into_the_jail(
     tmp_path: Path, file_mode: str
@@ -393,44 +387,54 @@ def test_a_temporary_dev_the_daemons_user_made_is_named_in_the_refusal(tmp_path:
         run("teardown", "--chroot", str(jail))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: a file of the daemon's user at a --file's jail path is 'already the host's "
-    "content' when it equals the host's root-only file and is left, else moved aside: a guess "
-    "oracle on a secret, one guess per root start — leaks a secret (one bit a run)",
-)
-def test_the_daemons_user_cannot_learn_a_secret_by_guessing_its_copy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("between", ["root's", "the user's"])
+def test_the_daemons_user_cannot_learn_a_secret_by_guessing_its_copy(
+    tmp_path: Path, between: str
+) -> None:
     """The daemon's user owns its jail and the copy's directory. It writes a guess at the path
-    where `--file /…/pin` (root:root 0600) will go. decide_file compares contents whatever the
-    owner: an equal guess is left in place (the user's file, the user's bits), a wrong one is
+    where `--file /…/pin` (root:root 0600) will go. decide_file compared contents whatever the
+    owner: an equal guess was left in place (the user's file, the user's bits), a wrong one was
     moved aside to .jailshim-displaced-pin-0 — visible to the user after every prepare, so each
-    restart of its daemon answers "is the secret X?". Wanted: a file root did not make is
-    never "already right"; the user sees the same outcome whatever it guessed."""
+    restart of its daemon answered "is the secret X?". Wanted: a file root did not make is
+    never "already right"; the user sees the same outcome whatever it guessed. With the
+    directories between the jail and the copy's root's, that outcome is a root-owned copy;
+    with them the user's too, a refusal (78: the user could move them out of the jail), and
+    before the fix a right guess there passed (nothing to do) and a wrong one was refused."""
     tmp_path.chmod(0o755)
     secret = tmp_path / "host" / "pin"
     secret.parent.mkdir()
     secret.write_bytes(b"4711\n")
     secret.chmod(0o600)
-    jail = tmp_path / "jail"
-    inside = jail / str(secret.parent).lstrip("/")
-    inside.mkdir(parents=True)
-    mine = inside
-    while True:  # the jail and every directory down to the copy's: the daemon's user's
-        os.chown(mine, NOBODY, NOBODY)
-        if mine == jail:
-            break
-        mine = mine.parent
-    guess = inside / "pin"
-    guess.write_bytes(b"4711\n")
-    os.chown(guess, NOBODY, NOBODY)
-    result = run(
-        "prepare", "--chroot", str(jail), "--user", "nobody", "--file", str(secret), "--no-verify"
-    )
-    try:
-        assert result.code == 0, result.error
-        assert os.stat(guess).st_uid == 0, "the user's right guess was left in place"
-    finally:
-        run("teardown", "--chroot", str(jail))
+
+    def outcome(guessed: bytes) -> tuple[int, int, bytes | None, list[str]]:
+        jail = tmp_path / f"jail-{guessed.decode().strip()}"
+        inside = jail / str(secret.parent).lstrip("/")
+        inside.mkdir(parents=True)
+        mine = inside
+        while True:  # the jail and the copy's directory are the user's, and maybe all between
+            if mine in (jail, inside) or between == "the user's":
+                os.chown(mine, NOBODY, NOBODY)
+            if mine == jail:
+                break
+            mine = mine.parent
+        guess = inside / "pin"
+        guess.write_bytes(guessed)
+        os.chown(guess, NOBODY, NOBODY)
+        result = run(
+            "prepare", "--chroot", str(jail), "--user", "nobody", "--file", str(secret),
+            "--no-verify",
+        )  # fmt: skip
+        try:
+            st = os.stat(guess)
+            seen = guess.read_bytes() if st.st_uid == 0 else None
+            return result.code, st.st_uid, seen, sorted(p.name for p in inside.iterdir())
+        finally:
+            run("teardown", "--chroot", str(jail))
+
+    right, wrong = outcome(b"4711\n"), outcome(b"0000\n")
+    assert right == wrong, f"a right guess gave {right}, a wrong one {wrong}"
+    if between == "root's":
+        assert right[:3] == (0, 0, b"4711\n"), "the user's right guess was left in place"
 
 
 _NSS_MODULE = r"""

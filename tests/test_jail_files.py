@@ -320,9 +320,13 @@ def test_a_resolv_conf_symlink_out_is_displaced_never_followed(jail: Path, outsi
 # -- pure: the step per file and the verdicts, no jail ---------------------------------------
 
 
-def _facts(entry: Entry, *, content: bytes | None = None, ours: bool = False) -> FileFacts:
+def _facts(
+    entry: Entry, *, content: bytes | None = None, ours: bool = False, root_kept: bool = True
+) -> FileFacts:
     host = HostFile("/etc/hosts", "/etc/hosts", "", b"host\n", 0o644, (1, 2))
-    return FileFacts(JailFile("/etc/hosts"), host, (), entry, (3, 4), content, ours)
+    return FileFacts(
+        JailFile("/etc/hosts"), host, (), entry, (3, 4), content, ours, root_kept=root_kept
+    )
 
 
 @pytest.mark.parametrize(
@@ -340,6 +344,18 @@ def test_the_step_for_each_entry(
 ) -> None:
     step = decide_file(_facts(entry, content=content, ours=ours), FileMode.COPY, "/j")
     assert (step.action, step.displaces) == (action, displaces)
+
+
+@pytest.mark.parametrize("content", [b"host\n", b"guess\n"])
+def test_a_file_root_does_not_keep_is_replaced_whatever_it_holds(content: bytes) -> None:
+    """review1 R1b: equal content is "already right" only in root's file; another user's is
+    moved aside and copied either way, so its content (a guess) changes nothing seen."""
+    entry = Entry("hosts", EntryKind.REGULAR, size=len(content))
+    step = decide_file(_facts(entry, content=content, root_kept=False), FileMode.COPY, "/j")
+    assert (step.action, step.displaces) == (FileAction.COPY, True)
+    readonly = _facts(entry, content=content, root_kept=False)._replace(readonly=True)
+    with pytest.raises(ConfigError, match="read-only"):
+        decide_file(readonly, FileMode.COPY, "/j")
 
 
 @pytest.mark.parametrize("kind", [EntryKind.FIFO, EntryKind.DIRECTORY, EntryKind.SOCKET])

@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support import NOBODY, mounts_below, run, snapshot
 
 _ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
@@ -360,3 +362,95 @@ def test_planted_names_are_never_written_through(jail: Path, outside: Path, area
     assert run("teardown", "--chroot", str(jail)).code == 0
     assert snapshot(jail) == before
     assert snapshot(outside) == kept
+
+
+def _host_tree(area: Path, shape: str) -> tuple[Path, bytes]:
+    """A host file named by --file, reached the way ``shape`` says; its content."""
+    content = b"wanted\n"
+    mine = area / "mine"  # a directory the daemon's user owns
+    mine.mkdir(mode=0o755)
+    os.chown(mine, NOBODY, NOBODY)
+    roots = area / "roots"  # root's own
+    roots.mkdir(mode=0o755)
+    if shape in ("own file in own directory", "root's file in the user's directory"):
+        named = mine / "app.conf"
+        named.write_bytes(content)
+        if shape == "own file in own directory":
+            os.chown(named, NOBODY, NOBODY)
+    elif shape in ("root's link into a service user's directory", "the user's link in root's"):
+        stub = mine / "stub-resolv.conf"  # as systemd-resolve keeps /run/systemd/resolve
+        stub.write_bytes(content)
+        os.chown(stub, NOBODY, NOBODY)
+        named = roots / "resolv.conf"
+        named.symlink_to("../mine/stub-resolv.conf")
+        if shape == "the user's link in root's":
+            os.chown(named, NOBODY, NOBODY, follow_symlinks=False)
+    elif shape == "root's link in the user's directory":
+        target = roots / "real.conf"
+        target.write_bytes(content)
+        named = mine / "app.conf"
+        named.symlink_to(target)
+    elif shape == "a directory its group can write":
+        os.chown(roots, 0, NOBODY)
+        roots.chmod(0o775)
+        named = roots / "app.conf"
+        named.write_bytes(content)
+    else:  # a sticky directory like /tmp: only root's entries
+        sticky = area / "sticky"
+        sticky.mkdir()
+        sticky.chmod(0o1777)
+        named = sticky / "app.conf"
+        named.write_bytes(content)
+        if shape == "the user's file in a sticky directory":
+            os.chown(named, NOBODY, NOBODY)
+    return named, content
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "own file in own directory",
+        "root's link into a service user's directory",
+        "root's file in a sticky directory",
+    ],
+)
+def test_a_host_file_its_directories_keep_is_taken(jail: Path, area: Path, shape: str) -> None:
+    """review1 R1's fix refuses names another user could have pointed elsewhere, and only
+    those: the daemon's user's own file in its own directory (its app.conf), root's symlink
+    into a service user's directory (resolv.conf into systemd-resolve's), root's file in /tmp
+    are still copied."""
+    named, content = _host_tree(area, shape)
+    result = run("prepare", "--chroot", str(jail), "--no-verify", "--file", str(named))
+    try:
+        assert result.code == 0, result.error
+        assert (jail / str(named).lstrip("/")).read_bytes() == content
+    finally:
+        assert run("teardown", "--chroot", str(jail)).code == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "blamed"),
+    [
+        ("the user's link in root's", "nobody"),
+        ("root's link in the user's directory", "nobody"),
+        ("root's file in the user's directory", "nobody"),
+        ("a directory its group can write", "other than its owner"),
+        ("the user's file in a sticky directory", "nobody"),
+    ],
+)
+def test_a_host_file_another_user_could_point_elsewhere_is_refused(
+    jail: Path, area: Path, shape: str, blamed: str
+) -> None:
+    """review1 R1: a name on the host path that a user other than root could have made lead
+    to a file that user cannot read (a symlink, a hard link's name, an entry moved in) is
+    refused in one sentence naming it and its owner (78), before the jail is touched."""
+    named, _ = _host_tree(area, shape)
+    before = snapshot(jail)
+    result = run("prepare", "--chroot", str(jail), "--no-verify", "--file", str(named))
+    try:
+        assert result.code == 78, result.stderr
+        assert str(named) in result.error and blamed in result.error, result.error
+        assert "run again" in result.error and "Traceback" not in result.stderr
+        assert snapshot(jail) == before
+    finally:
+        run("teardown", "--chroot", str(jail))

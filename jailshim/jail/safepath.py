@@ -25,9 +25,12 @@ __all__ = [
     "Holder",
     "Jail",
     "exchange",
+    "holder",
     "inspect_entry",
     "movable_out",
+    "owner_name",
     "rename_into_place",
+    "shared_write",
     "writable_by_non_root",
 ]
 
@@ -152,10 +155,19 @@ def movable_out(directory: Holder, parent: Holder) -> bool:
     return not (parent.mode & stat.S_ISVTX and directory.uid == 0 and parent.uid == 0)
 
 
-def _holder(fd: int) -> tuple[Holder, os.stat_result]:
+def holder(fd: int) -> tuple[Holder, os.stat_result]:
+    """Who holds the directory at ``fd`` (owner, mode, writable by a user other than root)."""
     st = os.fstat(fd)
-    writable = writable_by_non_root(st) or bool(st.st_mode & stat.S_IWGRP and _has_access_acl(fd))
-    return Holder(st.st_uid, st.st_mode, writable), st
+    return Holder(st.st_uid, st.st_mode, st.st_uid != 0 or shared_write(fd, st)), st
+
+
+def shared_write(fd: int, st: os.stat_result) -> bool:
+    """Whether a user other than the owner (and root) can write the inode at ``fd``: the
+    group's bits (a group other than root's, or an ACL behind them) or the others' bits."""
+    mode = st.st_mode
+    return bool(
+        mode & stat.S_IWOTH or (mode & stat.S_IWGRP and (st.st_gid != 0 or _has_access_acl(fd)))
+    )
 
 
 def _has_access_acl(fd: int) -> bool:
@@ -167,7 +179,8 @@ def _has_access_acl(fd: int) -> bool:
         return True  # cannot tell: not proven root's alone
 
 
-def _owner(uid: int) -> str:
+def owner_name(uid: int) -> str:
+    """A user as a sentence names it: its name and uid, or the uid alone."""
     import pwd
 
     try:
@@ -178,7 +191,7 @@ def _owner(uid: int) -> str:
 
 def _described(path: str, st: os.stat_result) -> str:
     return (
-        f"{path} (owner {_owner(st.st_uid)}, group {st.st_gid}, "
+        f"{path} (owner {owner_name(st.st_uid)}, group {st.st_gid}, "
         f"mode {stat.S_IMODE(st.st_mode):04o})"
     )
 
@@ -346,7 +359,7 @@ class Jail:
             raise ConfigError(f"{relative!r} climbs out of the jail with '..'; give a plain path.")
         fd = os.dup(self.fd)
         movable = self.root_movable()
-        above, _ = _holder(fd)
+        above, _ = holder(fd)
         for i, part in enumerate(parts):
             try:
                 nxt = os.open(part, _DIR_NOFOLLOW, dir_fd=fd)
@@ -359,7 +372,7 @@ class Jail:
                 self._refuse_non_directory(fd, part, "/".join([self.real, *parts[:i], part]))
             os.close(fd)
             fd = nxt
-            held, st = _holder(fd)
+            held, st = holder(fd)
             if not movable and movable_out(held, above):
                 where = "/".join([self.real, *parts[:i]])
                 movable = _movable_sentence(_described(f"{where}/{part}", st), where)
@@ -372,10 +385,10 @@ class Jail:
         point, which cannot be renamed), else the sentence that says so. Asked once."""
         if self._root_movable is None:
             self._root_movable = ""
-            held, st = _holder(self.fd)
+            held, st = holder(self.fd)
             parent_fd = os.open("..", _DIR_NOFOLLOW, dir_fd=self.fd)
             try:
-                parent, parent_st = _holder(parent_fd)
+                parent, parent_st = holder(parent_fd)
             finally:
                 os.close(parent_fd)
             if parent_st.st_dev == st.st_dev and movable_out(held, parent):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -16,6 +17,8 @@ from jailshim.jail.safepath import (
     EntryKind,
     Jail,
     inspect_entry,
+    owner_name,
+    shared_write,
     writable_by_non_root,
 )
 from jailshim.plan import DevDir, SocketFacts, Survey
@@ -25,6 +28,7 @@ from jailshim.state import TMPFS_SOURCE
 __all__ = ["check_ownership", "read_host_file", "survey", "survey_file"]
 
 _MAX_FILE = 4 * 1024 * 1024  # a jail file is configuration, not data
+_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -152,26 +156,135 @@ def _open_regular(name: str, dir_fd: int | None = None) -> tuple[int, os.stat_re
     """A read fd on ``name`` (not followed) and its stat when it is a regular file, else why
     not. Anything else is looked at through O_PATH and never opened: opening acts for some
     files (a watchdog device arms the watchdog, a FIFO wakes its blocked writer)."""
-    path_fd = os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd)
+    return _reopen_regular(os.open(name, O_PATH_NOFOLLOW, dir_fd=dir_fd), host=dir_fd is None)
+
+
+def _reopen_regular(path_fd: int, *, host: bool) -> tuple[int, os.stat_result] | str:
+    """``_open_regular`` for the O_PATH fd ``path_fd``, which it closes."""
     try:
         st = os.fstat(path_fd)
         if not stat.S_ISREG(st.st_mode):
             return "it is not a regular file"
         magic = f"/proc/self/fd/{path_fd}"  # the kernel's name for the very inode
         real = os.readlink(magic)
-        if dir_fd is None and real.startswith(_NOT_FILES):
+        if host and real.startswith(_NOT_FILES):
             return f"it is {real}, under /{real.split('/')[1]}: a kernel interface, not a file"
         return os.open(magic, _READ & ~os.O_NOFOLLOW), st
     finally:
         os.close(path_fd)
 
 
+_MAX_LINKS = 40  # the kernel's own limit before ELOOP
+
+
+def _refuse_host_step(path: str, where: str, dir_fd: int, here: str, st: os.stat_result) -> str:
+    """Why root must not take the entry ``here`` (stat ``st``) found in the host directory
+    ``where`` (fd ``dir_fd``) on the way to ``path``, or "" when it may (sshd's StrictModes
+    rule, for every name on the way). Seen without it (review1, R1): the daemon's user, owning
+    the directory of a --file, replaced the file by a symlink to root's 0644 notes in a 0700
+    directory; root followed it and the copy in the jail was the user's to read. Root follows
+    a symlink only when root owns it in a directory only root can change (or in a sticky
+    one such as /tmp, whose root-owned entries no one else can move). In a directory
+    another user owns, only that user's own files and directories are taken: whatever that
+    user put there, it could reach it itself (a hard link needs the path to its target, and
+    protected_hardlinks even more), so the copy or bind gives no one a file they could not
+    reach. A directory others than its owner can write (group or other bits, an ACL) is
+    refused, unless sticky and root's: there only root's entries, which no one else can move."""
+    dir_st = os.fstat(dir_fd)
+    link, dir_owner = stat.S_ISLNK(st.st_mode), dir_st.st_uid
+    shown = f"{where} (owner {owner_name(dir_owner)}, mode {dir_st.st_mode & 0o7777:04o})"
+    named = f"The host's {path}" if here == path else f"{here}, on the way to the host's {path},"
+    fix = "name a path through directories and symlinks only root can change, then run again."
+    if shared_write(dir_fd, dir_st):
+        if dir_st.st_mode & stat.S_ISVTX and dir_owner == 0:
+            if st.st_uid == 0:
+                return ""
+            return (
+                f"{named} belongs to {owner_name(st.st_uid)} in the sticky directory {shown}, so "
+                f"that user could have made it a link to a file only root can reach; {fix}"
+            )
+        return (
+            f"{named} is in {shown}, which users other than its owner can write (group "
+            f"{dir_st.st_gid} or an ACL), so any of them could have put there a symlink to a "
+            f"file only root can reach; {fix}"
+        )
+    if dir_owner != 0:
+        if st.st_uid == dir_owner and not link:
+            return ""
+        what = "a symlink" if link else f"an entry of {owner_name(st.st_uid)}"
+        return (
+            f"{named} is {what} in {shown}, a directory that user can change, so it could have "
+            "put there a name leading to a file only root can reach (from such a directory "
+            f"jailshim takes only that user's own files and directories); {fix}"
+        )
+    if link and st.st_uid != 0:
+        return (
+            f"{named} is a symlink {owner_name(st.st_uid)} owns, which could point at a file only "
+            "root can reach, and jailshim follows only root's symlinks on the host; name the "
+            "file it leads to, or make the link root's (chown -h root), then run again."
+        )
+    return ""
+
+
+def _open_host_path(path: str) -> tuple[int, str]:
+    """An O_PATH fd on the host's ``path`` and the path it led to, walked from / one name at
+    a time without the kernel following a symlink: a symlink is read and followed here, when
+    ``_refuse_host_step`` allows it (ConfigError, 78, when it does not; OSError as open(2)
+    would give it). Root's own links keep working: /etc/localtime into zoneinfo, resolv.conf
+    into /run/systemd/resolve (a directory systemd-resolve owns, with its own file)."""
+    todo = [p for p in path.split("/") if p]
+    dirs = [(os.open("/", _DIR_PATH), "")]  # the directories walked: fd, path
+    links = 0
+    try:
+        while todo:
+            part = todo.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                if len(dirs) > 1:
+                    os.close(dirs.pop()[0])
+                continue
+            dir_fd, where = dirs[-1]
+            fd = os.open(part, O_PATH_NOFOLLOW, dir_fd=dir_fd)
+            here = f"{where}/{part}"
+            try:
+                st = os.fstat(fd)
+                refused = _refuse_host_step(path, where or "/", dir_fd, here, st)
+                if refused:
+                    raise ConfigError(refused)
+                if stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    if links > _MAX_LINKS:
+                        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+                    target = os.readlink(part, dir_fd=dir_fd)
+                    if target.startswith("/"):
+                        while len(dirs) > 1:
+                            os.close(dirs.pop()[0])
+                    todo[:0] = [p for p in target.split("/") if p]
+                    continue
+                if todo and not stat.S_ISDIR(st.st_mode):
+                    raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+            except BaseException:
+                os.close(fd)
+                raise
+            if todo:
+                dirs.append((fd, here))
+                continue
+            return fd, here
+        return os.dup(dirs[-1][0]), dirs[-1][1] or "/"
+    finally:
+        for fd, _ in dirs:
+            os.close(fd)
+
+
 def read_host_file(path: str) -> HostFile:
     """The host's file at ``path``, its symlinks followed on the host (etc/localtime into
-    /usr/share/zoneinfo, resolv.conf into /run/systemd/resolve): the content is what counts."""
-    real = os.path.realpath(path)
+    /usr/share/zoneinfo, resolv.conf into /run/systemd/resolve): the content is what counts.
+    Walked by ``_open_host_path``: a name on the way that a user other than root could have
+    pointed elsewhere is refused (78), not followed."""
     try:
-        opened = _open_regular(real)
+        path_fd, real = _open_host_path(path)
+        opened = _reopen_regular(path_fd, host=True)
     except OSError as exc:
         return HostFile(path, problem=host_problem(path, exc.errno or 0))
     if isinstance(opened, str):
@@ -202,7 +315,7 @@ def survey_file(
     parent, name = os.path.split(file.path)
     fd, missing = jail.walk(parent)
     content: bytes | None = None
-    entry_id, root_s = (0, 0), False
+    entry_id, root_s, root_kept = (0, 0), False, False
     try:
         readonly = bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
         if missing:
@@ -213,6 +326,7 @@ def survey_file(
             if entry.kind is not EntryKind.ABSENT:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 entry_id, root_s = _identity(st), st.st_uid == 0
+                root_kept = not writable_by_non_root(st)
             if entry.kind is EntryKind.REGULAR and not entry.mountpoint:
                 content = _jail_content(fd, name, entry.ino, len(host.content))
     finally:
@@ -227,6 +341,7 @@ def survey_file(
         # root's too: the daemon's user's own file may have got the freed inode number
         ours=(file.path, entry.ino) in copies and entry.kind is EntryKind.REGULAR and root_s,
         readonly=readonly,
+        root_kept=root_kept,
     )
 
 
