@@ -398,7 +398,7 @@ def test_bad_stop_options_are_one_sentence(
 def test_stop_options_parsed() -> None:
     """Names with or without SIG, any case, or numbers; TO 0 drops; variables comma-separated."""
     args = parse_args(
-        ["run", "--grace", "0", "--rewrite-signal", "sigterm:quit", "--", "true"],
+        ["run", "--init", "--grace", "0", "--rewrite-signal", "sigterm:quit", "--", "true"],
         {"JAILSHIM_REWRITE_SIGNAL": "HUP:1", "JAILSHIM_MAP_EXIT": "143:0, 137:0"},
     )
     assert args.grace == 0.0 and args.rewrite_signal == ((15, 3),)
