@@ -376,8 +376,16 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
                 _hold(prepared.journal, ns)
         except OSError as exc:
             prepared.rollback()
+            full = state.disk_full(exc)
+            if full:  # a mkdir, placeholder or node on a full disk read "Preparing …/dev failed"
+                raise PrepareOSError(
+                    f"The jail {jail.real} cannot take what jailshim makes there: {full} "
+                    f"({describe_errno(exc.errno or 0)}); what this run made is taken back: "
+                    "free space (or inodes) on that filesystem, then run again.",
+                    errno=exc.errno,
+                ) from None
             raise PrepareOSError(
-                f"Preparing {jail.real}/dev failed: {exc.strerror or exc} "
+                f"Preparing {jail.real} failed: {exc.strerror or exc} "
                 f"({describe_errno(exc.errno or 0)}); nothing was left half-made.",
                 errno=exc.errno,
             ) from None

@@ -423,3 +423,22 @@ def test_root_writes_no_byte_of_a_copy_outside_the_jail(jail: Path, area: Path) 
     assert moved_at >= 0, f"the attacker never caught the temporary copy: {result.stderr}"
     assert now == moved_at, f"root wrote {now - moved_at} bytes after the file left the jail"
     assert run("teardown", "--chroot", str(jail)).code == 0
+
+
+def test_a_jail_out_of_inodes_is_said_so(area: Path) -> None:
+    """A jail whose filesystem has no inode left for dev/ or a node: "Preparing …/dev failed:
+    No space left on device" named neither the jail's filesystem nor what to do. One sentence
+    (71) saying the disk is full and to free space or inodes; nothing left in the jail."""
+    jail = area / "noinodes"
+    jail.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=2,mode=0755", "tmpfs", str(jail)],
+        check=True,
+    )
+    (jail / "taken").write_text("")  # the last inode (the root directory holds the other)
+    result = run("prepare", "--chroot", str(jail), "--no-verify")
+    assert result.code == 71, result.stderr
+    assert f"The jail {jail} cannot take what jailshim makes there: the disk is full" in (
+        result.error
+    )
+    assert os.listdir(jail) == ["taken"]
