@@ -293,12 +293,6 @@ def test_a_users_symlink_never_brings_a_file_it_cannot_reach_into_the_jail(
         run("teardown", "--chroot", str(jail))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: the jail is vetted by its path, then `postfix check` (root) follows the "
-    "path again: the daemon's user, owning queue_directory's parent, swaps a symlink in "
-    "between and postfix check makes queue directories outside the jail — acts outside",
-)
 def test_postfix_check_never_follows_a_queue_directory_swapped_after_the_vet(
     tmp_path: Path,
 ) -> None:
