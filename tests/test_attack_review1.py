@@ -158,12 +158,6 @@ def _flock_kept_by_an_heir(jail: Path) -> Iterator[int]:
             os.kill(heir, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: a local user's flock on the jail directory, kept by a child after the "
-    "locker exits, is taken for root's (/proc/locks names a PID that is gone): root's "
-    "prepare waits out its whole --timeout and fails (71) — DoS of root's start",
-)
 def test_a_users_flock_kept_by_a_child_of_the_locker_does_not_stop_roots_prepare(
     tmp_path: Path,
 ) -> None:
