@@ -351,12 +351,6 @@ def test_postfix_check_never_follows_a_queue_directory_swapped_after_the_vet(
     assert sorted(p.name for p in outside.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: a .jailshim-new-dev the daemon's user made in its own jail root is left "
-    "(rightly) but prepare then fails as 71 'Preparing JAIL/dev failed: File exists (EEXIST)', "
-    "naming neither the entry nor what to do — wrong report",
-)
 def test_a_temporary_dev_the_daemons_user_made_is_named_in_the_refusal(tmp_path: Path) -> None:
     """The daemon's user owns the jail root and makes .jailshim-new-dev there (a directory of
     its own, one file in it). Reconcile leaves it ("not a directory jailshim made": held, it
