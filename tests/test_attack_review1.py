@@ -183,13 +183,6 @@ def _owned_by_a_package(path: str) -> bool:
     return subprocess.run([dpkg, "-S", path], check=False, capture_output=True).returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: the host-directory rule knows base-files' directories only: a directory "
-    "another package owns (the host's libraries, /etc/ssl, dpkg's own database) is accepted "
-    "as a jail and gets dev/ and jail files — the issue asked for 'anything a package "
-    "manager owns'",
-)
 @pytest.mark.parametrize(
     "host_dir", ["/usr/lib/x86_64-linux-gnu", "/etc/ssl", "/var/lib/dpkg/info", "/etc/apt"]
 )
@@ -454,3 +447,50 @@ def test_the_probe_never_runs_a_jails_nss_module_as_root(tmp_path: Path) -> None
     run("check", "--chroot", str(jail), "--device", "null", "--resolve", "localhost")
     ran = jail / "ran-as"
     assert not ran.exists(), f"the jail's NSS module ran in jailshim's probe: {ran.read_text()}"
+
+
+def test_the_host_directory_rule_reads_every_packages_list_purely() -> None:
+    """PURE: a directory two packages name, or one package of the system itself names, is the
+    host's (and its parents); one that only its own optional package names is a jail."""
+    from jailshim.jail.hostdirs import packaged_host_paths, system_packages
+
+    status = (
+        "Package: dpkg\nEssential: yes\nPriority: required\n\n"
+        "Package: apt\nPriority: important\nDescription: x\n Priority: required\n\n"
+        "Package: haproxy\nPriority: optional\n"
+    )
+    assert system_packages(status) == {"dpkg", "apt"}
+    lists = [
+        ("dpkg", "/.\n/var\n/var/lib\n/var/lib/dpkg\n/var/lib/dpkg/info\n"),
+        ("openssl", "/etc\n/etc/ssl\n/etc/ssl/openssl.cnf\n"),
+        ("ca-certificates", "/etc\n/etc/ssl\n/etc/ssl/certs\n"),
+        ("haproxy", "/var\n/var/lib\n/var/lib/haproxy\n/etc/haproxy\n"),
+    ]
+    paths = packaged_host_paths(lists, {"dpkg"})
+    for host in ("/var/lib/dpkg/info", "/etc/ssl", "/var/lib", "/etc", "/usr/lib"):
+        assert host in paths, host
+    for own in ("/var/lib/haproxy", "/etc/haproxy", "/etc/ssl/certs"):
+        assert own not in paths, own
+
+
+def test_a_host_directory_cache_not_roots_alone_is_never_believed() -> None:
+    """The verdict is cached in /run/jailshim/hostdirs. A cache another user could have
+    written (not root's, or group/other-writable) saying /etc/ssl is no host directory is
+    ignored and rebuilt: /etc/ssl is still refused (78)."""
+    need(_owned_by_a_package("/etc/ssl"), "needs dpkg's /etc/ssl")
+    from jailshim.jail import hostdirs
+
+    run("prepare", "--chroot", "/etc/ssl", "--dry-run")  # makes the right cache
+    cache = Path(hostdirs.CACHE)
+    need(cache.exists(), "needs a writable /run/jailshim")
+    header = cache.read_text().splitlines()[0]
+    try:
+        for owner, mode in ((NOBODY, 0o600), (0, 0o666)):
+            cache.write_text(header + "\n")  # the right key, no host directory at all
+            os.chown(cache, owner, owner)
+            cache.chmod(mode)
+            result = run("prepare", "--chroot", "/etc/ssl", "--dry-run")
+            assert result.code == 78, result.error
+            assert "/etc/ssl" in result.error
+    finally:
+        cache.unlink(missing_ok=True)
