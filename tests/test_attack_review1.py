@@ -494,3 +494,39 @@ def test_a_host_directory_cache_not_roots_alone_is_never_believed() -> None:
             assert "/etc/ssl" in result.error
     finally:
         cache.unlink(missing_ok=True)
+
+
+def test_a_jail_whose_path_another_user_can_swap_is_refused(tmp_path: Path) -> None:
+    """prepare as run's vet: a root-owned jail in a directory nobody owns, or reached through
+    nobody's symlink, is refused (78, naming the entry) and nothing is made in it; root's
+    symlink in root's directory and a root jail in a sticky root directory (a /tmp) pass."""
+    tmp_path.chmod(0o755)
+    area = tmp_path / "area"
+    area.mkdir(mode=0o755)
+    (area / "jail").mkdir()
+    os.chown(area, NOBODY, NOBODY)
+    real = tmp_path / "real"
+    (real / "jail").mkdir(parents=True)
+    users_link = tmp_path / "users-link"
+    users_link.symlink_to(real)
+    os.lchown(users_link, NOBODY, NOBODY)
+    roots_link = tmp_path / "roots-link"
+    roots_link.symlink_to(real)
+    sticky = tmp_path / "sticky"
+    (sticky / "jail").mkdir(parents=True)
+    sticky.chmod(0o1777)
+    try:
+        for refused, named in (
+            (area / "jail", f"{area}/jail"),
+            (users_link / "jail", str(users_link)),
+        ):
+            result = run("prepare", "--chroot", str(refused), "--no-verify")
+            assert result.code == 78, result.error
+            assert named in result.error, result.error
+            assert list(Path(os.path.realpath(refused)).iterdir()) == []
+        for accepted in (roots_link / "jail", sticky / "jail"):
+            result = run("prepare", "--chroot", str(accepted), "--dry-run")
+            assert result.code == 0, result.error
+    finally:
+        for jail in (area / "jail", real / "jail"):
+            run("teardown", "--chroot", str(jail))
