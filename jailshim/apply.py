@@ -222,7 +222,16 @@ class Applier:
     def make_dev_dir(self) -> None:
         """dev/ is made at a temporary name and gets its record inside before it is renamed
         into place: a kill at any point leaves either nothing or a name sweep_new_dev knows."""
-        os.mkdir(state.NEW_DEV, 0o755, dir_fd=self.jail.fd)
+        try:
+            os.mkdir(state.NEW_DEV, 0o755, dir_fd=self.jail.fd)
+        except FileExistsError:
+            # reconcile took back every one of ours (sweep_new_dev): this one is someone
+            # else's, left alone; a bare EEXIST (71) named neither it nor the fix (review1 R6)
+            raise ConfigError(
+                f"{self.jail.real}/{state.NEW_DEV} is in the way and jailshim did not make it; "
+                "move it away and run again.",
+                chroot=self.jail.path,
+            ) from None
         fd = self._open_made_dir(state.NEW_DEV, self.jail.fd)
         record = Record(Kind.MKDIR, "dev", "", os.fstat(fd).st_ino, tmp=state.NEW_DEV)
         self.journal.dir_fd = fd

@@ -21,7 +21,7 @@ from jailshim.errors import ConfigError, NotPermitted, PrepareOSError
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive, pid_namespace
-from jailshim.jail.safepath import Jail, rename_into_place
+from jailshim.jail.safepath import Jail, rename_into_place, swappable_path
 from jailshim.jail.undo import KEPT, UNPROVEN, describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
 from jailshim.spec import Spec
@@ -293,6 +293,13 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
     start = time.monotonic()
     jail = Jail(spec.chroot)
     try:
+        # jailshim works by fd, but the daemon chroot()s by the path: one another user can
+        # swap would put the daemon in a directory no one prepared (review1 R3)
+        swappable = jail.root_movable() or swappable_path(
+            spec.chroot, "the daemon, which chroot()s by its path,"
+        )
+        if swappable:
+            raise ConfigError(swappable, chroot=spec.chroot)
         lock = JailLock(jail.fd, jail.real, spec.timeout)
     except BaseException:
         jail.close()

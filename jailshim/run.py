@@ -96,13 +96,18 @@ def _check_interpreter(path: str) -> None:
 
 def vet_jail(chroot: str, *, allow_writable: bool, identity: Identity | None) -> None:
     """The jail as prepare will judge it (jail/safepath.Jail: no symlink, not one of the host's
-    own directories; jail/survey.check_ownership: who may write it), before anything acts on
+    own directories; swappable_path: no one but root can change where its path leads;
+    jail/survey.check_ownership: who may write it), before anything acts on
     it; nothing is changed here. Without the daemon's identity (its user could not be
     resolved) a jail a non-root user can write is refused, as for anyone else's."""
-    from jailshim.jail.safepath import Jail
+    from jailshim.jail.safepath import Jail, swappable_path
     from jailshim.jail.survey import check_ownership
 
     with Jail(chroot) as jail:
+        # the checker and the daemon act on the path by name, after this look
+        swappable = jail.root_movable() or swappable_path(chroot, "the daemon's checker")
+        if swappable:
+            raise ConfigError(swappable, chroot=chroot)
         dev_fd = jail.open_dir("dev")
         try:
             check_ownership(jail, dev_fd, allow_writable=allow_writable, daemon=identity)

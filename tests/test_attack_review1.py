@@ -160,12 +160,6 @@ def _flock_kept_by_an_heir(jail: Path) -> Iterator[int]:
             os.kill(heir, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: a local user's flock on the jail directory, kept by a child after the "
-    "locker exits, is taken for root's (/proc/locks names a PID that is gone): root's "
-    "prepare waits out its whole --timeout and fails (71) — DoS of root's start",
-)
 def test_a_users_flock_kept_by_a_child_of_the_locker_does_not_stop_roots_prepare(
     tmp_path: Path,
 ) -> None:
@@ -191,13 +185,6 @@ def _owned_by_a_package(path: str) -> bool:
     return subprocess.run([dpkg, "-S", path], check=False, capture_output=True).returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: the host-directory rule knows base-files' directories only: a directory "
-    "another package owns (the host's libraries, /etc/ssl, dpkg's own database) is accepted "
-    "as a jail and gets dev/ and jail files — the issue asked for 'anything a package "
-    "manager owns'",
-)
 @pytest.mark.parametrize(
     "host_dir", ["/usr/lib/x86_64-linux-gnu", "/etc/ssl", "/var/lib/dpkg/info", "/etc/apt"]
 )
@@ -289,12 +276,6 @@ def test_a_users_symlink_never_brings_a_file_it_cannot_reach_into_the_jail(
         run("teardown", "--chroot", str(jail))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: the jail is vetted by its path, then `postfix check` (root) follows the "
-    "path again: the daemon's user, owning queue_directory's parent, swaps a symlink in "
-    "between and postfix check makes queue directories outside the jail — acts outside",
-)
 def test_postfix_check_never_follows_a_queue_directory_swapped_after_the_vet(
     tmp_path: Path,
 ) -> None:
@@ -359,12 +340,6 @@ def test_postfix_check_never_follows_a_queue_directory_swapped_after_the_vet(
     assert sorted(p.name for p in outside.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review1: a .jailshim-new-dev the daemon's user made in its own jail root is left "
-    "(rightly) but prepare then fails as 71 'Preparing JAIL/dev failed: File exists (EEXIST)', "
-    "naming neither the entry nor what to do — wrong report",
-)
 def test_a_temporary_dev_the_daemons_user_made_is_named_in_the_refusal(tmp_path: Path) -> None:
     """The daemon's user owns the jail root and makes .jailshim-new-dev there (a directory of
     its own, one file in it). Reconcile leaves it ("not a directory jailshim made": held, it
@@ -523,3 +498,86 @@ def test_a_jails_nss_module_finds_no_way_out_of_the_chroot(tmp_path: Path) -> No
     # prepare opens the jail, so no directory fd was among them yet; any later one would be)
     assert " fds=1 dirs=0" in scout, f"the jail's NSS module found fds of jailshim's: {scout}"
     assert run("teardown", "--chroot", str(jail)).code == 0
+
+
+def test_the_host_directory_rule_reads_every_packages_list_purely() -> None:
+    """PURE: a directory two packages name, or one package of the system itself names, is the
+    host's (and its parents); one that only its own optional package names is a jail."""
+    from jailshim.jail.hostdirs import packaged_host_paths, system_packages
+
+    status = (
+        "Package: dpkg\nEssential: yes\nPriority: required\n\n"
+        "Package: apt\nPriority: important\nDescription: x\n Priority: required\n\n"
+        "Package: haproxy\nPriority: optional\n"
+    )
+    assert system_packages(status) == {"dpkg", "apt"}
+    lists = [
+        ("dpkg", "/.\n/var\n/var/lib\n/var/lib/dpkg\n/var/lib/dpkg/info\n"),
+        ("openssl", "/etc\n/etc/ssl\n/etc/ssl/openssl.cnf\n"),
+        ("ca-certificates", "/etc\n/etc/ssl\n/etc/ssl/certs\n"),
+        ("haproxy", "/var\n/var/lib\n/var/lib/haproxy\n/etc/haproxy\n"),
+    ]
+    paths = packaged_host_paths(lists, {"dpkg"})
+    for host in ("/var/lib/dpkg/info", "/etc/ssl", "/var/lib", "/etc", "/usr/lib"):
+        assert host in paths, host
+    for own in ("/var/lib/haproxy", "/etc/haproxy", "/etc/ssl/certs"):
+        assert own not in paths, own
+
+
+def test_a_host_directory_cache_not_roots_alone_is_never_believed() -> None:
+    """The verdict is cached in /run/jailshim/hostdirs. A cache another user could have
+    written (not root's, or group/other-writable) saying /etc/ssl is no host directory is
+    ignored and rebuilt: /etc/ssl is still refused (78)."""
+    need(_owned_by_a_package("/etc/ssl"), "needs dpkg's /etc/ssl")
+    from jailshim.jail import hostdirs
+
+    run("prepare", "--chroot", "/etc/ssl", "--dry-run")  # makes the right cache
+    cache = Path(hostdirs.CACHE)
+    need(cache.exists(), "needs a writable /run/jailshim")
+    header = cache.read_text().splitlines()[0]
+    try:
+        for owner, mode in ((NOBODY, 0o600), (0, 0o666)):
+            cache.write_text(header + "\n")  # the right key, no host directory at all
+            os.chown(cache, owner, owner)
+            cache.chmod(mode)
+            result = run("prepare", "--chroot", "/etc/ssl", "--dry-run")
+            assert result.code == 78, result.error
+            assert "/etc/ssl" in result.error
+    finally:
+        cache.unlink(missing_ok=True)
+
+
+def test_a_jail_whose_path_another_user_can_swap_is_refused(tmp_path: Path) -> None:
+    """prepare as run's vet: a root-owned jail in a directory nobody owns, or reached through
+    nobody's symlink, is refused (78, naming the entry) and nothing is made in it; root's
+    symlink in root's directory and a root jail in a sticky root directory (a /tmp) pass."""
+    tmp_path.chmod(0o755)
+    area = tmp_path / "area"
+    area.mkdir(mode=0o755)
+    (area / "jail").mkdir()
+    os.chown(area, NOBODY, NOBODY)
+    real = tmp_path / "real"
+    (real / "jail").mkdir(parents=True)
+    users_link = tmp_path / "users-link"
+    users_link.symlink_to(real)
+    os.lchown(users_link, NOBODY, NOBODY)
+    roots_link = tmp_path / "roots-link"
+    roots_link.symlink_to(real)
+    sticky = tmp_path / "sticky"
+    (sticky / "jail").mkdir(parents=True)
+    sticky.chmod(0o1777)
+    try:
+        for refused, named in (
+            (area / "jail", f"{area}/jail"),
+            (users_link / "jail", str(users_link)),
+        ):
+            result = run("prepare", "--chroot", str(refused), "--no-verify")
+            assert result.code == 78, result.error
+            assert named in result.error, result.error
+            assert list(Path(os.path.realpath(refused)).iterdir()) == []
+        for accepted in (roots_link / "jail", sticky / "jail"):
+            result = run("prepare", "--chroot", str(accepted), "--dry-run")
+            assert result.code == 0, result.error
+    finally:
+        for jail in (area / "jail", real / "jail"):
+            run("teardown", "--chroot", str(jail))

@@ -164,10 +164,17 @@ def _readable(path: str, source: str, daemon: str) -> None:
 
 def refuse_host_directory(path: str, tool: str) -> None:
     """``tool`` (a daemon's checker) will act in directory ``path``: refuse it, one sentence and
-    78, when it is one of the host's own directories (jail/hostdirs.py), however it is spelled.
+    78, when it is one of the host's own directories (jail/hostdirs.py), however it is spelled,
+    or when a user other than root could change where its path leads (safepath.swappable_path).
     Symlinks are followed, as the tool follows them; a missing directory is nobody's yet."""
     from jailshim.jail.hostdirs import host_directory
+    from jailshim.jail.safepath import swappable_path
 
+    # checked where it exists, and where it does not: the tool makes what is missing in the
+    # deepest directory that exists, which must be root's to keep (review1 R3)
+    swappable = swappable_path(path, f"`{tool}`")
+    if swappable:
+        raise ConfigError(swappable, chroot=path)
     try:
         fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:  # missing or not a directory: the tool makes or refuses it, not ours

@@ -7,7 +7,8 @@ stale lock):
 - the jail directory itself: an inode lock, so it holds across mount namespaces (two
   containers sharing a volume, each with its own /run) and across the tmpfs over dev/. Any
   user who can read the jail can take this one too, so a hold by a process that is not root's
-  is ignored, with a warning: that user gets no say in root's start-up.
+  is ignored, with a warning: that user gets no say in root's start-up. So is a hold whose
+  locker is gone (its child keeps the lock), where every process is seen.
 Without a lock, eight prepares at once stacked tmpfs mounts eight deep and one's rollback deleted
 the node another had just made, while that other one exited 0.
 
@@ -42,7 +43,8 @@ class LockTimeout(PrepareOSError):
 
 def _holder(fd: int) -> tuple[int, int | None]:
     """(pid, uid) of the process holding an flock on ``fd``'s inode, from /proc/locks; pid 0
-    and uid None when that cannot be seen (another PID namespace)."""
+    and uid None when that cannot be seen (another PID namespace); uid -1 when /proc/locks
+    names a process that no longer exists, the locker's child keeping its open file."""
     st = os.fstat(fd)
     wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
@@ -51,13 +53,31 @@ def _holder(fd: int) -> tuple[int, int | None]:
                 fields = line.split()
                 if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == wanted:
                     pid = int(fields[4])
-                    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+                    try:
+                        status = open(f"/proc/{pid}/status", encoding="ascii")  # noqa: SIM115
+                    except FileNotFoundError:
+                        return (pid, -1) if pid else (0, None)
+                    with status:
                         for row in status:
                             if row.startswith("Uid:"):
                                 return pid, int(row.split()[2])  # effective uid
     except (OSError, ValueError):
         pass
     return 0, None
+
+
+def _not_roots(pid: int, uid: int | None) -> bool:
+    """Whether the jail directory's lock holder is provably not root's jailshim: another
+    user's process, or a locker gone where every process is seen (the initial PID namespace
+    prints the locker's PID even after it exits: a user flocked, forked and exited, and the
+    child kept the lock; root waited out its whole --timeout, review1 R4). Root's own runs
+    are serialised by root's lock file first, so none of them is waited on here. Only where
+    other namespaces' processes are hidden (pid 0) is an unknown holder taken for root's."""
+    if uid == -1:
+        from jailshim.jail.namespaces import in_initial_pid_namespace
+
+        return in_initial_pid_namespace()
+    return uid not in (None, 0)
 
 
 def _root_lock_path(st: os.stat_result) -> str | None:
@@ -128,8 +148,12 @@ class JailLock:
                 return
             except BlockingIOError:
                 pid, uid = _holder(fd)
-                if only_root_counts and uid not in (None, 0):
-                    self.ignored = f"process {pid} (uid {uid})"
+                if only_root_counts and _not_roots(pid, uid):
+                    self.ignored = (
+                        f"process {pid} (uid {uid})"
+                        if uid != -1
+                        else f"process {pid}, gone (a process it started keeps its lock)"
+                    )
                     return
                 if time.monotonic() >= deadline:
                     holder = f"process {pid}" if pid else "another process"

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["mounts_vanish_on_exit", "namespace_alive", "pid_namespace"]
+__all__ = [
+    "in_initial_pid_namespace",
+    "mounts_vanish_on_exit",
+    "namespace_alive",
+    "pid_namespace",
+]
 
 # The initial PID namespace's inode number is fixed by the kernel (PROC_PID_INIT_INO).
 _INITIAL_PID_NS = 0xEFFFFFFC
@@ -24,6 +29,11 @@ def pid_namespace() -> int:
         return os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return 0
+
+
+def in_initial_pid_namespace() -> bool:
+    """Whether this process sees every process of the machine under its own PID."""
+    return pid_namespace() == _INITIAL_PID_NS
 
 
 def namespace_alive(ns: int, pidns: int = 0) -> bool:

@@ -28,9 +28,11 @@ __all__ = [
     "holder",
     "inspect_entry",
     "movable_out",
+    "name_swappable",
     "owner_name",
     "rename_into_place",
     "shared_write",
+    "swappable_path",
     "writable_by_non_root",
 ]
 
@@ -150,9 +152,94 @@ def movable_out(directory: Holder, parent: Holder) -> bool:
     stays below its parent whoever owns that parent; the daemon's own directory in root's
     directory stays too. Renaming within the same parent stays possible: that keeps it in the
     jail (and every step checks the inode it made by its fd, not by its name)."""
-    if not (directory.writable and parent.writable):
+    return directory.writable and name_swappable(directory.uid, parent)
+
+
+def name_swappable(owner: int, parent: Holder) -> bool:
+    """Whether a user other than root could rename, remove or replace an entry owned by
+    ``owner`` in ``parent`` (exchange it with a symlink of its own): the parent is writable by
+    such a user and no sticky bit keeps them off an entry that root owns in root's directory."""
+    if not parent.writable:
         return False
-    return not (parent.mode & stat.S_ISVTX and directory.uid == 0 and parent.uid == 0)
+    return not (parent.mode & stat.S_ISVTX and owner == 0 and parent.uid == 0)
+
+
+_MAX_SYMLINKS = 40  # as the kernel's path walk (ELOOP beyond)
+
+
+def swappable_path(path: str, actor: str) -> str:
+    """ "" when no user other than root can change where ``path`` leads, else the sentence
+    (which entry, whose directory, the fix) for ``actor``, who will act on the path by name.
+
+    Walks from / as the kernel resolves the name, following symlinks, and asks of every
+    entry on the way, the last included, whether a user other than root could swap it
+    (name_swappable on its directory's fd) or, for a symlink, whether it is someone else's
+    than root's. Walking stops at the first missing entry: what is made there is made in a
+    directory proven root's. Seen without it: postfix, owning queue_directory's parent,
+    exchanged the directory with a symlink after the jail was vetted, and root's `postfix
+    check` made its queue directories outside the jail (review1 R3).
+    """
+    import collections
+
+    if not path.startswith("/"):
+        path = f"{os.getcwd()}/{path}"
+    todo = collections.deque(path.split("/"))
+    stack = [(os.open("/", _DIR_NOFOLLOW), "")]  # (fd, path) of each directory walked down
+    links = 0
+    try:
+        while todo:
+            part = todo.popleft()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop()[0])
+                continue
+            parent_fd, parent_path = stack[-1]
+            where = f"{parent_path}/{part}"
+            try:
+                st = os.stat(part, dir_fd=parent_fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return ""
+            parent, parent_st = holder(parent_fd)
+            if name_swappable(st.st_uid, parent):
+                return _swappable_sentence(
+                    path, where, _described(parent_path or "/", parent_st), actor
+                )
+            if stat.S_ISLNK(st.st_mode):
+                if st.st_uid != 0:
+                    return (
+                        f"{path} leads through {where}, a symlink owned by "
+                        f"{owner_name(st.st_uid)}, not root; {actor} acts on that path by name, "
+                        "so only root may say where it leads. Replace the symlink with "
+                        "root's own or give the real directory, then run again."
+                    )
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    return ""  # ELOOP: whoever acts on it fails, nowhere
+                target = os.readlink(part, dir_fd=parent_fd)
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop()[0])
+                todo.extendleft(reversed(target.split("/")))
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                return ""
+            stack.append((os.open(part, _DIR_NOFOLLOW, dir_fd=parent_fd), where))
+        return ""
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _swappable_sentence(path: str, where: str, parent: str, actor: str) -> str:
+    return (
+        f"{path} leads through {where}, which a user other than root could swap for a "
+        f"symlink at any moment: its directory {parent} is writable by such a user, and "
+        f"{actor} acts on the path by name, so it would act wherever that user points it. "
+        f"Make every directory on the way root's and not group/other-writable (or move the "
+        "jail below one), then run again."
+    )
 
 
 def holder(fd: int) -> tuple[Holder, os.stat_result]:
@@ -397,8 +484,7 @@ class Jail:
                     f"The jail {_described(self.real, st)} is in {where}, which a user other "
                     "than root can write: that user could move the whole jail while jailshim "
                     "works in it, and root's mounts and files would go along. Make "
-                    f"{where} root's and not group/other-writable, or the jail root's "
-                    "(chown root:root), then run again."
+                    f"{where} root's and not group/other-writable, then run again."
                 )
         return self._root_movable
 
