@@ -80,13 +80,10 @@ def judge_device(device: Device, facts: DeviceFacts, uid: int) -> Finding:
 def _judge_device(device: Device, facts: DeviceFacts, uid: int) -> Finding:
     check = f"dev/{device.name}"
     if facts.lstat_errno == errno.ENOENT:
-        return Finding(
-            check,
-            False,
-            f"dev/{device.name} does not exist.",
-            _PREPARE,
-            transient=True,
-        )
+        # Not transient (issue 26): only `jailshim prepare` or the image makes a node, and
+        # both are done before check runs; waiting for one made an empty jail's check wait
+        # out --timeout (30 s, 15 warnings) before saying "run prepare".
+        return Finding(check, False, f"dev/{device.name} does not exist.", _PREPARE)
     if facts.lstat_errno:
         return Finding(
             check,

@@ -1,9 +1,12 @@
 """Run the probe until it passes, a permanent failure shows, or the time budget runs out.
 
-Transient states (the kernel RNG not initialised yet, a node that another step of the
-container's start is still creating) are waited for; a wrong device or a permission problem will
-not fix itself, so it fails at once. tenacity is imported only when a first attempt failed:
-a healthy jail pays nothing for it.
+Only states that clear by themselves while we wait are waited for: the kernel RNG not
+initialised yet, an address absent or tentative, a resolver not answering yet. A missing or
+wrong node, nodev, EACCES will not fix themselves (nothing in jailshim's start makes a node
+after prepare), so they fail at once (issue 26: an empty jail waited 30 s printing 15
+warnings). A wait is said once, with what is awaited and for how long; the attempts after it
+are debug events, and the outcome is one line. tenacity is imported only when a first attempt
+failed: a healthy jail pays nothing for it.
 """
 
 from __future__ import annotations
@@ -54,6 +57,17 @@ class Outcome(NamedTuple):
         return f"Check {first.check} {when}: {first.detail.rstrip('.')}; {first.remedy}.{more}"
 
 
+def _waiting_for(failing: list[Finding], budget: float) -> dict[str, Any]:
+    """The one line's fields: which checks are awaited, and until when."""
+    checks = ", ".join(f.check for f in failing)
+    return {
+        "waiting_for": checks,
+        "up_to_s": round(budget, 1),
+        "message": f"waiting up to {budget:.0f}s (--timeout) for {checks}; "
+        "the attempts are logged at debug level",
+    }
+
+
 def _sleep(seconds: float) -> None:
     raise_if_received()
     time.sleep(seconds)
@@ -64,24 +78,29 @@ def verify_with_retries(probe: Callable[[], list[Finding]], timeout: float, log:
     start = time.monotonic()
     attempt = 0
 
+    def remaining() -> float:
+        return timeout - (time.monotonic() - start)
+
     def one_attempt() -> list[Finding]:
         nonlocal attempt
         raise_if_received()
         attempt += 1
         findings = probe()
         failing = _failing(findings)
+        waiting = attempt == 1 and _waitable(findings) and remaining() > 0
+        # one line when it starts waiting (what, and for how long), one when it passes after
+        # waiting; the attempts in between are debug: 15 identical warnings read as a hang
+        level = 20 if not failing else 30 if attempt == 1 else 10
         log.log(
-            30 if failing else 20,
+            level,
             "check.attempt",
             attempt=attempt,
             ok=not failing,
             reason="; ".join(f"{f.check}: {f.detail}" for f in failing) or None,
             elapsed_ms=round((time.monotonic() - start) * 1000, 1),
+            **(_waiting_for(failing, remaining()) if waiting else {}),
         )
         return findings
-
-    def remaining() -> float:
-        return timeout - (time.monotonic() - start)
 
     findings = one_attempt()
     if _waitable(findings) and remaining() > 0:
