@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jailshim.devices import Device
-from jailshim.errors import VERDICT_ERRORS, ConfigError, NotPermitted, UsageError
+from jailshim.errors import VERDICT_ERRORS, ConfigError, NotPermitted, UsageError, exit_code_for
 from jailshim.spec import Identity
 from jailshim.verify.cryptolib import CryptoLib, recovery
 from jailshim.verify.findings import Finding, render_table
@@ -33,6 +33,7 @@ __all__ = [
     "expand_pids",
     "read_daemon",
     "verdict",
+    "verdict_lines",
 ]
 
 # What doctor checks unless told otherwise (--device adds, --only-devices replaces).
@@ -316,11 +317,27 @@ def chrooted_children(pid: int) -> tuple[int, ...]:
     return tuple(sorted(found))
 
 
+def _on_terminal() -> bool:
+    """A person reads stdout (issue 26): each daemon's table, then one verdict line, and the
+    log events (doctor.workers, doctor.daemon, doctor.verdict, failed) drop to debug; on a
+    terminal they were timestamped key=value lines around the table, and the verdict of a
+    failing daemon showed only as `[error] failed error=…`. Machines (no TTY) get every event."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # no stdout, or closed
+        return False
+
+
 def expand_pids(pids: tuple[int, ...], log: Any) -> tuple[int, ...]:
     """The PIDs to inspect: each given one, except that a PID which is not chrooted but has
     chrooted children (haproxy -W/-Ws: the master stays outside the jail, its workers chroot)
     stands for those children, which is said. Order kept, no repeats."""
-    result: list[int] = []
+    return tuple(_workers_of(pids, log))
+
+
+def _workers_of(pids: tuple[int, ...], log: Any) -> dict[int, int | None]:
+    """expand_pids with each inspected PID's master (None: it was given itself)."""
+    result: dict[int, int | None] = {}
     for pid in pids:
         try:
             root = os.readlink(f"/proc/{pid}/root")
@@ -328,7 +345,8 @@ def expand_pids(pids: tuple[int, ...], log: Any) -> tuple[int, ...]:
             root = ""  # read_daemon says why, in its own words
         children = chrooted_children(pid) if root == "/" else ()
         if children:
-            log.info(
+            log.log(
+                10 if _on_terminal() else 20,  # on a terminal each table's heading says it
                 "doctor.workers",
                 pid=pid,
                 workers=list(children),
@@ -336,8 +354,9 @@ def expand_pids(pids: tuple[int, ...], log: Any) -> tuple[int, ...]:
                 f"{', '.join(map(str, children))} are (a master and its workers): inspecting "
                 "those",
             )
-        result.extend(children or (pid,))
-    return tuple(dict.fromkeys(result))
+        for found in children or (pid,):
+            result.setdefault(found, pid if children else None)
+    return result
 
 
 def doctor(
@@ -356,11 +375,18 @@ def doctor(
     several). ``read_filter``: read a daemon's seccomp filters (a brief ptrace stop)."""
     results: list[tuple[str, Diagnosis]] = []
     if pids:
-        targets = expand_pids(pids, log)
-        for pid in targets:
+        targets = _workers_of(pids, log)
+        for pid, master in targets.items():
             facts = read_daemon(pid)
             found = _diagnose(
-                facts, "", None, devices, log, crypto_libs=crypto_libs, read_filter=read_filter
+                facts,
+                "",
+                None,
+                devices,
+                log,
+                crypto_libs=crypto_libs,
+                read_filter=read_filter,
+                master=master,
             )
             results.append((f"PID {pid}: " if len(targets) > 1 else "", found))
     else:
@@ -378,7 +404,11 @@ def doctor(
     if error is None:
         return 0
     said = [f"{who}{found.words}" for who, found in results if found.verdict is not Verdict.SAFE]
-    raise error(" ".join(said))
+    failure = error(" ".join(said))
+    if _on_terminal():  # each verdict line is on screen: the exit code, not a `failed` event
+        log.debug("failed", error=failure.sentence, exit_code=exit_code_for(failure))
+        return exit_code_for(failure)
+    raise failure
 
 
 def _daemon_rows(
@@ -452,8 +482,10 @@ def _diagnose(
     *,
     crypto_libs: tuple[str, ...] = (),
     read_filter: bool = False,
+    master: int | None = None,
 ) -> Diagnosis:
-    """One daemon (``facts``) or one jail: its findings and verdict logged."""
+    """One daemon (``facts``; ``master``: the PID it was found under) or one jail: its
+    findings and verdict logged, or on a terminal shown."""
     from jailshim.verify.entropy import (
         ProbeLibrary,
         after_row,
@@ -468,7 +500,8 @@ def _diagnose(
         identity = Identity(
             _user_name(facts.uid), facts.uid, facts.gid, facts.groups or (facts.gid,)
         )
-        log.info(
+        log.log(
+            10 if _on_terminal() else 20,  # on a terminal the table's heading says it
             "doctor.daemon",
             pid=facts.pid,
             name=facts.name,
@@ -553,20 +586,35 @@ def _diagnose(
     found = verdict(decisions, asked, known, broken, fix, after=after_prepare(libs))
     # As check.report does: with the table on screen each finding and the verdict are said
     # once (per-finding events drop to debug); machines get every finding as a JSON event.
-    table = sys.stdout.isatty()
+    table = _on_terminal()
     for f in findings:
         level = 10 if table else 20 if f.ok and not f.warning else 30 if f.ok else 40
         remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
         log.log(
             level, "check", check=f.check, ok=f.ok, whose=f.whose, detail=f.detail, **pid, **remedy
         )
-    if table and findings:
-        sys.stdout.write(render_table(findings) + "\n")
+    if table:
+        heading = [] if facts is None else [_heading(facts, user, master)]
+        shown = [render_table(findings)] if findings else []
+        sys.stdout.write("\n".join([*heading, *shown, verdict_lines(found)]) + "\n")
     safe = found.verdict is Verdict.SAFE
-    if safe:
-        log.info("doctor.verdict", safe=True, verdict=found.words, **pid)
-    elif not table:  # on a TTY the failure event says it
-        log.error(
-            "doctor.verdict", safe=False, verdict=found.words, outcome=str(found.verdict), **pid
-        )
+    level = 10 if table else 20 if safe else 40
+    extra = {} if safe else {"outcome": str(found.verdict)}
+    log.log(level, "doctor.verdict", safe=safe, verdict=found.words, **extra, **pid)
     return found
+
+
+def _heading(facts: DaemonFacts, user: str, master: int | None) -> str:
+    """What doctor.daemon says, for a person: which process, where, as whom."""
+    under = f", a worker of PID {master} (not chrooted itself)" if master is not None else ""
+    return f"PID {facts.pid} {facts.name}{under}: jail {facts.root}, user {user}"
+
+
+_MARKS = {Verdict.SAFE: "✓", Verdict.CANNOT_TELL: "!"}
+
+
+def verdict_lines(found: Diagnosis) -> str:
+    """The verdict under the table: one line, and the fix on its own line when there is one."""
+    head, _, fix = found.words.partition(". Fix: ")
+    mark = _MARKS.get(found.verdict, "✗")
+    return f"{mark} verdict: {head}" + (f"\n  Fix: {fix}" if fix else "")

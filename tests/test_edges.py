@@ -117,6 +117,64 @@ def test_doctor_on_a_tty_says_each_finding_and_the_verdict_once(jail: Path) -> N
     assert re.search(r"^✗ dev/urandom +jail ", text, re.M), text
     assert text.count("✗ dev/urandom") == 1 and "check=dev/urandom" not in text, text
     assert re.search(r"^✗ entropy \(OpenSSL 3[.0-9]*\) +probe +safe now, fragile", text, re.M)
+    # issue 26: the verdict is the table's last word, not an `[error] failed error=…` line
+    lines = text.strip().splitlines()
+    assert lines[-2].startswith("✗ verdict: safe now, fragile: "), text
+    assert lines[-1].startswith("  Fix: `jailshim prepare --chroot "), text
+    assert text.count("verdict: ") == 1, text
+    assert not re.search(r"\[(error|info|warning) *\]", text), text
+    assert "error=" not in text and "doctor.verdict" not in text, text
+
+
+_MASTER_AND_WORKER = """
+import os, sys, time
+master = os.getpid()
+if os.fork() == 0:
+    os.chroot(sys.argv[1]); os.setgid(65534); os.setuid(65534)
+    while os.getppid() == master:  # gone with its master
+        time.sleep(0.1)
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+def test_doctor_on_a_tty_says_a_master_and_its_worker_in_a_heading(jail: Path) -> None:
+    """Issue 26: on a terminal `doctor --pid MASTER` printed `[info] doctor.workers …` and
+    `[info] doctor.daemon …` lines above the table. Now: a heading that names the worker, its
+    master, its jail and user, the table, one verdict line; no log lines. Without a terminal
+    the JSON events stay as they were."""
+    from jailshim.doctor import chrooted_children
+
+    libcrypto = "/lib/x86_64-linux-gnu/libcrypto.so.3"
+    need(os.path.exists(libcrypto), "needs Debian's libssl3")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MASTER_AND_WORKER, str(jail)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (workers := chrooted_children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (worker,) = workers
+        args = ("doctor", "--pid", str(proc.pid), "--crypto-lib", libcrypto)
+        code, text = _on_a_tty(jailshim_argv(*args))
+        piped = run(*args)
+    finally:
+        stop(proc)
+    assert code == 0, text
+    lines = text.strip().splitlines()
+    master = f"a worker of PID {proc.pid} \\(not chrooted itself\\)"
+    assert re.fullmatch(f"PID {worker} python[.0-9]*, {master}: jail {jail}, user nobody", lines[0])
+    assert re.match(r"^✓ getrandom\(\) +daemon +works", lines[1]), text
+    assert lines[-1].startswith("✓ verdict: safe: OpenSSL 3 reads getrandom()"), text
+    assert not re.search(r"\[(error|info|warning|debug) *\]", text), text
+    assert "doctor." not in text, text
+    assert piped.code == 0, piped.stderr
+    assert piped.named("doctor.workers")[0]["workers"] == [worker]
+    assert piped.named("doctor.daemon")[0]["pid"] == worker
+    assert piped.named("doctor.verdict")[0]["verdict"].startswith("safe: OpenSSL 3")
 
 
 def test_doctor_names_the_daemons_user(jail: Path) -> None:
