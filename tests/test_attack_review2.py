@@ -227,3 +227,59 @@ def test_a_jails_nss_module_never_finds_a_host_secret_in_the_probes_memory(
             capture_output=True,
             check=False,
         )
+
+
+def test_a_users_symlink_never_picks_the_host_socket_bound_into_the_jail(area: Path) -> None:
+    """review1 noted it for log sockets and R1's fix covered --file only: the daemon's user
+    owns the directory of the log socket the operator names and makes the name a symlink to
+    a 0666 socket in a 0700 directory of root's (reachable only through that directory).
+    prepare realpath()ed it on the host and bound root's private socket into the jail, where
+    the user could connect to it. Wanted: the host path walked as a --file's is (78)."""
+    import socket as sockets
+
+    private = area / "private"
+    private.mkdir(mode=0o700)
+    listener = sockets.socket(sockets.AF_UNIX)
+    listener.bind(str(private / "sock"))
+    (private / "sock").chmod(0o666)
+    users = area / "users"
+    users.mkdir()
+    os.chown(users, NOBODY, NOBODY)
+    # the user's own link (made as root and given to it: the test's tmp is root's 0700)
+    (users / "log").symlink_to(private / "sock")
+    os.lchown(users / "log", NOBODY, NOBODY)
+    jail = area / "jail"
+    jail.mkdir()
+    try:
+        done = subprocess.run(
+            jailshim_argv(
+                "prepare",
+                "--chroot",
+                str(jail),
+                "--user",
+                "nobody",
+                "--log-socket",
+                str(users / "log"),
+                "--no-verify",
+            ),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        bound = jail / str(users / "log").lstrip("/")
+        private_id = os.stat(private / "sock").st_ino
+        assert not (bound.exists() and os.stat(bound).st_ino == private_id), (
+            "root's private socket was bound into the jail through the user's symlink"
+        )
+        assert done.returncode == 78, done.stderr
+        assert "symlink" in done.stderr, done.stderr
+    finally:
+        listener.close()
+        subprocess.run(
+            jailshim_argv("teardown", "--chroot", str(jail)),
+            env=clean_env(),
+            capture_output=True,
+            check=False,
+        )
