@@ -283,3 +283,47 @@ def test_a_users_symlink_never_picks_the_host_socket_bound_into_the_jail(area: P
             capture_output=True,
             check=False,
         )
+
+
+def test_teardown_never_follows_a_users_symlink_to_another_jail(area: Path) -> None:
+    """The daemon's user owns a directory on its jail's path (prepare refuses that path since
+    review1 R3) and makes a name on the way its symlink to the directory of ANOTHER daemon's
+    jail. The unit's teardown (ExecStopPost runs after a failed ExecStartPre too) opened the
+    path through the symlink and tore the other jail down: its dev/ nodes removed (its binds,
+    its log socket unmounted). Wanted: refused (78) as prepare refuses it; the other jail
+    untouched."""
+    other = area / "other" / "jail"
+    other.mkdir(parents=True)
+    users = area / "users"
+    users.mkdir()
+    os.chown(users, NOBODY, NOBODY)
+    (users / "x").symlink_to(area / "other")
+    os.lchown(users / "x", NOBODY, NOBODY)
+    prepared = subprocess.run(
+        jailshim_argv("prepare", "--chroot", str(other), "--no-verify"),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        assert prepared.returncode == 0, prepared.stderr
+        before = sorted(os.listdir(other / "dev"))
+        torn = subprocess.run(
+            jailshim_argv("teardown", "--chroot", str(users / "x" / "jail")),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (other / "dev").is_dir() and sorted(os.listdir(other / "dev")) == before, (
+            "root's teardown of the user's path tore down another daemon's jail"
+        )
+        assert torn.returncode == 78, torn.stderr
+    finally:
+        subprocess.run(
+            jailshim_argv("teardown", "--chroot", str(other)),
+            env=clean_env(),
+            capture_output=True,
+            check=False,
+        )
