@@ -327,3 +327,66 @@ def test_teardown_never_follows_a_users_symlink_to_another_jail(area: Path) -> N
             capture_output=True,
             check=False,
         )
+
+
+def test_a_users_flock_held_through_a_setuid_program_does_not_stop_roots_prepare(
+    area: Path,
+) -> None:
+    """A local user who can open the jail directory flocks it and exec()s su (setuid root),
+    which keeps the fd and waits at its password prompt for ever: /proc/locks names the user's
+    process, whose effective uid is now 0, so the lock was taken for root's jailshim and
+    root's prepare waited out --timeout and failed (71, "another jailshim prepare or
+    teardown"), at every start. Wanted: the user's lock is ignored (real uid)."""
+    su = shutil.which("su")
+    need(su is not None and os.stat(su).st_mode & 0o4000 != 0, "needs a setuid su")
+    jail = area / "jail"
+    jail.mkdir()
+    # the user's process (the jail is opened as root: the test's tmp is root's 0700)
+    locker = subprocess.Popen(
+        [
+            "/usr/bin/python3",
+            "-c",
+            "import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "os.set_inheritable(fd, True)\n"
+            "os.setgroups([])\n"
+            f"os.setresgid({NOBODY}, {NOBODY}, {NOBODY})\n"
+            f"os.setresuid({NOBODY}, {NOBODY}, {NOBODY})\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.execv(sys.argv[2], ['su', 'root', '-c', 'true'])\n",
+            str(jail),
+            str(su),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = Path(f"/proc/{locker.pid}/status").read_text()
+            if status.startswith("Name:\tsu\n") and f"/{jail.name}" in "".join(
+                os.readlink(f"/proc/{locker.pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{locker.pid}/fd")
+            ):
+                break
+            time.sleep(0.05)
+        assert Path(f"/proc/{locker.pid}/status").read_text().startswith("Name:\tsu\n")
+        done = subprocess.run(
+            jailshim_argv("prepare", "--chroot", str(jail), "--no-verify", "--timeout", "3"),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    finally:
+        locker.kill()
+        locker.wait()
+        subprocess.run(
+            jailshim_argv("teardown", "--chroot", str(jail)),
+            env=clean_env(),
+            capture_output=True,
+            check=False,
+        )
