@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 from typing import NamedTuple
 
 from jailshim.verify.seccomp import getrandom_answer, seccomp_status
@@ -25,6 +26,7 @@ PTRACE_DETACH = 17
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_SECCOMP_GET_FILTER = 0x420C
+PR_SET_PDEATHSIG = 1
 _MAX_FILTERS = 64  # a process with more is hostile: each is read as root
 
 
@@ -94,16 +96,16 @@ def read_filters(pid: int, deadline: float = _READ_DEADLINE) -> list[bytes]:
     killed: the kernel detaches it from the daemon and cancels the pending interrupt, so the
     daemon is left running, never stopped (ETIMEDOUT)."""
     import select
-    import signal
     import struct
 
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         try:
             os.close(read_end)
             try:
-                filters = _read_filters_here(pid)
+                filters = _read_filters_here(pid, parent)
                 data = b"\0" + b"".join(struct.pack("=I", len(f)) + f for f in filters)
             except OSError as exc:
                 data = b"\1" + struct.pack("=i", exc.errno or errno.EIO)
@@ -144,9 +146,13 @@ def read_filters(pid: int, deadline: float = _READ_DEADLINE) -> list[bytes]:
     return filters
 
 
-def _read_filters_here(pid: int) -> list[bytes]:
+def _read_filters_here(pid: int, parent: int) -> list[bytes]:
     """read_filters' ptrace work, in the child that read_filters can kill."""
     libc = ctypes.CDLL(None, use_errno=True)
+    # dies with doctor (a stop signal): not left as the daemon's tracer, waiting on its stop
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        raise OSError(errno.ECHILD, os.strerror(errno.ECHILD))
     libc.ptrace.restype = ctypes.c_long
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 
