@@ -495,10 +495,12 @@ class Applier:
         dir_fd = self._make_dirs(where)
         if not step.facts.entry.placeholder and _lstat(dir_fd, name) is not None:
             self.displace(dir_fd, where, name, step.reason)
-        # Outside the jail a symlink may be followed (systemd's /dev/log points into
-        # /run/systemd/journal); the socket it names is what gets bound.
-        host = os.path.realpath(path)
-        source = os.open(host, O_PATH_NOFOLLOW)
+        # Outside the jail root's symlinks are followed (systemd's /dev/log points into
+        # /run/systemd/journal), another user's are not (survey.open_host_path): realpath()
+        # followed the daemon's user's link to a socket only root could reach (review2).
+        from jailshim.jail.survey import open_host_path
+
+        source, host = open_host_path(path)
         try:
             if not stat.S_ISSOCK(os.fstat(source).st_mode):
                 owner = "the service manager's socket" if step.facts.notify else "the log daemon"

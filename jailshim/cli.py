@@ -760,12 +760,19 @@ def _dispatch(args: argparse.Namespace, log: Any) -> int:
     if args.command == EXPLAIN:
         return _explain(args.log_file)
     if args.command == TEARDOWN:
-        from jailshim.jail.safepath import Jail
+        from jailshim.jail.safepath import Jail, swappable_path
         from jailshim.teardown import teardown
 
         chroot = chroot_of(args)
         log.bind_context(chroot=chroot)
         with Jail(chroot) as jail:
+            # Which jail the path opened is the question: a user who can swap a name on the
+            # way (its symlink, its directory) pointed it at another daemon's jail, and root's
+            # teardown (a unit's ExecStopPost, run after prepare refused the same path)
+            # removed that jail's dev/ and binds (review2). Said as prepare says it.
+            swappable = swappable_path(chroot, "teardown, which opens the jail by its path,")
+            if swappable:
+                raise ConfigError(swappable, chroot=chroot)
             teardown(
                 jail, log.get_logger(), dry_run=bool(args.dry_run), timeout=args.timeout or 30.0
             )

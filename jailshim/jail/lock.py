@@ -60,7 +60,12 @@ def _holder(fd: int) -> tuple[int, int | None]:
                     with status:
                         for row in status:
                             if row.startswith("Uid:"):
-                                return pid, int(row.split()[2])  # effective uid
+                                # the real uid first: a user's locker that exec()s a setuid
+                                # program waiting for ever (su at its password prompt) has
+                                # euid 0 and was taken for root's; root's prepare waited out
+                                # --timeout at every start (review2)
+                                real, effective = (int(u) for u in row.split()[1:3])
+                                return pid, real or effective
     except (OSError, ValueError):
         pass
     return 0, None

@@ -25,7 +25,7 @@ from jailshim.plan import DevDir, SocketFacts, Survey
 from jailshim.spec import Identity
 from jailshim.state import TMPFS_SOURCE
 
-__all__ = ["check_ownership", "read_host_file", "survey", "survey_file"]
+__all__ = ["check_ownership", "open_host_path", "read_host_file", "survey", "survey_file"]
 
 _MAX_FILE = 4 * 1024 * 1024  # a jail file is configuration, not data
 _DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
@@ -104,7 +104,14 @@ def survey_socket(
     shown = f"$NOTIFY_SOCKET {path}" if notify else path
     lost = "the daemon's READY=1 will be lost" if notify else "logs will be lost"
     try:
-        st = os.stat(path)
+        # walked as a --file's host path is: the daemon's user's symlink in its own directory
+        # had root bind, into the jail, a 0666 socket only root could reach (its directory
+        # 0700); review1 noted it, review2 reproduced it
+        host_fd, _ = open_host_path(path)
+        try:
+            st = os.fstat(host_fd)
+        finally:
+            os.close(host_fd)
         host_id = _identity(st)
         if not stat.S_ISSOCK(st.st_mode):
             host_problem = f"the host's {shown} is not a socket, {lost}"
@@ -226,7 +233,7 @@ def _refuse_host_step(path: str, where: str, dir_fd: int, here: str, st: os.stat
     return ""
 
 
-def _open_host_path(path: str) -> tuple[int, str]:
+def open_host_path(path: str) -> tuple[int, str]:
     """An O_PATH fd on the host's ``path`` and the path it led to, walked from / one name at
     a time without the kernel following a symlink: a symlink is read and followed here, when
     ``_refuse_host_step`` allows it (ConfigError, 78, when it does not; OSError as open(2)
@@ -280,10 +287,10 @@ def _open_host_path(path: str) -> tuple[int, str]:
 def read_host_file(path: str) -> HostFile:
     """The host's file at ``path``, its symlinks followed on the host (etc/localtime into
     /usr/share/zoneinfo, resolv.conf into /run/systemd/resolve): the content is what counts.
-    Walked by ``_open_host_path``: a name on the way that a user other than root could have
+    Walked by ``open_host_path``: a name on the way that a user other than root could have
     pointed elsewhere is refused (78), not followed."""
     try:
-        path_fd, real = _open_host_path(path)
+        path_fd, real = open_host_path(path)
         opened = _reopen_regular(path_fd, host=True)
     except OSError as exc:
         return HostFile(path, problem=host_problem(path, exc.errno or 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 from typing import NamedTuple
 
 from jailshim.verify.seccomp import getrandom_answer, seccomp_status
@@ -25,6 +26,7 @@ PTRACE_DETACH = 17
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_SECCOMP_GET_FILTER = 0x420C
+PR_SET_PDEATHSIG = 1
 _MAX_FILTERS = 64  # a process with more is hostile: each is read as root
 
 
@@ -81,10 +83,76 @@ def marker_in(pid: int) -> bool | None:
     return {0: True, 1: False}.get(os.waitstatus_to_exitcode(status))
 
 
-def read_filters(pid: int) -> list[bytes]:
+_READ_DEADLINE = 2.0  # seconds a daemon gets to reach the ptrace stop
+
+
+def read_filters(pid: int, deadline: float = _READ_DEADLINE) -> list[bytes]:
     """``pid``'s seccomp filters, newest first, through PTRACE_SECCOMP_GET_FILTER (needs
-    CAP_SYS_ADMIN; the daemon is stopped for the read, microseconds, then detached)."""
+    CAP_SYS_ADMIN; the daemon is stopped for the read, microseconds, then detached).
+
+    The stop is made in a child of doctor's, given ``deadline`` seconds: a daemon that never
+    reaches a ptrace stop (its main thread in vfork(), whose child never execs, or in another
+    killable wait) held doctor in waitpid() for ever (review2). On the deadline the child is
+    killed: the kernel detaches it from the daemon and cancels the pending interrupt, so the
+    daemon is left running, never stopped (ETIMEDOUT)."""
+    import select
+    import struct
+
+    read_end, write_end = os.pipe()
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read_end)
+            try:
+                filters = _read_filters_here(pid, parent)
+                data = b"\0" + b"".join(struct.pack("=I", len(f)) + f for f in filters)
+            except OSError as exc:
+                data = b"\1" + struct.pack("=i", exc.errno or errno.EIO)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(write_end, view) :]
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks: list[bytes] = []
+    try:
+        import time
+
+        end = time.monotonic() + deadline
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                os.kill(child, signal.SIGKILL)
+                raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        os.waitpid(child, 0)
+    data = b"".join(chunks)
+    if data[:1] == b"\1" and len(data) == 5:
+        err = struct.unpack("=i", data[1:])[0]
+        raise OSError(err, os.strerror(err))
+    if data[:1] != b"\0":
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    filters, at = [], 1
+    while at + 4 <= len(data):
+        (size,) = struct.unpack_from("=I", data, at)
+        filters.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return filters
+
+
+def _read_filters_here(pid: int, parent: int) -> list[bytes]:
+    """read_filters' ptrace work, in the child that read_filters can kill."""
     libc = ctypes.CDLL(None, use_errno=True)
+    # dies with doctor (a stop signal): not left as the daemon's tracer, waiting on its stop
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        raise OSError(errno.ECHILD, os.strerror(errno.ECHILD))
     libc.ptrace.restype = ctypes.c_long
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 
@@ -112,7 +180,7 @@ def read_filters(pid: int) -> list[bytes]:
             filters.append(buf.raw)
         return filters
     finally:
-        # A detach resumes it; were doctor killed first, the kernel detaches it the same way.
+        # A detach resumes it; were this child killed first, the kernel detaches it the same way.
         libc.ptrace(PTRACE_DETACH, pid, 0, 0)
 
 
@@ -137,6 +205,11 @@ def daemon_entropy(pid: int, status_text: str, *, read_filter: bool) -> DaemonEn
             answer = Getrandom.UNKNOWN
             name = errno.errorcode.get(exc.errno or 0, str(exc))
             why = f"its seccomp filters could not be read ({name})"
+            if exc.errno == errno.ETIMEDOUT:
+                why += (
+                    f": it did not stop for the read within {_READ_DEADLINE:g} s (a vfork() "
+                    "or another wait no signal interrupts); it was left running"
+                )
     real = _release(os.uname().release)
     if real is not None and real < (3, 17) and answer is Getrandom.WORKS:
         # the syscall is the running kernel's, whatever release UNAME26 makes uname() say
