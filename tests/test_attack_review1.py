@@ -474,7 +474,7 @@ def test_a_jails_nss_module_finds_no_way_out_of_the_chroot(tmp_path: Path) -> No
     """With --user, the probe looks names up as the daemon's user, so the jail's NSS modules
     run in it (as they will in the daemon). The probe child inherits every fd of its parent,
     and a directory fd would be a way out of the chroot (fchdir): before the lookups the probe
-    keeps only its report pipe."""
+    keeps none of them: the lookups run in a fresh interpreter."""
     need(shutil.which("gcc") is not None, "needs gcc")
     jail = tmp_path / "jail"
     for lib in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"):
@@ -494,9 +494,10 @@ def test_a_jails_nss_module_finds_no_way_out_of_the_chroot(tmp_path: Path) -> No
     assert (jail / "tmp" / "scout").exists(), prepared.stderr
     scout = (jail / "tmp" / "scout").read_text()
     assert scout.startswith(f"uid={NOBODY} "), scout
-    # only the report pipe: before, the parent's go pipe too (the probe is forked before
-    # prepare opens the jail, so no directory fd was among them yet; any later one would be)
-    assert " fds=1 dirs=0" in scout, f"the jail's NSS module found fds of jailshim's: {scout}"
+    # none: the lookups run in a fresh interpreter with only its standard streams; in the
+    # probe child they had its report pipe and the parent's go pipe (the probe is forked
+    # before prepare opens the jail, so no directory fd was among them yet; a later one would)
+    assert " fds=0 dirs=0" in scout, f"the jail's NSS module found fds of jailshim's: {scout}"
     assert run("teardown", "--chroot", str(jail)).code == 0
 
 

@@ -153,12 +153,6 @@ enum nss_status _nss_db_getservbyname_r(const char *n, const char *p, struct ser
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review2: a retried probe is forked from jailshim after prepare read the host's "
-    "--file, and the jail's NSS module (run as the daemon's user) reads it in that memory — "
-    "leaks a secret",
-)
 def test_a_jails_nss_module_never_finds_a_host_secret_in_the_probes_memory(
     area: Path,
 ) -> None:

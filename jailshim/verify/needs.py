@@ -8,10 +8,9 @@ time zone (etc/localtime), name resolution (getaddrinfo) and service names (etc/
 
 from __future__ import annotations
 
-import errno
 import os
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from jailshim.verify.findings import Finding
 
@@ -23,6 +22,7 @@ __all__ = [
     "judge_time",
     "not_looked_up_as_root",
     "prepare_before_chroot",
+    "start_lookups",
 ]
 
 _TIME_REMEDY = "prepare the jail with --files time (etc/localtime from the host)"
@@ -150,39 +150,103 @@ def not_looked_up_as_root(needs: Needs) -> list[Finding]:
     return [Finding(check, True, _AS_ROOT, _AS_ROOT_REMEDY, warning=True) for check in checks]
 
 
-def gather(needs: Needs, now: float, host: Zone, *, as_root: bool) -> list[Finding]:
+# Run by a fresh interpreter (exec'd, so none of jailshim's memory: prepare had read the host's
+# --file there, and the jail's NSS module found the key in a forked probe's heap, review2 F1):
+# chroot, drop to the daemon's user, look the names up as the daemon will, print the answers.
+_LOOKUPS = r"""
+import encodings.idna, errno, json, os, pwd, socket, sys  # idna: getaddrinfo's, from the host
+jail, uid, gid, groups, names, services = json.loads(sys.argv[1])
+try:  # as a daemon does before chroot (its user): glibc keeps the host's nsswitch.conf then
+    pwd.getpwuid(uid)
+except KeyError:
+    pass
+os.chroot(jail)
+os.chdir("/")
+os.setgroups(groups)
+os.setgid(gid)
+os.setuid(uid)
+out = {"resolve": [], "services": None}
+for name in names:
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        out["resolve"].append([name, list(dict.fromkeys(str(i[4][0]) for i in infos)), ""])
+    except socket.gaierror as exc:
+        out["resolve"].append([name, [], f"{exc.strerror or exc} (EAI {exc.errno})"])
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, exc.errno)
+        out["resolve"].append([name, [], f"{exc.strerror} ({code})"])
+if services:
+    try:
+        out["services"] = [socket.getservbyname("smtp", "tcp"), ""]
+    except OSError as exc:
+        out["services"] = [0, str(exc)]
+sys.stdout.write(json.dumps(out))
+"""
+_LOOKUP_DEADLINE = 8.0  # inside the probe's own 10 s
+
+
+def start_lookups(needs: Needs, jail: str, uid: int, gid: int, groups: tuple[int, ...]) -> Any:
+    """Before chroot, as root: start the lookups (getaddrinfo, getservbyname) in a fresh
+    interpreter that chroots and drops to the daemon's user itself; None when there are none
+    to make. They run the NSS modules the jail's nsswitch.conf names, code its writers chose,
+    so they run where nothing of jailshim's is: no host file read, no fd but their pipe."""
+    if uid == 0 or not (needs.resolve or needs.services):
+        return None
+    import json
+    import subprocess
+    import sys
+
+    args = json.dumps([jail, uid, gid, list(groups), list(needs.resolve), needs.services])
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _LOOKUPS, args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        # a resolver that does not answer must not outlast the probe's deadline
+        env={"RES_OPTIONS": "timeout:2 attempts:1"},
+        close_fds=True,
+    )
+
+
+def _answers(lookups: Any) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    try:
+        out, _ = lookups.communicate(timeout=_LOOKUP_DEADLINE)
+    except subprocess.TimeoutExpired:
+        lookups.kill()
+        lookups.wait()
+        return {}
+    try:
+        answers: dict[str, Any] = json.loads(out)
+    except ValueError:
+        return {"error": f"the lookup ended without an answer (exit {lookups.returncode})"}
+    return answers
+
+
+def gather(
+    needs: Needs, now: float, host: Zone, *, as_root: bool, lookups: Any = None
+) -> list[Finding]:
     """After chroot and the drop: the findings for ``needs``.
 
     ``as_root``: getaddrinfo and getservbyname are skipped (warnings). NSS never ran before
     chroot, so glibc would dlopen() the modules the jail's nsswitch.conf names from the jail:
     code any writer of the jail (another container's root on its volume) put there ran as root
-    (review1 R0). As the daemon's user they run as the daemon will run them."""
-    import socket
-
+    (review1 R0). As the daemon's user they are made by ``lookups`` (start_lookups)."""
     _reload_zone()  # tzfile reads only, no NSS: safe as root
     findings = [judge_time(host, _zone(now), _missing("/etc/localtime"), strict=needs.time_strict)]
     if as_root:
         return findings + not_looked_up_as_root(needs)
+    answers = _answers(lookups) if lookups is not None else {}
+    gone = answers.get("error", "the lookup did not answer within its deadline")
     if needs.resolve:
-        # a resolver that does not answer must not outlast the probe's deadline
-        os.environ.setdefault("RES_OPTIONS", "timeout:2 attempts:1")
         missing = [p for p in _RESOLVER_FILES if _missing(p)]
+        found = {name: (addresses, error) for name, addresses, error in answers.get("resolve", [])}
         for name in needs.resolve:
-            addresses: list[str] = []
-            error = ""
-            try:
-                infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-                addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-            except socket.gaierror as exc:
-                error = f"{exc.strerror or exc} (EAI {exc.errno})"
-            except OSError as exc:
-                error = f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
-            findings.append(judge_resolve(name, addresses, error, missing))
+            addresses, error = found.get(name, ([], gone))
+            findings.append(judge_resolve(name, list(addresses), str(error), missing))
     if needs.services:
-        port, error = 0, ""
-        try:
-            port = socket.getservbyname("smtp", "tcp")
-        except OSError as exc:
-            error = str(exc)
-        findings.append(judge_services(port, error, _missing("/etc/services")))
+        port, error = answers.get("services") or (0, gone)
+        findings.append(judge_services(int(port), str(error), _missing("/etc/services")))
     return findings

@@ -244,9 +244,6 @@ def _reseeders(
     return probes, notes, known
 
 
-_FD_LIMIT = 1 << 20  # above any RLIMIT_NOFILE a process here can have (fs.nr_open's default)
-
-
 def _child(
     jail: str,
     identity: Identity | None,
@@ -275,6 +272,11 @@ def _child(
         now, host_zone = prepare_before_chroot()
     if os.read(go, 1) != b"1":  # the parent gave up (prepare failed, a signal): no probe
         os._exit(0)
+    lookups = None
+    if needs is not None and identity is not None:
+        from jailshim.verify.needs import start_lookups
+
+        lookups = start_lookups(needs, jail, identity.uid, identity.gid, identity.groups)
     # the host's /proc, to reopen a node looked at by fd (_device_facts); closed before anything
     # of the jail's could run here (the needs' NSS modules, as the daemon's user)
     proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -317,12 +319,8 @@ def _child(
     )
     os.write(out, (json.dumps({"entropy": entropy.to_json()}) + "\n").encode())
     if needs is not None:
-        # The lookups run the jail's NSS modules (code its writers chose) as the daemon's user:
-        # an fd inherited from the parent (the jail's O_PATH fd, a lock, the journal's dev/)
-        # would be its way out of the chroot (fchdir), so none but the report pipe is left.
-        os.closerange(3, out)
-        os.closerange(out + 1, _FD_LIMIT)
-        for finding in gather(needs, now, host_zone, as_root=os.geteuid() == 0):
+        as_root = os.geteuid() == 0
+        for finding in gather(needs, now, host_zone, as_root=as_root, lookups=lookups):
             emit(finding)
 
 
