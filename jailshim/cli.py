@@ -38,6 +38,9 @@ _FALSE = {"0", "false", "no", "off", ""}
 # The stop signals that came ignored: jailshim catches them until the hand-over, which gives
 # them back ignored with --inherited-signals keep.
 IGNORED_AT_START: set[int] = set()
+# Who started us, read before the jail is prepared: --pdeath-signal is set only at the hand-over,
+# and a starter that died meanwhile must still be noticed (getppid() then names the reaper).
+PARENT_AT_START = os.getppid()
 MAX_TIMEOUT = 86400.0  # a day: a larger retry budget is a typo, not a plan
 _PATH_MAX = 4096  # the kernel's limit on a path, the terminating NUL included
 _NAME_MAX = 255  # and on one name in it

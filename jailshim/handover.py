@@ -207,9 +207,11 @@ def supervise(
     if stop.pdeath_signal:
         # --pdeath-signal, as tini -p: the kernel sends it when the process that started us
         # ends (it survives the exec), and the supervisor forwards it like any other. Set
-        # while blocked, then checked: a parent gone before prctl is told at once, not never.
-        parent = os.getppid()
+        # while blocked, then checked: a starter gone since jailshim started (while the jail
+        # was prepared) is told at once, not never.
+        from jailshim.cli import PARENT_AT_START
+
         libc.prctl(PR_SET_PDEATHSIG, stop.pdeath_signal, 0, 0, 0)
-        if os.getppid() != parent:
+        if os.getppid() != PARENT_AT_START:
             os.kill(os.getpid(), stop.pdeath_signal)
     os.execve(sys.executable, lean, environment)

@@ -7,7 +7,8 @@ re-parented to the nearest subreaper or PID 1 (jailshim's supervisor) and must b
 Writes "ready" to OUT, then appends the name of every forwarded signal; exits 42 on SIGTERM and
 3 on SIGQUIT, and carries on after SIGINT (an interactive program's Ctrl-C). With `all`, it
 catches and records every signal a process can catch but SIGCHLD (a real-time one as SIG<n>),
-the job stops and the faults sent with kill included, so none of them stops or ends it.
+the job stops and the faults sent with kill included, so none of them stops or ends it; with
+`stay`, the same, and TERM and QUIT do not end it either (dumb-init's print_signals).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def name(signum: int) -> str:
         return f"SIG{signum}"
 
 
-def main(out: str, orphans: int, every: bool = False) -> int:
+def main(out: str, orphans: int, every: bool = False, stay: bool = False) -> int:
     def record(signum: int, _frame: object) -> None:
         with open(out, "a", encoding="ascii") as f:
             f.write(name(signum) + "\n")
+        if stay:
+            return
         if signum == signal.SIGTERM:
             sys.exit(42)
         if signum == signal.SIGQUIT:
@@ -61,4 +64,5 @@ def main(out: str, orphans: int, every: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["all"]))
+    mode = sys.argv[3:4]
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), mode in (["all"], ["stay"]), mode == ["stay"]))

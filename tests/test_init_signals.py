@@ -308,6 +308,47 @@ def test_pdeath_signal_is_forwarded_when_the_starter_dies(tmp_path: Path) -> Non
     assert [e["exit_code"] for e in events if e["event"] == "init.exited"] == [42]
 
 
+def test_pdeath_signal_when_the_starter_died_before_the_handover(tmp_path: Path) -> None:
+    """The starter dies while jailshim is still preparing: PR_SET_PDEATHSIG, set only at the
+    hand-over, comes too late to be sent, and getppid() there already names the reaper. The
+    parent read at jailshim's start tells it: COMMAND (sleep) gets the signal at once and dies
+    of it, 138 (before, it slept on). Made deterministic: the starter stops jailshim once its
+    handlers are in (cli.main has run) and exits; the test continues jailshim only then."""
+    log = tmp_path / "stderr"
+    starter = (
+        "import os, signal, subprocess, sys, time\n"
+        "p = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL,"
+        " stderr=open(sys.argv[1], 'w'))\n"
+        "def caught():\n"
+        "    status = open(f'/proc/{p.pid}/status').read()\n"
+        "    line = next(x for x in status.splitlines() if x.startswith('SigCgt:'))\n"
+        "    return int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1\n"
+        "while not caught():\n"
+        "    time.sleep(0.001)\n"
+        "os.kill(p.pid, signal.SIGSTOP)\n"
+        "print(p.pid)\n"
+    )
+    argv = jailshim_argv("run", "--init", "--pdeath-signal", "USR1", "--", "sleep", "30")
+    done = subprocess.run(
+        [sys.executable, "-c", starter, str(log), *argv],
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    jailshim = int(done.stdout)
+    try:
+        assert _state(jailshim) == "T"
+        os.kill(jailshim, signal.SIGCONT)
+        assert _wait_for(lambda: _state(jailshim) == "gone", 20), log.read_text()
+    finally:
+        if _state(jailshim) not in ("gone", "Z"):
+            for pid in [*children(jailshim), jailshim]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert '"exit_code": 138' in log.read_text(), log.read_text()
+
+
 def test_stop_delay_holds_the_stop_signal_and_nothing_else(tmp_path: Path) -> None:
     """--stop-delay 1: TERM reaches COMMAND a second after it was sent (a load balancer drains
     meanwhile); USR1 sent during the delay goes at once."""
