@@ -36,6 +36,12 @@ __all__ = ["ENV_PREFIX", "MAX_TIMEOUT", "main", "parse_args"]
 ENV_PREFIX = "JAILSHIM_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+# The stop signals that came ignored: jailshim catches them until the hand-over, which gives
+# them back ignored with --inherited-signals keep.
+IGNORED_AT_START: set[int] = set()
+# Who started us, read before the jail is prepared: --pdeath-signal is set only at the hand-over,
+# and a starter that died meanwhile must still be noticed (getppid() then names the reaper).
+PARENT_AT_START = os.getppid()
 MAX_TIMEOUT = 86400.0  # a day: a larger retry budget is a typo, not a plan
 _PATH_MAX = 4096  # the kernel's limit on a path, the terminating NUL included
 _NAME_MAX = 255  # and on one name in it
@@ -253,6 +259,27 @@ _OPTIONS = (
         (RUN,),
         "CODE1:CODE2",
         repeat=True,
+    ),
+    _Opt(
+        "--stop-delay",
+        "with --init, seconds to hold a stop signal (TERM, INT, QUIT) before forwarding it, so "
+        "a load balancer can drain first; a second one goes at once (default: 0)",
+        (RUN,),
+        "SECONDS",
+    ),
+    _Opt(
+        "--pdeath-signal",
+        "with --init, the signal the supervisor gets (and forwards) when the process that "
+        "started jailshim ends, such as TERM (as tini -p)",
+        (RUN,),
+        "SIG",
+    ),
+    _Opt(
+        "--inherited-signals",
+        "the daemon's signal settings: reset (default: every signal at its default, none "
+        "blocked) or keep the ignored set and mask jailshim was started with",
+        (RUN,),
+        choices=("reset", "keep"),
     ),
     _Opt(
         "--log-format",
@@ -524,17 +551,23 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     args.origin = found
     if args.timeout is not None:
         args.timeout = _seconds(args.timeout, found["timeout"])
-    if args.grace is not None or args.rewrite_signal or args.map_exit:
+    if args.grace is not None or args.rewrite_signal or args.map_exit or args.stop_delay:
         from jailshim import init_options
 
         if args.grace is not None:
             args.grace = init_options.grace(args.grace, found["grace"])
+        if args.stop_delay is not None:
+            args.stop_delay = init_options.stop_delay(args.stop_delay, found["stop_delay"])
         if args.rewrite_signal:
             args.rewrite_signal = init_options.rewrites(
                 args.rewrite_signal, found["rewrite_signal"]
             )
         if args.map_exit:
             args.map_exit = init_options.exit_map(args.map_exit, found["map_exit"])
+    if args.pdeath_signal is not None:
+        from jailshim import init_options
+
+        args.pdeath_signal = init_options.pdeath_signal(args.pdeath_signal, found["pdeath_signal"])
     _needs_init(args)
     args.pids = None
     if args.pid is not None:  # every PID given in args.pids; args.pid is the first
@@ -556,12 +589,20 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
     return args
 
 
-_INIT_ONLY = ("grace", "rewrite_signal", "map_exit", "kill_group")
+_INIT_ONLY = (
+    "grace",
+    "rewrite_signal",
+    "map_exit",
+    "kill_group",
+    "stop_delay",
+    "pdeath_signal",
+)
 
 
 def _needs_init(args: argparse.Namespace) -> None:
-    """--grace, --rewrite-signal, --map-exit and --kill-group act only in the supervisor that
-    --init starts: without it they were silently ignored (a daemon's exit status never mapped)."""
+    """--grace, --rewrite-signal, --map-exit, --kill-group, --stop-delay and --pdeath-signal
+    act only in the supervisor that --init starts: without it they were silently ignored (a
+    daemon's exit status never mapped)."""
     if args.command != RUN or args.init:
         return
     given = [dest for dest in _INIT_ONLY if getattr(args, dest, None) not in (None, [])]
@@ -906,7 +947,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jailshim import log
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, stopsignals.interrupt)
+        if signal.signal(sig, stopsignals.interrupt) == signal.SIG_IGN:
+            IGNORED_AT_START.add(sig)  # for --inherited-signals keep
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # as git does: the usage, on stderr
         sys.stderr.write(_build_parser().format_help())

@@ -1,4 +1,5 @@
-"""`run --init`'s stop options: --grace, --rewrite-signal FROM:TO, --map-exit CODE:CODE.
+"""`run --init`'s stop options: --grace, --stop-delay, --rewrite-signal FROM:TO, --map-exit
+CODE:CODE, --pdeath-signal SIG.
 
 Pure parsing: each value becomes numbers the lean supervisor takes on its command line, or one
 sentence naming the value as it was given (flag or JAILSHIM_ variable).
@@ -13,7 +14,16 @@ from jailshim.errors import UsageError, said
 from jailshim.numbers import plain_seconds
 from jailshim.supervisor import FORWARDED, JOB_STOPS, STOPPING
 
-__all__ = ["DEFAULT_GRACE", "MAX_GRACE", "StopOptions", "exit_map", "grace", "rewrites"]
+__all__ = [
+    "DEFAULT_GRACE",
+    "MAX_GRACE",
+    "StopOptions",
+    "exit_map",
+    "grace",
+    "pdeath_signal",
+    "rewrites",
+    "stop_delay",
+]
 
 DEFAULT_GRACE = 10.0  # Docker's and podman's stop timeout
 MAX_GRACE = 86400.0  # a day: a longer grace is a typo, not a plan
@@ -23,10 +33,14 @@ class StopOptions(NamedTuple):
     grace: float = DEFAULT_GRACE
     rewrites: tuple[tuple[int, int], ...] = ()
     exit_map: tuple[tuple[int, int], ...] = ()
+    stop_delay: float = 0.0
+    pdeath_signal: int = 0  # 0: none (set by the hand-over, not a supervisor flag)
 
     def argv(self) -> list[str]:
         """The supervisor's command-line form."""
         words = ["--grace", repr(self.grace)]
+        if self.stop_delay:
+            words += ["--stop-delay", repr(self.stop_delay)]
         for old, new in self.rewrites:
             words += ["--rewrite", f"{old}:{new}"]
         for old, new in self.exit_map:
@@ -44,20 +58,45 @@ def grace(raw: str, source: str) -> float:
     return value
 
 
+def stop_delay(raw: str, source: str) -> float:
+    """--stop-delay: seconds a stop signal is held before it is forwarded (a load balancer
+    drains meanwhile); the grace period starts when it is forwarded."""
+    value = plain_seconds(raw)
+    if not 0 <= value <= MAX_GRACE:  # NaN fails every comparison
+        raise UsageError(
+            f"{said(source, raw)} must be a number of seconds from 0 to {MAX_GRACE:.0f}, such as 5."
+        )
+    return value
+
+
 _UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP)
 _PAUSES = (signal.SIGSTOP, *JOB_STOPS)
+_FORWARDED_SAID = "any signal but KILL, STOP and CHLD (and glibc's own 32 and 33)"
 
 
-def _forwarded_names() -> str:
-    return ", ".join(signal.Signals(s).name.removeprefix("SIG") for s in FORWARDED)
+def pdeath_signal(raw: str, source: str) -> int:
+    """--pdeath-signal: the signal the kernel sends the supervisor when the process that
+    started jailshim ends (PR_SET_PDEATHSIG); forwarded like one sent by hand."""
+    number = _signal_number(raw)
+    if number is None or number not in FORWARDED:
+        raise UsageError(
+            f"{said(source, raw)} is not a signal the supervisor forwards; give "
+            f"{_FORWARDED_SAID}, such as TERM."
+        )
+    return number
 
 
 def _signal_number(word: str) -> int | None:
-    """TERM, SIGTERM, term or 15 as a number; 0 stays 0 (drop); None when it is none of them."""
+    """TERM, SIGTERM, term, 15 or RTMIN+3 (as kill -l names them) as a number; 0 stays 0
+    (drop); None when it is none of them."""
     text = word.strip().upper()
     if text.isascii() and text.isdigit():
         number = int(text)
         return number if number <= signal.SIGRTMAX else None
+    base, sign, offset = text.removeprefix("SIG").partition("+" if "+" in text else "-")
+    if base in ("RTMIN", "RTMAX") and sign and offset.isascii() and offset.isdigit():
+        number = int(getattr(signal, "SIG" + base)) + int(sign + offset)
+        return number if signal.SIGRTMIN <= number <= signal.SIGRTMAX else None
     try:
         return int(signal.Signals["SIG" + text.removeprefix("SIG")])
     except KeyError:
@@ -82,7 +121,7 @@ def rewrites(raws: list[str], source: str) -> tuple[tuple[int, int], ...]:
             uncatchable = " (it cannot be caught)" if old in _UNCATCHABLE else ""
             raise UsageError(
                 f"{said(source, raw)}: {old_word.strip()} is not a signal the supervisor "
-                f"forwards{uncatchable}; FROM must be one of {_forwarded_names()}."
+                f"forwards{uncatchable}; FROM must be {_FORWARDED_SAID}."
             )
         if new is None:
             raise UsageError(

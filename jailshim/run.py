@@ -243,6 +243,7 @@ def run(args: argparse.Namespace, log: Any) -> int:
         prepare_and_verify(spec, logger, then_exec=True, config_check=pending)
     if args.dry_run:
         return 0
+    keep = handover.inherited_signals() if args.inherited_signals == "keep" else None
     if args.init:
         from jailshim.init_options import DEFAULT_GRACE, StopOptions
 
@@ -250,7 +251,17 @@ def run(args: argparse.Namespace, log: Any) -> int:
             grace=DEFAULT_GRACE if args.grace is None else args.grace,
             rewrites=args.rewrite_signal or (),
             exit_map=args.map_exit or (),
+            stop_delay=args.stop_delay or 0.0,
+            pdeath_signal=args.pdeath_signal or 0,
         )
-        handover.supervise(argv, kill_group=bool(args.kill_group), log=logger, stop=stop)
-    handover.exec_command(binary, argv, logger)
+        handover.supervise(
+            argv,
+            kill_group=bool(args.kill_group),
+            log=logger,
+            stop=stop,
+            keep=keep,
+            log_level=args.log_level,
+            log_format=args.log_format,
+        )
+    handover.exec_command(binary, argv, logger, keep)
     return 0  # not reached: exec replaced this process

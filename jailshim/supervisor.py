@@ -16,8 +16,14 @@ leaving re-parented descendants running; this supervisor stops every descendant 
       -> --grace seconds (one period, from the first of the two) -> SIGKILL what is left
       -> reap everything -> exit with COMMAND's status, or 128+n.
 
+Every signal it can catch but SIGCHLD is forwarded to COMMAND; a job stop (TSTP, TTIN, TTOU)
+sent with kill then stops the supervisor too, as dumb-init does. --stop-delay holds a stop
+signal before forwarding it.
+
 Flags (from jailshim's handover, already checked): --kill-group, --grace SECONDS,
---rewrite FROM:TO (signal numbers; TO 0 drops FROM), --map-exit CODE:CODE.
+--stop-delay SECONDS, --rewrite FROM:TO (signal numbers; TO 0 drops FROM), --map-exit
+CODE:CODE, --ignored N,N… and --blocked N,N… (COMMAND's signal settings; none: all default),
+--log-level LEVEL, --log-format json|console.
 """
 
 from __future__ import annotations
@@ -28,26 +34,35 @@ import os
 import sys
 import time
 
-FORWARDED = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGCONT,
+# Every signal a process can catch, but SIGCHLD, is forwarded (after --rewrite), as tini and
+# dumb-init do: one left at its default would end the supervisor and leave COMMAND running
+# unsupervised (ALRM, PWR, IO, PROF, VTALRM, XCPU, STKFLT, SIGRTMIN…), and as PID 1 the kernel
+# would drop it. valid_signals() leaves out SIGKILL and SIGSTOP only by our filter, and glibc's
+# own two real-time signals (32, 33: no program can block, wait for or send them as such).
+FORWARDED = tuple(
+    s
+    for s in sorted(signal.valid_signals())
+    if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD)
 )
 # The signals that ask for a stop: forwarding one starts the grace period.
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # What a terminal's job control stops a process with (Ctrl-Z; reading or writing it from behind).
 JOB_STOPS = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+# What the kernel sends us for our own failed write (a closed stderr pipe, a file-size limit):
+# not the operator's, so not forwarded.
+_OWN_WRITE = (signal.SIGPIPE, signal.SIGXFSZ)
 # Blocked for the supervisor's whole life and taken with sigwaitinfo: a signal that arrives at
 # any moment (during fork, during a stop) stays pending, so none is lost; only the same signal
-# twice before it is taken becomes one, as the kernel does for every process.
+# twice before it is taken becomes one, as the kernel does for every process. Blocked, not
+# ignored: a blocked signal is queued even for PID 1, and a blocked SIGTTOU/SIGTTIN lets us
+# write to (and hand over) a terminal from the background as an ignored one would.
 WAITED = (*FORWARDED, signal.SIGCHLD)
 SHOWN = 10  # processes named in the stop event; the counts say how many more
 KILL_EVERY = 0.05  # seconds between SIGKILL rounds, for what forked while the last round ran
+
+
+LEVELS = ("debug", "info", "warning", "error")
+_logging = {"least": 1, "console": False}  # set from --log-level and --log-format in main()
 
 
 def _json_value(value: object) -> str:
@@ -60,13 +75,25 @@ def _json_value(value: object) -> str:
     return str(_json.encode_basestring_ascii(str(value)))
 
 
+def _logs(level: str) -> bool:
+    return LEVELS.index(level) >= _logging["least"]
+
+
 def _log(level: str, event: str, **facts: object) -> None:
-    """One JSON line on stderr, in the same shape as jailshim's structlog events."""
+    """One line on stderr, in the shape of jailshim's structlog events: JSON, or (console) the
+    same facts as key=value after the event name, without colours. Below --log-level: nothing."""
+    if not _logs(level):
+        return
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    line = {"timestamp": stamp, "level": level, "event": event, **facts}
-    body = ", ".join(f"{_json_value(k)}: {_json_value(v)}" for k, v in line.items())
+    if _logging["console"]:
+        pairs = " ".join(f"{k}={_json_value(v)}" for k, v in facts.items())
+        text = f"{stamp} [{level:<9}] {event:<20} {pairs}\n"
+    else:
+        line = {"timestamp": stamp, "level": level, "event": event, **facts}
+        body = ", ".join(f"{_json_value(k)}: {_json_value(v)}" for k, v in line.items())
+        text = "{" + body + "}\n"
     try:
-        os.write(2, ("{" + body + "}\n").encode())
+        os.write(2, text.encode())
     except OSError:  # stderr gone (a closed terminal): the stop goes on without its log line
         pass
 
@@ -223,7 +250,7 @@ def _foreground_terminal() -> int | None:
         return None
 
 
-def _spawn(cmd: list[str], tty: int | None) -> int:
+def _spawn(cmd: list[str], tty: int | None, ignored: list[int], blocked: list[int]) -> int:
     # Signals stay blocked across fork so none is lost or delivered to the wrong handler
     # between fork and exec (dumb-init does the same).
     pid = os.fork()
@@ -233,19 +260,18 @@ def _spawn(cmd: list[str], tty: int | None) -> int:
             # The terminal's foreground goes to the child's group, so Ctrl-C and Ctrl-Z reach
             # it (and a shell gets job control), as tini does. In the child, before exec: a
             # shell exec'd here may hand the terminal on to a job at once, and a late call
-            # from the parent would take it back. SIGTTOU is still ignored here.
+            # from the parent would take it back. SIGTTOU is still blocked here.
             try:
                 os.tcsetpgrp(tty, os.getpid())
             except OSError:
                 pass
-        # Every disposition to default and an empty mask, as tini does: the interpreter ignores
-        # SIGPIPE and SIGXFSZ, and execvp keeps what is ignored and blocked.
-        for sig in range(1, signal.NSIG):
-            try:
-                signal.signal(sig, signal.SIG_DFL)
-            except (OSError, ValueError):  # SIGKILL, SIGSTOP, glibc's real-time signals
-                pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        # Every disposition to default and the mask emptied (--inherited-signals reset, as
+        # dumb-init does), or the ignored set and mask jailshim was started with (keep, as
+        # tini does): the interpreter ignores SIGPIPE and SIGXFSZ, and we block everything,
+        # and execvp keeps what is ignored and blocked.
+        for sig in WAITED:
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         try:
             os.execvp(cmd[0], cmd)
         except OSError as exc:
@@ -258,13 +284,24 @@ def _spawn(cmd: list[str], tty: int | None) -> int:
     return pid
 
 
+def _stop_self(sig: int) -> None:
+    """Stop as a job stop SIG would: sent to ourselves while blocked, then let through. Returns
+    when we are continued, or at once where the kernel discards it (PID 1, whose default
+    actions it drops; an orphaned process group, which nothing could continue). Not SIGSTOP,
+    which dumb-init sends itself: that one the kernel does not discard, and an orphaned
+    supervisor would stay stopped for good."""
+    os.kill(os.getpid(), sig)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+
+
 def _follow_job_stop(child: int, tty: int, stopped_by: int) -> None:
     """COMMAND was stopped from the terminal we gave it. Stop as a job ourselves, so that the
     shell that started us gets its terminal back and `fg` continues us; then give the terminal
     back to COMMAND and continue it. Where no job control is above us (PID 1 in a container,
     any orphaned process group) the kernel discards our SIGTSTP, and Ctrl-Z is undone at once:
     nothing could ever continue COMMAND."""
-    os.kill(os.getpid(), signal.SIGTSTP)  # returns when continued, or at once if discarded
+    _stop_self(signal.SIGTSTP)
     try:
         if os.tcgetpgrp(tty) == os.getpgrp():  # `fg`: we hold the terminal again
             os.tcsetpgrp(tty, child)
@@ -288,18 +325,28 @@ class _Options:
         self.command = argv[split + 1 :]
         self.kill_group = False
         self.grace = 10.0
+        self.stop_delay = 0.0
         self.rewrite: dict[int, int] = {}
         self.exit_map: dict[int, int] = {}
+        self.ignored: list[int] = []  # the child's ignored signals and mask (--inherited-signals)
+        self.blocked: list[int] = []
         words = iter(argv[:split])
         for flag in words:
             if flag == "--kill-group":
                 self.kill_group = True
-            elif flag == "--grace":
-                self.grace = float(next(words))
+            elif flag in ("--grace", "--stop-delay"):
+                setattr(self, flag[2:].replace("-", "_"), float(next(words)))
             elif flag in ("--rewrite", "--map-exit"):
                 old, new = next(words).split(":")
                 pairs = self.rewrite if flag == "--rewrite" else self.exit_map
                 pairs[int(old)] = int(new)
+            elif flag in ("--ignored", "--blocked"):
+                numbers = [int(n) for n in next(words).split(",") if n]
+                setattr(self, flag[2:], numbers)
+            elif flag == "--log-level":
+                _logging["least"] = LEVELS.index(next(words))
+            elif flag == "--log-format":
+                _logging["console"] = next(words) == "console"
             else:
                 raise SystemExit(f"supervisor.py: unknown flag {flag}")
 
@@ -307,17 +354,17 @@ class _Options:
 def main(argv: list[str]) -> int:
     opts = _Options(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
-    # While COMMAND holds the terminal we are in the background: writing our log line to it
-    # (with stty tostop) or taking it back must not stop us.
-    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-    signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+    # The interpreter ignores these two at start; ignored, they would be discarded, not queued.
+    for sig in _OWN_WRITE:
+        signal.signal(sig, signal.SIG_DFL)
     tty = _foreground_terminal()
-    child = _spawn(opts.command, tty)
+    child = _spawn(opts.command, tty, opts.ignored, opts.blocked)
     target = -child if opts.kill_group else child
+    me = os.getpid()
     _log(
         "info",
         "init.started",
-        pid=os.getpid(),
+        pid=me,
         child=child,
         kill_group=opts.kill_group,
         grace=opts.grace,
@@ -326,26 +373,52 @@ def main(argv: list[str]) -> int:
     status: int | None = None  # COMMAND's wait status, once it has exited
     stop_signal = signal.SIGTERM  # what the rest get: the stop signal as forwarded, or TERM
     began = deadline = 0.0  # the stop sequence: when it began, when SIGKILL is due (0: not yet)
+    delayed = (0, 0)  # a stop signal held for --stop-delay (received, to send), due at `due`
+    due = 0.0
     rest_asked = killing = False
     still_running: list[str] = []
     killed: list[str] = []
     reaped = 0
+
+    def forward(received: int, sent: int) -> None:
+        nonlocal stop_signal, began, deadline
+        if not sent:
+            return
+        _send(target, None, sent)
+        if received in STOPPING and not deadline:
+            stop_signal, began = sent, time.monotonic()
+            deadline = began + opts.grace
+            _send(target, None, signal.SIGCONT)  # a stopped COMMAND must hear it
+        elif received in JOB_STOPS:
+            # dumb-init's answer to a job stop sent with kill: COMMAND first, then ourselves,
+            # so the shell or runtime above sees its job stop; SIGCONT to us is forwarded too
+            _stop_self(received)
+
     while True:
         if killing:
             info = signal.sigtimedwait(WAITED, KILL_EVERY)
-        elif deadline:
-            info = signal.sigtimedwait(WAITED, max(0.0, deadline - time.monotonic()))
+        elif deadline or due:
+            wake = min(t for t in (deadline, due) if t)
+            info = signal.sigtimedwait(WAITED, max(0.0, wake - time.monotonic()))
         else:
             info = signal.sigwaitinfo(WAITED)
         if info is not None and info.si_signo != signal.SIGCHLD and status is None:
             received = info.si_signo
             sent = opts.rewrite.get(received, received)
-            if sent:
-                _send(target, None, sent)
-                if received in STOPPING and not deadline:
-                    stop_signal, began = sent, time.monotonic()
-                    deadline = began + opts.grace
-                    _send(target, None, signal.SIGCONT)  # a stopped COMMAND must hear it
+            if received in _OWN_WRITE and info.si_pid == me:
+                pass  # our own write failed (stderr closed): nobody asked for it
+            elif received in STOPPING and due:
+                due = 0.0  # a second stop signal while the first is held: no more waiting
+                forward(received, sent)
+            elif received in STOPPING and opts.stop_delay and not deadline and sent:
+                delayed, due = (received, sent), time.monotonic() + opts.stop_delay
+                _log("info", "init.stop_delay", signal=sent, seconds=opts.stop_delay)
+            else:
+                forward(received, sent)
+        if due and time.monotonic() >= due:
+            due = 0.0
+            if status is None:
+                forward(*delayed)
         no_children = False
         while True:
             try:
@@ -362,11 +435,19 @@ def main(argv: list[str]) -> int:
                 status = wait_status
             else:
                 reaped += 1  # an orphan re-parented to us, or what the stop ended
+                if _logs("debug"):  # tini -w: each zombie reaped, when asked for
+                    code = os.waitstatus_to_exitcode(wait_status)
+                    _log(
+                        "debug", "init.reaped", pid=pid, exit_code=128 - code if code < 0 else code
+                    )
         if status is not None:
             if no_children:  # as subreaper or PID 1: no child left means no descendant left
                 break
             if not rest_asked and not killing:
                 rest_asked = True
+                due = 0.0  # COMMAND is gone: a held stop signal goes to the rest below
+                if delayed[0] and stop_signal == signal.SIGTERM:
+                    stop_signal = delayed[1]
                 still_running = signal_descendants(stop_signal)
                 if not deadline:
                     began = time.monotonic()

@@ -20,6 +20,7 @@ APT_PACKAGES=(
   systemd                                # systemd-analyze verify for the example units
   gcc libc6-dev                          # the C test daemons of tests/test_cryptolib.py
   libsodium23                            # the entropy matrix's libsodium cells (no -dev needed)
+  tini dumb-init                         # --init's controls: the peers run the same signal tests
 )
 
 missing=()

@@ -545,7 +545,9 @@ def test_ctrl_z_in_a_shell_under_the_supervisor(jail: Path) -> None:
     """`podman run -it … --init bash`: bash has job control (it holds the terminal), Ctrl-Z
     stops its foreground job and gives the prompt back; bash's exit status is jailshim's."""
     env = clean_env(PS1="prompt$ ", HISTFILE="/dev/null")
-    term = _Terminal(_argv(jail, ["bash", "--norc", "--noprofile", "-i"]), env)
+    # on a terminal the supervisor keeps quiet unless asked: asked here, for its init.stop
+    flags = ("--log-level", "info", "--log-format", "json")
+    term = _Terminal(_argv(jail, ["bash", "--norc", "--noprofile", "-i"], flags), env)
     try:
         term.expect(b"prompt$ ")
         term.write(b"sleep 30\n")
