@@ -184,6 +184,35 @@ def _reopen_regular(path_fd: int, *, host: bool) -> tuple[int, os.stat_result] |
 _MAX_LINKS = 40  # the kernel's own limit before ELOOP
 
 
+def _refuse_server_owned(path: str, dir_fd: int, fd: int, here: str, st: os.stat_result) -> str:
+    """Why root must not take ``here`` (open at ``fd``) when it is the root of a FUSE mount, or
+    "" when it is not: a FUSE server says who owns what it shows, so the owner rule below would
+    take its word. Seen without it (review3): a user's FUSE mount (allow_other) on its home
+    claimed root's ownership of itself and of app.conf, a symlink to root's 0644 notes in a 0700
+    directory; every name looked root's, the link was followed and the daemon's user read the
+    notes in the jail. Only a mount crossing (a device change) is asked about, by mount id."""
+    if os.fstat(dir_fd).st_dev == st.st_dev:
+        return ""
+    from jailshim.jail.mounts import parse_mountinfo
+    from jailshim.verify.cryptolib import server_owned
+
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+            mount_id = next(int(ln.split()[1]) for ln in f if ln.startswith("mnt_id:"))
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            fstype = {e.mount_id: e.fstype for e in parse_mountinfo(f.read())}.get(mount_id, "")
+    except (OSError, ValueError, StopIteration):
+        fstype = ""
+    if fstype and not server_owned(fstype):
+        return ""
+    what = f"on a {fstype} filesystem" if fstype else "on a filesystem jailshim cannot tell"
+    return (
+        f"{here}, on the way to the host's {path}, is {what}, whose server says who owns "
+        "its files (FUSE), so a user could have shown there a root-owned symlink to a file only "
+        "root can reach; copy the file to a local filesystem, then run again."
+    )
+
+
 def _refuse_host_step(path: str, where: str, dir_fd: int, here: str, st: os.stat_result) -> str:
     """Why root must not take the entry ``here`` (stat ``st``) found in the host directory
     ``where`` (fd ``dir_fd``) on the way to ``path``, or "" when it may (sshd's StrictModes
@@ -256,7 +285,8 @@ def open_host_path(path: str) -> tuple[int, str]:
             here = f"{where}/{part}"
             try:
                 st = os.fstat(fd)
-                refused = _refuse_host_step(path, where or "/", dir_fd, here, st)
+                refused = _refuse_server_owned(path, dir_fd, fd, here, st)
+                refused = refused or _refuse_host_step(path, where or "/", dir_fd, here, st)
                 if refused:
                     raise ConfigError(refused)
                 if stat.S_ISLNK(st.st_mode):
