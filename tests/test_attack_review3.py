@@ -5,13 +5,14 @@ directory cache, doctor's children, the O_TMPFILE copy). Each test here failed b
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import NOBODY, need, run
+from tests.support import NOBODY, clean_env, jailshim_argv, need, run
 
 TESTS = Path(__file__).parent
 
@@ -60,3 +61,28 @@ def test_a_fuse_servers_root_owned_symlink_never_brings_a_secret_into_the_jail(
         server.kill()
         server.wait(10)
         run("teardown", "--chroot", str(jail))
+
+
+def test_a_filesystem_mounted_on_a_host_directory_after_the_cache_is_still_the_hosts(
+    tmp_path: Path,
+) -> None:
+    """The host directories' identities are cached in /run/jailshim/hostdirs, keyed on dpkg's
+    files only. A filesystem mounted later on one of them (a disk on /srv, an automounted
+    /home; here a tmpfs on /mnt, in a private mount namespace) gives it a new identity the
+    cache did not know: `--chroot /mnt` was planned as a jail (exit 0), where a fresh start
+    refuses it (78)."""
+    need(os.path.isdir("/mnt") and not os.path.ismount("/mnt"), "needs an unmounted /mnt")
+    scratch = tmp_path / "jail"
+    scratch.mkdir()
+    jailshim = " ".join(shlex.quote(a) for a in jailshim_argv("prepare", "--dry-run"))
+    script = (
+        f"{jailshim} --chroot {shlex.quote(str(scratch))} >/dev/null 2>&1; "  # the cache, valid
+        "mount -t tmpfs -o mode=0755 jailshim-review3 /mnt || exit 99; "
+        f"{jailshim} --chroot /mnt; echo exit=$?"
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True, text=True, env=clean_env(), timeout=120, check=False,
+    )  # fmt: skip
+    assert "exit=78" in proc.stdout, proc.stdout + proc.stderr
+    assert "the host's own" in proc.stderr, proc.stderr
