@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from tests.support import NOBODY, clean_env, jailshim_argv, need, run
 
@@ -86,3 +85,63 @@ def test_a_filesystem_mounted_on_a_host_directory_after_the_cache_is_still_the_h
     )  # fmt: skip
     assert "exit=78" in proc.stdout, proc.stdout + proc.stderr
     assert "the host's own" in proc.stderr, proc.stderr
+
+
+_TWO_FILTERS = r"""
+/* Two seccomp filters answering getrandom() with different errnos: the oldest EPERM, the
+   newest ENOSYS. The kernel runs the newest first and keeps the first of equal actions. */
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static void install(int err) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getrandom, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | err),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = 4, .filter = f};
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) perror("seccomp");
+}
+
+int main(void) {
+    char b[8];
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    install(EPERM);
+    install(ENOSYS);
+    long r = syscall(SYS_getrandom, b, 8, 0);
+    printf("getrandom=%ld errno=%s\n", r, errno == ENOSYS ? "ENOSYS" : errno == EPERM ? "EPERM" : "other");
+    fflush(stdout);
+    for (;;) pause();
+}
+"""
+
+
+def test_the_newest_seccomp_filters_errno_is_the_one_reported(tmp_path: Path) -> None:
+    """Of two filters that both answer getrandom() with an errno, the kernel returns the
+    newest's (it runs them newest first and keeps the first of equal actions). The ptrace
+    request numbers filters from the oldest, and doctor took the first: a daemon getting
+    ENOSYS was said to get EPERM. Not a top severity: a wrong fact in doctor's row."""
+    need(shutil.which("gcc") is not None, "needs gcc (Debian package gcc)")
+    from jailshim.verify.daemon_entropy import read_filters
+    from jailshim.verify.seccomp import getrandom_answer
+
+    (tmp_path / "two.c").write_text(_TWO_FILTERS)
+    binary = tmp_path / "two"
+    subprocess.run(["gcc", "-O1", "-o", str(binary), str(tmp_path / "two.c")], check=True)
+    daemon = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout is not None
+        assert daemon.stdout.readline() == "getrandom=-1 errno=ENOSYS\n"
+        answer, why = getrandom_answer(read_filters(daemon.pid), os.uname().machine)
+        assert "ENOSYS" in why, why
+    finally:
+        daemon.kill()
+        daemon.wait(10)
