@@ -146,3 +146,33 @@ def test_the_newest_seccomp_filters_errno_is_the_one_reported(tmp_path: Path) ->
     finally:
         daemon.kill()
         daemon.wait(10)
+
+
+def test_a_jail_path_through_a_fuse_mount_is_refused(tmp_path: Path) -> None:
+    """A FUSE server answers every lookup anew: a user's FUSE mount (allow_other) on its home
+    shows `jail` as a "root-owned" symlink to a root directory, and the config names
+    HOME/jail/sub. Every name looked root's in root's directories, so the path was judged
+    unswappable and prepared (exit 0), while the server can point `jail` anywhere the moment
+    after, for the probe's chroot and a checker that act by name. Mocked as in the test
+    above: root makes the mount."""
+    need(os.path.exists("/dev/fuse"), "needs /dev/fuse")
+    tmp_path.chmod(0o755)
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    mount = tmp_path / "home" / "user"
+    mount.mkdir(parents=True)
+    os.chown(mount, NOBODY, NOBODY)
+    server = subprocess.Popen(
+        [sys.executable, str(TESTS / "fuse_file.py"), str(mount), "jail", f"link:{real}",
+         str(tmp_path / "fuse.log")],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"mounted\n"
+        result = run("prepare", "--chroot", str(mount / "jail" / "sub"), "--dry-run")
+        assert result.code == 78, result
+        assert "fuse" in result.stderr, result.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+        server.kill()
+        server.wait(10)

@@ -18,6 +18,7 @@ from jailshim.jail.safepath import (
     Jail,
     inspect_entry,
     owner_name,
+    server_owned_mount,
     shared_write,
     writable_by_non_root,
 )
@@ -193,21 +194,11 @@ def _refuse_server_owned(path: str, dir_fd: int, fd: int, here: str, st: os.stat
     notes in the jail. Only a mount crossing (a device change) is asked about, by mount id."""
     if os.fstat(dir_fd).st_dev == st.st_dev:
         return ""
-    from jailshim.jail.mounts import parse_mountinfo
-    from jailshim.verify.cryptolib import server_owned
-
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
-            mount_id = next(int(ln.split()[1]) for ln in f if ln.startswith("mnt_id:"))
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            fstype = {e.mount_id: e.fstype for e in parse_mountinfo(f.read())}.get(mount_id, "")
-    except (OSError, ValueError, StopIteration):
-        fstype = ""
-    if fstype and not server_owned(fstype):
+    on = server_owned_mount(fd)
+    if not on:
         return ""
-    what = f"on a {fstype} filesystem" if fstype else "on a filesystem jailshim cannot tell"
     return (
-        f"{here}, on the way to the host's {path}, is {what}, whose server says who owns "
+        f"{here}, on the way to the host's {path}, is on {on}, whose server says who owns "
         "its files (FUSE), so a user could have shown there a root-owned symlink to a file only "
         "root can reach; copy the file to a local filesystem, then run again."
     )
