@@ -3,6 +3,9 @@ showing NAME with the bytes of SOURCE, claiming owner uid 0 and mode 0755, as an
 may. Prints "mounted" when serving; logs each request's opcode name to LOG (one per line), so
 a test sees whether anyone read the file. Ends when the mount goes (umount) or on SIGTERM.
 
+SOURCE "link:TARGET" shows NAME as a symlink to TARGET instead (owner uid 0, as any server may
+claim).
+
 Usage: fuse_file.py MOUNTPOINT NAME SOURCE LOG [JAIL]   (JAIL: chroot there once mounted, so
 that no process of a test's mount namespace shows its mounts outside a jail)
 """
@@ -16,23 +19,30 @@ import struct
 import sys
 
 LOOKUP, FORGET, GETATTR, OPEN, READ, RELEASE, INIT, FLUSH, DESTROY = 1, 2, 3, 14, 15, 18, 26, 25, 38
-OPENDIR, READDIR, RELEASEDIR, BATCH_FORGET, INTERRUPT = 27, 28, 29, 42, 36
+OPENDIR, READDIR, RELEASEDIR, BATCH_FORGET, INTERRUPT, READLINK = 27, 28, 29, 42, 36, 5
 NAMES = {LOOKUP: "LOOKUP", GETATTR: "GETATTR", OPEN: "OPEN", READ: "READ", RELEASE: "RELEASE",
          INIT: "INIT", FLUSH: "FLUSH"}  # fmt: skip
 ROOT, FILE = 1, 2
 
 
+LINK = False  # FILE is a symlink (SOURCE "link:TARGET")
+
+
 def attr(node: int, size: int) -> bytes:
-    mode = 0o040755 if node == ROOT else 0o100755
+    mode = 0o040755 if node == ROOT else 0o120777 if LINK else 0o100755
     # ino size blocks atime mtime ctime (ns x3) mode nlink uid gid rdev blksize flags
     return struct.pack("<QQQQQQIIIIIIIIII", node, size, (size + 511) // 512, 0, 0, 0, 0, 0, 0,
                        mode, 1, 0, 0, 0, 4096, 0)  # fmt: skip
 
 
 def main() -> int:
+    global LINK
     mountpoint, name, source, log = sys.argv[1:5]
-    with open(source, "rb") as f:
-        data = f.read()
+    if source.startswith("link:"):
+        LINK, data = True, source[5:].encode()
+    else:
+        with open(source, "rb") as f:
+            data = f.read()
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     libc = ctypes.CDLL(None, use_errno=True)
     options = f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other".encode()
@@ -67,6 +77,8 @@ def main() -> int:
                     error = -errno.ENOENT
             elif opcode == GETATTR:
                 reply = struct.pack("<QII", 1, 0, 0) + attr(node, len(data))
+            elif opcode == READLINK and node == FILE and LINK:
+                reply = data
             elif opcode in (OPEN, OPENDIR):
                 reply = struct.pack("<QII", 0, 0, 0)
             elif opcode == READ:

@@ -103,7 +103,7 @@ _OWN = "/run/jailshim"  # jailshim's locks and cache, and everything below
 DPKG_INFO = "/var/lib/dpkg/info"
 DPKG_STATUS = "/var/lib/dpkg/status"
 CACHE = f"{_OWN}/hostdirs"
-_CACHE_FORMAT = "jailshim-hostdirs 1"
+_CACHE_FORMAT = "jailshim-hostdirs 2"
 
 # read once a run: (the cache's text: "DEV:INO\tPATH" lines, the devices of /proc, /sys, /dev)
 _facts_read: list[tuple[str, frozenset[int]]] = []
@@ -199,9 +199,25 @@ def _build(key: str | None) -> str:
                     with contextlib.suppress(OSError):
                         lists.append((name[:-5].split(":")[0], _read(f"{DPKG_INFO}/{name}")))
     paths = packaged_host_paths(lists, system) if lists else skeleton(None)
-    lines = [f"{_CACHE_FORMAT} {key}"]
-    lines += [f"{dev}:{ino}\t{path}" for (dev, ino), path in _identities(paths).items()]
-    return "\n".join(lines) + "\n"
+    lines = [f"{dev}:{ino}\t{path}" for (dev, ino), path in _identities(paths).items()]
+    body = "\n" + "\n".join(lines) + "\n"
+    return f"{_CACHE_FORMAT} {key} {_mounts_on(body)}{body}"
+
+
+def _mounts_on(body: str) -> str:
+    """The mounts on the directories the cache's ``body`` names ("\tPATH\n" lines), as one
+    word: mount id and device of each. A filesystem mounted on one of them after the cache
+    was made changes its identity, which the cache would not know: a tmpfs on /mnt (a disk
+    on /srv, an automounted /home) was taken for a jail, as the host's /mnt, and prepared
+    (review3). Reading the mount table costs ~20 us; dpkg's key alone did not change."""
+    from jailshim.jail.mounts import parse_mountinfo
+
+    try:
+        text = _read("/proc/self/mountinfo")
+    except OSError:
+        return "unknown"
+    on = [f"{e.mount_id}.{e.dev}" for e in parse_mountinfo(text) if f"\t{e.mount_point}\n" in body]
+    return ",".join(on) or "none"
 
 
 def _cached(key: str | None) -> str | None:
@@ -216,7 +232,10 @@ def _cached(key: str | None) -> str | None:
         if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
             return None
         text = f.read()
-    return text if text.startswith(f"{_CACHE_FORMAT} {key}\n") else None
+    header, newline, body = text.partition("\n")
+    if not newline or header != f"{_CACHE_FORMAT} {key} {_mounts_on(newline + body)}":
+        return None
+    return text
 
 
 def _store(text: str) -> None:

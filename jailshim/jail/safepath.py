@@ -31,6 +31,7 @@ __all__ = [
     "name_swappable",
     "owner_name",
     "rename_into_place",
+    "server_owned_mount",
     "shared_write",
     "swappable_path",
     "writable_by_non_root",
@@ -167,6 +168,27 @@ def name_swappable(owner: int, parent: Holder) -> bool:
 _MAX_SYMLINKS = 40  # as the kernel's path walk (ELOOP beyond)
 
 
+def server_owned_mount(fd: int) -> str:
+    """ "" when the file open at ``fd`` is on a filesystem whose owners the kernel vouches
+    for, else what it is on ("a fuse.x filesystem", "a filesystem jailshim cannot tell"): a
+    FUSE server says who owns each entry and where each symlink leads, and may answer
+    differently at every lookup (review3: a user's FUSE mount with allow_other showed a
+    "root-owned" symlink). Asked of the mount by id (fdinfo), never of the file itself."""
+    from jailshim.jail.mounts import parse_mountinfo
+    from jailshim.verify.cryptolib import server_owned
+
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+            mount_id = next(int(ln.split()[1]) for ln in f if ln.startswith("mnt_id:"))
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            fstype = {e.mount_id: e.fstype for e in parse_mountinfo(f.read())}.get(mount_id, "")
+    except (OSError, ValueError, StopIteration):
+        fstype = ""
+    if fstype and not server_owned(fstype):
+        return ""
+    return f"a {fstype} filesystem" if fstype else "a filesystem jailshim cannot tell"
+
+
 def swappable_path(path: str, actor: str) -> str:
     """ "" when no user other than root can change where ``path`` leads, else the sentence
     (which entry, whose directory, the fix) for ``actor``, who will act on the path by name.
@@ -202,6 +224,14 @@ def swappable_path(path: str, actor: str) -> str:
             except (FileNotFoundError, NotADirectoryError):
                 return ""
             parent, parent_st = holder(parent_fd)
+            if st.st_dev != parent_st.st_dev:  # a mount: is its owner the kernel's word?
+                on = _mount_of(parent_fd, part)
+                if on:
+                    return (
+                        f"{path} leads through {where}, on {on}, whose server says who owns "
+                        f"its entries and where they lead, at every lookup anew; {actor} acts "
+                        "on that path by name. Give a path on a local filesystem, then run again."
+                    )
             if name_swappable(st.st_uid, parent):
                 return _swappable_sentence(
                     path, where, _described(parent_path or "/", parent_st), actor
@@ -230,6 +260,18 @@ def swappable_path(path: str, actor: str) -> str:
     finally:
         for fd, _ in stack:
             os.close(fd)
+
+
+def _mount_of(parent_fd: int, name: str) -> str:
+    """server_owned_mount of the entry ``name`` of ``parent_fd``; gone again: ""."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    except OSError:
+        return ""
+    try:
+        return server_owned_mount(fd)
+    finally:
+        os.close(fd)
 
 
 def _swappable_sentence(path: str, where: str, parent: str, actor: str) -> str:

@@ -18,6 +18,7 @@ from jailshim.jail.safepath import (
     Jail,
     inspect_entry,
     owner_name,
+    server_owned_mount,
     shared_write,
     writable_by_non_root,
 )
@@ -184,6 +185,25 @@ def _reopen_regular(path_fd: int, *, host: bool) -> tuple[int, os.stat_result] |
 _MAX_LINKS = 40  # the kernel's own limit before ELOOP
 
 
+def _refuse_server_owned(path: str, dir_fd: int, fd: int, here: str, st: os.stat_result) -> str:
+    """Why root must not take ``here`` (open at ``fd``) when it is the root of a FUSE mount, or
+    "" when it is not: a FUSE server says who owns what it shows, so the owner rule below would
+    take its word. Seen without it (review3): a user's FUSE mount (allow_other) on its home
+    claimed root's ownership of itself and of app.conf, a symlink to root's 0644 notes in a 0700
+    directory; every name looked root's, the link was followed and the daemon's user read the
+    notes in the jail. Only a mount crossing (a device change) is asked about, by mount id."""
+    if os.fstat(dir_fd).st_dev == st.st_dev:
+        return ""
+    on = server_owned_mount(fd)
+    if not on:
+        return ""
+    return (
+        f"{here}, on the way to the host's {path}, is on {on}, whose server says who owns "
+        "its files (FUSE), so a user could have shown there a root-owned symlink to a file only "
+        "root can reach; copy the file to a local filesystem, then run again."
+    )
+
+
 def _refuse_host_step(path: str, where: str, dir_fd: int, here: str, st: os.stat_result) -> str:
     """Why root must not take the entry ``here`` (stat ``st``) found in the host directory
     ``where`` (fd ``dir_fd``) on the way to ``path``, or "" when it may (sshd's StrictModes
@@ -256,7 +276,8 @@ def open_host_path(path: str) -> tuple[int, str]:
             here = f"{where}/{part}"
             try:
                 st = os.fstat(fd)
-                refused = _refuse_host_step(path, where or "/", dir_fd, here, st)
+                refused = _refuse_server_owned(path, dir_fd, fd, here, st)
+                refused = refused or _refuse_host_step(path, where or "/", dir_fd, here, st)
                 if refused:
                     raise ConfigError(refused)
                 if stat.S_ISLNK(st.st_mode):
