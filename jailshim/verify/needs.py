@@ -183,6 +183,7 @@ if services:
 sys.stdout.write(json.dumps(out))
 """
 _LOOKUP_DEADLINE = 8.0  # inside the probe's own 10 s
+_MAX_ANSWER = 1 << 20  # bytes: far above any real answer
 
 
 def start_lookups(needs: Needs, jail: str, uid: int, gid: int, groups: tuple[int, ...]) -> Any:
@@ -209,19 +210,32 @@ def start_lookups(needs: Needs, jail: str, uid: int, gid: int, groups: tuple[int
 
 
 def _answers(lookups: Any) -> dict[str, Any]:
+    """What the lookups printed, read up to a bound and a deadline: they run the jail's NSS
+    modules, which could print without end into root's memory or never finish."""
     import json
-    import subprocess
+    import select
 
+    deadline = time.monotonic() + _LOOKUP_DEADLINE
+    fd = lookups.stdout.fileno()
+    data = b""
+    while len(data) <= _MAX_ANSWER:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    lookups.kill()  # by its Popen: our own child, gone already when it answered
+    code = lookups.wait()
     try:
-        out, _ = lookups.communicate(timeout=_LOOKUP_DEADLINE)
-    except subprocess.TimeoutExpired:
-        lookups.kill()
-        lookups.wait()
-        return {}
-    try:
-        answers: dict[str, Any] = json.loads(out)
+        answers: dict[str, Any] = json.loads(data) if len(data) <= _MAX_ANSWER else {}
     except ValueError:
-        return {"error": f"the lookup ended without an answer (exit {lookups.returncode})"}
+        answers = {}
+    if code == -9:
+        return {"error": f"the lookup did not answer within {_LOOKUP_DEADLINE:.0f} s"}
+    if not isinstance(answers, dict) or not answers:
+        return {"error": f"the lookup ended without an answer (exit {code})"}
     return answers
 
 
