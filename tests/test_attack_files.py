@@ -34,20 +34,27 @@ def _owned_by_nobody(jail: Path, inside: Path) -> None:
     os.chown(inside, NOBODY, NOBODY)
 
 
+def _nobody_watching(where: Path) -> int:
+    """In a forked child: become the daemon's user in ``where`` (entered as root: the test's
+    tmp_path above may be 0700) and watch it; the inotify fd (non-blocking)."""
+    os.chdir(where)
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    libc = ctypes.CDLL(None, use_errno=True)
+    inotify = int(libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
+    if inotify < 0 or libc.inotify_add_watch(inotify, b".", _IN_ALL_EVENTS) < 0:
+        raise OSError(ctypes.get_errno(), "inotify")
+    return inotify
+
+
 def _attacker(where: Path, names: tuple[str, ...], ready: int, stop: int, report: int) -> None:
     """The daemon's user, in a forked child: in its own setgid directory, on every inotify
     event it tries to open each name jailshim may write there and keeps every fd it gets;
     told to stop, it reads them all and reports what they hold. Never returns."""
     code = 1
     try:
-        os.chdir(where)  # as root: the test's tmp_path above may be 0700
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        libc = ctypes.CDLL(None, use_errno=True)
-        inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if inotify < 0 or libc.inotify_add_watch(inotify, b".", _IN_ALL_EVENTS) < 0:
-            raise OSError(ctypes.get_errno(), "inotify")
+        inotify = _nobody_watching(where)
         held: list[int] = []
         os.write(ready, b"r")
         while True:
@@ -351,15 +358,8 @@ def _mover(where: Path, tmp: str, away: Path, *, ready: int, stop: int, report: 
     never caught the file). Never returns."""
     code = 1
     try:
-        os.chdir(where)  # as root: the test's tmp_path above may be 0700
-        away_fd = os.open(away, os.O_RDONLY | os.O_DIRECTORY)
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        libc = ctypes.CDLL(None, use_errno=True)
-        inotify = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if inotify < 0 or libc.inotify_add_watch(inotify, b".", _IN_ALL_EVENTS) < 0:
-            raise OSError(ctypes.get_errno(), "inotify")
+        away_fd = os.open(away, os.O_RDONLY | os.O_DIRECTORY)  # as root, before the drop
+        inotify = _nobody_watching(where)
         os.write(ready, b"r")
         moved_at = -1
         while True:
