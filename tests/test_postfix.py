@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import pwd
+import select
 import shutil
 import signal
 import subprocess
@@ -547,3 +548,95 @@ def test_dry_run_skips_postfix_check_which_makes_queue_directories(
     assert [e["outcome"] for e in result.named("config_check")] == ["skipped"]
     after = sorted(p.name for p in setup.queue.iterdir()) if setup.queue.exists() else []
     assert after == before
+
+
+# --- stopping: a SIGTERM to jailshim reaches master only with --init -------------------------
+
+GRACE = 10.0  # --grace: how long the stop sequence waits before SIGKILL
+
+
+def _start_master(
+    postfix_bin: str, area: Path, *run_options: str
+) -> tuple[subprocess.Popen[str], Setup, int, int]:
+    """`jailshim run [run_options] -- postfix -c DIR start-fg` in a network namespace of its own
+    (nothing it starts may listen on the host); returns jailshim, the setup, master's PID and a
+    pidfd on master taken while it is known to be ours (so the clean-up cannot hit a reused PID).
+    Master is up when pickup, which it starts, has dropped to user postfix."""
+    need(shutil.which("unshare") is not None, "needs unshare(1)")
+    setup = write_postfix_config(area)
+    up = 'ip link set lo up && exec "$@"'  # unshare and sh exec: proc.pid is jailshim's
+    daemon = daemon_argv(postfix_bin, setup)
+    proc = spawn(
+        [
+            "unshare",
+            "--net",
+            "sh",
+            "-c",
+            up,
+            "sh",
+            *jailshim_argv("run", *run_options, "--", *daemon),
+        ]
+    )
+    try:
+        _wait_for("pickup started", functools.partial(_processes, proc.pid, "pickup"))
+        (pickup,) = _processes(proc.pid, "pickup")
+        _wait_for("pickup dropped to postfix", functools.partial(_dropped, pickup))
+        (master,) = _processes(proc.pid, "master")
+        pidfd = os.pidfd_open(master)
+    except BaseException:
+        stop_postfix(proc, setup.queue)
+        raise
+    return proc, setup, master, pidfd
+
+
+def _gone(pidfd: int, timeout: float) -> bool:
+    """The process of ``pidfd`` ended within ``timeout`` seconds (a pidfd reads ready then)."""
+    ready, _, _ = select.select([pidfd], [], [], timeout)
+    return bool(ready)
+
+
+def test_sigterm_to_jailshim_init_stops_postfix_master(area: Path, postfix_bin: str) -> None:
+    """README (postfix adapter) and examples/postfix: master runs in its own session, so a
+    SIGTERM to the process jailshim started does not reach it; `jailshim run --init` sends the
+    stop signal to every descendant, master stops its children, and jailshim exits within the
+    grace without having to SIGKILL (137)."""
+    proc, setup, master, pidfd = _start_master(postfix_bin, area, "--init", "--grace", str(GRACE))
+    try:
+        assert os.getsid(master) == master != os.getsid(proc.pid)  # why a plain SIGTERM misses it
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=GRACE + 20)
+        took = time.monotonic() - sent
+        assert _gone(pidfd, 0), "master outlived jailshim --init"
+        assert took < GRACE, (
+            f"jailshim took {took:.2f}s: the stop sequence had to wait out the grace"
+        )
+        assert code != 137, "the stop sequence had to SIGKILL"
+        assert not _processes(proc.pid, "pickup") and not _processes(proc.pid, "qmgr")
+    finally:
+        if not _gone(pidfd, 0):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        stderr = stop_postfix(proc, setup.queue)
+    assert "Traceback" not in stderr
+
+
+def test_sigterm_to_jailshim_without_init_leaves_postfix_master(
+    area: Path, postfix_bin: str
+) -> None:
+    """The control for the test above: without --init jailshim execs postfix-script, a SIGTERM
+    ends that shell only, and master (its own session) is left running; the test then stops it
+    by its pidfd."""
+    proc, setup, master, pidfd = _start_master(postfix_bin, area)
+    try:
+        assert os.getsid(master) == master != os.getsid(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        assert not _gone(pidfd, 2), "master stopped without --init: the test above proves nothing"
+    finally:
+        if not _gone(pidfd, 0):
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)  # master stops its children
+            if not _gone(pidfd, 10):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        stop_postfix(proc, setup.queue)
