@@ -5,12 +5,18 @@ made the mounts (the namespace, and the mounts, end with the shell that ran it).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import clean_env, jailshim_argv
+from tests.daemons import stop
+from tests.support import clean_env, jailshim_argv, run, spawn
 
 pytestmark = pytest.mark.usefixtures("root")
 
@@ -63,3 +69,53 @@ def test_a_nodev_jail_gets_read_only_nosuid_noexec_binds(nodev_jail: Path) -> No
     assert f"{nodev_jail}/dev/urandom" in binds, mounts
     for point, options in binds.items():
         assert {"ro", "nosuid", "noexec"} <= options, (point, options)
+
+
+@contextlib.contextmanager
+def _root_holds_the_lock(jail: Path) -> Iterator[None]:
+    """This (root) process holds the jail directory's flock, the lock that holds across mount
+    namespaces; a root holder is waited for (a user's is ignored, tested elsewhere)."""
+    fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
+
+
+def test_prepare_times_out_on_a_lock_root_holds(jail: Path) -> None:
+    """README: prepare takes a per-jail lock "waiting up to --timeout": with root's process
+    holding it, --timeout 1 fails after that second with one sentence and exit 71, and nothing
+    is made in the jail."""
+    with _root_holds_the_lock(jail):
+        began = time.monotonic()
+        result = run("prepare", "--chroot", str(jail), "--timeout", "1")
+        took = time.monotonic() - began
+    assert result.code == 71, result.stderr
+    assert (
+        f"process {os.getpid()} has held the lock on {jail} for 1 s (another jailshim prepare "
+        "or teardown); wait for it to finish, or raise --timeout."
+    ) in result.stderr, result.stderr
+    assert took >= 1, took
+    assert list(jail.iterdir()) == []
+
+
+def test_prepare_waits_for_a_lock_root_holds_then_prepares(jail: Path) -> None:
+    """The other half: within --timeout prepare waits while root's process holds the lock
+    (nothing made meanwhile) and prepares once it is let go."""
+    with _root_holds_the_lock(jail):
+        proc = spawn(jailshim_argv("prepare", "--chroot", str(jail), "--timeout", "60"))
+        try:
+            time.sleep(1.5)  # a slow start only makes "still waiting" more true
+            assert proc.poll() is None, proc.communicate()
+            assert list(jail.iterdir()) == []
+        except BaseException:
+            stop(proc)
+            raise
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, stderr
+    assert (jail / "dev" / "urandom").is_char_device()
+    assert run("teardown", "--chroot", str(jail)).code == 0
