@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from tests.daemons import stop
 from tests.support import clean_env, jailshim_argv, run, spawn
+from tests.test_attack_doctor import _daemon, _evil, _reseed_rows
 
 pytestmark = pytest.mark.usefixtures("root")
 
@@ -119,3 +121,44 @@ def test_prepare_waits_for_a_lock_root_holds_then_prepares(jail: Path) -> None:
     assert proc.returncode == 0, stderr
     assert (jail / "dev" / "urandom").is_char_device()
     assert run("teardown", "--chroot", str(jail)).code == 0
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The daemons a test starts; each is killed by its PID and reaped, whatever happens."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o644], ids=["group-w", "other-w", "0644"])
+def test_doctor_does_not_load_a_root_owned_library_others_can_write(
+    area: Path, jail: Path, daemons: list[subprocess.Popen[bytes]], mode: int
+) -> None:
+    """README/doctor: a daemon's library is loaded (its code run as root) only if it is root's
+    alone; a root-owned libcrypto.so.3 that is group- or world-writable is not loaded: its
+    constructor never runs, the reseed row says cannot probe and why. At 0644 the same file is
+    loaded (the constructor runs): the control that shows the test would see a load."""
+    marker = area / "ran"
+    libs = area / "libs"
+    libs.mkdir(mode=0o755)
+    lib = libs / "libcrypto.so.3"
+    shutil.copy(_evil(area, marker), lib)
+    lib.chmod(mode)
+    assert lib.stat().st_uid == 0
+    pid = _daemon(daemons, [], str(lib), jail)
+
+    result = run("doctor", "--pid", str(pid))
+    (row,) = _reseed_rows(result).values()
+    if mode == 0o644:
+        assert marker.exists(), row  # doctor loaded it: the file is root's alone
+        return
+    assert not marker.exists(), marker.read_text()
+    assert row["level"] == "warning", row
+    assert row["detail"].startswith("cannot probe libcrypto.so.3 (OpenSSL 3.0.99)"), row
+    assert f"owned by uid 0 with mode {mode:04o}" in row["detail"], row
