@@ -10,6 +10,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from tests.daemons import stop
 from tests.support import clean_env, jailshim_argv, run, spawn
 from tests.test_attack_doctor import _daemon, _evil, _reseed_rows
+from tests.test_edges import _shell
 
 pytestmark = pytest.mark.usefixtures("root")
 
@@ -162,3 +164,29 @@ def test_doctor_does_not_load_a_root_owned_library_others_can_write(
     assert row["level"] == "warning", row
     assert row["detail"].startswith("cannot probe libcrypto.so.3 (OpenSSL 3.0.99)"), row
     assert f"owned by uid 0 with mode {mode:04o}" in row["detail"], row
+
+
+@pytest.mark.parametrize("closed", ["0<&-", "2>&-", "0<&- 2>&-"])
+def test_commands_with_stdin_or_stderr_closed(jail: Path, closed: str) -> None:
+    """README/ARCHITECTURE: "a closed fd 0/1/2 gets /dev/null (for jailshim and the daemon
+    alike)"; only stdout had a test. prepare and teardown exit as they would (0; a missing
+    jail 78, its sentence going nowhere, not a crash's 1), the dry run's plan still reaches
+    stdout, and the daemon finds /dev/null on the closed descriptors, not a file jailshim
+    happened to open there."""
+    script = f'exec "$@" {closed}'
+    dry = _shell(script, *jailshim_argv("prepare", "--chroot", str(jail), "--dry-run"))
+    assert dry.code == 0 and "dev/urandom" in dry.stdout, (dry.stdout, dry.stderr)
+    assert _shell(script, *jailshim_argv("prepare", "--chroot", str(jail))).code == 0
+    assert (jail / "dev" / "urandom").is_char_device()
+    assert _shell(script, *jailshim_argv("teardown", "--chroot", str(jail))).code == 0
+    assert not (jail / "dev").exists()
+    missing = _shell(script, *jailshim_argv("prepare", "--chroot", str(jail / "nowhere")))
+    assert missing.code == 78, missing.stderr
+    show = "import os; print(os.readlink('/proc/self/fd/0'), os.readlink('/proc/self/fd/2'))"
+    daemon = _shell(script, *jailshim_argv("run", "--", sys.executable, "-c", show))
+    assert daemon.code == 0, daemon.stderr
+    fd0, fd2 = daemon.stdout.split()
+    if "0<&-" in closed:
+        assert fd0 == "/dev/null", daemon.stdout
+    if "2>&-" in closed:
+        assert fd2 == "/dev/null", daemon.stdout
