@@ -125,7 +125,8 @@ def test_kill_group_reaches_the_daemons_children(jail: Path, area: Path, kill_gr
         f"trap '' TERM; trap 'echo usr1 >> {inner_mark}' USR1; echo ready; "
         "while :; do sleep 0.1; done"
     )
-    outer = f"trap 'echo usr1 >> {outer_mark}' USR1; sh -c {shlex.quote(inner)} & while :; do wait; done"
+    outer = f"trap 'echo usr1 >> {outer_mark}' USR1; sh -c {shlex.quote(inner)} & "
+    outer += "while :; do wait; done"
     flags = ("--kill-group", "--grace", "1") if kill_group else ("--grace", "1")
     proc = _start(jail, ["sh", "-c", outer], flags=flags)
     try:
@@ -136,9 +137,9 @@ def test_kill_group_reaches_the_daemons_children(jail: Path, area: Path, kill_gr
         grandchild = children(shell)[0]
         in_namespace = status_field(grandchild, "NSpid").split()[-1]  # as the log names it
         os.kill(sup, signal.SIGUSR1)
-        _wait_for(lambda: outer_mark.exists())
+        _wait_for(outer_mark.exists)
         if kill_group:
-            _wait_for(lambda: inner_mark.exists())
+            _wait_for(inner_mark.exists)
         os.kill(sup, signal.SIGTERM)
         proc.wait(timeout=20)
         gone = not Path(f"/proc/{grandchild}").exists()
