@@ -1,4 +1,5 @@
-"""Fixtures: root-only gating (a skip fails under CI=true) and jails that always clean up."""
+"""Fixtures: root-only gating (any skip fails under CI=true: tests/ci_skips.py) and jails that
+always clean up."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci_skips import pytest_make_collect_report, pytest_runtest_makereport
 from tests.support import need, unmount_below
+
+# Hooks, registered by being names of this module: under CI=true every skip fails.
+__all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]
 
 
 @pytest.fixture

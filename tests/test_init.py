@@ -111,43 +111,45 @@ def test_death_by_signal_gives_128_plus_n(jail: Path) -> None:
     assert proc.returncode == 143
 
 
-def test_kill_group_reaches_the_daemons_children(jail: Path) -> None:
-    """--kill-group: a signal goes to the whole process group, grandchildren included."""
-    proc = subprocess.Popen(
-        [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            *jailshim_argv(
-                "run",
-                "--init",
-                "--kill-group",
-                "--chroot",
-                str(jail),
-                "--no-verify",
-                "--",
-                "sh",
-                "-c",
-                "sleep 60 & wait",
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
+@pytest.mark.parametrize("kill_group", [True, False], ids=["kill-group", "child-only"])
+def test_kill_group_reaches_the_daemons_children(jail: Path, area: Path, kill_group: bool) -> None:
+    """--kill-group: a forwarded signal reaches the whole process group, grandchildren included;
+    without it, only COMMAND. USR1 is no stop signal, so neither the stop sequence nor the PID
+    namespace's end can deliver it: a grandchild that records USR1 tells the two cases apart
+    (the old test only checked the grandchild was dead at the end, which the stop sequence's
+    SIGKILL or the namespace's end guarantees anyway). The grandchild also ignores TERM, so its
+    death at the end proves the stop sequence's SIGKILL, not the forwarded TERM, ended it."""
+    outer_mark, inner_mark = area / "outer", area / "inner"
+    # "ready" comes from the grandchild once both shells' traps are set (USR1's default kills)
+    inner = (
+        f"trap '' TERM; trap 'echo usr1 >> {inner_mark}' USR1; echo ready; "
+        "while :; do sleep 0.1; done"
     )
+    outer = f"trap 'echo usr1 >> {outer_mark}' USR1; sh -c {shlex.quote(inner)} & "
+    outer += "while :; do wait; done"
+    flags = ("--kill-group", "--grace", "1") if kill_group else ("--grace", "1")
+    proc = _start(jail, ["sh", "-c", outer], flags=flags)
     try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         sup = _supervisor(proc)
         _wait_for(lambda: any(children(c) for c in children(sup)))
         shell = children(sup)[0]
-        sleeper = children(shell)[0]
+        grandchild = children(shell)[0]
+        in_namespace = status_field(grandchild, "NSpid").split()[-1]  # as the log names it
+        os.kill(sup, signal.SIGUSR1)
+        _wait_for(outer_mark.exists)
+        if kill_group:
+            _wait_for(inner_mark.exists)
         os.kill(sup, signal.SIGTERM)
         proc.wait(timeout=20)
-        assert not Path(f"/proc/{sleeper}").exists() or status_field(sleeper, "State")[0] == "Z"
+        gone = not Path(f"/proc/{grandchild}").exists()
+        assert gone or status_field(grandchild, "State")[0] == "Z"
     finally:
-        stop(proc)
-    assert proc.returncode == 143
+        _, stderr = stop(proc)
+    assert inner_mark.exists() == kill_group, stderr
+    assert proc.returncode == 143, stderr
+    (event,) = _events(stderr, "init.stop")
+    assert f"sh[{in_namespace}]" in event["killed"], event
 
 
 def test_double_init_is_warned_about(jail: Path, area: Path) -> None:

@@ -75,18 +75,28 @@ class Kind:
 def _sequence(strace: str, kind: Kind, args: str, before: str = "") -> list[tuple[str, int]]:
     """Every mutating syscall the command makes (after ``before``, in the same namespace),
     as (name, n-th call of that name)."""
+    return _calls(_trace(strace, kind, args, before))
+
+
+def _trace(strace: str, kind: Kind, args: str, before: str = "") -> list[str]:
+    """strace's lines for the mutating syscalls of the command (arguments included)."""
     log = kind.jail.parent / "strace.log"
     script = f"{before}{strace} -f -qq -o {log} -e trace={','.join(MUTATING)} {args}"
     proc = _shell(script, kind.wrap)
     assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().splitlines()
+    log.unlink()
+    return lines
+
+
+def _calls(lines: list[str]) -> list[tuple[str, int]]:
     counts: Counter[str] = Counter()
     calls = []
-    for line in log.read_text().splitlines():
+    for line in lines:
         found = _CALL.match(line)
         if found and found.group(1) in MUTATING:
             counts[found.group(1)] += 1
             calls.append((found.group(1), counts[found.group(1)]))
-    log.unlink()
     return calls
 
 
@@ -236,9 +246,11 @@ def test_sigkill_while_refreshing_a_stale_copy_converges(strace: str, area: Path
     teardown = _js("teardown", "--chroot", jail, "--log-level", "error")
     stale = f"mount --bind {old} /etc/hosts && {prepare} && umount /etc/hosts && "
     stale += f"mount --bind {new} /etc/hosts && "
-    calls = _sequence(strace, kind, prepare, before=stale)
+    lines = _trace(strace, kind, prepare, before=stale)
+    calls = _calls(lines)
     assert _shell(teardown, kind.wrap).returncode == 0
-    assert ("renameat2", 1) in calls or calls, calls
+    # The refresh must be the exchange (old or new whole at every instant), not unlink+rename.
+    assert any("RENAME_EXCHANGE" in line for line in lines), "\n".join(lines)
     problems = []
     for call in calls:
         script = (
@@ -461,12 +473,13 @@ def test_a_foreign_device_at_a_device_name_is_never_opened(strace: str, jail: Pa
              *jailshim_argv(*args, "--chroot", str(jail), "--user", "nobody")],
             capture_output=True, check=False, env=clean_env(),
         )  # fmt: skip
+        lines = log.read_text().splitlines()
+        assert any("openat(" in line for line in lines), "strace saw no open at all"
+        # Any path naming urandom: "/dev/urandom" (the probe runs chrooted, so that is the
+        # jail's node), an absolute jail path, or openat(fd, "dev/urandom") / (fd, "urandom").
         opens = [
-            line
-            for line in log.read_text().splitlines()
-            if re.search(r'"(/dev/)?urandom"', line) and "O_PATH" not in line
+            line for line in lines if re.search(r'"[^"]*urandom"', line) and "O_PATH" not in line
         ]
-        # the probe runs chrooted: "/dev/urandom" there is the jail's node
         assert not opens, (args, opens)
     log.unlink()
 
@@ -554,7 +567,12 @@ def test_doctor_never_blocks_on_a_path_from_a_daemons_maps(area: Path) -> None:
         start = time.monotonic()
         result = run("doctor", "--pid", str(proc.pid))
         assert time.monotonic() - start < 20
-        assert result.code in (0, 64, 69, 78), result.stderr
+        # It finished, and through the daemon's own view: it found the mapped libcrypto (a
+        # regular file there), so its verdict is the one for this process, safe (exit 0).
+        assert result.code == 0, result.stderr
+        (daemon,) = result.named("doctor.daemon")
+        assert daemon["pid"] == proc.pid, daemon
+        assert "libcrypto.so.3 (OpenSSL)" in daemon["libraries"], daemon
     finally:
         proc.kill()
         proc.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -274,17 +275,21 @@ def test_wait_addr_forms() -> None:
 
 def test_address_verdicts() -> None:
     """dadfailed is permanent; tentative, absent, link down and lo down are worth waiting for."""
-    assert not judge_address(
-        AddressFacts("x", present=True, dadfailed=True, ifname="v0"), 99
-    ).transient
+    notavail = errno.EADDRNOTAVAIL  # what bind says for an address no interface has
+    dadfailed = judge_address(
+        AddressFacts("x", present=True, dadfailed=True, ifname="v0"), notavail
+    )
+    assert not dadfailed.ok and not dadfailed.transient
     for facts in (
         AddressFacts("x", present=True, tentative=True, ifname="v0"),
         AddressFacts("x"),
         AddressFacts("x", present=True, link_up=False, ifname="v0"),
         AddressFacts("x", loopback_down=True),
     ):
-        assert judge_address(facts, 99).transient
-    assert os.strerror(99)  # EADDRNOTAVAIL is what bind says
+        verdict = judge_address(facts, notavail)
+        assert not verdict.ok and verdict.transient, verdict
+    # bind's errno is named (not a bare number) where it says why the address is not there yet
+    assert "(bind: EADDRNOTAVAIL)" in judge_address(AddressFacts("x"), notavail).detail
 
 
 def test_run_without_a_jail_still_waits_for_addresses(netns: str) -> None:
