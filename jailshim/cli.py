@@ -36,6 +36,12 @@ __all__ = ["ENV_PREFIX", "MAX_TIMEOUT", "main", "parse_args"]
 ENV_PREFIX = "JAILSHIM_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+# The stop signals that came ignored: jailshim catches them until the hand-over, which gives
+# them back ignored with --inherited-signals keep.
+IGNORED_AT_START: set[int] = set()
+# Who started us, read before the jail is prepared: --pdeath-signal is set only at the hand-over,
+# and a starter that died meanwhile must still be noticed (getppid() then names the reaper).
+PARENT_AT_START = os.getppid()
 MAX_TIMEOUT = 86400.0  # a day: a larger retry budget is a typo, not a plan
 _PATH_MAX = 4096  # the kernel's limit on a path, the terminating NUL included
 _NAME_MAX = 255  # and on one name in it
@@ -942,7 +948,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         if signal.signal(sig, stopsignals.interrupt) == signal.SIG_IGN:
-            stopsignals.IGNORED_AT_START.add(sig)  # for --inherited-signals keep
+            IGNORED_AT_START.add(sig)  # for --inherited-signals keep
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # as git does: the usage, on stderr
         sys.stderr.write(_build_parser().format_help())

@@ -68,7 +68,7 @@ def inherited_signals() -> tuple[list[int], list[int]]:
     whether they came ignored cannot be known; they are given back at their default."""
     import signal
 
-    from jailshim.stopsignals import IGNORED_AT_START
+    from jailshim import cli
 
     ignored = {
         sig
@@ -76,7 +76,7 @@ def inherited_signals() -> tuple[list[int], list[int]]:
         if sig not in (signal.SIGPIPE, signal.SIGXFSZ)
         and _quiet_getsignal(sig) is signal.Handlers.SIG_IGN
     }
-    ignored |= IGNORED_AT_START  # jailshim catches these itself until the hand-over
+    ignored |= cli.IGNORED_AT_START  # jailshim catches these itself until the hand-over
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     return sorted(ignored), sorted(int(s) for s in blocked)
 
@@ -209,7 +209,7 @@ def supervise(
         # ends (it survives the exec), and the supervisor forwards it like any other. Set
         # while blocked, then checked: a starter gone since jailshim started (while the jail
         # was prepared) is told at once, not never.
-        from jailshim.stopsignals import PARENT_AT_START
+        from jailshim.cli import PARENT_AT_START
 
         libc.prctl(PR_SET_PDEATHSIG, stop.pdeath_signal, 0, 0, 0)
         if os.getppid() != PARENT_AT_START:

@@ -11,19 +11,12 @@ KeyboardInterrupt and left `run` waiting out its whole --timeout after a SIGTERM
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from collections.abc import Iterator
 
 __all__ = ["STOP_SIGNALS", "Interrupted", "interrupt", "raise_if_received", "signals_deferred"]
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-# The stop signals that came ignored: jailshim catches them until the hand-over, which gives
-# them back ignored with --inherited-signals keep (cli.main records them).
-IGNORED_AT_START: set[int] = set()
-# Who started us, read before the jail is prepared: --pdeath-signal is set only at the hand-over,
-# and a starter that died meanwhile must still be noticed (getppid() then names the reaper).
-PARENT_AT_START = os.getppid()
 _received: list[int] = []  # the stop signals the handler saw
 
 
