@@ -18,6 +18,7 @@ import pytest
 
 from jailshim.cli import parse_args
 from jailshim.errors import UsageError
+from tests import pids
 from tests.daemons import children, status_field, stop
 from tests.support import TESTS, clean_env, jailshim_argv, spawn
 
@@ -228,10 +229,9 @@ def _kill_if_grandchild(out: Path) -> None:
     """A failed test must not leave the grandchild running (it is ours: named by us)."""
     try:
         pid, _ = _tree_facts(out)
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "grandchild":
-            os.kill(pid, signal.SIGKILL)
     except (KeyError, ValueError, OSError):
-        pass
+        return
+    pids.kill([pids.pin(pid, pids.comm_is("grandchild"))])  # named so after the pin
 
 
 @pytest.mark.parametrize("pid_ns", [True, False], ids=["pid1", "subreaper"])
@@ -474,20 +474,10 @@ class _Terminal:
         raise AssertionError(f"still running: {self.tail()!r}")
 
     def close(self) -> None:
-        if self.status is None:
-            family = [self.pid, *_descendants(self.pid)]
-            for pid in family:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if self.status is None:  # unreaped: self.pid is still ours, and pins its descendants
+            pids.kill(pids.pin_family(self.pid))
             os.waitpid(self.pid, 0)
         os.close(self.fd)
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in children(pid):
-        found += [child, *_descendants(child)]
-    return found
 
 
 def _state(pid: int) -> str:
