@@ -20,7 +20,7 @@ from jailshim.cli import parse_args
 from jailshim.errors import UsageError
 from tests import pids
 from tests.daemons import children, status_field, stop
-from tests.support import TESTS, clean_env, jailshim_argv, spawn
+from tests.support import TESTS, clean_env, jailshim_argv, need, spawn
 
 CHILD = str(TESTS / "init_child.py")
 TREE = str(TESTS / "init_tree.py")
@@ -153,22 +153,31 @@ def test_kill_group_reaches_the_daemons_children(jail: Path, area: Path, kill_gr
     assert f"sh[{in_namespace}]" in event["killed"], event
 
 
-def test_double_init_is_warned_about(jail: Path, area: Path) -> None:
-    """Under a PID 1 named tini that already reaps, --init logs one warning and still works."""
-    tini = area / "tini"
-    tini.symlink_to("/bin/sh")
-    argv = jailshim_argv("run", "--init", "--chroot", str(jail), "--no-verify", "--", "true")
+@pytest.mark.parametrize("pid1", ["catatonit", "sh"])
+def test_double_init_is_warned_about(jail: Path, pid1: str) -> None:
+    """Under a real init that already reaps as PID 1 (catatonit, podman's), --init logs one
+    warning naming it and still works: COMMAND's exit code comes through both inits. Under a
+    PID 1 that is no init (sh), no warning."""
+    program = {"catatonit": "/usr/bin/catatonit", "sh": "/bin/sh"}[pid1]
+    need(os.access(program, os.X_OK), f"needs {program}")
+    argv = jailshim_argv("run", "--init", "--chroot", str(jail), "--no-verify", "--")
+    argv += ["sh", "-c", "exit 7"]
+    under = [program, "--", *argv] if pid1 == "catatonit" else [program, "-c", shlex.join(argv)]
     proc = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", str(tini), "-c", " ".join(argv)],
+        ["unshare", "--pid", "--fork", "--mount-proc", *under],
         capture_output=True,
         text=True,
         env=clean_env(),
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count('"init.double"') == 1
-    assert "already reaps zombies" in proc.stderr
+    assert proc.returncode == 7, proc.stderr
+    warned = _events(proc.stderr, "init.double")
+    if pid1 == "catatonit":
+        assert [event["pid1"] for event in warned] == ["catatonit"], proc.stderr
+        assert "already reaps zombies" in warned[0]["detail"]
+    else:
+        assert warned == [], proc.stderr
 
 
 def test_supervisor_imports_nothing_heavy() -> None:
