@@ -115,6 +115,7 @@ def test_sigterm_during_prepare_leaves_nothing_half_made(jail: Path, area: Path)
     lines = trace.read_text().splitlines()
     opened = next(i for i, x in enumerate(lines) if '"/dev/random"' in x and "O_PATH" in x)
     pid = lines[opened].split()[0]
+    assert not any("--- SIGTERM" in x for x in lines[:opened]), trace.read_text()
     injected = [x for x in lines[opened + 1 :] if x.startswith(pid) and "--- SIGTERM" in x]
     assert injected and "si_code=SI_KERNEL" in injected[0], trace.read_text()
     assert "rc=143" in proc.stdout, proc.stdout + proc.stderr
