@@ -21,6 +21,7 @@ APT_PACKAGES=(
   gcc libc6-dev                          # the C test daemons of tests/test_cryptolib.py
   libsodium23                            # the entropy matrix's libsodium cells (no -dev needed)
   tini dumb-init                         # --init's controls: the peers run the same signal tests
+  pipx                                   # the README's pipx install, tested (tests/test_pipx.py)
 )
 
 missing=()

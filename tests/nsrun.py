@@ -49,11 +49,14 @@ def main(argv: list[str]) -> int:
         with open(f"/proc/{pid}/{name}", "w", encoding="ascii") as f:
             f.write("0 0 65536\n")
     os.write(go_w, b"1")
+    # A signal can arrive after waitpid() below reaped the child: through a pidfd, taken while
+    # it is our unreaped child, it can never reach a process that took its number since.
+    pidfd = os.pidfd_open(pid)
 
     def forward(signum: int, _frame: object) -> None:
         # Tests stop the namespace by signalling us; the command inside must hear it too.
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+            signal.pidfd_send_signal(pidfd, signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, forward)

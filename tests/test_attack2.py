@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import struct
@@ -12,6 +11,7 @@ import pytest
 
 from jailshim.verify import libfind
 from jailshim.verify.cryptolib import CryptoLib
+from tests import pids
 
 _IN_OPEN = 0x20
 
@@ -291,6 +291,5 @@ def test_stop_sequence_with_a_proc_of_another_pid_namespace(tmp_path: Path, shel
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if out.read_text():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(out.read_text()), 9)
+        if out.read_text():  # the grandchild, if still running: its argv names OUT
+            pids.kill([pids.pin(int(out.read_text()), pids.cmdline_has(str(out)))])

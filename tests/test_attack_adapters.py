@@ -27,6 +27,7 @@ import pytest
 from jailshim.daemons import checkconf, haproxy, stunnel
 from jailshim.errors import ConfigError
 from jailshim.jail import hostdirs
+from tests import pids
 from tests.daemons import free_port, stop
 from tests.support import clean_env, jailshim_argv, need, run
 from tests.test_postfix import postfix_bin, write_postfix_config
@@ -209,12 +210,15 @@ def _wait_for_file(path: Path, timeout: float = 10) -> str:
 
 @contextlib.contextmanager
 def _killed_afterwards(pidfile: Path) -> Iterator[None]:
-    """Whatever the test's checker left (before the fix: its child) is killed by PID."""
+    """Whatever the test's checker left (before the fix: its child) is killed, through a pidfd
+    on the `sleep` started since the test began under the PID it wrote."""
+    began = pids.mark()
     try:
         yield
     finally:
         with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+            pid = int(pidfile.read_text().strip())
+            pids.kill([pids.pin(pid, pids.comm_is("sleep"), pids.started_since(began))])
 
 
 @pytest.mark.parametrize("how", ["pipes", "terminal"])

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests import pids
 from tests.support import NOBODY, TESTS, Result, need, run
 
 DEBIAN_LIBCRYPTO = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3"
@@ -301,9 +302,8 @@ def test_a_containers_fuse_library_is_sent_no_request(
         for proc in started:
             proc.kill()
             proc.wait(10)
-        if server.exists() and server.read_text().strip():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(server.read_text()), 9)
+        if server.exists() and server.read_text().strip():  # the FUSE server: argv names MOUNT
+            pids.kill([pids.pin(int(server.read_text()), pids.cmdline_has(str(mount)))])
 
 
 # ---- 7: a renamed library is still the daemon's ---------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import pids
 from tests.support import NOBODY, clean_env, need, run
 
 _EXCHANGER = r"""
@@ -153,11 +154,12 @@ def _flock_kept_by_an_heir(jail: Path) -> Iterator[int]:
     os.waitpid(locker, 0)
     with os.fdopen(read_end, "rb") as f:
         heir = int(f.read())
+    # pinned now, while it sleeps: once reparented to PID 1 its number is free when it ends
+    pinned = pids.pin(heir, pids.session_of(heir))
     try:
         yield heir
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(heir, signal.SIGKILL)
+        pids.kill([pinned])
 
 
 def test_a_users_flock_kept_by_a_child_of_the_locker_does_not_stop_roots_prepare(

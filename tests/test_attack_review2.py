@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import pids
 from tests.support import NOBODY, clean_env, jailshim_argv, need
 
 _VFORK_HANG = r"""
@@ -67,15 +67,8 @@ def _as_nobody(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
     try:
         yield proc
     finally:
-        children = []
-        with contextlib.suppress(OSError):
-            children = [
-                int(c)
-                for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            ]
-        for pid in [*children, proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # proc is unreaped, so its number is its own; its children are pinned as its children
+        pids.kill(reversed(pids.pin_family(proc.pid)))
         proc.wait()
 
 
@@ -110,10 +103,8 @@ def test_a_daemon_in_vfork_never_holds_doctors_read_filter(root: None, tmp_path:
         assert took < 15
         # not left in a ptrace stop: still in its vfork wait, and it runs on once that ends
         assert _state(daemon.pid) == "D"
-        vfork_child = int(
-            Path(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read_text().split()[0]
-        )
-        os.kill(vfork_child, signal.SIGKILL)
+        (vfork_child,) = pids.pin_descendants(daemon.pid)
+        pids.kill([vfork_child])
         assert daemon.wait(timeout=5) == 0
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import pids
 from tests.daemons import make_certificate
 from tests.support import TESTS, assert_ran, need, unmount_below
 
@@ -352,14 +353,18 @@ def _processes_of(uids: list[range]) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        line = next((x for x in status.splitlines() if x.startswith("Uid:")), "Uid:")
-        if any(int(u) in r for u in line.split()[1:] for r in uids):
+        if _runs_as(int(entry.name), uids):
             found.append(int(entry.name))
     return found
+
+
+def _runs_as(pid: int, uids: list[range]) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False  # gone meanwhile
+    line = next((x for x in status.splitlines() if x.startswith("Uid:")), "Uid:")
+    return any(int(u) in r for u in line.split()[1:] for r in uids)
 
 
 def _clear_rootless_user(conf: Path) -> None:
@@ -377,12 +382,12 @@ def _clear_rootless_user(conf: Path) -> None:
         Podman(conf, ROOTLESS_USER)("rm", "-a", "-f", "-t", "0", check=False, timeout=120)
     uids = [range(account.pw_uid, account.pw_uid + 1), _subordinate_uids(ROOTLESS_USER)]
     deadline = time.monotonic() + 10
-    while pids := _processes_of(uids):
+    while left := _processes_of(uids):
         if time.monotonic() > deadline:
-            raise AssertionError(f"processes of {ROOTLESS_USER} do not end: {pids}")
-        for pid in pids:  # only processes of this user and its subordinate ids, by PID
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"processes of {ROOTLESS_USER} do not end: {left}")
+        # only processes of this user and its subordinate ids: each pinned, then its uid checked
+        # again (one that ended since the scan may have left its number to anyone)
+        pids.kill([pids.pin(pid, lambda p: _runs_as(p, uids)) for pid in left])
         time.sleep(0.2)
     removed = _run(["userdel", "-r", "-f", ROOTLESS_USER], timeout=60, check=False)
     home = Path(account.pw_dir)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from jailshim.cli import main
-from tests.support import mount_lines, mounts_below, run, snapshot
+from tests.support import mount_lines, mounts_below, need, run, snapshot
 
 
 def test_hundred_prepares_leave_the_mount_table_unchanged(nodev_jail: Path) -> None:
@@ -89,26 +90,18 @@ def test_failure_half_way_rolls_back_everything(jail: Path, area: Path) -> None:
     assert "not the random device 1:8" in events[-1]["error"]
 
 
-def test_sigterm_during_prepare_leaves_nothing_half_made(jail: Path) -> None:
+def test_sigterm_during_prepare_leaves_nothing_half_made(jail: Path, area: Path) -> None:
     """A stop signal while prepare works: the undo stack runs, the jail is as before, 143."""
+    need(shutil.which("strace") is not None, "needs strace")
     before = snapshot(jail)
-    # The only stand-in: a wrapper sends the real SIGTERM to the process itself at a fixed point
-    # (after urandom was bound, before random), so the timing is deterministic.
+    # A real SIGTERM from the kernel (strace's injection) at a fixed point: on entering the
+    # open of the host's /dev/random, i.e. after urandom was bound, before random. -P counts
+    # only the calls on that path, so when=1 is that open whatever Python opened before it.
+    trace = area / "strace"
+    inject = ["-P", "/dev/random", "-e", "trace=openat", "-e", "inject=openat:signal=TERM:when=1"]
     script = f"""
-        {sys.executable} -c "
-import os, signal, sys
-import jailshim.apply as apply
-original = apply.Applier._host_node
-def slow(self, device):
-    if device.name == 'random':
-        os.kill(os.getpid(), signal.SIGTERM)
-    return original(self, device)
-apply.Applier._host_node = slow
-sys.argv = ['jailshim', 'prepare', '--chroot', '{jail}', '--strategy', 'bind',
-            '--device', 'urandom', '--device', 'random', '--only-devices']
-from jailshim.cli import main
-sys.exit(main())
-"
+        strace -f -qq -o {trace} {" ".join(inject)} {sys.executable} -m jailshim prepare \
+            --chroot {jail} --strategy bind --device urandom --device random --only-devices
         echo "rc=$?"
         echo "mounts=$(grep -c " {jail}" /proc/self/mountinfo)"
     """
@@ -118,6 +111,13 @@ sys.exit(main())
         text=True,
         check=False,
     )
+    # the signal came from the injection (SI_KERNEL), right at that open, in jailshim itself
+    lines = trace.read_text().splitlines()
+    opened = next(i for i, x in enumerate(lines) if '"/dev/random"' in x and "O_PATH" in x)
+    pid = lines[opened].split()[0]
+    assert not any("--- SIGTERM" in x for x in lines[:opened]), trace.read_text()
+    injected = [x for x in lines[opened + 1 :] if x.startswith(pid) and "--- SIGTERM" in x]
+    assert injected and "si_code=SI_KERNEL" in injected[0], trace.read_text()
     assert "rc=143" in proc.stdout, proc.stdout + proc.stderr
     assert "mounts=0" in proc.stdout
     events = [json.loads(line) for line in proc.stderr.splitlines()]

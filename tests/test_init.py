@@ -18,8 +18,9 @@ import pytest
 
 from jailshim.cli import parse_args
 from jailshim.errors import UsageError
+from tests import pids
 from tests.daemons import children, status_field, stop
-from tests.support import TESTS, clean_env, jailshim_argv, spawn
+from tests.support import TESTS, clean_env, jailshim_argv, need, spawn
 
 CHILD = str(TESTS / "init_child.py")
 TREE = str(TESTS / "init_tree.py")
@@ -152,22 +153,31 @@ def test_kill_group_reaches_the_daemons_children(jail: Path, area: Path, kill_gr
     assert f"sh[{in_namespace}]" in event["killed"], event
 
 
-def test_double_init_is_warned_about(jail: Path, area: Path) -> None:
-    """Under a PID 1 named tini that already reaps, --init logs one warning and still works."""
-    tini = area / "tini"
-    tini.symlink_to("/bin/sh")
-    argv = jailshim_argv("run", "--init", "--chroot", str(jail), "--no-verify", "--", "true")
+@pytest.mark.parametrize("pid1", ["catatonit", "sh"])
+def test_double_init_is_warned_about(jail: Path, pid1: str) -> None:
+    """Under a real init that already reaps as PID 1 (catatonit, podman's), --init logs one
+    warning naming it and still works: COMMAND's exit code comes through both inits. Under a
+    PID 1 that is no init (sh), no warning."""
+    program = {"catatonit": "/usr/bin/catatonit", "sh": "/bin/sh"}[pid1]
+    need(os.access(program, os.X_OK), f"needs {program}")
+    argv = jailshim_argv("run", "--init", "--chroot", str(jail), "--no-verify", "--")
+    argv += ["sh", "-c", "exit 7"]
+    under = [program, "--", *argv] if pid1 == "catatonit" else [program, "-c", shlex.join(argv)]
     proc = subprocess.run(
-        ["unshare", "--pid", "--fork", "--mount-proc", str(tini), "-c", " ".join(argv)],
+        ["unshare", "--pid", "--fork", "--mount-proc", *under],
         capture_output=True,
         text=True,
         env=clean_env(),
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count('"init.double"') == 1
-    assert "already reaps zombies" in proc.stderr
+    assert proc.returncode == 7, proc.stderr
+    warned = _events(proc.stderr, "init.double")
+    if pid1 == "catatonit":
+        assert [event["pid1"] for event in warned] == ["catatonit"], proc.stderr
+        assert "already reaps zombies" in warned[0]["detail"]
+    else:
+        assert warned == [], proc.stderr
 
 
 def test_supervisor_imports_nothing_heavy() -> None:
@@ -228,10 +238,9 @@ def _kill_if_grandchild(out: Path) -> None:
     """A failed test must not leave the grandchild running (it is ours: named by us)."""
     try:
         pid, _ = _tree_facts(out)
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "grandchild":
-            os.kill(pid, signal.SIGKILL)
     except (KeyError, ValueError, OSError):
-        pass
+        return
+    pids.kill([pids.pin(pid, pids.comm_is("grandchild"))])  # named so after the pin
 
 
 @pytest.mark.parametrize("pid_ns", [True, False], ids=["pid1", "subreaper"])
@@ -474,20 +483,10 @@ class _Terminal:
         raise AssertionError(f"still running: {self.tail()!r}")
 
     def close(self) -> None:
-        if self.status is None:
-            family = [self.pid, *_descendants(self.pid)]
-            for pid in family:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if self.status is None:  # unreaped: self.pid is still ours, and pins its descendants
+            pids.kill(pids.pin_family(self.pid))
             os.waitpid(self.pid, 0)
         os.close(self.fd)
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in children(pid):
-        found += [child, *_descendants(child)]
-    return found
 
 
 def _state(pid: int) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import pids
 from tests.daemons import children
 from tests.peers.translate import argv
 from tests.support import TESTS, clean_env
@@ -79,10 +80,11 @@ def _recorder(cmd: list[str], out: Path, mode: str = "stay") -> Iterator[subproc
         assert _wait_for(lambda: out.exists() and "ready" in out.read_text(), 60)
         yield proc
     finally:
-        for pid in [proc.pid, *_descendants(proc.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        _kill(proc, _descendants(proc.pid))  # the recorder first: it holds the pipes
+        family = pids.pin_family(proc.pid)  # proc is unreaped: its number and tree are its own
+        for pidfd in family:
+            pids.send(pidfd, signal.SIGCONT)
+        pids.close(family[:1])
+        _kill(proc, family[1:])  # the recorder first: it holds the pipes
         proc.communicate(timeout=15)
 
 
@@ -102,11 +104,11 @@ def _records(out: Path, runner: str, after_stop: bool = True) -> list[str]:
 
 
 def _kill(proc: subprocess.Popen[str] | subprocess.Popen[bytes], family: list[int]) -> None:
-    """End what a case started: the init, and the descendants seen earlier (a peer that exited
-    leaves them running), by PID, only while each is still named as it was."""
-    for pid in [*_descendants(proc.pid), *family]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """End what a case started: the init, and the descendants pinned earlier (``family``,
+    pidfds: a peer that exited leaves them running, and a PID recorded then may be another
+    process's by now), and those below the init now if it is not reaped yet."""
+    below = pids.pin_descendants(proc.pid) if proc.returncode is None else []
+    pids.kill([*below, *family])
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=15)
@@ -187,7 +189,7 @@ def test_tini_signals(runner: str, sig: int) -> None:
     family: list[int] = []
     try:
         assert _wait_for(lambda: len(_descendants(proc.pid)) > 1)
-        family = _descendants(proc.pid)
+        family = pids.pin_descendants(proc.pid)
         time.sleep(0.1)  # sh is in `wait`
         os.kill(proc.pid, sig)
         proc.wait(timeout=30)
@@ -214,7 +216,7 @@ def test_tini_process_group(runner: str) -> None:
     family: list[int] = []
     try:
         assert _wait_for(lambda: len(_descendants(proc.pid)) == 2)
-        family = _descendants(proc.pid)
+        family = pids.pin_descendants(proc.pid)
         os.kill(proc.pid, signal.SIGUSR1)
         proc.wait(timeout=10)
     finally:
@@ -277,9 +279,7 @@ def test_tini_parent_death_signal(runner: str, tmp_path: Path) -> None:
     finally:
         for line in Path("/proc").iterdir():  # the child recorder we started, by its OUT
             if line.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if str(out).encode() in (line / "cmdline").read_bytes():
-                        os.kill(int(line.name), signal.SIGKILL)
+                pids.kill([pids.pin(int(line.name), pids.cmdline_has(str(out)))])
 
 
 # dumb-init: tests/ ----------------------------------------------------------------------------
@@ -407,15 +407,16 @@ def test_dumb_init_setsid_signals_entire_group(runner: str) -> None:
         stderr=subprocess.DEVNULL,
         env=clean_env(),
     )
-    pids: list[int] = []
+    family: list[int] = []
     try:
         assert _wait_for(lambda: len(_descendants(proc.pid)) == 5)
-        pids = _descendants(proc.pid)
+        family = pids.pin_descendants(proc.pid)
+        assert len(family) == 5
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-        assert _wait_for(lambda: all(_state(p) in ("gone", "Z") for p in pids), 10)
+        assert _wait_for(lambda: all(pids.ended(pidfd) for pidfd in family), 10)
     finally:
-        _kill(proc, pids)
+        _kill(proc, family)
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -442,9 +443,7 @@ def test_dumb_init_all_processes_receive_term_on_exit(runner: str, tmp_path: Pat
     finally:
         for entry in Path("/proc").iterdir():  # the recorder, if a peer left it running
             if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    if str(out).encode() in (entry / "cmdline").read_bytes():
-                        os.kill(int(entry.name), signal.SIGKILL)
+                pids.kill([pids.pin(int(entry.name), pids.cmdline_has(str(out)))])
 
 
 @pytest.mark.parametrize("runner", RUNNERS)

@@ -22,6 +22,7 @@ import pytest
 from jailshim.cli import parse_args
 from jailshim.errors import UsageError
 from jailshim.supervisor import FORWARDED, JOB_STOPS, STOPPING
+from tests import pids
 from tests.daemons import children, stop
 from tests.support import TESTS, clean_env, jailshim_argv, need
 
@@ -92,9 +93,9 @@ def _running(
         init = children(proc.pid)[0] if pid1 else proc.pid
         yield proc, init
     finally:
-        for pid in children(proc.pid):  # a stopped init would not act on the TERM below
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        # a stopped init would not act on the TERM below; proc is unreaped, its children pinned
+        # as its children
+        pids.kill(pids.pin_descendants(proc.pid), signal.SIGCONT)
         stop(proc)
 
 
@@ -287,10 +288,14 @@ def test_pdeath_signal_is_forwarded_when_the_starter_dies(tmp_path: Path) -> Non
         [sys.executable, "-c", starter, str(pidfile), str(log), *argv, *child],
         env=clean_env(),
     )
-    sup = 0
+    sup, pinned = 0, None
     try:
         assert _wait_for(lambda: out.exists() and "ready" in out.read_text(), 60)
         sup = int(pidfile.read_text())
+        # pinned while its starter (alive) is its parent: once orphaned its number is free to be
+        # reused when it ends
+        pinned = pids.pin(sup, pids.child_of(parent.pid))
+        assert pinned is not None
         assert _state(sup) == "S"
         parent.kill()
         parent.wait()
@@ -300,10 +305,8 @@ def test_pdeath_signal_is_forwarded_when_the_starter_dies(tmp_path: Path) -> Non
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-        if sup and _state(sup) not in ("gone", "Z"):
-            for pid in [*children(sup), sup]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if pinned is not None:
+            pids.kill([*pids.pin_children(pinned, sup), pinned])
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert [e["exit_code"] for e in events if e["event"] == "init.exited"] == [42]
 
@@ -337,15 +340,15 @@ def test_pdeath_signal_when_the_starter_died_before_the_handover(tmp_path: Path)
         text=True,
     )
     jailshim = int(done.stdout)
+    # stopped (by its starter) until the SIGCONT below, so the number is still jailshim's
+    pinned = pids.pin(jailshim, pids.cmdline_has("--pdeath-signal"), lambda p: _state(p) == "T")
     try:
-        assert _state(jailshim) == "T"
-        os.kill(jailshim, signal.SIGCONT)
-        assert _wait_for(lambda: _state(jailshim) == "gone", 20), log.read_text()
+        assert pinned is not None, f"jailshim ({jailshim}) is not stopped"
+        pids.send(pinned, signal.SIGCONT)
+        assert pids.ended(pinned, 20), log.read_text()
     finally:
-        if _state(jailshim) not in ("gone", "Z"):
-            for pid in [*children(jailshim), jailshim]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if pinned is not None:
+            pids.kill([*pids.pin_children(pinned, jailshim), pinned])
     assert '"exit_code": 138' in log.read_text(), log.read_text()
 
 

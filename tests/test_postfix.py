@@ -30,6 +30,7 @@ import pytest
 
 from jailshim.daemons import DaemonConfig, postfix
 from jailshim.errors import ConfigError
+from tests import pids
 from tests.daemons import descendants, status_field, stop
 from tests.support import TESTS, assert_ran, jailshim_argv, need, run, spawn, unmount_below
 
@@ -305,17 +306,17 @@ def stop_postfix(proc: subprocess.Popen[str], queue: Path) -> str:
     """SIGTERM to postfix's master (it stops its children; postfix-script then exits), then
     anything left of what the test started, by PID; returns stderr. The master is found below
     ``proc`` or, if postfix-script is gone, by the pid file in the test's own ``queue``."""
-    masters = set(_processes(proc.pid, "master"))
+
+    # each checked after its pin to be a master of this test's queue (its cwd): a PID read
+    # before may be another process's by now, e.g. another test's master
+    def ours(pid: int) -> bool:
+        return pids.exe_is("master")(pid) and pids.cwd(pid) == queue.resolve()
+
+    found = set(_processes(proc.pid, "master"))
     with contextlib.suppress(OSError, ValueError):
-        pid = int((queue / "pid" / "master.pid").read_text().split()[0])
-        if (
-            Path(f"/proc/{pid}/exe").resolve().name == "master"
-            and Path(f"/proc/{pid}/cwd").resolve() == queue.resolve()
-        ):
-            masters.add(pid)
-    for master in masters:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(master, signal.SIGTERM)
+        found.add(int((queue / "pid" / "master.pid").read_text().split()[0]))
+    masters = [pids.pin(pid, ours) for pid in found]
+    pids.kill(masters, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
     _, stderr = stop(proc)
