@@ -20,8 +20,10 @@ from jailshim.doctor import after_prepare
 from jailshim.explain import match
 from jailshim.verify import cryptolib
 from jailshim.verify.cryptolib import CryptoLib
-from tests.daemons import stop
+from tests.daemons import free_port, own_network, stop
 from tests.support import IN_CI, TESTS, clean_env, need, run
+
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) a test here uses
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 DENIED = [
@@ -292,7 +294,9 @@ def test_openssl3_daemon_recovers_after_prepare_without_restart(
     assert daemon.reseed() == "reseed ok"
 
 
-def test_haproxy_check_and_doctor_name_openssl3(area: Path, jail: Path, haproxy_bin: str) -> None:
+def test_haproxy_check_and_doctor_name_openssl3(
+    own_network: None, area: Path, jail: Path, haproxy_bin: str
+) -> None:
     """haproxy: its libcrypto.so.3 is probed under its version; doctor names it; prepare fixes."""
     failed = run("check", "--chroot", str(jail), "--user", "nobody", "--timeout", "0.3",
                  "--", haproxy_bin, wrap=DENIED)  # fmt: skip
@@ -305,7 +309,8 @@ def test_haproxy_check_and_doctor_name_openssl3(area: Path, jail: Path, haproxy_
     cfg.write_text(
         f"global\n    chroot {jail}\n    user nobody\n    group nogroup\n"
         "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n"
-        "    timeout server 1s\nfrontend f\n    bind 127.0.0.1:47913\n    default_backend b\n"
+        f"    timeout server 1s\nfrontend f\n    bind 127.0.0.1:{free_port()}\n"
+        "    default_backend b\n"
         "backend b\n    server s 127.0.0.1:9\n"
     )
     proc = subprocess.Popen([*DENIED, haproxy_bin, "-f", str(cfg), "-db"],
