@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.multiarch import MULTIARCH
 from tests.support import NOBODY, clean_env, jailshim_argv, need
 
 _VFORK_HANG = r"""
@@ -175,7 +176,7 @@ def test_a_jails_nss_module_never_finds_a_host_secret_in_the_probes_memory(
     secret.write_text("TOPSECRET-4711-host-private-key-material\n" * 3)
     secret.chmod(0o600)
     jail = area / "jail"
-    lib = jail / "lib/x86_64-linux-gnu"
+    lib = jail / "lib" / MULTIARCH
     lib.mkdir(parents=True)
     subprocess.run(
         ["gcc", "-shared", "-fPIC", "-O2", "-o", str(lib / "libnss_db.so.2"), "-x", "c", "-"],
