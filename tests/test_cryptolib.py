@@ -20,8 +20,9 @@ from jailshim.doctor import after_prepare
 from jailshim.explain import match
 from jailshim.verify import cryptolib
 from jailshim.verify.cryptolib import CryptoLib
+from tests import wheels
 from tests.daemons import free_port, own_network, stop
-from tests.support import IN_CI, TESTS, clean_env, need, run
+from tests.support import TESTS, clean_env, need, run
 
 __all__ = ["own_network"]  # a fixture (tests/daemons.py) a test here uses
 
@@ -125,15 +126,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     need(seccomp.returncode == 0, "needs Debian's python3-seccomp")
     top = tmp_path_factory.mktemp("cdaemons")
     top.chmod(0o755)
-    got = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--platform", "manylinux2014_x86_64", "--python-version", "3.11", WHEEL,
-         "-d", str(top), "-q"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    need(got.returncode == 0 or IN_CI, f"pip download {WHEEL} failed: {got.stderr[-300:]}")
-    assert got.returncode == 0, got.stderr
-    (wheel,) = top.glob("psycopg2_binary-*.whl")
+    wheel = wheels.cached(WHEEL)  # bootstrap's download: no test reaches the index
+    need(wheel is not None, wheels.missing(WHEEL))
+    assert wheel is not None
     with zipfile.ZipFile(wheel) as z:
         (member,) = [n for n in z.namelist() if n.split("/")[-1].startswith("libcrypto-")]
         lib111 = top / member.split("/")[-1]
