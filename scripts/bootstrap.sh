@@ -62,7 +62,7 @@ fi
 # the host's file was edited and no .deb is found.
 DEB_CACHE=/var/cache/jailshim-tests/debs
 mkdir -p "$DEB_CACHE"
-for pkg in bind9; do
+for pkg in bind9 unbound nsd stunnel4; do
   version=$(dpkg-query -W -f='${Version}' "$pkg")
   arch=$(dpkg-query -W -f='${Architecture}' "$pkg")
   deb="$DEB_CACHE/${pkg}_${version//:/%3a}_${arch}.deb"

@@ -337,30 +337,46 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
-def pristine_copy(package: str, directory: str, area: Path) -> Path:
-    """A copy of the host's ``directory`` in ``area`` whose conffiles of ``package`` are as the
-    package shipped them: a test of "Debian's config" must not depend on an administrator's
-    edits of /etc (seen: a named.conf.options changed on a developer's machine failed the
-    example's test). Files dpkg says are unchanged come from the host; edited ones from the
-    package's .deb (scripts/bootstrap.sh caches it)."""
+def owners(directory: str) -> list[str]:
+    """The packages dpkg says ship ``directory`` (none for one a package's script made)."""
+    proc = subprocess.run(
+        ["dpkg-query", "-S", directory], capture_output=True, text=True, check=False
+    )
+    line = proc.stdout.splitlines()[0] if proc.returncode == 0 and proc.stdout else ""
+    names = line.rpartition(": ")[0].split(",") if line else []
+    return [name.strip().split(":")[0] for name in names]
+
+
+def pristine_copy(package: str | None, directory: str, area: Path) -> Path:
+    """A copy of the host's ``directory`` in ``area`` whose conffiles of ``package`` (None:
+    of every package that ships ``directory``) are as the package shipped them: a test of
+    "Debian's config" must not depend on an administrator's edits of /etc (a changed
+    named.conf.options failed the named example's test). Files dpkg says are unchanged come
+    from the host; edited ones from the package's .deb (scripts/bootstrap.sh caches it)."""
     copy = area / directory.strip("/").replace("/", "-")
     subprocess.run(["cp", "-a", directory, str(copy)], check=True, timeout=30)
+    for name in [package] if package is not None else owners(directory):
+        _restore_conffiles(name, directory, copy, area)
+    return copy
+
+
+def _restore_conffiles(package: str, directory: str, copy: Path, area: Path) -> None:
     prefix = directory.rstrip("/") + "/"
     edited = [
         path
         for path, md5 in _conffiles(package).items()
         if path.startswith(prefix) and (not os.path.isfile(path) or _md5(Path(path)) != md5)
     ]
-    if edited:
-        deb = _package_deb(package)
-        assert deb is not None, (
-            f"{', '.join(edited)} differ from what {package} shipped and no {package} .deb is in "
-            f"{' or '.join(map(str, DEB_CACHES))}: run scripts/bootstrap.sh (it downloads one)"
-        )
-        shipped = area / f"{package}-shipped"
+    if not edited:
+        return
+    deb = _package_deb(package)
+    assert deb is not None, (
+        f"{', '.join(edited)} differ from what {package} shipped and no {package} .deb is in "
+        f"{' or '.join(map(str, DEB_CACHES))}: run scripts/bootstrap.sh (it downloads one)"
+    )
+    shipped = area / f"{package}-shipped"
+    if not shipped.exists():
         shipped.mkdir()
         subprocess.run(["dpkg-deb", "-x", str(deb), str(shipped)], check=True, timeout=60)
-        for path in edited:
-            target = copy / path[len(prefix) :]
-            shutil.copyfile(shipped / path.lstrip("/"), target)
-    return copy
+    for path in edited:
+        shutil.copyfile(shipped / path.lstrip("/"), copy / path[len(prefix) :])
