@@ -575,7 +575,10 @@ def _start_master(
         _wait_for("pickup started", functools.partial(_processes, proc.pid, "pickup"))
         (pickup,) = _processes(proc.pid, "pickup")
         _wait_for("pickup dropped to postfix", functools.partial(_dropped, pickup))
-        (master,) = _processes(proc.pid, "master")
+        # master's own, not a child it forked and has not exec'd yet (pickup's, qmgr's: named
+        # master too for that instant; seen as "too many values to unpack" once in 6 runs)
+        masters = _processes(proc.pid, "master")
+        (master,) = [pid for pid in masters if int(status_field(pid, "PPid")) not in masters]
         pidfd = os.pidfd_open(master)
     except BaseException:
         stop_postfix(proc, setup.queue)
