@@ -285,12 +285,13 @@ def test_postfix_check_never_follows_a_queue_directory_swapped_after_the_vet(
     then creates the missing queue directories through the path, by then the symlink: root
     made OUTSIDE/active (postfix's, 0700) in 1 of 3 runs by hand, before postfix's own
     refusal. Up to 15 runs here; any entry made outside fails the test."""
+    from tests.test_postfix import PRISTINE, write_postfix_config
+
     need(shutil.which("gcc") is not None, "needs gcc")
     need(
-        shutil.which("postfix") is not None and Path("/etc/postfix/main.cf").exists(),
-        "needs postfix (Debian package postfix, configured)",
+        shutil.which("postfix") is not None and all(Path(p).exists() for p in PRISTINE.values()),
+        "needs postfix (Debian package postfix)",
     )
-    from tests.test_postfix import write_postfix_config
 
     exchanger = tmp_path / "exchange"
     (tmp_path / "exchange.c").write_text(_EXCHANGER)
