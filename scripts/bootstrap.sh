@@ -56,3 +56,28 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
   touch "$stamp"
 fi
+
+# The .deb of each package whose configuration a test needs as shipped (tests/daemons.py,
+# pristine_copy: the host's /etc copy may have been edited). Without network this is skipped
+# with a warning; such a test then uses apt's own cache, and fails naming this step only if
+# the host's file was edited and no .deb is found.
+DEB_CACHE=/var/cache/jailshim-tests/debs
+mkdir -p "$DEB_CACHE"
+for pkg in bind9 unbound nsd stunnel4; do
+  version=$(dpkg-query -W -f='${Version}' "$pkg")
+  arch=$(dpkg-query -W -f='${Architecture}' "$pkg")
+  deb="$DEB_CACHE/${pkg}_${version//:/%3a}_${arch}.deb"
+  if [ ! -f "$deb" ]; then
+    cached="/var/cache/apt/archives/$(basename "$deb")"
+    if [ -f "$cached" ]; then
+      cp "$cached" "$deb"
+    elif ! (cd "$DEB_CACHE" && apt-get download -qq "$pkg=$version" 2>/dev/null); then
+      echo "bootstrap: could not download $pkg $version (offline?); tests use apt's cache" >&2
+    fi
+  fi
+done
+
+# The PyPI wheels the OpenSSL 1.1.1 tests take their libcrypto from (tests/wheels.py): fetched
+# here, once, so no test reaches the package index. Offline this warns; those tests then fail
+# under CI=true (skip elsewhere) with a sentence naming this step.
+.venv/bin/python -m tests.wheels || echo "bootstrap: some test wheels could not be downloaded (offline?)" >&2

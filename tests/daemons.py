@@ -1,13 +1,16 @@
 """Real daemons for tests: a TLS-terminating haproxy in a jail, a TCP echo backend, a syslog.
 
-Everything listens on 127.0.0.1 only, on ports the kernel picks, and every process is stopped
-by the fixture that started it, by PID.
+Every daemon test runs in a network namespace of its own (the ``own_network`` fixture): the
+test's thread, the daemons it starts and their clients share a loopback nobody else on the
+machine can bind on, so a port the test picks stays the test's. Every process is stopped by
+the fixture that started it, by PID.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -18,10 +21,54 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.support import assert_ran
+
+_CLONE_NEWNET = 0x40000000
+# The network namespace pytest started in: shared with every other process on the machine.
+SHARED_NETWORK = os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def _libc_call(name: str, *args: int) -> None:
+    import ctypes  # only the daemon tests need it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+@pytest.fixture
+def own_network(root: None) -> Iterator[None]:
+    """This test's thread, and everything it starts, in a new network namespace with lo up.
+
+    A port picked on the shared loopback (bind to 0, close, hand the number to a daemon) could
+    be taken by any other process between the pick and the daemon's bind, and a fixed port
+    (47913) could already be in use on a developer's machine; here nobody else can bind.
+    The namespace goes when its last process does; the thread returns to the shared one."""
+    shared = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _libc_call("unshare", _CLONE_NEWNET)  # this thread only: pytest's others stay
+        try:
+            up = ["ip", "link", "set", "lo", "up"]
+            proc = subprocess.run(up, capture_output=True, check=False)
+            assert_ran(proc)
+            yield
+        finally:
+            _libc_call("setns", shared, _CLONE_NEWNET)
+    finally:
+        os.close(shared)
+
+
+def in_own_network() -> bool:
+    return os.stat("/proc/thread-self/ns/net").st_ino != SHARED_NETWORK
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 — only in a test's own network namespace (``own_network``),
+    where nothing else can bind it between this check and the daemon's bind."""
+    assert in_own_network(), "free_port() outside own_network: another process could take it"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -122,10 +169,12 @@ def write_haproxy_config(
     bind_address: str = "127.0.0.1",
     log_socket: Path | None = None,
     extra_global: str = "",
+    port: int | None = None,
 ) -> HaproxySetup:
-    """A TLS 1.3-only frontend with a self-signed certificate forwarding to the backend."""
+    """A TLS 1.3-only frontend with a self-signed certificate forwarding to the backend (on
+    ``port``, or one free in the test's own network namespace)."""
     pem = make_certificate(directory)
-    port = free_port()
+    port = port if port is not None else free_port()
     log_socket = log_socket or directory / "log.sock"
     config = directory / "haproxy.cfg"
     host = f"[{bind_address}]" if ":" in bind_address else bind_address
@@ -244,3 +293,90 @@ def echo_server() -> Iterator[EchoServer]:
         yield server
     finally:
         server.close()
+
+
+# Where scripts/bootstrap.sh keeps the .deb of each package whose shipped configuration a test
+# needs; apt's own cache is looked in too (it may have been cleaned).
+DEB_CACHES = (Path("/var/cache/jailshim-tests/debs"), Path("/var/cache/apt/archives"))
+
+
+def _conffiles(package: str) -> dict[str, str]:
+    """dpkg's record of ``package``'s conffiles: path -> MD5 of the file as shipped."""
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Conffiles}", package],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert_ran(proc)
+    found = {}
+    for line in proc.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and "obsolete" not in fields[2:]:
+            found[fields[0]] = fields[1]
+    return found
+
+
+def _package_deb(package: str) -> Path | None:
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version} ${Architecture}", package],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert_ran(proc)
+    version, arch = proc.stdout.split()
+    name = f"{package}_{version.replace(':', '%3a')}_{arch}.deb"
+    return next((d / name for d in DEB_CACHES if (d / name).is_file()), None)
+
+
+def _md5(path: Path) -> str:
+    import hashlib  # only the stock-config tests need it
+
+    # dpkg's own checksum of a conffile (an identity check, not security)
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def owners(directory: str) -> list[str]:
+    """The packages dpkg says ship ``directory`` (none for one a package's script made)."""
+    proc = subprocess.run(
+        ["dpkg-query", "-S", directory], capture_output=True, text=True, check=False
+    )
+    line = proc.stdout.splitlines()[0] if proc.returncode == 0 and proc.stdout else ""
+    names = line.rpartition(": ")[0].split(",") if line else []
+    return [name.strip().split(":")[0] for name in names]
+
+
+def pristine_copy(package: str | None, directory: str, area: Path) -> Path:
+    """A copy of the host's ``directory`` in ``area`` whose conffiles of ``package`` (None:
+    of every package that ships ``directory``) are as the package shipped them: a test of
+    "Debian's config" must not depend on an administrator's edits of /etc (a changed
+    named.conf.options failed the named example's test). Files dpkg says are unchanged come
+    from the host; edited ones from the package's .deb (scripts/bootstrap.sh caches it)."""
+    copy = area / directory.strip("/").replace("/", "-")
+    subprocess.run(["cp", "-a", directory, str(copy)], check=True, timeout=30)
+    for name in [package] if package is not None else owners(directory):
+        _restore_conffiles(name, directory, copy, area)
+    return copy
+
+
+def _restore_conffiles(package: str, directory: str, copy: Path, area: Path) -> None:
+    prefix = directory.rstrip("/") + "/"
+    edited = [
+        path
+        for path, md5 in _conffiles(package).items()
+        if path.startswith(prefix) and (not os.path.isfile(path) or _md5(Path(path)) != md5)
+    ]
+    if not edited:
+        return
+    deb = _package_deb(package)
+    assert deb is not None, (
+        f"{', '.join(edited)} differ from what {package} shipped and no {package} .deb is in "
+        f"{' or '.join(map(str, DEB_CACHES))}: run scripts/bootstrap.sh (it downloads one)"
+    )
+    shipped = area / f"{package}-shipped"
+    if not shipped.exists():
+        shipped.mkdir()
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(shipped)], check=True, timeout=60)
+    for path in edited:
+        shutil.copyfile(shipped / path.lstrip("/"), copy / path[len(prefix) :])

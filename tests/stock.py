@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +19,12 @@ __all__ = ["copy_of", "host_state", "in_stock_layout", "strategies"]
 
 
 def copy_of(source: str, area: Path) -> Path:
-    """A `cp -a` copy of the host directory ``source`` in ``area`` (named after its path)."""
-    copy = area / source.strip("/").replace("/", "-")
-    subprocess.run(["cp", "-a", source, str(copy)], check=True, timeout=30)
-    return copy
+    """A `cp -a` copy of the host directory ``source`` in ``area`` (named after its path),
+    with the package's conffiles in it as the package shipped them (the host's may have been
+    edited; tests/daemons.py, pristine_copy)."""
+    from tests.daemons import pristine_copy
+
+    return pristine_copy(None, source, area)
 
 
 def in_stock_layout(

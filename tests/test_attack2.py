@@ -12,6 +12,7 @@ import pytest
 from jailshim.verify import libfind
 from jailshim.verify.cryptolib import CryptoLib
 from tests import pids
+from tests.multiarch import LIBDIR
 
 _IN_OPEN = 0x20
 
@@ -68,7 +69,7 @@ def test_a_daemons_library_swapped_after_discovery_is_not_loaded(tmp_path: Path)
     lib_dir = tmp_path / "lib"
     lib_dir.mkdir()
     mapped = lib_dir / "libcrypto.so.3"
-    shutil.copy("/usr/lib/x86_64-linux-gnu/libcrypto.so.3", mapped)
+    shutil.copy(f"{LIBDIR}/libcrypto.so.3", mapped)
     daemon = subprocess.Popen(
         [
             sys.executable,
@@ -85,7 +86,7 @@ def test_a_daemons_library_swapped_after_discovery_is_not_loaded(tmp_path: Path)
         (lib,), _ = libfind.for_pid(daemon.pid)
         assert lib.path.startswith(f"/proc/{daemon.pid}/map_files/") and not lib.refusal
         mapped.unlink()  # the swap: another root-owned library under the name doctor found
-        mapped.symlink_to("/usr/lib/x86_64-linux-gnu/libz.so.1")
+        mapped.symlink_to(f"{LIBDIR}/libz.so.1")
         loaded = libfind.load(lib)
         assert hasattr(loaded, "OpenSSL_version") and not hasattr(loaded, "inflate")
     finally:
@@ -221,7 +222,7 @@ def test_two_libraries_of_one_daemon_are_two_libraries() -> None:
     code = (
         "import ctypes, sys\n"
         "for name in ('libcrypto.so.3', 'libgnutls.so.30'):\n"
-        "    ctypes.CDLL('/usr/lib/x86_64-linux-gnu/' + name)\n"
+        f"    ctypes.CDLL('{LIBDIR}/' + name)\n"
         "print(flush=True); sys.stdin.read()\n"
     )
     daemon = subprocess.Popen(

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from tests import pids
+from tests.multiarch import LIBDIR
 from tests.support import NOBODY, TESTS, Result, need, run
 
-DEBIAN_LIBCRYPTO = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3"
+DEBIAN_LIBCRYPTO = f"{LIBDIR}/libcrypto.so.3"
 
 # A "libcrypto.so.3" whose constructor records who ran it, unless the daemon itself loads it
 # (EVIL_QUIET): any line in MARKER is doctor running the library's code.
@@ -127,7 +128,7 @@ def test_a_containers_libcrypto_never_runs_as_host_root(
     area: Path, jail: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:
     """A rootful container (mount namespace, no user namespace): its root-owned
-    /usr/lib/x86_64-linux-gnu/libcrypto.so.3 has a constructor; a process there loads it,
+    /usr/lib/MULTIARCH/libcrypto.so.3 has a constructor; a process there loads it,
     calls itself haproxy, chroots and drops to nobody. `doctor --pid` on the host ran that
     constructor as uid 0 in the host's mount namespace. Now: never loaded, the row says
     cannot probe (never ok, never the host's library in its place), the version comes from

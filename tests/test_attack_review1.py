@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests import pids
+from tests.multiarch import LIBDIR, MULTIARCH
 from tests.support import NOBODY, clean_env, need, run
 
 _EXCHANGER = r"""
@@ -187,9 +188,7 @@ def _owned_by_a_package(path: str) -> bool:
     return subprocess.run([dpkg, "-S", path], check=False, capture_output=True).returncode == 0
 
 
-@pytest.mark.parametrize(
-    "host_dir", ["/usr/lib/x86_64-linux-gnu", "/etc/ssl", "/var/lib/dpkg/info", "/etc/apt"]
-)
+@pytest.mark.parametrize("host_dir", [LIBDIR, "/etc/ssl", "/var/lib/dpkg/info", "/etc/apt"])
 def test_a_directory_a_package_owns_is_not_a_jail(host_dir: str) -> None:
     need(os.path.isdir(host_dir) and _owned_by_a_package(host_dir), f"needs dpkg's {host_dir}")
     result = run("prepare", "--chroot", host_dir, "--dry-run")
@@ -288,12 +287,13 @@ def test_postfix_check_never_follows_a_queue_directory_swapped_after_the_vet(
     then creates the missing queue directories through the path, by then the symlink: root
     made OUTSIDE/active (postfix's, 0700) in 1 of 3 runs by hand, before postfix's own
     refusal. Up to 15 runs here; any entry made outside fails the test."""
+    from tests.test_postfix import PRISTINE, write_postfix_config
+
     need(shutil.which("gcc") is not None, "needs gcc")
     need(
-        shutil.which("postfix") is not None and Path("/etc/postfix/main.cf").exists(),
-        "needs postfix (Debian package postfix, configured)",
+        shutil.which("postfix") is not None and all(Path(p).exists() for p in PRISTINE.values()),
+        "needs postfix (Debian package postfix)",
     )
-    from tests.test_postfix import write_postfix_config
 
     exchanger = tmp_path / "exchange"
     (tmp_path / "exchange.c").write_text(_EXCHANGER)
@@ -427,7 +427,7 @@ __attribute__((constructor)) static void ran(void) {
 def test_the_probe_never_runs_a_jails_nss_module_as_root(tmp_path: Path) -> None:
     """Another container on the same jail volume (its root writes files owned by uid 0, so
     the jail passes every owner check without a flag) puts etc/nsswitch.conf ("hosts: evil
-    files") and lib/x86_64-linux-gnu/libnss_evil.so.2 (a constructor) in the jail. `jailshim
+    files") and lib/MULTIARCH/libnss_evil.so.2 (a constructor) in the jail. `jailshim
     check --chroot JAIL --resolve localhost` without --user: the probe child chroots, keeps
     uid 0 (no identity to drop to), getaddrinfo() reads the jail's nsswitch.conf (NSS was
     never used before chroot, so glibc's "root changed: do not reload" guard has nothing to
@@ -435,7 +435,7 @@ def test_the_probe_never_runs_a_jails_nss_module_as_root(tmp_path: Path) -> None
     A root in a chroot with every capability is root on the host's mount namespace."""
     need(shutil.which("gcc") is not None, "needs gcc")
     jail = tmp_path / "jail"
-    for lib in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"):
+    for lib in (f"lib/{MULTIARCH}", f"usr/lib/{MULTIARCH}"):
         (jail / lib).mkdir(parents=True)
         subprocess.run(
             ["gcc", "-shared", "-fPIC", "-o", str(jail / lib / "libnss_evil.so.2"), "-x", "c", "-"],
@@ -479,7 +479,7 @@ def test_a_jails_nss_module_finds_no_way_out_of_the_chroot(tmp_path: Path) -> No
     keeps none of them: the lookups run in a fresh interpreter."""
     need(shutil.which("gcc") is not None, "needs gcc")
     jail = tmp_path / "jail"
-    for lib in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"):
+    for lib in (f"lib/{MULTIARCH}", f"usr/lib/{MULTIARCH}"):
         (jail / lib).mkdir(parents=True)
         subprocess.run(
             ["gcc", "-shared", "-fPIC", "-o", str(jail / lib / "libnss_db.so.2"), "-x", "c", "-"],

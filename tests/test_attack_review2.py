@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import pids
+from tests.multiarch import MULTIARCH
 from tests.support import NOBODY, clean_env, jailshim_argv, need
 
 _VFORK_HANG = r"""
@@ -166,7 +167,7 @@ def test_a_jails_nss_module_never_finds_a_host_secret_in_the_probes_memory(
     secret.write_text("TOPSECRET-4711-host-private-key-material\n" * 3)
     secret.chmod(0o600)
     jail = area / "jail"
-    lib = jail / "lib/x86_64-linux-gnu"
+    lib = jail / "lib" / MULTIARCH
     lib.mkdir(parents=True)
     subprocess.run(
         ["gcc", "-shared", "-fPIC", "-O2", "-o", str(lib / "libnss_db.so.2"), "-x", "c", "-"],
@@ -177,9 +178,22 @@ def test_a_jails_nss_module_never_finds_a_host_secret_in_the_probes_memory(
     (jail / "leak").mkdir()
     for path in (jail / "lib", lib, lib / "libnss_db.so.2", jail / "leak"):
         os.chown(path, NOBODY, NOBODY)
+    # The host's resolv.conf neither decides whether the probe retries nor is asked: a copy of
+    # /etc (an overlay in a private mount namespace) names 127.0.0.1 in a network namespace of
+    # the run's own, where nothing answers, so every --resolve attempt fails and is retried.
+    upper, work = area / "etc-upper", area / "etc-work"
+    upper.mkdir()
+    work.mkdir()
+    private = (
+        f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc && "
+        "rm -f /etc/resolv.conf && echo 'nameserver 127.0.0.1' > /etc/resolv.conf && "
+        'ip link set lo up && exec "$@"'
+    )
+    wrap = ["unshare", "--mount", "--propagation", "private", "--net", "sh", "-c", private, "sh"]
     try:
-        subprocess.run(
-            jailshim_argv(
+        prepared = subprocess.run(
+            wrap
+            + jailshim_argv(
                 "prepare",
                 "--chroot",
                 str(jail),
@@ -205,6 +219,9 @@ def test_a_jails_nss_module_never_finds_a_host_secret_in_the_probes_memory(
         found = jail / "leak" / "found"
         leaked = found.read_text() if found.exists() else ""
         assert "TOPSECRET" not in leaked, f"the daemon's user read the host's key: {leaked!r}"
+        # the case the test is about: resolv.conf placed, the name never resolved, retried
+        assert '"attempts": 1,' not in prepared.stderr and '"attempts": ' in prepared.stderr
+        assert (jail / "etc" / "resolv.conf").read_text() == "nameserver 127.0.0.1\n"
     finally:
         subprocess.run(
             jailshim_argv("teardown", "--chroot", str(jail)),

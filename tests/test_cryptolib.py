@@ -20,8 +20,11 @@ from jailshim.doctor import after_prepare
 from jailshim.explain import match
 from jailshim.verify import cryptolib
 from jailshim.verify.cryptolib import CryptoLib
-from tests.daemons import stop
-from tests.support import IN_CI, TESTS, clean_env, need, run
+from tests import wheels
+from tests.daemons import free_port, own_network, stop
+from tests.support import TESTS, clean_env, need, run
+
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) a test here uses
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 DENIED = [
@@ -123,15 +126,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     need(seccomp.returncode == 0, "needs Debian's python3-seccomp")
     top = tmp_path_factory.mktemp("cdaemons")
     top.chmod(0o755)
-    got = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--platform", "manylinux2014_x86_64", "--python-version", "3.11", WHEEL,
-         "-d", str(top), "-q"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    need(got.returncode == 0 or IN_CI, f"pip download {WHEEL} failed: {got.stderr[-300:]}")
-    assert got.returncode == 0, got.stderr
-    (wheel,) = top.glob("psycopg2_binary-*.whl")
+    wheel = wheels.cached(WHEEL)  # bootstrap's download: no test reaches the index
+    need(wheel is not None, wheels.missing(WHEEL))
+    assert wheel is not None
     with zipfile.ZipFile(wheel) as z:
         (member,) = [n for n in z.namelist() if n.split("/")[-1].startswith("libcrypto-")]
         lib111 = top / member.split("/")[-1]
@@ -292,7 +289,9 @@ def test_openssl3_daemon_recovers_after_prepare_without_restart(
     assert daemon.reseed() == "reseed ok"
 
 
-def test_haproxy_check_and_doctor_name_openssl3(area: Path, jail: Path, haproxy_bin: str) -> None:
+def test_haproxy_check_and_doctor_name_openssl3(
+    own_network: None, area: Path, jail: Path, haproxy_bin: str
+) -> None:
     """haproxy: its libcrypto.so.3 is probed under its version; doctor names it; prepare fixes."""
     failed = run("check", "--chroot", str(jail), "--user", "nobody", "--timeout", "0.3",
                  "--", haproxy_bin, wrap=DENIED)  # fmt: skip
@@ -305,7 +304,8 @@ def test_haproxy_check_and_doctor_name_openssl3(area: Path, jail: Path, haproxy_
     cfg.write_text(
         f"global\n    chroot {jail}\n    user nobody\n    group nogroup\n"
         "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n"
-        "    timeout server 1s\nfrontend f\n    bind 127.0.0.1:47913\n    default_backend b\n"
+        f"    timeout server 1s\nfrontend f\n    bind 127.0.0.1:{free_port()}\n"
+        "    default_backend b\n"
         "backend b\n    server s 127.0.0.1:9\n"
     )
     proc = subprocess.Popen([*DENIED, haproxy_bin, "-f", str(cfg), "-db"],

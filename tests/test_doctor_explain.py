@@ -10,12 +10,23 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from jailshim.explain import SIGNATURES, match
-from tests.daemons import free_port, stop
+from tests.daemons import free_port, own_network, stop
+from tests.multiarch import MULTIARCH
 from tests.support import TESTS, clean_env, jailshim_argv, need, run
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SECCOMP_RUN = str(TESTS / "seccomp_run.py")
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
+
+
+@pytest.fixture
+def haproxy_bin(haproxy_bin: str, own_network: None) -> str:
+    """conftest's haproxy, for a test in a network namespace of its own: the ports its haproxy
+    binds are the test's (tests/daemons.py, own_network)."""
+    return haproxy_bin
 
 
 def _haproxy_config(area: Path, jail: Path, extra: str = "") -> Path:
@@ -123,7 +134,7 @@ def test_doctor_names_the_filter_when_openssl_cannot_read_the_devices(
     assert run("prepare", "--chroot", str(jail), "--no-verify").code == 0
     code = f"import os, time; os.chroot({str(jail)!r}); os.setuid(65534); time.sleep(60)"
     proc = _start([*_under_filter(marker=False), sys.executable, "-c", code])
-    libcrypto = "/lib/x86_64-linux-gnu/libcrypto.so.3"
+    libcrypto = f"/lib/{MULTIARCH}/libcrypto.so.3"
     need(os.path.exists(libcrypto), "needs Debian's libssl3")
     try:
         result = run("doctor", "--pid", str(proc.pid), "--read-filter", "--crypto-lib", libcrypto)
@@ -203,7 +214,7 @@ def test_doctor_reports_a_daemon_that_keeps_the_device_open(jail: Path, root: No
         "import os, sys, time; fd = os.open('/dev/urandom', os.O_RDONLY); "
         f"os.chroot({str(jail)!r}); os.setgid(65534); os.setuid(65534); time.sleep(60)"
     )
-    libcrypto = "/lib/x86_64-linux-gnu/libcrypto.so.3"
+    libcrypto = f"/lib/{MULTIARCH}/libcrypto.so.3"
     need(os.path.exists(libcrypto), "needs Debian's libssl3")
     proc = _start([*_under_filter(), sys.executable, "-c", code])
     try:

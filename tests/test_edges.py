@@ -14,6 +14,7 @@ import pytest
 
 from jailshim import cli
 from tests.daemons import stop
+from tests.multiarch import MULTIARCH
 from tests.support import TESTS, Result, clean_env, jailshim_argv, need, run, snapshot
 
 README = TESTS.parent / "README.md"
@@ -145,7 +146,7 @@ def test_doctor_on_a_tty_says_a_master_and_its_worker_in_a_heading(jail: Path) -
     the JSON events stay as they were."""
     from jailshim.doctor import chrooted_children
 
-    libcrypto = "/lib/x86_64-linux-gnu/libcrypto.so.3"
+    libcrypto = f"/lib/{MULTIARCH}/libcrypto.so.3"
     need(os.path.exists(libcrypto), "needs Debian's libssl3")
     proc = subprocess.Popen(
         [sys.executable, "-c", _MASTER_AND_WORKER, str(jail)],

@@ -105,14 +105,53 @@ def test_no_repair_says_which_mode_is_expected(jail: Path) -> None:
     assert "mode 0600" in result.error and "mode 0666" in result.error
 
 
-@pytest.mark.parametrize("system", ["/dev", "/run", "/proc", "/sys", "/etc", "/dev/shm"])
-def test_system_directories_are_not_jails(root: None, system: str) -> None:
-    """--chroot /dev (or /run, /proc, /sys, ...): 78 with a sentence; nothing is created there."""
+# The system directories a wrong --chroot names; /proc and /sys cannot be overlaid (procfs and
+# sysfs refuse mkdir and mknod in their roots anyway), the others are copies in the test.
+SYSTEM_DIRECTORIES = ["/dev", "/run", "/proc", "/sys", "/etc", "/dev/shm"]
+OVERLAID = ("/dev", "/run", "/etc", "/dev/shm")
+
+
+def _upper(area: Path, path: str) -> Path:
+    return area / ("upper" + path.replace("/", "-"))
+
+
+def in_copies(area: Path, system: str) -> list[str]:
+    """A private mount namespace in which ``system`` and /run (jailshim's own cache and locks)
+    are overlays of the host's whose writes land in the test's ``area``: a refusal that did
+    not refuse writes into copies, never into the host's /etc, /run or /dev, and the mounts
+    it makes go with the namespace."""
+    steps = ["set -e"]
+    for path in dict.fromkeys(["/run", system]):
+        if path not in OVERLAID:
+            continue
+        upper, work = _upper(area, path), area / ("work" + path.replace("/", "-"))
+        upper.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
+        options = f"lowerdir={path},upperdir={upper},workdir={work}"
+        steps.append(f"mount -t overlay overlay -o {options} {path}")
+    steps.append('exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(steps), "sh"]
+
+
+def _written(area: Path, path: str) -> set[str]:
+    """What was written into the copy of ``path`` (its overlay's upper layer), apart from
+    jailshim's own /run/jailshim (its cache and locks)."""
+    upper = _upper(area, path)
+    found = {str(p.relative_to(upper)) for p in upper.rglob("*")} if upper.exists() else set()
+    return {p for p in found if p != "jailshim" and not p.startswith("jailshim/")}
+
+
+@pytest.mark.parametrize("system", SYSTEM_DIRECTORIES)
+def test_system_directories_are_not_jails(area: Path, system: str) -> None:
+    """--chroot /dev (or /run, /proc, /sys, ...): 78 with a sentence; nothing is created there
+    — run in copies (in_copies), so a refusal that fails to refuse shows up as entries in the
+    copy and the host's own directory is never written."""
     before = sorted(p.name for p in Path(system).iterdir()) if system != "/proc" else []
     for command in ("prepare", "teardown", "check"):
-        result = run(command, "--chroot", system)
+        result = run(command, "--chroot", system, wrap=in_copies(area, system))
         assert result.code == 78, result.stderr
         assert "system directory" in result.error
+    assert _written(area, system) == set()
     if system != "/proc":
         assert sorted(p.name for p in Path(system).iterdir()) == before
 

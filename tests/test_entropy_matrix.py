@@ -322,17 +322,21 @@ def test_a_live_cell_is_the_daemon_doctor_would_see_and_is_cleaned_up(
     assert not Path(f"/proc/{pid}").exists() or _status(pid).get("State", "").startswith("Z")
 
 
-def test_a_cell_that_says_nothing_is_killed(matrix: tuple[Built, Jails]) -> None:
-    """Clean-up on failure: a cell that never reports is ended, not left behind."""
+def test_a_cell_that_says_nothing_is_killed(matrix: tuple[Built, Jails], tmp_path: Path) -> None:
+    """Clean-up on failure: a cell that never reports is ended and reaped, not left behind.
+    Judged by the PID of the process this test started (it writes it, then execs): not by
+    the names of pytest's children, which other tests' processes (a namespace holder's
+    `sleep 600`) share, and which cannot tell a reaped cell from one never started."""
     cell = Cell("openssl-3", "allowed", False, "real", "no dev/")
+    pidfile = tmp_path / "cell.pid"
+    argv = ["sh", "-c", f'echo $$ > "{pidfile}" && exec sleep 60']
     with pytest.raises(RuntimeError, match="no output"):
-        LiveCell(cell, ["sleep", "60"], timeout=0.3)
-    # the process was reaped by stop(): nothing named sleep of ours is left
+        LiveCell(cell, argv, timeout=0.3)
+    pid = pidfile.read_text().strip()
+    # A child of this process until reaped (a zombie if killed and not waited for); once
+    # reaped, its PID is nobody's child here, even if the kernel has given it out again.
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
-    assert not any(
-        Path(f"/proc/{c}/comm").exists() and Path(f"/proc/{c}/comm").read_text() == "sleep\n"
-        for c in children
-    )
+    assert pid not in children
 
 
 # ---- doctor and check themselves, on live cells --------------------------------------------

@@ -17,16 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import descendants, free_port, stop
+from tests.daemons import SHARED_NETWORK, descendants, free_port, own_network, stop
 from tests.stock import copy_of, host_state, in_stock_layout
 from tests.support import TESTS, clean_env, need, spawn
+
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) the tests here use
 
 REPO = TESTS.parent
 SYSTEMD = REPO / "examples" / "systemd"
 
 
 @pytest.mark.slow
-def test_demo_smoke_makes_a_real_dot_query(root: None) -> None:
+def test_demo_smoke_makes_a_real_dot_query(root: None, own_network: None) -> None:
     """`bash scripts/demo.sh --smoke`: haproxy (jailed by jailshim) + unbound answer a real
     kdig +tls query with the demo record, then everything is cleaned up."""
     for tool in ("haproxy", "unbound", "kdig"):
@@ -221,31 +223,26 @@ def _entries(directory: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("example", sorted(DAEMON_EXAMPLES))
-def test_daemon_example_works_as_its_readme_says(area: Path, example: str) -> None:
+def test_daemon_example_works_as_its_readme_says(
+    own_network: None, area: Path, example: str
+) -> None:
     """examples/EXAMPLE/README.md's commands, run as written on Debian's stock layout (copies of
     the daemon's directories at their real paths in a private mount namespace, tests/stock.py)
-    with the example's ports moved to free ones: the daemon answers the README's own client
-    line with the answer its comment promises; Ctrl-C (SIGINT, as the README's `# to stop:`
-    says) ends it, the README's commands after that (teardown) exit 0 in the same namespace,
-    the jail's dev/ is gone and what stays in the jail is what the README names; the host's
-    directories are left as they were."""
+    on the example's own ports, free in the test's own network namespace: the daemon answers
+    the README's own client line with the answer its comment promises; Ctrl-C (SIGINT, as the
+    README's `# to stop:` says) ends it, the README's commands after that (teardown) exit 0 in
+    the same namespace, the jail's dev/ is gone and what stays in the jail is what the README
+    names; the host's directories are left as they were."""
     stock, ports, daemon, leaves = DAEMON_EXAMPLES[example]
     need(shutil.which(daemon) is not None, f"needs {daemon} (scripts/bootstrap.sh installs it)")
     need(all(Path(p).is_dir() for p in stock), f"needs Debian's {', '.join(stock)}")
     for tool in ("kdig", "openssl"):
         need(shutil.which(tool) is not None, f"needs {tool}")
-    moved = {port: str(free_port()) for port in ports}
-
-    def moved_ports(text: str) -> str:
-        for old, new in moved.items():
-            text = text.replace(old, new)
-        return text
-
     copy = area / example
     copy.mkdir(mode=0o755)
     for source in (REPO / "examples" / example).iterdir():
-        (copy / source.name).write_text(moved_ports(source.read_text()))
-    setup, start, backends, clients, after = _parse_readme(example, moved_ports)
+        (copy / source.name).write_text(source.read_text())
+    setup, start, backends, clients, after = _parse_readme(example)
     assert start and clients and after, _readme_commands(example)
     readme = (REPO / "examples" / example / "README.md").read_text()
     assert all(name in readme for name in leaves), leaves
@@ -267,14 +264,23 @@ def test_daemon_example_works_as_its_readme_says(area: Path, example: str) -> No
         *after,
     ]
     env = {**clean_env(), "PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
-    started = [subprocess.Popen(shlex.split(b), cwd=area) for b in backends]
+    # A backend (stunnel's `python3 -m http.server`) serves its working directory: an empty one
+    # of its own, not the test's area, which holds the copies of /etc/stunnel (its key once the
+    # README's openssl line has run); and it listens in the test's own network namespace,
+    # which no other local user's process can connect into.
+    served = area / "served"
+    served.mkdir(mode=0o700)
+    started = [subprocess.Popen(shlex.split(b), cwd=served) for b in backends]
     proc = spawn(in_stock_layout(binds, ["sh", "-c", "; ".join(steps)], userns=False), env)
     stderr = ""
     try:
-        for port in moved.values():  # listening (kdig's first try would wait out 5 s)
+        for port in ports:  # listening (kdig's first try would wait out 5 s)
             _listening(int(port), proc)
         for command, expected in clients:
             _poll(["sh", "-c", f"timeout 10 {command}"], expected, proc)
+        for backend in started:  # it served only its own directory, in the test's namespace
+            assert os.readlink(f"/proc/{backend.pid}/cwd") == str(served)
+            assert os.stat(f"/proc/{backend.pid}/ns/net").st_ino != SHARED_NETWORK
         pid = int(pidfile.read_text())
         assert pid in descendants(proc.pid)  # ours: the daemon, by the PID its shell gave
         os.kill(pid, signal.SIGINT)  # Ctrl-C, as the README says

@@ -4,8 +4,8 @@ The jail is built as examples/named/README.md says (make-jail.sh: Debian's chroo
 /etc/bind and the root hints copied in and bind's writable directories; the example's
 named.conf.options): the stock config changed only to listen on a test port on 127.0.0.1, plus
 one test zone. Debian's config recurses from the root hints and validates (it asks the root
-servers at start), so each named runs in a network namespace of its own with only lo: nothing
-leaves the machine, and kdig asks it from inside that namespace.
+servers at start), so each test runs in a network namespace of its own with only lo
+(own_network, tests/daemons.py): nothing leaves the machine, kdig asks from the same namespace.
 """
 
 from __future__ import annotations
@@ -22,8 +22,17 @@ import pytest
 
 from jailshim.daemons import named
 from jailshim.errors import UsageError
-from tests.daemons import descendants, status_field, stop
+from tests.daemons import (
+    descendants,
+    free_port,
+    own_network,
+    pristine_copy,
+    status_field,
+    stop,
+)
 from tests.support import NSRUN, TESTS, clean_env, jailshim_argv, need, run, spawn
+
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
 
 ANSWER = "192.0.2.55"
 CONFIG = "/etc/bind/named.conf"  # inside the jail: named reads -c after its chroot (-t)
@@ -31,15 +40,13 @@ EXAMPLE = TESTS.parent / "examples" / "named"
 
 
 @pytest.fixture
-def named_bin(root: None) -> str:
+def named_bin(root: None, own_network: None) -> str:
     """Debian's named, named-checkconf, the `bind` user, kdig, and the tools for a netns."""
     path = shutil.which("named")
     need(path is not None, "needs named (Debian package bind9)")
     need(shutil.which("named-checkconf") is not None, "needs named-checkconf (bind9-utils)")
     need(shutil.which("kdig") is not None, "needs kdig (Debian package knot-dnsutils)")
     need(Path("/etc/bind/named.conf.options").exists(), "needs Debian's /etc/bind (bind9)")
-    for tool in ("ip", "nsenter"):
-        need(shutil.which(tool) is not None, f"needs {tool} (iproute2, util-linux)")
     try:
         pwd.getpwnam("bind")
     except KeyError:
@@ -51,9 +58,16 @@ def named_bin(root: None) -> str:
 def make_jail(area: Path, port: int, options_extra: str = "") -> Path:
     """Debian's config in a jail made by the example's script, with the example's
     named.conf.options (Debian's, listening on 127.0.0.1 only) moved to ``port``, serving zone
-    jailshim.test."""
+    jailshim.test. The script copies /etc/bind: it runs in a private mount namespace where
+    /etc/bind is the package's configuration (pristine_copy), whatever the host's says."""
     jail = area / "jail"
-    subprocess.run(["sh", str(EXAMPLE / "make-jail.sh"), str(jail)], check=True, timeout=30)
+    stock = pristine_copy("bind9", "/etc/bind", area)
+    script = 'mount --bind "$0" /etc/bind && exec sh "$@"'
+    subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(stock),
+         str(EXAMPLE / "make-jail.sh"), str(jail)],
+        check=True, timeout=30,
+    )  # fmt: skip
     bind = jail / "etc" / "bind"
     options = (EXAMPLE / "named.conf.options").read_text()
     assert "listen-on port 10055 {" in options and "listen-on-v6 { none; };" in options
@@ -71,10 +85,12 @@ def make_jail(area: Path, port: int, options_extra: str = "") -> Path:
     return jail
 
 
-def test_the_examples_options_are_debians_listening_on_loopback(named_bin: str) -> None:
+def test_the_examples_options_are_debians_listening_on_loopback(area: Path, named_bin: str) -> None:
     """examples/named/named.conf.options is Debian's file with only the listen lines changed
-    (and a comment saying so), so the tests run Debian's own config."""
-    stock = Path("/etc/bind/named.conf.options").read_text().splitlines()
+    (and a comment saying so), so the tests run Debian's own config — the file bind9 shipped,
+    not the host's /etc/bind, which an administrator may have edited."""
+    shipped = pristine_copy("bind9", "/etc/bind", area) / "named.conf.options"
+    stock = shipped.read_text().splitlines()
     example = (EXAMPLE / "named.conf.options").read_text().splitlines()
     added = [line for line in example if line not in stock]
     assert [line for line in stock if line not in example] == ["\tlisten-on-v6 { any; };"]
@@ -82,18 +98,11 @@ def test_the_examples_options_are_debians_listening_on_loopback(named_bin: str) 
     assert code == ["listen-on port 10055 { 127.0.0.1; };", "listen-on-v6 { none; };"]
 
 
-def in_netns(argv: list[str]) -> list[str]:
-    """``argv`` in a new network namespace with lo up (a user namespace made inside it could
-    not bring lo up: the netns belongs to the host's)."""
-    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
-
-
-def ask(pid: int, port: int) -> str:
-    """kdig's short answer for answer.jailshim.test A, asked inside ``pid``'s netns."""
+def ask(port: int) -> str:
+    """kdig's short answer for answer.jailshim.test A (in the test's network namespace)."""
     query = ["+short", "+time=1", "+retry=0", "answer.jailshim.test", "A"]
-    enter = ["nsenter", f"--net=/proc/{pid}/ns/net", "--"]
     proc = subprocess.run(
-        [*enter, "kdig", "@127.0.0.1", "-p", str(port), *query],
+        ["kdig", "@127.0.0.1", "-p", str(port), *query],
         capture_output=True,
         text=True,
         timeout=30,
@@ -108,7 +117,7 @@ def wait_for_answer(port: int, proc: subprocess.Popen[str], timeout: float = 30)
         if proc.poll() is not None:
             out, err = proc.communicate()
             raise AssertionError(f"jailshim/named exited {proc.returncode}:\n{err}\n{out}")
-        if ask(proc.pid, port) == ANSWER:
+        if ask(port) == ANSWER:
             return
         time.sleep(0.2)
     raise AssertionError(f"named did not answer on 127.0.0.1:{port} within {timeout}s")
@@ -137,10 +146,10 @@ def test_named_answers_from_the_jail_its_argv_names(area: Path, named_bin: str, 
     """No --chroot/--user: the jail and user come from named's -t and -u; named-checkconf -t
     accepts the config; kdig gets the test zone's answer; named's root is the jail and it runs
     as bind with bind's groups (initgroups), its jail holding the four devices it needs."""
-    port = 25300 if where == "plain" else 25301
+    port = free_port()
     jail = make_jail(area, port)
     wrap = [sys.executable, NSRUN, "--mount", "--"] if where == "userns" else []
-    argv = in_netns([*wrap, *jailshim_argv("run", "--", *named_argv(named_bin, jail, "-g"))])
+    argv = [*wrap, *jailshim_argv("run", "--", *named_argv(named_bin, jail, "-g"))]
     proc = spawn(argv)
     try:
         wait_for_answer(port, proc)
@@ -175,7 +184,7 @@ def test_named_answers_from_the_jail_its_argv_names(area: Path, named_bin: str, 
 def test_broken_config_exits_78_with_named_checkconfs_words(area: Path, named_bin: str) -> None:
     """named-checkconf -t rejects the config: exit 78 with its words (file:line inside the
     jail); nothing prepared, no named started."""
-    jail = make_jail(area, 25302, options_extra="\n\tbogus-option yes;")
+    jail = make_jail(area, free_port(), options_extra="\n\tbogus-option yes;")
     result = run("run", "--", *named_argv(named_bin, jail, "-g"))
     assert result.code == 78, result.stderr
     assert "named rejected its configuration (named-checkconf -t" in result.error
@@ -188,7 +197,7 @@ def test_broken_config_exits_78_with_named_checkconfs_words(area: Path, named_bi
 
 def test_a_jail_another_user_can_write_is_refused(area: Path, named_bin: str) -> None:
     """The jail belongs to nobody (not root, not bind): 78 before anything is made."""
-    jail = make_jail(area, 25303)
+    jail = make_jail(area, free_port())
     nobody = pwd.getpwnam("nobody")
     os.chown(jail, nobody.pw_uid, nobody.pw_gid)
     result = run("run", "--", *named_argv(named_bin, jail, "-g"))
@@ -200,7 +209,7 @@ def test_a_jail_another_user_can_write_is_refused(area: Path, named_bin: str) ->
 def test_named_logging_to_syslog_brings_dev_log(area: Path, named_bin: str) -> None:
     """named -f logs to syslog from inside its jail (the default logging): the plan binds the
     host's /dev/log there; -u digits are a UID to named, and jailshim reads them so."""
-    jail = make_jail(area, 25304)
+    jail = make_jail(area, free_port())
     uid = str(pwd.getpwnam("bind").pw_uid)
     argv = [named_bin, "-f", f"-t{jail}", "-u", uid, "-c", CONFIG]
     result = run("run", "--dry-run", "--", *argv)
@@ -214,7 +223,7 @@ def test_named_logging_to_syslog_brings_dev_log(area: Path, named_bin: str) -> N
 def test_a_uid_without_a_user_is_refused_as_named_would(area: Path, named_bin: str) -> None:
     """-u DIGITS is a UID to named (getpwuid); with no such user named exits: so does jailshim,
     with 78 and a sentence, before anything is prepared."""
-    jail = make_jail(area, 25305)
+    jail = make_jail(area, free_port())
     missing = next(uid for uid in range(64000, 65000) if not _has_uid(uid))
     result = run("run", "--", named_bin, "-g", "-t", str(jail), "-u", str(missing))
     assert result.code == 78, result.stderr
@@ -339,7 +348,7 @@ def test_config_event_says_notify_capable_apart_from_the_socket(
 ) -> None:
     """named.config said `"notify": true` with NOTIFY_SOCKET unset: now notify_capable
     (Debian's named sends READY=1 after its chroot) and notify_socket (null without one)."""
-    jail = make_jail(area, 25305)
+    jail = make_jail(area, free_port())
     socket_path = str(area / "notify.sock")
     env = clean_env(NOTIFY_SOCKET=socket_path) if socket_set else clean_env()
     result = run("run", "--dry-run", "--", *named_argv(named_bin, jail, "-g"), env=env)

@@ -174,7 +174,8 @@ def test_haproxy_starts_only_after_dad(tentative_ns: str, area: Path) -> None:
     assert haproxy is not None
     jail = area / "jail"
     jail.mkdir(mode=0o755)
-    setup = write_haproxy_config(area, jail, 9, bind_address=ADDR6)
+    # any port: haproxy listens in the test's own namespace, where nothing else binds
+    setup = write_haproxy_config(area, jail, 9, bind_address=ADDR6, port=8443)
     proc = popen_in_ns(
         tentative_ns, "run", "--timeout", "30", "--", haproxy, "-f", str(setup.config), "-db"
     )

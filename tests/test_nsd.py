@@ -14,15 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import SyslogSocket, descendants, free_port, status_field, stop
+from tests.daemons import (
+    SyslogSocket,
+    descendants,
+    free_port,
+    own_network,
+    status_field,
+    stop,
+)
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
+
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
 
 ANSWER = "192.0.2.54"
 
 
 @pytest.fixture
-def nsd_bin(root: None) -> str:
+def nsd_bin(root: None, own_network: None) -> str:
     """Debian's nsd, its nsd-checkconf, its `nsd` user, and kdig to ask it."""
     path = shutil.which("nsd")
     need(path is not None, "needs nsd (Debian package nsd)")

@@ -31,14 +31,21 @@ import pytest
 from jailshim.daemons import DaemonConfig, postfix
 from jailshim.errors import ConfigError
 from tests import pids
-from tests.daemons import descendants, status_field, stop
+from tests.daemons import descendants, own_network, status_field, stop
 from tests.support import TESTS, assert_ran, jailshim_argv, need, run, spawn, unmount_below
 
-PORT = 25600  # this adapter's test ports: 25600-25699, inside the test's network namespace
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
+
+PORT = 25600  # any port: every postfix test runs in a network namespace of its own (own_network)
 RESOLVER = "127.0.0.53"  # not 127.0.0.1: glibc asks 127.0.0.1 when resolv.conf is missing
 HELO = "client.jailshim.test"
 SMTP_CLIENT = str(TESTS / "smtp_client.py")
 MASTER = "/usr/lib/postfix/sbin/master"
+# The package's own templates, never edited by an administrator (/etc/postfix's may be)
+PRISTINE = {
+    "main.cf": "/usr/share/postfix/main.cf.debian",
+    "master.cf": "/usr/share/postfix/master.cf.dist",
+}
 
 
 # --- pure reading --------------------------------------------------------------------------
@@ -93,13 +100,14 @@ def test_master_columns_and_the_chroot_default() -> None:
 
 
 @pytest.fixture
-def postfix_bin(root: None) -> str:
+def postfix_bin(root: None, own_network: None) -> str:
     """Debian's postfix, postconf, its master and the user postfix."""
     path = shutil.which("postfix")
     need(path is not None, "needs postfix (Debian package postfix)")
     need(shutil.which("postconf") is not None, "needs postconf (Debian package postfix)")
     need(os.access(MASTER, os.X_OK), f"needs {MASTER} (Debian package postfix)")
-    need(Path("/etc/postfix/main.cf").exists(), "needs /etc/postfix/main.cf (postfix configured)")
+    for source in PRISTINE.values():
+        need(Path(source).exists(), f"needs {source} (Debian package postfix)")
     try:
         pwd.getpwnam("postfix")
     except KeyError:
@@ -142,13 +150,14 @@ def write_postfix_config(
     main: dict[str, str] | None = None,
     chroot: dict[str, str] | None = None,
 ) -> Setup:
-    """A copy of /etc/postfix's main.cf and master.cf with its own queue and data directory;
-    no smtp on *:25, a chrooted smtpd on 127.0.0.1:``port`` when given that rejects HELO
+    """Debian's main.cf and master.cf as the package ships them (PRISTINE: what its postinst
+    starts /etc/postfix from; the host's own may have been edited) with its own queue and data
+    directory; no smtp on *:25, a chrooted smtpd on 127.0.0.1:``port`` when given that rejects HELO
     names DNS does not know; local mail to /var/mail; logs to a file unless ``syslog``."""
     conf, queue, data = area / "conf", area / "queue", area / "data"
     conf.mkdir()
-    for name in ("main.cf", "master.cf"):
-        shutil.copy2(f"/etc/postfix/{name}", conf / name)
+    for name, source in PRISTINE.items():
+        shutil.copy2(source, conf / name)
     queue.mkdir(mode=0o755)
     data.mkdir(mode=0o700)
     owner = pwd.getpwnam("postfix")
@@ -361,28 +370,29 @@ def test_master_chroots_dash_services_only_below_level_1(area: Path, postfix_bin
 
 @dataclass
 class Namespace:
-    name: str
     area: Path
     resolv: Path
     mail: Path
 
     def wrap(self) -> list[str]:
-        """Run a command in the network namespace and a private mount namespace where
-        /etc/resolv.conf names the test's unbound and /var/mail is the test's directory."""
+        """Run a command in a private mount namespace where /etc is an overlay (its writes land
+        in the test's directory) holding the test's resolv.conf, naming the test's unbound, and
+        /var/mail is the test's directory. An overlay, not a bind over /etc/resolv.conf: that
+        needs a host resolv.conf to bind onto (none, or a dangling systemd-resolved symlink,
+        on some machines)."""
+        upper, work = self.area / "etc-upper", self.area / "etc-work"
         script = (
-            f"mount --bind {self.resolv} /etc/resolv.conf && "
+            f"mkdir -p {upper} {work} && "
+            f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc && "
+            f"rm -f /etc/resolv.conf && cp {self.resolv} /etc/resolv.conf && "
             f'mount --bind {self.mail} /var/mail && exec "$@"'
         )
-        return [
-            "ip", "netns", "exec", self.name,
-            "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-        ]  # fmt: skip
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
 
     def send(self, token: str) -> list[str]:
         """The SMTP conversation of one message to nobody@localhost, sent from inside."""
         proc = subprocess.run(
-            ["ip", "netns", "exec", self.name, sys.executable, SMTP_CLIENT, str(PORT), HELO,
-             "nobody@localhost", token],
+            [sys.executable, SMTP_CLIENT, str(PORT), HELO, "nobody@localhost", token],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert_ran(proc)
@@ -417,33 +427,28 @@ def write_unbound_config(area: Path) -> Path:
 
 @pytest.fixture
 def mail_namespace(area: Path, postfix_bin: str) -> Iterator[Namespace]:
-    """A network namespace with lo up and unbound answering the test zone on 127.0.0.53."""
-    need(shutil.which("ip") is not None, "needs ip (iproute2)")
+    """Unbound answering the test zone on 127.0.0.53 in the test's own network namespace."""
     need(shutil.which("unbound") is not None, "needs unbound (Debian package unbound)")
     need(shutil.which("kdig") is not None, "needs kdig (Debian package knot-dnsutils)")
-    name = f"jailshim-pfx-{os.getpid()}"
     resolv, mail = area / "resolv.conf", area / "mail"
     resolv.write_text(f"nameserver {RESOLVER}\n")
     mail.mkdir()
     mail.chmod(0o1777)  # local(8) creates the mailbox as its recipient, nobody
-    subprocess.run(["ip", "netns", "add", name], check=True)
     unbound = None
     try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         config = write_unbound_config(area)
-        unbound = spawn(["ip", "netns", "exec", name, "unbound", "-d", "-c", str(config)])
-        ask = ["ip", "netns", "exec", name, "kdig", f"@{RESOLVER}", "+short", "+time=1", HELO]
+        unbound = spawn(["unbound", "-d", "-c", str(config)])
+        ask = ["kdig", f"@{RESOLVER}", "+short", "+time=1", HELO]
 
         def answers() -> bool:
             out = subprocess.run(ask, capture_output=True, text=True, check=False).stdout
             return out.strip() == "127.0.0.1"
 
         _wait_for("unbound answering in the namespace", answers)
-        yield Namespace(name, area, resolv, mail)
+        yield Namespace(area, resolv, mail)
     finally:
         if unbound is not None:
             stop(unbound)
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _listening(pid: int, port: int) -> bool:
@@ -559,30 +564,22 @@ GRACE = 10.0  # --grace: how long the stop sequence waits before SIGKILL
 def _start_master(
     postfix_bin: str, area: Path, *run_options: str
 ) -> tuple[subprocess.Popen[str], Setup, int, int]:
-    """`jailshim run [run_options] -- postfix -c DIR start-fg` in a network namespace of its own
-    (nothing it starts may listen on the host); returns jailshim, the setup, master's PID and a
-    pidfd on master taken while it is known to be ours (so the clean-up cannot hit a reused PID).
+    """`jailshim run [run_options] -- postfix -c DIR start-fg` (in the test's own network
+    namespace: nothing it starts may listen on the host); returns jailshim, the setup, master's
+    PID and a pidfd on master taken while it is known to be ours (so the clean-up cannot hit a
+    reused PID).
     Master is up when pickup, which it starts, has dropped to user postfix."""
-    need(shutil.which("unshare") is not None, "needs unshare(1)")
     setup = write_postfix_config(area)
-    up = 'ip link set lo up && exec "$@"'  # unshare and sh exec: proc.pid is jailshim's
     daemon = daemon_argv(postfix_bin, setup)
-    proc = spawn(
-        [
-            "unshare",
-            "--net",
-            "sh",
-            "-c",
-            up,
-            "sh",
-            *jailshim_argv("run", *run_options, "--", *daemon),
-        ]
-    )
+    proc = spawn(jailshim_argv("run", *run_options, "--", *daemon))
     try:
         _wait_for("pickup started", functools.partial(_processes, proc.pid, "pickup"))
         (pickup,) = _processes(proc.pid, "pickup")
         _wait_for("pickup dropped to postfix", functools.partial(_dropped, pickup))
-        (master,) = _processes(proc.pid, "master")
+        # master's own, not a child it forked and has not exec'd yet (pickup's, qmgr's: named
+        # master too for that instant; seen as "too many values to unpack" once in 6 runs)
+        masters = _processes(proc.pid, "master")
+        (master,) = [pid for pid in masters if int(status_field(pid, "PPid")) not in masters]
         pidfd = os.pidfd_open(master)
     except BaseException:
         stop_postfix(proc, setup.queue)

@@ -17,6 +17,7 @@ from tests.daemons import (
     SyslogSocket,
     children,
     echo_server,
+    own_network,
     status_field,
     stop,
     tls_echo,
@@ -25,9 +26,11 @@ from tests.daemons import (
 )
 from tests.support import NSRUN, clean_env, jailshim_argv, mounts_below, run, snapshot, spawn
 
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
+
 
 @pytest.fixture
-def backend() -> Iterator[EchoServer]:
+def backend(own_network: None) -> Iterator[EchoServer]:
     with echo_server() as server:
         yield server
 

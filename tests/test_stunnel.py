@@ -22,6 +22,7 @@ from tests.daemons import (
     echo_server,
     free_port,
     make_certificate,
+    own_network,
     status_field,
     stop,
     tls_echo,
@@ -30,9 +31,11 @@ from tests.daemons import (
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import NSRUN, jailshim_argv, need, run, spawn
 
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
+
 
 @pytest.fixture
-def stunnel_bin(root: None) -> str:
+def stunnel_bin(root: None, own_network: None) -> str:
     """Debian's stunnel4 and its `stunnel4` user."""
     path = shutil.which("stunnel4")
     need(path is not None, "needs stunnel4 (Debian package stunnel4)")
@@ -45,7 +48,7 @@ def stunnel_bin(root: None) -> str:
 
 
 @pytest.fixture
-def backend() -> Iterator[EchoServer]:
+def backend(own_network: None) -> Iterator[EchoServer]:
     with echo_server() as server:
         yield server
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import SyslogSocket, children, free_port, status_field, stop
+from tests.daemons import SyslogSocket, children, free_port, own_network, status_field, stop
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import (
     NSRUN,
@@ -27,11 +27,13 @@ from tests.support import (
     spawn,
 )
 
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
+
 ANSWER = "192.0.2.53"
 
 
 @pytest.fixture
-def unbound_bin(root: None) -> str:
+def unbound_bin(root: None, own_network: None) -> str:
     """Debian's unbound, its unbound-checkconf, its `unbound` user, and kdig to ask it."""
     path = shutil.which("unbound")
     need(path is not None, "needs unbound (Debian package unbound)")
