@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import pids
 from tests.support import assert_ran
 
 _CLONE_NEWNET = 0x40000000
@@ -254,20 +255,22 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[str, s
     Never blocks for ever on a pipe: a descendant that outlives its parent would hold stdout
     and stderr open, so every descendant is killed if the process does not end in time.
     """
-    family = descendants(proc.pid)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
+    # pinned while proc is unreaped (its tree is its own): after communicate() reaps it, a
+    # recorded number may be anyone's, a pidfd stays this process's (issue 32)
+    family = pids.pin_descendants(proc.pid) if proc.poll() is None else []
     try:
-        out, err = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        for pid in [proc.pid, *family]:
+        if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=15)
-    for pid in family:  # anything left of what this process started
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+                os.kill(proc.pid, sig)
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            for fd in family:
+                pids.send(fd, signal.SIGKILL)
+            proc.kill()
+            out, err = proc.communicate(timeout=15)
+    finally:
+        pids.kill(family)  # anything left of what this process started; closes the pidfds
     return out or "", err or ""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import pids
 from tests.daemons import SHARED_NETWORK, descendants, free_port, own_network, stop
 from tests.stock import copy_of, host_state, in_stock_layout
 from tests.support import TESTS, clean_env, need, spawn
@@ -282,8 +283,13 @@ def test_daemon_example_works_as_its_readme_says(
             assert os.readlink(f"/proc/{backend.pid}/cwd") == str(served)
             assert os.stat(f"/proc/{backend.pid}/ns/net").st_ino != SHARED_NETWORK
         pid = int(pidfile.read_text())
+        pinned = pids.pin(pid)  # pinned first, then proven ours: the signal reaches only it
+        assert pinned is not None
         assert pid in descendants(proc.pid)  # ours: the daemon, by the PID its shell gave
-        os.kill(pid, signal.SIGINT)  # Ctrl-C, as the README says
+        try:
+            pids.send(pinned, signal.SIGINT)  # Ctrl-C, as the README says
+        finally:
+            pids.close([pinned])
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None or not stderr:
