@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jailshim.errors import (
+    NAGIOS_STATES,
     VERDICT_ERRORS,
     JailshimError,
     NotPermitted,
@@ -49,6 +50,7 @@ __all__ = [
     "write_atomically",
 ]
 
+UNKNOWN = NAGIOS_STATES["cannot tell"]  # also bad usage, for a plugin (the guidelines' 3)
 FORMATS = ("auto", "table", "json", "prometheus", "nagios")
 
 Identity = tuple[int, int]  # (st_dev, st_ino)
@@ -532,7 +534,7 @@ def doctor_all(
     nagios = output_format == "nagios"
     if wrong:
         if nagios:
-            return _say(formats.nagios_unknown(wrong))
+            return _say(formats.nagios_unknown(wrong), UNKNOWN)
         raise UsageError(wrong)
     fmt = output_format or "auto"
     if fmt == "auto":
@@ -541,11 +543,13 @@ def doctor_all(
         result = scan(devices, log, names=names, read_filter=read_filter)
     except JailshimError as exc:
         if nagios:
-            return _say(formats.nagios_unknown(exc.sentence))
+            return _say(formats.nagios_unknown(exc.sentence), UNKNOWN)
         raise
     except OSError as exc:
         if nagios:
-            return _say(formats.nagios_unknown(f"the scan of /proc failed: {exc.strerror}"))
+            return _say(
+                formats.nagios_unknown(f"the scan of /proc failed: {exc.strerror}"), UNKNOWN
+            )
         raise
     for j in result.judged:
         log.log(

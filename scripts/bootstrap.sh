@@ -21,6 +21,7 @@ APT_PACKAGES=(
   gcc libc6-dev                          # the C test daemons of tests/test_cryptolib.py
   libsodium23                            # the entropy matrix's libsodium cells (no -dev needed)
   tini dumb-init                         # --init's controls: the peers run the same signal tests
+  prometheus prometheus-node-exporter    # doctor --all: promtool checks its textfile, node_exporter serves it
 )
 
 missing=()
