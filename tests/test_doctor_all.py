@@ -374,3 +374,56 @@ def test_bad_usage_is_one_sentence() -> None:
     assert result.code == 64 and "drop --pid" in result.error
     result = run("doctor", "--all", "--format", "prometheus", "--output", "/tmp/x.txt")
     assert result.code == 64 and ".prom" in result.error
+
+
+# --- deployment examples ---------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_alert_rules_pass_promtool_test_rules() -> None:
+    """A daemon that will fail (after 10 minutes of it), a textfile not rewritten for 15."""
+    promtool = shutil.which("promtool")
+    need(promtool is not None, "needs promtool (Debian package prometheus)")
+    assert promtool is not None
+    result = subprocess.run(
+        [promtool, "test", "rules", "jailshim.rules.test.yml"],
+        cwd=EXAMPLES / "prometheus",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def test_timer_and_service_verify_cleanly() -> None:
+    """systemd-analyze verify, in a private mount namespace where /usr/local/bin/jailshim is a
+    stub: no error, nothing on stderr."""
+    need(os.geteuid() == 0 and shutil.which("systemd-analyze") is not None, "needs root, systemd")
+    units = [EXAMPLES / "systemd" / f"jailshim-doctor.{kind}" for kind in ("service", "timer")]
+    script = (
+        "set -e; mount -t tmpfs tmpfs /usr/local/bin; "
+        "printf '#!/bin/sh\\n' > /usr/local/bin/jailshim; chmod 755 /usr/local/bin/jailshim; "
+        f"systemd-analyze verify {' '.join(map(str, units))}"
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_daemonset_validates_offline() -> None:
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    need(validate.exists(), "needs kubernetes-validate (pip install -e '.[test]')")
+    manifest = EXAMPLES / "kubernetes" / "jailshim-doctor-daemonset.yaml"
+    result = subprocess.run(
+        [str(validate), "--strict", str(manifest)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = manifest.read_text()
+    assert "hostPID: true" in text and "readOnlyRootFilesystem: true" in text
+    assert '"SYS_PTRACE", "CHECKPOINT_RESTORE", "SYS_CHROOT", "SETUID", "SETGID"' in text
