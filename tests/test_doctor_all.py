@@ -427,3 +427,32 @@ def test_daemonset_validates_offline() -> None:
     text = manifest.read_text()
     assert "hostPID: true" in text and "readOnlyRootFilesystem: true" in text
     assert '"SYS_PTRACE", "CHECKPOINT_RESTORE", "SYS_CHROOT", "SETUID", "SETGID"' in text
+
+
+def test_a_library_is_read_once_per_file_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libfind identifies a mapped library once per (device, inode, size, mtime): the second
+    daemon mapping it costs no read; a file changed since is read again."""
+    from jailshim.verify import libfind
+
+    lib = tmp_path / "libcrypto.so.3"
+    lib.write_bytes(b"\0" * 64 + b"OpenSSL 3.0.1  1 Jan 2022\0")
+
+    def what() -> tuple[str, str, str]:
+        handle = os.open(lib, os.O_PATH)
+        try:
+            return libfind._what_file(handle, os.fstat(handle), "OpenSSL", lib.name)
+        finally:
+            os.close(handle)
+
+    assert what()[2].startswith("OpenSSL 3.0.1")
+
+    def no_read(data: bytes) -> str:
+        raise AssertionError("read again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(libfind, "version_in", no_read)
+        assert what()[2].startswith("OpenSSL 3.0.1")  # from the cache
+    lib.write_bytes(b"\0" * 80 + b"OpenSSL 3.0.17  1 Jul 2025\0")
+    assert what()[2].startswith("OpenSSL 3.0.17")

@@ -400,13 +400,7 @@ def _identify(
             st = os.fstat(handle)
             if not stat.S_ISREG(st.st_mode):  # a mapped device is never opened
                 return None
-            fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
-            try:
-                soname = soname_of(_read_at(fd))
-                family, name = classify(soname) or by_name, soname or shown
-                version = version_in(_read_fd(fd)) if family else ""
-            finally:
-                os.close(fd)
+            family, name, version = _what_file(handle, st, by_name, shown)
         if not family:
             return None
         refusal = load_refusal(
@@ -431,6 +425,32 @@ def _identify(
         return None  # unmapped meanwhile
     finally:
         os.close(handle)
+
+
+# What a mapped file is, by its identity (device, inode, size, mtime): doctor --all meets the
+# same libcrypto in many daemons, and reading its soname and version (~40 ms for 4 MB) once per
+# daemon was most of a scan's time (bench/doctor_all.py). Bounded: a hostile host maps many.
+_IDENTIFIED: dict[tuple[int, int, int, int], tuple[str, str | None]] = {}
+_IDENTIFIED_MAX = 1024
+
+
+def _what_file(handle: int, st: os.stat_result, by_name: str, shown: str) -> tuple[str, str, str]:
+    """(family, name, version) of the regular file open at the O_PATH ``handle``."""
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    soname, version = _IDENTIFIED.get(key, ("", None))
+    if key in _IDENTIFIED and (version is not None or not (classify(soname) or by_name)):
+        family = classify(soname) or by_name
+        return family, soname or shown, version or ""
+    fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        soname = soname_of(_read_at(fd))
+        family = classify(soname) or by_name
+        version = version_in(_read_fd(fd)) if family else None
+    finally:
+        os.close(fd)
+    if len(_IDENTIFIED) < _IDENTIFIED_MAX:
+        _IDENTIFIED[key] = (soname, version)
+    return family, soname or shown, version or ""
 
 
 def for_pid(pid: int) -> tuple[list[CryptoLib], str]:
