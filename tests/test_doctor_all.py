@@ -456,3 +456,95 @@ def test_a_library_is_read_once_per_file_identity(
         assert what()[2].startswith("OpenSSL 3.0.1")  # from the cache
     lib.write_bytes(b"\0" * 80 + b"OpenSSL 3.0.17  1 Jul 2025\0")
     assert what()[2].startswith("OpenSSL 3.0.17")
+
+
+# --- the DaemonSet's container, as podman runs it ----------------------------------------------
+
+IMAGE = "localhost/jailshim-haproxy:test"  # tests/test_containers.py's image
+DAEMONSET_CAPS = "SYS_PTRACE,CHECKPOINT_RESTORE,SYS_CHROOT,SETUID,SETGID"
+IN_CONTAINER_HAPROXY = (
+    "global\n    chroot /var/lib/haproxy\n    user nobody\n    group nogroup\n"
+    "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\n"
+    "frontend f\n    bind 127.0.0.1:8443\n    default_backend b\n"
+    "backend b\n    server s 127.0.0.1:9\n"
+)
+
+
+def _podman(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CONTAINERS_CONF": str(TESTS / "podman" / "containers.conf")}
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def _verdicts(prom: str) -> dict[tuple[str, str], int]:
+    """{(daemon, jail): value} of jailshim_daemon_verdict."""
+    import re
+
+    found = {}
+    for line in prom.splitlines():
+        m = re.fullmatch(
+            r'jailshim_daemon_verdict\{daemon="([^"]*)",jail="([^"]*)",.*\} (\d)', line
+        )
+        if m:
+            found[(m[1], m[2])] = int(m[3])
+    return found
+
+
+def test_the_daemonset_container_finds_host_and_container_daemons(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """examples/kubernetes' DaemonSet as podman runs it (`podman run --pid=host`, read-only root,
+    its capabilities only, the textfile directory mounted; this worktree's jailshim over the
+    image's): it finds the host's chrooted daemons and a haproxy that chroots inside another
+    container. With the DaemonSet's least capabilities a daemon under a seccomp filter is
+    "cannot tell" (reading the filter needs CAP_SYS_ADMIN): the will-fail worker is 3, the
+    container's haproxy (podman's default filter) too; with SYS_ADMIN and --read-filter they
+    get doctor's full verdicts."""
+    need(shutil.which("podman") is not None, "needs podman")
+    need(_podman("image", "exists", IMAGE).returncode == 0, f"needs {IMAGE} (test_containers)")
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(IN_CONTAINER_HAPROXY)
+    cfg.chmod(0o644)
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    name = f"jailshim-test-{os.getpid()}-{os.urandom(4).hex()}"
+    code = Path(__file__).resolve().parent.parent / "jailshim"
+    started = _podman(
+        *("run", "-d", "--network=none", "--name", name, "--entrypoint", "/usr/sbin/haproxy"),
+        *("-v", f"{cfg}:/etc/haproxy/test.cfg:ro", IMAGE, "-f", "/etc/haproxy/test.cfg", "-db"),
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        inspect = _podman("inspect", "--format", "{{.State.Pid}}", name)
+        in_container = int(inspect.stdout.strip())
+        deadline = time.monotonic() + 20
+        while os.readlink(f"/proc/{in_container}/root") == "/" and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        def daemonset(*extra: str, caps: str = DAEMONSET_CAPS) -> dict[tuple[str, str], int]:
+            # the kernel answers PTRACE_SECCOMP_GET_FILTER EACCES to a tracer under seccomp
+            unconfined = ["--security-opt=seccomp=unconfined"] if "--read-filter" in extra else []
+            ran = _podman(
+                *("run", "--rm", "--pid=host", "--network=none", "--read-only", *unconfined),
+                *("--cap-drop=ALL", f"--cap-add={caps}", "--security-opt=no-new-privileges"),
+                *("-v", f"{textfiles}:/var/lib/prometheus/node-exporter"),
+                *("-v", f"{code}:/usr/lib/python3/dist-packages/jailshim:ro"),
+                *("--entrypoint", "jailshim", IMAGE, "doctor", "--all", *extra),
+                *("--format", "prometheus"),
+                *("--output", "/var/lib/prometheus/node-exporter/jailshim.prom"),
+            )
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+            return _verdicts((textfiles / "jailshim.prom").read_text())
+
+        least = daemonset()
+        assert least[("haproxy", str(fleet.safe_jail))] == 0, least
+        assert least[("unbound", str(fleet.unbound_jail))] == 0, least
+        assert least[("openssl-worker", str(fleet.will_fail_jail))] == 3, least
+        assert least[("haproxy", "/var/lib/haproxy")] == 3, least  # podman's seccomp filter
+        full = daemonset("--read-filter", caps=f"{DAEMONSET_CAPS},SYS_ADMIN")
+        assert full[("openssl-worker", str(fleet.will_fail_jail))] == 2, full
+        assert full[("haproxy", str(fleet.failing_jail))] == 1, full
+        assert full[("haproxy", "/var/lib/haproxy")] == 0, full  # as doctor --pid on the host
+    finally:
+        _podman("rm", "-f", "-t", "0", name)

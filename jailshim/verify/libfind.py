@@ -298,11 +298,18 @@ def _filesystems(pid: int) -> _Filesystems:
     """The filesystem types of ``pid``'s mount namespace, from a process there that is not
     chrooted; with doctor's own by device as well: a container's libraries usually live on
     a host filesystem (overlayfs maps the lower or upper layer's file), while a FUSE mount
-    made in the container is not doctor's. What is in neither is unknown, and not read."""
+    made in the container is not doctor's. What is in neither is unknown, and not read.
+    doctor itself in a container sharing the host's PIDs (doctor --all's DaemonSet) adds the
+    host's, from PID 1: another container's overlay is mounted there, not in doctor's own
+    namespace, and a container whose only process chroots (haproxy as its PID 1) has no peer."""
     peer = _unchrooted_peer(pid)
     theirs = _mount_table(f"/proc/{peer}/mountinfo") if peer else _Filesystems({}, {})
     ours = theirs if peer == "self" else _mount_table("/proc/self/mountinfo")
-    return _Filesystems(theirs.by_mount, {**ours.by_device, **theirs.by_device}, theirs.servers)
+    host = _Filesystems({}, {})
+    if peer != "self" and not same_mount_namespace(1):  # (False also when it cannot tell)
+        host = _mount_table("/proc/1/mountinfo")
+    by_device = {**host.by_device, **ours.by_device, **theirs.by_device}
+    return _Filesystems(theirs.by_mount, by_device, theirs.servers)
 
 
 def _mount_id(handle: int) -> int:
