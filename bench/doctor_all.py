@@ -118,6 +118,16 @@ def _timed(*args: str) -> tuple[float, float, str]:
     return time.monotonic() - start, usage.ru_maxrss / 1024, out
 
 
+def _discovery() -> float:
+    """Seconds of fleet.discover() alone, in this process: the part that grows with the
+    number of processes (the judging grows with the number of daemons)."""
+    from jailshim.fleet import discover
+
+    start = time.monotonic()
+    discover()
+    return time.monotonic() - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--processes", type=int, default=5000)
@@ -138,10 +148,11 @@ def main() -> int:
             (area / f"jail{j}").mkdir(mode=0o755)
         chrooted = opts.jails * opts.per_jail
         rows = []
-        for total in sorted({opts.processes // 2, opts.processes}):
+        for total in sorted({opts.processes // 4, opts.processes // 2, opts.processes}):
             host = _start(area, total - chrooted, opts.jails, opts.per_jail)
             try:
                 runs = [_timed("doctor", "--all", "--format", "json") for _ in range(opts.runs)]
+                scans = [_discovery() for _ in range(5)]
             finally:
                 _stop(host)
             daemons = sum(1 for line in runs[0][2].splitlines() if '"kind": "daemon"' in line)
@@ -151,13 +162,17 @@ def main() -> int:
                     statistics.median(r[0] for r in runs),
                     max(r[1] for r in runs),
                     daemons,
+                    statistics.median(scans),
                 )
             )
         host = _start(area, 100, 0, 0)
         try:
             sleeper = _descendants(host.pid)[0]
-            idle = [_timed("doctor", "--all", "--format", "json") for _ in range(opts.runs + 2)]
-            bare = [_timed("doctor", "--pid", str(sleeper)) for _ in range(opts.runs + 2)]
+            idle, bare = [], []
+            for _ in range(2 * opts.runs + 1):  # interleaved: the machine's load hits both
+                idle.append(_timed("doctor", "--all", "--format", "json"))
+                bare.append(_timed("doctor", "--pid", str(sleeper)))
+            idle_scan = statistics.median(_discovery() for _ in range(5))
         finally:
             _stop(host)
         rows.append(
@@ -166,6 +181,7 @@ def main() -> int:
                 statistics.median(r[0] for r in idle),
                 max(r[1] for r in idle),
                 0,
+                idle_scan,
             )
         )
         rows.append(
@@ -174,12 +190,13 @@ def main() -> int:
                 statistics.median(r[0] for r in bare),
                 max(r[1] for r in bare),
                 0,
+                0.0,
             )
         )
-        print("| case | wall s (median) | peak RSS MB | daemons found |")
-        print("|---|---|---|---|")
-        for name, seconds, rss, daemons in rows:
-            print(f"| {name} | {seconds:.3f} | {rss:.1f} | {daemons} |")
+        print("| case | wall s (median) | peak RSS MB | daemons found | discovery s |")
+        print("|---|---|---|---|---|")
+        for name, seconds, rss, daemons, discovery in rows:
+            print(f"| {name} | {seconds:.3f} | {rss:.1f} | {daemons} | {discovery:.3f} |")
         ratio = rows[-2][1] / rows[-1][1]
         print(f"\nidle --all / bare --pid: {ratio:.2f}")
     finally:
