@@ -155,6 +155,24 @@ def _mountinfo(pid: int | str) -> str:
         return ""
 
 
+def _unreadable(refused: Sequence[int], plain: Sequence[int]) -> int:
+    """How many of the processes whose root the kernel refused may be chrooted: those whose
+    mountinfo is not that of an unchrooted process (one per mount namespace, doctor's own
+    first: the host's, seen from the DaemonSet's container, is another)."""
+    views: set[str] = set()
+    seen: set[Identity] = set()
+    for pid in ("self", *map(str, plain)):
+        try:
+            namespace = _namespace(pid)
+        except OSError:
+            continue
+        if namespace not in seen:
+            seen.add(namespace)
+            views.add(_mountinfo(pid))
+    views.discard("")
+    return sum(1 for pid in refused if _mountinfo(pid) not in views)
+
+
 class _Found(NamedTuple):
     chrooted: list[Proc]
     parents: dict[int, Parent]
@@ -169,17 +187,14 @@ def discover() -> _Found:
     pids = sorted(int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
     plain: list[int] = []
     candidates: list[tuple[int, str]] = []
-    unreadable = 0
-    ours = ""
+    refused: list[int] = []
     for pid in pids:
         if pid == me:
             continue
         try:
             root = os.readlink(f"/proc/{pid}/root")
         except PermissionError:
-            ours = ours or _mountinfo("self")
-            if not ours or _mountinfo(pid) != ours:
-                unreadable += 1
+            refused.append(pid)
             continue
         except OSError:  # gone (or a zombie): it was never a daemon to judge
             continue
@@ -187,6 +202,7 @@ def discover() -> _Found:
             plain.append(pid)
         else:
             candidates.append((pid, root))
+    unreadable = _unreadable(refused, plain) if refused else 0
     notes: list[str] = []
     found: list[Proc] = []
     for pid, root in candidates:
@@ -404,8 +420,9 @@ def scan(
             judged.append(result)
     if found.unreadable:
         notes.append(
-            f"{found.unreadable} processes' roots could not be read (the kernel refused "
-            "/proc/PID/root: run doctor as root with CAP_SYS_PTRACE): they may be chrooted"
+            f"{found.unreadable} process{'es' if found.unreadable != 1 else ''} whose root "
+            "could not be read (the kernel refused /proc/PID/root: run doctor as root with "
+            "CAP_SYS_PTRACE) may be chrooted"
         )
     return Scan(
         tuple(judged),

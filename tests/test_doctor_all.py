@@ -548,3 +548,25 @@ def test_the_daemonset_container_finds_host_and_container_daemons(
         assert full[("haproxy", "/var/lib/haproxy")] == 0, full  # as doctor --pid on the host
     finally:
         _podman("rm", "-f", "-t", "0", name)
+
+
+def test_without_sys_ptrace_the_unreadable_chrooted_daemons_make_it_cannot_tell(
+    fleet: Fleet,
+) -> None:
+    """root without CAP_SYS_PTRACE (a DaemonSet that forgot it) cannot read the root of the
+    daemons that dropped to nobody/unbound: they are counted, said, and the answer is "cannot
+    tell" (75), never "all safe"; unchrooted processes it cannot read (their mountinfo is an
+    unchrooted one's) are not counted."""
+    need(shutil.which("setpriv") is not None, "needs setpriv (util-linux)")
+    wrap = ["setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"]
+    result = run("doctor", "--all", "--format", "json", wrap=wrap)
+    assert result.code == 75, result.stdout + result.stderr
+    notes = [json.loads(line) for line in result.stdout.splitlines()]
+    said = [
+        n["detail"] for n in notes if n["kind"] == "skipped" and "may be chrooted" in n["detail"]
+    ]
+    assert said, result.stdout
+    count = int(said[0].split()[0])
+    assert count >= 4, said  # the fleet's two haproxy, its worker, unbound (and others' tests)
+    found = {n["pid"] for n in notes if n["kind"] == "daemon"}
+    assert fleet.fragile not in found and fleet.will_fail not in found
