@@ -22,7 +22,7 @@ import contextlib
 import os
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jailshim.errors import (
@@ -393,6 +393,105 @@ def judge(
     )
 
 
+# One daemon's judgement: doctor's probe has 10 s, a filter read 2 s; the rest is /proc and
+# the library's file, which a filesystem that stopped answering (a hard NFS mount) can hold
+# for ever. One such daemon must not stop the scan of all the others (a timer's run, a
+# Nagios check), so judging runs in a child that is killed when a daemon takes longer.
+DAEMON_DEADLINE = 20.0
+
+
+def _encode(result: Judged | str) -> bytes:
+    import json
+
+    if isinstance(result, str):
+        return (json.dumps({"note": result}) + "\n").encode()
+    return (json.dumps({"judged": [list(result.daemon), *result[1:]]}) + "\n").encode()
+
+
+def _decode(line: bytes) -> Judged | str:
+    import json
+
+    data = json.loads(line)
+    if "note" in data:
+        return str(data["note"])
+    daemon, verdict, words, user, libraries, container, seconds = data["judged"]
+    name, root, pids, started, master, namespace = daemon
+    return Judged(
+        Daemon(name, root, tuple(pids), started, master, (namespace[0], namespace[1])),
+        verdict,
+        words,
+        user,
+        tuple(libraries),
+        container,
+        seconds,
+    )
+
+
+def judge_bounded(
+    daemons: Sequence[Daemon],
+    judge_one: Callable[[Daemon], Judged | str],
+    deadline: float,
+) -> list[Judged | str]:
+    """``judge_one`` of each daemon, in one child that streams the results (so what it learns,
+    a library's identity, serves the next daemon); a daemon that takes more than ``deadline``
+    seconds is "cannot tell", its child killed (the daemon is left alone), and a new child
+    goes on with the next ones."""
+    import select
+    import signal
+
+    results: list[Judged | str] = []
+    todo = list(daemons)
+    while todo:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            try:
+                os.close(read_end)
+                for daemon in todo:
+                    view = memoryview(_encode(judge_one(daemon)))
+                    while view:
+                        view = view[os.write(write_end, view) :]
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        done, pending, timed_out = 0, b"", False
+        try:
+            end = time.monotonic() + deadline
+            while done < len(todo):
+                left = end - time.monotonic()
+                if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                    timed_out = True
+                    break
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break  # the child died: its remaining daemons are retried below
+                pending += chunk
+                while b"\n" in pending and done < len(todo):
+                    line, pending = pending.split(b"\n", 1)
+                    results.append(_decode(line))
+                    done += 1
+                    end = time.monotonic() + deadline
+        finally:
+            os.close(read_end)
+            if timed_out or done < len(todo):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+        if done < len(todo):
+            stuck = todo[done]
+            why = (
+                f"its judgement did not finish within {deadline:g} s (a /proc read or its "
+                "library's file on a filesystem that does not answer?); it was stopped, the "
+                "daemon left running"
+                if timed_out
+                else "doctor's child judging it died"
+            )
+            results.append(Judged(stuck, "cannot tell", f"cannot tell: {why}"))
+            done += 1
+        todo = todo[done:]
+    return results
+
+
 def scan(
     devices: tuple[Device, ...],
     log: Any,
@@ -412,8 +511,11 @@ def scan(
         ours = None
     judged: list[Judged] = []
     notes = list(found.notes)
-    for daemon in daemons:
-        result = judge(daemon, devices, log, read_filter=read_filter, ours=ours)
+
+    def one(daemon: Daemon) -> Judged | str:
+        return judge(daemon, devices, log, read_filter=read_filter, ours=ours)
+
+    for result in judge_bounded(daemons, one, DAEMON_DEADLINE):
         if isinstance(result, str):
             notes.append(result)
         else:

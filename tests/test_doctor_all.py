@@ -570,3 +570,28 @@ def test_without_sys_ptrace_the_unreadable_chrooted_daemons_make_it_cannot_tell(
     assert count >= 4, said  # the fleet's two haproxy, its worker, unbound (and others' tests)
     found = {n["pid"] for n in notes if n["kind"] == "daemon"}
     assert fleet.fragile not in found and fleet.will_fail not in found
+
+
+def test_a_daemon_whose_judgement_hangs_is_cannot_tell_and_the_scan_goes_on() -> None:
+    """judge_bounded: the second daemon's judgement blocks (a /proc read or a library on a
+    hard NFS mount that stopped answering): after the deadline it is "cannot tell", its child
+    killed, and the third is still judged; a child that dies is said too. Real forks."""
+    from jailshim.fleet import judge_bounded
+
+    daemons = [Daemon(f"d{i}", "/j", (100 + i,), 0, None, NS) for i in range(4)]
+
+    def one(daemon: Daemon) -> Judged | str:
+        if daemon.name == "d1":
+            time.sleep(30)
+        if daemon.name == "d2":
+            os._exit(9)
+        return _judged(daemon.pids[0], "safe")._replace(daemon=daemon)
+
+    start = time.monotonic()
+    results = judge_bounded(daemons, one, deadline=1.0)
+    assert time.monotonic() - start < 10
+    assert [r.daemon.name for r in results if isinstance(r, Judged)] == ["d0", "d1", "d2", "d3"]
+    verdicts = [r.verdict for r in results if isinstance(r, Judged)]
+    assert verdicts == ["safe", "cannot tell", "cannot tell", "safe"]
+    words = [r.words for r in results if isinstance(r, Judged)]
+    assert "did not finish within 1 s" in words[1] and "died" in words[2]
