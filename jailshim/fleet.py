@@ -670,9 +670,11 @@ def doctor_all(
                 formats.nagios_unknown(f"the scan of /proc failed: {exc.strerror}"), UNKNOWN
             )
         raise
+    # A person reading the table is not shown the same daemons again as log events (issue 26)
+    table = fmt == "table" and not output
     for j in result.judged:
         log.log(
-            20 if j.verdict == "safe" else 40,
+            10 if table else 20 if j.verdict == "safe" else 40,
             "doctor.all",
             pid=j.daemon.pids[0],
             name=j.daemon.name,
@@ -681,7 +683,7 @@ def doctor_all(
             detail=j.words,
         )
     for note in result.notes:
-        log.info("doctor.skipped", detail=note)
+        log.log(10 if table else 20, "doctor.skipped", detail=note)
     if nagios:
         line, code = formats.nagios(result)
         return _say(line, code)

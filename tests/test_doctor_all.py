@@ -595,3 +595,19 @@ def test_a_daemon_whose_judgement_hangs_is_cannot_tell_and_the_scan_goes_on() ->
     assert verdicts == ["safe", "cannot tell", "cannot tell", "safe"]
     words = [r.words for r in results if isinstance(r, Judged)]
     assert "did not finish within 1 s" in words[1] and "died" in words[2]
+
+
+def test_on_a_terminal_a_table_and_no_repeated_events(fleet: Fleet) -> None:
+    """On a TTY (script(1) gives one): the table, worst first, each unsafe daemon's verdict
+    under it, and no doctor.all log line repeating the rows (issue 26's rule for doctor)."""
+    need(shutil.which("script") is not None, "needs script (util-linux)")
+    argv = " ".join(jailshim_argv("doctor", "--all", "--read-filter"))
+    shown = subprocess.run(
+        ["script", "-qec", argv, "/dev/null"], capture_output=True, text=True, check=False
+    )
+    assert shown.returncode == 69, shown.stdout
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["VERDICT", "DAEMON", "PIDS", "JAIL", "USER", "LIBRARY"]
+    assert lines[1].startswith("will fail") and "openssl-worker" in lines[1]
+    assert f"PID {fleet.will_fail} openssl-worker: will fail" in shown.stdout
+    assert "doctor.all" not in shown.stdout
