@@ -715,7 +715,7 @@ def doctor_all(
     if result.unreadable:
         said.append(result.notes[-1])
     failure = error(" ".join(said))
-    if fmt == "table":  # the table is on screen: the exit code, not a `failed` event
+    if table:  # the table is on screen: the exit code, not a `failed` event
         log.debug("failed", error=failure.sentence, exit_code=exit_code_for(failure))
         return exit_code_for(failure)
     raise failure
