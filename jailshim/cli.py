@@ -93,6 +93,33 @@ _OPTIONS = (
         several=True,
     ),
     _Opt(
+        "--all",
+        "every chrooted daemon on this host and in its containers, each judged as --pid judges "
+        "it (a master and its workers: one daemon)",
+        (DOCTOR,),
+        switch=True,
+    ),
+    _Opt(
+        "--name",
+        "with --all: only daemons of this name (repeatable)",
+        (DOCTOR,),
+        "NAME",
+        repeat=True,
+    ),
+    _Opt(
+        "--format",
+        "with --all: table (on a terminal), json (JSON lines, otherwise), prometheus "
+        "(node_exporter's textfile collector), nagios (a plugin's status line and exit code)",
+        (DOCTOR,),
+        choices=("auto", "table", "json", "prometheus", "nagios"),
+    ),
+    _Opt(
+        "--output",
+        "with --all: write to FILE atomically (a .prom file in the textfile collector's directory)",
+        (DOCTOR,),
+        "FILE",
+    ),
+    _Opt(
         "--user",
         "the daemon's user; checks run as it (a user name wins over a UID; +UID is always a UID)",
         _AS_USER,
@@ -827,6 +854,24 @@ def _doctor(args: argparse.Namespace, log: Any) -> int:
     from jailshim.doctor import DOCTOR_DEVICES, doctor
 
     devices = devices_of(args, DOCTOR_DEVICES)
+    if args.all or args.name or args.format or args.output:  # doctor --all: jailshim/fleet.py
+        from jailshim.fleet import doctor_all
+
+        return doctor_all(
+            scan_all=bool(args.all),
+            names=tuple(args.name or ()),
+            output_format=args.format,
+            output=args.output,
+            conflicting=tuple(
+                f"--{d.replace('_', '-')}"
+                for d in ("pid", "chroot", "user", "group", "crypto_lib")
+                if args.origin.get(d) == f"--{d.replace('_', '-')}"
+            ),
+            devices=devices,
+            log=log.get_logger(),
+            read_filter=bool(args.read_filter),
+            on_terminal=sys.stdout.isatty(),
+        )
     if args.pid is not None:
         # A variable set for every command (a container's env) is ignored here; a flag is not.
         given = args.origin

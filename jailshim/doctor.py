@@ -483,9 +483,11 @@ def _diagnose(
     crypto_libs: tuple[str, ...] = (),
     read_filter: bool = False,
     master: int | None = None,
+    show: bool = True,
 ) -> Diagnosis:
     """One daemon (``facts``; ``master``: the PID it was found under) or one jail: its
-    findings and verdict logged, or on a terminal shown."""
+    findings and verdict logged, or on a terminal shown (``show``: doctor --all shows its own
+    table, one row per daemon)."""
     from jailshim.verify.entropy import (
         ProbeLibrary,
         after_row,
@@ -586,7 +588,7 @@ def _diagnose(
     found = verdict(decisions, asked, known, broken, fix, after=after_prepare(libs))
     # As check.report does: with the table on screen each finding and the verdict are said
     # once (per-finding events drop to debug); machines get every finding as a JSON event.
-    table = _on_terminal()
+    table = show and _on_terminal()
     for f in findings:
         level = 10 if table else 20 if f.ok and not f.warning else 30 if f.ok else 40
         remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_CODES",
+    "NAGIOS_STATES",
     "VERDICT_ERRORS",
     "CannotTell",
     "CheckFailed",
@@ -96,6 +97,17 @@ VERDICT_ERRORS: dict[str, type[JailshimError] | None] = {
     "safe now, fragile": CheckFailed,
     "will fail": CheckFailed,
     "cannot tell": CannotTell,
+}
+
+
+# `doctor --all --format nagios`: a plugin's exit code is its state (Nagios plugin guidelines,
+# monitoring-plugins.org/doc/guidelines.html: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN, which is
+# also bad usage and a failure of the plugin itself), not one of the codes above.
+NAGIOS_STATES: dict[str, int] = {
+    "safe": 0,  # OK
+    "safe now, fragile": 1,  # WARNING
+    "will fail": 2,  # CRITICAL
+    "cannot tell": 3,  # UNKNOWN
 }
 
 

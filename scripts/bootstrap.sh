@@ -22,6 +22,7 @@ APT_PACKAGES=(
   libsodium23                            # the entropy matrix's libsodium cells (no -dev needed)
   tini dumb-init                         # --init's controls: the peers run the same signal tests
   pipx                                   # the README's pipx install, tested (tests/test_pipx.py)
+  prometheus prometheus-node-exporter    # doctor --all: promtool checks its textfile, node_exporter serves it
 )
 
 missing=()

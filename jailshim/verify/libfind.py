@@ -298,11 +298,18 @@ def _filesystems(pid: int) -> _Filesystems:
     """The filesystem types of ``pid``'s mount namespace, from a process there that is not
     chrooted; with doctor's own by device as well: a container's libraries usually live on
     a host filesystem (overlayfs maps the lower or upper layer's file), while a FUSE mount
-    made in the container is not doctor's. What is in neither is unknown, and not read."""
+    made in the container is not doctor's. What is in neither is unknown, and not read.
+    doctor itself in a container sharing the host's PIDs (doctor --all's DaemonSet) adds the
+    host's, from PID 1: another container's overlay is mounted there, not in doctor's own
+    namespace, and a container whose only process chroots (haproxy as its PID 1) has no peer."""
     peer = _unchrooted_peer(pid)
     theirs = _mount_table(f"/proc/{peer}/mountinfo") if peer else _Filesystems({}, {})
     ours = theirs if peer == "self" else _mount_table("/proc/self/mountinfo")
-    return _Filesystems(theirs.by_mount, {**ours.by_device, **theirs.by_device}, theirs.servers)
+    host = _Filesystems({}, {})
+    if peer != "self" and not same_mount_namespace(1):  # (False also when it cannot tell)
+        host = _mount_table("/proc/1/mountinfo")
+    by_device = {**host.by_device, **ours.by_device, **theirs.by_device}
+    return _Filesystems(theirs.by_mount, by_device, theirs.servers)
 
 
 def _mount_id(handle: int) -> int:
@@ -400,13 +407,7 @@ def _identify(
             st = os.fstat(handle)
             if not stat.S_ISREG(st.st_mode):  # a mapped device is never opened
                 return None
-            fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
-            try:
-                soname = soname_of(_read_at(fd))
-                family, name = classify(soname) or by_name, soname or shown
-                version = version_in(_read_fd(fd)) if family else ""
-            finally:
-                os.close(fd)
+            family, name, version = _what_file(handle, st, by_name, shown)
         if not family:
             return None
         refusal = load_refusal(
@@ -431,6 +432,32 @@ def _identify(
         return None  # unmapped meanwhile
     finally:
         os.close(handle)
+
+
+# What a mapped file is, by its identity (device, inode, size, mtime): doctor --all meets the
+# same libcrypto in many daemons, and reading its soname and version (~40 ms for 4 MB) once per
+# daemon was most of a scan's time (bench/doctor_all.py). Bounded: a hostile host maps many.
+_IDENTIFIED: dict[tuple[int, int, int, int], tuple[str, str | None]] = {}
+_IDENTIFIED_MAX = 1024
+
+
+def _what_file(handle: int, st: os.stat_result, by_name: str, shown: str) -> tuple[str, str, str]:
+    """(family, name, version) of the regular file open at the O_PATH ``handle``."""
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    soname, version = _IDENTIFIED.get(key, ("", None))
+    if key in _IDENTIFIED and (version is not None or not (classify(soname) or by_name)):
+        family = classify(soname) or by_name
+        return family, soname or shown, version or ""
+    fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        soname = soname_of(_read_at(fd))
+        family = classify(soname) or by_name
+        version = version_in(_read_fd(fd)) if family else None
+    finally:
+        os.close(fd)
+    if len(_IDENTIFIED) < _IDENTIFIED_MAX:
+        _IDENTIFIED[key] = (soname, version)
+    return family, soname or shown, version or ""
 
 
 def for_pid(pid: int) -> tuple[list[CryptoLib], str]:
