@@ -12,16 +12,16 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from jailshim.errors import UsageError
 from jailshim.verify.findings import Finding
 
 __all__ = [
+    "WILDCARDS",
     "AddressFacts",
     "WaitTarget",
-    "haproxy_targets",
+    "ip_literal",
     "judge_address",
     "network_findings",
     "parse_wait_addr",
@@ -30,23 +30,7 @@ __all__ = [
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 IFF_UP = 0x1
-_WILDCARDS = {"", "*", "0.0.0.0", "::"}  # noqa: S104 (names, not a bind)
-# str2sa_range() (haproxy 2.6, src/tools.c): these name no IP address to wait for
-_NON_IP_PREFIXES = ("unix@", "uxdg@", "uxst@", "abns@", "fd@", "sockpair@")
-# ...and these name an IP address (TCP, UDP or QUIC), stripped before the address
-_IP_PREFIXES = (
-    "ipv4@",
-    "ipv6@",
-    "ip@",
-    "tcp4@",
-    "tcp6@",
-    "tcp@",
-    "udp4@",
-    "udp6@",
-    "udp@",
-    "quic4@",
-    "quic6@",
-)
+WILDCARDS = {"", "*", "0.0.0.0", "::"}  # noqa: S104 (names, not a bind)
 
 
 class WaitTarget(NamedTuple):
@@ -61,7 +45,7 @@ class WaitTarget(NamedTuple):
         return socket.AF_INET6 if ":" in self.ip else socket.AF_INET
 
 
-def _ip(text: str, *, has_port: bool = False) -> str | None:
+def ip_literal(text: str, *, has_port: bool = False) -> str | None:
     """The IP in 'ip', 'ip:port', '[ip6]:port' or 'ip6:port'; None when it is no IP literal.
 
     With ``has_port`` (haproxy bind lines, where the port is mandatory) the port is always
@@ -85,8 +69,8 @@ def _ip(text: str, *, has_port: bool = False) -> str | None:
 
 def parse_wait_addr(text: str) -> WaitTarget:
     """--wait-addr ADDR: an IP literal, optionally with a port; anything else is a usage error."""
-    ip = _ip(text)
-    if ip is None or ip in _WILDCARDS:
+    ip = ip_literal(text)
+    if ip is None or ip in WILDCARDS:
         raise UsageError(
             f"--wait-addr {text!r} is not a specific IP address; give one such as 192.0.2.10, "
             "[2001:db8::1]:443 or 127.0.0.1:8443."
@@ -111,43 +95,6 @@ def _port_of(text: str) -> str | None:
         return None
     except ValueError:
         return text.rpartition(":")[2] if ":" in text else None
-
-
-def haproxy_targets(binds: Iterable[Any]) -> tuple[list[WaitTarget], list[str]]:
-    """The IPs to wait for from haproxy bind lines, and notes on what was passed over.
-
-    Linear in the number of addresses: each IP is kept once, at its first bind line.
-    """
-    targets: dict[str, WaitTarget] = {}
-    notes: list[str] = []
-    for bind in binds:
-        for raw in bind.addresses or (bind.address,):
-            text = raw
-            for kind in ("stream+", "dgram+"):
-                text = text.removeprefix(kind)
-            if text.startswith(_NON_IP_PREFIXES) or text.startswith("/"):
-                continue
-            for prefix in _IP_PREFIXES:
-                if text.startswith(prefix):
-                    text = text[len(prefix) :]
-                    break
-            host = text[1 : text.find("]")] if text.startswith("[") else text.rsplit(":", 1)[0]
-            if host in _WILDCARDS:
-                continue
-            ip = _ip(text, has_port=True)
-            if ip is None:
-                notes.append(f"{bind.where}: {raw} is not an IP literal; not waited for")
-                continue
-            if ip in _WILDCARDS or ip in targets:
-                continue
-            namespace = getattr(bind, "namespace", "")
-            if namespace:
-                notes.append(
-                    f"{bind.where}: {raw} is bound in network namespace {namespace}; not waited for"
-                )
-                continue
-            targets[ip] = WaitTarget(ip, bind.where, bind.transparent)
-    return list(targets.values()), notes
 
 
 SIOCGIFFLAGS = 0x8913
