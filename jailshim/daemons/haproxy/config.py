@@ -422,7 +422,16 @@ class _Reader:
             self.uid_name, self.uid_set = _owner(key, arg(1), self.uid_name, fail)
         elif key in ("group", "gid") and not self.gid_set:
             self.gid_name, self.gid_set = _owner(key, arg(1), self.gid_name, fail)
-        elif key in ("setenv", "presetenv") and arg(1) and arg(2):
+        else:
+            self._environment(key, words)
+
+    def _environment(self, key: str, words: list[str]) -> None:
+        """setenv/presetenv/unsetenv/resetenv: the variables later lines see."""
+
+        def arg(k: int) -> str:
+            return words[k] if k < len(words) else ""
+
+        if key in ("setenv", "presetenv") and arg(1) and arg(2):
             if key == "setenv" or arg(1) not in self.env:
                 self.env[arg(1)] = arg(2)
         elif key == "unsetenv":
