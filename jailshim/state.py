@@ -346,14 +346,3 @@ class Journal:
         del self.records[index]
         with contextlib.suppress(JournalUnwritable):
             self._save()
-
-    def move_to(self, dir_fd: int) -> None:
-        """Keep the records in another directory from now on (a new dev/, the tmpfs)."""
-        self.dir_fd = dir_fd
-        self._save()
-
-    def index_of(self, record: Record) -> int:
-        for i in range(len(self.records) - 1, -1, -1):
-            if self.records[i] is record:
-                return i
-        raise ValueError("record not in the journal")
