@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from jailshim import state
 from jailshim.devices import ALLOWLIST, Device
-from jailshim.errors import ConfigError, NotPermitted, PrepareOSError
+from jailshim.errors import ConfigError, NotPermitted, SystemRefused
 from jailshim.files import FileAction, FileStep
 from jailshim.jail import mounts
 from jailshim.jail.namespaces import pid_namespace
@@ -623,7 +623,7 @@ class Applier:
             if not state.disk_full(exc):
                 raise
             # said as "Preparing …/dev failed", which named neither the file nor the cause
-            raise PrepareOSError(
+            raise SystemRefused(
                 f"{self.jail.real}/{where}/{name} cannot be written: "
                 f"{state.disk_full(exc)} ({errno.errorcode[exc.errno or 0]}); what this run "
                 "made is taken back: free space on that filesystem, then run again.".replace(

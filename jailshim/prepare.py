@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from jailshim import state
-from jailshim.errors import ConfigError, NotPermitted, PrepareOSError
+from jailshim.errors import ConfigError, NotPermitted, SystemRefused
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive, pid_namespace
@@ -311,13 +311,13 @@ def _applied(
         prepared.rollback()
         full = state.disk_full(exc)
         if full:  # a mkdir, placeholder or node on a full disk read "Preparing …/dev failed"
-            raise PrepareOSError(
+            raise SystemRefused(
                 f"The jail {jail.real} cannot take what jailshim makes there: {full} "
                 f"({describe_errno(exc.errno or 0)}); what this run made is taken back: "
                 "free space (or inodes) on that filesystem, then run again.",
                 errno=exc.errno,
             ) from None
-        raise PrepareOSError(
+        raise SystemRefused(
             f"Preparing {jail.real} failed: {exc.strerror or exc} "
             f"({describe_errno(exc.errno or 0)}); nothing was left half-made.",
             errno=exc.errno,

@@ -25,7 +25,7 @@ import stat
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from jailshim.errors import ConfigError, PrepareOSError
+from jailshim.errors import ConfigError, SystemRefused
 from jailshim.files import OWN_PREFIX
 from jailshim.jail.safepath import writable_by_non_root
 
@@ -245,7 +245,7 @@ def disk_full(exc: OSError) -> str:
     return _FULL.get(exc.errno or 0, "")
 
 
-class JournalUnwritable(PrepareOSError):
+class JournalUnwritable(SystemRefused):
     """The journal could not be rewritten (a full disk, mostly); its temporary is gone."""
 
 
