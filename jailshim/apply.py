@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from jailshim import state
 from jailshim.devices import ALLOWLIST, Device
-from jailshim.errors import ConfigError, NotPermitted, PrepareOSError
+from jailshim.errors import ConfigError, NotPermitted, SystemRefused
 from jailshim.files import FileAction, FileStep
 from jailshim.jail import mounts
 from jailshim.jail.namespaces import pid_namespace
@@ -28,6 +28,7 @@ from jailshim.jail.safepath import (
     OPEN_TRIAL,
     Jail,
     exchange,
+    lstat_at,
     rename_into_place,
 )
 from jailshim.plan import (
@@ -58,13 +59,6 @@ _ALLOWED_RDEVS = frozenset(d.rdev for d in ALLOWLIST.values())
 
 def _ms(start: float) -> float:
     return round((time.monotonic() - start) * 1000, 3)
-
-
-def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
 
 
 def _event(step: SocketStep) -> str:
@@ -177,7 +171,7 @@ class Applier:
 
     def _still_at(self, dir_fd: int, name: str, fd: int) -> None:
         """After a rename into place: ``name`` must be the directory ``fd`` holds."""
-        st = _lstat(dir_fd, name)
+        st = lstat_at(dir_fd, name)
         if st is None or st.st_ino != os.fstat(fd).st_ino:
             raise ConfigError(
                 f"{self.jail.real}/{name} was swapped while jailshim made it; someone who can "
@@ -284,7 +278,7 @@ class Applier:
     ) -> None:
         """Move a wrong entry aside (kept, never deleted: teardown puts it back)."""
         n = 0
-        while _lstat(dir_fd, state.aside_name(name, n)) is not None:
+        while lstat_at(dir_fd, state.aside_name(name, n)) is not None:
             n += 1
         aside = state.aside_name(name, n)
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -298,7 +292,7 @@ class Applier:
     def _clear_temp(self, dir_fd: int, where: str, tmp: str) -> None:
         """A temporary name is free, or holds a leftover of ours (a node of an allowlisted
         device, or an empty file, made by root); anything else is not ours to remove."""
-        st = _lstat(dir_fd, tmp)
+        st = lstat_at(dir_fd, tmp)
         if st is None:
             return
         leftover = st.st_uid == 0 and (
@@ -379,7 +373,7 @@ class Applier:
         bound in another mount namespace, is already there) and harden it. Returns whether
         the read-only remount worked. A refused bind leaves nothing and raises."""
         self._may_mount()
-        st = _lstat(dir_fd, name)
+        st = lstat_at(dir_fd, name)
         if st is not None and not any(
             r.kind is Kind.PLACEHOLDER
             and r.done
@@ -493,7 +487,7 @@ class Applier:
         parent, name = os.path.split(path)
         where = parent.strip("/")
         dir_fd = self._make_dirs(where)
-        if not step.facts.entry.placeholder and _lstat(dir_fd, name) is not None:
+        if not step.facts.entry.placeholder and lstat_at(dir_fd, name) is not None:
             self.displace(dir_fd, where, name, step.reason)
         # Outside the jail root's symlinks are followed (systemd's /dev/log points into
         # /run/systemd/journal), another user's are not (survey.open_host_path): realpath()
@@ -629,7 +623,7 @@ class Applier:
             if not state.disk_full(exc):
                 raise
             # said as "Preparing …/dev failed", which named neither the file nor the cause
-            raise PrepareOSError(
+            raise SystemRefused(
                 f"{self.jail.real}/{where}/{name} cannot be written: "
                 f"{state.disk_full(exc)} ({errno.errorcode[exc.errno or 0]}); what this run "
                 "made is taken back: free space on that filesystem, then run again.".replace(
@@ -647,7 +641,7 @@ class Applier:
             if r.kind is Kind.COPY and r.done and (r.where, r.name, r.ino) == (where, name, stale)
         )
         exchange(dir_fd, tmp, name)
-        back = _lstat(dir_fd, tmp)
+        back = lstat_at(dir_fd, tmp)
         if back is None or back.st_ino != stale or back.st_uid != 0:
             exchange(dir_fd, tmp, name)  # not ours that was there: put it back, take ours back
             raise ConfigError(

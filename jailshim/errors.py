@@ -19,6 +19,7 @@ __all__ = [
     "NoInput",
     "NotPermitted",
     "PrepareOSError",
+    "SystemRefused",
     "UsageError",
     "exit_code_for",
     "said",
@@ -52,9 +53,14 @@ class NoInput(JailshimError):
     line is right (not 64), the file is missing or closed to us."""
 
 
-class PrepareOSError(JailshimError):
+class SystemRefused(JailshimError):
     """The kernel refused something for a reason other than missing powers (while preparing,
-    or a limit of the machine: file descriptors, memory, a full disk)."""
+    or a limit of the machine: file descriptors, memory, a full disk, an unwritable stdout)."""
+
+
+# The old name, said "prepare" while cli.py raises it for stdout and fd exhaustion; kept only
+# until cli.py and tests/test_units.py (not this change's files) say SystemRefused.
+PrepareOSError = SystemRefused
 
 
 class NotPermitted(JailshimError):
@@ -79,7 +85,7 @@ EXIT_CODES: dict[type[JailshimError], int] = {
     NoInput: 66,  # EX_NOINPUT
     CheckFailed: 69,  # EX_UNAVAILABLE
     CannotTell: 75,  # EX_TEMPFAIL: rerun with what the sentence names
-    PrepareOSError: 71,  # EX_OSERR
+    SystemRefused: 71,  # EX_OSERR
     NotPermitted: 77,  # EX_NOPERM
     ConfigError: 78,  # EX_CONFIG
     CommandNotExecutable: 126,

@@ -14,96 +14,33 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jailshim import state
-from jailshim.errors import ConfigError, NotPermitted, PrepareOSError
+from jailshim.errors import ConfigError, NotPermitted, SystemRefused
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import mounts_vanish_on_exit, namespace_alive, pid_namespace
-from jailshim.jail.safepath import Jail, rename_into_place, swappable_path
-from jailshim.jail.undo import KEPT, UNPROVEN, describe, sweep_new_dev, undo
+from jailshim.jail.safepath import Jail, swappable_path
+from jailshim.jail.undo import describe, sweep_new_dev, undo
 from jailshim.plan import Plan, describe_errno
+from jailshim.records import (
+    bring_back_moved_dev,
+    check_paths,
+    open_journal,
+    say_lock_ignored,
+    undo_records,
+)
 from jailshim.spec import Spec
 from jailshim.state import Journal, Kind, Record
 from jailshim.stopsignals import STOP_SIGNALS, signals_deferred
 
-__all__ = [
-    "Prepared",
-    "bring_back_moved_dev",
-    "check_paths",
-    "open_journal",
-    "prepare",
-    "say_lock_ignored",
-    "signals_deferred",
-    "undo_records",
-]
+if TYPE_CHECKING:
+    from jailshim.jail.powers import Powers
+
+__all__ = ["Prepared", "mounts_refused", "prepare"]
 
 _MAX_FOREIGN_NAMESPACES = 8
-
-
-def open_journal(jail: Jail, dev_fd: int | None, table: mounts.MountTable, ns: int) -> Journal:
-    """The journal of this jail as this mount namespace sees it.
-
-    When dev/ is a jailshim tmpfs the records live inside it; a tmpfs whose record was never
-    written (killed right after the mount) is adopted by its source name.
-    """
-    if dev_fd is None:
-        return Journal(None, [])
-    records = state.load_records(dev_fd, f"{jail.real}/dev")
-    on_dev = table.at(f"{jail.real}/dev")
-    ours_tmpfs = (
-        on_dev is not None and on_dev.fstype == "tmpfs" and on_dev.source == state.TMPFS_SOURCE
-    )
-    if ours_tmpfs and not any(r.kind is Kind.TMPFS and r.ns == ns for r in records):
-        records.insert(0, Record(Kind.TMPFS, "dev", "", ns=ns, pidns=pid_namespace(), done=True))
-    return Journal(dev_fd, records)
-
-
-_PUT_BACK = (
-    "its record is kept: someone who can write the jail renamed a directory on the way; put "
-    "it back, then run teardown again"
-)
-
-
-def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Any, event: str) -> None:
-    """Undo the records at ``indexes`` (newest first), dropping each from the journal. A
-    record that could not be undone is kept, and so are the older ones in its directory (the
-    placeholder under a bind that moved with it) or holding it, and the journal's home."""
-    kept: set[str] = set()  # directories holding a record that is kept
-
-    def holds_kept(record: Record) -> bool:
-        if record.kind is Kind.TMPFS or (record.kind is Kind.MKDIR and record.path == "dev"):
-            return bool(kept)  # the journal lives there
-        return record.where in kept or any(
-            d == record.path or d.startswith(f"{record.path}/") for d in kept
-        )
-
-    for index in sorted(indexes, reverse=True):
-        record = journal.records[index]
-        if holds_kept(record):
-            log.warning(event, step=describe(record), outcome=f"{KEPT} with the records above")
-            continue
-        table = mounts.read_mount_table()
-        try:
-            outcome = undo(jail, record, table, journal.dir_fd)
-        except OSError as exc:
-            log.error(event, step=describe(record), errno=describe_errno(exc.errno or 0))
-            kept.add(record.where)
-            continue
-        if outcome.startswith(KEPT):
-            # a record kept in a directory not proven in the jail: its outcome says what to do
-            said = {} if outcome.startswith(UNPROVEN) else {"detail": _PUT_BACK}
-            log.warning(event, step=describe(record), outcome=outcome, **said)
-            kept.add(record.where)
-            continue
-        log.info(event, step=describe(record), outcome=outcome)
-        if record.kind is Kind.MKDIR and record.path == "dev":
-            journal.dir_fd, journal.records = None, []  # its record went with dev/
-        elif record.kind is Kind.TMPFS:
-            journal.records = []  # the journal lived inside the tmpfs
-        else:
-            journal.drop(index)
 
 
 class Prepared:
@@ -207,75 +144,6 @@ def _release_stale_binds(prepared: Prepared, spec: Spec, ns: int, log: Any) -> N
         log.info("rebind", path=path, reason="the host's one was replaced", outcome=outcome)
 
 
-def bring_back_moved_dev(jail: Jail, log: Any, *, dry_run: bool = False) -> None:
-    """When the jail has no dev/, look for jailshim's dev/ under another name and rename it
-    back. The daemon's user may own the jail root and so rename dev/ (root's, but renaming
-    needs only the parent); the binds in it go along. Without this, teardown said "nothing to
-    undo" and exited 0 with the mounts still in the jail, and prepare made a second dev/ beside
-    them. Only the jail root's own entries are looked at: a root-owned directory whose record
-    file root wrote and trusts is jailshim's (nobody else can make one)."""
-    if _lstat(jail.fd, "dev") is not None:
-        return
-    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=jail.fd)
-    try:
-        with os.scandir(fd) as entries:
-            names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-    finally:
-        os.close(fd)
-    for name in sorted(names):
-        if name == state.NEW_DEV or not _holds_our_journal(jail, name):
-            continue
-        if dry_run:
-            log.warning("dev.moved", found=name, detail="would be renamed back to dev/")
-            return
-        try:
-            rename_into_place(jail.fd, name, "dev")
-        except OSError as exc:
-            log.warning("dev.moved", found=name, outcome=f"left: {exc.strerror}")
-            return
-        log.warning(
-            "dev.moved",
-            found=name,
-            outcome="renamed back to dev/",
-            detail="someone who can write the jail renamed jailshim's dev/; make the jail "
-            "root-owned to stop it",
-        )
-        return
-
-
-def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _holds_our_journal(jail: Jail, name: str) -> bool:
-    try:
-        fd = os.open(
-            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=jail.fd
-        )
-    except OSError:
-        return False
-    try:
-        return bool(state.load_records(fd, f"{jail.real}/{name}"))
-    except ConfigError:  # not trusted, or not a record: not ours to move
-        return False
-    finally:
-        os.close(fd)
-
-
-def check_paths(jail: Jail, records: list[Record]) -> None:
-    """Walk every directory the records name before acting on any: one through a symlink
-    (planted after prepare) refuses the whole run, not the middle of it. One that a user
-    other than root could move out of the jail is not refused here (that user could then
-    block every teardown by making such a directory at a recorded name): undo keeps each
-    record there, with the sentence that says why, and acts on none of them."""
-    for where in {r.where for r in records}:
-        fd, _missing = jail.walk(where)
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepared]:
     """Make ``spec.chroot``'s dev/ right (with ``spec.dry_run`` only print the plan), holding
@@ -285,12 +153,44 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
     its namespace; otherwise (`prepare`) mounts must outlive this process, see
     ``mounts_refused``.
     """
-    from jailshim.apply import Applier
     from jailshim.jail.powers import survey_powers
-    from jailshim.jail.survey import check_ownership, survey
-    from jailshim.plan import decide
 
     start = time.monotonic()
+    prepared = _locked(spec, log)
+    try:
+        dev_fd, ns, table = _journal_reconciled(prepared, spec, log)
+        powers = survey_powers()
+        plan = _decided(prepared, spec, dev_fd, table, powers)
+        vanish = False if then_exec else mounts_vanish_on_exit()
+        refused = mounts_refused(plan, vanish, log)
+        if spec.dry_run:
+            _print_plan(prepared, plan, refused, log)
+            prepared.first_new = len(prepared.journal.records)  # a rollback takes back nothing
+            yield prepared
+            return
+        prepared.first_new = len(prepared.journal.records)
+        if refused:
+            raise NotPermitted(refused)
+        created = _applied(prepared, plan, dev_fd, powers, ns=ns, vanish=vanish)
+        unchanged = [s.device.name for s in plan.steps if s.device.name not in created]
+        log.info(
+            "prepared",
+            created=created,
+            unchanged=unchanged,
+            tmpfs=plan.mount_tmpfs,
+            elapsed_ms=round((time.monotonic() - start) * 1000, 3),
+        )
+        try:
+            yield prepared
+        except KeyboardInterrupt:  # a stop signal during verification (stopsignals.Interrupted)
+            prepared.rollback()
+            raise
+    finally:
+        prepared.close()
+
+
+def _locked(spec: Spec, log: Any) -> Prepared:
+    """The jail opened by fd and locked; refused when its path could be swapped."""
     jail = Jail(spec.chroot)
     try:
         # jailshim works by fd, but the daemon chroot()s by the path: one another user can
@@ -306,117 +206,129 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
         raise
     prepared = Prepared(jail, lock, log)
     say_lock_ignored(lock, log)
-    try:
-        bring_back_moved_dev(jail, log, dry_run=spec.dry_run)
-        dev_fd = jail.open_dir("dev")
-        if dev_fd is not None:
-            prepared.fds.append(dev_fd)
-        for level, note in check_ownership(
-            jail, dev_fd, allow_writable=spec.allow_writable_jail, daemon=spec.identity
-        ):
-            log.log(20 if level == "info" else 30, "jail.writable", detail=note)
-        ns = state.mount_namespace()
+    return prepared
+
+
+def _journal_reconciled(
+    prepared: Prepared, spec: Spec, log: Any
+) -> tuple[int | None, int, mounts.MountTable]:
+    """Open dev/ and the journal; unless a dry run, finish what a killed run left and release
+    stale binds. Returns dev/'s fd (None: no dev/ yet), this mount namespace, the mount table."""
+    from jailshim.jail.survey import check_ownership
+
+    jail = prepared.jail
+    bring_back_moved_dev(jail, log, dry_run=spec.dry_run)
+    dev_fd = jail.open_dir("dev")
+    if dev_fd is not None:
+        prepared.fds.append(dev_fd)
+    for level, note in check_ownership(
+        jail, dev_fd, allow_writable=spec.allow_writable_jail, daemon=spec.identity
+    ):
+        log.log(20 if level == "info" else 30, "jail.writable", detail=note)
+    ns = state.mount_namespace()
+    table = mounts.read_mount_table()
+    prepared.journal = open_journal(jail, dev_fd, table, ns)
+    check_paths(jail, prepared.journal.records)
+    if not spec.dry_run:
+        with signals_deferred():
+            changed = _reconcile(prepared, ns, log)
         table = mounts.read_mount_table()
-        prepared.journal = open_journal(jail, dev_fd, table, ns)
-        check_paths(jail, prepared.journal.records)
-        if not spec.dry_run:
-            with signals_deferred():
-                changed = _reconcile(prepared, ns, log)
-            table = mounts.read_mount_table()
-            if changed:  # dev/ itself may have gone back (an unfinished mkdir): look again
-                dev_fd = jail.open_dir("dev")
-                if dev_fd is not None:
-                    prepared.fds.append(dev_fd)
-                prepared.journal = open_journal(jail, dev_fd, table, ns)
-            with signals_deferred():
-                _release_stale_binds(prepared, spec, ns, log)
-        placeholders = frozenset(
-            r.ino for r in prepared.journal.records if r.kind is Kind.PLACEHOLDER and r.done
-        )
-        powers = survey_powers()
-        facts = survey(
-            jail,
-            dev_fd,
-            spec.devices,
-            table,
-            powers,
-            sockets=spec.sockets,
-            placeholders=placeholders,
-            files=spec.files,
-            copies=frozenset(
-                (f"/{r.path}", r.ino)
-                for r in prepared.journal.records
-                if r.kind is Kind.COPY and r.done
-            ),
-            notify=spec.notify_socket,
-        )
-        plan = decide(
-            facts, spec.devices, spec.strategy, repair=spec.repair, file_mode=spec.file_mode
-        )
-        vanish = False if then_exec else mounts_vanish_on_exit()
-        refused = mounts_refused(plan, vanish, log)
-        if spec.dry_run:
-            unfinished = [describe(r) for r in prepared.journal.records if not r.done]
-            text = plan.render()
-            if unfinished:
-                text = f"first undo what a killed run left: {', '.join(unfinished)}\n{text}"
-            if refused:
-                text += f"\nrefused: {refused}"
-            sys.stdout.write(text + "\n")
-            log.info("plan", dry_run=True, changes=plan.changes_anything or bool(unfinished))
-            if refused:
-                raise NotPermitted(refused)
-            prepared.first_new = len(prepared.journal.records)  # a rollback takes back nothing
-            yield prepared
-            return
-        prepared.first_new = len(prepared.journal.records)
-        if refused:
-            raise NotPermitted(refused)
-        applier = Applier(jail, dev_fd, prepared.journal, powers, ns=ns, log=log)
-        # The ladder may still fall from mknod to bind at run time: refuse that too.
-        applier.mounts_refused = _MOUNTS_VANISH if vanish else ""
-        try:
-            with signals_deferred():
-                applier.apply(plan)
-                _dev_still_there(jail, applier.dev_fd)
-                _adopt_inherited_binds(prepared.journal, plan, ns)
-                _hold(prepared.journal, ns)
-        except OSError as exc:
-            prepared.rollback()
-            full = state.disk_full(exc)
-            if full:  # a mkdir, placeholder or node on a full disk read "Preparing …/dev failed"
-                raise PrepareOSError(
-                    f"The jail {jail.real} cannot take what jailshim makes there: {full} "
-                    f"({describe_errno(exc.errno or 0)}); what this run made is taken back: "
-                    "free space (or inodes) on that filesystem, then run again.",
-                    errno=exc.errno,
-                ) from None
-            raise PrepareOSError(
-                f"Preparing {jail.real} failed: {exc.strerror or exc} "
-                f"({describe_errno(exc.errno or 0)}); nothing was left half-made.",
+        if changed:  # dev/ itself may have gone back (an unfinished mkdir): look again
+            dev_fd = jail.open_dir("dev")
+            if dev_fd is not None:
+                prepared.fds.append(dev_fd)
+            prepared.journal = open_journal(jail, dev_fd, table, ns)
+        with signals_deferred():
+            _release_stale_binds(prepared, spec, ns, log)
+    return dev_fd, ns, table
+
+
+def _decided(
+    prepared: Prepared,
+    spec: Spec,
+    dev_fd: int | None,
+    table: mounts.MountTable,
+    powers: Powers,
+) -> Plan:
+    """Survey the jail (read only) and decide the plan."""
+    from jailshim.jail.survey import survey
+    from jailshim.plan import decide
+
+    records = prepared.journal.records
+    facts = survey(
+        prepared.jail,
+        dev_fd,
+        spec.devices,
+        table,
+        powers,
+        sockets=spec.sockets,
+        placeholders=frozenset(r.ino for r in records if r.kind is Kind.PLACEHOLDER and r.done),
+        files=spec.files,
+        copies=frozenset((f"/{r.path}", r.ino) for r in records if r.kind is Kind.COPY and r.done),
+        notify=spec.notify_socket,
+    )
+    return decide(facts, spec.devices, spec.strategy, repair=spec.repair, file_mode=spec.file_mode)
+
+
+def _print_plan(prepared: Prepared, plan: Plan, refused: str, log: Any) -> None:
+    """--dry-run: the plan on stdout, after what a killed run left; a refusal still refuses."""
+    unfinished = [describe(r) for r in prepared.journal.records if not r.done]
+    text = plan.render()
+    if unfinished:
+        text = f"first undo what a killed run left: {', '.join(unfinished)}\n{text}"
+    if refused:
+        text += f"\nrefused: {refused}"
+    sys.stdout.write(text + "\n")
+    log.info("plan", dry_run=True, changes=plan.changes_anything or bool(unfinished))
+    if refused:
+        raise NotPermitted(refused)
+
+
+def _applied(
+    prepared: Prepared,
+    plan: Plan,
+    dev_fd: int | None,
+    powers: Powers,
+    *,
+    ns: int,
+    vanish: bool | None,
+) -> list[str]:
+    """Carry the plan out, journaled; any failure takes back this run's records. Returns the
+    names of the devices made."""
+    from jailshim.apply import Applier
+
+    jail, log = prepared.jail, prepared.log
+    applier = Applier(jail, dev_fd, prepared.journal, powers, ns=ns, log=log)
+    # The ladder may still fall from mknod to bind at run time: refuse that too.
+    applier.mounts_refused = _MOUNTS_VANISH if vanish else ""
+    try:
+        with signals_deferred():
+            applier.apply(plan)
+            _dev_still_there(jail, applier.dev_fd)
+            _adopt_inherited_binds(prepared.journal, plan, ns)
+            _hold(prepared.journal, ns)
+    except OSError as exc:
+        prepared.rollback()
+        full = state.disk_full(exc)
+        if full:  # a mkdir, placeholder or node on a full disk read "Preparing …/dev failed"
+            raise SystemRefused(
+                f"The jail {jail.real} cannot take what jailshim makes there: {full} "
+                f"({describe_errno(exc.errno or 0)}); what this run made is taken back: "
+                "free space (or inodes) on that filesystem, then run again.",
                 errno=exc.errno,
             ) from None
-        except BaseException:  # a refused step, a stop signal, a bug: still undo
-            prepared.rollback()
-            raise
-        finally:
-            prepared.fds.extend(applier.opened)
-            applier.opened.clear()
-        unchanged = [s.device.name for s in plan.steps if s.device.name not in applier.created]
-        log.info(
-            "prepared",
-            created=applier.created,
-            unchanged=unchanged,
-            tmpfs=plan.mount_tmpfs,
-            elapsed_ms=round((time.monotonic() - start) * 1000, 3),
-        )
-        try:
-            yield prepared
-        except KeyboardInterrupt:  # a stop signal during verification (stopsignals.Interrupted)
-            prepared.rollback()
-            raise
+        raise SystemRefused(
+            f"Preparing {jail.real} failed: {exc.strerror or exc} "
+            f"({describe_errno(exc.errno or 0)}); nothing was left half-made.",
+            errno=exc.errno,
+        ) from None
+    except BaseException:  # a refused step, a stop signal, a bug: still undo
+        prepared.rollback()
+        raise
     finally:
-        prepared.close()
+        prepared.fds.extend(applier.opened)
+        applier.opened.clear()
+    return applier.created
 
 
 _MOUNTS_VANISH = (
@@ -518,16 +430,6 @@ def _adopt_inherited_binds(journal: Journal, plan: Plan, ns: int) -> None:
                 pidns=pid_namespace(),
                 done=True,
             ),
-        )
-
-
-def say_lock_ignored(lock: JailLock, log: Any) -> None:
-    if lock.ignored:
-        log.warning(
-            "lock.ignored",
-            holder=lock.ignored,
-            detail="a process that is not root's holds a lock on the jail directory; it was "
-            "ignored (only root's jailshim counts, or any user could stop the daemon's start)",
         )
 
 

@@ -25,7 +25,7 @@ import stat
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from jailshim.errors import ConfigError, PrepareOSError
+from jailshim.errors import ConfigError, SystemRefused
 from jailshim.files import OWN_PREFIX
 from jailshim.jail.safepath import writable_by_non_root
 
@@ -245,7 +245,7 @@ def disk_full(exc: OSError) -> str:
     return _FULL.get(exc.errno or 0, "")
 
 
-class JournalUnwritable(PrepareOSError):
+class JournalUnwritable(SystemRefused):
     """The journal could not be rewritten (a full disk, mostly); its temporary is gone."""
 
 
@@ -346,14 +346,3 @@ class Journal:
         del self.records[index]
         with contextlib.suppress(JournalUnwritable):
             self._save()
-
-    def move_to(self, dir_fd: int) -> None:
-        """Keep the records in another directory from now on (a new dev/, the tmpfs)."""
-        self.dir_fd = dir_fd
-        self._save()
-
-    def index_of(self, record: Record) -> int:
-        for i in range(len(self.records) - 1, -1, -1):
-            if self.records[i] is record:
-                return i
-        raise ValueError("record not in the journal")

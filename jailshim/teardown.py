@@ -18,15 +18,15 @@ from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import namespace_alive
 from jailshim.jail.safepath import Jail
 from jailshim.jail.undo import describe, sweep_new_dev
-from jailshim.prepare import (
+from jailshim.records import (
     bring_back_moved_dev,
     check_paths,
     open_journal,
     say_lock_ignored,
-    signals_deferred,
     undo_records,
 )
 from jailshim.state import STATE_NAME, Record, mount_namespace
+from jailshim.stopsignals import signals_deferred
 
 __all__ = ["teardown"]
 

@@ -209,3 +209,38 @@ def test_a_directory_that_cannot_be_listed_is_a_config_error(area: Path) -> None
     assert proc.returncode == 78, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"directory {conf} cannot be listed" in json.loads(proc.stderr)["error"]
+
+
+_MODULES_AFTER_READ = """
+import json, sys
+from jailshim.daemons.haproxy import ADAPTER
+ADAPTER.read(["/nonexistent/haproxy", "-f", sys.argv[1]], {})
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("jailshim.daemons.haproxy."))))
+"""
+
+
+def _haproxy_modules_after_read(config: Path) -> list[str]:
+    """The haproxy package's modules a fresh interpreter has loaded after the adapter read
+    ``config`` (a process of its own: this one has imported them all)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _MODULES_AFTER_READ, str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [m.rsplit(".", 1)[1] for m in json.loads(proc.stdout)]
+
+
+def test_a_config_without_if_never_imports_the_conditions(tmp_path: Path) -> None:
+    """The adapter runs at every start of haproxy: the `.if` parser and `haproxy -vv` facts
+    are loaded for a configuration that has a `.if`, and only then (start-up time)."""
+    plain = tmp_path / "plain.cfg"
+    plain.write_text("global\n  chroot /j\n  log /dev/log local0\nfrontend f\n  bind :80\n")
+    loaded = _haproxy_modules_after_read(plain)
+    assert "conditions" not in loaded
+    assert "facts" not in loaded
+    assert "checker" not in loaded  # only `haproxy -c` needs it
+    assert {"config", "tokenizer"} <= set(loaded)
+    conditional = tmp_path / "if.cfg"
+    conditional.write_text("global\n.if streq(a,a)\n  chroot /j\n.endif\n")
+    assert {"conditions", "facts"} <= set(_haproxy_modules_after_read(conditional))

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from jailshim.daemons.haproxy import Facts, binary_facts, parse_config
+from jailshim.daemons.haproxy import Facts, binary_facts, haproxy_targets, parse_config
 from jailshim.errors import ConfigError
-from jailshim.verify.network import haproxy_targets
 from tests.support import need
 
 CONFIGS = int(os.environ.get("JAILSHIM_DIFF_CONFIGS", "2300"))

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from jailshim.daemons.haproxy import parse_config
+from jailshim.daemons.haproxy import haproxy_targets, parse_config
 from jailshim.errors import UsageError
-from jailshim.verify.network import AddressFacts, haproxy_targets, judge_address, parse_wait_addr
+from jailshim.verify.netlink import AddressFacts, judge_address
+from jailshim.verify.network import parse_wait_addr
 from tests.daemons import stop, write_haproxy_config
 from tests.support import Result, assert_ran, clean_env, jailshim_argv, need, run, spawn
 

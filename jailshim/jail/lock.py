@@ -29,7 +29,7 @@ import stat
 import time
 from types import TracebackType
 
-from jailshim.errors import PrepareOSError
+from jailshim.errors import SystemRefused
 
 __all__ = ["JailLock", "LockTimeout"]
 
@@ -37,7 +37,7 @@ _POLL = 0.02
 _LOCK_DIR = "/run/jailshim/locks"
 
 
-class LockTimeout(PrepareOSError):
+class LockTimeout(SystemRefused):
     """Another jailshim kept the jail's lock for the whole budget."""
 
 

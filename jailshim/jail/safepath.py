@@ -27,6 +27,7 @@ __all__ = [
     "exchange",
     "holder",
     "inspect_entry",
+    "lstat_at",
     "movable_out",
     "name_swappable",
     "owner_name",
@@ -44,6 +45,14 @@ OPEN_TRIAL = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CL
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
+
+
+def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    """``name`` in ``dir_fd``, not followed if a symlink; None when there is none."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def _renameat2(dir_fd: int, src: str, dst: str, flags: int) -> None:

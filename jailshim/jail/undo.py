@@ -16,7 +16,7 @@ import stat
 
 from jailshim import state
 from jailshim.jail import mounts
-from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail, exchange, rename_into_place
+from jailshim.jail.safepath import O_PATH_NOFOLLOW, Jail, exchange, lstat_at, rename_into_place
 from jailshim.state import Kind, Record
 
 __all__ = ["KEPT", "UNPROVEN", "describe", "sweep_new_dev", "undo"]
@@ -34,13 +34,6 @@ def describe(record: Record) -> str:
         Kind.HOLDER: "release the hold on {}",
         Kind.COPY: "remove the copy {}",
     }[record.kind].format(record.path)
-
-
-def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
 
 
 def _ours(record: Record, st: os.stat_result | None, *, at_tmp: bool) -> bool:
@@ -62,10 +55,10 @@ def _ours(record: Record, st: os.stat_result | None, *, at_tmp: bool) -> bool:
 def _remove_made(dir_fd: int, record: Record) -> str:
     """MKNOD and PLACEHOLDER: unlink the inode at its temporary or final name."""
     for name, at_tmp in ((record.tmp, True), (record.name, False)):
-        if _ours(record, _lstat(dir_fd, name), at_tmp=at_tmp):
+        if _ours(record, lstat_at(dir_fd, name), at_tmp=at_tmp):
             os.unlink(name, dir_fd=dir_fd)
             return "removed" + (" (from its temporary name)" if at_tmp else "")
-    if record.ino and _lstat(dir_fd, record.name) is not None:
+    if record.ino and lstat_at(dir_fd, record.name) is not None:
         return "left: changed since prepare"
     return "already gone"
 
@@ -73,7 +66,7 @@ def _remove_made(dir_fd: int, record: Record) -> str:
 def _remove_copy(dir_fd: int, record: Record) -> str:
     """COPY: unlink the file jailshim wrote, at its temporary or final name. A refresh killed
     after its exchange puts the copy it replaced back first: the jail keeps a whole file."""
-    at_tmp, at_name = _lstat(dir_fd, record.tmp), _lstat(dir_fd, record.name)
+    at_tmp, at_name = lstat_at(dir_fd, record.tmp), lstat_at(dir_fd, record.name)
 
     def written(st: os.stat_result | None, *, at_tmp: bool) -> bool:
         # root's: the daemon's user's own file may have got the freed inode number (_ours)
@@ -186,13 +179,13 @@ def _unbind(dir_fd: int, record: Record) -> str:
 
 
 def _restore(dir_fd: int, record: Record) -> str:
-    aside = _lstat(dir_fd, record.aside)
+    aside = lstat_at(dir_fd, record.aside)
     if aside is None or (record.ino and aside.st_ino != record.ino):
-        at_name = _lstat(dir_fd, record.name)
+        at_name = lstat_at(dir_fd, record.name)
         if at_name is not None and at_name.st_ino == record.ino:
             return "never moved"
         return "left: the entry moved aside is gone"
-    if _lstat(dir_fd, record.name) is not None:
+    if lstat_at(dir_fd, record.name) is not None:
         return f"left at {record.where}/{record.aside}: {record.name} exists again"
     try:
         rename_into_place(dir_fd, record.aside, record.name)
@@ -204,7 +197,7 @@ def _restore(dir_fd: int, record: Record) -> str:
 def _remove_dev(jail: Jail, record: Record) -> str:
     """dev/ itself goes back to its temporary name first, so that a kill while emptying it
     leaves a name sweep_new_dev recognises, never an unrecorded empty dev/."""
-    st = _lstat(jail.fd, "dev")
+    st = lstat_at(jail.fd, "dev")
     if st is not None and stat.S_ISDIR(st.st_mode) and (st.st_ino == record.ino or not record.ino):
         fd = os.open("dev", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=jail.fd)
         try:
@@ -213,7 +206,7 @@ def _remove_dev(jail: Jail, record: Record) -> str:
             os.close(fd)
         if others:
             return f"left: not empty ({', '.join(sorted(others)[:5])})"
-        if _lstat(jail.fd, state.NEW_DEV) is not None:
+        if lstat_at(jail.fd, state.NEW_DEV) is not None:
             return "left: a leftover temporary dev/ is in the way"
         try:
             rename_into_place(jail.fd, "dev", state.NEW_DEV)
@@ -227,7 +220,7 @@ def _remove_dev(jail: Jail, record: Record) -> str:
 def sweep_new_dev(jail: Jail) -> str:
     """Remove the temporary dev/ a killed prepare or teardown left: it holds at most jailshim's
     own record files (root-owned regular files), and is removed only then."""
-    st = _lstat(jail.fd, state.NEW_DEV)
+    st = lstat_at(jail.fd, state.NEW_DEV)
     if st is None:
         return ""
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
@@ -235,7 +228,7 @@ def sweep_new_dev(jail: Jail) -> str:
     fd = os.open(state.NEW_DEV, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=jail.fd)
     try:
         for name in os.listdir(fd):
-            entry = _lstat(fd, name)
+            entry = lstat_at(fd, name)
             if (
                 name.startswith(state.STATE_NAME)
                 and entry is not None
@@ -253,7 +246,7 @@ def sweep_new_dev(jail: Jail) -> str:
 
 
 def _rmdir(dir_fd: int, record: Record) -> str:
-    st = _lstat(dir_fd, record.name)
+    st = lstat_at(dir_fd, record.name)
     if st is None:
         return "already gone"
     # before its inode was recorded: only a directory root made (not the daemon's user's own,

@@ -20,7 +20,6 @@ __all__ = [
     "MappedFile",
     "Recovery",
     "classify",
-    "family_of_version",
     "from_loader_list",
     "load_refusal",
     "mapped_files",
@@ -106,10 +105,6 @@ def version_in(data: bytes) -> str:
 def short_version(version: str) -> str:
     """ "OpenSSL 1.1.1r  8 Feb 2022" -> "OpenSSL 1.1.1r"; "GnuTLS 3.7.9" stays."""
     return " ".join(version.split()[:2])
-
-
-def family_of_version(version: str) -> str:
-    return version.split(" ", 1)[0] if version.startswith((OPENSSL, GNUTLS)) else ""
 
 
 def _libs(paths: list[str]) -> list[CryptoLib]:
