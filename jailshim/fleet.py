@@ -183,8 +183,24 @@ class _Found(NamedTuple):
 
 def discover() -> _Found:
     """Every chrooted process, and the parents of those whose parent is not chrooted."""
-    me = os.getpid()
     pids = sorted(int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
+    plain, candidates, refused = _roots_of(pids, os.getpid())
+    unreadable = _unreadable(refused, plain) if refused else 0
+    notes: list[str] = []
+    found = _procs_of(candidates, notes)
+    roots = _namespace_roots({p.namespace for p in found}, plain)
+    chrooted = [p for p in found if roots.get(p.namespace) != p.root_id]
+    for p in found:
+        if roots.get(p.namespace) == p.root_id:
+            notes.append(
+                f"PID {p.pid} {p.name}: its root {p.root} is its mount namespace's own root "
+                "(reached by another path): not a jail"
+            )
+    return _Found(chrooted, _parents_of(chrooted), notes, len(pids), unreadable)
+
+
+def _roots_of(pids: Sequence[int], me: int) -> tuple[list[int], list[tuple[int, str]], list[int]]:
+    """(PIDs whose root reads "/", (PID, root) of the others, PIDs whose root is refused)."""
     plain: list[int] = []
     candidates: list[tuple[int, str]] = []
     refused: list[int] = []
@@ -202,29 +218,28 @@ def discover() -> _Found:
             plain.append(pid)
         else:
             candidates.append((pid, root))
-    unreadable = _unreadable(refused, plain) if refused else 0
-    notes: list[str] = []
+    return plain, candidates, refused
+
+
+def _procs_of(candidates: Sequence[tuple[int, str]], notes: list[str]) -> list[Proc]:
+    """The facts of each candidate; one that exits while it is read is skipped with a note."""
     found: list[Proc] = []
     for pid, root in candidates:
         try:
             name, ppid, started = _stat(pid)
             namespace = _namespace(pid)
+            root_id = _root_identity(pid)
         except (OSError, IndexError, ValueError):
-            notes.append(f"PID {pid} (chrooted at {root}) exited during the scan: skipped")
-            continue
-        root_id = _root_identity(pid)
+            root_id = None
         if root_id is None:
             notes.append(f"PID {pid} (chrooted at {root}) exited during the scan: skipped")
             continue
         found.append(Proc(pid, ppid, name, root, namespace, root_id, started))
-    roots = _namespace_roots({p.namespace for p in found}, plain)
-    chrooted = [p for p in found if roots.get(p.namespace) != p.root_id]
-    for p in found:
-        if roots.get(p.namespace) == p.root_id:
-            notes.append(
-                f"PID {p.pid} {p.name}: its root {p.root} is its mount namespace's own root "
-                "(reached by another path): not a jail"
-            )
+    return found
+
+
+def _parents_of(chrooted: Sequence[Proc]) -> dict[int, Parent]:
+    """The parents of chrooted processes that are not chrooted themselves (haproxy's master)."""
     inside = {p.pid for p in chrooted}
     parents: dict[int, Parent] = {}
     for p in chrooted:
@@ -234,7 +249,7 @@ def discover() -> _Found:
             parents[p.ppid] = Parent(_stat(p.ppid)[0], os.readlink(f"/proc/{p.ppid}/root") != "/")
         except (OSError, IndexError, ValueError):
             continue
-    return _Found(chrooted, parents, notes, len(pids), unreadable)
+    return parents
 
 
 def _namespace_roots(wanted: set[Identity], plain: Sequence[int]) -> dict[Identity, Identity]:
@@ -660,30 +675,18 @@ def doctor_all(
         fmt = "table" if on_terminal and not output else "json"
     try:
         result = scan(devices, log, names=names, read_filter=read_filter)
-    except JailshimError as exc:
-        if nagios:
-            return _say(formats.nagios_unknown(exc.sentence), UNKNOWN)
-        raise
-    except OSError as exc:
-        if nagios:
-            return _say(
-                formats.nagios_unknown(f"the scan of /proc failed: {exc.strerror}"), UNKNOWN
-            )
-        raise
+    except (JailshimError, OSError) as exc:
+        if not nagios:
+            raise
+        failed = (
+            exc.sentence
+            if isinstance(exc, JailshimError)
+            else f"the scan of /proc failed: {exc.strerror}"
+        )
+        return _say(formats.nagios_unknown(failed), UNKNOWN)
     # A person reading the table is not shown the same daemons again as log events (issue 26)
     table = fmt == "table" and not output
-    for j in result.judged:
-        log.log(
-            10 if table else 20 if j.verdict == "safe" else 40,
-            "doctor.all",
-            pid=j.daemon.pids[0],
-            name=j.daemon.name,
-            jail=j.daemon.root,
-            verdict=j.verdict,
-            detail=j.words,
-        )
-    for note in result.notes:
-        log.log(10 if table else 20, "doctor.skipped", detail=note)
+    _log_scan(result, log, table=table)
     if nagios:
         line, code = formats.nagios(result)
         return _say(line, code)
@@ -698,6 +701,31 @@ def doctor_all(
         _say(text)
     if fmt == "prometheus":
         return 0
+    return _exit_for(result, log, table=table)
+
+
+def _log_scan(result: Scan, log: Any, *, table: bool) -> None:
+    """One event per daemon and per skipped process; at debug under a table on screen."""
+    import logging
+
+    for j in result.judged:
+        quiet = logging.INFO if j.verdict == "safe" else logging.ERROR
+        log.log(
+            logging.DEBUG if table else quiet,
+            "doctor.all",
+            pid=j.daemon.pids[0],
+            name=j.daemon.name,
+            jail=j.daemon.root,
+            verdict=j.verdict,
+            detail=j.words,
+        )
+    for note in result.notes:
+        log.log(logging.DEBUG if table else logging.INFO, "doctor.skipped", detail=note)
+
+
+def _exit_for(result: Scan, log: Any, *, table: bool) -> int:
+    """doctor's exit code for the worst verdict (unreadable processes: cannot tell); raised as
+    its failure, or only logged at debug when the table on screen already says it."""
     from jailshim.verify.entropy import worst_verdict
     from jailshim.verify.verdict import Verdict
 
