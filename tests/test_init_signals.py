@@ -86,6 +86,9 @@ def _running(
         stderr=subprocess.PIPE,
         text=True,
         env=env or clean_env(),
+        # its own process group, never orphaned (see test_init_peers._recorder): the kernel
+        # discards a job stop in an orphaned group, and the supervisor's own stop is tested
+        process_group=0,
     )
     try:
         assert _wait_for(lambda: out.exists() and "ready" in out.read_text(), 60)
