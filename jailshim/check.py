@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from jailshim.errors import CheckFailed
 from jailshim.jail.safepath import Jail
+from jailshim.options import DEFAULT_TIMEOUT
 from jailshim.spec import Spec
 from jailshim.verify.findings import Finding, render_table
 from jailshim.verify.needs import Needs
@@ -15,10 +16,11 @@ from jailshim.verify.retry import Outcome, verify_with_retries
 
 if TYPE_CHECKING:
     from jailshim.daemons import PendingCheck
+    from jailshim.options import JailOptions
+    from jailshim.spec import WaitTarget
     from jailshim.verify.entropy import ProbeEntropy
-    from jailshim.verify.network import WaitTarget
 
-__all__ = ["check", "judge_probe", "prepare_and_verify", "report", "start_probe"]
+__all__ = ["check", "check_network", "judge_probe", "prepare_and_verify", "report", "start_probe"]
 
 
 def report(outcome: Outcome, log: Any) -> list[Finding]:
@@ -154,7 +156,7 @@ def check(
     *,
     targets: tuple[WaitTarget, ...] = (),
     ensure_loopback: bool = False,
-    timeout: float = 30.0,
+    timeout: float = DEFAULT_TIMEOUT,
     first: Probe | None = None,
 ) -> list[Finding]:
     """The jail probe (when there is a jail) and network readiness, retried, then reported.
@@ -196,3 +198,16 @@ def check(
         return findings
 
     return report(verify_with_retries(attempt, timeout, log), log)
+
+
+def check_network(options: JailOptions, log: Any, targets: tuple[WaitTarget, ...]) -> list[Finding]:
+    """Network readiness alone, when there is no jail: ``targets`` (specs.wait_targets_of:
+    --wait-addr and the daemon's own bind addresses), retried within --timeout (check without
+    --chroot, and run when neither --chroot nor the daemon's config names a jail)."""
+    return check(
+        None,
+        log,
+        targets=targets,
+        ensure_loopback=options.ensure_loopback,
+        timeout=options.timeout,
+    )

@@ -112,6 +112,8 @@ def said(source: str, value: object) -> str:
     ``JAILSHIM_USER='x'``, ``'x' from the daemon's config (user)``."""
     if source.startswith("--"):
         return f"{source} {value!r}"
-    if source.startswith("JAILSHIM_"):
+    from jailshim.options import ENV_PREFIX
+
+    if source.startswith(ENV_PREFIX):
         return f"{source}={value!r}"
     return f"{value!r} from {source}"

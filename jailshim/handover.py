@@ -40,7 +40,9 @@ PR_SET_PDEATHSIG = 1
 
 def clean_environment() -> dict[str, str]:
     """The environment for the daemon: everything but jailshim's own JAILSHIM_* variables."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("JAILSHIM_")}
+    from jailshim.options import ENV_PREFIX
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
 
 
 def default_signals(keep: tuple[list[int], list[int]] | None = None) -> None:

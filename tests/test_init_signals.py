@@ -21,6 +21,7 @@ import pytest
 
 from jailshim.cli import parse_args
 from jailshim.errors import UsageError
+from jailshim.options import RunOptions
 from jailshim.supervisor import FORWARDED, JOB_STOPS, STOPPING
 from tests.daemons import children, stop
 from tests.support import TESTS, clean_env, jailshim_argv, need
@@ -405,10 +406,13 @@ def test_new_init_options_parsed_with_their_variables() -> None:
         ["run", "--init", "--", "true"],
         {"JAILSHIM_STOP_DELAY": "2.5", "JAILSHIM_PDEATH_SIGNAL": "rtmin+2"},
     )
+    assert isinstance(args, RunOptions)
     assert args.stop_delay == 2.5 and args.pdeath_signal == signal.SIGRTMIN + 2
     args = parse_args(["run", "--init", "--rewrite-signal", "ALRM:USR1", "--", "true"], {})
+    assert isinstance(args, RunOptions)
     assert args.rewrite_signal == ((signal.SIGALRM, signal.SIGUSR1),)
     args = parse_args(["run", "--inherited-signals", "keep", "--", "true"], {})
+    assert isinstance(args, RunOptions)
     assert args.inherited_signals == "keep"
     for argv, env, words in (
         (["run", "--stop-delay", "1", "--", "true"], {}, "--stop-delay applies only with --init"),

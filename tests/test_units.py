@@ -26,6 +26,13 @@ from jailshim.errors import (
 )
 from jailshim.jail.mounts import MountTable, parse_mountinfo
 from jailshim.jail.powers import decide_powers, parse_effective_caps
+from jailshim.options import (
+    CheckOptions,
+    DoctorOptions,
+    PrepareOptions,
+    RunOptions,
+    TeardownOptions,
+)
 
 MOUNTINFO = (
     "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
@@ -120,10 +127,14 @@ def test_environment_fills_unset_options_and_flags_win() -> None:
         "JAILSHIM_STRATEGY": "bind",
     }
     args = parse_args(["prepare"], env)
-    assert args.chroot == "/from/env" and args.device == ["zero", "null"]
+    assert isinstance(args, PrepareOptions)
+    assert args.chroot == "/from/env" and args.device == ("zero", "null")
     assert args.dry_run is True and args.timeout == 5.0 and args.strategy == "bind"
     args = parse_args(["prepare", "--chroot", "/flag", "--device", "tty"], env)
-    assert args.chroot == "/flag" and args.device == ["tty"]
+    assert isinstance(args, PrepareOptions)
+    assert args.chroot == "/flag" and args.device == ("tty",)
+    assert args.origin("chroot") == "--chroot" and args.origin("device") == "--device"
+    assert args.origin("timeout") == "JAILSHIM_TIMEOUT" and args.origin("user") == "--user"
     with pytest.raises(UsageError, match="JAILSHIM_STRATEGY"):
         parse_args(["prepare"], {"JAILSHIM_STRATEGY": "magic"})
     with pytest.raises(UsageError, match="yes/no"):
@@ -141,9 +152,10 @@ def test_each_command_takes_only_its_own_options() -> None:
         parse_args(["teardown", "--user", "nobody"], {})
     env = {"JAILSHIM_INIT": "maybe", "JAILSHIM_STRATEGY": "magic", "JAILSHIM_KILL_GROUP": "x"}
     args = parse_args(["teardown", "--chroot", "/j", "--dry-run"], env)
-    assert args.init is None and args.strategy is None and args.kill_group is None
-    assert args.dry_run is True
-    assert parse_args(["doctor", "--pid", "1"], env).pid == 1
+    assert isinstance(args, TeardownOptions) and args.dry_run is True
+    assert set(args.origins) == {"chroot", "dry_run"}  # the variables of others: not read
+    doctor = parse_args(["doctor", "--pid", "1"], env)
+    assert isinstance(doctor, DoctorOptions) and doctor.pids == (1,)
 
 
 def test_values_from_the_environment_are_named_as_variables() -> None:
@@ -161,13 +173,15 @@ def test_absurd_retry_budgets_are_refused(budget: str) -> None:
     """--timeout must be finite, positive and at most a day (86400 s)."""
     with pytest.raises(UsageError, match="at most 86400"):
         parse_args(["check", f"--timeout={budget}"], {})
-    assert parse_args(["check", "--timeout", "86400"], {}).timeout == 86400.0
+    checked = parse_args(["check", "--timeout", "86400"], {})
+    assert isinstance(checked, CheckOptions) and checked.timeout == 86400.0
 
 
 def test_run_takes_the_command_after_double_dash() -> None:
     """Everything after -- is the daemon's argv, untouched."""
     args = parse_args(["run", "--chroot", "/j", "--", "haproxy", "-f", "/x", "--chroot"], {})
-    assert args.argv == ["haproxy", "-f", "/x", "--chroot"]
+    assert isinstance(args, RunOptions)
+    assert args.argv == ("haproxy", "-f", "/x", "--chroot")
 
 
 def test_json_logs_when_not_a_tty() -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from jailshim.errors import UsageError
+from jailshim.spec import WaitTarget  # re-exported: it was defined here
 from jailshim.verify.findings import Finding
 
 __all__ = [
@@ -47,18 +48,6 @@ _IP_PREFIXES = (
     "quic4@",
     "quic6@",
 )
-
-
-class WaitTarget(NamedTuple):
-    """An IP address the daemon binds, and where we learnt it."""
-
-    ip: str
-    source: str  # "--wait-addr" or "haproxy.cfg:12"
-    transparent: bool = False  # the daemon binds with IP_TRANSPARENT: no need to wait
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.ip else socket.AF_INET
 
 
 def _ip(text: str, *, has_port: bool = False) -> str | None:
