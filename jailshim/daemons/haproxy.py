@@ -20,7 +20,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from jailshim.daemons import Adapter, DaemonConfig, PendingCheck
+from jailshim.daemons import Adapter, DaemonPlan, PendingCheck
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -892,7 +892,7 @@ class _Haproxy(Adapter):
 
     name = "haproxy"
 
-    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         # .if predicates (feature(), version_atleast()) ask the binary that will run: argv[0]
         config = read_config(config_files(argv), env, binary=argv[0])
         from jailshim.verify.network import haproxy_targets
@@ -904,13 +904,13 @@ class _Haproxy(Adapter):
             # only then is the version asked: `haproxy -vv` is a process of its own
             version = binary_facts(argv[0]).version if change_dir is not None else "0"
             jail = jail_of(jail, os.getcwd(), change_dir, version)
-        return DaemonConfig(
+        return DaemonPlan(
             files=config.files,
-            jail=jail,
+            chroot=jail,
             user=config.user,
             group=config.group,
-            log_sockets=config.log_sockets,
-            targets=tuple(targets),
+            sockets=config.log_sockets,
+            wait_targets=tuple(targets),
             notes=(*config.notes, *notes),
         )
 
@@ -923,7 +923,7 @@ class _Haproxy(Adapter):
     def config_argv(self, command: str, path: str) -> list[str]:
         return [command, "-f", path]
 
-    def identity(self, identity: Identity, config: DaemonConfig, *, group_given: bool) -> Identity:
+    def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
         return identity_as_set(identity, group_given=group_given)
 
 
