@@ -41,12 +41,6 @@ __all__ = ["main", "parse_args"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-# The stop signals that came ignored: jailshim catches them until the hand-over, which gives
-# them back ignored with --inherited-signals keep.
-IGNORED_AT_START: set[int] = set()
-# Who started us, read before the jail is prepared: --pdeath-signal is set only at the hand-over,
-# and a starter that died meanwhile must still be noticed (getppid() then names the reaper).
-PARENT_AT_START = os.getppid()
 
 RUN, PREPARE, CHECK, TEARDOWN, DOCTOR, EXPLAIN = (
     "run",
@@ -842,9 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _standard_streams()
     from jailshim import log
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        if signal.signal(sig, stopsignals.interrupt) == signal.SIG_IGN:
-            IGNORED_AT_START.add(sig)  # for --inherited-signals keep
+    stopsignals.catch_at_start()
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # as git does: the usage, on stderr
         sys.stderr.write(_build_parser().format_help())

@@ -70,7 +70,7 @@ def inherited_signals() -> tuple[list[int], list[int]]:
     whether they came ignored cannot be known; they are given back at their default."""
     import signal
 
-    from jailshim import cli
+    from jailshim.stopsignals import IGNORED_AT_START
 
     ignored = {
         sig
@@ -78,7 +78,7 @@ def inherited_signals() -> tuple[list[int], list[int]]:
         if sig not in (signal.SIGPIPE, signal.SIGXFSZ)
         and _quiet_getsignal(sig) is signal.Handlers.SIG_IGN
     }
-    ignored |= cli.IGNORED_AT_START  # jailshim catches these itself until the hand-over
+    ignored |= IGNORED_AT_START  # jailshim catches these itself until the hand-over
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     return sorted(ignored), sorted(int(s) for s in blocked)
 
@@ -211,9 +211,9 @@ def supervise(
         # ends (it survives the exec), and the supervisor forwards it like any other. Set
         # while blocked, then checked: a starter gone since jailshim started (while the jail
         # was prepared) is told at once, not never.
-        from jailshim.cli import PARENT_AT_START
+        from jailshim.stopsignals import parent_at_start
 
         libc.prctl(PR_SET_PDEATHSIG, stop.pdeath_signal, 0, 0, 0)
-        if os.getppid() != PARENT_AT_START:
+        if os.getppid() != parent_at_start():
             os.kill(os.getpid(), stop.pdeath_signal)
     os.execve(sys.executable, lean, environment)
