@@ -25,9 +25,9 @@ from jailshim.errors import (
     exit_code_for,
     said,
 )
+from jailshim.logs import LogModule
 from jailshim.options import (
     ENV_PREFIX,
-    MAX_TIMEOUT,
     CheckOptions,
     DoctorOptions,
     ExplainOptions,
@@ -499,18 +499,6 @@ def _env_value(opt: _Opt, raw: str) -> Any:
     return raw
 
 
-def _seconds(raw: str, source: str) -> float:
-    from jailshim.numbers import plain_seconds
-
-    value = plain_seconds(raw)
-    if not 0 < value <= MAX_TIMEOUT:  # NaN fails every comparison
-        raise UsageError(
-            f"{said(source, raw)} must be a positive number of seconds, at most "
-            f"{MAX_TIMEOUT:.0f} (a day), such as 30."
-        )
-    return value
-
-
 def _pid(raw: str, source: str) -> int:
     text = raw.strip()
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**31:
@@ -532,7 +520,9 @@ def _coerce(dest: str, value: Any, source: str) -> Any:
     """An option's value as its record holds it: the one place where text becomes a number,
     a signal or a tuple (each refusal names ``source``, the flag or variable)."""
     if dest == "timeout":
-        return _seconds(value, source)
+        from jailshim.numbers import seconds
+
+        return seconds(value, source, zero=False, example="30")
     if dest == "pid":
         return _pids(value, source)
     if isinstance(value, list) and not value:  # JAILSHIM_MAP_EXIT="": none given
@@ -649,9 +639,9 @@ def _needs_init(command: str, values: Mapping[str, Any], found: Mapping[str, str
         )
 
 
-def _dispatch(options: Options, log: Any) -> int:
+def _dispatch(options: Options, log: LogModule) -> int:
     if isinstance(options, PrepareOptions):
-        from jailshim.check import prepare_and_verify
+        from jailshim.ready import prepare_and_verify
         from jailshim.specs import build_spec
 
         spec = build_spec(options, PREPARE)
@@ -671,7 +661,7 @@ def _dispatch(options: Options, log: Any) -> int:
     return _teardown(cast(TeardownOptions, options), log)  # the one command left
 
 
-def _check(options: CheckOptions, log: Any) -> int:
+def _check(options: CheckOptions, log: LogModule) -> int:
     from jailshim.check import check, check_network
     from jailshim.specs import build_spec, wait_targets_of
 
@@ -690,7 +680,7 @@ def _check(options: CheckOptions, log: Any) -> int:
     return 0
 
 
-def _teardown(options: TeardownOptions, log: Any) -> int:
+def _teardown(options: TeardownOptions, log: LogModule) -> int:
     from jailshim.jail.safepath import Jail, swappable_path
     from jailshim.specs import chroot_of
     from jailshim.teardown import teardown
@@ -709,7 +699,7 @@ def _teardown(options: TeardownOptions, log: Any) -> int:
     return 0
 
 
-def _doctor(options: DoctorOptions, log: Any) -> int:
+def _doctor(options: DoctorOptions, log: LogModule) -> int:
     from jailshim.doctor import DOCTOR_DEVICES, doctor
     from jailshim.specs import chroot_of, crypto_libs_of, devices_of, identity_of
 
@@ -853,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _main(argv: Sequence[str], log: Any) -> int:
+def _main(argv: Sequence[str], log: LogModule) -> int:
     try:
         options = parse_args(argv)
     except JailshimError as exc:  # a usage error, or --help's text could not be written
@@ -883,7 +873,7 @@ def _main(argv: Sequence[str], log: Any) -> int:
         return _internal(exc, log)
 
 
-def _internal(exc: Exception, log: Any) -> int:
+def _internal(exc: Exception, log: LogModule) -> int:
     """A bug: still one sentence; the traceback only when asked for (--log-level debug)."""
     logger = log.get_logger()
     logger.error(
@@ -947,7 +937,7 @@ def _out_of_fds() -> OSError | None:
     return None
 
 
-def _report(exc: JailshimError, log: Any) -> int:
+def _report(exc: JailshimError, log: LogModule) -> int:
     code = exit_code_for(exc)
     log.get_logger().error("failed", error=exc.sentence, exit_code=code, **exc.facts)
     return code

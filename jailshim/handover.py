@@ -12,6 +12,7 @@ from jailshim.errors import CommandNotExecutable, CommandNotFound
 
 if TYPE_CHECKING:
     from jailshim.init_options import StopOptions
+    from jailshim.logs import Logger
 
 __all__ = [
     "clean_environment",
@@ -99,7 +100,7 @@ def _flush() -> None:
 
 
 def exec_command(
-    binary: str, argv: list[str], log: Any, keep: tuple[list[int], list[int]] | None = None
+    binary: str, argv: list[str], log: Logger, keep: tuple[list[int], list[int]] | None = None
 ) -> NoReturn:
     """Replace jailshim with the daemon (same PID, argv and environment less JAILSHIM_*)."""
     log.info("handover", mode="exec", command=argv)
@@ -151,7 +152,7 @@ def supervise(
     argv: list[str],
     *,
     kill_group: bool,
-    log: Any,
+    log: Logger,
     stop: StopOptions | None = None,
     keep: tuple[list[int], list[int]] | None = None,
     log_level: str | None = None,

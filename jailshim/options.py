@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ENV_PREFIX",
-    "MAX_TIMEOUT",
     "CheckOptions",
     "DoctorOptions",
     "ExplainOptions",
     "JailOptions",
+    "LookInOptions",
     "Options",
     "PrepareOptions",
     "RunOptions",
@@ -28,7 +28,6 @@ __all__ = [
 
 ENV_PREFIX = "JAILSHIM_"  # every option's variable: ENV_PREFIX + its dest in capitals
 DEFAULT_TIMEOUT = 30.0  # --timeout's default: the retry budget and the longest lock wait
-MAX_TIMEOUT = 86400.0  # a day: a larger retry budget is a typo, not a plan
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,9 +49,9 @@ class Options:
 
 
 @dataclass(frozen=True, kw_only=True)
-class JailOptions(Options):
-    """The options a jail is built and checked from (prepare, check, run): a command that
-    does not take one keeps its default."""
+class LookInOptions(Options):
+    """What every command that looks into a jail as the daemon's user takes (prepare, check,
+    run, doctor): the jail, the user, the devices, the crypto libraries to probe."""
 
     chroot: str | None = None
     user: str | None = None
@@ -60,6 +59,13 @@ class JailOptions(Options):
     device: tuple[str, ...] = ()
     only_devices: bool = False
     crypto_lib: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class JailOptions(LookInOptions):
+    """The options a jail is built and checked from (prepare, check, run): a command that
+    does not take one keeps its default."""
+
     strategy: str = "auto"
     log_socket: tuple[str, ...] = ()
     file: tuple[str, ...] = ()
@@ -114,16 +120,10 @@ class TeardownOptions(Options):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DoctorOptions(Options):
+class DoctorOptions(LookInOptions):
     """`jailshim doctor`: a running daemon (pids) or a jail (chroot)."""
 
     pids: tuple[int, ...] | None = None  # every PID given, in order, without repeats
-    chroot: str | None = None
-    user: str | None = None
-    group: str | None = None
-    device: tuple[str, ...] = ()
-    only_devices: bool = False
-    crypto_lib: tuple[str, ...] = ()
     read_filter: bool = False
 
 

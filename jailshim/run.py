@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jailshim import daemons
 from jailshim.errors import (
@@ -16,6 +16,7 @@ from jailshim.errors import (
 
 if TYPE_CHECKING:
     from jailshim.init_options import StopOptions
+    from jailshim.logs import LogModule
     from jailshim.options import RunOptions
     from jailshim.spec import Identity
 
@@ -144,7 +145,7 @@ def _stop_options(options: RunOptions) -> StopOptions:
     )
 
 
-def run(options: RunOptions, log: Any) -> int:
+def run(options: RunOptions, log: LogModule) -> int:
     from jailshim import handover
 
     argv = list(options.argv)
@@ -228,7 +229,7 @@ def run(options: RunOptions, log: Any) -> int:
 
             check_network(options, logger, targets)
     else:
-        from jailshim.check import prepare_and_verify
+        from jailshim.ready import prepare_and_verify
 
         log.bind_context(chroot=spec.chroot)
         prepare_and_verify(spec, logger, then_exec=True, config_check=pending)

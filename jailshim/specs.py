@@ -16,7 +16,7 @@ from jailshim.errors import ConfigError, UsageError, said
 if TYPE_CHECKING:
     from jailshim.daemons import DaemonPlan
     from jailshim.devices import Device
-    from jailshim.options import DoctorOptions, JailOptions, TeardownOptions
+    from jailshim.options import JailOptions, LookInOptions, TeardownOptions
     from jailshim.spec import Identity, Spec, WaitTarget
 
 __all__ = [
@@ -56,7 +56,7 @@ def checked_path(path: str, source: str, *, config: bool = False) -> str:
     )
 
 
-def devices_of(options: JailOptions | DoctorOptions, default: Sequence[str]) -> tuple[Device, ...]:
+def devices_of(options: LookInOptions, default: Sequence[str]) -> tuple[Device, ...]:
     """--device names added to ``default``; with --only-devices, exactly the names."""
     from jailshim.devices import select
 
@@ -64,9 +64,7 @@ def devices_of(options: JailOptions | DoctorOptions, default: Sequence[str]) -> 
     return select(names if options.only_devices else [*default, *names], options.origin("device"))
 
 
-def identity_of(
-    options: JailOptions | DoctorOptions, plan: DaemonPlan | None = None
-) -> Identity | None:
+def identity_of(options: LookInOptions, plan: DaemonPlan | None = None) -> Identity | None:
     """--user/--group resolved on the host; the daemon's config fills unset flags."""
     from jailshim.spec import resolve_identity
 
@@ -80,7 +78,7 @@ def identity_of(
 
 
 def chroot_of(
-    options: JailOptions | DoctorOptions | TeardownOptions,
+    options: LookInOptions | TeardownOptions,
     command: str,
     plan: DaemonPlan | None = None,
 ) -> str:
@@ -161,7 +159,7 @@ def _files_of(options: JailOptions, from_config: Sequence[str] = ()) -> dict[str
     }
 
 
-def crypto_libs_of(options: JailOptions | DoctorOptions) -> tuple[str, ...]:
+def crypto_libs_of(options: LookInOptions) -> tuple[str, ...]:
     """--crypto-lib paths, each checked to be a file jailshim can load."""
     for path in options.crypto_lib:
         source = options.origin("crypto_lib")
