@@ -13,9 +13,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, NoReturn, TextIO, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO, cast
 
-from jailshim import __version__, daemons, stopsignals
+from jailshim import __version__, daemon_registry, stopsignals
 from jailshim.errors import (
     ConfigError,
     JailshimError,
@@ -25,7 +25,6 @@ from jailshim.errors import (
     exit_code_for,
     said,
 )
-from jailshim.logs import LogModule
 from jailshim.options import (
     ENV_PREFIX,
     CheckOptions,
@@ -36,6 +35,9 @@ from jailshim.options import (
     RunOptions,
     TeardownOptions,
 )
+
+if TYPE_CHECKING:
+    from jailshim.logs import LogModule
 
 __all__ = ["main", "parse_args"]
 
@@ -185,13 +187,13 @@ _OPTIONS = (
     # each adapter's own option naming its config file, declared in its registry entry
     *(
         _Opt(entry.config_flag, entry.config_help, (RUN,), "FILE")
-        for entry in daemons.REGISTRY.values()
+        for entry in daemon_registry.REGISTRY.values()
         if entry.config_flag
     ),
     _Opt(
         "--daemon",
         "read COMMAND's config with this daemon's adapter (default: COMMAND's name): "
-        + " ".join(sorted(daemons.REGISTRY)),
+        + " ".join(sorted(daemon_registry.REGISTRY)),
         (RUN,),
         "NAME",
     ),
@@ -609,7 +611,7 @@ def _record(
     if command == TEARDOWN:
         return TeardownOptions(origins=found, **values)
     if command == RUN:
-        configs = tuple((d, values.pop(d)) for d in daemons.config_options() if d in values)
+        configs = tuple((d, values.pop(d)) for d in daemon_registry.config_options() if d in values)
         return RunOptions(origins=found, argv=words, daemon_configs=configs, **values)
     record = CheckOptions if command == CHECK else PrepareOptions
     return record(origins=found, argv=words, **values)

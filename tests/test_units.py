@@ -243,12 +243,10 @@ def test_every_option_a_command_takes_has_a_field_in_its_record() -> None:
     """The option table drives the records: each option a command takes is a field of that
     command's record (by its dest; --pid as pids, an adapter's --NAME-config in
     daemon_configs), so no value parsed can be dropped on the way to the command."""
-    from dataclasses import fields
-
     from jailshim import cli, daemons
 
     for record, command in cli._NAMES.items():
-        names = {f.name for f in fields(record)}
+        names = record.FIELDS
         taken = {o.dest for o in cli._OPTIONS if command in o.commands}
         taken = {"pids" if d == "pid" else d for d in taken - set(daemons.config_options())}
         assert taken <= names, (command, sorted(taken - names))

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from jailshim.daemon_registry import ADAPTERS, ALIASES, REGISTRY, Registered, config_options
 from jailshim.errors import ConfigError, UsageError, said
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADAPTERS",
+    "ALIASES",
     "REGISTRY",
     "Adapter",
     "DaemonAdapter",
@@ -32,43 +34,6 @@ __all__ = [
     "plan_for",
     "refuse_host_directory",
 ]
-
-
-class Registered(NamedTuple):
-    """A daemon jailshim has an adapter for: the module that holds it (imported only when the
-    daemon runs) and the run option, if any, that names its configuration file. The option is
-    declared here, not in the module, so that building the command line imports no adapter."""
-
-    module: str
-    config_flag: str = ""  # such as --haproxy-config: COMMAND's config file, for any COMMAND
-    config_help: str = ""
-
-
-# daemon name (COMMAND's basename, or --daemon NAME) -> its adapter
-REGISTRY = {
-    "haproxy": Registered(
-        "jailshim.daemons.haproxy",
-        "--haproxy-config",
-        "haproxy's configuration file (default: from -f)",
-    ),
-    "named": Registered("jailshim.daemons.named"),
-    "nsd": Registered("jailshim.daemons.nsd"),
-    "postfix": Registered("jailshim.daemons.postfix"),
-    "stunnel": Registered("jailshim.daemons.stunnel"),
-    "unbound": Registered("jailshim.daemons.unbound"),
-}
-ADAPTERS = {name: entry.module for name, entry in REGISTRY.items()}
-# other names the same daemon is installed under (Debian: /usr/bin/stunnel4)
-ALIASES = {"stunnel4": "stunnel"}
-
-
-def config_options() -> dict[str, tuple[str, str]]:
-    """The adapters' own run options: dest -> (daemon, help), such as haproxy_config."""
-    return {
-        entry.config_flag.removeprefix("--").replace("-", "_"): (name, entry.config_help)
-        for name, entry in REGISTRY.items()
-        if entry.config_flag
-    }
 
 
 class PendingCheck:
