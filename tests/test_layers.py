@@ -96,14 +96,52 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+# The layers, top first (docs/ARCHITECTURE.md draws them): a module may import its own layer
+# and those below it, never one above. A module not named here is in "engine".
+LAYERS: tuple[tuple[str, set[str]], ...] = (
+    ("command line", {"cli", "__main__"}),
+    ("commands", {"run", "ready", "check", "teardown", "doctor", "explain"}),
+    ("spec building", {"specs"}),
+    ("adapters", {"daemons", "daemon_registry"}),
+    ("hand-over", {"handover", "supervisor", "init_options"}),
+    ("engine", set()),  # plan, apply, prepare, state, spec, files, devices, jail/, verify/
+    ("base", {"", "errors", "numbers", "options", "logs", "log", "stopsignals"}),
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in LAYERS of ``module`` (0 is the top); a package's modules are its layer's."""
+    name = module.removeprefix("jailshim").removeprefix(".")
+    top = name.split(".", 1)[0]
+    for index, (_, names) in enumerate(LAYERS):
+        if name in names or top in names:
+            return index
+    return [title for title, _ in LAYERS].index("engine")
+
+
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    """Each import of a module in a layer above the importer's."""
+    return [
+        f"{module} ({LAYERS[layer_of(module)][0]}) imports {other} ({LAYERS[layer_of(other)][0]})"
+        for module, others in sorted(edges.items())
+        for other in sorted(others)
+        if layer_of(other) < layer_of(module)
+    ]
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    edges, _ = graph(PACKAGE)
+    assert upward(edges) == []
+
+
 def test_no_import_cycle() -> None:
     edges, _ = graph(PACKAGE)
     assert cycles(edges) == []
 
 
 def test_nothing_below_the_command_line_imports_it_or_argparse() -> None:
-    _, upward = graph(PACKAGE)
-    assert upward == []
+    _, up = graph(PACKAGE)
+    assert up == []
 
 
 def test_the_walker_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
