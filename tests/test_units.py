@@ -252,3 +252,27 @@ def test_every_option_a_command_takes_has_a_field_in_its_record() -> None:
         assert taken <= names, (command, sorted(taken - names))
         if command == "run":
             assert "daemon_configs" in names
+
+
+def test_a_budget_spent_between_two_looks_is_no_internal_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify_with_retries looked at the time left (positive), then slept that long, read
+    again: on a loaded machine it had turned negative, time.sleep raised ValueError and `run
+    --wait-addr --timeout 0.3` exited 70 (2 in 25 beside two busy loops). A clock that moves
+    0.1 s at each look makes it happen every time."""
+    import itertools
+
+    from jailshim.verify import retry
+    from jailshim.verify.findings import Finding
+
+    clock = itertools.count(0.0, 0.1)
+    monkeypatch.setattr("jailshim.verify.retry.time.monotonic", lambda: next(clock))
+    waiting = Finding("address 127.0.0.1", ok=False, detail="lo is down", transient=True)
+
+    class Quiet:
+        def log(self, *args: object, **facts: object) -> None:
+            pass
+
+    outcome = retry.verify_with_retries(lambda: [waiting], 0.45, Quiet())
+    assert outcome.failing == [waiting]
