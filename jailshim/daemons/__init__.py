@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from jailshim.daemon_registry import ADAPTERS, ALIASES, REGISTRY, Registered, config_options
 from jailshim.errors import ConfigError, UsageError, said
 
 if TYPE_CHECKING:
+    from jailshim.logs import Logger
     from jailshim.options import RunOptions
     from jailshim.spec import Identity, WaitTarget
 
@@ -235,7 +236,7 @@ def refuse_host_directory(path: str, tool: str) -> None:
         )
 
 
-def log_read(logger: Any, adapter: DaemonAdapter, config: DaemonPlan) -> None:
+def log_read(logger: Logger, adapter: DaemonAdapter, config: DaemonPlan) -> None:
     """The run log lines that name what was read from the daemon's config."""
     event = f"{adapter.name}.config"
     for note in config.notes:
