@@ -78,10 +78,6 @@ class Options:
         ``default`` (else the flag's name) when it was not given."""
         return self.origins.get(dest, default or "--" + dest.replace("_", "-"))
 
-    def given(self, dest: str) -> bool:
-        """Whether option ``dest`` was given, by flag or variable."""
-        return dest in self.origins
-
 
 class LookInOptions(Options):
     """What every command that looks into a jail as the daemon's user takes (prepare, check,
