@@ -1,12 +1,15 @@
-"""`jailshim check` (and the verify step of prepare and run): prove the jail from inside it."""
+"""`jailshim check` (and the verify step of prepare and run, ready.py): prove the jail from
+inside it."""
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from logging import DEBUG, ERROR, INFO, WARNING
+from typing import TYPE_CHECKING
 
 from jailshim.errors import CheckFailed
 from jailshim.jail.safepath import Jail
+from jailshim.options import DEFAULT_TIMEOUT
 from jailshim.spec import Spec
 from jailshim.verify.findings import Finding, render_table
 from jailshim.verify.needs import Needs
@@ -14,14 +17,15 @@ from jailshim.verify.probe import CryptoSource, Probe
 from jailshim.verify.retry import Outcome, verify_with_retries
 
 if TYPE_CHECKING:
-    from jailshim.daemons import PendingCheck
+    from jailshim.logs import Logger
+    from jailshim.options import JailOptions
+    from jailshim.spec import WaitTarget
     from jailshim.verify.entropy import ProbeEntropy
-    from jailshim.verify.network import WaitTarget
 
-__all__ = ["check", "judge_probe", "prepare_and_verify", "report", "start_probe"]
+__all__ = ["check", "check_network", "judge_probe", "report", "start_probe"]
 
 
-def report(outcome: Outcome, log: Any) -> list[Finding]:
+def report(outcome: Outcome, log: Logger) -> list[Finding]:
     """Log every finding and, on a TTY, print the table; raise CheckFailed unless all pass.
 
     With the table on screen the per-check events drop to debug, so a person reads each
@@ -29,7 +33,7 @@ def report(outcome: Outcome, log: Any) -> list[Finding]:
     """
     table = sys.stdout.isatty()
     for f in outcome.findings:
-        level = 10 if table else 20 if f.ok and not f.warning else 30 if f.ok else 40
+        level = DEBUG if table else INFO if f.ok and not f.warning else WARNING if f.ok else ERROR
         remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
         log.log(level, "check", check=f.check, ok=f.ok, whose=f.whose, detail=f.detail, **remedy)
     if table:
@@ -107,54 +111,13 @@ def crypto_source(spec: Spec) -> CryptoSource:
     return CryptoSource(paths=spec.crypto_libs, command=spec.command)
 
 
-def prepare_and_verify(
-    spec: Spec, log: Any, *, then_exec: bool = False, config_check: PendingCheck | None = None
-) -> None:
-    """`prepare`, then `check` (unless --no-verify or --dry-run), for `prepare` and `run`.
-
-    The first probe child is forked before the prepare modules are even imported, so its
-    OpenSSL set-up runs on the other core while this process prepares the jail. ``config_check``
-    is the daemon's own checker, started by `run` and still running: its verdict is awaited
-    before the jail's lock is let go, and a rejection takes this run's changes back.
-    """
-    probe = start_probe(spec)
-    from jailshim.prepare import prepare
-
-    try:
-        # The jail stays locked while it is verified, so a concurrent teardown cannot undo it
-        # between the check and the hand-over; a stop signal during the check (or the address
-        # wait) undoes this run's changes.
-        with prepare(spec, log, then_exec=then_exec) as prepared:
-            if probe is not None:
-                first, probe = probe, None  # check() owns it from here
-                check(spec, log, first=first)
-            if config_check is not None:
-                pending, config_check = config_check, None
-                try:
-                    pending.finish()
-                except BaseException:
-                    prepared.rollback()
-                    raise
-    except BaseException as exc:
-        if probe is not None:
-            probe.cancel()
-        if config_check is not None and not isinstance(exc, KeyboardInterrupt):
-            # The run failed first; a rejected config is the more basic news, so say that.
-            pending, config_check = config_check, None
-            pending.finish()
-        raise
-    finally:
-        if config_check is not None:
-            config_check.cancel()
-
-
 def check(
     spec: Spec | None,
-    log: Any,
+    log: Logger,
     *,
     targets: tuple[WaitTarget, ...] = (),
     ensure_loopback: bool = False,
-    timeout: float = 30.0,
+    timeout: float = DEFAULT_TIMEOUT,
     first: Probe | None = None,
 ) -> list[Finding]:
     """The jail probe (when there is a jail) and network readiness, retried, then reported.
@@ -196,3 +159,18 @@ def check(
         return findings
 
     return report(verify_with_retries(attempt, timeout, log), log)
+
+
+def check_network(
+    options: JailOptions, log: Logger, targets: tuple[WaitTarget, ...]
+) -> list[Finding]:
+    """Network readiness alone, when there is no jail: ``targets`` (specs.wait_targets_of:
+    --wait-addr and the daemon's own bind addresses), retried within --timeout (check without
+    --chroot, and run when neither --chroot nor the daemon's config names a jail)."""
+    return check(
+        None,
+        log,
+        targets=targets,
+        ensure_loopback=options.ensure_loopback,
+        timeout=options.timeout,
+    )

@@ -12,39 +12,37 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TextIO, cast
 
-from jailshim import __version__, stopsignals
+from jailshim import __version__, daemon_registry, stopsignals
 from jailshim.errors import (
     ConfigError,
     JailshimError,
     NoInput,
-    PrepareOSError,
+    SystemRefused,
     UsageError,
     exit_code_for,
     said,
 )
+from jailshim.options import (
+    ENV_PREFIX,
+    CheckOptions,
+    DoctorOptions,
+    ExplainOptions,
+    Options,
+    PrepareOptions,
+    RunOptions,
+    TeardownOptions,
+)
 
-if TYPE_CHECKING:  # type names only: the modules load when a command needs them
-    from jailshim.devices import Device
-    from jailshim.spec import Identity, Spec
-    from jailshim.verify.network import WaitTarget
+if TYPE_CHECKING:
+    from jailshim.logs import LogModule
 
-__all__ = ["ENV_PREFIX", "MAX_TIMEOUT", "main", "parse_args"]
+__all__ = ["main", "parse_args"]
 
-ENV_PREFIX = "JAILSHIM_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-# The stop signals that came ignored: jailshim catches them until the hand-over, which gives
-# them back ignored with --inherited-signals keep.
-IGNORED_AT_START: set[int] = set()
-# Who started us, read before the jail is prepared: --pdeath-signal is set only at the hand-over,
-# and a starter that died meanwhile must still be noticed (getppid() then names the reaper).
-PARENT_AT_START = os.getppid()
-MAX_TIMEOUT = 86400.0  # a day: a larger retry budget is a typo, not a plan
-_PATH_MAX = 4096  # the kernel's limit on a path, the terminating NUL included
-_NAME_MAX = 255  # and on one name in it
 
 RUN, PREPARE, CHECK, TEARDOWN, DOCTOR, EXPLAIN = (
     "run",
@@ -54,6 +52,14 @@ RUN, PREPARE, CHECK, TEARDOWN, DOCTOR, EXPLAIN = (
     "doctor",
     "explain",
 )
+_NAMES: dict[type[Options], str] = {
+    RunOptions: RUN,
+    PrepareOptions: PREPARE,
+    CheckOptions: CHECK,
+    TeardownOptions: TEARDOWN,
+    DoctorOptions: DOCTOR,
+    ExplainOptions: EXPLAIN,
+}
 _AS_USER = (RUN, PREPARE, CHECK, DOCTOR)  # the commands that look into a jail as a user
 _LOGGING = (RUN, PREPARE, CHECK, TEARDOWN, DOCTOR)
 
@@ -205,11 +211,16 @@ _OPTIONS = (
         "NAME",
         repeat=True,
     ),
-    _Opt("--haproxy-config", "haproxy's configuration file (default: from -f)", (RUN,), "FILE"),
+    # each adapter's own option naming its config file, declared in its registry entry
+    *(
+        _Opt(entry.config_flag, entry.config_help, (RUN,), "FILE")
+        for entry in daemon_registry.REGISTRY.values()
+        if entry.config_flag
+    ),
     _Opt(
         "--daemon",
         "read COMMAND's config with this daemon's adapter (default: COMMAND's name): "
-        "haproxy named nsd postfix stunnel unbound",
+        + " ".join(sorted(daemon_registry.REGISTRY)),
         (RUN,),
         "NAME",
     ),
@@ -517,24 +528,6 @@ def _env_value(opt: _Opt, raw: str) -> Any:
     return raw
 
 
-def origin(args: argparse.Namespace, dest: str, default: str = "") -> str:
-    """Where an option's value came from: its flag, its JAILSHIM_ variable, or ``default``."""
-    found: dict[str, str] = getattr(args, "origin", {})
-    return found.get(dest, default or "--" + dest.replace("_", "-"))
-
-
-def _seconds(raw: str, source: str) -> float:
-    from jailshim.numbers import plain_seconds
-
-    value = plain_seconds(raw)
-    if not 0 < value <= MAX_TIMEOUT:  # NaN fails every comparison
-        raise UsageError(
-            f"{said(source, raw)} must be a positive number of seconds, at most "
-            f"{MAX_TIMEOUT:.0f} (a day), such as 30."
-        )
-    return value
-
-
 def _pid(raw: str, source: str) -> int:
     text = raw.strip()
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**31:
@@ -549,13 +542,41 @@ def _pids(raws: list[str], source: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(_pid(part, source) for part in parts))
 
 
-def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
-    """Flags first; a JAILSHIM_<NAME> variable fills each option the flags left unset.
+_COERCED_FIRST = ("timeout", "grace", "stop_delay", "rewrite_signal", "map_exit", "pdeath_signal")
 
-    Options the command does not take are None, whatever the environment says.
-    ``args.origin`` records, per option, the flag or variable its value came from.
-    """
-    environ = dict(os.environ) if environ is None else environ
+
+def _coerce(dest: str, value: Any, source: str) -> Any:
+    """An option's value as its record holds it: the one place where text becomes a number,
+    a signal or a tuple (each refusal names ``source``, the flag or variable)."""
+    if dest == "timeout":
+        from jailshim.numbers import seconds
+
+        return seconds(value, source, zero=False, example="30")
+    if dest == "pid":
+        return _pids(value, source)
+    if isinstance(value, list) and not value:  # JAILSHIM_MAP_EXIT="": none given
+        return ()
+    if dest in _COERCED_FIRST:
+        from jailshim import init_options  # only a run that gives one of them pays for it
+
+        parsers: dict[str, Callable[[Any, str], Any]] = {
+            "grace": init_options.grace,
+            "stop_delay": init_options.stop_delay,
+            "rewrite_signal": init_options.rewrites,
+            "map_exit": init_options.exit_map,
+            "pdeath_signal": init_options.pdeath_signal,
+        }
+        return parsers[dest](value, source)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Options:
+    """The command's options record: flags first; a JAILSHIM_<NAME> variable fills each
+    option the flags left unset; a variable for an option the command does not take is
+    ignored. ``origins`` on the record names, per option given, its flag or variable."""
+    environ = os.environ if environ is None else environ
     argv = list(argv)
     only = argv[0] if argv and argv[0] in _COMMANDS else None
     if argv and only is None and not argv[0].startswith("-"):
@@ -563,57 +584,64 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> ar
             f"{argv[0]!r} is not a jailshim command{_closest(argv[0], list(_COMMANDS))}; the "
             f"commands are {', '.join(_COMMANDS)} (see `jailshim --help`)."
         )
-    args, extra = _build_parser(only).parse_known_args(argv)
+    namespace, extra = _build_parser(only).parse_known_args(argv)
+    command: str = namespace.command
     if extra:
-        raise _not_taken(args.command, extra)
+        raise _not_taken(command, extra)
+    raw: dict[str, Any] = {}
     found: dict[str, str] = {}
     for opt in _OPTIONS:
-        if args.command not in opt.commands:
-            setattr(args, opt.dest, None)
-        elif getattr(args, opt.dest) is not None:
+        if command not in opt.commands:
+            continue
+        value = getattr(namespace, opt.dest)
+        if value is not None:
             found[opt.dest] = opt.flag
         elif opt.env in environ:
-            setattr(args, opt.dest, _env_value(opt, environ[opt.env]))
-            found[opt.dest] = opt.env
-    args.origin = found
-    if args.timeout is not None:
-        args.timeout = _seconds(args.timeout, found["timeout"])
-    if args.grace is not None or args.rewrite_signal or args.map_exit or args.stop_delay:
-        from jailshim import init_options
-
-        if args.grace is not None:
-            args.grace = init_options.grace(args.grace, found["grace"])
-        if args.stop_delay is not None:
-            args.stop_delay = init_options.stop_delay(args.stop_delay, found["stop_delay"])
-        if args.rewrite_signal:
-            args.rewrite_signal = init_options.rewrites(
-                args.rewrite_signal, found["rewrite_signal"]
-            )
-        if args.map_exit:
-            args.map_exit = init_options.exit_map(args.map_exit, found["map_exit"])
-    if args.pdeath_signal is not None:
-        from jailshim import init_options
-
-        args.pdeath_signal = init_options.pdeath_signal(args.pdeath_signal, found["pdeath_signal"])
-    _needs_init(args)
-    args.pids = None
-    if args.pid is not None:  # every PID given in args.pids; args.pid is the first
-        args.pids = _pids(args.pid, found["pid"])
-        args.pid = args.pids[0]
-    if args.only_devices and not args.device:
+            value = _env_value(opt, environ[opt.env])
+            if value is not None:
+                found[opt.dest] = opt.env
+        if value is not None:
+            raw[opt.dest] = value
+    # in this order, as the sentences always came: the numbers and signals, then --init
+    values = {d: _coerce(d, raw[d], found[d]) for d in _COERCED_FIRST if d in raw}
+    _needs_init(command, {**raw, **values}, found)
+    values |= {d: _coerce(d, v, found[d]) for d, v in raw.items() if d not in values}
+    if values.get("only_devices") and not values.get("device"):
         raise UsageError(
-            f"{origin(args, 'only_devices')} needs at least one --device NAME "
+            f"{found['only_devices']} needs at least one --device NAME "
             "(or JAILSHIM_DEVICE); without it no device would be provided."
         )
-    if args.command == CHECK and args.argv and args.argv[0] != "--":
+    words = list(getattr(namespace, "argv", None) or ())
+    if command == CHECK and words and words[0] != "--":
         # check only looks at COMMAND's libraries: a stray word is a typo, not a daemon
         raise UsageError(
-            f"jailshim check does not take {' '.join(args.argv)}; give the daemon after --, "
+            f"jailshim check does not take {' '.join(words)}; give the daemon after --, "
             "such as `jailshim check --chroot DIR -- /usr/sbin/haproxy`."
         )
-    if getattr(args, "argv", None) and args.argv[0] == "--":
-        args.argv = args.argv[1:]
-    return args
+    if words and words[0] == "--":
+        words = words[1:]
+    return _record(command, values, found, tuple(words), getattr(namespace, "log_file", None))
+
+
+def _record(
+    command: str,
+    values: dict[str, Any],
+    found: dict[str, str],
+    words: tuple[str, ...],
+    log_file: str | None,
+) -> Options:
+    """The typed record of ``command`` from its coerced ``values`` (dests of _OPTIONS)."""
+    if command == EXPLAIN:
+        return ExplainOptions(origins=found, log_file=log_file)
+    if command == DOCTOR:
+        return DoctorOptions(origins=found, pids=values.pop("pid", None), **values)
+    if command == TEARDOWN:
+        return TeardownOptions(origins=found, **values)
+    if command == RUN:
+        configs = tuple((d, values.pop(d)) for d in daemon_registry.config_options() if d in values)
+        return RunOptions(origins=found, argv=words, daemon_configs=configs, **values)
+    record = CheckOptions if command == CHECK else PrepareOptions
+    return record(origins=found, argv=words, **values)
 
 
 _INIT_ONLY = (
@@ -626,279 +654,132 @@ _INIT_ONLY = (
 )
 
 
-def _needs_init(args: argparse.Namespace) -> None:
+def _needs_init(command: str, values: Mapping[str, Any], found: Mapping[str, str]) -> None:
     """--grace, --rewrite-signal, --map-exit, --kill-group, --stop-delay and --pdeath-signal
     act only in the supervisor that --init starts: without it they were silently ignored (a
     daemon's exit status never mapped)."""
-    if args.command != RUN or args.init:
+    if command != RUN or values.get("init"):
         return
-    given = [dest for dest in _INIT_ONLY if getattr(args, dest, None) not in (None, [])]
+    given = [dest for dest in _INIT_ONLY if values.get(dest) not in (None, ())]
     if given:
         raise UsageError(
-            f"{origin(args, given[0])} applies only with --init (jailshim staying as PID 1 to "
+            f"{found[given[0]]} applies only with --init (jailshim staying as PID 1 to "
             "forward signals and stop the daemon); add --init, or drop it."
         )
 
 
-def _path(path: str, source: str, *, config: bool = False) -> str:
-    """``path`` if the kernel can take it; else one sentence naming where it came from."""
-    if not path.strip():
-        raise UsageError(f"{source} is empty; give the jail directory, such as /var/lib/haproxy.")
-    raw = os.fsencode(path)
-    longest = max(len(name) for name in raw.split(b"/"))
-    if len(raw) < _PATH_MAX and longest <= _NAME_MAX:
-        return path
-    error = ConfigError if config else UsageError
-    raise error(
-        f"{said(source, short(path))} is too long for the kernel ({len(raw)} bytes, the longest "
-        f"name {longest}; the limits are {_PATH_MAX - 1} and {_NAME_MAX}): give a shorter path."
-    )
+def _dispatch(options: Options, log: LogModule) -> int:
+    if isinstance(options, PrepareOptions):
+        from jailshim.ready import prepare_and_verify
+        from jailshim.specs import build_spec
 
-
-def short(text: str, keep: int = 60) -> str:
-    """``text`` cut in the middle when longer than ``keep`` characters (for sentences)."""
-    if len(text) <= keep:
-        return text
-    return f"{text[: keep // 2]}…{text[-keep // 2 :]}"
-
-
-def devices_of(args: argparse.Namespace, default: Sequence[str]) -> tuple[Device, ...]:
-    """--device names added to ``default``; with --only-devices, exactly the names."""
-    from jailshim.devices import select
-
-    names = list(args.device or ())
-    return select(names if args.only_devices else [*default, *names], origin(args, "device"))
-
-
-def identity_of(args: argparse.Namespace, **overrides: Any) -> Identity | None:
-    """--user/--group resolved on the host; ``overrides`` (a daemon's config) fill unset flags."""
-    from jailshim.spec import resolve_identity
-
-    config = "the daemon's config ({})"
-    user, group = args.user, args.group
-    user_from, group_from = origin(args, "user"), origin(args, "group")
-    if user is None and overrides.get("user") is not None:
-        user, user_from = overrides["user"], config.format("user")
-    if group is None and overrides.get("group") is not None:
-        group, group_from = overrides["group"], config.format("group")
-    return resolve_identity(user, group, user_from=user_from, group_from=group_from)
-
-
-def chroot_of(args: argparse.Namespace, **overrides: Any) -> str:
-    """The jail: --chroot, else the daemon's config; checked to be a path the kernel takes."""
-    if args.chroot is not None:
-        return _path(args.chroot, origin(args, "chroot"))
-    if overrides.get("chroot") is not None:
-        return _path(overrides["chroot"], "the daemon's config (chroot)", config=True)
-    raise UsageError(f"jailshim {args.command} needs --chroot DIR (or JAILSHIM_CHROOT).")
-
-
-def _spec_from(args: argparse.Namespace, **overrides: Any) -> Spec:
-    """The Spec for this run; ``overrides`` (from a daemon's config) fill unset flags."""
-    from jailshim.devices import DEFAULT_DEVICES
-    from jailshim.files import refuse_reserved
-    from jailshim.plan import Strategy
-    from jailshim.spec import Spec
-
-    chroot = chroot_of(args, **overrides)
-    sockets = tuple(dict.fromkeys([*(args.log_socket or []), *overrides.get("sockets", ())]))
-    targets = _targets(args, overrides.get("targets", ()))
-    for path in sockets:
-        source = origin(args, "log_socket") if path in (args.log_socket or []) else "log"
-        if not path.startswith("/"):
-            raise UsageError(f"{said(source, path)} must be an absolute path, such as /dev/log.")
-        _path(path, source, config=source == "log")
-        refuse_reserved(path, source, config=source == "log")
-    return Spec(
-        chroot=chroot,
-        devices=devices_of(args, [*DEFAULT_DEVICES, *overrides.get("devices", ())]),
-        identity=identity_of(args, **overrides),
-        strategy=Strategy(args.strategy or "auto"),
-        dry_run=bool(args.dry_run),
-        allow_writable_jail=bool(args.allow_writable_jail),
-        repair=not args.no_repair,
-        verify=not args.no_verify,
-        timeout=args.timeout or 30.0,
-        sockets=sockets,
-        wait_targets=targets,
-        ensure_loopback=bool(args.ensure_loopback),
-        **_files_of(args, overrides.get("file_sets", ())),
-        notify_socket=overrides.get("notify_socket") or "",
-        crypto_libs=_crypto_libs(args),
-        command=overrides.get("command", ""),
-    )
-
-
-def _files_of(args: argparse.Namespace, from_config: Sequence[str] = ()) -> dict[str, Any]:
-    """The jail files of this run: --file paths and the --files sets, with the sets the
-    daemon's adapter needs (union); --file-mode says how they are placed."""
-    from jailshim.files import FileMode, jail_files
-
-    sets = tuple(dict.fromkeys([*(args.files or ()), *from_config]))
-    names = tuple(dict.fromkeys(n.strip() for n in (args.resolve or ()) if n.strip()))
-    for name in names:
-        if len(name) > 253 or any(c.isspace() or c == "\0" for c in name):
-            raise UsageError(
-                f"{said(origin(args, 'resolve'), name)} is not a host name; give one such as "
-                "mail.example.org."
-            )
-    return {
-        "files": jail_files(tuple(args.file or ()), sets, source=origin(args, "file")),
-        "file_mode": FileMode(args.file_mode or "copy"),
-        "file_sets": sets,
-        "resolve_names": names,
-    }
-
-
-def _crypto_libs(args: argparse.Namespace) -> tuple[str, ...]:
-    """--crypto-lib paths, each checked to be a file jailshim can load."""
-    paths = tuple(args.crypto_lib or ())
-    for path in paths:
-        source = origin(args, "crypto_lib")
-        _path(path, source)
-        if not os.path.isfile(path):
-            raise UsageError(
-                f"{said(source, path)} is not a file; give the library's path, such as "
-                "/usr/lib/x86_64-linux-gnu/libcrypto.so.3."
-            )
-    return paths
-
-
-def _targets(
-    args: argparse.Namespace, from_config: Sequence[WaitTarget] = ()
-) -> tuple[WaitTarget, ...]:
-    """--wait-addr values, then the daemon's own bind addresses, without repeats."""
-    if not args.wait_addr and not from_config:
-        return ()
-    from jailshim.verify.network import parse_wait_addr
-
-    source = origin(args, "wait_addr")
-    targets: dict[str, WaitTarget] = {}
-    given: list[WaitTarget] = []
-    for text in args.wait_addr or []:
-        try:
-            given.append(parse_wait_addr(text))
-        except UsageError as exc:
-            if source == "--wait-addr":
-                raise
-            # network.py words it for the flag; name the variable the value really came from
-            raise UsageError(
-                said(source, text) + exc.sentence.removeprefix(f"--wait-addr {text!r}")
-            ) from None
-    for target in [*given, *from_config]:
-        targets.setdefault(target.ip, target)
-    return tuple(targets.values())
-
-
-def _dispatch(args: argparse.Namespace, log: Any) -> int:
-    if args.command == PREPARE:
-        from jailshim.check import prepare_and_verify
-
-        spec = _spec_from(args)
+        spec = build_spec(options, PREPARE)
         log.bind_context(chroot=spec.chroot)
         prepare_and_verify(spec, log.get_logger())
         return 0
-    if args.command == CHECK:
-        from jailshim.check import check
-
-        if args.chroot is None and args.wait_addr:  # network readiness only
-            check(
-                None,
-                log.get_logger(),
-                targets=_targets(args),
-                ensure_loopback=bool(args.ensure_loopback),
-                timeout=args.timeout or 30.0,
-            )
-            return 0
-        command = {}
-        if args.argv:
-            from jailshim.run import resolve_command
-
-            command = {"command": resolve_command(args.argv)}
-        spec = _spec_from(args, **command)
-        log.bind_context(chroot=spec.chroot)
-        check(spec, log.get_logger())
-        return 0
-    if args.command == RUN:
+    if isinstance(options, CheckOptions):
+        return _check(options, log)
+    if isinstance(options, RunOptions):
         from jailshim.run import run
 
-        return run(args, log)
-    if args.command == DOCTOR:
-        return _doctor(args, log)
-    if args.command == EXPLAIN:
-        return _explain(args.log_file)
-    if args.command == TEARDOWN:
-        from jailshim.jail.safepath import Jail, swappable_path
-        from jailshim.teardown import teardown
+        return run(options, log)
+    if isinstance(options, DoctorOptions):
+        return _doctor(options, log)
+    if isinstance(options, ExplainOptions):
+        return _explain(options.log_file)
+    return _teardown(cast(TeardownOptions, options), log)  # the one command left
 
-        chroot = chroot_of(args)
-        log.bind_context(chroot=chroot)
-        with Jail(chroot) as jail:
-            # Which jail the path opened is the question: a user who can swap a name on the
-            # way (its symlink, its directory) pointed it at another daemon's jail, and root's
-            # teardown (a unit's ExecStopPost, run after prepare refused the same path)
-            # removed that jail's dev/ and binds (review2). Said as prepare says it.
-            swappable = swappable_path(chroot, "teardown, which opens the jail by its path,")
-            if swappable:
-                raise ConfigError(swappable, chroot=chroot)
-            teardown(
-                jail, log.get_logger(), dry_run=bool(args.dry_run), timeout=args.timeout or 30.0
-            )
+
+def _check(options: CheckOptions, log: LogModule) -> int:
+    from jailshim.check import check, check_network
+    from jailshim.specs import build_spec, wait_targets_of
+
+    if options.chroot is None and options.wait_addr:  # network readiness only
+        check_network(options, log.get_logger(), wait_targets_of(options))
         return 0
-    raise UsageError(
-        f"jailshim {args.command} is not implemented yet; see the README for what works."
-    )
+
+    executable = ""
+    if options.argv:
+        from jailshim.run import resolve_command
+
+        executable = resolve_command(list(options.argv))
+    spec = build_spec(options, CHECK, executable=executable)
+    log.bind_context(chroot=spec.chroot)
+    check(spec, log.get_logger())
+    return 0
 
 
-def _doctor(args: argparse.Namespace, log: Any) -> int:
+def _teardown(options: TeardownOptions, log: LogModule) -> int:
+    from jailshim.jail.safepath import Jail, swappable_path
+    from jailshim.specs import chroot_of
+    from jailshim.teardown import teardown
+
+    chroot = chroot_of(options, TEARDOWN)
+    log.bind_context(chroot=chroot)
+    with Jail(chroot) as jail:
+        # Which jail the path opened is the question: a user who can swap a name on the
+        # way (its symlink, its directory) pointed it at another daemon's jail, and root's
+        # teardown (a unit's ExecStopPost, run after prepare refused the same path)
+        # removed that jail's dev/ and binds (review2). Said as prepare says it.
+        swappable = swappable_path(chroot, "teardown, which opens the jail by its path,")
+        if swappable:
+            raise ConfigError(swappable, chroot=chroot)
+        teardown(jail, log.get_logger(), dry_run=options.dry_run, timeout=options.timeout)
+    return 0
+
+
+def _doctor(options: DoctorOptions, log: LogModule) -> int:
     from jailshim.doctor import DOCTOR_DEVICES, doctor
+    from jailshim.specs import chroot_of, crypto_libs_of, devices_of, identity_of
 
-    devices = devices_of(args, DOCTOR_DEVICES)
-    if args.all or args.name or args.format or args.output:  # doctor --all: jailshim/fleet.py
-        from jailshim.fleet import doctor_all
+    devices = devices_of(options, DOCTOR_DEVICES)
+    if options.all or options.name or options.format or options.output:
+        from jailshim.doctor_all import doctor_all
 
         return doctor_all(
-            scan_all=bool(args.all),
-            names=tuple(args.name or ()),
-            output_format=args.format,
-            output=args.output,
+            scan_all=options.all,
+            names=options.name,
+            output_format=options.format,
+            output=options.output,
+            # only flags conflict, as for --pid: a variable set for every command is ignored
             conflicting=tuple(
                 f"--{d.replace('_', '-')}"
                 for d in ("pid", "chroot", "user", "group", "crypto_lib")
-                if args.origin.get(d) == f"--{d.replace('_', '-')}"
+                if options.origins.get(d) == f"--{d.replace('_', '-')}"
             ),
             devices=devices,
             log=log.get_logger(),
-            read_filter=bool(args.read_filter),
+            read_filter=options.read_filter,
             on_terminal=sys.stdout.isatty(),
         )
-    if args.pid is not None:
+    if options.pids is not None:
         # A variable set for every command (a container's env) is ignored here; a flag is not.
-        given = args.origin
-        flags = [f"--{d}" for d in ("chroot", "user", "group") if given.get(d) == f"--{d}"]
+        flags = [
+            f"--{d}" for d in ("chroot", "user", "group") if options.origins.get(d) == f"--{d}"
+        ]
         if flags:
             raise UsageError(
                 "jailshim doctor --pid takes the jail and the user from the daemon itself; "
                 f"drop {' and '.join(flags)}."
             )
         return doctor(
-            args.pids,
+            options.pids,
             None,
             None,
             devices,
             log.get_logger(),
-            crypto_libs=_crypto_libs(args),
-            read_filter=bool(args.read_filter),
+            crypto_libs=crypto_libs_of(options),
+            read_filter=options.read_filter,
         )
-    if args.chroot is None:
+    if options.chroot is None:
         raise UsageError("jailshim doctor needs --pid PID or --chroot DIR.")
     return doctor(
         None,
-        chroot_of(args),
-        identity_of(args),
+        chroot_of(options, DOCTOR),
+        identity_of(options),
         devices,
         log.get_logger(),
-        crypto_libs=_crypto_libs(args),
+        crypto_libs=crypto_libs_of(options),
     )
 
 
@@ -919,6 +800,8 @@ def _explain(file: str | None) -> int:
         # a path the kernel cannot take is a usage error, as for every command (64); else
         # the command line is right and its file is not there for us (66)
         error = UsageError if exc.errno == errno.ENAMETOOLONG else NoInput
+        from jailshim.specs import short
+
         raise error(
             f"{short(file)} cannot be read ({exc.strerror}); give a log file jailshim can read, "
             "or pipe the lines in (`... | jailshim explain`)."
@@ -954,7 +837,7 @@ class _Stream:
         _devnull_on(self._fd)
         if isinstance(exc, BrokenPipeError) or self._fd != 1:
             return
-        raise PrepareOSError(
+        raise SystemRefused(
             f"jailshim could not write to its standard output ({exc.strerror}); "
             "check where it goes (a full disk, a closed terminal)."
         ) from None
@@ -991,9 +874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _standard_streams()
     from jailshim import log
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        if signal.signal(sig, stopsignals.interrupt) == signal.SIG_IGN:
-            IGNORED_AT_START.add(sig)  # for --inherited-signals keep
+    stopsignals.catch_at_start()
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # as git does: the usage, on stderr
         sys.stderr.write(_build_parser().format_help())
@@ -1010,16 +891,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _main(argv: Sequence[str], log: Any) -> int:
+def _main(argv: Sequence[str], log: LogModule) -> int:
     try:
-        args = parse_args(argv)
+        options = parse_args(argv)
     except JailshimError as exc:  # a usage error, or --help's text could not be written
         log.setup(os.environ.get(ENV_PREFIX + "LOG_FORMAT", "auto"))
         return _report(exc, log)
-    log.setup(args.log_format or "auto", args.log_level or "info")
-    log.bind_context(command=args.command)
+    log.setup(options.log_format or "auto", options.log_level or "info")
+    log.bind_context(command=_NAMES[type(options)])
     try:
-        return _dispatch(args, log)
+        return _dispatch(options, log)
     except JailshimError as exc:
         return _report(exc, log)
     except KeyboardInterrupt as exc:
@@ -1040,7 +921,7 @@ def _main(argv: Sequence[str], log: Any) -> int:
         return _internal(exc, log)
 
 
-def _internal(exc: Exception, log: Any) -> int:
+def _internal(exc: Exception, log: LogModule) -> int:
     """A bug: still one sentence; the traceback only when asked for (--log-level debug)."""
     logger = log.get_logger()
     logger.error(
@@ -1058,6 +939,8 @@ def _os_failure(exc: OSError) -> JailshimError:
     machine's limits are OS errors (71)."""
     import errno
 
+    from jailshim.specs import NAME_MAX, PATH_MAX, short
+
     code = exc.errno or 0
     name = errno.errorcode.get(code, str(code))
     named = exc.filename
@@ -1065,20 +948,20 @@ def _os_failure(exc: OSError) -> JailshimError:
     if code == errno.ENAMETOOLONG:
         return UsageError(
             f"A path is too long for the kernel ({name}{where}); paths must be under "
-            f"{_PATH_MAX} bytes and each name at most {_NAME_MAX}: give a shorter one."
+            f"{PATH_MAX} bytes and each name at most {NAME_MAX}: give a shorter one."
         )
     if code in (errno.EMFILE, errno.ENFILE):
         whose = "the system's file table is full" if code == errno.ENFILE else _fd_limit()
-        return PrepareOSError(
+        return SystemRefused(
             f"jailshim ran out of file descriptors ({name}: {whose}); raise the limit "
             "(ulimit -n, systemd LimitNOFILE=, podman --ulimit nofile=) to 64 or more."
         )
     if code in (errno.ENOMEM, errno.EAGAIN):
-        return PrepareOSError(
+        return SystemRefused(
             f"The system is out of memory or processes ({name}: {exc.strerror}{where}); free "
             "some, or raise the limits (ulimit -u, the container's pids and memory limits)."
         )
-    return PrepareOSError(
+    return SystemRefused(
         f"The system refused an operation ({name}: {exc.strerror}{where}); check the machine "
         "(disk space, mounts, limits) and run it again."
     )
@@ -1102,7 +985,7 @@ def _out_of_fds() -> OSError | None:
     return None
 
 
-def _report(exc: JailshimError, log: Any) -> int:
+def _report(exc: JailshimError, log: LogModule) -> int:
     code = exit_code_for(exc)
     log.get_logger().error("failed", error=exc.sentence, exit_code=code, **exc.facts)
     return code

@@ -18,7 +18,6 @@ __all__ = [
     "JailshimError",
     "NoInput",
     "NotPermitted",
-    "PrepareOSError",
     "SystemRefused",
     "UsageError",
     "exit_code_for",
@@ -56,11 +55,6 @@ class NoInput(JailshimError):
 class SystemRefused(JailshimError):
     """The kernel refused something for a reason other than missing powers (while preparing,
     or a limit of the machine: file descriptors, memory, a full disk, an unwritable stdout)."""
-
-
-# The old name, said "prepare" while cli.py raises it for stdout and fd exhaustion; kept only
-# until cli.py and tests/test_units.py (not this change's files) say SystemRefused.
-PrepareOSError = SystemRefused
 
 
 class NotPermitted(JailshimError):
@@ -130,6 +124,8 @@ def said(source: str, value: object) -> str:
     ``JAILSHIM_USER='x'``, ``'x' from the daemon's config (user)``."""
     if source.startswith("--"):
         return f"{source} {value!r}"
-    if source.startswith("JAILSHIM_"):
+    from jailshim.options import ENV_PREFIX
+
+    if source.startswith(ENV_PREFIX):
         return f"{source}={value!r}"
     return f"{value!r} from {source}"

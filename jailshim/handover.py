@@ -12,6 +12,7 @@ from jailshim.errors import CommandNotExecutable, CommandNotFound
 
 if TYPE_CHECKING:
     from jailshim.init_options import StopOptions
+    from jailshim.logs import Logger
 
 __all__ = [
     "clean_environment",
@@ -40,7 +41,9 @@ PR_SET_PDEATHSIG = 1
 
 def clean_environment() -> dict[str, str]:
     """The environment for the daemon: everything but jailshim's own JAILSHIM_* variables."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("JAILSHIM_")}
+    from jailshim.options import ENV_PREFIX
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
 
 
 def default_signals(keep: tuple[list[int], list[int]] | None = None) -> None:
@@ -68,7 +71,7 @@ def inherited_signals() -> tuple[list[int], list[int]]:
     whether they came ignored cannot be known; they are given back at their default."""
     import signal
 
-    from jailshim import cli
+    from jailshim.stopsignals import IGNORED_AT_START
 
     ignored = {
         sig
@@ -76,7 +79,7 @@ def inherited_signals() -> tuple[list[int], list[int]]:
         if sig not in (signal.SIGPIPE, signal.SIGXFSZ)
         and _quiet_getsignal(sig) is signal.Handlers.SIG_IGN
     }
-    ignored |= cli.IGNORED_AT_START  # jailshim catches these itself until the hand-over
+    ignored |= IGNORED_AT_START  # jailshim catches these itself until the hand-over
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     return sorted(ignored), sorted(int(s) for s in blocked)
 
@@ -97,7 +100,7 @@ def _flush() -> None:
 
 
 def exec_command(
-    binary: str, argv: list[str], log: Any, keep: tuple[list[int], list[int]] | None = None
+    binary: str, argv: list[str], log: Logger, keep: tuple[list[int], list[int]] | None = None
 ) -> NoReturn:
     """Replace jailshim with the daemon (same PID, argv and environment less JAILSHIM_*)."""
     log.info("handover", mode="exec", command=argv)
@@ -149,7 +152,7 @@ def supervise(
     argv: list[str],
     *,
     kill_group: bool,
-    log: Any,
+    log: Logger,
     stop: StopOptions | None = None,
     keep: tuple[list[int], list[int]] | None = None,
     log_level: str | None = None,
@@ -209,9 +212,9 @@ def supervise(
         # ends (it survives the exec), and the supervisor forwards it like any other. Set
         # while blocked, then checked: a starter gone since jailshim started (while the jail
         # was prepared) is told at once, not never.
-        from jailshim.cli import PARENT_AT_START
+        from jailshim.stopsignals import parent_at_start
 
         libc.prctl(PR_SET_PDEATHSIG, stop.pdeath_signal, 0, 0, 0)
-        if os.getppid() != PARENT_AT_START:
+        if os.getppid() != parent_at_start():
             os.kill(os.getpid(), stop.pdeath_signal)
     os.execve(sys.executable, lean, environment)

@@ -11,7 +11,7 @@ import signal
 from typing import NamedTuple
 
 from jailshim.errors import UsageError, said
-from jailshim.numbers import plain_seconds
+from jailshim.numbers import A_DAY, seconds
 from jailshim.supervisor import FORWARDED, JOB_STOPS, STOPPING
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 DEFAULT_GRACE = 10.0  # Docker's and podman's stop timeout
-MAX_GRACE = 86400.0  # a day: a longer grace is a typo, not a plan
+MAX_GRACE = A_DAY  # a longer grace is a typo, not a plan
 
 
 class StopOptions(NamedTuple):
@@ -49,24 +49,13 @@ class StopOptions(NamedTuple):
 
 
 def grace(raw: str, source: str) -> float:
-    value = plain_seconds(raw)
-    if not 0 <= value <= MAX_GRACE:  # NaN fails every comparison
-        raise UsageError(
-            f"{said(source, raw)} must be a number of seconds from 0 to {MAX_GRACE:.0f}, "
-            "such as 10."
-        )
-    return value
+    return seconds(raw, source, zero=True, example="10")
 
 
 def stop_delay(raw: str, source: str) -> float:
     """--stop-delay: seconds a stop signal is held before it is forwarded (a load balancer
     drains meanwhile); the grace period starts when it is forwarded."""
-    value = plain_seconds(raw)
-    if not 0 <= value <= MAX_GRACE:  # NaN fails every comparison
-        raise UsageError(
-            f"{said(source, raw)} must be a number of seconds from 0 to {MAX_GRACE:.0f}, such as 5."
-        )
-    return value
+    return seconds(raw, source, zero=True, example="5")
 
 
 _UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jailshim import daemons
 from jailshim.errors import (
@@ -16,6 +15,9 @@ from jailshim.errors import (
 )
 
 if TYPE_CHECKING:
+    from jailshim.init_options import StopOptions
+    from jailshim.logs import LogModule
+    from jailshim.options import RunOptions
     from jailshim.spec import Identity
 
 __all__ = ["interpreter", "resolve_command", "run", "vet_jail"]
@@ -130,10 +132,23 @@ def _check_notify_socket(path: str) -> None:
         raise ConfigError(refusal)
 
 
-def run(args: argparse.Namespace, log: Any) -> int:
-    from jailshim import cli, handover
+def _stop_options(options: RunOptions) -> StopOptions:
+    """The supervisor's stop options (--init) from the run's record."""
+    from jailshim.init_options import DEFAULT_GRACE, StopOptions
 
-    argv: list[str] = list(args.argv or [])
+    return StopOptions(
+        grace=DEFAULT_GRACE if options.grace is None else options.grace,
+        rewrites=options.rewrite_signal,
+        exit_map=options.map_exit,
+        stop_delay=options.stop_delay,
+        pdeath_signal=options.pdeath_signal,
+    )
+
+
+def run(options: RunOptions, log: LogModule) -> int:
+    from jailshim import handover
+
+    argv = list(options.argv)
     if not argv:
         raise UsageError(
             "jailshim run needs the daemon's command after --, such as "
@@ -141,66 +156,47 @@ def run(args: argparse.Namespace, log: Any) -> int:
         )
     binary = resolve_command(argv)
     logger = log.get_logger()
-    overrides: dict[str, Any] = {}
     # the registry is a table of names: only a daemon with an adapter imports one
-    chosen = daemons.choose(args, argv, binary)
-    config = adapter = pending = None
+    chosen = daemons.choose(options, argv, binary)
+    plan = adapter = pending = None
+    notify = ""
     if chosen is not None:
         adapter, daemon_argv = chosen
-        config = adapter.read(daemon_argv, os.environ)
-        daemons.log_read(logger, adapter, config)
-        sockets = config.log_sockets
+        plan = daemons.plan_for(adapter, daemon_argv, os.environ)
+        daemons.log_read(logger, adapter, plan)
         notify = os.environ.get("NOTIFY_SOCKET", "")
-        if config.notify and notify.startswith("/"):
+        if plan.notify and notify.startswith("/"):
             # it sends READY=1 from inside its jail: the socket must be there, at the same
             # path, like a log socket (an abstract @socket is reachable from any root)
             _check_notify_socket(notify)
             logger.info("notify_socket", path=notify, detail="brought into the jail")
-            sockets = (*sockets, notify)
         else:
             notify = ""
-        overrides = {
-            "chroot": config.jail,
-            "user": config.user,
-            "group": config.group,
-            "sockets": sockets,
-            "targets": config.targets,
-            "file_sets": config.file_sets,
-            "devices": config.devices,
-            "notify_socket": notify,  # checked from inside the jail as the daemon's user
-        }
     spec = None
     chroot = None
     spec_error: JailshimError | None = None
-    if args.chroot is not None or overrides.get("chroot") is not None:
-        chroot = cli.chroot_of(args, **overrides)
+    if options.chroot is not None or (plan is not None and plan.chroot is not None):
+        from jailshim.specs import build_spec, chroot_of
+
+        chroot = chroot_of(options, "run", plan)
         try:
-            spec = cli._spec_from(args, **overrides, command=binary)
+            # the notify socket is checked from inside the jail as the daemon's user
+            spec = build_spec(options, "run", plan, executable=binary, notify_socket=notify)
         except JailshimError as exc:  # its checker's verdict, if any, is the more basic news
             spec_error = exc
-        if (
-            spec is not None
-            and spec.identity is not None
-            and adapter is not None
-            and config is not None
-        ):
+        if spec is not None and spec.identity is not None and plan is not None:
             # check as exactly the uid, gid and groups the daemon will have, or it proves the
             # wrong thing (a daemon that keeps its starting gid checks with gid 0)
-            spec = spec._replace(
-                identity=adapter.identity(
-                    spec.identity,
-                    config,
-                    group_given=args.group is not None or config.group is not None,
-                )
-            )
-    if adapter is not None and config is not None:
-        if args.dry_run and adapter.check_writes and not args.no_config_check:
+            group_given = options.group is not None or plan.group is not None
+            spec = spec._replace(identity=plan.identity_rule(spec.identity, group_given))
+    if adapter is not None and plan is not None:
+        if options.dry_run and adapter.check_writes and not options.no_config_check:
             logger.info(
                 "config_check",
                 outcome="skipped",
                 detail=f"{adapter.name}'s checker changes files; --dry-run changes nothing",
             )
-        elif not args.no_config_check:
+        elif not options.no_config_check:
             # The jail is judged before the checker runs, as prepare judges it: `postfix
             # check` with queue_directory = / made /active, /bounce … in the real / and then
             # the refusal came (issue 25). The checker runs while the jail is prepared; its
@@ -208,12 +204,12 @@ def run(args: argparse.Namespace, log: Any) -> int:
             if chroot is not None:
                 vet_jail(
                     chroot,
-                    allow_writable=bool(args.allow_writable_jail),
+                    allow_writable=options.allow_writable_jail,
                     identity=spec.identity if spec is not None else None,
                 )
-            for path in config.checker_dirs:
+            for path in plan.checker_dirs:
                 daemons.refuse_host_directory(path, f"{adapter.name}'s checker")
-            pending = adapter.start_check(daemon_argv)
+            pending = plan.start_check()
             if spec_error is not None:
                 pending.finish()  # its rejection, in the daemon's words, wins
     if spec_error is not None:
@@ -225,43 +221,30 @@ def run(args: argparse.Namespace, log: Any) -> int:
             "no_jail",
             detail="no --chroot and no chroot in the daemon's config: nothing to prepare",
         )
-        wait_targets = cli._targets(args, overrides.get("targets", ()))
-        if wait_targets and not args.no_verify and not args.dry_run:
-            from jailshim.check import check
+        from jailshim.specs import wait_targets_of
 
-            check(
-                None,
-                logger,
-                targets=wait_targets,
-                ensure_loopback=bool(args.ensure_loopback),
-                timeout=args.timeout or 30.0,
-            )
+        targets = wait_targets_of(options, plan.wait_targets if plan is not None else ())
+        if targets and not options.no_verify and not options.dry_run:
+            from jailshim.check import check_network
+
+            check_network(options, logger, targets)
     else:
-        from jailshim.check import prepare_and_verify
+        from jailshim.ready import prepare_and_verify
 
         log.bind_context(chroot=spec.chroot)
         prepare_and_verify(spec, logger, then_exec=True, config_check=pending)
-    if args.dry_run:
+    if options.dry_run:
         return 0
-    keep = handover.inherited_signals() if args.inherited_signals == "keep" else None
-    if args.init:
-        from jailshim.init_options import DEFAULT_GRACE, StopOptions
-
-        stop = StopOptions(
-            grace=DEFAULT_GRACE if args.grace is None else args.grace,
-            rewrites=args.rewrite_signal or (),
-            exit_map=args.map_exit or (),
-            stop_delay=args.stop_delay or 0.0,
-            pdeath_signal=args.pdeath_signal or 0,
-        )
+    keep = handover.inherited_signals() if options.inherited_signals == "keep" else None
+    if options.init:
         handover.supervise(
             argv,
-            kill_group=bool(args.kill_group),
+            kill_group=options.kill_group,
             log=logger,
-            stop=stop,
+            stop=_stop_options(options),
             keep=keep,
-            log_level=args.log_level,
-            log_format=args.log_format,
+            log_level=options.log_level,
+            log_format=options.log_format,
         )
     handover.exec_command(binary, argv, logger, keep)
     return 0  # not reached: exec replaced this process

@@ -8,19 +8,31 @@ from __future__ import annotations
 import grp
 import pwd
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from jailshim.devices import DEFAULT_DEVICES, Device, select
 from jailshim.errors import UsageError, said
 from jailshim.files import FileMode, JailFile
+from jailshim.options import DEFAULT_TIMEOUT
 from jailshim.plan import Strategy
 
-if TYPE_CHECKING:
-    from jailshim.verify.network import WaitTarget
-
-__all__ = ["MAX_ID", "Identity", "Spec", "resolve_identity"]
+__all__ = ["MAX_ID", "Identity", "Spec", "WaitTarget", "resolve_identity"]
 
 _Entry = TypeVar("_Entry")
+
+
+class WaitTarget(NamedTuple):
+    """An IP address the daemon binds, and where we learnt it."""
+
+    ip: str
+    source: str  # "--wait-addr" or "haproxy.cfg:12"
+    transparent: bool = False  # the daemon binds with IP_TRANSPARENT: no need to wait
+
+    @property
+    def family(self) -> int:
+        import socket
+
+        return socket.AF_INET6 if ":" in self.ip else socket.AF_INET
 
 
 class Identity(NamedTuple):
@@ -127,7 +139,7 @@ class Spec(NamedTuple):
     allow_writable_jail: bool = False
     repair: bool = True
     verify: bool = True
-    timeout: float = 30.0
+    timeout: float = DEFAULT_TIMEOUT
     sockets: tuple[str, ...] = ()  # host unix sockets to bind at the same path in the jail
     wait_targets: tuple[WaitTarget, ...] = ()  # addresses the daemon binds (network readiness)
     ensure_loopback: bool = False

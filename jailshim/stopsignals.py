@@ -11,13 +11,30 @@ KeyboardInterrupt and left `run` waiting out its whole --timeout after a SIGTERM
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 
-__all__ = ["STOP_SIGNALS", "Interrupted", "interrupt", "raise_if_received", "signals_deferred"]
+__all__ = [
+    "IGNORED_AT_START",
+    "STOP_SIGNALS",
+    "Interrupted",
+    "catch_at_start",
+    "interrupt",
+    "parent_at_start",
+    "raise_if_received",
+    "signals_deferred",
+]
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 _received: list[int] = []  # the stop signals the handler saw
+# The stop signals that came ignored: jailshim catches them until the hand-over, which gives
+# them back ignored with --inherited-signals keep.
+IGNORED_AT_START: set[int] = set()
+# Who started us, read by catch_at_start (cli.main, before anything is prepared), not when this
+# module is imported: --pdeath-signal is set only at the hand-over, and a starter that died
+# meanwhile must still be noticed (getppid() then names the reaper).
+_parent_at_start: list[int] = []
 
 
 class Interrupted(KeyboardInterrupt):
@@ -33,6 +50,21 @@ def interrupt(signum: int, _frame: object) -> None:
     container stopped during prepare leaves no half-made jail). exec() resets it."""
     _received.append(signum)
     raise Interrupted(signum)
+
+
+def catch_at_start() -> None:
+    """At jailshim's start (cli.main, once): note who started us and which stop signals came
+    ignored, then catch the stop signals (they unwind until the hand-over)."""
+    _parent_at_start[:] = [os.getppid()]
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if signal.signal(sig, interrupt) == signal.SIG_IGN:
+            IGNORED_AT_START.add(sig)  # for --inherited-signals keep
+
+
+def parent_at_start() -> int:
+    """The PID that started jailshim, as catch_at_start read it (the parent now when jailshim
+    was not started by cli.main, as in a test that calls run() itself)."""
+    return _parent_at_start[0] if _parent_at_start else os.getppid()
 
 
 def raise_if_received() -> None:

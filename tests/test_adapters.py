@@ -114,8 +114,14 @@ def test_a_command_line_the_daemon_would_refuse_is_one_sentence(
 
 
 def test_the_daemon_option_lists_every_adapter() -> None:
-    """--daemon's help names each daemon of the registry (postfix was missing from it)."""
-    from jailshim.cli import _OPTIONS
-
-    (daemon,) = [o for o in _OPTIONS if o.flag == "--daemon"]
-    assert daemon.help.rsplit(": ", 1)[1].split() == sorted(daemons.ADAPTERS)
+    """`jailshim run --help`: --daemon names each daemon of the registry (postfix was missing
+    from it), and each adapter's own config option is there, from its registry entry."""
+    result = run("run", "--help")
+    assert result.code == 0, result.stderr
+    words = " ".join(result.stdout.split())  # as wrapped for any terminal width
+    names = " ".join(sorted(daemons.REGISTRY))
+    assert f"(default: COMMAND's name): {names} [JAILSHIM_DAEMON]" in words
+    for entry in daemons.REGISTRY.values():
+        if entry.config_flag:
+            var = "JAILSHIM_" + entry.config_flag.removeprefix("--").replace("-", "_").upper()
+            assert f"{entry.config_flag} FILE {entry.config_help} [{var}]" in words

@@ -443,7 +443,7 @@ def test_haproxy_relative_chroot_with_minus_c_is_read_from_there(
     conf.mkdir()
     _haproxy_config(conf, "jail")
     config = haproxy.ADAPTER.read([haproxy_bin, "-C", str(conf), "-f", "haproxy.cfg"], {})
-    assert config.jail == f"{conf}/jail"
+    assert config.chroot == f"{conf}/jail"
 
 
 def test_stunnel_relative_chroot_is_from_its_starting_directory(tmp_path: Path) -> None:
@@ -456,7 +456,7 @@ def test_stunnel_relative_chroot_is_from_its_starting_directory(tmp_path: Path) 
         config = stunnel.ADAPTER.read(["stunnel", str(conf)], {})
     finally:
         os.chdir(here)
-    assert config.jail == f"{tmp_path}/jail"
+    assert config.chroot == f"{tmp_path}/jail"
 
 
 def test_nsd_relative_chroot_is_refused_in_one_sentence(tmp_path: Path) -> None:

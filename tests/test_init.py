@@ -18,6 +18,7 @@ import pytest
 
 from jailshim.cli import parse_args
 from jailshim.errors import UsageError
+from jailshim.options import RunOptions
 from tests import pids
 from tests.daemons import children, status_field, stop
 from tests.support import TESTS, clean_env, jailshim_argv, need, spawn
@@ -412,6 +413,7 @@ def test_stop_options_parsed() -> None:
         ["run", "--init", "--grace", "0", "--rewrite-signal", "sigterm:quit", "--", "true"],
         {"JAILSHIM_REWRITE_SIGNAL": "HUP:1", "JAILSHIM_MAP_EXIT": "143:0, 137:0"},
     )
+    assert isinstance(args, RunOptions)
     assert args.grace == 0.0 and args.rewrite_signal == ((15, 3),)
     assert args.map_exit == ((143, 0), (137, 0))
     bad = subprocess.run(

@@ -75,6 +75,11 @@ def _recorder(cmd: list[str], out: Path, mode: str = "stay") -> Iterator[subproc
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
+        # A process group of its own, whose parent (pytest) is in another group of the same
+        # session: never orphaned, however pytest was started. In pytest's own group, a pytest
+        # run under setsid (or whose starter exited) made the group orphaned, and the kernel
+        # discards a job stop there: jailshim's supervisor never stopped (CI of c0ae8ce).
+        process_group=0,
     )
     try:
         assert _wait_for(lambda: out.exists() and "ready" in out.read_text(), 60)

@@ -219,8 +219,8 @@ def test_reads_queue_owner_services_and_the_files_they_need(area: Path, postfix_
     $MAIL_CONFIG names the directory when -c does not."""
     setup = write_postfix_config(area, port=PORT, syslog=True)
     for config in (read(setup), read(setup, {"MAIL_CONFIG": str(setup.conf)})):
-        assert config.jail == str(setup.queue) and config.user == "postfix"
-        assert config.log_sockets == ("/dev/log",)
+        assert config.chroot == str(setup.queue) and config.user == "postfix"
+        assert config.sockets == ("/dev/log",)
         assert config.file_sets == ("time", "resolver", "services")
         assert config.files == (f"{setup.conf}/main.cf", f"{setup.conf}/master.cf")
         facts = dict(config.read)
@@ -234,7 +234,7 @@ def test_reads_queue_owner_services_and_the_files_they_need(area: Path, postfix_
 def test_maillog_file_needs_no_log_socket_and_says_so(area: Path, postfix_bin: str) -> None:
     setup = write_postfix_config(area)
     config = read(setup)
-    assert config.jail == str(setup.queue) and config.log_sockets == ()
+    assert config.chroot == str(setup.queue) and config.sockets == ()
     assert dict(config.read)["logging"].startswith(f"maillog_file {setup.maillog}: postlogd")
 
 
@@ -251,7 +251,7 @@ def test_nothing_chrooted_means_no_jail(area: Path, postfix_bin: str) -> None:
     postconf(setup.conf, "-Fe", *(f"{name}/chroot={value}" for name, value in flip.items()))
     settle(setup.conf)
     config = read(setup)
-    assert config.jail is None and config.file_sets == () and config.log_sockets == ()
+    assert config.chroot is None and config.file_sets == () and config.sockets == ()
     assert dict(config.read)["chrooted"].startswith("none")
     result = run("run", "--dry-run", "--", postfix_bin, "-c", str(setup.conf), "start-fg")
     assert result.code == 0, result.stderr

@@ -20,12 +20,19 @@ from jailshim.errors import (
     JailshimError,
     NoInput,
     NotPermitted,
-    PrepareOSError,
+    SystemRefused,
     UsageError,
     exit_code_for,
 )
 from jailshim.jail.mounts import MountTable, parse_mountinfo
 from jailshim.jail.powers import decide_powers, parse_effective_caps
+from jailshim.options import (
+    CheckOptions,
+    DoctorOptions,
+    PrepareOptions,
+    RunOptions,
+    TeardownOptions,
+)
 
 MOUNTINFO = (
     "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
@@ -65,7 +72,7 @@ def test_exit_code_table_is_complete_and_documented() -> None:
         NoInput: 66,
         CheckFailed: 69,
         CannotTell: 75,
-        PrepareOSError: 71,
+        SystemRefused: 71,
         NotPermitted: 77,
         ConfigError: 78,
         CommandNotExecutable: 126,
@@ -120,10 +127,14 @@ def test_environment_fills_unset_options_and_flags_win() -> None:
         "JAILSHIM_STRATEGY": "bind",
     }
     args = parse_args(["prepare"], env)
-    assert args.chroot == "/from/env" and args.device == ["zero", "null"]
+    assert isinstance(args, PrepareOptions)
+    assert args.chroot == "/from/env" and args.device == ("zero", "null")
     assert args.dry_run is True and args.timeout == 5.0 and args.strategy == "bind"
     args = parse_args(["prepare", "--chroot", "/flag", "--device", "tty"], env)
-    assert args.chroot == "/flag" and args.device == ["tty"]
+    assert isinstance(args, PrepareOptions)
+    assert args.chroot == "/flag" and args.device == ("tty",)
+    assert args.origin("chroot") == "--chroot" and args.origin("device") == "--device"
+    assert args.origin("timeout") == "JAILSHIM_TIMEOUT" and args.origin("user") == "--user"
     with pytest.raises(UsageError, match="JAILSHIM_STRATEGY"):
         parse_args(["prepare"], {"JAILSHIM_STRATEGY": "magic"})
     with pytest.raises(UsageError, match="yes/no"):
@@ -141,9 +152,10 @@ def test_each_command_takes_only_its_own_options() -> None:
         parse_args(["teardown", "--user", "nobody"], {})
     env = {"JAILSHIM_INIT": "maybe", "JAILSHIM_STRATEGY": "magic", "JAILSHIM_KILL_GROUP": "x"}
     args = parse_args(["teardown", "--chroot", "/j", "--dry-run"], env)
-    assert args.init is None and args.strategy is None and args.kill_group is None
-    assert args.dry_run is True
-    assert parse_args(["doctor", "--pid", "1"], env).pid == 1
+    assert isinstance(args, TeardownOptions) and args.dry_run is True
+    assert set(args.origins) == {"chroot", "dry_run"}  # the variables of others: not read
+    doctor = parse_args(["doctor", "--pid", "1"], env)
+    assert isinstance(doctor, DoctorOptions) and doctor.pids == (1,)
 
 
 def test_values_from_the_environment_are_named_as_variables() -> None:
@@ -161,13 +173,15 @@ def test_absurd_retry_budgets_are_refused(budget: str) -> None:
     """--timeout must be finite, positive and at most a day (86400 s)."""
     with pytest.raises(UsageError, match="at most 86400"):
         parse_args(["check", f"--timeout={budget}"], {})
-    assert parse_args(["check", "--timeout", "86400"], {}).timeout == 86400.0
+    checked = parse_args(["check", "--timeout", "86400"], {})
+    assert isinstance(checked, CheckOptions) and checked.timeout == 86400.0
 
 
 def test_run_takes_the_command_after_double_dash() -> None:
     """Everything after -- is the daemon's argv, untouched."""
     args = parse_args(["run", "--chroot", "/j", "--", "haproxy", "-f", "/x", "--chroot"], {})
-    assert args.argv == ["haproxy", "-f", "/x", "--chroot"]
+    assert isinstance(args, RunOptions)
+    assert args.argv == ("haproxy", "-f", "/x", "--chroot")
 
 
 def test_json_logs_when_not_a_tty() -> None:
@@ -223,3 +237,42 @@ def test_a_stop_signal_lost_in_a_finalizer_still_ends_the_wait(
         verify_with_retries(probe, timeout=10, log=log.get_logger())
     assert raised.value.signum == signal.SIGTERM
     assert attempts == [1]
+
+
+def test_every_option_a_command_takes_has_a_field_in_its_record() -> None:
+    """The option table drives the records: each option a command takes is a field of that
+    command's record (by its dest; --pid as pids, an adapter's --NAME-config in
+    daemon_configs), so no value parsed can be dropped on the way to the command."""
+    from jailshim import cli, daemons
+
+    for record, command in cli._NAMES.items():
+        names = record.FIELDS
+        taken = {o.dest for o in cli._OPTIONS if command in o.commands}
+        taken = {"pids" if d == "pid" else d for d in taken - set(daemons.config_options())}
+        assert taken <= names, (command, sorted(taken - names))
+        if command == "run":
+            assert "daemon_configs" in names
+
+
+def test_a_budget_spent_between_two_looks_is_no_internal_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify_with_retries looked at the time left (positive), then slept that long, read
+    again: on a loaded machine it had turned negative, time.sleep raised ValueError and `run
+    --wait-addr --timeout 0.3` exited 70 (2 in 25 beside two busy loops). A clock that moves
+    0.1 s at each look makes it happen every time."""
+    import itertools
+
+    from jailshim.verify import retry
+    from jailshim.verify.findings import Finding
+
+    clock = itertools.count(0.0, 0.1)
+    monkeypatch.setattr("jailshim.verify.retry.time.monotonic", lambda: next(clock))
+    waiting = Finding("address 127.0.0.1", ok=False, detail="lo is down", transient=True)
+
+    class Quiet:
+        def log(self, *args: object, **facts: object) -> None:
+            pass
+
+    outcome = retry.verify_with_retries(lambda: [waiting], 0.45, Quiet())
+    assert outcome.failing == [waiting]

@@ -8,59 +8,33 @@ only that module is imported, so a daemon without an adapter imports none.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from jailshim.daemon_registry import ADAPTERS, ALIASES, REGISTRY, Registered, config_options
 from jailshim.errors import ConfigError, UsageError, said
 
 if TYPE_CHECKING:
-    import argparse
-
-    from jailshim.spec import Identity
-    from jailshim.verify.network import WaitTarget
+    from jailshim.logs import Logger
+    from jailshim.options import RunOptions
+    from jailshim.spec import Identity, WaitTarget
 
 __all__ = [
     "ADAPTERS",
+    "ALIASES",
+    "REGISTRY",
     "Adapter",
+    "DaemonAdapter",
     "DaemonConfig",
+    "DaemonPlan",
     "PendingCheck",
+    "Registered",
     "choose",
+    "config_options",
     "load",
+    "plan_for",
     "refuse_host_directory",
 ]
-
-# daemon name (COMMAND's basename, or --daemon NAME) -> the module that holds its adapter
-ADAPTERS = {
-    "haproxy": "jailshim.daemons.haproxy",
-    "named": "jailshim.daemons.named",
-    "nsd": "jailshim.daemons.nsd",
-    "postfix": "jailshim.daemons.postfix",
-    "stunnel": "jailshim.daemons.stunnel",
-    "unbound": "jailshim.daemons.unbound",
-}
-# other names the same daemon is installed under (Debian: /usr/bin/stunnel4)
-ALIASES = {"stunnel4": "stunnel"}
-# a run option that names a daemon's configuration file -> that daemon
-_CONFIG_OPTIONS = {"haproxy_config": "haproxy"}
-
-
-class DaemonConfig(NamedTuple):
-    """What a daemon's configuration says about its jail (None: the config does not say)."""
-
-    files: tuple[str, ...]  # what was read: files, or the daemon's tool and its file
-    jail: str | None = None
-    user: str | None = None  # a name, or "+N" for a number
-    group: str | None = None
-    log_sockets: tuple[str, ...] = ()  # host sockets the daemon needs at the same path
-    targets: tuple[WaitTarget, ...] = ()  # addresses it binds: wait until they are usable
-    notes: tuple[str, ...] = ()  # warnings about what was read or passed over
-    read: tuple[tuple[str, str], ...] = ()  # more facts read, for the log (name, value)
-    notify: bool = False  # it sends READY=1 to $NOTIFY_SOCKET from inside its jail
-    file_sets: tuple[str, ...] = ()  # named jail-file sets it needs (files.FILE_SETS keys)
-    devices: tuple[str, ...] = ()  # device nodes it needs beyond jailshim's default ones
-    # directories its checker creates entries in (postfix check makes queue directories):
-    # each is judged as a jail is before the checker runs
-    checker_dirs: tuple[str, ...] = ()
 
 
 class PendingCheck:
@@ -75,15 +49,71 @@ class PendingCheck:
         """Stop the checker (by PID) and reap it."""
 
 
-class Adapter:
+class DaemonPlan(NamedTuple):
+    """What a daemon's configuration says about its jail (None: the config does not say), in
+    Spec's names, with the daemon's checker for exactly the command line that was read and its
+    rule for the identity it really runs with (both bound by :func:`plan_for`)."""
+
+    files: tuple[str, ...]  # what was read: files, or the daemon's tool and its file
+    chroot: str | None = None
+    user: str | None = None  # a name, or "+N" for a number
+    group: str | None = None
+    sockets: tuple[str, ...] = ()  # host log sockets the daemon needs at the same path
+    wait_targets: tuple[WaitTarget, ...] = ()  # addresses it binds: wait until they are usable
+    notes: tuple[str, ...] = ()  # warnings about what was read or passed over
+    read: tuple[tuple[str, str], ...] = ()  # more facts read, for the log (name, value)
+    notify: bool = False  # it sends READY=1 to $NOTIFY_SOCKET from inside its jail
+    file_sets: tuple[str, ...] = ()  # named jail-file sets it needs (files.FILE_SETS keys)
+    devices: tuple[str, ...] = ()  # device nodes it needs beyond jailshim's default ones
+    # directories its checker creates entries in (postfix check makes queue directories):
+    # each is judged as a jail is before the checker runs
+    checker_dirs: tuple[str, ...] = ()
+    # the daemon's own checker over the command line read (bound by plan_for)
+    start_check: Callable[[], PendingCheck] = PendingCheck
+    # (identity its user and group name, group given?) -> the identity it really runs with
+    identity_rule: Callable[[Identity, bool], Identity] = lambda identity, _group_given: identity
+
+
+DaemonConfig = DaemonPlan  # the name it had: adapters and tests written before still work
+
+
+class DaemonAdapter(Protocol):
     """One daemon: recognised by ``name``; reads its config; runs its own checker."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def check_writes(self) -> bool:
+        """The checker changes files: a --dry-run, which changes nothing, skips it."""
+        ...
+
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
+        """The daemon's config as ``argv`` (argv[0]: the binary whose tools to ask) names it."""
+        ...
+
+    def start_check(self, argv: Sequence[str]) -> PendingCheck:
+        """Start the checker; ``finish()`` on the result gives its verdict."""
+        ...
+
+    def config_argv(self, command: str, path: str) -> list[str]:
+        """The command line that reads configuration file ``path`` (--NAME-config FILE)."""
+        ...
+
+    def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
+        """The identity the daemon really runs with, given the one its user and group name."""
+        ...
+
+
+class Adapter:
+    """The defaults an adapter builds on (it meets DaemonAdapter by overriding ``read``)."""
 
     name = ""
     # The checker changes files (postfix check makes missing queue directories): a --dry-run,
     # which promises to change nothing, skips it and says so.
     check_writes = False
 
-    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         """The daemon's config as ``argv`` (argv[0]: the binary whose tools to ask) names it."""
         raise NotImplementedError
 
@@ -100,51 +130,64 @@ class Adapter:
         """The command line that reads configuration file ``path`` (--NAME-config FILE)."""
         return [command, path]
 
-    def identity(self, identity: Identity, config: DaemonConfig, *, group_given: bool) -> Identity:
+    def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
         """The identity the daemon really runs with, given the one its user and group name."""
         return identity
 
 
-def load(name: str) -> Adapter:
-    """The adapter for daemon ``name`` (a key of ADAPTERS); imports only its module."""
+def load(name: str) -> DaemonAdapter:
+    """The adapter for daemon ``name`` (a key of REGISTRY); imports only its module."""
     import importlib
 
-    adapter: Adapter = importlib.import_module(ADAPTERS[name]).ADAPTER
+    adapter: DaemonAdapter = importlib.import_module(REGISTRY[name].module).ADAPTER
     return adapter
 
 
+def plan_for(adapter: DaemonAdapter, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
+    """What ``adapter`` reads from the command line ``argv``, with its checker bound to that
+    same command line (the files it read are the files it checks) and its identity rule."""
+    plan = adapter.read(argv, env)
+    read_argv = list(argv)
+
+    def start_check() -> PendingCheck:
+        return adapter.start_check(read_argv)
+
+    def identity_rule(identity: Identity, group_given: bool) -> Identity:
+        return adapter.identity(identity, plan, group_given=group_given)
+
+    return plan._replace(start_check=start_check, identity_rule=identity_rule)
+
+
 def choose(
-    args: argparse.Namespace, argv: Sequence[str], binary: str
-) -> tuple[Adapter, list[str]] | None:
+    options: RunOptions, argv: Sequence[str], binary: str
+) -> tuple[DaemonAdapter, list[str]] | None:
     """The adapter for this run and the command line it reads (its argv[0] the binary to ask),
     or None: COMMAND has no adapter and no option names one."""
-    from jailshim.cli import origin
-
-    forced: str | None = getattr(args, "daemon", None)
-    if forced is not None and forced not in ADAPTERS:
+    forced = options.daemon
+    if forced is not None and forced not in REGISTRY:
         raise UsageError(
-            f"{said(origin(args, 'daemon'), forced)} is not a daemon jailshim has an adapter "
-            f"for; give one of {', '.join(sorted(ADAPTERS))}, or leave it out."
+            f"{said(options.origin('daemon'), forced)} is not a daemon jailshim has an adapter "
+            f"for; give one of {', '.join(sorted(REGISTRY))}, or leave it out."
         )
-    by_option = [(opt, d) for opt, d in _CONFIG_OPTIONS.items() if getattr(args, opt, None)]
-    if by_option and forced is not None and forced != by_option[0][1]:
+    owners = config_options()
+    by_option = [(dest, path, owners[dest][0]) for dest, path in options.daemon_configs]
+    if by_option and forced is not None and forced != by_option[0][2]:
         raise UsageError(
-            f"{origin(args, by_option[0][0])} is {by_option[0][1]}'s configuration but "
-            f"{origin(args, 'daemon')} says COMMAND is {forced}; give one of them."
+            f"{options.origin(by_option[0][0])} is {by_option[0][2]}'s configuration but "
+            f"{options.origin('daemon')} says COMMAND is {forced}; give one of them."
         )
     basename = os.path.basename(argv[0])
     basename = ALIASES.get(basename, basename)
-    name = forced or (by_option[0][1] if by_option else None)
+    name = forced or (by_option[0][2] if by_option else None)
     if name is None:
-        name = basename if basename in ADAPTERS else None
+        name = basename if basename in REGISTRY else None
     if name is None:
         return None
     runs_it = name in (forced, basename)  # COMMAND is the daemon itself
     command = binary if runs_it else name
     if by_option:
-        option = by_option[0][0]
-        path = getattr(args, option)
-        _readable(path, origin(args, option), name)
+        dest, path, _ = by_option[0]
+        _readable(path, options.origin(dest), name)
         adapter = load(name)
         return adapter, adapter.config_argv(command, path)
     return load(name), [command, *argv[1:]]
@@ -193,7 +236,7 @@ def refuse_host_directory(path: str, tool: str) -> None:
         )
 
 
-def log_read(logger: Any, adapter: Adapter, config: DaemonConfig) -> None:
+def log_read(logger: Logger, adapter: DaemonAdapter, config: DaemonPlan) -> None:
     """The run log lines that name what was read from the daemon's config."""
     event = f"{adapter.name}.config"
     for note in config.notes:
@@ -201,12 +244,12 @@ def log_read(logger: Any, adapter: Adapter, config: DaemonConfig) -> None:
     logger.info(
         event,
         files=list(config.files),
-        chroot=config.jail,
+        chroot=config.chroot,
         user=config.user,
         group=config.group,
-        log_sockets=list(config.log_sockets),
+        log_sockets=list(config.sockets),
         **({"devices": list(config.devices)} if config.devices else {}),
-        addresses=[t.ip for t in config.targets],  # bound by the daemon: waited for
+        addresses=[t.ip for t in config.wait_targets],  # bound by the daemon: waited for
         # "notify": true read as "systemd is notified" even with no $NOTIFY_SOCKET: say both
         notify_capable=config.notify,  # it sends READY=1 from inside its jail when asked to
         notify_socket=(os.environ.get("NOTIFY_SOCKET") or None) if config.notify else None,

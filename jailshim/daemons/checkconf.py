@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
-    from jailshim.verify.network import WaitTarget
+    from jailshim.spec import WaitTarget
 
 __all__ = [
     "TIMEOUT",
@@ -264,7 +264,7 @@ def ip_targets(
     IP literals (names are not waited for); 0.0.0.0 and :: bind wherever, so need no wait."""
     import ipaddress
 
-    from jailshim.verify.network import WaitTarget
+    from jailshim.spec import WaitTarget
 
     targets: dict[str, WaitTarget] = {}
     notes: list[str] = []

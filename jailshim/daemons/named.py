@@ -23,7 +23,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from jailshim.daemons import Adapter, DaemonConfig, checkconf
+from jailshim.daemons import Adapter, DaemonPlan, checkconf
 from jailshim.daemons.getopt import GetoptError, getopt
 from jailshim.errors import ConfigError, UsageError
 
@@ -297,7 +297,7 @@ class _Named(Adapter):
 
     name = "named"
 
-    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         opts = argv_options(argv)
         tool = _checkconf(argv)
         if "t" in opts:
@@ -336,12 +336,12 @@ class _Named(Adapter):
         read.append(
             ("logging", "stderr (-g)" if "g" in opts else "syslog" if syslog else "its own files")
         )
-        return DaemonConfig(
+        return DaemonPlan(
             files=(file,),
-            jail=(jail.rstrip("/") or "/") if jail is not None else None,
+            chroot=(jail.rstrip("/") or "/") if jail is not None else None,
             user=_user(opts["u"][-1]) if opts.get("u", [""])[-1] else None,
-            log_sockets=("/dev/log",) if syslog else (),
-            targets=targets,
+            sockets=("/dev/log",) if syslog else (),
+            wait_targets=targets,
             notes=(*notes, *more),
             read=tuple(read),
             notify=True,  # Debian's named sends READY=1 (sd_notify) after the chroot

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from jailshim.daemons import Adapter, DaemonConfig, checkconf
+from jailshim.daemons import Adapter, DaemonPlan, checkconf
 from jailshim.daemons.getopt import options_of
 from jailshim.errors import ConfigError
 
@@ -45,7 +45,7 @@ class _Nsd(Adapter):
 
     name = "nsd"
 
-    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         tool, opts = _checkconf(argv), options_of("nsd", argv, _GETOPT)
         file = opts.get("c", [DEFAULT_CONFIG])[-1]
         values, failed = checkconf.ask(tool, _ASKED, [file], "nsd")
@@ -74,12 +74,12 @@ class _Nsd(Adapter):
         read += [(f"argv_{k}", opts[k][-1]) for k in ("t", "u") if k in opts]
         if logfile:
             read.append(("logfile", logfile))
-        return DaemonConfig(
+        return DaemonPlan(
             files=(file,),
-            jail=(chroot.rstrip("/") or "/") if chroot else None,  # nsd-checkconf adds a /
+            chroot=(chroot.rstrip("/") or "/") if chroot else None,  # nsd-checkconf adds a /
             user=user or None,
-            log_sockets=() if logfile else ("/dev/log",),
-            targets=targets,
+            sockets=() if logfile else ("/dev/log",),
+            wait_targets=targets,
             notes=notes,
             read=tuple(read),
             notify=True,

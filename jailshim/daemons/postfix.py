@@ -29,7 +29,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from jailshim.daemons import Adapter, DaemonConfig, checkconf
+from jailshim.daemons import Adapter, DaemonPlan, checkconf
 from jailshim.daemons.getopt import GetoptError, getopt
 from jailshim.errors import ConfigError
 
@@ -186,7 +186,7 @@ class _Postfix(Adapter):
     name = "postfix"
     check_writes = True
 
-    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         config_dir, command = parse_argv(argv, env)
         tool = _postconf(argv)
         dir_args = ["-c", config_dir] if config_dir else []
@@ -234,7 +234,7 @@ class _Postfix(Adapter):
         files = (f"{where}/main.cf", f"{where}/master.cf")
         if not jailed:
             read.append(("chrooted", "none: every service reads the host's files, no jail"))
-            return DaemonConfig(
+            return DaemonPlan(
                 files=files,
                 user=values["mail_owner"] or None,
                 notes=tuple(notes),
@@ -248,11 +248,11 @@ class _Postfix(Adapter):
         else:
             read.append(("logging", f"syslog: /dev/log at {queue.rstrip('/')}/dev/log"))
         notes += _notes(values, services, jailed)
-        return DaemonConfig(
+        return DaemonPlan(
             files=files,
-            jail=queue.rstrip("/") or "/",
+            chroot=queue.rstrip("/") or "/",
             user=values["mail_owner"] or None,
-            log_sockets=() if maillog else ("/dev/log",),
+            sockets=() if maillog else ("/dev/log",),
             notes=tuple(notes),
             read=tuple(read),
             file_sets=_FILE_SETS,

@@ -18,12 +18,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from jailshim.daemons import Adapter, DaemonConfig
+from jailshim.daemons import Adapter, DaemonPlan
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
-    from jailshim.spec import Identity
-    from jailshim.verify.network import WaitTarget
+    from jailshim.spec import Identity, WaitTarget
 
 __all__ = ["ADAPTER", "DEFAULT_CONFIG", "identity_as_set", "parse"]
 
@@ -87,7 +86,7 @@ class _Stunnel(Adapter):
 
     name = "stunnel"
 
-    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         path = config_file(argv)
         if path is None:
             raise ConfigError(
@@ -108,20 +107,20 @@ class _Stunnel(Adapter):
             notes.append(f"{path}: include = {options['include']} is not read; flags win")
         targets, more = _targets(accepts)
         syslog = options.get("syslog", "yes").lower() != "no"
-        return DaemonConfig(
+        return DaemonPlan(
             files=(path,),
-            jail=_jail_of(options.get("chroot", "")),
+            chroot=_jail_of(options.get("chroot", "")),
             user=options.get("setuid") or None,
             group=options.get("setgid") or None,
-            log_sockets=("/dev/log",) if syslog else (),
-            targets=targets,
+            sockets=("/dev/log",) if syslog else (),
+            wait_targets=targets,
             notes=(*notes, *more),
         )
 
     def config_argv(self, command: str, path: str) -> list[str]:
         return [command, path]
 
-    def identity(self, identity: Identity, config: DaemonConfig, *, group_given: bool) -> Identity:
+    def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
         return identity_as_set(identity, group_given=group_given)
 
 
@@ -138,7 +137,7 @@ def _targets(
     """The IPs of `accept = HOST:PORT` lines to wait for (a bare port binds every address)."""
     import ipaddress
 
-    from jailshim.verify.network import WaitTarget
+    from jailshim.spec import WaitTarget
 
     targets: dict[str, WaitTarget] = {}
     notes: list[str] = []

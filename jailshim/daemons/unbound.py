@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from jailshim.daemons import Adapter, DaemonConfig, checkconf
+from jailshim.daemons import Adapter, DaemonPlan, checkconf
 from jailshim.daemons.getopt import options_of
 from jailshim.errors import ConfigError
 
@@ -67,7 +67,7 @@ class _Unbound(Adapter):
 
     name = "unbound"
 
-    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         tool, file = _checkconf(argv), config_file(argv)
         tail = [file] if file is not None else []
         values, failed = checkconf.ask(tool, _ASKED, tail, "unbound")
@@ -87,12 +87,12 @@ class _Unbound(Adapter):
         read = [("tool", tool), ("directory", directory or "")]
         if syslog:
             read.append(("use_syslog", "yes"))
-        return DaemonConfig(
+        return DaemonPlan(
             files=(file or "(unbound's default file)",),
-            jail=chroot or None,  # "" is no chroot
+            chroot=chroot or None,  # "" is no chroot
             user=user or None,  # "" is no change of user
-            log_sockets=("/dev/log",) if syslog else (),
-            targets=targets,
+            sockets=("/dev/log",) if syslog else (),
+            wait_targets=targets,
             notes=notes,
             read=tuple(read),
             notify=True,

@@ -10,13 +10,15 @@ import ipaddress
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jailshim.verify.findings import Finding
-from jailshim.verify.network import IFF_UP
 
 if TYPE_CHECKING:
-    from jailshim.verify.network import WaitTarget
+    from jailshim.spec import WaitTarget
 
 __all__ = ["AddressFacts", "diagnose", "judge_address"]
 
+# <net/if.h>; also in network.py, which imports this module only on its slow path: this one
+# importing that one back made the two an import cycle
+IFF_UP = 0x1
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 

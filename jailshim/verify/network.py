@@ -13,9 +13,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from typing import Any, NamedTuple
+from typing import Any
 
 from jailshim.errors import UsageError
+from jailshim.spec import WaitTarget  # re-exported: it was defined here
 from jailshim.verify.findings import Finding
 
 __all__ = [
@@ -28,18 +29,6 @@ __all__ = [
 
 IFF_UP = 0x1
 WILDCARDS = {"", "*", "0.0.0.0", "::"}  # noqa: S104 (names, not a bind)
-
-
-class WaitTarget(NamedTuple):
-    """An IP address the daemon binds, and where we learnt it."""
-
-    ip: str
-    source: str  # "--wait-addr" or "haproxy.cfg:12"
-    transparent: bool = False  # the daemon binds with IP_TRANSPARENT: no need to wait
-
-    @property
-    def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.ip else socket.AF_INET
 
 
 def ip_literal(text: str, *, has_port: bool = False) -> str | None:

@@ -110,7 +110,9 @@ def verify_with_retries(probe: Callable[[], list[Finding]], timeout: float, log:
             backoff: float = min(_MAX_WAIT, 0.1 * 2.0 ** int(state.attempt_number))
             return max(0.0, min(backoff, remaining()))
 
-        time.sleep(min(0.1, remaining()))
+        # remaining() was positive a moment ago; on a loaded machine it may not be now, and
+        # time.sleep(-0.01) raised ValueError: exit 70 instead of the check's 69 (test_network)
+        time.sleep(max(0.0, min(0.1, remaining())))
         retrying = tenacity.Retrying(
             sleep=_sleep,
             stop=lambda state: remaining() <= 0,

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jailshim.daemons import Adapter, DaemonConfig, PendingCheck
+from jailshim.daemons import Adapter, DaemonPlan, PendingCheck
 from jailshim.daemons.haproxy.config import (
     Bind,
     HaproxyConfig,
@@ -68,7 +68,7 @@ class _Haproxy(Adapter):
 
     name = "haproxy"
 
-    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonConfig:
+    def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         # .if predicates (feature(), version_atleast()) ask the binary that will run: argv[0]
         config = read_config(config_files(argv), env, binary=argv[0])
         targets, notes = haproxy_targets(config.binds)
@@ -82,13 +82,13 @@ class _Haproxy(Adapter):
 
                 version = binary_facts(argv[0]).version
             jail = jail_of(jail, os.getcwd(), change_dir, version)
-        return DaemonConfig(
+        return DaemonPlan(
             files=config.files,
-            jail=jail,
+            chroot=jail,
             user=config.user,
             group=config.group,
-            log_sockets=config.log_sockets,
-            targets=tuple(targets),
+            sockets=config.log_sockets,
+            wait_targets=tuple(targets),
             notes=tuple(notes),
         )
 
@@ -100,7 +100,7 @@ class _Haproxy(Adapter):
     def config_argv(self, command: str, path: str) -> list[str]:
         return [command, "-f", path]
 
-    def identity(self, identity: Identity, config: DaemonConfig, *, group_given: bool) -> Identity:
+    def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
         return identity_as_set(identity, group_given=group_given)
 
 
