@@ -129,6 +129,24 @@ def one(argv: list[str]) -> None:
             os.write(child_in, json.dumps([start, time.monotonic()]).encode() + b"\n")
 
     probe._child = timed_child
+    from jailshim.verify import needs
+
+    before_chroot = needs.prepare_before_chroot
+
+    def ready(*args: Any, **kwargs: Any) -> Any:  # the child's last step before it waits
+        try:
+            return before_chroot(*args, **kwargs)
+        finally:
+            os.write(child_in, json.dumps(["ready", time.monotonic()]).encode() + b"\n")
+
+    needs.prepare_before_chroot = ready
+    collect = probe.Probe.collect
+
+    def go(self: probe.Probe) -> Any:
+        marks["probe: go (the jail is ready)"] = (time.monotonic() - began) * 1000
+        return collect(self)
+
+    probe.Probe.collect = go  # type: ignore[method-assign]
     at_prepare: dict[str, float] = {}
     original_pv = check.prepare_and_verify
 
@@ -152,10 +170,13 @@ def one(argv: list[str]) -> None:
         cli._main(argv, log)
     os.close(child_in)
     data = os.read(child_out, 4096)
-    if data:
-        start, end = json.loads(data.splitlines()[0])
-        marks["probe child: fork to exit"] = (end - start) * 1000
-        marks["probe child: started after"] = (start - began) * 1000
+    for line in data.splitlines():
+        first, second = json.loads(line)
+        if first == "ready":
+            marks["probe child: ready to enter the jail"] = (second - began) * 1000
+        else:
+            marks["probe child: fork to exit"] = (second - first) * 1000
+            marks["probe child: started after"] = (first - began) * 1000
     if at_prepare:
         total = (at_prepare["end"] - at_prepare["start"]) * 1000
         inner = marks.get("probe fork", 0.0) + marks.get("verify (wait for the probe, judge)", 0.0)
@@ -250,6 +271,8 @@ def main(runs: int) -> str:
         "verify (wait for the probe, judge)",
         "hand-over reached",
         "probe child: started after",
+        "probe child: ready to enter the jail",
+        "probe: go (the jail is ready)",
         "probe child: fork to exit",
     ]
     for phase in order:
