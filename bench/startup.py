@@ -19,8 +19,8 @@ from bench.common import PYTHON, REPO, machine, precompile, time_command, write_
 
 STRUCTLOG = "python -c 'import structlog'"
 INIT = "jailshim run --init, no jail"
-# argv, what runs untimed before each run, the environment (None: this one)
-Command = tuple[list[str], Callable[[], None] | None, dict[str, str] | None]
+# argv, what runs untimed before each run, the tree to run in (None: this one, from here)
+Command = tuple[list[str], Callable[[], None] | None, Path | None]
 
 SEED_RECIPE = (  # the seed story's shell entrypoint: mknod if missing, read 16 bytes, exec
     'd="$1/dev"; [ -c "$d/urandom" ] || { mkdir -p "$d"; mknod "$d/urandom" c 1 9; '
@@ -38,19 +38,26 @@ def _tree_of(commit: str, into: Path) -> Path:
     )
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     subprocess.run([PYTHON, "-m", "compileall", "-q", str(into / "jailshim")], check=True)
+    where = subprocess.run(
+        [PYTHON, "-c", "import jailshim; print(jailshim.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=into,
+        env={**os.environ, "PYTHONPATH": str(into)},
+    ).stdout
+    assert where.startswith(str(into)), where  # not this tree's, found first on sys.path
     return into
-
-
-def _env(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree)}
 
 
 def interleaved_env(commands: dict[str, Command], runs: int) -> dict[str, float]:
     """Median seconds per command, round-robin so that machine noise hits all alike."""
     samples: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
-        for name, (argv, before, env) in commands.items():
-            samples[name] += time_command(argv, 1, before=before, env=env)
+        for name, (argv, before, tree) in commands.items():
+            # `python -m` takes jailshim from the working directory (sys.path[0]) first
+            env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+            samples[name] += time_command(argv, 1, before=before, env=env, cwd=tree)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -105,15 +112,13 @@ def main(runs: int, previous: str = PREVIOUS) -> str:
             cold = colds[tree]
             argv = [*js, *(str(cold) if w == "COLD" else w for w in words)]
             before = fresh(cold) if "COLD" in words else None
-            commands[f"{row} @ {tree}"] = (argv, before, _env(path))
+            commands[f"{row} @ {tree}"] = (argv, before, path)
     try:
         medians = interleaved_env(commands, runs)
     finally:
         for tree, cold in colds.items():
             subprocess.run(
-                [*js, "teardown", "--chroot", str(cold), *quiet],
-                check=False,
-                env=_env(trees[tree]),
+                [*js, "teardown", "--chroot", str(cold), *quiet], check=False, cwd=trees[tree]
             )
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(trees[previous], ignore_errors=True)
