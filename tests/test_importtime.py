@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,3 +170,42 @@ def test_the_real_loader_names_a_binarys_libcrypto() -> None:
     need(os.path.exists(openssl), "needs /usr/bin/openssl (Debian's openssl package)")
     libs, note = libfind.for_command(openssl)
     assert [lib.family for lib in libs] == ["OpenSSL"], note
+
+
+def _with_loader(tmp_path: Path, loader: str) -> str:
+    """A copy of /bin/true whose PT_INTERP names ``loader`` (never executed: only read)."""
+    data = Path("/bin/true").read_bytes()
+    interp = libfind._interpreter(data[:65536]).encode()
+    assert interp and len(loader) <= len(interp)
+    patched = tmp_path / "daemon"
+    patched.write_bytes(data.replace(interp, loader.encode().ljust(len(interp), b"\0"), 1))
+    return str(patched)
+
+
+@pytest.fixture
+def hang() -> Iterator[Path]:
+    """A "loader" that never answers, at a path short enough for a PT_INTERP."""
+    short = Path(tempfile.mkdtemp(prefix="jl", dir="/tmp"))
+    path = short / "h"
+    path.write_text("#!/bin/sh\nexec sleep 30\n")
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(short)
+
+
+def test_a_started_loader_not_read_is_killed_and_reaped(tmp_path: Path, hang: Path) -> None:
+    listing = libfind.CommandLibraries(_with_loader(tmp_path, str(hang)))
+    assert listing.loader == str(hang)
+    began = time.monotonic()
+    listing.cancel()
+    assert time.monotonic() - began < 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_loader_past_its_deadline_is_no_list(
+    tmp_path: Path, hang: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(libfind, "_LIST_TIMEOUT", 0.3)
+    libs, note = libfind.CommandLibraries(_with_loader(tmp_path, str(hang))).result()
+    assert libs == [] and "linked statically" in note  # as when the loader cannot run
