@@ -275,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`jailshim …`: the fast `run --init`, or the full command line."""
     words = sys.argv[1:] if argv is None else list(argv)
     run = fast_init(words, os.environ)
+    if run is not None and "pdeath_signal" in run.values:
+        # handover reads the starter's PID that cli records when it is imported; imported
+        # now, as early as the full path imports it, so a starter gone meanwhile is noticed
+        import jailshim.cli  # noqa: F401
     stop = ready(run) if run is not None else None
     if run is not None and stop is not None:
         return _start(run, stop)
