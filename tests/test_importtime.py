@@ -209,3 +209,28 @@ def test_a_loader_past_its_deadline_is_no_list(
     monkeypatch.setattr(libfind, "_LIST_TIMEOUT", 0.3)
     libs, note = libfind.CommandLibraries(_with_loader(tmp_path, str(hang))).result()
     assert libs == [] and "linked statically" in note  # as when the loader cannot run
+
+
+def test_the_lookups_start_without_subprocess(tmp_path: Path) -> None:
+    """The probe child's other helper process (the lookups as the daemon's user) is spawned
+    the same way: the answer comes back, and subprocess was never loaded."""
+    jail = tmp_path / "jail"
+    jail.mkdir(mode=0o755)
+    tmp_path.chmod(0o755)
+    script = (
+        "import json, sys\n"
+        "from jailshim.verify import needs\n"
+        "wanted = needs.Needs(resolve=('localhost',), services=True)\n"
+        "lookups = needs.start_lookups(wanted, sys.argv[1], 65534, 65534, ())\n"
+        "answers = needs._answers(lookups)\n"
+        "print(json.dumps(['subprocess' in sys.modules, sorted(answers)]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(jail)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.strip() == '[false, ["resolve", "services"]]', proc.stderr

@@ -37,6 +37,7 @@ __all__ = [
     "for_command",
     "for_paths",
     "for_pid",
+    "inherited_fds",
     "load",
     "open_regular",
     "read_bounded",
@@ -118,7 +119,7 @@ def _interpreter(head: bytes) -> str:
     return ""
 
 
-def _inherited_fds() -> list[int]:
+def inherited_fds() -> list[int]:
     """This process's fds above 2 that an exec would pass on (not close-on-exec): one given to
     jailshim by its starter (a socket, a pipe) is not the loader's to hold."""
     try:
@@ -158,7 +159,7 @@ def _spawn_list(loader: str, binary: str) -> _Listing | None:
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, out_write, 1),  # dup2 clears close-on-exec on 1 and 2 only
         (os.POSIX_SPAWN_DUP2, err_write, 2),
-        *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()),
+        *((os.POSIX_SPAWN_CLOSE, fd) for fd in inherited_fds()),
     ]
     try:
         pid = os.posix_spawn(loader, [loader, "--list", binary], os.environ, file_actions=actions)
