@@ -115,10 +115,12 @@ def _run(front: list[str], words: list[str], env: dict[str, str]) -> tuple[int, 
 
 
 def _said(stderr: bytes) -> str:
-    """stderr without what differs from run to run: timestamps, durations, process IDs."""
+    """stderr without what differs from run to run: timestamps, durations, process IDs; its
+    lines sorted, since the supervisor and its child write theirs at the same time."""
     text = stderr.decode(errors="replace")
     text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+Z", "T", text)  # JSON and console
-    return re.sub(r'(pid|child|elapsed_ms)("?: |=)[\d.]+', r"\1\2N", text)
+    text = re.sub(r'(pid|child|elapsed_ms)("?: |=)[\d.]+', r"\1\2N", text)
+    return "\n".join(sorted(text.splitlines()))
 
 
 def _both(words: list[str], env: dict[str, str]) -> None:
@@ -139,7 +141,6 @@ def test_fast_and_full_paths_agree(words: list[str], env: dict[str, str], taken:
     "command",
     [
         ["/nonexistent/daemon"],  # 127
-        ["/etc/hostname"],  # 126: not executable
         ["true"],  # found on $PATH
         [*SH, "--", "x", "--grace", "1"],  # `--` and options in COMMAND's own words
         [*SH, "é", "\udcff"],  # not UTF-8: the log renders it as structlog does
@@ -150,6 +151,16 @@ def test_fast_and_full_paths_agree(words: list[str], env: dict[str, str], taken:
 def test_commands_agree(command: list[str]) -> None:
     _both(["run", "--init", "--", *command], {})
     _both(["run", "--init", "--log-level", "debug", "--", *command], {})
+
+
+def test_a_command_that_cannot_run_agrees(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    plain = tmp_path / "daemon"
+    plain.write_text("not a program\n")
+    plain.chmod(0o644)  # 126: not executable
+    _both(["run", "--init", "--", str(plain)], {})
+    plain.chmod(0o755)  # executable, no #! and not ELF: the supervisor's exec fails (126)
+    _both(["run", "--init", "--", str(plain)], {})
 
 
 @pytest.mark.parametrize("words", [["run", "--init"], ["run", "--init", "--"], ["run"], []])
