@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from jailshim import cli, entry
-from tests.support import clean_env
+from tests.support import clean_env, need
 
 FULL = [sys.executable, "-c", "import sys; from jailshim.cli import main; sys.exit(main())"]
 FAST = [sys.executable, "-m", "jailshim"]
@@ -64,6 +65,7 @@ CASES: list[tuple[list[str], dict[str, str], bool]] = [
     (["--init", "--log-level", "warning", "--log-format", "json"], {}, True),
     (["--init", "--log-format", "console"], {}, False),  # structlog's console renderer
     (["--init", "--log-level", "loud"], {}, False),
+    (["--init", "--log-format", "console", "--log-level", "error"], {}, True),  # says nothing
     (["--init", "--ini"], {}, False),  # argparse's abbreviation
     (["--init", "--dry-run"], {}, False),
     (["--init", "--user", "nobody"], {}, False),
@@ -183,6 +185,17 @@ def test_without_dashes_and_with_a_closed_stdin_go_to_the_full_path(tmp_path: Pa
             check=False,
         )
         assert (proc.returncode, proc.stdout) == (0, "/dev/null\n"), proc.stderr
+
+
+def test_under_another_init_both_warn_alike() -> None:
+    """PID 1 is tini (a fresh PID namespace): both paths warn that --init doubles the init."""
+    tini = shutil.which("tini")
+    need(tini is not None, "needs tini (Debian's tini package)")
+    wrap = ["unshare", "--pid", "--fork", "--mount-proc", str(tini), "-s", "--"]
+    full = _run([*wrap, *FULL], ["run", "--init", "--", "true"], {})
+    fast = _run([*wrap, *FAST], ["run", "--init", "--", "true"], {})
+    assert '"event": "init.double"' in full[2]
+    assert fast == full
 
 
 _WAITS = (
