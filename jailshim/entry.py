@@ -39,7 +39,7 @@ _VALUES = (
     "--log-level",
 )
 _REPEATED = ("--rewrite-signal", "--map-exit")
-# cli._OPTIONS' choices for the three options that have them (tests hold the two equal)
+# within cli._OPTIONS' choices for the three options that have them (a test holds it)
 _CHOICES = {
     "--inherited-signals": ("reset",),  # keep: the state read at start is cli's; full path
     "--log-format": ("auto", "json", "console"),
