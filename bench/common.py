@@ -28,8 +28,10 @@ def time_command(
     *,
     before: Callable[[], None] | None = None,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> list[float]:
-    """Wall-clock seconds of ``runs`` executions (``before`` runs untimed before each)."""
+    """Wall-clock seconds of ``runs`` executions (``before`` runs untimed before each), in
+    ``cwd``: `python -m` puts the working directory first on sys.path, before PYTHONPATH."""
     samples = []
     for _ in range(runs):
         if before is not None:
@@ -41,6 +43,7 @@ def time_command(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env or os.environ.copy(),
+            cwd=cwd,
         )
         samples.append(time.perf_counter() - start)
     return samples

@@ -1,10 +1,10 @@
-"""``python -m jailshim``."""
+"""``python -m jailshim``: the same entry point as the `jailshim` command (jailshim.entry)."""
 
 from __future__ import annotations
 
 import sys
 
-from jailshim.cli import main
+from jailshim.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,9 @@
 """What a daemon reads after chroot besides /dev, proved in the probe child as its user: the
 time zone (etc/localtime), name resolution (getaddrinfo) and service names (etc/services).
 
-``Needs`` says what to prove; ``prepare_before_chroot`` loads what must come from the host;
-``gather`` runs after chroot and the drop, and makes no NSS lookup as root (see there). The
-``judge_*`` functions are pure.
+``Needs`` says what to prove; ``prepare_before_chroot`` reads the host's zone; ``start_lookups``
+starts the lookups before chroot; ``gather`` runs after chroot and the drop, and makes no NSS
+lookup as root (see there). The ``judge_*`` functions are pure.
 """
 
 from __future__ import annotations
@@ -113,11 +113,9 @@ def judge_services(port: int, error: str, services_missing: bool) -> Finding:
 
 
 def prepare_before_chroot() -> tuple[float, Zone]:
-    """Load, from the host, what the checks need after chroot (the socket module, the idna
-    codec getaddrinfo encodes names with), and read the host's zone for one instant."""
-    import encodings.idna  # noqa: F401
-    import socket  # noqa: F401
-
+    """Read the host's zone for one instant, before chroot. (The lookups, which need socket
+    and the idna codec from the host, run in their own interpreter, start_lookups: the probe
+    child no longer loads them, ~1 ms of its critical path before chroot, issue 28.)"""
     now = time.time()
     return now, _zone(now)
 
@@ -186,48 +184,76 @@ _LOOKUP_DEADLINE = 8.0  # inside the probe's own 10 s
 _MAX_ANSWER = 1 << 20  # bytes: far above any real answer
 
 
-def start_lookups(needs: Needs, jail: str, uid: int, gid: int, groups: tuple[int, ...]) -> Any:
+class Lookups(NamedTuple):
+    """The running lookups: their PID and the read end of their stdout."""
+
+    pid: int
+    out: int
+
+
+def start_lookups(
+    needs: Needs, jail: str, uid: int, gid: int, groups: tuple[int, ...]
+) -> Lookups | None:
     """Before chroot, as root: start the lookups (getaddrinfo, getservbyname) in a fresh
     interpreter that chroots and drops to the daemon's user itself; None when there are none
     to make. They run the NSS modules the jail's nsswitch.conf names, code its writers chose,
-    so they run where nothing of jailshim's is: no host file read, no fd but their pipe."""
+    so they run where nothing of jailshim's is: no host file read, no fd but their pipe
+    (posix_spawn, as libfind runs the loader: no subprocess in the probe child, issue 28)."""
     if uid == 0 or not (needs.resolve or needs.services):
         return None
     import json
-    import subprocess
     import sys
 
+    from jailshim.verify.libfind import inherited_fds
+
     args = json.dumps([jail, uid, gid, list(groups), list(needs.resolve), needs.services])
-    return subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _LOOKUPS, args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        # a resolver that does not answer must not outlast the probe's deadline
-        env={"RES_OPTIONS": "timeout:2 attempts:1"},
-        close_fds=True,
-    )
+    out_read, out_write = os.pipe2(os.O_CLOEXEC)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, out_write, 1),
+        (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+        *((os.POSIX_SPAWN_CLOSE, fd) for fd in inherited_fds()),
+    ]
+    try:
+        pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-I", "-S", "-c", _LOOKUPS, args],
+            # a resolver that does not answer must not outlast the probe's deadline
+            {"RES_OPTIONS": "timeout:2 attempts:1"},
+            file_actions=actions,
+        )
+    except BaseException:
+        os.close(out_read)
+        raise
+    finally:
+        os.close(out_write)
+    return Lookups(pid, out_read)
 
 
-def _answers(lookups: Any) -> dict[str, Any]:
+def _answers(lookups: Lookups) -> dict[str, Any]:
     """What the lookups printed, read up to a bound and a deadline: they run the jail's NSS
     modules, which could print without end into root's memory or never finish."""
     import json
     import select
+    import signal
 
     deadline = time.monotonic() + _LOOKUP_DEADLINE
-    fd = lookups.stdout.fileno()
+    fd = lookups.out
     data = b""
-    while len(data) <= _MAX_ANSWER:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        data += chunk
-    lookups.kill()  # by its Popen: our own child, gone already when it answered
-    code = lookups.wait()
+    try:
+        while len(data) <= _MAX_ANSWER:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+        os.kill(lookups.pid, signal.SIGKILL)  # our own child, gone already when it answered
+        _, status = os.waitpid(lookups.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
     try:
         answers: dict[str, Any] = json.loads(data) if len(data) <= _MAX_ANSWER else {}
     except ValueError:
@@ -240,7 +266,7 @@ def _answers(lookups: Any) -> dict[str, Any]:
 
 
 def gather(
-    needs: Needs, now: float, host: Zone, *, as_root: bool, lookups: Any = None
+    needs: Needs, now: float, host: Zone, *, as_root: bool, lookups: Lookups | None = None
 ) -> list[Finding]:
     """After chroot and the drop: the findings for ``needs``.
 

@@ -33,6 +33,7 @@ from jailshim.verify.needs import Needs
 if TYPE_CHECKING:
     from jailshim.verify.cryptolib import CryptoLib
     from jailshim.verify.entropy import ProbeEntropy, ProbeLibrary
+    from jailshim.verify.libfind import CommandLibraries
 
 __all__ = ["CryptoSource", "Probe", "run_probe"]
 
@@ -191,11 +192,23 @@ def _drop(identity: Identity) -> Finding:
     return Finding("privileges", True, "")  # detail filled in by the parent from /proc
 
 
+def _start_listing(source: CryptoSource) -> CommandLibraries | None:
+    """COMMAND's loader asked now, when its libraries are what is probed: `ld.so --list`
+    (the child's longest step before chroot) runs while the rest is readied. It maps the
+    libraries without running their code, so it cannot make OpenSSL's marker either."""
+    if source == _HOST_DEFAULT or source.paths or source.libs or source.missing:
+        return None
+    from jailshim.verify.libfind import CommandLibraries
+
+    return CommandLibraries(source.command)
+
+
 def _reseeders(
-    source: CryptoSource,
+    source: CryptoSource, listing: CommandLibraries | None = None
 ) -> tuple[list[_Reseeder], list[Finding], list[ProbeLibrary]]:
     """One probe per library the daemon uses (loaded and seeded now, before chroot), the
-    findings for libraries that cannot be probed, and every library for the verdict."""
+    findings for libraries that cannot be probed, and every library for the verdict.
+    ``listing``: COMMAND's loader, started earlier (_start_listing)."""
     from jailshim.verify.entropy import ProbeLibrary
     from jailshim.verify.openssl import OpenSSLProbe
 
@@ -211,7 +224,7 @@ def _reseeders(
     elif source.libs or source.missing:
         libs, note = list(source.libs), source.missing
     else:
-        libs, note = libfind.for_command(source.command)
+        libs, note = (listing or libfind.CommandLibraries(source.command)).result()
     if not libs:
         said = f"cannot tell: {note}" if source.missing else f"none probed: {note}"
         return [], [Finding("crypto library", True, said, warning=True, whose="probe")], []
@@ -258,12 +271,18 @@ def _child(
     def emit(finding: Finding) -> None:
         os.write(out, (json.dumps(finding.to_json()) + "\n").encode())
 
-    from jailshim.verify.entropy import ProbeEntropy, absent_only, release_of
+    listing = _start_listing(crypto)
+    try:
+        from jailshim.verify.entropy import ProbeEntropy, absent_only, release_of
 
-    # the marker as the daemon will find it: before any library here could make it
-    marker = _marker_here()
-    # before chroot: the libraries and their first seed come from the host, as the daemon's did
-    reseeders, notes, libraries = _reseeders(crypto)
+        # the marker as the daemon will find it: before any library here could make it
+        marker = _marker_here()
+        # before chroot: the libraries and their first seed come from the host, as the
+        # daemon's did
+        reseeders, notes, libraries = _reseeders(crypto, listing)
+    finally:
+        if listing is not None:
+            listing.cancel()  # its answer was not read (a failure): killed and reaped
     if notify:  # loaded before chroot, like libcrypto: the jail has no Python to import
         import socket  # noqa: F401
     if needs is not None:
@@ -414,6 +433,10 @@ class Probe:
         with contextlib.suppress(OSError):  # it already exited: its report says why
             os.write(self.go, b"1")
         os.close(self.go)
+        # the verdict's modules, loaded while the child works in the jail: after its answer
+        # they were ~1 ms of every run's critical path (issue 28)
+        from jailshim.verify.entropy import ProbeEntropy
+
         pid, read_end = self.pid, self.read_end
         chunks, deadline, hung = [], time.monotonic() + _PROBE_DEADLINE, False
         try:
@@ -432,8 +455,6 @@ class Probe:
             for line in b"".join(chunks).splitlines():
                 data = json.loads(line)
                 if "entropy" in data:
-                    from jailshim.verify.entropy import ProbeEntropy
-
                     self.entropy = ProbeEntropy.from_json(data["entropy"])
                 else:
                     findings.append(Finding.from_json(data))
