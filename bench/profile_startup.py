@@ -107,16 +107,17 @@ def one(argv: list[str]) -> None:
 
     marks["imports: cli, log (structlog)"] = (time.monotonic() - at) * 1000
     at = time.monotonic()
-    from jailshim import check, daemons, handover, run
+    from jailshim import daemons, handover, run, specs
+    from jailshim import ready as ready_mod
     from jailshim.verify import probe
 
     marks["imports: run, check, probe"] = (time.monotonic() - at) * 1000
 
     _timed(cli, "parse_args", record, "parse")
-    _timed(daemons, "choose", record, "config read (adapter chosen, imported, read)")
-    _timed(cli, "_spec_from", record, "spec (jail files, devices, identity)")
-    _timed(check, "start_probe", record, "probe fork")
-    _timed(check, "check", record, "verify (wait for the probe, judge)")
+    _timed(daemons, "plan_for", record, "config read (adapter imported, read)")
+    _timed(specs, "build_spec", record, "spec (jail files, devices, identity)")
+    _timed(ready_mod, "start_probe", record, "probe fork")
+    _timed(ready_mod, "check", record, "verify (wait for the probe, judge)")
     _timed(run, "vet_jail", record, "vet jail (config check)")
     child_out, child_in = os.pipe()
     child = probe._child
@@ -148,14 +149,14 @@ def one(argv: list[str]) -> None:
 
     probe.Probe.collect = go  # type: ignore[method-assign]
     at_prepare: dict[str, float] = {}
-    original_pv = check.prepare_and_verify
+    original_pv = ready_mod.prepare_and_verify
 
     def prepare_and_verify(*args: Any, **kwargs: Any) -> None:
         at_prepare["start"] = time.monotonic()
         original_pv(*args, **kwargs)
         at_prepare["end"] = time.monotonic()
 
-    check.prepare_and_verify = prepare_and_verify
+    ready_mod.prepare_and_verify = prepare_and_verify
 
     class _HandedOver(BaseException):  # past cli's `except Exception`
         pass

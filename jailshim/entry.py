@@ -68,8 +68,24 @@ def _dest(flag: str) -> str:
 def fast_init(argv: Sequence[str], environ: Mapping[str, str]) -> FastInit | None:
     """The run this command line asks for, if it is a `run --init` with no jail that the fast
     path understands completely; None for everything else (PURE)."""
-    if len(argv) < 3 or argv[0] != "run":
+    read = _flags_given(argv) if len(argv) >= 3 and argv[0] == "run" else None
+    flags = {*_SWITCHES, *_VALUES, *_REPEATED}
+    variables = {_ENV + _dest(f).upper(): f for f in flags}
+    if read is None or any(k.startswith(_ENV) and k not in variables for k in environ):
+        return None  # JAILSHIM_CHROOT, or any variable the fast path does not know
+    given, command = read
+    merged = _merged(given, environ, variables)
+    if merged is None or not merged[3].get("--init"):
         return None
+    values, lists, origin, switches = merged
+    if any(values.get(_dest(f), choices[0]) not in choices for f, choices in _CHOICES.items()):
+        return None
+    return FastInit(command, values, lists, switches.get("--kill-group", False), origin)
+
+
+def _flags_given(argv: Sequence[str]) -> tuple[dict[str, list[str]], tuple[str, ...]] | None:
+    """The known flags before `--` with their raw values, and COMMAND; None at anything else
+    (another option, an abbreviation, COMMAND without `--`, -h, no COMMAND)."""
     given: dict[str, list[str]] = {}
     at = 1
     while at < len(argv) and argv[at] != "--":
@@ -80,7 +96,7 @@ def fast_init(argv: Sequence[str], environ: Mapping[str, str]) -> FastInit | Non
             at += 1
             continue
         if flag not in _VALUES and flag not in _REPEATED:
-            return None  # another option, an abbreviation, COMMAND without `--`, -h …
+            return None
         if eq:
             value, at = inline, at + 1
         elif at + 1 < len(argv) and not argv[at + 1].startswith("-"):
@@ -89,27 +105,26 @@ def fast_init(argv: Sequence[str], environ: Mapping[str, str]) -> FastInit | Non
             return None  # a value that looks like an option: argparse's rules, not ours
         given.setdefault(flag, []).append(value)
     command = tuple(argv[at + 1 :])
-    if not command:
-        return None
-    flags = {*_SWITCHES, *_VALUES, *_REPEATED}
-    variables = {_ENV + _dest(f).upper(): f for f in flags}
-    if any(k.startswith(_ENV) and k not in variables for k in environ):
-        return None  # JAILSHIM_CHROOT, or any variable the fast path does not know
+    return (given, command) if command else None
+
+
+_Merged = tuple[dict[str, str], dict[str, list[str]], dict[str, str], dict[str, bool]]
+
+
+def _merged(
+    given: dict[str, list[str]], environ: Mapping[str, str], variables: dict[str, str]
+) -> _Merged | None:
+    """(values, lists, origin, switches): flags win over variables, each option as a whole;
+    None when a switch's variable is not one of cli's yes/no words."""
     values: dict[str, str] = {}
     lists: dict[str, list[str]] = {}
     origin: dict[str, str] = {}
     switches: dict[str, bool] = {}
     for variable, flag in variables.items():
         dest = _dest(flag)
-        if flag in given:  # flags win, each option as a whole
+        if flag in given:
             origin[dest] = flag
             raw = given[flag]
-            if flag in _SWITCHES:
-                switches[flag] = True
-            elif flag in _REPEATED:
-                lists[dest] = raw
-            else:
-                values[dest] = raw[-1]
         elif variable in environ:
             origin[dest] = variable
             text = environ[variable]
@@ -118,16 +133,17 @@ def fast_init(argv: Sequence[str], environ: Mapping[str, str]) -> FastInit | Non
                 if word not in _TRUE | _FALSE:
                     return None
                 switches[flag] = word in _TRUE
-            elif flag in _REPEATED:
-                lists[dest] = [p.strip() for p in text.split(",") if p.strip()]
-            else:
-                values[dest] = text
-    if not switches.get("--init"):
-        return None
-    for flag, choices in _CHOICES.items():
-        if values.get(_dest(flag), choices[0]) not in choices:
-            return None
-    return FastInit(command, values, lists, switches.get("--kill-group", False), origin)
+                continue
+            raw = [p.strip() for p in text.split(",") if p.strip()] if flag in _REPEATED else [text]
+        else:
+            continue
+        if flag in _SWITCHES:
+            switches[flag] = True
+        elif flag in _REPEATED:
+            lists[dest] = raw
+        else:
+            values[dest] = raw[-1]
+    return values, lists, origin, switches
 
 
 def _console(fmt: str) -> bool:
@@ -177,6 +193,12 @@ class _Log:
 
     def warning(self, event: str, **facts: object) -> None:
         self._emit("warning", event, facts)
+
+    def error(self, event: str, **facts: object) -> None:
+        self._emit("error", event, facts)
+
+    def log(self, level: int, event: str, **facts: object) -> None:
+        self._emit(_LEVELS[min(max(level // 10 - 1, 0), len(_LEVELS) - 1)], event, facts)
 
 
 def ready(run: FastInit) -> StopOptions | None:
@@ -231,8 +253,6 @@ def _start(run: FastInit, stop: StopOptions) -> int:
 
     log = _Log(run.values.get("log_level", "info"))
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, stopsignals.interrupt)  # as cli.main: a stop unwinds, 128+n
         log.warning(
             "no_jail",
             detail="no --chroot and no chroot in the daemon's config: nothing to prepare",
@@ -275,10 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`jailshim …`: the fast `run --init`, or the full command line."""
     words = sys.argv[1:] if argv is None else list(argv)
     run = fast_init(words, os.environ)
-    if run is not None and "pdeath_signal" in run.values:
-        # handover reads the starter's PID that cli records when it is imported; imported
-        # now, as early as the full path imports it, so a starter gone meanwhile is noticed
-        import jailshim.cli  # noqa: F401
+    if run is not None:
+        from jailshim import stopsignals
+
+        # as cli.main does first: the starter's PID (--pdeath-signal) and the stop signals
+        # that came ignored, read before anything else; a stop from here on unwinds, 128+n
+        stopsignals.catch_at_start()
     stop = ready(run) if run is not None else None
     if run is not None and stop is not None:
         return _start(run, stop)

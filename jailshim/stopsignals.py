@@ -54,7 +54,11 @@ def interrupt(signum: int, _frame: object) -> None:
 
 def catch_at_start() -> None:
     """At jailshim's start (cli.main, once): note who started us and which stop signals came
-    ignored, then catch the stop signals (they unwind until the hand-over)."""
+    ignored, then catch the stop signals (they unwind until the hand-over). Once: the fast
+    `run --init` path (entry.py) calls it first and may then hand over to cli.main, whose second
+    call would read a later parent and see its own handler where SIG_IGN was."""
+    if _parent_at_start:
+        return
     _parent_at_start[:] = [os.getppid()]
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         if signal.signal(sig, interrupt) == signal.SIG_IGN:
