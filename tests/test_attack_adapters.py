@@ -28,12 +28,9 @@ from jailshim.daemons import checkconf, haproxy, stunnel
 from jailshim.errors import ConfigError
 from jailshim.jail import hostdirs
 from tests import pids
-from tests.daemons import free_port, own_network, stop
+from tests.daemons import free_port, stop
 from tests.support import clean_env, jailshim_argv, need, run
-from tests.test_postfix import postfix_bin, write_postfix_config
-from tests.test_unbound import unbound_bin
-
-__all__ = ["own_network", "postfix_bin", "unbound_bin"]  # fixtures used here, defined there
+from tests.test_postfix import write_postfix_config
 
 _QUEUE_NAMES = {"active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming"}
 _QUEUE_NAMES |= {"maildrop", "pid", "private", "public", "saved", "trace"}
