@@ -72,6 +72,20 @@ def run(*args: str, env: dict[str, str] | None = None, wrap: list[str] | None = 
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def in_shell(script: str, *args: str, env: dict[str, str] | None = None) -> Result:
+    """``sh -c script sh ARGS`` (ARGS are "$@"), captured; never a traceback."""
+    proc = subprocess.run(
+        ["sh", "-c", script, "sh", *args],
+        capture_output=True,
+        text=True,
+        env=env or clean_env(),
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
 def spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start a long-running process with its output captured (stop it with daemons.stop)."""
     return subprocess.Popen(

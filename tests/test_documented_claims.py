@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import stop
-from tests.support import clean_env, jailshim_argv, run, spawn
+from tests.support import clean_env, in_shell, jailshim_argv, run, spawn
 from tests.test_attack_doctor import _daemon, _evil, _reseed_rows
-from tests.test_edges import _shell
 
 pytestmark = pytest.mark.usefixtures("root")
 
@@ -174,16 +173,16 @@ def test_commands_with_stdin_or_stderr_closed(jail: Path, closed: str) -> None:
     stdout, and the daemon finds /dev/null on the closed descriptors, not a file jailshim
     happened to open there."""
     script = f'exec "$@" {closed}'
-    dry = _shell(script, *jailshim_argv("prepare", "--chroot", str(jail), "--dry-run"))
+    dry = in_shell(script, *jailshim_argv("prepare", "--chroot", str(jail), "--dry-run"))
     assert dry.code == 0 and "dev/urandom" in dry.stdout, (dry.stdout, dry.stderr)
-    assert _shell(script, *jailshim_argv("prepare", "--chroot", str(jail))).code == 0
+    assert in_shell(script, *jailshim_argv("prepare", "--chroot", str(jail))).code == 0
     assert (jail / "dev" / "urandom").is_char_device()
-    assert _shell(script, *jailshim_argv("teardown", "--chroot", str(jail))).code == 0
+    assert in_shell(script, *jailshim_argv("teardown", "--chroot", str(jail))).code == 0
     assert not (jail / "dev").exists()
-    missing = _shell(script, *jailshim_argv("prepare", "--chroot", str(jail / "nowhere")))
+    missing = in_shell(script, *jailshim_argv("prepare", "--chroot", str(jail / "nowhere")))
     assert missing.code == 78, missing.stderr
     show = "import os; print(os.readlink('/proc/self/fd/0'), os.readlink('/proc/self/fd/2'))"
-    daemon = _shell(script, *jailshim_argv("run", "--", sys.executable, "-c", show))
+    daemon = in_shell(script, *jailshim_argv("run", "--", sys.executable, "-c", show))
     assert daemon.code == 0, daemon.stderr
     fd0, fd2 = daemon.stdout.split()
     if "0<&-" in closed:
