@@ -1,6 +1,8 @@
 """Attacks on `jailshim doctor --pid` (issue 25, items 1, 7 and 8): a container's root and a
 daemon's own user try to make doctor run their code as host root, or probe the host's library
-in place of the daemon's; and doctor says the true thing about a PID it cannot inspect."""
+in place of the daemon's, swap the probe's device after its look, or hold doctor's
+--read-filter in vfork(); and doctor says the true thing about a PID it cannot inspect (the
+newest of two seccomp filters' errno)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import contextlib
 import ctypes
 import os
 import shutil
+import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -20,7 +24,17 @@ import pytest
 
 from tests import pids
 from tests.multiarch import LIBDIR
-from tests.support import NOBODY, TESTS, Result, need, run
+from tests.support import (
+    EXCHANGER,
+    NOBODY,
+    TESTS,
+    Result,
+    clean_env,
+    compile_c,
+    jailshim_argv,
+    need,
+    run,
+)
 
 DEBIAN_LIBCRYPTO = f"{LIBDIR}/libcrypto.so.3"
 
@@ -64,22 +78,16 @@ time.sleep(120)
 """
 
 
-def _gcc(area: Path, name: str, source: str, *flags: str) -> Path:
-    need(shutil.which("gcc") is not None, "needs gcc (Debian package gcc)")
-    (area / f"{name}.c").write_text(source)
-    out = area / name
-    cc = subprocess.run(
-        ["gcc", "-shared", "-fPIC", *flags, "-o", str(out), str(area / f"{name}.c")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert cc.returncode == 0, cc.stderr
-    return out
-
-
 def _evil(area: Path, marker: Path) -> Path:
-    return _gcc(area, "evil.so", EVIL, "-Wl,-soname,libcrypto.so.3", f'-DMARKER="{marker}"')
+    return compile_c(
+        area,
+        "evil.so",
+        EVIL,
+        "-shared",
+        "-fPIC",
+        "-Wl,-soname,libcrypto.so.3",
+        f'-DMARKER="{marker}"',
+    )
 
 
 @pytest.fixture
@@ -340,7 +348,7 @@ def test_a_daemon_with_no_library_doctor_can_name_gets_cannot_tell(
     library of the host's in its place."""
     libs = area / "libs"
     libs.mkdir()
-    plain = _gcc(area, "plain.so", "int answer(void) { return 42; }\n")
+    plain = compile_c(area, "plain.so", "int answer(void) { return 42; }\n", "-shared", "-fPIC")
     shutil.copy(plain, libs / "libcrypto.so.3")
     os.chown(libs / "libcrypto.so.3", NOBODY, NOBODY)
     os.chown(libs, NOBODY, NOBODY)
@@ -483,3 +491,222 @@ def test_what_a_daemons_library_must_be_to_be_loaded(facts: dict[str, Any], reas
     }
     said = load_refusal(**given)
     assert (reason in said and said) if reason else said == "", said
+
+
+@contextlib.contextmanager
+def _loop_device(backing: Path) -> Iterator[str]:
+    """A loop block device over ``backing`` (all zeros): stands for the host's disk, whose
+    numbers a rootful container's root (CAP_MKNOD) can give to a node in its own files."""
+    need(shutil.which("losetup") is not None, "needs losetup (util-linux)")
+    made = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=False, capture_output=True, text=True
+    )
+    need(made.returncode == 0, f"needs a free loop device: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
+
+
+def test_doctors_probe_never_opens_a_device_swapped_in_after_its_look(tmp_path: Path) -> None:
+    """A rootful container's root owns every file of its chrooted daemon's jail, and the daemon
+    runs as uid 0, so doctor's probe stays root in /proc/PID/root. It exchanges dev/urandom with
+    a block node of the host's disk (here a loop device over zeros) in a loop. The probe's
+    _device_facts looks (lstat: 1:9) and then opens the name: the open gets the block device,
+    which root in the host's cgroup may open (the container's device cgroup does not apply), and
+    reads it. Measured end to end: `jailshim doctor --pid` read the loop device in 5 of 40 runs;
+    a node 10:130 would have armed the host's watchdog. Here the probe's own function runs
+    2000 times in a chrooted child as root (what doctor's probe child is), for a high rate."""
+    from jailshim.devices import ALLOWLIST
+    from jailshim.verify import probe
+
+    exchanger = compile_c(tmp_path, "exchange", EXCHANGER, "-O2")
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(bytes(1 << 20))
+    jail = tmp_path / "jail"
+    (jail / "dev").mkdir(parents=True)
+    urandom = ALLOWLIST["urandom"]
+    os.mknod(jail / "dev" / "urandom", 0o666 | 0o020000, urandom.rdev)
+    with _loop_device(backing) as device:
+        os.mknod(jail / "dev" / "disk", 0o600 | 0o060000, os.stat(device).st_rdev)
+        racer = subprocess.Popen([str(exchanger), str(jail / "dev"), "urandom", "disk"])
+        deadline = time.monotonic() + 10
+        while not stat.S_ISBLK(os.lstat(jail / "dev" / "urandom").st_mode):  # it is racing
+            assert racer.poll() is None and time.monotonic() < deadline, "the racer did not run"
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # doctor's probe child for a uid-0 daemon: chrooted, still root
+            try:
+                os.close(read_end)
+                proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY)  # as _child does
+                os.chroot(jail)
+                os.chdir("/")
+                # probes for a while, not a count: on a busy machine 2000 probes (0.1 s) could
+                # all fall in one slice where the racer did not run (seen: 0 hits on the old code)
+                hits = reads = probes = 0
+                until = time.monotonic() + 1.5
+                while probes < 2000 or time.monotonic() < until:
+                    probes += 1
+                    facts = probe._device_facts(urandom, proc_fd)
+                    if facts.samples and all(not any(s) for s in facts.samples):
+                        hits += 1  # 2 x 64 zero bytes: the block device was read
+                    elif facts.samples:
+                        reads += 1  # urandom itself, opened by the fd of its look
+                os.write(write_end, f"{hits} {reads} {probes}".encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        try:
+            with os.fdopen(read_end, "rb") as f:
+                hits, reads, probes = (int(n) for n in (f.read() or b"-1 -1 -1").split())
+        finally:
+            os.waitpid(child, 0)
+            racer.send_signal(signal.SIGTERM)
+            racer.wait(timeout=10)
+    assert hits == 0, f"root read the swapped-in block device in {hits} of {probes} probes"
+    assert reads > 0, f"the probe never read dev/urandom itself in {probes} probes"
+
+
+_VFORK_HANG = r"""
+#define _GNU_SOURCE
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <grp.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    /* started by root (the test's scratch directory is root's 0700), runs as argv[1] */
+    uid_t user = argc > 1 ? (uid_t)atoi(argv[1]) : 65534;
+    if (setgroups(0, NULL) || setresgid(user, user, user) || setresuid(user, user, user)) return 4;
+    struct sock_filter allow[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    struct sock_fprog prog = {1, allow};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) return 2;
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) return 3;
+    printf("ready\n");
+    fflush(stdout);
+    /* the parent waits in vfork() (killable only) for a child that never execs */
+    if (vfork() == 0) for (;;) syscall(SYS_pause);
+    return 0;
+}
+"""
+
+
+def _state(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.split()[1]
+    return ""
+
+
+@contextlib.contextmanager
+def _as_nobody(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """``argv`` (a program of ours that drops to the uid it is given) as nobody."""
+    proc = subprocess.Popen([*argv, str(NOBODY)], stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        # proc is unreaped, so its number is its own; its children are pinned as its children
+        pids.kill(reversed(pids.pin_family(proc.pid)))
+        proc.wait()
+
+
+def test_a_daemon_in_vfork_never_holds_doctors_read_filter(root: None, tmp_path: Path) -> None:
+    """The daemon's user (or any local user whose process doctor is pointed at, e.g. a worker
+    of a master given by --pid) makes its main thread wait in vfork() for a child that never
+    execs: that wait is killable only, so PTRACE_INTERRUPT never brings it to a stop, and
+    doctor --read-filter waited in waitpid() for ever (root's doctor hung; found by review2).
+    Wanted: doctor answers within seconds, "cannot tell", and the daemon is left running."""
+    binary = compile_c(tmp_path, "vforkhang", _VFORK_HANG, "-O2")
+    with _as_nobody([str(binary)]) as daemon:
+        assert daemon.stdout is not None and daemon.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 5
+        while _state(daemon.pid) != "D" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _state(daemon.pid) == "D"
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                jailshim_argv("doctor", "--pid", str(daemon.pid), "--read-filter"),
+                check=False,
+                env=clean_env(),
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("doctor --read-filter still waits for a daemon in vfork() after 20 s")
+        took = time.monotonic() - started
+        assert done.returncode in (0, 1, 69, 75), done.stderr
+        assert "ETIMEDOUT" in done.stdout + done.stderr
+        assert took < 15
+        # not left in a ptrace stop: still in its vfork wait, and it runs on once that ends
+        assert _state(daemon.pid) == "D"
+        (vfork_child,) = pids.pin_descendants(daemon.pid)
+        pids.kill([vfork_child])
+        assert daemon.wait(timeout=5) == 0
+
+
+_TWO_FILTERS = r"""
+/* Two seccomp filters answering getrandom() with different errnos: the oldest EPERM, the
+   newest ENOSYS. The kernel runs the newest first and keeps the first of equal actions. */
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static void install(int err) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getrandom, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | err),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = 4, .filter = f};
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)) perror("seccomp");
+}
+
+int main(void) {
+    char b[8];
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    install(EPERM);
+    install(ENOSYS);
+    long r = syscall(SYS_getrandom, b, 8, 0);
+    const char *name = errno == ENOSYS ? "ENOSYS" : errno == EPERM ? "EPERM" : "other";
+    printf("getrandom=%ld errno=%s\n", r, name);
+    fflush(stdout);
+    for (;;) pause();
+}
+"""
+
+
+def test_the_newest_seccomp_filters_errno_is_the_one_reported(tmp_path: Path) -> None:
+    """Of two filters that both answer getrandom() with an errno, the kernel returns the
+    newest's (it runs them newest first and keeps the first of equal actions). The ptrace
+    request numbers filters from the oldest, and doctor took the first: a daemon getting
+    ENOSYS was said to get EPERM. Not a top severity: a wrong fact in doctor's row."""
+    need(shutil.which("gcc") is not None, "needs gcc (Debian package gcc)")
+    from jailshim.verify.daemon_entropy import read_filters
+    from jailshim.verify.seccomp import getrandom_answer
+
+    (tmp_path / "two.c").write_text(_TWO_FILTERS)
+    binary = tmp_path / "two"
+    subprocess.run(["gcc", "-O1", "-o", str(binary), str(tmp_path / "two.c")], check=True)
+    daemon = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert daemon.stdout is not None
+        assert daemon.stdout.readline() == "getrandom=-1 errno=ENOSYS\n"
+        _, why = getrandom_answer(read_filters(daemon.pid), os.uname().machine)
+        assert "ENOSYS" in why, why
+    finally:
+        daemon.kill()
+        daemon.wait(10)
