@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -461,6 +461,25 @@ def children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state /proc/PID/stat gives (R, S, D, T, Z, …), or "gone"."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return data[data.rfind(")") + 2 :].split()[0]  # after comm, which may hold ") "
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20) -> bool:
+    """True as soon as ``predicate()`` is; False if ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def status_field(pid: int, field: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests import pids
+from tests.daemons import process_state
 from tests.multiarch import LIBDIR
 from tests.support import (
     EXCHANGER,
@@ -595,14 +596,6 @@ int main(int argc, char **argv) {
 """
 
 
-def _state(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                return line.split()[1]
-    return ""
-
-
 @contextlib.contextmanager
 def _as_nobody(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
     """``argv`` (a program of ours that drops to the uid it is given) as nobody."""
@@ -625,9 +618,9 @@ def test_a_daemon_in_vfork_never_holds_doctors_read_filter(root: None, tmp_path:
     with _as_nobody([str(binary)]) as daemon:
         assert daemon.stdout is not None and daemon.stdout.readline() == "ready\n"
         deadline = time.monotonic() + 5
-        while _state(daemon.pid) != "D" and time.monotonic() < deadline:
+        while process_state(daemon.pid) != "D" and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert _state(daemon.pid) == "D"
+        assert process_state(daemon.pid) == "D"
         started = time.monotonic()
         try:
             done = subprocess.run(
@@ -645,7 +638,7 @@ def test_a_daemon_in_vfork_never_holds_doctors_read_filter(root: None, tmp_path:
         assert "ETIMEDOUT" in done.stdout + done.stderr
         assert took < 15
         # not left in a ptrace stop: still in its vfork wait, and it runs on once that ends
-        assert _state(daemon.pid) == "D"
+        assert process_state(daemon.pid) == "D"
         (vfork_child,) = pids.pin_descendants(daemon.pid)
         pids.kill([vfork_child])
         assert daemon.wait(timeout=5) == 0
