@@ -67,6 +67,20 @@ def own_network(root: None) -> Iterator[None]:
         os.close(shared)
 
 
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts (it appends them); each is killed by its PID and reaped,
+    whatever happens."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # a no-op once reaped: never another process's number
+            proc.wait(10)
+
+
 def in_own_network() -> bool:
     return os.stat("/proc/thread-self/ns/net").st_ino != SHARED_NETWORK
 

@@ -25,11 +25,11 @@ import pytest
 from tests import pids
 from tests.daemons import process_state
 from tests.multiarch import LIBDIR
+from tests.planted import check_rows, evil_libcrypto, jailed_daemon, reseed_rows
 from tests.support import (
     EXCHANGER,
     NOBODY,
     TESTS,
-    Result,
     clean_env,
     compile_c,
     jailshim_argv,
@@ -38,97 +38,6 @@ from tests.support import (
 )
 
 DEBIAN_LIBCRYPTO = f"{LIBDIR}/libcrypto.so.3"
-
-# A "libcrypto.so.3" whose constructor records who ran it, unless the daemon itself loads it
-# (EVIL_QUIET): any line in MARKER is doctor running the library's code.
-EVIL = r"""
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-__attribute__((used)) const char version[] = "OpenSSL 3.0.99 1 Jan 2026";
-__attribute__((constructor)) static void planted(void) {
-    if (getenv("EVIL_QUIET") != NULL) return;
-    char ns[64] = "";
-    ssize_t n = readlink("/proc/self/ns/mnt", ns, sizeof ns - 1);
-    if (n > 0) ns[n] = 0;
-    FILE *f = fopen(MARKER, "a");
-    if (f) { fprintf(f, "uid=%d %s\n", (int)getuid(), ns); fclose(f); }
-}
-"""
-
-# The daemon: loads LIB (as haproxy loads libcrypto), calls itself haproxy, chroots, drops to
-# nobody, says so, and sleeps. With RENAME, its user then renames the mapped library through a
-# directory fd kept from before chroot (the directory is the user's).
-DAEMON = """
-import ctypes, os, sys, time
-lib, jail, rename = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-with open("/proc/self/comm", "w") as f:
-    f.write("haproxy")
-ctypes.CDLL(lib)
-dfd = os.open(os.path.dirname(lib), os.O_RDONLY | os.O_DIRECTORY)
-os.chroot(jail)
-os.chdir("/")
-os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
-if rename:
-    os.rename(os.path.basename(lib), "data.bin", src_dir_fd=dfd, dst_dir_fd=dfd)
-print("jailed", flush=True)
-time.sleep(120)
-"""
-
-
-def _evil(area: Path, marker: Path) -> Path:
-    return compile_c(
-        area,
-        "evil.so",
-        EVIL,
-        "-shared",
-        "-fPIC",
-        "-Wl,-soname,libcrypto.so.3",
-        f'-DMARKER="{marker}"',
-    )
-
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; each is killed by its PID and reaped, whatever happens."""
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(10)
-
-
-def _daemon(
-    procs: list[subprocess.Popen[bytes]],
-    argv_prefix: list[str],
-    lib: str,
-    jail: Path,
-    *,
-    rename: bool = False,
-) -> int:
-    proc = subprocess.Popen(
-        [*argv_prefix, sys.executable, "-c", DAEMON, lib, str(jail), "1" if rename else "0"],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "EVIL_QUIET": "1"},
-    )
-    procs.append(proc)
-    assert proc.stdout is not None and proc.stdout.readline() == b"jailed\n"
-    return proc.pid
-
-
-def _rows(result: Result) -> dict[str, dict[str, Any]]:
-    return {str(e["check"]): e for e in result.events if e["event"] == "check"}
-
-
-def _reseed_rows(result: Result) -> dict[str, dict[str, Any]]:
-    return {c: e for c, e in _rows(result).items() if c.endswith(" reseed")}
-
 
 # ---- 1: a container's library is never loaded by host root ---------------------------------
 
@@ -143,24 +52,24 @@ def test_a_containers_libcrypto_never_runs_as_host_root(
     cannot probe (never ok, never the host's library in its place), the version comes from
     the bytes; --crypto-lib loads what the operator names."""
     marker = area / "ran"
-    evil = _evil(area, marker)
+    evil = evil_libcrypto(area, marker)
     container = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                  f'mount --bind {evil} {DEBIAN_LIBCRYPTO} && exec "$@"', "sh"]  # fmt: skip
-    pid = _daemon(started, container, DEBIAN_LIBCRYPTO, jail)
+    pid = jailed_daemon(started, container, DEBIAN_LIBCRYPTO, jail)
     assert Path(f"/proc/{pid}/comm").read_text().strip() == "haproxy"
     assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
 
     result = run("doctor", "--pid", str(pid))
     assert not marker.exists(), marker.read_text()
     assert result.named("doctor.daemon")[0]["libraries"] == ["libcrypto.so.3 (OpenSSL 3.0.99)"]
-    (row,) = _reseed_rows(result).values()
+    (row,) = reseed_rows(result).values()
     assert row["check"] == "OpenSSL 3.0.99 reseed" and row["level"] == "warning", row
     assert row["detail"].startswith("cannot probe libcrypto.so.3 (OpenSSL 3.0.99)"), row
     assert "another mount namespace" in row["detail"] and "--crypto-lib" in row["detail"]
 
     chosen = run("doctor", "--pid", str(pid), "--crypto-lib", DEBIAN_LIBCRYPTO)
     assert not marker.exists(), marker.read_text()
-    (row,) = _reseed_rows(chosen).values()
+    (row,) = reseed_rows(chosen).values()
     assert "primary DRBG" in row["detail"] and DEBIAN_LIBCRYPTO in row["detail"], row
 
 
@@ -175,9 +84,9 @@ def test_a_file_of_the_same_inode_number_on_another_filesystem_is_not_loaded(
     libs.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "a", str(libs)], check=True)
     shutil.copy(DEBIAN_LIBCRYPTO, libs / "libcrypto.so.3")
-    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail)
+    pid = jailed_daemon(started, [], str(libs / "libcrypto.so.3"), jail)
     marker = area / "ran"
-    evil = _evil(area, marker)
+    evil = evil_libcrypto(area, marker)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "b", str(libs)], check=True)
     shutil.copy(evil, libs / "libcrypto.so.3")
     mapped = os.stat(f"/proc/{pid}/map_files/" + _range_of(pid, "libcrypto.so.3"))
@@ -186,7 +95,7 @@ def test_a_file_of_the_same_inode_number_on_another_filesystem_is_not_loaded(
 
     result = run("doctor", "--pid", str(pid))
     assert not marker.exists(), marker.read_text()
-    (row,) = _reseed_rows(result).values()
+    (row,) = reseed_rows(result).values()
     host = ctypes.CDLL(DEBIAN_LIBCRYPTO)
     host.OpenSSL_version.restype = ctypes.c_char_p
     version = host.OpenSSL_version(0).decode()
@@ -211,7 +120,7 @@ def test_a_library_that_doctor_found_then_saw_remapped_is_not_loaded(
     libs = area / "libs"
     libs.mkdir()
     shutil.copy(DEBIAN_LIBCRYPTO, libs / "libcrypto.so.3")
-    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail)
+    pid = jailed_daemon(started, [], str(libs / "libcrypto.so.3"), jail)
     (lib,), _ = libfind.for_pid(pid)
     assert not lib.refusal, lib
     with pytest.raises(OSError, match="not the file the daemon had mapped"):
@@ -227,17 +136,18 @@ def test_without_map_files_the_path_is_used_only_while_it_is_the_mapped_file(
     libs = area / "libs"
     libs.mkdir()
     shutil.copy(DEBIAN_LIBCRYPTO, libs / "libcrypto.so.3")
-    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail)
+    pid = jailed_daemon(started, [], str(libs / "libcrypto.so.3"), jail)
     probed = run("doctor", "--pid", str(pid), wrap=_NO_MAP_FILES)
-    (row,) = _reseed_rows(probed).values()
+    (row,) = reseed_rows(probed).values()
     assert row["check"].startswith("OpenSSL 3.") and "primary DRBG" in row["detail"], row
     assert f"at {libs}/libcrypto.so.3:" in row["detail"], row
 
     marker = area / "ran"
-    os.rename(_evil(area, marker), libs / "libcrypto.so.3")  # root's, but not the mapped file
+    # root's, but not the mapped file
+    os.rename(evil_libcrypto(area, marker), libs / "libcrypto.so.3")
     refused = run("doctor", "--pid", str(pid), wrap=_NO_MAP_FILES)
     assert not marker.exists(), marker.read_text()
-    (row,) = _reseed_rows(refused).values()
+    (row,) = reseed_rows(refused).values()
     assert row["level"] == "warning" and "could not be proven to be the file" in row["detail"]
 
 
@@ -255,7 +165,7 @@ def test_a_library_on_fuse_is_neither_trusted_nor_touched(
     it cannot follow map_files and would look at the path instead."""
     need(os.path.exists("/dev/fuse"), "needs /dev/fuse")
     marker = area / "ran"
-    evil = _evil(area, marker)
+    evil = evil_libcrypto(area, marker)
     mount, log = area / "fuse", area / "fuse.log"
     mount.mkdir()
     server = subprocess.Popen(
@@ -265,13 +175,13 @@ def test_a_library_on_fuse_is_neither_trusted_nor_touched(
     )  # fmt: skip
     try:
         assert server.stdout is not None and server.stdout.readline() == b"mounted\n"
-        pid = _daemon(started, [], str(mount / "libcrypto.so.3"), jail)
+        pid = jailed_daemon(started, [], str(mount / "libcrypto.so.3"), jail)
         before = log.read_text()
         time.sleep(1.1)  # past the attributes' validity: a lookup or stat would ask the server
         result = run("doctor", "--pid", str(pid), wrap=wrap)
         assert not marker.exists(), marker.read_text()
         assert log.read_text() == before  # not one request from doctor
-        (row,) = _reseed_rows(result).values()
+        (row,) = reseed_rows(result).values()
         assert row["level"] == "warning", row
         assert "FUSE filesystem" in row["detail"] or "could not be proven" in row["detail"], row
     finally:
@@ -291,7 +201,7 @@ def test_a_containers_fuse_library_is_sent_no_request(
     tell that filesystem's type from the daemon; it must not stat or open the file (an OPEN or
     GETATTR its server may never answer hangs doctor): only its name is used."""
     need(os.path.exists("/dev/fuse"), "needs /dev/fuse")
-    evil = _evil(area, area / "ran")
+    evil = evil_libcrypto(area, area / "ran")
     mount, log, ready, server = area / "fuse", area / "fuse.log", area / "ready", area / "pid"
     mount.mkdir()
     serve = (
@@ -301,12 +211,12 @@ def test_a_containers_fuse_library_is_sent_no_request(
     )
     container = ["unshare", "--mount", "--propagation", "private", "sh", "-c", serve, "sh"]
     try:
-        pid = _daemon(started, container, str(mount / "libcrypto.so.3"), jail)
+        pid = jailed_daemon(started, container, str(mount / "libcrypto.so.3"), jail)
         before = log.read_text()
         time.sleep(1.1)  # past the attributes' validity: a stat now would ask the server
         result = run("doctor", "--pid", str(pid))
         assert log.read_text() == before  # not one request from doctor
-        (row,) = _reseed_rows(result).values()
+        (row,) = reseed_rows(result).values()
         assert row["level"] == "warning" and "another mount namespace" in row["detail"], row
     finally:
         for proc in started:
@@ -329,13 +239,13 @@ def test_a_library_renamed_by_the_daemons_user_is_still_found_and_probed(
     libs.mkdir()
     os.chown(libs, NOBODY, NOBODY)
     shutil.copy(DEBIAN_LIBCRYPTO, libs / "libcrypto.so.3")  # root's, 0644: a trusted copy
-    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail, rename=True)
+    pid = jailed_daemon(started, [], str(libs / "libcrypto.so.3"), jail, rename=True)
     assert (libs / "data.bin").exists() and not (libs / "libcrypto.so.3").exists()
 
     result = run("doctor", "--pid", str(pid))
     (label,) = result.named("doctor.daemon")[0]["libraries"]
     assert label.startswith("libcrypto.so.3 (OpenSSL 3."), label
-    rows = _reseed_rows(result)
+    rows = reseed_rows(result)
     assert "OpenSSL reseed" not in rows, rows  # the host's, unversioned
     (row,) = rows.values()
     assert row["check"].startswith("OpenSSL 3.") and "primary DRBG" in row["detail"], row
@@ -353,12 +263,12 @@ def test_a_daemon_with_no_library_doctor_can_name_gets_cannot_tell(
     shutil.copy(plain, libs / "libcrypto.so.3")
     os.chown(libs / "libcrypto.so.3", NOBODY, NOBODY)
     os.chown(libs, NOBODY, NOBODY)
-    pid = _daemon(started, [], str(libs / "libcrypto.so.3"), jail, rename=True)
+    pid = jailed_daemon(started, [], str(libs / "libcrypto.so.3"), jail, rename=True)
 
     result = run("doctor", "--pid", str(pid))
     assert result.named("doctor.daemon")[0]["libraries"] == []
-    assert _reseed_rows(result) == {}
-    row = _rows(result)["crypto library"]
+    assert reseed_rows(result) == {}
+    row = check_rows(result)["crypto library"]
     assert row["level"] == "warning" and row["detail"].startswith("cannot tell: none of the")
     assert "--crypto-lib" in row["detail"], row
 
