@@ -1,5 +1,5 @@
 """Fixtures: root-only gating (any skip fails under CI=true: tests/ci_skips.py) and jails that
-always clean up."""
+always clean up; the daemons' own (tests/daemons.py) are registered here."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from tests.support import need, unmount_below
 
 # Hooks, registered by being names of this module: under CI=true every skip fails.
 __all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]
+# The daemons' fixtures (own_network, haproxy_bin, unbound_bin, …): one home, every test's
+pytest_plugins = ["tests.daemons"]
 
 
 @pytest.fixture
@@ -23,15 +25,6 @@ def root() -> None:
     """The test needs root (mknod, mount, chroot, namespaces)."""
     need(os.geteuid() == 0, "needs root: mknod, mounts and chroot")
     need(shutil.which("unshare") is not None, "needs unshare(1) from util-linux")
-
-
-@pytest.fixture
-def haproxy_bin(root: None) -> str:
-    """The haproxy binary (Debian's haproxy 2.6)."""
-    path = shutil.which("haproxy")
-    need(path is not None, "needs haproxy (Debian package haproxy)")
-    assert path is not None
-    return path
 
 
 @pytest.fixture

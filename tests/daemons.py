@@ -1,8 +1,11 @@
-"""Real daemons for tests: a TLS-terminating haproxy in a jail, a TCP echo backend, a syslog.
+"""Real daemons for tests: the daemons' binaries, a TLS-terminating haproxy in a jail, a TCP echo
+backend, a syslog, DNS questions to unbound, nsd and named.
 
-Every daemon test runs in a network namespace of its own (the ``own_network`` fixture): the
+A pytest plugin (tests/conftest.py names it): its fixtures — ``own_network`` and one
+``NAME_bin`` per daemon — are every test's without an import. Every daemon test runs in a
+network namespace of its own: each ``NAME_bin`` fixture depends on ``own_network``, so the
 test's thread, the daemons it starts and their clients share a loopback nobody else on the
-machine can bind on, so a port the test picks stays the test's. Every process is stopped by
+machine can bind on, and a port the test picks stays the test's. Every process is stopped by
 the fixture that started it, by PID.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -17,14 +21,15 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
 from tests import pids
-from tests.support import assert_ran
+from tests.support import assert_ran, need
 
 _CLONE_NEWNET = 0x40000000
 # The network namespace pytest started in: shared with every other process on the machine.
@@ -62,6 +67,20 @@ def own_network(root: None) -> Iterator[None]:
         os.close(shared)
 
 
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts (it appends them); each is killed by its PID and reaped,
+    whatever happens."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # a no-op once reaped: never another process's number
+            proc.wait(10)
+
+
 def in_own_network() -> bool:
     return os.stat("/proc/thread-self/ns/net").st_ino != SHARED_NETWORK
 
@@ -74,6 +93,182 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+# --- the daemons' binaries -----------------------------------------------------------------
+# Each skips (fails under CI=true) where its Debian package is missing, and puts the test in a
+# network namespace of its own: every port the daemon binds is the test's.
+
+POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
+# postfix's own templates, never edited by an administrator (/etc/postfix's may be)
+POSTFIX_PRISTINE = {
+    "main.cf": "/usr/share/postfix/main.cf.debian",
+    "master.cf": "/usr/share/postfix/master.cf.dist",
+}
+
+
+def _installed(command: str, package: str, *, also: tuple[str, ...] = (), user: str = "") -> str:
+    """The path of ``command`` (from Debian's ``package``), after the commands in ``also`` and
+    ``user`` (the daemon's own, which the package creates) are known to be there too."""
+    path = shutil.which(command)
+    need(path is not None, f"needs {command} (Debian package {package})")
+    for tool in also:
+        need(shutil.which(tool) is not None, f"needs {tool} ({_PACKAGE_OF.get(tool, package)})")
+    if user:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            need(False, f"needs the user {user} (Debian package {package} creates it)")
+    assert path is not None
+    return path
+
+
+_PACKAGE_OF = {"kdig": "Debian package knot-dnsutils", "named-checkconf": "bind9-utils"}
+
+
+@pytest.fixture
+def haproxy_bin(own_network: None) -> str:
+    """Debian's haproxy 2.6."""
+    return _installed("haproxy", "haproxy")
+
+
+@pytest.fixture
+def unbound_bin(own_network: None) -> str:
+    """Debian's unbound, its unbound-checkconf, its `unbound` user, and kdig to ask it."""
+    return _installed("unbound", "unbound", also=("unbound-checkconf", "kdig"), user="unbound")
+
+
+@pytest.fixture
+def nsd_bin(own_network: None) -> str:
+    """Debian's nsd, its nsd-checkconf, its `nsd` user, and kdig to ask it."""
+    return _installed("nsd", "nsd", also=("nsd-checkconf", "kdig"), user="nsd")
+
+
+@pytest.fixture
+def named_bin(own_network: None) -> str:
+    """Debian's named, named-checkconf, its /etc/bind, the `bind` user, and kdig to ask it."""
+    path = _installed("named", "bind9", also=("named-checkconf", "kdig"), user="bind")
+    need(Path("/etc/bind/named.conf.options").exists(), "needs Debian's /etc/bind (bind9)")
+    return path
+
+
+@pytest.fixture
+def stunnel_bin(own_network: None) -> str:
+    """Debian's stunnel4 and its `stunnel4` user."""
+    return _installed("stunnel4", "stunnel4", user="stunnel4")
+
+
+@pytest.fixture
+def postfix_bin(own_network: None) -> str:
+    """Debian's postfix, postconf, its master, its pristine templates and the user postfix."""
+    path = _installed("postfix", "postfix", also=("postconf",), user="postfix")
+    need(os.access(POSTFIX_MASTER, os.X_OK), f"needs {POSTFIX_MASTER} (Debian package postfix)")
+    for source in POSTFIX_PRISTINE.values():
+        need(Path(source).exists(), f"needs {source} (Debian package postfix)")
+    return path
+
+
+def daemon_pid(proc: subprocess.Popen[str], name: str) -> int:
+    """The process whose executable is ``name``: the Popen itself (jailshim exec'd into the
+    daemon) or, under a wrapper (nsrun, an init), the first such process below it."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            with contextlib.suppress(OSError):  # gone, or not yet exec'd
+                if Path(f"/proc/{pid}/exe").resolve().name == name:
+                    return pid
+        time.sleep(0.05)
+    raise AssertionError(f"no {name} process from {proc.args!r}")
+
+
+# --- DNS: the daemons' configs and their answers ---------------------------------------------
+
+DNS_NAME = "answer.jailshim.test"
+UNBOUND_ANSWER = "192.0.2.53"  # write_unbound_config's address for DNS_NAME
+
+
+def write_unbound_config(
+    directory: Path,
+    port: int,
+    *,
+    address: str = "127.0.0.1",
+    records: Mapping[str, str] = MappingProxyType({DNS_NAME: UNBOUND_ANSWER}),
+    chroot: bool = True,
+    refuse_the_rest: bool = False,
+    extra: str = "",
+) -> Path:
+    """directory/unbound.conf: unbound answering ``records`` (name -> IPv4 address, in zone
+    jailshim.test) on ``address``:``port``; chrooted at ``directory`` (the file inside it, as
+    unbound wants) as user unbound, or (``chroot`` False) neither; with ``refuse_the_rest`` a
+    fast NXDOMAIN for every other name (nothing here reaches the Internet); ``extra`` lines
+    end the server section."""
+    jail, user = (str(directory), "unbound") if chroot else ("", "")
+    lines = [
+        "server:",
+        f'    chroot: "{jail}"',
+        f'    directory: "{directory}"',
+        f'    username: "{user}"',
+        f"    interface: {address}@{port}",
+        f"    port: {port}",
+        "    do-ip6: no",
+        "    do-daemonize: no",
+        "    use-syslog: no",
+        '    pidfile: ""',
+        '    module-config: "iterator"',
+        "    access-control: 127.0.0.0/8 allow",
+        *(['    local-zone: "." static'] if refuse_the_rest else []),
+        '    local-zone: "jailshim.test." static',
+        *(f'    local-data: "{name}. 60 IN A {ip}"' for name, ip in records.items()),
+    ]
+    config = directory / "unbound.conf"
+    config.write_text("\n".join(lines) + f"\n{extra}remote-control:\n    control-enable: no\n")
+    return config
+
+
+def dns_answer(port: int, name: str = DNS_NAME) -> str:
+    """kdig's short answer for ``name`` A from 127.0.0.1:``port`` (in the test's network
+    namespace)."""
+    query = ["+short", "+time=1", "+retry=0", name, "A"]
+    proc = subprocess.run(
+        ["kdig", "@127.0.0.1", "-p", str(port), *query],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return proc.stdout.strip()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_for_dns(
+    port: int,
+    proc: subprocess.Popen[str],
+    answer: str,
+    *,
+    name: str = DNS_NAME,
+    timeout: float = 30,
+) -> None:
+    """Until 127.0.0.1:``port`` answers ``name`` with ``answer``; fails if ``proc`` (jailshim
+    and the daemon it started) exits first, with its output."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"{proc.args!r} exited {proc.returncode}:\n{err}\n{out}")
+        if not _listening(port):  # kdig's first try at a closed port waits out +time=1
+            time.sleep(0.05)
+            continue
+        if dns_answer(port, name) == answer:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing answered {name} on 127.0.0.1:{port} within {timeout}s")
 
 
 class EchoServer:
@@ -280,6 +475,25 @@ def children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state /proc/PID/stat gives (R, S, D, T, Z, …), or "gone"."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return data[data.rfind(")") + 2 :].split()[0]  # after comm, which may hold ") "
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20) -> bool:
+    """True as soon as ``predicate()`` is; False if ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def status_field(pid: int, field: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -19,6 +20,35 @@ NSRUN = str(TESTS / "nsrun.py")
 JAIL_READER = str(TESTS / "jail_reader.py")
 NOBODY = 65534
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+# A racer: exchanges two names in a directory (renameat2 RENAME_EXCHANGE) in a loop until
+# SIGTERM, and leaves them as it found them. argv: DIR (or "fd:N", a directory fd root opened
+# before the racer dropped to its user), NAME1, NAME2.
+EXCHANGER = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <linux/fs.h>
+static volatile sig_atomic_t stop;
+static void on_term(int s) { (void)s; stop = 1; }
+int main(int argc, char **argv) {
+    (void)argc;
+    /* a directory, or "fd:N" (opened by root before the racer dropped to its user) */
+    int dir = argv[1][0] == 'f' ? atoi(argv[1] + 3) : open(argv[1], O_PATH | O_DIRECTORY);
+    long n = 0;
+    signal(SIGTERM, on_term);
+    while (!stop) {
+        if (syscall(SYS_renameat2, dir, argv[2], dir, argv[3], RENAME_EXCHANGE)) return 1;
+        n++;
+    }
+    if (n % 2) syscall(SYS_renameat2, dir, argv[2], dir, argv[3], RENAME_EXCHANGE);
+    return 0;
+}
+"""
 
 
 def need(condition: bool, reason: str) -> None:
@@ -67,6 +97,20 @@ def run(*args: str, env: dict[str, str] | None = None, wrap: list[str] | None = 
     argv = [*(wrap or []), *jailshim_argv(*args)]
     proc = subprocess.run(
         argv, capture_output=True, text=True, env=env or clean_env(), timeout=120, check=False
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def in_shell(script: str, *args: str, env: dict[str, str] | None = None) -> Result:
+    """``sh -c script sh ARGS`` (ARGS are "$@"), captured; never a traceback."""
+    proc = subprocess.run(
+        ["sh", "-c", script, "sh", *args],
+        capture_output=True,
+        text=True,
+        env=env or clean_env(),
+        timeout=120,
+        check=False,
     )
     assert "Traceback" not in proc.stderr, proc.stderr
     return Result(proc.returncode, proc.stdout, proc.stderr)
@@ -164,3 +208,18 @@ def assert_ran(proc: subprocess.CompletedProcess[Any]) -> None:
         f"exit status {proc.returncode}: {argv}\n"
         f"--- stderr ---\n{tail(proc.stderr, 8000)}\n--- stdout ---\n{tail(proc.stdout, 2000)}"
     )
+
+
+def compile_c(directory: Path, name: str, source: str, *flags: str) -> Path:
+    """``source`` built by gcc with ``flags`` as directory/``name`` (needs gcc)."""
+    need(shutil.which("gcc") is not None, "needs gcc (Debian package gcc)")
+    (directory / f"{name}.c").write_text(source)
+    out = directory / name
+    cc = subprocess.run(
+        ["gcc", *flags, "-o", str(out), str(directory / f"{name}.c")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert cc.returncode == 0, cc.stderr
+    return out

@@ -1,6 +1,7 @@
 """Attacks on the daemon adapters (issue 25, items 4 and 6): a checker that acts before the jail
-is judged, a checker that outlives its time-out, and jails that are the host's own directories
-by another name (a relative chroot, `..`, a symlink, a bind mount).
+is judged, a checker that outlives its time-out, jails that are the host's own directories
+by another name (a relative chroot, `..`, a symlink, a bind mount), and a queue directory
+postfix's user swaps after the vet.
 
 Every run that could write into a host directory if jailshim were wrong runs in a scratch root:
 a private mount namespace where / is an overlay of the real / with a tmpfs upper layer, so what
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -28,12 +30,9 @@ from jailshim.daemons import checkconf, haproxy, stunnel
 from jailshim.errors import ConfigError
 from jailshim.jail import hostdirs
 from tests import pids
-from tests.daemons import free_port, own_network, stop
-from tests.support import clean_env, jailshim_argv, need, run
-from tests.test_postfix import postfix_bin, write_postfix_config
-from tests.test_unbound import unbound_bin
-
-__all__ = ["own_network", "postfix_bin", "unbound_bin"]  # fixtures used here, defined there
+from tests.daemons import free_port, stop
+from tests.support import EXCHANGER, clean_env, compile_c, jailshim_argv, need, run
+from tests.test_postfix import write_postfix_config
 
 _QUEUE_NAMES = {"active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming"}
 _QUEUE_NAMES |= {"maildrop", "pid", "private", "public", "saved", "trace"}
@@ -498,3 +497,60 @@ def test_a_packages_own_jail_stays_accepted(tmp_path: Path) -> None:
                 assert jail.real == own
             seen += 1
     need(seen > 0, "needs a stock daemon package (haproxy, postfix, unbound)")
+
+
+def test_postfix_check_never_follows_a_queue_directory_swapped_after_the_vet(
+    tmp_path: Path, postfix_bin: str
+) -> None:
+    """queue_directory = AREA/queue where AREA belongs to the daemon's user postfix (a
+    config's author who gave postfix its own tree). postfix exchanges AREA/queue with a
+    symlink to a directory outside the jail, in a loop (renameat2 RENAME_EXCHANGE). run's
+    vet_jail sees a directory (a symlink is refused: 78 and nothing runs); `postfix check`
+    then creates the missing queue directories through the path, by then the symlink: root
+    made OUTSIDE/active (postfix's, 0700) in 1 of 3 runs by hand, before postfix's own
+    refusal. Up to 15 runs here; any entry made outside fails the test."""
+    from tests.test_postfix import write_postfix_config
+
+    exchanger = compile_c(tmp_path, "exchange", EXCHANGER, "-O2")
+    tmp_path.chmod(0o755)
+    area = tmp_path / "area"
+    area.mkdir(mode=0o755)
+    setup = write_postfix_config(area)
+    owner = pwd.getpwnam("postfix")
+    os.chown(area, owner.pw_uid, owner.pw_gid)
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o755)
+    os.symlink(outside, area / "link")
+    os.lchown(area / "link", owner.pw_uid, owner.pw_gid)
+    env = clean_env(MAIL_CONFIG=str(setup.conf))
+    queue = area / "queue"
+    area_fd = os.open(area, os.O_PATH | os.O_DIRECTORY)
+    for _ in range(15):
+        racer = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={owner.pw_uid}",
+                f"--regid={owner.pw_gid}",
+                "--clear-groups",
+                str(exchanger),
+                f"fd:{area_fd}",
+                "queue",
+                "link",
+            ],
+            pass_fds=(area_fd,),
+        )
+        try:
+            time.sleep(0.1)
+            run("run", "--no-verify", "--", "/usr/sbin/postfix", "status", env=env)
+        finally:
+            racer.send_signal(signal.SIGTERM)
+            racer.wait(timeout=10)
+            if queue.is_symlink():
+                os.rename(area / "queue", area / "tmp")
+                os.rename(area / "link", area / "queue")
+                os.rename(area / "tmp", area / "link")
+            run("teardown", "--chroot", str(queue))
+        if any(outside.iterdir()):
+            break
+    os.close(area_fd)
+    assert sorted(p.name for p in outside.iterdir()) == []

@@ -1,11 +1,15 @@
 """Jail files attacked again (issue 25): the daemon's user racing a copy of a root-only file,
 names jailshim keeps for itself given as jail files, a full disk under a copy and under the
-journal, and the lock files root keeps in /run. Every test here failed before its fix."""
+journal, the lock files root keeps in /run and a user's flock on the jail, a user's symlink
+(or a FUSE server's) to a file it cannot reach, a guess at a copy's path. Every test here
+failed before its fix."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import fcntl
 import os
 import select
 import shutil
@@ -13,12 +17,14 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import NOBODY, need, run
+from tests import pids
+from tests.support import NOBODY, TESTS, clean_env, jailshim_argv, need, run
 
 _SECRET = b"TOPSECRET"
 # Every inotify event on the directory: whatever jailshim does there wakes the attacker.
@@ -442,3 +448,296 @@ def test_a_jail_out_of_inodes_is_said_so(area: Path) -> None:
         result.error
     )
     assert os.listdir(jail) == ["taken"]
+
+
+@contextlib.contextmanager
+def _flock_kept_by_an_heir(jail: Path) -> Iterator[int]:
+    """A local user (nobody) flocks the jail directory in one process, forks, and exits: its
+    child keeps the open file, and with it the flock; /proc/locks still names the exited
+    locker, whose /proc/PID/status no longer exists. Yields the heir's PID."""
+    read_end, write_end = os.pipe()
+    locker = os.fork()
+    if locker == 0:
+        try:
+            os.close(read_end)
+            fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            heir = os.fork()
+            if heir == 0:
+                os.setsid()
+                os.write(write_end, b"%d" % os.getpid())
+                os.close(write_end)
+                time.sleep(120)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(locker, 0)
+    with os.fdopen(read_end, "rb") as f:
+        heir = int(f.read())
+    # pinned now, while it sleeps: once reparented to PID 1 its number is free when it ends
+    pinned = pids.pin(heir, pids.session_of(heir))
+    try:
+        yield heir
+    finally:
+        pids.kill([pinned])
+
+
+def test_a_users_flock_kept_by_a_child_of_the_locker_does_not_stop_roots_prepare(
+    tmp_path: Path,
+) -> None:
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    tmp_path.chmod(0o755)
+    with _flock_kept_by_an_heir(jail) as heir:
+        assert Path(f"/proc/{heir}").exists()
+        started = time.monotonic()
+        result = run("prepare", "--chroot", str(jail), "--timeout", "3", "--no-verify")
+        took = time.monotonic() - started
+        try:
+            assert result.code == 0, result.error
+            assert took < 2.5
+        finally:
+            run("teardown", "--chroot", str(jail))
+
+
+def _as_nobody(action: Callable[[], bytes], cwd: Path, *, chroot: bool = False) -> bytes:
+    """``action``'s result, run in a forked child as nobody from ``cwd`` (entered as root:
+    pytest's own directories are root's 0700), or "refused: ERRNO"."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read_end)
+            os.chdir(cwd)
+            if chroot:
+                os.chroot(".")
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                out = action()
+            except OSError as exc:
+                out = f"refused: {errno.errorcode.get(exc.errno or 0)}".encode()
+            os.write(write_end, out)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        out = f.read()
+    os.waitpid(child, 0)
+    return out
+
+
+@pytest.mark.parametrize("file_mode", ["copy", "bind"])
+def test_a_users_symlink_never_brings_a_file_it_cannot_reach_into_the_jail(
+    tmp_path: Path, file_mode: str
+) -> None:
+    """The operator names a file in a directory the daemon's user owns (its app.conf, a
+    certificate a renewal hook of that user writes). The user replaces it by a symlink to a
+    file it cannot reach: root's 0644 notes in a 0700 directory (as /root, /etc/ssl/private
+    keep theirs). jailshim reads the host side through its symlinks, checks only that the
+    target is a regular file outside /proc, /sys and /dev, and gives the copy the target's
+    bits (0644): inside the jail the user reads root's secret."""
+    tmp_path.chmod(0o755)
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o700)
+    secret = vault / "notes.txt"
+    secret.write_bytes(b"TOPSECRET\n")
+    secret.chmod(0o644)
+    home = tmp_path / "app"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    wanted = home / "app.conf"
+
+    def plant() -> bytes:  # the user's own symlink, made by the user
+        os.symlink(secret, "app.conf")
+        return b"made"
+
+    assert _as_nobody(plant, home) == b"made"
+    assert _as_nobody(lambda: Path("vault/notes.txt").read_bytes(), tmp_path) == (
+        b"refused: EACCES"
+    )
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    result = run(
+        "prepare",
+        "--chroot",
+        str(jail),
+        "--file",
+        str(wanted),
+        "--file-mode",
+        file_mode,
+        "--no-verify",
+    )
+    try:
+        inside = str(wanted)
+
+        def read_in_the_jail() -> bytes:
+            return Path(inside).read_bytes()
+
+        seen = _as_nobody(read_in_the_jail, jail, chroot=True) if result.code == 0 else b""
+        assert b"TOPSECRET" not in seen, f"prepare exited {result.code}; the user read {seen!r}"
+    finally:
+        run("teardown", "--chroot", str(jail))
+
+
+@pytest.mark.parametrize("between", ["root's", "the user's"])
+def test_the_daemons_user_cannot_learn_a_secret_by_guessing_its_copy(
+    tmp_path: Path, between: str
+) -> None:
+    """The daemon's user owns its jail and the copy's directory. It writes a guess at the path
+    where `--file /…/pin` (root:root 0600) will go. decide_file compared contents whatever the
+    owner: an equal guess was left in place (the user's file, the user's bits), a wrong one was
+    moved aside to .jailshim-displaced-pin-0 — visible to the user after every prepare, so each
+    restart of its daemon answered "is the secret X?". Wanted: a file root did not make is
+    never "already right"; the user sees the same outcome whatever it guessed. With the
+    directories between the jail and the copy's root's, that outcome is a root-owned copy;
+    with them the user's too, a refusal (78: the user could move them out of the jail), and
+    before the fix a right guess there passed (nothing to do) and a wrong one was refused."""
+    tmp_path.chmod(0o755)
+    secret = tmp_path / "host" / "pin"
+    secret.parent.mkdir()
+    secret.write_bytes(b"4711\n")
+    secret.chmod(0o600)
+
+    def outcome(guessed: bytes) -> tuple[int, int, bytes | None, list[str]]:
+        jail = tmp_path / f"jail-{guessed.decode().strip()}"
+        inside = jail / str(secret.parent).lstrip("/")
+        inside.mkdir(parents=True)
+        mine = inside
+        while True:  # the jail and the copy's directory are the user's, and maybe all between
+            if mine in (jail, inside) or between == "the user's":
+                os.chown(mine, NOBODY, NOBODY)
+            if mine == jail:
+                break
+            mine = mine.parent
+        guess = inside / "pin"
+        guess.write_bytes(guessed)
+        os.chown(guess, NOBODY, NOBODY)
+        result = run(
+            "prepare", "--chroot", str(jail), "--user", "nobody", "--file", str(secret),
+            "--no-verify",
+        )  # fmt: skip
+        try:
+            st = os.stat(guess)
+            seen = guess.read_bytes() if st.st_uid == 0 else None
+            return result.code, st.st_uid, seen, sorted(p.name for p in inside.iterdir())
+        finally:
+            run("teardown", "--chroot", str(jail))
+
+    right, wrong = outcome(b"4711\n"), outcome(b"0000\n")
+    assert right == wrong, f"a right guess gave {right}, a wrong one {wrong}"
+    if between == "root's":
+        assert right[:3] == (0, 0, b"4711\n"), "the user's right guess was left in place"
+
+
+def test_a_users_flock_held_through_a_setuid_program_does_not_stop_roots_prepare(
+    area: Path,
+) -> None:
+    """A local user who can open the jail directory flocks it and exec()s su (setuid root),
+    which keeps the fd and waits at its password prompt for ever: /proc/locks names the user's
+    process, whose effective uid is now 0, so the lock was taken for root's jailshim and
+    root's prepare waited out --timeout and failed (71, "another jailshim prepare or
+    teardown"), at every start. Wanted: the user's lock is ignored (real uid)."""
+    su = shutil.which("su")
+    need(su is not None and os.stat(su).st_mode & 0o4000 != 0, "needs a setuid su")
+    jail = area / "jail"
+    jail.mkdir()
+    # the user's process (the jail is opened as root: the test's tmp is root's 0700)
+    locker = subprocess.Popen(
+        [
+            "/usr/bin/python3",
+            "-c",
+            "import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "os.set_inheritable(fd, True)\n"
+            "os.setgroups([])\n"
+            f"os.setresgid({NOBODY}, {NOBODY}, {NOBODY})\n"
+            f"os.setresuid({NOBODY}, {NOBODY}, {NOBODY})\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.execv(sys.argv[2], ['su', 'root', '-c', 'true'])\n",
+            str(jail),
+            str(su),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = Path(f"/proc/{locker.pid}/status").read_text()
+            if status.startswith("Name:\tsu\n") and f"/{jail.name}" in "".join(
+                os.readlink(f"/proc/{locker.pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{locker.pid}/fd")
+            ):
+                break
+            time.sleep(0.05)
+        assert Path(f"/proc/{locker.pid}/status").read_text().startswith("Name:\tsu\n")
+        done = subprocess.run(
+            jailshim_argv("prepare", "--chroot", str(jail), "--no-verify", "--timeout", "3"),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    finally:
+        locker.kill()
+        locker.wait()
+        subprocess.run(
+            jailshim_argv("teardown", "--chroot", str(jail)),
+            env=clean_env(),
+            capture_output=True,
+            check=False,
+        )
+
+
+def test_a_fuse_servers_root_owned_symlink_never_brings_a_secret_into_the_jail(
+    tmp_path: Path,
+) -> None:
+    """A FUSE server says who owns its entries. A user with a FUSE mount on its own home
+    (fusermount3 -o allow_other, which user_allow_other in /etc/fuse.conf permits; sshfs users
+    ask for it) shows app.conf there as a symlink "owned by root" to root's 0644 notes in a
+    0700 directory. The FUSE root itself claims root's ownership in root's /home, so every name
+    on the way looked root's: jailshim followed the link and copied the notes into the jail,
+    where the daemon's user read them. Mocked: the mount is made by root (this test must not
+    edit /etc/fuse.conf); the kernel sees the same mount and jailshim the same answers."""
+    need(os.path.exists("/dev/fuse"), "needs /dev/fuse")
+    tmp_path.chmod(0o755)
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o700)
+    secret = vault / "notes.txt"
+    secret.write_bytes(b"TOPSECRET\n")
+    secret.chmod(0o644)
+    home = tmp_path / "home"
+    home.mkdir()
+    mount = home / "user"
+    mount.mkdir()
+    os.chown(mount, NOBODY, NOBODY)
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    log = tmp_path / "fuse.log"
+    server = subprocess.Popen(
+        [sys.executable, str(TESTS / "fuse_file.py"), str(mount), "app.conf", f"link:{secret}",
+         str(log)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"mounted\n"
+        result = run("prepare", "--chroot", str(jail), "--file", str(mount / "app.conf"),
+                     "--no-verify")  # fmt: skip
+        copied = jail / str(mount / "app.conf").lstrip("/")
+        leaked = copied.exists() and b"TOPSECRET" in copied.read_bytes()
+        assert not leaked, result
+        assert result.code == 78, result
+        assert "FUSE" in result.stderr, result.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+        server.kill()
+        server.wait(10)
+        run("teardown", "--chroot", str(jail))

@@ -5,7 +5,10 @@ directories a log socket, $NOTIFY_SOCKET or a jail file needs, and a real proces
 renames one of them out of the jail on the first inotify event in it: jailshim used to go on
 working through its directory fd, leaving a bind (socket, file) or a root-owned copy outside,
 and exiting 0 with the socket missing from the jail. A directory a user other than root could
-move to another parent is now refused (78) before anything is made in it.
+move to another parent is now refused (78) before anything is made in it. So is a jail path
+another user can swap (its directory, its symlink, a FUSE mount); a user's symlink never picks
+a host socket, teardown never follows one to another jail, and a name the user made where
+jailshim makes dev/ is named in the refusal.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import SyslogSocket
-from tests.support import NOBODY, clean_env, mounts_below, need, run, snapshot
+from tests.support import NOBODY, TESTS, clean_env, jailshim_argv, mounts_below, need, run, snapshot
 
 # Runs as root until its fds and its inotify watch are set up, then as NOBODY only: the
 # rename is the user's own (the kernel checks that user's rights), through fds, since the
@@ -476,3 +479,191 @@ def test_a_jail_of_another_user_without_write_bits_is_still_theirs(jail: Path) -
     assert result.code == 78, result.stderr
     assert "writable by a non-root user" in result.error, result.error
     assert os.listdir(jail) == []
+
+
+def test_a_temporary_dev_the_daemons_user_made_is_named_in_the_refusal(tmp_path: Path) -> None:
+    """The daemon's user owns the jail root and makes .jailshim-new-dev there (a directory of
+    its own, one file in it). Reconcile leaves it ("not a directory jailshim made": held, it
+    is never removed or followed), then making dev/ at that name fails with the bare errno.
+    Wanted: 78 and one sentence naming the entry, as _clear_temp says for a jail file's."""
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    os.chown(jail, NOBODY, NOBODY)
+    made = jail / ".jailshim-new-dev"
+    made.mkdir()
+    (made / "mine").write_text("the user's\n")
+    os.chown(made / "mine", NOBODY, NOBODY)
+    os.chown(made, NOBODY, NOBODY)
+    result = run("prepare", "--chroot", str(jail), "--user", "nobody", "--no-verify")
+    try:
+        assert (made / "mine").read_text() == "the user's\n"
+        assert result.code == 78, result.error
+        assert ".jailshim-new-dev" in result.error
+    finally:
+        run("teardown", "--chroot", str(jail))
+
+
+def test_a_jail_whose_path_another_user_can_swap_is_refused(tmp_path: Path) -> None:
+    """prepare as run's vet: a root-owned jail in a directory nobody owns, or reached through
+    nobody's symlink, is refused (78, naming the entry) and nothing is made in it; root's
+    symlink in root's directory and a root jail in a sticky root directory (a /tmp) pass."""
+    tmp_path.chmod(0o755)
+    area = tmp_path / "area"
+    area.mkdir(mode=0o755)
+    (area / "jail").mkdir()
+    os.chown(area, NOBODY, NOBODY)
+    real = tmp_path / "real"
+    (real / "jail").mkdir(parents=True)
+    users_link = tmp_path / "users-link"
+    users_link.symlink_to(real)
+    os.lchown(users_link, NOBODY, NOBODY)
+    roots_link = tmp_path / "roots-link"
+    roots_link.symlink_to(real)
+    sticky = tmp_path / "sticky"
+    (sticky / "jail").mkdir(parents=True)
+    sticky.chmod(0o1777)
+    try:
+        for refused, named in (
+            (area / "jail", f"{area}/jail"),
+            (users_link / "jail", str(users_link)),
+        ):
+            result = run("prepare", "--chroot", str(refused), "--no-verify")
+            assert result.code == 78, result.error
+            assert named in result.error, result.error
+            assert list(Path(os.path.realpath(refused)).iterdir()) == []
+        for accepted in (roots_link / "jail", sticky / "jail"):
+            result = run("prepare", "--chroot", str(accepted), "--dry-run")
+            assert result.code == 0, result.error
+    finally:
+        for jail in (area / "jail", real / "jail"):
+            run("teardown", "--chroot", str(jail))
+
+
+def test_a_users_symlink_never_picks_the_host_socket_bound_into_the_jail(area: Path) -> None:
+    """review1 noted it for log sockets and R1's fix covered --file only: the daemon's user
+    owns the directory of the log socket the operator names and makes the name a symlink to
+    a 0666 socket in a 0700 directory of root's (reachable only through that directory).
+    prepare realpath()ed it on the host and bound root's private socket into the jail, where
+    the user could connect to it. Wanted: the host path walked as a --file's is (78)."""
+    import socket as sockets
+
+    private = area / "private"
+    private.mkdir(mode=0o700)
+    listener = sockets.socket(sockets.AF_UNIX)
+    listener.bind(str(private / "sock"))
+    (private / "sock").chmod(0o666)
+    users = area / "users"
+    users.mkdir()
+    os.chown(users, NOBODY, NOBODY)
+    # the user's own link (made as root and given to it: the test's tmp is root's 0700)
+    (users / "log").symlink_to(private / "sock")
+    os.lchown(users / "log", NOBODY, NOBODY)
+    jail = area / "jail"
+    jail.mkdir()
+    try:
+        done = subprocess.run(
+            jailshim_argv(
+                "prepare",
+                "--chroot",
+                str(jail),
+                "--user",
+                "nobody",
+                "--log-socket",
+                str(users / "log"),
+                "--no-verify",
+            ),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        bound = jail / str(users / "log").lstrip("/")
+        private_id = os.stat(private / "sock").st_ino
+        assert not (bound.exists() and os.stat(bound).st_ino == private_id), (
+            "root's private socket was bound into the jail through the user's symlink"
+        )
+        assert done.returncode == 78, done.stderr
+        assert "symlink" in done.stderr, done.stderr
+    finally:
+        listener.close()
+        subprocess.run(
+            jailshim_argv("teardown", "--chroot", str(jail)),
+            env=clean_env(),
+            capture_output=True,
+            check=False,
+        )
+
+
+def test_teardown_never_follows_a_users_symlink_to_another_jail(area: Path) -> None:
+    """The daemon's user owns a directory on its jail's path (prepare refuses that path since
+    review1 R3) and makes a name on the way its symlink to the directory of ANOTHER daemon's
+    jail. The unit's teardown (ExecStopPost runs after a failed ExecStartPre too) opened the
+    path through the symlink and tore the other jail down: its dev/ nodes removed (its binds,
+    its log socket unmounted). Wanted: refused (78) as prepare refuses it; the other jail
+    untouched."""
+    other = area / "other" / "jail"
+    other.mkdir(parents=True)
+    users = area / "users"
+    users.mkdir()
+    os.chown(users, NOBODY, NOBODY)
+    (users / "x").symlink_to(area / "other")
+    os.lchown(users / "x", NOBODY, NOBODY)
+    prepared = subprocess.run(
+        jailshim_argv("prepare", "--chroot", str(other), "--no-verify"),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        assert prepared.returncode == 0, prepared.stderr
+        before = sorted(os.listdir(other / "dev"))
+        torn = subprocess.run(
+            jailshim_argv("teardown", "--chroot", str(users / "x" / "jail")),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (other / "dev").is_dir() and sorted(os.listdir(other / "dev")) == before, (
+            "root's teardown of the user's path tore down another daemon's jail"
+        )
+        assert torn.returncode == 78, torn.stderr
+    finally:
+        subprocess.run(
+            jailshim_argv("teardown", "--chroot", str(other)),
+            env=clean_env(),
+            capture_output=True,
+            check=False,
+        )
+
+
+def test_a_jail_path_through_a_fuse_mount_is_refused(tmp_path: Path) -> None:
+    """A FUSE server answers every lookup anew: a user's FUSE mount (allow_other) on its home
+    shows `jail` as a "root-owned" symlink to a root directory, and the config names
+    HOME/jail/sub. Every name looked root's in root's directories, so the path was judged
+    unswappable and prepared (exit 0), while the server can point `jail` anywhere the moment
+    after, for the probe's chroot and a checker that act by name. Mocked as in the test
+    above: root makes the mount."""
+    need(os.path.exists("/dev/fuse"), "needs /dev/fuse")
+    tmp_path.chmod(0o755)
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    mount = tmp_path / "home" / "user"
+    mount.mkdir(parents=True)
+    os.chown(mount, NOBODY, NOBODY)
+    server = subprocess.Popen(
+        [sys.executable, str(TESTS / "fuse_file.py"), str(mount), "jail", f"link:{real}",
+         str(tmp_path / "fuse.log")],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"mounted\n"
+        result = run("prepare", "--chroot", str(mount / "jail" / "sub"), "--dry-run")
+        assert result.code == 78, result
+        assert "fuse" in result.stderr, result.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+        server.kill()
+        server.wait(10)

@@ -21,10 +21,8 @@ from jailshim.explain import match
 from jailshim.verify import cryptolib
 from jailshim.verify.cryptolib import CryptoLib
 from tests import wheels
-from tests.daemons import free_port, own_network, stop
+from tests.daemons import free_port, stop
 from tests.support import TESTS, clean_env, need, run
-
-__all__ = ["own_network"]  # a fixture (tests/daemons.py) a test here uses
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 DENIED = [

@@ -5,10 +5,8 @@ its IPC namespace, and the kernel release it sees."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,17 +25,6 @@ def _has_python_seccomp() -> bool:
         ["/usr/bin/python3", "-c", "import seccomp"], capture_output=True, check=False
     )
     return probe.returncode == 0
-
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; each is killed by PID and reaped, whatever happens."""
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait()
 
 
 def _sleeper(procs: list[subprocess.Popen[bytes]], *wrap: str) -> int:

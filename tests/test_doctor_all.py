@@ -27,7 +27,7 @@ import pytest
 
 from jailshim.fleet import Daemon, Judged, Parent, Proc, Scan, group, write_atomically
 from jailshim.fleet_formats import label_value, nagios, prometheus, table
-from tests.daemons import stop
+from tests.daemons import stop, write_unbound_config
 from tests.support import TESTS, jailshim_argv, need, run, spawn
 from tests.test_containers import (  # noqa: F401  (session fixtures: the suite's image, built once)
     image,
@@ -152,8 +152,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             spawn([*OWN_NETNS, haproxy, "-f", str(_haproxy_config(area, safe_jail)), "-db"])
         )
         safe = _chrooted(procs[-1])
-        from tests.test_unbound import write_unbound_config
-
         config = write_unbound_config(unbound_jail, 5353)
         procs.append(
             spawn([*OWN_NETNS, *jailshim_argv("run", "--", unbound, "-d", "-c", str(config))])

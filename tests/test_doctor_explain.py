@@ -10,23 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from jailshim.explain import SIGNATURES, match
-from tests.daemons import free_port, own_network, stop
+from tests.daemons import free_port, stop
 from tests.multiarch import MULTIARCH
 from tests.support import TESTS, clean_env, jailshim_argv, need, run
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SECCOMP_RUN = str(TESTS / "seccomp_run.py")
-__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
-
-
-@pytest.fixture
-def haproxy_bin(haproxy_bin: str, own_network: None) -> str:
-    """conftest's haproxy, for a test in a network namespace of its own: the ports its haproxy
-    binds are the test's (tests/daemons.py, own_network)."""
-    return haproxy_bin
 
 
 def _haproxy_config(area: Path, jail: Path, extra: str = "") -> Path:

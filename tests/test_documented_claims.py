@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import stop
-from tests.support import clean_env, jailshim_argv, run, spawn
-from tests.test_attack_doctor import _daemon, _evil, _reseed_rows
-from tests.test_edges import _shell
+from tests.planted import evil_libcrypto, jailed_daemon, reseed_rows
+from tests.support import clean_env, in_shell, jailshim_argv, run, spawn
 
 pytestmark = pytest.mark.usefixtures("root")
 
@@ -125,22 +124,9 @@ def test_prepare_waits_for_a_lock_root_holds_then_prepares(jail: Path) -> None:
     assert run("teardown", "--chroot", str(jail)).code == 0
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """The daemons a test starts; each is killed by its PID and reaped, whatever happens."""
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(10)
-
-
 @pytest.mark.parametrize("mode", [0o664, 0o646, 0o644], ids=["group-w", "other-w", "0644"])
 def test_doctor_does_not_load_a_root_owned_library_others_can_write(
-    area: Path, jail: Path, daemons: list[subprocess.Popen[bytes]], mode: int
+    area: Path, jail: Path, started: list[subprocess.Popen[bytes]], mode: int
 ) -> None:
     """README/doctor: a daemon's library is loaded (its code run as root) only if it is root's
     alone; a root-owned libcrypto.so.3 that is group- or world-writable is not loaded: its
@@ -150,13 +136,13 @@ def test_doctor_does_not_load_a_root_owned_library_others_can_write(
     libs = area / "libs"
     libs.mkdir(mode=0o755)
     lib = libs / "libcrypto.so.3"
-    shutil.copy(_evil(area, marker), lib)
+    shutil.copy(evil_libcrypto(area, marker), lib)
     lib.chmod(mode)
     assert lib.stat().st_uid == 0
-    pid = _daemon(daemons, [], str(lib), jail)
+    pid = jailed_daemon(started, [], str(lib), jail)
 
     result = run("doctor", "--pid", str(pid))
-    (row,) = _reseed_rows(result).values()
+    (row,) = reseed_rows(result).values()
     if mode == 0o644:
         assert marker.exists(), row  # doctor loaded it: the file is root's alone
         return
@@ -174,16 +160,16 @@ def test_commands_with_stdin_or_stderr_closed(jail: Path, closed: str) -> None:
     stdout, and the daemon finds /dev/null on the closed descriptors, not a file jailshim
     happened to open there."""
     script = f'exec "$@" {closed}'
-    dry = _shell(script, *jailshim_argv("prepare", "--chroot", str(jail), "--dry-run"))
+    dry = in_shell(script, *jailshim_argv("prepare", "--chroot", str(jail), "--dry-run"))
     assert dry.code == 0 and "dev/urandom" in dry.stdout, (dry.stdout, dry.stderr)
-    assert _shell(script, *jailshim_argv("prepare", "--chroot", str(jail))).code == 0
+    assert in_shell(script, *jailshim_argv("prepare", "--chroot", str(jail))).code == 0
     assert (jail / "dev" / "urandom").is_char_device()
-    assert _shell(script, *jailshim_argv("teardown", "--chroot", str(jail))).code == 0
+    assert in_shell(script, *jailshim_argv("teardown", "--chroot", str(jail))).code == 0
     assert not (jail / "dev").exists()
-    missing = _shell(script, *jailshim_argv("prepare", "--chroot", str(jail / "nowhere")))
+    missing = in_shell(script, *jailshim_argv("prepare", "--chroot", str(jail / "nowhere")))
     assert missing.code == 78, missing.stderr
     show = "import os; print(os.readlink('/proc/self/fd/0'), os.readlink('/proc/self/fd/2'))"
-    daemon = _shell(script, *jailshim_argv("run", "--", sys.executable, "-c", show))
+    daemon = in_shell(script, *jailshim_argv("run", "--", sys.executable, "-c", show))
     assert daemon.code == 0, daemon.stderr
     fd0, fd2 = daemon.stdout.split()
     if "0<&-" in closed:

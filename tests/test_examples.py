@@ -18,11 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests import pids
-from tests.daemons import SHARED_NETWORK, descendants, free_port, own_network, stop
+from tests.daemons import SHARED_NETWORK, descendants, free_port, stop
 from tests.stock import copy_of, host_state, in_stock_layout
 from tests.support import TESTS, clean_env, need, spawn
-
-__all__ = ["own_network"]  # a fixture (tests/daemons.py) the tests here use
 
 REPO = TESTS.parent
 SYSTEMD = REPO / "examples" / "systemd"

@@ -278,6 +278,7 @@ def test_the_full_path_when_it_must() -> None:
 def test_fast_options_are_runs_own() -> None:
     """The fast path's options and choices are cli's for `run`: a renamed option or a new
     choice cannot slip past it."""
+    # cli's and entry's private tables on purpose: the test is that the two agree
     options = {o.flag: o for o in cli._OPTIONS if cli.RUN in o.commands}
     for flag in (*entry._SWITCHES, *entry._VALUES, *entry._REPEATED):
         assert flag in options

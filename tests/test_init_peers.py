@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests import pids
-from tests.daemons import children
+from tests.daemons import descendants, process_state, wait_until
+from tests.init_child import name as signal_name
 from tests.peers.translate import argv
 from tests.support import TESTS, clean_env
 
@@ -36,34 +37,10 @@ def _runner(runner: str, peer: str) -> str:
     return "jailshim" if runner == "jailshim" else peer
 
 
-def _wait_for(predicate: object, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         cmd, capture_output=True, text=True, env=clean_env(), timeout=timeout, check=False
     )
-
-
-def _state(pid: int) -> str:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return data[data.rfind(")") + 2 :].split()[0]
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in children(pid):
-        found += [child, *_descendants(child)]
-    return found
 
 
 @contextlib.contextmanager
@@ -82,7 +59,7 @@ def _recorder(cmd: list[str], out: Path, mode: str = "stay") -> Iterator[subproc
         process_group=0,
     )
     try:
-        assert _wait_for(lambda: out.exists() and "ready" in out.read_text(), 60)
+        assert wait_until(lambda: out.exists() and "ready" in out.read_text(), 60)
         yield proc
     finally:
         family = pids.pin_family(proc.pid)  # proc is unreaped: its number and tree are its own
@@ -117,13 +94,6 @@ def _kill(proc: subprocess.Popen[str] | subprocess.Popen[bytes], family: list[in
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=15)
-
-
-def _name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"SIG{signum}"
 
 
 # tini: test/run_inner_tests.py --------------------------------------------------------------
@@ -193,7 +163,7 @@ def test_tini_signals(runner: str, sig: int) -> None:
     )
     family: list[int] = []
     try:
-        assert _wait_for(lambda: len(_descendants(proc.pid)) > 1)
+        assert wait_until(lambda: len(descendants(proc.pid)) > 1)
         family = pids.pin_descendants(proc.pid)
         time.sleep(0.1)  # sh is in `wait`
         os.kill(proc.pid, sig)
@@ -220,7 +190,7 @@ def test_tini_process_group(runner: str) -> None:
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=clean_env())
     family: list[int] = []
     try:
-        assert _wait_for(lambda: len(_descendants(proc.pid)) == 2)
+        assert wait_until(lambda: len(descendants(proc.pid)) == 2)
         family = pids.pin_descendants(proc.pid)
         os.kill(proc.pid, signal.SIGUSR1)
         proc.wait(timeout=10)
@@ -280,7 +250,7 @@ def test_tini_parent_death_signal(runner: str, tmp_path: Path) -> None:
         timeout=60,
     )
     try:
-        assert _wait_for(lambda: "SIGUSR1" in out.read_text() if out.exists() else False, 30)
+        assert wait_until(lambda: "SIGUSR1" in out.read_text() if out.exists() else False, 30)
     finally:
         for line in Path("/proc").iterdir():  # the child recorder we started, by its OUT
             if line.name.isdigit():
@@ -314,7 +284,7 @@ def test_dumb_init_proxies_signals(runner: str, setsid: bool, tmp_path: Path) ->
     with _recorder(argv(_runner(runner, "dumb-init"), "dumb-init", flags), out) as proc:
         for sig in NORMAL:
             os.kill(proc.pid, sig)
-            assert _wait_for(lambda: _records(out, runner)[-1:] == [_name(sig)]), sig  # noqa: B023
+            assert wait_until(lambda: _records(out, runner)[-1:] == [signal_name(sig)]), sig  # noqa: B023
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -337,8 +307,8 @@ def test_dumb_init_proxies_signals_with_rewrite(
     with _recorder(argv(_runner(runner, "dumb-init"), "dumb-init", flags), out) as proc:
         for i, sig in enumerate(sent):
             os.kill(proc.pid, sig)
-            want = [_name(s) for s in expected[: i + 1]]
-            assert _wait_for(lambda: _records(out, runner) == want), _records(out, runner)  # noqa: B023
+            want = [signal_name(s) for s in expected[: i + 1]]
+            assert wait_until(lambda: _records(out, runner) == want), _records(out, runner)  # noqa: B023
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -350,10 +320,10 @@ def test_dumb_init_ignored_signals_are_not_proxied(runner: str, tmp_path: Path) 
     with _recorder(argv(_runner(runner, "dumb-init"), "dumb-init", flags), out) as proc:
         os.kill(proc.pid, signal.SIGTERM)
         os.kill(proc.pid, signal.SIGINT)
-        assert _wait_for(lambda: _records(out, runner) == ["SIGQUIT"]), _records(out, runner)
+        assert wait_until(lambda: _records(out, runner) == ["SIGQUIT"]), _records(out, runner)
         os.kill(proc.pid, signal.SIGWINCH)
         os.kill(proc.pid, signal.SIGHUP)
-        assert _wait_for(lambda: _records(out, runner) == ["SIGQUIT", "SIGHUP"])
+        assert wait_until(lambda: _records(out, runner) == ["SIGQUIT", "SIGHUP"])
         time.sleep(0.2)
         assert _records(out, runner) == ["SIGQUIT", "SIGHUP"]
 
@@ -375,12 +345,12 @@ def test_dumb_init_suspend_signals(runner: str, setsid: bool, tmp_path: Path) ->
         for sig, to in rewrite.items():
             before = len(_records(out, runner, after_stop=False))
             os.kill(proc.pid, sig)
-            got = _wait_for(lambda: _name(to) in _records(out, runner, False)[before:])  # noqa: B023
+            got = wait_until(lambda: signal_name(to) in _records(out, runner, False)[before:])  # noqa: B023
             assert got, _records(out, runner, False)
-            assert _wait_for(lambda: _state(proc.pid) == "T", 10)
+            assert wait_until(lambda: process_state(proc.pid) == "T", 10)
             os.kill(proc.pid, signal.SIGCONT)
-            assert _wait_for(lambda: "SIGCONT" in _records(out, runner, False)[before + 1 :])  # noqa: B023
-            assert _wait_for(lambda: _state(proc.pid) in ("R", "S"), 10)
+            assert wait_until(lambda: "SIGCONT" in _records(out, runner, False)[before + 1 :])  # noqa: B023
+            assert wait_until(lambda: process_state(proc.pid) in ("R", "S"), 10)
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -414,12 +384,12 @@ def test_dumb_init_setsid_signals_entire_group(runner: str) -> None:
     )
     family: list[int] = []
     try:
-        assert _wait_for(lambda: len(_descendants(proc.pid)) == 5)
+        assert wait_until(lambda: len(descendants(proc.pid)) == 5)
         family = pids.pin_descendants(proc.pid)
         assert len(family) == 5
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-        assert _wait_for(lambda: all(pids.ended(pidfd) for pidfd in family), 10)
+        assert wait_until(lambda: all(pids.ended(pidfd) for pidfd in family), 10)
     finally:
         _kill(proc, family)
 
@@ -444,7 +414,7 @@ def test_dumb_init_all_processes_receive_term_on_exit(runner: str, tmp_path: Pat
     )
     try:
         assert proc.returncode == 0
-        assert _wait_for(lambda: "SIGTERM" in out.read_text(), 10), out.read_text()
+        assert wait_until(lambda: "SIGTERM" in out.read_text(), 10), out.read_text()
     finally:
         for entry in Path("/proc").iterdir():  # the recorder, if a peer left it running
             if entry.name.isdigit():

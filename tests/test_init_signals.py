@@ -1,7 +1,8 @@
 """--init against tini's and dumb-init's own behaviour (issue 24): every catchable signal reaches
 COMMAND and none ends the supervisor, the log options, the inherited signal settings, the
-parent-death signal, the stop delay, reap events. Debian's tini and dumb-init run the same
-signal test as controls where they are installed."""
+parent-death signal, the stop delay, reap events; rewrites that cannot work, and the stop
+sequence under a /proc of another PID namespace (issue 18). Debian's tini and dumb-init run the
+same signal test as controls where they are installed."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from jailshim.errors import UsageError
 from jailshim.options import RunOptions
 from jailshim.supervisor import FORWARDED, JOB_STOPS, STOPPING
 from tests import pids
-from tests.daemons import children, stop
+from tests.daemons import children, process_state, stop, wait_until
+from tests.init_child import name as signal_name
 from tests.support import TESTS, clean_env, jailshim_argv, need
 
 CHILD = str(TESTS / "init_child.py")
@@ -40,30 +42,6 @@ FAULTS = (
     signal.SIGSEGV,
     signal.SIGSYS,
 )
-
-
-def _name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"SIG{signum}"
-
-
-def _wait_for(predicate: object, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
-def _state(pid: int) -> str:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return data[data.rfind(")") + 2 :].split()[0]
 
 
 def _init_argv(kind: str, pid1: bool, flags: tuple[str, ...] = ()) -> list[str]:
@@ -93,7 +71,7 @@ def _running(
         process_group=0,
     )
     try:
-        assert _wait_for(lambda: out.exists() and "ready" in out.read_text(), 60)
+        assert wait_until(lambda: out.exists() and "ready" in out.read_text(), 60)
         init = children(proc.pid)[0] if pid1 else proc.pid
         yield proc, init
     finally:
@@ -136,20 +114,24 @@ def test_every_signal_reaches_the_child(kind: str, pid1: bool, tmp_path: Path) -
             before = len(_received(out))
             os.kill(init, sig)
             wait = 0.5 if sig in control["dropped"] else 10
-            if not _wait_for(lambda: len(_received(out)) > before, wait):  # noqa: B023
-                missed.append(_name(sig))
+            if not wait_until(lambda: len(_received(out)) > before, wait):  # noqa: B023
+                missed.append(signal_name(sig))
             if sig in JOB_STOPS and kind == "jailshim":
-                stopped = _wait_for(lambda: _state(init) == "T", 0 if pid1 else 5)
-                assert stopped != pid1, f"{_name(sig)}: the supervisor's own stop, as PID 1: {pid1}"
+                stopped = wait_until(lambda: process_state(init) == "T", 0 if pid1 else 5)
+                assert stopped != pid1, (
+                    f"{signal_name(sig)}: the supervisor's own stop, as PID 1: {pid1}"
+                )
                 os.kill(init, signal.SIGCONT)  # forwarded too: COMMAND records it
-                assert _wait_for(lambda: "SIGCONT" in _received(out)[before:], 10)  # noqa: B023
-            assert _state(init) not in ("gone", "Z"), f"{_name(sig)} ended the init"
+                assert wait_until(lambda: "SIGCONT" in _received(out)[before:], 10)  # noqa: B023
+            assert process_state(init) not in ("gone", "Z"), f"{signal_name(sig)} ended the init"
         os.kill(init, signal.SIGTERM)
         proc.wait(timeout=30)
     got = _received(out)
-    assert missed == [_name(s) for s in ordered if s in control["dropped"]], got
+    assert missed == [signal_name(s) for s in ordered if s in control["dropped"]], got
     assert proc.returncode == 42
-    expected = {_name(s) for s in ordered if s not in (*control["dropped"], *control["unsent"])}
+    expected = {
+        signal_name(s) for s in ordered if s not in (*control["dropped"], *control["unsent"])
+    }
     assert expected <= set(got), sorted(expected - set(got))
 
 
@@ -161,11 +143,11 @@ def test_pipe_and_xfsz_are_not_dropped_and_the_own_write_is_not_forwarded(tmp_pa
     with _running(_init_argv("jailshim", False), out, False) as (proc, init):
         os.kill(init, signal.SIGPIPE)
         os.kill(init, signal.SIGXFSZ)
-        assert _wait_for(lambda: {"SIGPIPE", "SIGXFSZ"} <= set(_received(out)))
+        assert wait_until(lambda: {"SIGPIPE", "SIGXFSZ"} <= set(_received(out)))
         assert proc.stderr is not None
         proc.stderr.close()  # the supervisor's next log line meets EPIPE, and a SIGPIPE
         os.kill(init, signal.SIGUSR1)
-        assert _wait_for(lambda: "SIGUSR1" in _received(out))
+        assert wait_until(lambda: "SIGUSR1" in _received(out))
         os.kill(init, signal.SIGTERM)
         proc.wait(timeout=30)
     assert _received(out).count("SIGPIPE") == 1, _received(out)
@@ -294,17 +276,17 @@ def test_pdeath_signal_is_forwarded_when_the_starter_dies(tmp_path: Path) -> Non
     )
     sup, pinned = 0, None
     try:
-        assert _wait_for(lambda: out.exists() and "ready" in out.read_text(), 60)
+        assert wait_until(lambda: out.exists() and "ready" in out.read_text(), 60)
         sup = int(pidfile.read_text())
         # pinned while its starter (alive) is its parent: once orphaned its number is free to be
         # reused when it ends
         pinned = pids.pin(sup, pids.child_of(parent.pid))
         assert pinned is not None
-        assert _state(sup) == "S"
+        assert process_state(sup) == "S"
         parent.kill()
         parent.wait()
-        assert _wait_for(lambda: "SIGTERM" in _received(out), 20), _received(out)
-        assert _wait_for(lambda: _state(sup) == "gone", 20)
+        assert wait_until(lambda: "SIGTERM" in _received(out), 20), _received(out)
+        assert wait_until(lambda: process_state(sup) == "gone", 20)
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -347,8 +329,10 @@ def test_pdeath_signal_when_the_starter_died_before_the_handover(tmp_path: Path)
     # kill() returns before the stop takes: a loaded jailshim was still R here (twice in 10
     # runs beside two busy loops); stopped (by its starter) until the SIGCONT below, so the
     # number is still jailshim's
-    _wait_for(lambda: _state(jailshim) == "T", 10)
-    pinned = pids.pin(jailshim, pids.cmdline_has("--pdeath-signal"), lambda p: _state(p) == "T")
+    wait_until(lambda: process_state(jailshim) == "T", 10)
+    pinned = pids.pin(
+        jailshim, pids.cmdline_has("--pdeath-signal"), lambda p: process_state(p) == "T"
+    )
     try:
         assert pinned is not None, f"jailshim ({jailshim}) is not stopped"
         pids.send(pinned, signal.SIGCONT)
@@ -369,7 +353,7 @@ def test_stop_delay_holds_the_stop_signal_and_nothing_else(tmp_path: Path) -> No
         os.kill(init, signal.SIGTERM)
         time.sleep(0.1)
         os.kill(init, signal.SIGUSR1)
-        assert _wait_for(lambda: "SIGUSR1" in _received(out))
+        assert wait_until(lambda: "SIGUSR1" in _received(out))
         assert "SIGTERM" not in _received(out)
         proc.wait(timeout=30)
         took = time.monotonic() - sent
@@ -392,7 +376,7 @@ def test_reaped_zombies_are_logged_at_debug(tmp_path: Path) -> None:
             env=clean_env(),
         )
         try:
-            assert _wait_for(lambda: out.exists() and "ready" in out.read_text(), 60)  # noqa: B023
+            assert wait_until(lambda: out.exists() and "ready" in out.read_text(), 60)  # noqa: B023
             time.sleep(1)  # the grandchildren sleep 0.5 s, then are reaped
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
@@ -430,3 +414,78 @@ def test_new_init_options_parsed_with_their_variables() -> None:
     ):
         with pytest.raises(UsageError, match=words):
             parse_args(argv, env)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        # never caught, so never forwarded: the sentence says why, not only that
+        ("KILL:TERM", r"KILL is not a signal the supervisor forwards \(it cannot be caught\)"),
+        ("STOP:TERM", r"STOP is not a signal the supervisor forwards \(it cannot be caught\)"),
+        # TERM starts the stop sequence, which sends CONT right after it: a STOP in its place
+        # was undone at once, and the daemon was killed after the grace without a word
+        ("TERM:STOP", r"TERM:STOP.*would be undone at once"),
+        ("INT:TSTP", r"INT:TSTP.*would be undone at once"),
+    ],
+)
+def test_rewrites_that_cannot_work_are_refused(raw: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_args(["run", "--init", "--rewrite-signal", raw, "--", "true"], {})
+
+
+def test_a_rewrite_to_stop_outside_the_stop_sequence_is_kept() -> None:
+    from jailshim.init_options import rewrites
+
+    assert rewrites(["USR1:STOP"], "--rewrite-signal") == ((10, 19),)
+
+
+_SUBREAPER = """\
+import ctypes, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, as handover does
+sys.path[0] = {root!r}
+from jailshim.supervisor import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+_TREE = """\
+import os, signal, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with open(sys.argv[1], "w") as f:
+            f.write(os.readlink("/proc/self"))  # its PID as /proc (and the test) number it
+        time.sleep(30)
+    os._exit(0)
+while not os.path.getsize(sys.argv[1]):
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("shell", ['exec "$@"', '"$@"'], ids=["pid1", "subreaper"])
+def test_stop_sequence_with_a_proc_of_another_pid_namespace(tmp_path: Path, shell: str) -> None:
+    """`unshare --pid --fork` without --mount-proc: /proc numbers processes as the parent
+    namespace does, getpid() as the new one. The supervisor walked /proc/GETPID (another
+    process) and pinned /proc's numbers with pidfd_open (its own numbering): it found no
+    descendant, never sent TERM or KILL, and waited for the grandchild to end by itself."""
+    root = str(Path(__file__).resolve().parent.parent)
+    out = tmp_path / "grandchild"
+    out.write_text("")
+    argv = ["unshare", "--pid", "--fork", "sh", "-c", f"sleep 0.01; {shell}", "sh"]
+    argv += [sys.executable, "-S", "-E", "-c", _SUBREAPER.format(root=root), "--grace", "0.3"]
+    argv += ["--", sys.executable, "-c", _TREE, str(out)]
+    began = time.monotonic()
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=10)
+        took = time.monotonic() - began
+        assert proc.returncode == 0, stderr
+        assert took < 5, stderr
+        assert '"killed_count": 1' in stderr, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if out.read_text():  # the grandchild, if still running: its argv names OUT
+            pids.kill([pids.pin(int(out.read_text()), pids.cmdline_has(str(out)))])

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,36 +21,18 @@ import pytest
 from jailshim.daemons import named
 from jailshim.errors import UsageError
 from tests.daemons import (
-    descendants,
+    daemon_pid,
     free_port,
-    own_network,
     pristine_copy,
     status_field,
     stop,
+    wait_for_dns,
 )
-from tests.support import NSRUN, TESTS, clean_env, jailshim_argv, need, run, spawn
-
-__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
+from tests.support import NSRUN, TESTS, clean_env, jailshim_argv, run, spawn
 
 ANSWER = "192.0.2.55"
 CONFIG = "/etc/bind/named.conf"  # inside the jail: named reads -c after its chroot (-t)
 EXAMPLE = TESTS.parent / "examples" / "named"
-
-
-@pytest.fixture
-def named_bin(root: None, own_network: None) -> str:
-    """Debian's named, named-checkconf, the `bind` user, kdig, and the tools for a netns."""
-    path = shutil.which("named")
-    need(path is not None, "needs named (Debian package bind9)")
-    need(shutil.which("named-checkconf") is not None, "needs named-checkconf (bind9-utils)")
-    need(shutil.which("kdig") is not None, "needs kdig (Debian package knot-dnsutils)")
-    need(Path("/etc/bind/named.conf.options").exists(), "needs Debian's /etc/bind (bind9)")
-    try:
-        pwd.getpwnam("bind")
-    except KeyError:
-        need(False, "needs the user bind (Debian package bind9 creates it)")
-    assert path is not None
-    return path
 
 
 def make_jail(area: Path, port: int, options_extra: str = "") -> Path:
@@ -98,45 +78,6 @@ def test_the_examples_options_are_debians_listening_on_loopback(area: Path, name
     assert code == ["listen-on port 10055 { 127.0.0.1; };", "listen-on-v6 { none; };"]
 
 
-def ask(port: int) -> str:
-    """kdig's short answer for answer.jailshim.test A (in the test's network namespace)."""
-    query = ["+short", "+time=1", "+retry=0", "answer.jailshim.test", "A"]
-    proc = subprocess.run(
-        ["kdig", "@127.0.0.1", "-p", str(port), *query],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return proc.stdout.strip()
-
-
-def wait_for_answer(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"jailshim/named exited {proc.returncode}:\n{err}\n{out}")
-        if ask(port) == ANSWER:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"named did not answer on 127.0.0.1:{port} within {timeout}s")
-
-
-def named_pid(proc: subprocess.Popen[str]) -> int:
-    """The named process: the Popen itself (everything exec'd into it) or nsrun's child."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for pid in [proc.pid, *descendants(proc.pid)]:
-            try:
-                if Path(f"/proc/{pid}/exe").resolve().name == "named":
-                    return pid
-            except OSError:
-                continue
-        time.sleep(0.05)
-    raise AssertionError("no named process")
-
-
 def named_argv(named_path: str, jail: Path, *flags: str) -> list[str]:
     return [named_path, *flags, "-t", str(jail), "-u", "bind", "-c", CONFIG]
 
@@ -152,8 +93,8 @@ def test_named_answers_from_the_jail_its_argv_names(area: Path, named_bin: str, 
     argv = [*wrap, *jailshim_argv("run", "--", *named_argv(named_bin, jail, "-g"))]
     proc = spawn(argv)
     try:
-        wait_for_answer(port, proc)
-        pid = named_pid(proc)
+        wait_for_dns(port, proc, ANSWER)
+        pid = daemon_pid(proc, "named")
         assert os.readlink(f"/proc/{pid}/root") == str(jail)
         bind = pwd.getpwnam("bind")
         assert status_field(pid, "Uid").split() == [str(bind.pw_uid)] * 4

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,31 +16,14 @@ from tests.daemons import (
     SyslogSocket,
     descendants,
     free_port,
-    own_network,
     status_field,
     stop,
+    wait_for_dns,
 )
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
 
-__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
-
 ANSWER = "192.0.2.54"
-
-
-@pytest.fixture
-def nsd_bin(root: None, own_network: None) -> str:
-    """Debian's nsd, its nsd-checkconf, its `nsd` user, and kdig to ask it."""
-    path = shutil.which("nsd")
-    need(path is not None, "needs nsd (Debian package nsd)")
-    need(shutil.which("nsd-checkconf") is not None, "needs nsd-checkconf")
-    need(shutil.which("kdig") is not None, "needs kdig (Debian package knot-dnsutils)")
-    try:
-        pwd.getpwnam("nsd")
-    except KeyError:
-        need(False, "needs the user nsd (Debian package nsd creates it)")
-    assert path is not None
-    return path
 
 
 def write_nsd_config(jail: Path, port: int, extra: str = "") -> Path:
@@ -80,42 +61,6 @@ def write_nsd_config(jail: Path, port: int, extra: str = "") -> Path:
     return config
 
 
-def ask(port: int) -> str:
-    """kdig's short answer for answer.jailshim.test A from 127.0.0.1:``port``."""
-    query = ["+short", "+time=1", "+retry=0", "answer.jailshim.test", "A"]
-    proc = subprocess.run(
-        ["kdig", "@127.0.0.1", "-p", str(port), *query],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return proc.stdout.strip()
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-def wait_for_answer(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"jailshim/nsd exited {proc.returncode}:\n{err}\n{out}")
-        if not _listening(port):  # kdig's first try at a closed port waits out +time=1
-            time.sleep(0.05)
-            continue
-        if ask(port) == ANSWER:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"nsd did not answer on 127.0.0.1:{port} within {timeout}s")
-
-
 def nsd_servers(proc: subprocess.Popen[str]) -> list[int]:
     """nsd's children (xfrd and the server): they are the ones that chroot and drop to nsd."""
     deadline = time.monotonic() + 10
@@ -145,7 +90,7 @@ def test_nsd_answers_from_the_jail_its_config_names(area: Path, nsd_bin: str, wh
     wrap = [sys.executable, NSRUN, "--mount", "--"] if where == "userns" else []
     proc = spawn([*wrap, *jailshim_argv("run", "--", nsd_bin, "-d", "-c", str(config))])
     try:
-        wait_for_answer(port, proc)
+        wait_for_dns(port, proc, ANSWER)
         uid = str(pwd.getpwnam("nsd").pw_uid)
         for pid in nsd_servers(proc):
             assert os.readlink(f"/proc/{pid}/root") == str(jail)
@@ -183,7 +128,7 @@ def test_chrooted_nsd_reaches_the_notify_socket(area: Path, nsd_bin: str) -> Non
     env = clean_env(NOTIFY_SOCKET=str(listener.path))
     proc = spawn(jailshim_argv("run", "--", nsd_bin, "-d", "-c", str(config)), env)
     try:
-        wait_for_answer(port, proc)
+        wait_for_dns(port, proc, ANSWER)
         said = listener.receive(timeout=10)
         assert any("READY=1" in datagram.split("\n") for datagram in said), said
     finally:
@@ -233,7 +178,7 @@ def test_stock_debian_nsd_in_var_lib_nsd_answers(area: Path, nsd_bin: str, where
     )
     proc = spawn(argv)
     try:
-        wait_for_answer(port, proc)
+        wait_for_dns(port, proc, ANSWER)
         uid = str(pwd.getpwnam("nsd").pw_uid)
         servers = nsd_servers(proc)
         for pid in servers:

@@ -9,9 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.daemons import SHARED_NETWORK, free_port, in_own_network, own_network
-
-__all__ = ["own_network"]  # the fixture under test
+from tests.daemons import SHARED_NETWORK, free_port, in_own_network
 
 # Held from import (collection) to the end of the run: a port another process holds on the
 # machine's shared loopback while the tests below run.

@@ -31,21 +31,19 @@ import pytest
 from jailshim.daemons import DaemonConfig, postfix
 from jailshim.errors import ConfigError
 from tests import pids
-from tests.daemons import descendants, own_network, status_field, stop
+from tests.daemons import (
+    POSTFIX_PRISTINE,
+    descendants,
+    status_field,
+    stop,
+    write_unbound_config,
+)
 from tests.support import TESTS, assert_ran, jailshim_argv, need, run, spawn, unmount_below
-
-__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
 
 PORT = 25600  # any port: every postfix test runs in a network namespace of its own (own_network)
 RESOLVER = "127.0.0.53"  # not 127.0.0.1: glibc asks 127.0.0.1 when resolv.conf is missing
 HELO = "client.jailshim.test"
 SMTP_CLIENT = str(TESTS / "smtp_client.py")
-MASTER = "/usr/lib/postfix/sbin/master"
-# The package's own templates, never edited by an administrator (/etc/postfix's may be)
-PRISTINE = {
-    "main.cf": "/usr/share/postfix/main.cf.debian",
-    "master.cf": "/usr/share/postfix/master.cf.dist",
-}
 
 
 # --- pure reading --------------------------------------------------------------------------
@@ -100,23 +98,6 @@ def test_master_columns_and_the_chroot_default() -> None:
 
 
 @pytest.fixture
-def postfix_bin(root: None, own_network: None) -> str:
-    """Debian's postfix, postconf, its master and the user postfix."""
-    path = shutil.which("postfix")
-    need(path is not None, "needs postfix (Debian package postfix)")
-    need(shutil.which("postconf") is not None, "needs postconf (Debian package postfix)")
-    need(os.access(MASTER, os.X_OK), f"needs {MASTER} (Debian package postfix)")
-    for source in PRISTINE.values():
-        need(Path(source).exists(), f"needs {source} (Debian package postfix)")
-    try:
-        pwd.getpwnam("postfix")
-    except KeyError:
-        need(False, "needs the user postfix (Debian package postfix creates it)")
-    assert path is not None
-    return path
-
-
-@pytest.fixture
 def area(root: None) -> Iterator[Path]:
     """A root-owned 0755 directory that user postfix can reach (master opens
     data_directory/master.lock as mail_owner; pytest's own tmp_path is under a 0700
@@ -150,13 +131,13 @@ def write_postfix_config(
     main: dict[str, str] | None = None,
     chroot: dict[str, str] | None = None,
 ) -> Setup:
-    """Debian's main.cf and master.cf as the package ships them (PRISTINE: what its postinst
+    """Debian's main.cf and master.cf as the package ships them (POSTFIX_PRISTINE: what its postinst
     starts /etc/postfix from; the host's own may have been edited) with its own queue and data
     directory; no smtp on *:25, a chrooted smtpd on 127.0.0.1:``port`` when given that rejects HELO
     names DNS does not know; local mail to /var/mail; logs to a file unless ``syslog``."""
     conf, queue, data = area / "conf", area / "queue", area / "data"
     conf.mkdir()
-    for name, source in PRISTINE.items():
+    for name, source in POSTFIX_PRISTINE.items():
         shutil.copy2(source, conf / name)
     queue.mkdir(mode=0o755)
     data.mkdir(mode=0o700)
@@ -400,31 +381,6 @@ class Namespace:
         return lines
 
 
-def write_unbound_config(area: Path) -> Path:
-    """unbound on 127.0.0.53 in the namespace: the test zone, and a fast NXDOMAIN for the rest
-    (nothing here reaches the Internet)."""
-    config = area / "unbound.conf"
-    config.write_text(
-        "server:\n"
-        '    chroot: ""\n'
-        '    username: ""\n'
-        f'    directory: "{area}"\n'
-        f"    interface: {RESOLVER}\n"
-        "    do-ip6: no\n"
-        "    do-daemonize: no\n"
-        "    use-syslog: no\n"
-        '    pidfile: ""\n'
-        '    module-config: "iterator"\n'
-        "    access-control: 127.0.0.0/8 allow\n"
-        '    local-zone: "." static\n'
-        '    local-zone: "jailshim.test." static\n'
-        f'    local-data: "{HELO}. 60 IN A 127.0.0.1"\n'
-        "remote-control:\n"
-        "    control-enable: no\n"
-    )
-    return config
-
-
 @pytest.fixture
 def mail_namespace(area: Path, postfix_bin: str) -> Iterator[Namespace]:
     """Unbound answering the test zone on 127.0.0.53 in the test's own network namespace."""
@@ -436,7 +392,10 @@ def mail_namespace(area: Path, postfix_bin: str) -> Iterator[Namespace]:
     mail.chmod(0o1777)  # local(8) creates the mailbox as its recipient, nobody
     unbound = None
     try:
-        config = write_unbound_config(area)
+        config = write_unbound_config(
+            area, 53, address=RESOLVER, records={HELO: "127.0.0.1"}, chroot=False,
+            refuse_the_rest=True,
+        )  # fmt: skip
         unbound = spawn(["unbound", "-d", "-c", str(config)])
         ask = ["kdig", f"@{RESOLVER}", "+short", "+time=1", HELO]
 

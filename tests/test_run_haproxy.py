@@ -6,7 +6,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import pytest
 from tests.daemons import (
     EchoServer,
     SyslogSocket,
-    children,
+    daemon_pid,
     echo_server,
-    own_network,
     status_field,
     stop,
     tls_echo,
@@ -26,26 +24,11 @@ from tests.daemons import (
 )
 from tests.support import NSRUN, clean_env, jailshim_argv, mounts_below, run, snapshot, spawn
 
-__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
-
 
 @pytest.fixture
 def backend(own_network: None) -> Iterator[EchoServer]:
     with echo_server() as server:
         yield server
-
-
-def _haproxy_pid(proc: subprocess.Popen[str], wrapped: bool) -> int:
-    """The haproxy process: the Popen itself (jailshim exec'd into it) or nsrun's child."""
-    if not wrapped:
-        return proc.pid
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for child in children(proc.pid):
-            if Path(f"/proc/{child}/exe").resolve().name == "haproxy":
-                return child
-        time.sleep(0.05)
-    raise AssertionError("no haproxy under nsrun")
 
 
 @pytest.mark.parametrize("where", ["plain", "nodev", "userns"])
@@ -68,7 +51,7 @@ def test_haproxy_serves_tls13_from_a_prepared_jail(
         for i in range(5):
             version, echoed = tls_echo(setup.port, f"hello {i}".encode())
             assert version == "TLSv1.3" and echoed == f"hello {i}".encode()
-        pid = _haproxy_pid(proc, bool(wrap))
+        pid = daemon_pid(proc, "haproxy")
         assert os.readlink(f"/proc/{pid}/root") == str(jail)
         assert status_field(pid, "Uid").split() == ["65534"] * 4
         node = os.stat(jail / "dev" / "urandom") if not wrap else None

@@ -8,7 +8,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +17,10 @@ from jailshim.daemons.stunnel import identity_as_set
 from jailshim.spec import Identity
 from tests.daemons import (
     EchoServer,
-    children,
+    daemon_pid,
     echo_server,
     free_port,
     make_certificate,
-    own_network,
     status_field,
     stop,
     tls_echo,
@@ -30,21 +28,6 @@ from tests.daemons import (
 )
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import NSRUN, jailshim_argv, need, run, spawn
-
-__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
-
-
-@pytest.fixture
-def stunnel_bin(root: None, own_network: None) -> str:
-    """Debian's stunnel4 and its `stunnel4` user."""
-    path = shutil.which("stunnel4")
-    need(path is not None, "needs stunnel4 (Debian package stunnel4)")
-    try:
-        pwd.getpwnam("stunnel4")
-    except KeyError:
-        need(False, "needs the user stunnel4 (Debian package stunnel4 creates it)")
-    assert path is not None
-    return path
 
 
 @pytest.fixture
@@ -76,19 +59,6 @@ def write_stunnel_config(
     return config
 
 
-def stunnel_pid(proc: subprocess.Popen[str], wrapped: bool) -> int:
-    """The stunnel process: the Popen itself (jailshim exec'd into it) or nsrun's child."""
-    if not wrapped:
-        return proc.pid
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for child in children(proc.pid):
-            if Path(f"/proc/{child}/exe").resolve().name == "stunnel4":
-                return child
-        time.sleep(0.05)
-    raise AssertionError("no stunnel under nsrun")
-
-
 @pytest.mark.parametrize("where", ["plain", "userns"])
 def test_stunnel_serves_tls_from_the_jail_its_config_names(
     area: Path, stunnel_bin: str, backend: EchoServer, where: str
@@ -105,7 +75,7 @@ def test_stunnel_serves_tls_from_the_jail_its_config_names(
         wait_for_tls(port, proc)
         _, echoed = tls_echo(port, b"through stunnel")
         assert echoed == b"through stunnel"
-        pid = stunnel_pid(proc, bool(wrap))
+        pid = daemon_pid(proc, "stunnel4")
         assert os.readlink(f"/proc/{pid}/root") == str(jail)
         uid = str(pwd.getpwnam("stunnel4").pw_uid)
         assert status_field(pid, "Uid").split() == [uid] * 4
@@ -224,7 +194,7 @@ def test_stock_debian_stunnel_from_its_sample_serves_tls(
     try:
         wait_for_tls(port, proc)
         assert tls_echo(port, b"from the sample")[1] == b"from the sample"
-        pid = stunnel_pid(proc, where == "userns")
+        pid = daemon_pid(proc, "stunnel4")
         assert os.readlink(f"/proc/{pid}/root") == "/var/lib/stunnel4"
         ids = pwd.getpwnam("stunnel4")
         assert status_field(pid, "Uid").split() == [str(ids.pw_uid)] * 4

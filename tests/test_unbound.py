@@ -5,16 +5,23 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.daemons import SyslogSocket, children, free_port, own_network, status_field, stop
+from tests.daemons import (
+    UNBOUND_ANSWER,
+    SyslogSocket,
+    daemon_pid,
+    free_port,
+    status_field,
+    stop,
+    wait_for_dns,
+    write_unbound_config,
+)
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import (
     NSRUN,
@@ -26,105 +33,6 @@ from tests.support import (
     snapshot,
     spawn,
 )
-
-__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
-
-ANSWER = "192.0.2.53"
-
-
-@pytest.fixture
-def unbound_bin(root: None, own_network: None) -> str:
-    """Debian's unbound, its unbound-checkconf, its `unbound` user, and kdig to ask it."""
-    path = shutil.which("unbound")
-    need(path is not None, "needs unbound (Debian package unbound)")
-    need(shutil.which("unbound-checkconf") is not None, "needs unbound-checkconf")
-    need(shutil.which("kdig") is not None, "needs kdig (Debian package knot-dnsutils)")
-    try:
-        pwd.getpwnam("unbound")
-    except KeyError:
-        need(False, "needs the user unbound (Debian package unbound creates it)")
-    assert path is not None
-    return path
-
-
-def write_unbound_config(jail: Path, port: int, extra: str = "") -> Path:
-    """A config with its chroot at ``jail`` (the file inside it, as unbound wants), answering
-    one local-data record on 127.0.0.1:``port``."""
-    config = jail / "unbound.conf"
-    config.write_text(
-        "server:\n"
-        f'    chroot: "{jail}"\n'
-        f'    directory: "{jail}"\n'
-        '    username: "unbound"\n'
-        f"    interface: 127.0.0.1@{port}\n"
-        f"    port: {port}\n"
-        "    do-ip6: no\n"
-        "    do-daemonize: no\n"
-        "    use-syslog: no\n"
-        '    pidfile: ""\n'
-        '    module-config: "iterator"\n'
-        "    access-control: 127.0.0.0/8 allow\n"
-        '    local-zone: "jailshim.test." static\n'
-        f'    local-data: "answer.jailshim.test. 60 IN A {ANSWER}"\n'
-        f"{extra}"
-        "remote-control:\n"
-        "    control-enable: no\n"
-    )
-    return config
-
-
-def ask(port: int, name: str = "answer.jailshim.test") -> str:
-    """kdig's short answer for ``name`` A from 127.0.0.1:``port``."""
-    query = ["+short", "+time=1", "+retry=0", name, "A"]
-    proc = subprocess.run(
-        ["kdig", "@127.0.0.1", "-p", str(port), *query],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return proc.stdout.strip()
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-def wait_for_answer(
-    port: int,
-    proc: subprocess.Popen[str],
-    timeout: float = 30,
-    query: tuple[str, str] = ("answer.jailshim.test", ANSWER),
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"jailshim/unbound exited {proc.returncode}:\n{err}\n{out}")
-        if not _listening(port):  # kdig's first try at a closed port waits out +time=1
-            time.sleep(0.05)
-            continue
-        if ask(port, query[0]) == query[1]:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"unbound did not answer on 127.0.0.1:{port} within {timeout}s")
-
-
-def unbound_pid(proc: subprocess.Popen[str], wrapped: bool) -> int:
-    """The unbound process: the Popen itself (jailshim exec'd into it) or nsrun's child."""
-    if not wrapped:
-        return proc.pid
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for child in children(proc.pid):
-            if Path(f"/proc/{child}/exe").resolve().name == "unbound":
-                return child
-        time.sleep(0.05)
-    raise AssertionError("no unbound under nsrun")
 
 
 @pytest.mark.parametrize("where", ["plain", "userns"])
@@ -140,8 +48,8 @@ def test_unbound_answers_from_the_jail_its_config_names(
     wrap = [sys.executable, NSRUN, "--mount", "--"] if where == "userns" else []
     proc = spawn([*wrap, *jailshim_argv("run", "--", unbound_bin, "-d", "-c", str(config))])
     try:
-        wait_for_answer(port, proc)
-        pid = unbound_pid(proc, bool(wrap))
+        wait_for_dns(port, proc, UNBOUND_ANSWER)
+        pid = daemon_pid(proc, "unbound")
         assert os.readlink(f"/proc/{pid}/root") == str(jail)
         uid = str(pwd.getpwnam("unbound").pw_uid)
         assert status_field(pid, "Uid").split() == [uid] * 4
@@ -226,7 +134,7 @@ def test_chrooted_unbound_reaches_the_notify_socket(area: Path, unbound_bin: str
     env = clean_env(NOTIFY_SOCKET=str(listener.path))
     proc = spawn(jailshim_argv("run", "--", unbound_bin, "-d", "-c", str(config)), env)
     try:
-        wait_for_answer(port, proc)
+        wait_for_dns(port, proc, UNBOUND_ANSWER)
         said = listener.receive(timeout=10)
         assert any("READY=1" in datagram.split("\n") for datagram in said), said
         assert (jail / str(listener.path).lstrip("/")).exists()
@@ -323,8 +231,8 @@ def test_stock_debian_unbound_in_var_lib_unbound_answers(
     )
     proc = spawn(argv)
     try:
-        wait_for_answer(port, proc, query=("localhost", "127.0.0.1"))
-        pid = unbound_pid(proc, where == "userns")
+        wait_for_dns(port, proc, "127.0.0.1", name="localhost")
+        pid = daemon_pid(proc, "unbound")
         assert os.readlink(f"/proc/{pid}/root") == "/var/lib/unbound"
         uid = str(pwd.getpwnam("unbound").pw_uid)
         assert status_field(pid, "Uid").split() == [uid] * 4

@@ -243,6 +243,7 @@ def test_every_option_a_command_takes_has_a_field_in_its_record() -> None:
     """The option table drives the records: each option a command takes is a field of that
     command's record (by its dest; --pid as pids, an adapter's --NAME-config in
     daemon_configs), so no value parsed can be dropped on the way to the command."""
+    # cli's private table on purpose: the test is about the option table itself
     from jailshim import cli, daemons
 
     for record, command in cli._NAMES.items():

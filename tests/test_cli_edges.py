@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from jailshim import cli
 from tests.daemons import stop
 from tests.multiarch import MULTIARCH
-from tests.support import TESTS, Result, clean_env, jailshim_argv, need, run, snapshot
+from tests.support import TESTS, Result, clean_env, in_shell, jailshim_argv, need, run, snapshot
 
 README = TESTS.parent / "README.md"
 SEED_LINE = (
@@ -45,20 +44,6 @@ def _under_runtime(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 def _fields(text: str) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in text.splitlines())
-
-
-def _shell(script: str, *args: str, env: dict[str, str] | None = None) -> Result:
-    """``sh -c script sh ARGS`` (ARGS are "$@"), captured; never a traceback."""
-    proc = subprocess.run(
-        ["sh", "-c", script, "sh", *args],
-        capture_output=True,
-        text=True,
-        env=env or clean_env(),
-        timeout=120,
-        check=False,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 # 1. Signals -------------------------------------------------------------------------------------
@@ -284,11 +269,19 @@ def test_device_adds_to_the_defaults_and_only_devices_replaces_them(jail: Path) 
 # 4. Tracebacks and wrong codes ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], *([c] for c in cli._COMMANDS)])
+# The commands as `jailshim --help` lists them (the case without one checks that list is this)
+COMMANDS = ("run", "prepare", "check", "teardown", "doctor", "explain")
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
 def test_help_with_stdout_closed(command: list[str]) -> None:
     """`jailshim [COMMAND] --help >&-`: exit 0, no traceback."""
-    result = _shell('exec "$@" >&-', *jailshim_argv(*command, "--help"))
+    result = in_shell('exec "$@" >&-', *jailshim_argv(*command, "--help"))
     assert result.code == 0 and result.stderr == "", result.stderr
+    if not command:  # every command is here: one the help lists and this test did not is caught
+        listed = in_shell('exec "$@"', *jailshim_argv("--help")).stdout
+        block = listed.split("  COMMAND\n", 1)[1].split("\n\n", 1)[0]
+        assert tuple(line.split()[0] for line in block.splitlines()) == COMMANDS, listed
 
 
 def test_commands_with_stdout_closed(jail: Path, tmp_path: Path) -> None:
@@ -296,14 +289,14 @@ def test_commands_with_stdout_closed(jail: Path, tmp_path: Path) -> None:
     /dev/null on fd 1 (not a file that happened to take fd 1)."""
     (tmp_path / "log").write_text(SEED_LINE)
     closed = 'exec "$@" >&-'
-    assert _shell(closed, *jailshim_argv("prepare", "--chroot", str(jail), "--dry-run")).code == 0
-    assert _shell(closed, *jailshim_argv("explain", str(tmp_path / "log"))).code == 0
-    assert _shell(closed, *jailshim_argv("prepare", "--chroot", str(jail))).code == 0
-    assert _shell(closed, *jailshim_argv("check", "--chroot", str(jail))).code == 0
-    assert _shell(closed, *jailshim_argv("doctor", "--chroot", str(jail))).code == 0
-    assert _shell(closed, *jailshim_argv("teardown", "--chroot", str(jail))).code == 0
+    assert in_shell(closed, *jailshim_argv("prepare", "--chroot", str(jail), "--dry-run")).code == 0
+    assert in_shell(closed, *jailshim_argv("explain", str(tmp_path / "log"))).code == 0
+    assert in_shell(closed, *jailshim_argv("prepare", "--chroot", str(jail))).code == 0
+    assert in_shell(closed, *jailshim_argv("check", "--chroot", str(jail))).code == 0
+    assert in_shell(closed, *jailshim_argv("doctor", "--chroot", str(jail))).code == 0
+    assert in_shell(closed, *jailshim_argv("teardown", "--chroot", str(jail))).code == 0
     show = "import os, sys; sys.stderr.write(os.readlink('/proc/self/fd/1') + '\\n')"
-    daemon = _shell(closed, *jailshim_argv("run", "--", sys.executable, "-c", show))
+    daemon = in_shell(closed, *jailshim_argv("run", "--", sys.executable, "-c", show))
     assert daemon.code == 0 and daemon.stderr.splitlines()[-1] == "/dev/null", daemon.stderr
 
 
@@ -340,7 +333,7 @@ def test_a_reader_that_went_away_is_not_a_failure(jail: Path, tmp_path: Path) ->
 
 def test_a_full_disk_on_stdout_is_an_os_error(jail: Path) -> None:
     """stdout on /dev/full: one sentence, 71."""
-    result = _shell(
+    result = in_shell(
         'exec "$@" > /dev/full', *jailshim_argv("prepare", "--chroot", str(jail), "--dry-run")
     )
     assert result.code == 71
@@ -367,7 +360,7 @@ def test_a_path_too_long_is_a_usage_error(tmp_path: Path) -> None:
 def test_out_of_file_descriptors_is_an_os_error(jail: Path, command: str) -> None:
     """`ulimit -n 5`: one sentence on the limit, 71, and nothing made in the jail."""
     before = snapshot(jail)
-    result = _shell('ulimit -n 5; exec "$@"', *jailshim_argv(command, "--chroot", str(jail)))
+    result = in_shell('ulimit -n 5; exec "$@"', *jailshim_argv(command, "--chroot", str(jail)))
     assert result.code == 71, result.stderr
     assert "ran out of file descriptors (EMFILE" in result.error
     assert snapshot(jail) == before
@@ -391,7 +384,7 @@ def test_user_names_win_over_uids_as_chown_decides(jail: Path, tmp_path: Path) -
     script = 'mount --bind "$0" /etc/passwd && exec "$@"'
     seen = {}
     for user in ("64123", "+64123", "64124", "+0"):
-        result = _shell(
+        result = in_shell(
             f"exec unshare --mount --propagation private sh -c '{script}' {passwd} \"$@\"",
             *jailshim_argv("check", "--chroot", str(jail), "--user", user),
         )
