@@ -29,6 +29,7 @@ REGISTRY = {
         "--haproxy-config",
         "haproxy's configuration file (default: from -f)",
     ),
+    "lighttpd": Registered("jailshim.daemons.lighttpd"),
     "named": Registered("jailshim.daemons.named"),
     "nsd": Registered("jailshim.daemons.nsd"),
     "postfix": Registered("jailshim.daemons.postfix"),
