@@ -105,6 +105,7 @@ def test_named_drop_in_verifies_cleanly(root: None) -> None:
         ("nsd.service", "nsd.service"),
         ("stunnel@.service", "stunnel@x.service"),
         ("lighttpd.service", "lighttpd.service"),
+        ("pdns-recursor.service", "pdns-recursor.service"),
     ],
 )
 def test_daemon_drop_ins_verify_cleanly(root: None, unit: str, instance: str) -> None:
@@ -141,6 +142,12 @@ DAEMON_EXAMPLES = {
     ),
     "stunnel": (("/etc/stunnel", "/var/lib/stunnel4"), ("10443", "10080"), "stunnel4", ()),
     "lighttpd": (("/etc/lighttpd", "/var/www"), ("10443",), "lighttpd", ("html/jailshim.html",)),
+    "pdns-recursor": (
+        ("/etc/powerdns", "/var/spool/powerdns"),
+        ("10055",),
+        "pdns_recursor",
+        ("pdns_recursor.controlsocket",),
+    ),
 }
 STOP_MARKER = "to stop:"  # a comment line: Ctrl-C ends the daemon; the commands below follow
 
