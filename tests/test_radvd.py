@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from jailshim.daemons.radvd import argv_options, jail_user
 from jailshim.errors import UsageError
 from tests.daemons import children, own_network, status_field, stop
 from tests.stock import strategies
-from tests.support import assert_ran, jailshim_argv, need, run, spawn
+from tests.support import NSRUN, assert_ran, jailshim_argv, need, run, spawn
 
 __all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
 
@@ -114,6 +115,54 @@ def test_radvd_advertises_from_the_jail_its_argv_names(area: Path, radvd_bin: st
     assert read[0]["log_sockets"] == ["/dev/log"]
     assert read[0]["files"] == [f"/etc/radvd.conf inside {jail}"]
     assert strategies(stderr) == {"mknod"}, stderr
+
+
+_IN_USERNS = """
+set -e
+ip link set lo up
+ip link add rv0 type veth peer name rv1
+sysctl -qw net.ipv6.conf.rv0.accept_dad=0 net.ipv6.conf.rv1.accept_dad=0
+ip link set rv0 up
+ip link set rv1 up
+"$@" 2> "$JAILSHIM_ERR" &
+daemon=$!
+for attempt in $(seq 100); do
+    if rdisc6 -1 -w 500 rv1 > "$RDISC_OUT" 2>&1 && grep -q Prefix "$RDISC_OUT"; then break; fi
+    kill -0 "$daemon"
+    sleep 0.2
+done
+echo "root=$(readlink /proc/$daemon/root)"
+echo "uid=$(awk '/^Uid:/ {print $2}' /proc/$daemon/status)"
+kill "$daemon"
+wait "$daemon" || true
+"""
+
+
+def test_radvd_advertises_from_its_jail_in_a_user_namespace(area: Path, radvd_bin: str) -> None:
+    """The same in a user namespace (nsrun's 0-65535 map) with a mount namespace and a network
+    namespace of its own (radvd's raw ICMPv6 socket needs CAP_NET_RAW over the network
+    namespace, which root of a user namespace has only for one it owns): its own veth pair,
+    jailshim binds the nodes (no mknod there), rdisc6 sees the prefix, radvd's root is the
+    jail and its uid radvd's."""
+    jail = make_jail(area)
+    err, out = area / "jailshim.err", area / "rdisc6.out"
+    argv = [radvd_bin, "-n", "-m", "stderr", "-t", str(jail), "-u", "radvd"]
+    wrap = [sys.executable, NSRUN, "--mount", "--", "unshare", "--net", "sh", "-c", _IN_USERNS]
+    done = subprocess.run(
+        [*wrap, "sh", *jailshim_argv("run", "--", *argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAILSHIM_ERR": str(err), "RDISC_OUT": str(out)},
+        check=False,
+    )
+    stderr = err.read_text() if err.exists() else ""
+    assert done.returncode == 0, done.stdout + done.stderr + stderr
+    assert f"Prefix                   : {PREFIX}" in out.read_text(), stderr
+    assert f"root={jail}" in done.stdout
+    assert f"uid={pwd.getpwnam('radvd').pw_uid}" in done.stdout
+    assert "Traceback" not in stderr
+    assert strategies(stderr) == {"bind"}, stderr
 
 
 def test_chroot_without_user_is_refused_in_radvds_words(area: Path, radvd_bin: str) -> None:
