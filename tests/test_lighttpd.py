@@ -299,3 +299,20 @@ def test_stock_debian_lighttpd_serves_tls_from_its_jail(
     assert f"is opened inside the jail, as {inside}, by www-data" in stderr
     assert "server started" in Path(inside).read_text()
     assert host_state(("/etc/lighttpd",)) == host_before
+
+
+def test_relative_chroot_and_a_group_alone_are_read_as_lighttpd_acts(
+    area: Path, lighttpd_bin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative server.chroot is chroot()ed from the start directory (jailshim's, kept by
+    exec); server.groupname without server.username leaves lighttpd root: said, and no group
+    is checked with."""
+    from jailshim.daemons import load
+
+    config = area / "relative.conf"
+    config.write_text('server.chroot = "jail/"\nserver.groupname = "www-data"\n')
+    monkeypatch.chdir(area)
+    plan = load("lighttpd").read([lighttpd_bin, "-D", "-f", str(config)], {})
+    assert plan.chroot == str(area / "jail")
+    assert plan.user is None and plan.group is None
+    assert any("without server.username" in note for note in plan.notes), plan.notes

@@ -271,3 +271,16 @@ def test_stock_debian_recursor_answers_from_its_jail(
     assert read[0]["files"] == ["/etc/powerdns/recursor.conf"] and read[0]["log_sockets"] == []
     assert "daemon's own user or group (pdns)" in stderr
     assert host_state(stock) == host_before
+
+
+def test_chroot_with_the_api_is_refused_in_the_recursors_words(
+    area: Path, recursor_bin: str
+) -> None:
+    """pdns_recursor exits when given both a chroot and api-config-dir (rec-main.cc): 78 in
+    its words, before anything is prepared (`--config=check` does not say it)."""
+    jail = make_jail(area)
+    directory = write_config(area, jail, free_port(), f"api-config-dir={area}\n")
+    result = run("run", "--", recursor_bin, "--daemon=no", f"--config-dir={directory}")
+    assert result.code == 78, result.stderr
+    assert "Using chroot and enabling the API is not possible" in result.error
+    assert not (jail / "dev").exists()

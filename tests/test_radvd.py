@@ -219,3 +219,20 @@ def test_argv_is_read_as_getopt_long_reads_it(area: Path) -> None:
     passwd.write_text("root:x:0:0::/root:/bin/sh\nradvd:x:108:65534::/run/radvd:/bin/false\n")
     assert jail_user(str(area), "radvd") == (108, 65534)
     assert jail_user(str(area), "nobody") is None
+
+
+def test_log_method_decides_the_log_socket() -> None:
+    """radvd's log method: syslog and stderr_syslog (its default when it daemonizes) want
+    /dev/log in the jail, stderr (the default with -n) and logfile do not; an unknown one is
+    radvd's own refusal."""
+    from jailshim.daemons import load
+
+    adapter = load("radvd")
+    base = ["radvd", "-t", "/j", "-u", "radvd"]
+    assert adapter.read(base, {}).sockets == ("/dev/log",)
+    assert adapter.read([*base, "-n"], {}).sockets == ()
+    assert adapter.read([*base, "-n", "-m", "stderr_syslog"], {}).sockets == ("/dev/log",)
+    logfile = adapter.read([*base, "-m", "logfile", "-l", "/log/radvd.log"], {})
+    assert logfile.sockets == () and "/j/log/radvd.log" in logfile.notes[0]
+    with pytest.raises(UsageError, match='"unknown log method: loud"'):
+        adapter.read([*base, "-m", "loud"], {})
