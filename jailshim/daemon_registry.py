@@ -29,9 +29,12 @@ REGISTRY = {
         "--haproxy-config",
         "haproxy's configuration file (default: from -f)",
     ),
+    "lighttpd": Registered("jailshim.daemons.lighttpd"),
     "named": Registered("jailshim.daemons.named"),
     "nsd": Registered("jailshim.daemons.nsd"),
+    "pdns_recursor": Registered("jailshim.daemons.pdns_recursor"),
     "postfix": Registered("jailshim.daemons.postfix"),
+    "radvd": Registered("jailshim.daemons.radvd"),
     "stunnel": Registered("jailshim.daemons.stunnel"),
     "unbound": Registered("jailshim.daemons.unbound"),
 }

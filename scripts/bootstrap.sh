@@ -15,6 +15,7 @@ APT_PACKAGES=(
   nsd stunnel4                           # the nsd and stunnel adapters' real-daemon tests
   bind9 bind9-utils                      # the named adapter's real-daemon tests
   postfix                                # the postfix adapter's real-daemon tests
+  lighttpd lighttpd-mod-openssl pdns-recursor radvd ndisc6  # issue 30's adapters: lighttpd, PowerDNS, radvd and their clients
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
   catatonit                              # podman kube play: the pods' pause image
   systemd                                # systemd-analyze verify for the example units

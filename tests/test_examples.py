@@ -99,7 +99,13 @@ def test_named_drop_in_verifies_cleanly(root: None) -> None:
 
 @pytest.mark.parametrize(
     ("unit", "instance"),
-    [("nsd.service", "nsd.service"), ("stunnel@.service", "stunnel@x.service")],
+    [
+        ("nsd.service", "nsd.service"),
+        ("stunnel@.service", "stunnel@x.service"),
+        ("lighttpd.service", "lighttpd.service"),
+        ("pdns-recursor.service", "pdns-recursor.service"),
+        ("radvd.service", "radvd.service"),
+    ],
 )
 def test_daemon_drop_ins_verify_cleanly(root: None, unit: str, instance: str) -> None:
     """The nsd and stunnel drop-ins on Debian's own units: no error, nothing on stderr (they
@@ -134,6 +140,13 @@ DAEMON_EXAMPLES = {
         ("nsd.db", "xfrd.state"),
     ),
     "stunnel": (("/etc/stunnel", "/var/lib/stunnel4"), ("10443", "10080"), "stunnel4", ()),
+    "lighttpd": (("/etc/lighttpd", "/var/www"), ("10443",), "lighttpd", ("html/jailshim.html",)),
+    "pdns-recursor": (
+        ("/etc/powerdns", "/var/spool/powerdns"),
+        ("10055",),
+        "pdns_recursor",
+        ("pdns_recursor.controlsocket",),
+    ),
 }
 STOP_MARKER = "to stop:"  # a comment line: Ctrl-C ends the daemon; the commands below follow
 
