@@ -389,9 +389,15 @@ def _clear_rootless_user(conf: Path) -> None:
         # again (one that ended since the scan may have left its number to anyone)
         pids.kill([pids.pin(pid, lambda p: _runs_as(p, uids)) for pid in left])
         time.sleep(0.2)
-    removed = _run(["userdel", "-r", "-f", ROOTLESS_USER], timeout=60, check=False)
     home = Path(account.pw_dir)
-    if home == Path("/home", ROOTLESS_USER):  # what useradd -m made, nothing else
+    ours = home == Path("/home", ROOTLESS_USER)  # what useradd -m made, nothing else
+    if ours:
+        # its podman storage (the image's layers): unmounted and removed here, before
+        # userdel, whose own `-r` walk of it outlasted 60 s once on a loaded machine (CI)
+        unmount_below(home)
+        shutil.rmtree(home, ignore_errors=True)
+    removed = _run(["userdel", "-f", ROOTLESS_USER], timeout=120, check=False)
+    if ours:
         shutil.rmtree(home, ignore_errors=True)
     unmount_below(runtime)
     shutil.rmtree(runtime, ignore_errors=True)
