@@ -9,9 +9,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from logging import DEBUG, ERROR, INFO, WARNING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jailshim.devices import ENTROPY_DEVICES, Device
+
+if TYPE_CHECKING:
+    from jailshim.logs import Logger
 
 __all__ = [
     "DeviceFacts",
@@ -20,6 +25,7 @@ __all__ = [
     "judge_device",
     "judge_getrandom",
     "judge_notify",
+    "log_findings",
     "notify_refusal",
     "render_table",
 ]
@@ -350,3 +356,23 @@ def render_table(findings: list[Finding]) -> str:
         if f.remedy and not f.ok:
             lines.append(f"  {'':<{width}}  {'':<{len(whose)}}→ {f.remedy}")
     return "\n".join(lines)
+
+
+def log_findings(findings: Iterable[Finding], log: Logger, *, table: bool, **facts: Any) -> None:
+    """One `check` event per finding, as check, run and doctor all say them: info for a pass,
+    warning for a pass with a warning, error for a failure (with its remedy); all at debug
+    when ``table`` (the table on screen already says each finding once to a person; machines,
+    with no TTY, get every finding as a JSON event). ``facts`` (doctor: the PID) ride on each."""
+    for f in findings:
+        level = DEBUG if table else INFO if f.ok and not f.warning else WARNING if f.ok else ERROR
+        remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
+        log.log(
+            level,
+            "check",
+            check=f.check,
+            ok=f.ok,
+            whose=f.whose,
+            detail=f.detail,
+            **facts,
+            **remedy,
+        )
