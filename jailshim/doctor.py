@@ -523,16 +523,7 @@ def _diagnose(
         jail = jail_name = chroot
         user = identity.name if identity is not None else "USER"
     pid = {} if facts is None else {"pid": facts.pid}
-    libs: tuple[CryptoLib, ...] = ()
-    if crypto_libs:
-        from jailshim.verify.libfind import for_paths
-
-        libs = tuple(for_paths(crypto_libs))
-    elif facts is not None:
-        libs = facts.crypto
-    missing = ""
-    if facts is not None and not crypto_libs and not libs:
-        missing = f"{facts.crypto_note}; --crypto-lib PATH names a library to probe"
+    libs, missing = _libraries(facts, crypto_libs)
     crypto = CryptoSource(libs=libs, missing=missing)
     chrooted = facts is None or facts.root != "/"
     findings, probed = run_probe(jail, identity, devices, crypto) if chrooted else ([], None)
@@ -588,19 +579,49 @@ def _diagnose(
     )
     broken = [f for f in findings if not f.ok and not f.check.startswith("entropy")]
     found = verdict(decisions, asked, known, broken, fix, after=after_prepare(libs))
-    # As check.report does: with the table on screen each finding and the verdict are said
-    # once (per-finding events drop to debug); machines get every finding as a JSON event.
-    table = show and _on_terminal()
+    heading = [] if facts is None else [_heading(facts, user, master)]
+    _tell(findings, found, log, table=show and _on_terminal(), heading=heading, **pid)
+    return found
+
+
+def _libraries(
+    facts: DaemonFacts | None, crypto_libs: tuple[str, ...]
+) -> tuple[tuple[CryptoLib, ...], str]:
+    """The crypto libraries to probe (--crypto-lib's, else the daemon's own), and why there
+    are none when a daemon's could not be found ('' otherwise)."""
+    libs: tuple[CryptoLib, ...] = ()
+    if crypto_libs:
+        from jailshim.verify.libfind import for_paths
+
+        libs = tuple(for_paths(crypto_libs))
+    elif facts is not None:
+        libs = facts.crypto
+    missing = ""
+    if facts is not None and not crypto_libs and not libs:
+        missing = f"{facts.crypto_note}; --crypto-lib PATH names a library to probe"
+    return libs, missing
+
+
+def _tell(
+    findings: list[Finding],
+    found: Diagnosis,
+    log: Logger,
+    *,
+    table: bool,
+    heading: list[str],
+    **pid: int,
+) -> None:
+    """The findings and the verdict: as check.report does, with the table on screen (under
+    ``heading``, if any) each is said once (their events drop to debug); machines get every
+    finding as a JSON event."""
     log_findings(findings, log, table=table, **pid)
     if table:
-        heading = [] if facts is None else [_heading(facts, user, master)]
         shown = [render_table(findings)] if findings else []
         sys.stdout.write("\n".join([*heading, *shown, verdict_lines(found)]) + "\n")
     safe = found.verdict is Verdict.SAFE
     level = DEBUG if table else INFO if safe else ERROR
     extra = {} if safe else {"outcome": str(found.verdict)}
     log.log(level, "doctor.verdict", safe=safe, verdict=found.words, **extra, **pid)
-    return found
 
 
 def _heading(facts: DaemonFacts, user: str, master: int | None) -> str:
