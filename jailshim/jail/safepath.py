@@ -12,13 +12,10 @@ import os
 import stat
 from enum import StrEnum
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple, NoReturn
+from typing import NamedTuple, NoReturn
 
 from jailshim.errors import ConfigError, UsageError
 from jailshim.jail.mounts import MountTable
-
-if TYPE_CHECKING:
-    from collections import deque
 
 __all__ = [
     "OPEN_TRIAL",
@@ -30,6 +27,7 @@ __all__ = [
     "exchange",
     "holder",
     "inspect_entry",
+    "link_names",
     "lstat_at",
     "movable_out",
     "name_swappable",
@@ -244,7 +242,7 @@ def swappable_path(path: str, actor: str) -> str:
                 links += 1
                 if links > _MAX_SYMLINKS:
                     return ""  # ELOOP: whoever acts on it fails, nowhere
-                _walk_on(os.readlink(part, dir_fd=parent_fd), stack, todo)
+                todo.extendleft(reversed(link_names(os.readlink(part, dir_fd=parent_fd), stack)))
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 return ""
@@ -255,13 +253,13 @@ def swappable_path(path: str, actor: str) -> str:
             os.close(fd)
 
 
-def _walk_on(target: str, stack: list[tuple[int, str]], todo: deque[str]) -> None:
-    """A symlink's ``target`` is walked next: from / again when absolute (the directories
-    walked are closed, but / itself)."""
+def link_names(target: str, walked: list[tuple[int, str]]) -> list[str]:
+    """The names a symlink's ``target`` leads through, to walk next; from / again when it is
+    absolute (the directories ``walked``, fd and path, are then closed, all but / itself)."""
     if target.startswith("/"):
-        while len(stack) > 1:
-            os.close(stack.pop()[0])
-    todo.extendleft(reversed(target.split("/")))
+        while len(walked) > 1:
+            os.close(walked.pop()[0])
+    return [name for name in target.split("/") if name]
 
 
 def _swappable_entry(

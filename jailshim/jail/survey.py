@@ -17,6 +17,7 @@ from jailshim.jail.safepath import (
     EntryKind,
     Jail,
     inspect_entry,
+    link_names,
     owner_name,
     server_owned_mount,
     shared_write,
@@ -289,7 +290,7 @@ def open_host_path(path: str) -> tuple[int, str]:
                     links += 1
                     if links > _MAX_LINKS:
                         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-                    _follow_host_link(os.readlink(part, dir_fd=dir_fd), dirs, todo)
+                    todo[:0] = link_names(os.readlink(part, dir_fd=dir_fd), dirs)
                     continue
                 if todo and not stat.S_ISDIR(st.st_mode):
                     raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
@@ -315,15 +316,6 @@ def _refuse_host_entry(
     refused = refused or _refuse_host_step(path, where or "/", dir_fd, here, st)
     if refused:
         raise ConfigError(refused)
-
-
-def _follow_host_link(target: str, dirs: list[tuple[int, str]], todo: list[str]) -> None:
-    """A symlink's ``target`` is walked next: from / again when absolute (the directories
-    walked are closed, but / itself)."""
-    if target.startswith("/"):
-        while len(dirs) > 1:
-            os.close(dirs.pop()[0])
-    todo[:0] = [p for p in target.split("/") if p]
 
 
 def read_host_file(path: str) -> HostFile:
