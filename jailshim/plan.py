@@ -67,7 +67,6 @@ class SocketFacts(NamedTuple):
     path: str  # absolute, the same on the host and inside the jail
     host_problem: str  # "" when the host path is a socket; else what is wrong with it
     host_id: tuple[int, int]
-    missing_dirs: tuple[str, ...]  # directories to create on the way, deepest last
     entry: Entry  # at the path in the jail (ABSENT when a directory is missing)
     entry_id: tuple[int, int]
     readonly: bool  # the filesystem of the deepest existing directory

@@ -137,7 +137,6 @@ def survey_socket(
         path=path,
         host_problem=host_problem,
         host_id=host_id,
-        missing_dirs=tuple(missing),
         entry=entry,
         entry_id=entry_id,
         readonly=readonly,
