@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from jailshim import state
 from jailshim.devices import ALLOWLIST, Device
@@ -41,6 +41,9 @@ from jailshim.plan import (
     refusal_sentence,
 )
 from jailshim.state import Journal, Kind, Record
+
+if TYPE_CHECKING:
+    from jailshim.logs import Logger
 
 __all__ = ["Applier"]
 
@@ -98,7 +101,14 @@ class Applier:
     apply made dev/ or mounted over it; ``close`` closes what it opened)."""
 
     def __init__(
-        self, jail: Jail, dev_fd: int | None, journal: Journal, powers: Powers, *, ns: int, log: Any
+        self,
+        jail: Jail,
+        dev_fd: int | None,
+        journal: Journal,
+        powers: Powers,
+        *,
+        ns: int,
+        log: Logger,
     ) -> None:
         self.jail = jail
         self.dev_fd = dev_fd

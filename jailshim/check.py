@@ -4,14 +4,13 @@ inside it."""
 from __future__ import annotations
 
 import sys
-from logging import DEBUG, ERROR, INFO, WARNING
 from typing import TYPE_CHECKING
 
 from jailshim.errors import CheckFailed
 from jailshim.jail.safepath import Jail
 from jailshim.options import DEFAULT_TIMEOUT
 from jailshim.spec import Spec
-from jailshim.verify.findings import Finding, render_table
+from jailshim.verify.findings import Finding, log_findings, render_table
 from jailshim.verify.needs import Needs
 from jailshim.verify.probe import CryptoSource, Probe
 from jailshim.verify.retry import Outcome, verify_with_retries
@@ -32,10 +31,7 @@ def report(outcome: Outcome, log: Logger) -> list[Finding]:
     finding once; machines (no TTY) get them all as JSON events.
     """
     table = sys.stdout.isatty()
-    for f in outcome.findings:
-        level = DEBUG if table else INFO if f.ok and not f.warning else WARNING if f.ok else ERROR
-        remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
-        log.log(level, "check", check=f.check, ok=f.ok, whose=f.whose, detail=f.detail, **remedy)
+    log_findings(outcome.findings, log, table=table)
     if table:
         sys.stdout.write(render_table(outcome.findings) + "\n")
     if outcome.failing:

@@ -899,26 +899,42 @@ def _main(argv: Sequence[str], log: LogModule) -> int:
         return _report(exc, log)
     log.setup(options.log_format or "auto", options.log_level or "info")
     log.bind_context(command=_NAMES[type(options)])
+    return _dispatched(options, log)
+
+
+def _dispatched(options: Options, log: LogModule) -> int:
+    """The command's exit code: every failure becomes one sentence and its code."""
     try:
         return _dispatch(options, log)
     except JailshimError as exc:
         return _report(exc, log)
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, stopsignals.Interrupted) else signal.SIGINT
-        log.get_logger().warning(
-            "interrupted", signal=signal.Signals(signum).name, detail="stopped before hand-over"
-        )
-        return 128 + signum
+        return _interrupted(exc, log)
     except OSError as exc:  # the machine said no (a limit, a full disk): one sentence, 71/64
         log.get_logger().debug("traceback", exc_info=True)
         return _report(_os_failure(exc), log)
     except ImportError as exc:
-        if (no_fd := _out_of_fds()) is None:
-            return _internal(exc, log)
-        log.get_logger().debug("traceback", exc_info=True)
-        return _report(_os_failure(no_fd), log)
+        return _import_failed(exc, log)
     except Exception as exc:  # a bug
         return _internal(exc, log)
+
+
+def _interrupted(exc: KeyboardInterrupt, log: LogModule) -> int:
+    """A stop signal (or ^C) before the hand-over: said, and 128 + its number."""
+    signum = exc.signum if isinstance(exc, stopsignals.Interrupted) else signal.SIGINT
+    log.get_logger().warning(
+        "interrupted", signal=signal.Signals(signum).name, detail="stopped before hand-over"
+    )
+    return 128 + signum
+
+
+def _import_failed(exc: ImportError, log: LogModule) -> int:
+    """An import that failed for want of a file descriptor is the machine's limit (71);
+    any other is a bug (70)."""
+    if (no_fd := _out_of_fds()) is None:
+        return _internal(exc, log)
+    log.get_logger().debug("traceback", exc_info=True)
+    return _report(_os_failure(no_fd), log)
 
 
 def _internal(exc: Exception, log: LogModule) -> int:

@@ -10,17 +10,19 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING, Any, NamedTuple
+from logging import DEBUG, ERROR, INFO
+from typing import TYPE_CHECKING, NamedTuple
 
 from jailshim.devices import Device
 from jailshim.errors import VERDICT_ERRORS, ConfigError, NotPermitted, UsageError, exit_code_for
 from jailshim.spec import Identity
 from jailshim.verify.cryptolib import CryptoLib, recovery
-from jailshim.verify.findings import Finding, render_table
+from jailshim.verify.findings import Finding, log_findings, render_table
 from jailshim.verify.probe import CryptoSource, run_probe
 from jailshim.verify.verdict import Decision, EntropyFacts, Getrandom, Library, Verdict, library_of
 
 if TYPE_CHECKING:
+    from jailshim.logs import Logger
     from jailshim.verify.daemon_entropy import DaemonEntropy
     from jailshim.verify.entropy import ProbeLibrary
 
@@ -328,14 +330,14 @@ def _on_terminal() -> bool:
         return False
 
 
-def expand_pids(pids: tuple[int, ...], log: Any) -> tuple[int, ...]:
+def expand_pids(pids: tuple[int, ...], log: Logger) -> tuple[int, ...]:
     """The PIDs to inspect: each given one, except that a PID which is not chrooted but has
     chrooted children (haproxy -W/-Ws: the master stays outside the jail, its workers chroot)
     stands for those children, which is said. Order kept, no repeats."""
     return tuple(_workers_of(pids, log))
 
 
-def _workers_of(pids: tuple[int, ...], log: Any) -> dict[int, int | None]:
+def _workers_of(pids: tuple[int, ...], log: Logger) -> dict[int, int | None]:
     """expand_pids with each inspected PID's master (None: it was given itself)."""
     result: dict[int, int | None] = {}
     for pid in pids:
@@ -346,7 +348,7 @@ def _workers_of(pids: tuple[int, ...], log: Any) -> dict[int, int | None]:
         children = chrooted_children(pid) if root == "/" else ()
         if children:
             log.log(
-                10 if _on_terminal() else 20,  # on a terminal each table's heading says it
+                DEBUG if _on_terminal() else INFO,  # on a terminal each table's heading says it
                 "doctor.workers",
                 pid=pid,
                 workers=list(children),
@@ -364,7 +366,7 @@ def doctor(
     chroot: str | None,
     identity: Identity | None,
     devices: tuple[Device, ...],
-    log: Any,
+    log: Logger,
     *,
     crypto_libs: tuple[str, ...] = (),
     read_filter: bool = False,
@@ -478,7 +480,7 @@ def _diagnose(
     chroot: str,
     identity: Identity | None,
     devices: tuple[Device, ...],
-    log: Any,
+    log: Logger,
     *,
     crypto_libs: tuple[str, ...] = (),
     read_filter: bool = False,
@@ -503,7 +505,7 @@ def _diagnose(
             _user_name(facts.uid), facts.uid, facts.gid, facts.groups or (facts.gid,)
         )
         log.log(
-            10 if _on_terminal() else 20,  # on a terminal the table's heading says it
+            DEBUG if _on_terminal() else INFO,  # on a terminal the table's heading says it
             "doctor.daemon",
             pid=facts.pid,
             name=facts.name,
@@ -521,16 +523,7 @@ def _diagnose(
         jail = jail_name = chroot
         user = identity.name if identity is not None else "USER"
     pid = {} if facts is None else {"pid": facts.pid}
-    libs: tuple[CryptoLib, ...] = ()
-    if crypto_libs:
-        from jailshim.verify.libfind import for_paths
-
-        libs = tuple(for_paths(crypto_libs))
-    elif facts is not None:
-        libs = facts.crypto
-    missing = ""
-    if facts is not None and not crypto_libs and not libs:
-        missing = f"{facts.crypto_note}; --crypto-lib PATH names a library to probe"
+    libs, missing = _libraries(facts, crypto_libs)
     crypto = CryptoSource(libs=libs, missing=missing)
     chrooted = facts is None or facts.root != "/"
     findings, probed = run_probe(jail, identity, devices, crypto) if chrooted else ([], None)
@@ -586,24 +579,49 @@ def _diagnose(
     )
     broken = [f for f in findings if not f.ok and not f.check.startswith("entropy")]
     found = verdict(decisions, asked, known, broken, fix, after=after_prepare(libs))
-    # As check.report does: with the table on screen each finding and the verdict are said
-    # once (per-finding events drop to debug); machines get every finding as a JSON event.
-    table = show and _on_terminal()
-    for f in findings:
-        level = 10 if table else 20 if f.ok and not f.warning else 30 if f.ok else 40
-        remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
-        log.log(
-            level, "check", check=f.check, ok=f.ok, whose=f.whose, detail=f.detail, **pid, **remedy
-        )
+    heading = [] if facts is None else [_heading(facts, user, master)]
+    _tell(findings, found, log, table=show and _on_terminal(), heading=heading, **pid)
+    return found
+
+
+def _libraries(
+    facts: DaemonFacts | None, crypto_libs: tuple[str, ...]
+) -> tuple[tuple[CryptoLib, ...], str]:
+    """The crypto libraries to probe (--crypto-lib's, else the daemon's own), and why there
+    are none when a daemon's could not be found ('' otherwise)."""
+    libs: tuple[CryptoLib, ...] = ()
+    if crypto_libs:
+        from jailshim.verify.libfind import for_paths
+
+        libs = tuple(for_paths(crypto_libs))
+    elif facts is not None:
+        libs = facts.crypto
+    missing = ""
+    if facts is not None and not crypto_libs and not libs:
+        missing = f"{facts.crypto_note}; --crypto-lib PATH names a library to probe"
+    return libs, missing
+
+
+def _tell(
+    findings: list[Finding],
+    found: Diagnosis,
+    log: Logger,
+    *,
+    table: bool,
+    heading: list[str],
+    **pid: int,
+) -> None:
+    """The findings and the verdict: as check.report does, with the table on screen (under
+    ``heading``, if any) each is said once (their events drop to debug); machines get every
+    finding as a JSON event."""
+    log_findings(findings, log, table=table, **pid)
     if table:
-        heading = [] if facts is None else [_heading(facts, user, master)]
         shown = [render_table(findings)] if findings else []
         sys.stdout.write("\n".join([*heading, *shown, verdict_lines(found)]) + "\n")
     safe = found.verdict is Verdict.SAFE
-    level = 10 if table else 20 if safe else 40
+    level = DEBUG if table else INFO if safe else ERROR
     extra = {} if safe else {"outcome": str(found.verdict)}
     log.log(level, "doctor.verdict", safe=safe, verdict=found.words, **extra, **pid)
-    return found
 
 
 def _heading(facts: DaemonFacts, user: str, master: int | None) -> str:

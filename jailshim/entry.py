@@ -23,12 +23,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from jailshim.options import ENV_PREFIX
+
 if TYPE_CHECKING:
     from jailshim.init_options import StopOptions
 
 __all__ = ["FastInit", "fast_init", "main", "ready"]
 
-_ENV = "JAILSHIM_"
 _SWITCHES = ("--init", "--kill-group")
 _VALUES = (
     "--grace",
@@ -70,8 +71,8 @@ def fast_init(argv: Sequence[str], environ: Mapping[str, str]) -> FastInit | Non
     path understands completely; None for everything else (PURE)."""
     read = _flags_given(argv) if len(argv) >= 3 and argv[0] == "run" else None
     flags = {*_SWITCHES, *_VALUES, *_REPEATED}
-    variables = {_ENV + _dest(f).upper(): f for f in flags}
-    if read is None or any(k.startswith(_ENV) and k not in variables for k in environ):
+    variables = {ENV_PREFIX + _dest(f).upper(): f for f in flags}
+    if read is None or any(k.startswith(ENV_PREFIX) and k not in variables for k in environ):
         return None  # JAILSHIM_CHROOT, or any variable the fast path does not know
     given, command = read
     merged = _merged(given, environ, variables)

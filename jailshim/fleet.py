@@ -330,14 +330,16 @@ class _Quiet:
     """doctor's events of one daemon, at debug: --all says one line per daemon, and a fleet
     of daemons' every check at info would drown the journal of a timer run every minutes."""
 
-    def __init__(self, log: Any) -> None:
+    def __init__(self, log: Logger) -> None:
         self._log = log
 
-    def log(self, level: int, event: str, **facts: Any) -> None:
-        self._log.debug(event, **facts)
+    def log(self, level: int, event: str, *args: Any, **facts: Any) -> None:
+        self._log.debug(event, *args, **facts)
 
-    def debug(self, event: str, **facts: Any) -> None:
-        self._log.debug(event, **facts)
+    def debug(self, event: str, *args: Any, **facts: Any) -> None:
+        self._log.debug(event, *args, **facts)
+
+    info = warning = error = debug  # a Logger: every level is debug here
 
 
 def _same_process(pid: int, started: int) -> bool:

@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from jailshim.logs import Logger
 
 __all__ = ["LOG_FORMATS", "LOG_LEVELS", "bind_context", "get_logger", "setup"]
 
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-LogFormat = Literal["auto", "json", "console"]
 
 
 def _wants_console(log_format: str, stream: Any) -> bool:
@@ -61,9 +62,10 @@ def setup(log_format: str = "auto", level: str = "info", stream: Any = None) -> 
     )
 
 
-def get_logger() -> Any:
+def get_logger() -> Logger:
     """The package's logger; events carry whatever was bound with ``bind_context``."""
-    return structlog.get_logger("jailshim")
+    logger: Logger = structlog.get_logger("jailshim")
+    return logger
 
 
 def bind_context(**facts: object) -> None:

@@ -67,7 +67,6 @@ class SocketFacts(NamedTuple):
     path: str  # absolute, the same on the host and inside the jail
     host_problem: str  # "" when the host path is a socket; else what is wrong with it
     host_id: tuple[int, int]
-    missing_dirs: tuple[str, ...]  # directories to create on the way, deepest last
     entry: Entry  # at the path in the jail (ABSENT when a directory is missing)
     entry_id: tuple[int, int]
     readonly: bool  # the filesystem of the deepest existing directory
@@ -311,37 +310,38 @@ def _decide_devices(
         return Plan(strategy, False, True, steps, sockets=sockets)
 
     _refuse_unrepairable(survey, wrong, repair)
-    mknod_works = survey.powers.can_mknod and not dev.nodev
-    steps_list = []
-    for d in devices:
-        entry = survey.entries[d.name]
-        if is_right(d, entry):
-            steps_list.append(DeviceStep(d, Action.NOTHING, entry, "already right"))
-            continue
-        if entry.placeholder:
-            reason = "bind the host's node over jailshim's placeholder (bound in another mount"
-            reason += " namespace)" + (
-                "" if survey.powers.can_mount else f"; expected to be refused: {doubt}"
-            )
-            steps_list.append(DeviceStep(d, Action.BIND, entry, reason))
-            continue
-        if strategy is Strategy.MKNOD or (strategy is Strategy.AUTO and mknod_works):
-            action, reason = Action.MKNOD, "mknod, mode 0666, owner root"
-            if not mknod_works:
-                reason += f"; expected to be refused: {doubt}"
-        elif strategy is Strategy.BIND or survey.powers.can_mount:
-            why = "asked for" if strategy is Strategy.BIND else doubt
-            action, reason = Action.BIND, f"bind the host's {d.host_path} ({why})"
-            if not survey.powers.can_mount:
-                reason += f"; expected to be refused: {doubt}"
-        else:
-            action, reason = Action.MKNOD, f"mknod, then bind; expected to be refused: {doubt}"
-        if entry.kind is not EntryKind.ABSENT:
-            reason += f"; replacing {entry.describe()}"
-        steps_list.append(DeviceStep(d, action, entry, reason))
-    return Plan(
-        strategy, not dev.exists, False, tuple(steps_list), nodev=dev.nodev, sockets=sockets
-    )
+    steps = tuple(_device_step(survey, d, strategy, doubt) for d in devices)
+    return Plan(strategy, not dev.exists, False, steps, nodev=dev.nodev, sockets=sockets)
+
+
+def _device_step(survey: Survey, d: Device, strategy: Strategy, doubt: str) -> DeviceStep:
+    """What to do about one device in a dev/ that stays (no tmpfs): nothing when it is right,
+    else mknod or bind as the strategy and this process's powers say (``doubt``: why an
+    action may be refused)."""
+    entry = survey.entries[d.name]
+    if is_right(d, entry):
+        return DeviceStep(d, Action.NOTHING, entry, "already right")
+    if entry.placeholder:
+        reason = "bind the host's node over jailshim's placeholder (bound in another mount"
+        reason += " namespace)" + (
+            "" if survey.powers.can_mount else f"; expected to be refused: {doubt}"
+        )
+        return DeviceStep(d, Action.BIND, entry, reason)
+    mknod_works = survey.powers.can_mknod and not survey.dev.nodev
+    if strategy is Strategy.MKNOD or (strategy is Strategy.AUTO and mknod_works):
+        action, reason = Action.MKNOD, "mknod, mode 0666, owner root"
+        if not mknod_works:
+            reason += f"; expected to be refused: {doubt}"
+    elif strategy is Strategy.BIND or survey.powers.can_mount:
+        why = "asked for" if strategy is Strategy.BIND else doubt
+        action, reason = Action.BIND, f"bind the host's {d.host_path} ({why})"
+        if not survey.powers.can_mount:
+            reason += f"; expected to be refused: {doubt}"
+    else:
+        action, reason = Action.MKNOD, f"mknod, then bind; expected to be refused: {doubt}"
+    if entry.kind is not EntryKind.ABSENT:
+        reason += f"; replacing {entry.describe()}"
+    return DeviceStep(d, action, entry, reason)
 
 
 def _socket_steps(survey: Survey, *, dev_gets_tmpfs: bool) -> tuple[SocketStep, ...]:

@@ -14,7 +14,8 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from logging import INFO, WARNING
+from typing import TYPE_CHECKING
 
 from jailshim import state
 from jailshim.errors import ConfigError, NotPermitted, SystemRefused
@@ -37,6 +38,7 @@ from jailshim.stopsignals import STOP_SIGNALS, signals_deferred
 
 if TYPE_CHECKING:
     from jailshim.jail.powers import Powers
+    from jailshim.logs import Logger
 
 __all__ = ["Prepared", "mounts_refused", "prepare"]
 
@@ -46,7 +48,7 @@ _MAX_FOREIGN_NAMESPACES = 8
 class Prepared:
     """A prepared jail, still locked. ``rollback`` undoes this run's records."""
 
-    def __init__(self, jail: Jail, lock: JailLock, log: Any) -> None:
+    def __init__(self, jail: Jail, lock: JailLock, log: Logger) -> None:
         self.jail = jail
         self.lock = lock
         self.log = log
@@ -68,7 +70,7 @@ class Prepared:
         self.jail.close()
 
 
-def _reconcile(prepared: Prepared, ns: int, log: Any) -> bool:
+def _reconcile(prepared: Prepared, ns: int, log: Logger) -> bool:
     """Finish what a killed run left: undo every record it did not complete, and forget the
     mounts of namespaces that are gone (a restarted container leaves one set each time)."""
     swept = sweep_new_dev(prepared.jail)
@@ -103,7 +105,7 @@ def _reconcile(prepared: Prepared, ns: int, log: Any) -> bool:
     return bool(swept or pending)
 
 
-def _release_stale_binds(prepared: Prepared, spec: Spec, ns: int, log: Any) -> None:
+def _release_stale_binds(prepared: Prepared, spec: Spec, ns: int, log: Logger) -> None:
     """Unbind this namespace's binds of a host socket or file that the host has since
     replaced (a restarted syslog makes a new /dev/log; systemd-resolved renames a new
     resolv.conf into place): the jail still shows the old inode, and the survey would take
@@ -145,7 +147,7 @@ def _release_stale_binds(prepared: Prepared, spec: Spec, ns: int, log: Any) -> N
 
 
 @contextlib.contextmanager
-def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepared]:
+def prepare(spec: Spec, log: Logger, *, then_exec: bool = False) -> Iterator[Prepared]:
     """Make ``spec.chroot``'s dev/ right (with ``spec.dry_run`` only print the plan), holding
     the jail's lock until the block ends; a failure or stop signal inside it undoes this run.
 
@@ -189,7 +191,7 @@ def prepare(spec: Spec, log: Any, *, then_exec: bool = False) -> Iterator[Prepar
         prepared.close()
 
 
-def _locked(spec: Spec, log: Any) -> Prepared:
+def _locked(spec: Spec, log: Logger) -> Prepared:
     """The jail opened by fd and locked; refused when its path could be swapped."""
     jail = Jail(spec.chroot)
     try:
@@ -210,7 +212,7 @@ def _locked(spec: Spec, log: Any) -> Prepared:
 
 
 def _journal_reconciled(
-    prepared: Prepared, spec: Spec, log: Any
+    prepared: Prepared, spec: Spec, log: Logger
 ) -> tuple[int | None, int, mounts.MountTable]:
     """Open dev/ and the journal; unless a dry run, finish what a killed run left and release
     stale binds. Returns dev/'s fd (None: no dev/ yet), this mount namespace, the mount table."""
@@ -224,7 +226,7 @@ def _journal_reconciled(
     for level, note in check_ownership(
         jail, dev_fd, allow_writable=spec.allow_writable_jail, daemon=spec.identity
     ):
-        log.log(20 if level == "info" else 30, "jail.writable", detail=note)
+        log.log(INFO if level == "info" else WARNING, "jail.writable", detail=note)
     ns = state.mount_namespace()
     table = mounts.read_mount_table()
     prepared.journal = open_journal(jail, dev_fd, table, ns)
@@ -270,7 +272,7 @@ def _decided(
     return decide(facts, spec.devices, spec.strategy, repair=spec.repair, file_mode=spec.file_mode)
 
 
-def _print_plan(prepared: Prepared, plan: Plan, refused: str, log: Any) -> None:
+def _print_plan(prepared: Prepared, plan: Plan, refused: str, log: Logger) -> None:
     """--dry-run: the plan on stdout, after what a killed run left; a refusal still refuses."""
     unfinished = [describe(r) for r in prepared.journal.records if not r.done]
     text = plan.render()
@@ -340,7 +342,7 @@ _MOUNTS_VANISH = (
 )
 
 
-def mounts_refused(plan: Plan, vanish: bool | None, log: Any) -> str:
+def mounts_refused(plan: Plan, vanish: bool | None, log: Logger) -> str:
     """Why this plan's mounts cannot serve the daemon ("" when they can, or need none);
     ``vanish`` is namespaces.mounts_vanish_on_exit() (False for `run`)."""
     from jailshim.files import FileAction

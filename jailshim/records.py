@@ -6,7 +6,7 @@ set of records undone newest first, and jailshim's dev/ brought back when someon
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jailshim import state
 from jailshim.errors import ConfigError
@@ -17,6 +17,9 @@ from jailshim.jail.safepath import Jail, lstat_at, rename_into_place
 from jailshim.jail.undo import KEPT, UNPROVEN, describe, undo
 from jailshim.plan import describe_errno
 from jailshim.state import Journal, Kind, Record
+
+if TYPE_CHECKING:
+    from jailshim.logs import Logger
 
 __all__ = [
     "bring_back_moved_dev",
@@ -51,7 +54,7 @@ _PUT_BACK = (
 )
 
 
-def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Any, event: str) -> None:
+def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Logger, event: str) -> None:
     """Undo the records at ``indexes`` (newest first), dropping each from the journal. A
     record that could not be undone is kept, and so are the older ones in its directory (the
     placeholder under a bind that moved with it) or holding it, and the journal's home."""
@@ -91,7 +94,7 @@ def undo_records(jail: Jail, journal: Journal, indexes: list[int], log: Any, eve
             journal.drop(index)
 
 
-def bring_back_moved_dev(jail: Jail, log: Any, *, dry_run: bool = False) -> None:
+def bring_back_moved_dev(jail: Jail, log: Logger, *, dry_run: bool = False) -> None:
     """When the jail has no dev/, look for jailshim's dev/ under another name and rename it
     back. The daemon's user may own the jail root and so rename dev/ (root's, but renaming
     needs only the parent); the binds in it go along. Without this, teardown said "nothing to
@@ -153,7 +156,7 @@ def check_paths(jail: Jail, records: list[Record]) -> None:
         os.close(fd)
 
 
-def say_lock_ignored(lock: JailLock, log: Any) -> None:
+def say_lock_ignored(lock: JailLock, log: Logger) -> None:
     if lock.ignored:
         log.warning(
             "lock.ignored",

@@ -15,10 +15,11 @@ from jailshim.errors import (
 )
 
 if TYPE_CHECKING:
+    from jailshim.daemons import DaemonAdapter, DaemonPlan, PendingCheck
     from jailshim.init_options import StopOptions
-    from jailshim.logs import LogModule
+    from jailshim.logs import Logger, LogModule
     from jailshim.options import RunOptions
-    from jailshim.spec import Identity
+    from jailshim.spec import Identity, Spec
 
 __all__ = ["interpreter", "resolve_command", "run", "vet_jail"]
 
@@ -148,86 +149,22 @@ def _stop_options(options: RunOptions) -> StopOptions:
 def run(options: RunOptions, log: LogModule) -> int:
     from jailshim import handover
 
-    argv = list(options.argv)
-    if not argv:
-        raise UsageError(
-            "jailshim run needs the daemon's command after --, such as "
-            "`jailshim run -- /usr/sbin/DAEMON -c /etc/DAEMON.conf`."
-        )
+    argv = _command_of(options)
     binary = resolve_command(argv)
     logger = log.get_logger()
     # the registry is a table of names: only a daemon with an adapter imports one
     chosen = daemons.choose(options, argv, binary)
-    plan = adapter = pending = None
-    notify = ""
-    if chosen is not None:
-        adapter, daemon_argv = chosen
-        plan = daemons.plan_for(adapter, daemon_argv, os.environ)
-        daemons.log_read(logger, adapter, plan)
-        notify = os.environ.get("NOTIFY_SOCKET", "")
-        if plan.notify and notify.startswith("/"):
-            # it sends READY=1 from inside its jail: the socket must be there, at the same
-            # path, like a log socket (an abstract @socket is reachable from any root)
-            _check_notify_socket(notify)
-            logger.info("notify_socket", path=notify, detail="brought into the jail")
-        else:
-            notify = ""
-    spec = None
-    chroot = None
-    spec_error: JailshimError | None = None
-    if options.chroot is not None or (plan is not None and plan.chroot is not None):
-        from jailshim.specs import build_spec, chroot_of
-
-        chroot = chroot_of(options, "run", plan)
-        try:
-            # the notify socket is checked from inside the jail as the daemon's user
-            spec = build_spec(options, "run", plan, executable=binary, notify_socket=notify)
-        except JailshimError as exc:  # its checker's verdict, if any, is the more basic news
-            spec_error = exc
-        if spec is not None and spec.identity is not None and plan is not None:
-            # check as exactly the uid, gid and groups the daemon will have, or it proves the
-            # wrong thing (a daemon that keeps its starting gid checks with gid 0)
-            group_given = options.group is not None or plan.group is not None
-            spec = spec._replace(identity=plan.identity_rule(spec.identity, group_given))
+    adapter, plan, notify = _daemon_plan(chosen, logger)
+    spec, chroot, spec_error = _spec_for(options, plan, binary, notify)
+    pending = None
     if adapter is not None and plan is not None:
-        if options.dry_run and adapter.check_writes and not options.no_config_check:
-            logger.info(
-                "config_check",
-                outcome="skipped",
-                detail=f"{adapter.name}'s checker changes files; --dry-run changes nothing",
-            )
-        elif not options.no_config_check:
-            # The jail is judged before the checker runs, as prepare judges it: `postfix
-            # check` with queue_directory = / made /active, /bounce … in the real / and then
-            # the refusal came (issue 25). The checker runs while the jail is prepared; its
-            # verdict is awaited before hand-over, and a rejection takes the prepare back.
-            if chroot is not None:
-                vet_jail(
-                    chroot,
-                    allow_writable=options.allow_writable_jail,
-                    identity=spec.identity if spec is not None else None,
-                )
-            for path in plan.checker_dirs:
-                daemons.refuse_host_directory(path, f"{adapter.name}'s checker")
-            pending = plan.start_check()
-            if spec_error is not None:
-                pending.finish()  # its rejection, in the daemon's words, wins
+        pending = _config_check(
+            options, adapter, plan, spec=spec, chroot=chroot, spec_error=spec_error, logger=logger
+        )
     if spec_error is not None:
         raise spec_error
     if spec is None:
-        if pending is not None:
-            pending.finish()
-        logger.warning(
-            "no_jail",
-            detail="no --chroot and no chroot in the daemon's config: nothing to prepare",
-        )
-        from jailshim.specs import wait_targets_of
-
-        targets = wait_targets_of(options, plan.wait_targets if plan is not None else ())
-        if targets and not options.no_verify and not options.dry_run:
-            from jailshim.check import check_network
-
-            check_network(options, logger, targets)
+        _without_jail(options, plan, pending, logger)
     else:
         from jailshim.ready import prepare_and_verify
 
@@ -248,3 +185,114 @@ def run(options: RunOptions, log: LogModule) -> int:
         )
     handover.exec_command(binary, argv, logger, keep)
     return 0  # not reached: exec replaced this process
+
+
+def _command_of(options: RunOptions) -> list[str]:
+    """The daemon's command line, given after --."""
+    if not options.argv:
+        raise UsageError(
+            "jailshim run needs the daemon's command after --, such as "
+            "`jailshim run -- /usr/sbin/DAEMON -c /etc/DAEMON.conf`."
+        )
+    return list(options.argv)
+
+
+def _daemon_plan(
+    chosen: tuple[DaemonAdapter, list[str]] | None, logger: Logger
+) -> tuple[DaemonAdapter | None, DaemonPlan | None, str]:
+    """The adapter chosen (if any), what it read of the daemon's config (logged), and the
+    notify socket to bring into the jail ('' for none)."""
+    if chosen is None:
+        return None, None, ""
+    adapter, daemon_argv = chosen
+    plan = daemons.plan_for(adapter, daemon_argv, os.environ)
+    daemons.log_read(logger, adapter, plan)
+    notify = os.environ.get("NOTIFY_SOCKET", "")
+    if not (plan.notify and notify.startswith("/")):
+        return adapter, plan, ""
+    # it sends READY=1 from inside its jail: the socket must be there, at the same
+    # path, like a log socket (an abstract @socket is reachable from any root)
+    _check_notify_socket(notify)
+    logger.info("notify_socket", path=notify, detail="brought into the jail")
+    return adapter, plan, notify
+
+
+def _spec_for(
+    options: RunOptions, plan: DaemonPlan | None, binary: str, notify: str
+) -> tuple[Spec | None, str | None, JailshimError | None]:
+    """The run's spec and jail (None, None: no jail), or the error building it (kept: the
+    daemon's checker, if any, is the more basic news and is heard first)."""
+    if options.chroot is None and (plan is None or plan.chroot is None):
+        return None, None, None
+    from jailshim.specs import build_spec, chroot_of
+
+    chroot = chroot_of(options, "run", plan)
+    try:
+        # the notify socket is checked from inside the jail as the daemon's user
+        spec = build_spec(options, "run", plan, executable=binary, notify_socket=notify)
+    except JailshimError as exc:  # its checker's verdict, if any, is the more basic news
+        return None, chroot, exc
+    if spec.identity is not None and plan is not None:
+        # check as exactly the uid, gid and groups the daemon will have, or it proves the
+        # wrong thing (a daemon that keeps its starting gid checks with gid 0)
+        group_given = options.group is not None or plan.group is not None
+        spec = spec._replace(identity=plan.identity_rule(spec.identity, group_given))
+    return spec, chroot, None
+
+
+def _config_check(
+    options: RunOptions,
+    adapter: DaemonAdapter,
+    plan: DaemonPlan,
+    *,
+    spec: Spec | None,
+    chroot: str | None,
+    spec_error: JailshimError | None,
+    logger: Logger,
+) -> PendingCheck | None:
+    """The daemon's own checker, started (None: skipped). With ``spec_error`` its verdict is
+    awaited here: a rejection, in the daemon's words, wins over the spec's error."""
+    if options.no_config_check:
+        return None
+    if options.dry_run and adapter.check_writes:
+        logger.info(
+            "config_check",
+            outcome="skipped",
+            detail=f"{adapter.name}'s checker changes files; --dry-run changes nothing",
+        )
+        return None
+    # The jail is judged before the checker runs, as prepare judges it: `postfix
+    # check` with queue_directory = / made /active, /bounce … in the real / and then
+    # the refusal came (issue 25). The checker runs while the jail is prepared; its
+    # verdict is awaited before hand-over, and a rejection takes the prepare back.
+    if chroot is not None:
+        vet_jail(
+            chroot,
+            allow_writable=options.allow_writable_jail,
+            identity=spec.identity if spec is not None else None,
+        )
+    for path in plan.checker_dirs:
+        daemons.refuse_host_directory(path, f"{adapter.name}'s checker")
+    pending = plan.start_check()
+    if spec_error is not None:
+        pending.finish()  # its rejection, in the daemon's words, wins
+    return pending
+
+
+def _without_jail(
+    options: RunOptions, plan: DaemonPlan | None, pending: PendingCheck | None, logger: Logger
+) -> None:
+    """No jail to prepare: the checker's verdict, then the addresses to wait for, if any."""
+    if pending is not None:
+        pending.finish()
+    logger.warning(
+        "no_jail",
+        detail="no --chroot and no chroot in the daemon's config: nothing to prepare",
+    )
+    from jailshim.specs import wait_targets_of
+
+    targets = wait_targets_of(options, plan.wait_targets if plan is not None else ())
+    if targets and not options.no_verify and not options.dry_run:
+        from jailshim.check import check_network
+
+        check_network(options, logger, targets)

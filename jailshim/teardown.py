@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
 from jailshim.jail.namespaces import namespace_alive
 from jailshim.jail.safepath import Jail
 from jailshim.jail.undo import describe, sweep_new_dev
+from jailshim.options import DEFAULT_TIMEOUT
 from jailshim.records import (
     bring_back_moved_dev,
     check_paths,
@@ -28,10 +29,15 @@ from jailshim.records import (
 from jailshim.state import STATE_NAME, Record, mount_namespace
 from jailshim.stopsignals import signals_deferred
 
+if TYPE_CHECKING:
+    from jailshim.logs import Logger
+
 __all__ = ["teardown"]
 
 
-def teardown(jail: Jail, log: Any, *, dry_run: bool = False, timeout: float = 30.0) -> int:
+def teardown(
+    jail: Jail, log: Logger, *, dry_run: bool = False, timeout: float = DEFAULT_TIMEOUT
+) -> int:
     """Undo every record this mount namespace may undo. Returns how many were undone (with
     ``dry_run``, how many would be, changing nothing)."""
     with JailLock(jail.fd, jail.real, timeout) as lock:
@@ -46,7 +52,7 @@ def teardown(jail: Jail, log: Any, *, dry_run: bool = False, timeout: float = 30
                     os.close(dev_fd)
 
 
-def _teardown(jail: Jail, dev_fd: int | None, log: Any, dry_run: bool) -> int:
+def _teardown(jail: Jail, dev_fd: int | None, log: Logger, dry_run: bool) -> int:
     ns = mount_namespace()
     journal = open_journal(jail, dev_fd, mounts.read_mount_table(), ns)
     check_paths(jail, journal.records)

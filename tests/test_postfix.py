@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from jailshim.daemons import DaemonConfig, postfix
+from jailshim.daemons import DaemonPlan, postfix
 from jailshim.errors import ConfigError
 from tests import pids
 from tests.daemons import (
@@ -190,7 +190,7 @@ def daemon_argv(postfix_bin: str, setup: Setup) -> list[str]:
     return [postfix_bin, "-c", str(setup.conf), "start-fg"]
 
 
-def read(setup: Setup, env: dict[str, str] | None = None) -> DaemonConfig:
+def read(setup: Setup, env: dict[str, str] | None = None) -> DaemonPlan:
     argv = ["/usr/sbin/postfix", *([] if env else ["-c", str(setup.conf)]), "start-fg"]
     return postfix.ADAPTER.read(argv, env or {})
 

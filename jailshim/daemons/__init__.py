@@ -25,7 +25,6 @@ __all__ = [
     "REGISTRY",
     "Adapter",
     "DaemonAdapter",
-    "DaemonConfig",
     "DaemonPlan",
     "PendingCheck",
     "Registered",
@@ -72,9 +71,6 @@ class DaemonPlan(NamedTuple):
     start_check: Callable[[], PendingCheck] = PendingCheck
     # (identity its user and group name, group given?) -> the identity it really runs with
     identity_rule: Callable[[Identity, bool], Identity] = lambda identity, _group_given: identity
-
-
-DaemonConfig = DaemonPlan  # the name it had: adapters and tests written before still work
 
 
 class DaemonAdapter(Protocol):

@@ -27,6 +27,7 @@ __all__ = [
     "exchange",
     "holder",
     "inspect_entry",
+    "link_names",
     "lstat_at",
     "movable_out",
     "name_swappable",
@@ -232,35 +233,16 @@ def swappable_path(path: str, actor: str) -> str:
                 st = os.stat(part, dir_fd=parent_fd, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 return ""
-            parent, parent_st = holder(parent_fd)
-            if st.st_dev != parent_st.st_dev:  # a mount: is its owner the kernel's word?
-                on = _mount_of(parent_fd, part)
-                if on:
-                    return (
-                        f"{path} leads through {where}, on {on}, whose server says who owns "
-                        f"its entries and where they lead, at every lookup anew; {actor} acts "
-                        "on that path by name. Give a path on a local filesystem, then run again."
-                    )
-            if name_swappable(st.st_uid, parent):
-                return _swappable_sentence(
-                    path, where, _described(parent_path or "/", parent_st), actor
-                )
+            refused = _swappable_entry(
+                path, actor, parent_fd=parent_fd, parent_path=parent_path, part=part, st=st
+            )
+            if refused:
+                return refused
             if stat.S_ISLNK(st.st_mode):
-                if st.st_uid != 0:
-                    return (
-                        f"{path} leads through {where}, a symlink owned by "
-                        f"{owner_name(st.st_uid)}, not root; {actor} acts on that path by name, "
-                        "so only root may say where it leads. Replace the symlink with "
-                        "root's own or give the real directory, then run again."
-                    )
                 links += 1
                 if links > _MAX_SYMLINKS:
                     return ""  # ELOOP: whoever acts on it fails, nowhere
-                target = os.readlink(part, dir_fd=parent_fd)
-                if target.startswith("/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop()[0])
-                todo.extendleft(reversed(target.split("/")))
+                todo.extendleft(reversed(link_names(os.readlink(part, dir_fd=parent_fd), stack)))
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 return ""
@@ -269,6 +251,44 @@ def swappable_path(path: str, actor: str) -> str:
     finally:
         for fd, _ in stack:
             os.close(fd)
+
+
+def link_names(target: str, walked: list[tuple[int, str]]) -> list[str]:
+    """The names a symlink's ``target`` leads through, to walk next; from / again when it is
+    absolute (the directories ``walked``, fd and path, are then closed, all but / itself)."""
+    if target.startswith("/"):
+        while len(walked) > 1:
+            os.close(walked.pop()[0])
+    return [name for name in target.split("/") if name]
+
+
+def _swappable_entry(
+    path: str, actor: str, *, parent_fd: int, parent_path: str, part: str, st: os.stat_result
+) -> str:
+    """swappable_path's question for one entry ``part`` (lstat ``st``) of the directory
+    ``parent_fd`` (``parent_path``): its sentence when a user other than root could change
+    where it leads (a server-owned mount, a directory such a user can change, a symlink not
+    root's), else ""."""
+    where = f"{parent_path}/{part}"
+    parent, parent_st = holder(parent_fd)
+    if st.st_dev != parent_st.st_dev:  # a mount: is its owner the kernel's word?
+        on = _mount_of(parent_fd, part)
+        if on:
+            return (
+                f"{path} leads through {where}, on {on}, whose server says who owns "
+                f"its entries and where they lead, at every lookup anew; {actor} acts "
+                "on that path by name. Give a path on a local filesystem, then run again."
+            )
+    if name_swappable(st.st_uid, parent):
+        return _swappable_sentence(path, where, _described(parent_path or "/", parent_st), actor)
+    if stat.S_ISLNK(st.st_mode) and st.st_uid != 0:
+        return (
+            f"{path} leads through {where}, a symlink owned by "
+            f"{owner_name(st.st_uid)}, not root; {actor} acts on that path by name, "
+            "so only root may say where it leads. Replace the symlink with "
+            "root's own or give the real directory, then run again."
+        )
+    return ""
 
 
 def _mount_of(parent_fd: int, name: str) -> str:

@@ -17,6 +17,7 @@ from jailshim.jail.safepath import (
     EntryKind,
     Jail,
     inspect_entry,
+    link_names,
     owner_name,
     server_owned_mount,
     shared_write,
@@ -136,7 +137,6 @@ def survey_socket(
         path=path,
         host_problem=host_problem,
         host_id=host_id,
-        missing_dirs=tuple(missing),
         entry=entry,
         entry_id=entry_id,
         readonly=readonly,
@@ -223,18 +223,7 @@ def _refuse_host_step(path: str, where: str, dir_fd: int, here: str, st: os.stat
     named = f"The host's {path}" if here == path else f"{here}, on the way to the host's {path},"
     fix = "name a path through directories and symlinks only root can change, then run again."
     if shared_write(dir_fd, dir_st):
-        if dir_st.st_mode & stat.S_ISVTX and dir_owner == 0:
-            if st.st_uid == 0:
-                return ""
-            return (
-                f"{named} belongs to {owner_name(st.st_uid)} in the sticky directory {shown}, so "
-                f"that user could have made it a link to a file only root can reach; {fix}"
-            )
-        return (
-            f"{named} is in {shown}, which users other than its owner can write (group "
-            f"{dir_st.st_gid} or an ACL), so any of them could have put there a symlink to a "
-            f"file only root can reach; {fix}"
-        )
+        return _refuse_in_shared(named, shown, fix, dir_st, st)
     if dir_owner != 0:
         if st.st_uid == dir_owner and not link:
             return ""
@@ -251,6 +240,25 @@ def _refuse_host_step(path: str, where: str, dir_fd: int, here: str, st: os.stat
             "file it leads to, or make the link root's (chown -h root), then run again."
         )
     return ""
+
+
+def _refuse_in_shared(
+    named: str, shown: str, fix: str, dir_st: os.stat_result, st: os.stat_result
+) -> str:
+    """_refuse_host_step in a directory users other than its owner can write: only root's
+    entries of a sticky directory of root's are taken."""
+    if dir_st.st_mode & stat.S_ISVTX and dir_st.st_uid == 0:
+        if st.st_uid == 0:
+            return ""
+        return (
+            f"{named} belongs to {owner_name(st.st_uid)} in the sticky directory {shown}, so "
+            f"that user could have made it a link to a file only root can reach; {fix}"
+        )
+    return (
+        f"{named} is in {shown}, which users other than its owner can write (group "
+        f"{dir_st.st_gid} or an ACL), so any of them could have put there a symlink to a "
+        f"file only root can reach; {fix}"
+    )
 
 
 def open_host_path(path: str) -> tuple[int, str]:
@@ -276,19 +284,12 @@ def open_host_path(path: str) -> tuple[int, str]:
             here = f"{where}/{part}"
             try:
                 st = os.fstat(fd)
-                refused = _refuse_server_owned(path, dir_fd, fd, here, st)
-                refused = refused or _refuse_host_step(path, where or "/", dir_fd, here, st)
-                if refused:
-                    raise ConfigError(refused)
+                _refuse_host_entry(path, here, st, where=where, dir_fd=dir_fd, fd=fd)
                 if stat.S_ISLNK(st.st_mode):
                     links += 1
                     if links > _MAX_LINKS:
                         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-                    target = os.readlink(part, dir_fd=dir_fd)
-                    if target.startswith("/"):
-                        while len(dirs) > 1:
-                            os.close(dirs.pop()[0])
-                    todo[:0] = [p for p in target.split("/") if p]
+                    todo[:0] = link_names(os.readlink(part, dir_fd=dir_fd), dirs)
                     continue
                 if todo and not stat.S_ISDIR(st.st_mode):
                     raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
@@ -303,6 +304,17 @@ def open_host_path(path: str) -> tuple[int, str]:
     finally:
         for fd, _ in dirs:
             os.close(fd)
+
+
+def _refuse_host_entry(
+    path: str, here: str, st: os.stat_result, *, where: str, dir_fd: int, fd: int
+) -> None:
+    """ConfigError (78) when root must not take the entry ``here`` on the way to ``path``:
+    on a server-owned filesystem, or changeable by another user (_refuse_host_step)."""
+    refused = _refuse_server_owned(path, dir_fd, fd, here, st)
+    refused = refused or _refuse_host_step(path, where or "/", dir_fd, here, st)
+    if refused:
+        raise ConfigError(refused)
 
 
 def read_host_file(path: str) -> HostFile:

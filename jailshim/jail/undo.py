@@ -314,18 +314,30 @@ def undo(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | Non
     if record.kind is Kind.MKDIR and (record.where, record.name) == ("", "dev"):
         return _remove_dev(jail, record)
     if record.kind is Kind.BIND:
-        outcome, st_dev = _unbind_at(jail, record, dev_fd)
-        if outcome == "unmounted" or not record.ino:
-            return outcome
-        moved = _moved_bind(record, table, st_dev, jail.real)
-        if not moved or (outcome.startswith(KEPT) and moved == f"{jail.real}/{record.path}"):
-            return outcome  # gone; or where it was, in a directory not proven to stay
-        if moved.startswith(f"{jail.real}/"):
-            return f"{KEPT}: the bind moved to {moved} with its directory"
-        return (
-            f"{KEPT}: the bind moved out of the jail to {moved} with its directory; jailshim "
-            "never unmounts outside the jail: move the directory back"
-        )
+        return _undo_bind(jail, record, table, dev_fd)
+    return _undo_in_dir(jail, record, dev_fd)
+
+
+def _undo_bind(jail: Jail, record: Record, table: mounts.MountTable, dev_fd: int | None) -> str:
+    """Unmount a bind where it was made; one that moved with its directory is said, and
+    never followed out of the jail."""
+    outcome, st_dev = _unbind_at(jail, record, dev_fd)
+    if outcome == "unmounted" or not record.ino:
+        return outcome
+    moved = _moved_bind(record, table, st_dev, jail.real)
+    if not moved or (outcome.startswith(KEPT) and moved == f"{jail.real}/{record.path}"):
+        return outcome  # gone; or where it was, in a directory not proven to stay
+    if moved.startswith(f"{jail.real}/"):
+        return f"{KEPT}: the bind moved to {moved} with its directory"
+    return (
+        f"{KEPT}: the bind moved out of the jail to {moved} with its directory; jailshim "
+        "never unmounts outside the jail: move the directory back"
+    )
+
+
+def _undo_in_dir(jail: Jail, record: Record, dev_fd: int | None) -> str:
+    """Undo a file, directory or node record in its directory, opened without following a
+    name that may have moved out of the jail."""
     dir_fd, missing, movable = _record_dir(jail, record, dev_fd)
     try:
         if movable:  # never act where the directory may be outside the jail by now

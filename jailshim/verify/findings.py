@@ -9,9 +9,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from logging import DEBUG, ERROR, INFO, WARNING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jailshim.devices import ENTROPY_DEVICES, Device
+
+if TYPE_CHECKING:
+    from jailshim.logs import Logger
 
 __all__ = [
     "DeviceFacts",
@@ -20,6 +25,7 @@ __all__ = [
     "judge_device",
     "judge_getrandom",
     "judge_notify",
+    "log_findings",
     "notify_refusal",
     "render_table",
 ]
@@ -79,32 +85,11 @@ def judge_device(device: Device, facts: DeviceFacts, uid: int) -> Finding:
 
 def _judge_device(device: Device, facts: DeviceFacts, uid: int) -> Finding:
     check = f"dev/{device.name}"
-    if facts.lstat_errno == errno.ENOENT:
-        # Not transient (issue 26): only `jailshim prepare` or the image makes a node, and
-        # both are done before check runs; waiting for one made an empty jail's check wait
-        # out --timeout (30 s, 15 warnings) before saying "run prepare".
-        return Finding(check, False, f"dev/{device.name} does not exist.", _PREPARE)
-    if facts.lstat_errno:
-        return Finding(
-            check,
-            False,
-            f"dev/{device.name} cannot be reached as uid {uid} ({_err(facts.lstat_errno)}).",
-            "make the jail and its dev/ searchable by the daemon's user (mode 0755)",
-        )
-    if not facts.is_char:
-        return Finding(
-            check,
-            False,
-            f"dev/{device.name} is {facts.kind}, not the character device {device.numbers}.",
-            _PREPARE + "; it replaces the wrong entry",
-        )
-    if facts.numbers != device.numbers:
-        return Finding(
-            check,
-            False,
-            f"dev/{device.name} is the character device {facts.numbers}, not {device.numbers}.",
-            _PREPARE + "; it replaces the wrong node",
-        )
+    refused = _unreachable(check, device, facts, uid)
+    if refused is None:
+        refused = _wrong_node(check, device, facts)
+    if refused is not None:
+        return refused
     if facts.open_errno:
         why = (
             "the filesystem is mounted nodev"
@@ -121,6 +106,42 @@ def _judge_device(device: Device, facts: DeviceFacts, uid: int) -> Finding:
     if device.name in ENTROPY_DEVICES:
         return _judge_entropy(check, device, facts)
     return _judge_plain(check, device, facts)
+
+
+def _unreachable(check: str, device: Device, facts: DeviceFacts, uid: int) -> Finding | None:
+    """The node is missing, or its path cannot be walked as the daemon's user."""
+    if facts.lstat_errno == errno.ENOENT:
+        # Not transient (issue 26): only `jailshim prepare` or the image makes a node, and
+        # both are done before check runs; waiting for one made an empty jail's check wait
+        # out --timeout (30 s, 15 warnings) before saying "run prepare".
+        return Finding(check, False, f"dev/{device.name} does not exist.", _PREPARE)
+    if facts.lstat_errno:
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} cannot be reached as uid {uid} ({_err(facts.lstat_errno)}).",
+            "make the jail and its dev/ searchable by the daemon's user (mode 0755)",
+        )
+    return None
+
+
+def _wrong_node(check: str, device: Device, facts: DeviceFacts) -> Finding | None:
+    """What is there is not the device: another kind of entry, or other numbers."""
+    if not facts.is_char:
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} is {facts.kind}, not the character device {device.numbers}.",
+            _PREPARE + "; it replaces the wrong entry",
+        )
+    if facts.numbers != device.numbers:
+        return Finding(
+            check,
+            False,
+            f"dev/{device.name} is the character device {facts.numbers}, not {device.numbers}.",
+            _PREPARE + "; it replaces the wrong node",
+        )
+    return None
 
 
 def _judge_entropy(check: str, device: Device, facts: DeviceFacts) -> Finding:
@@ -242,6 +263,14 @@ def judge_notify(path: str, facts: NotifyFacts, uid: int) -> Finding:
     check = "notify socket"
     if not facts.connect_errno:
         return Finding(check, True, f"{path} accepts a datagram connection as uid {uid}")
+    refused = _notify_path_refused(check, path, facts, uid)
+    if refused is not None:
+        return refused
+    return _notify_connect_refused(check, path, facts, uid)
+
+
+def _notify_path_refused(check: str, path: str, facts: NotifyFacts, uid: int) -> Finding | None:
+    """The socket is missing in the jail, out of reach, or not a socket."""
     err = facts.connect_errno
     if facts.lstat_errno == errno.ENOENT or (not facts.lstat_errno and err == errno.ENOENT):
         return Finding(
@@ -267,6 +296,12 @@ def judge_notify(path: str, facts: NotifyFacts, uid: int) -> Finding:
             f"$NOTIFY_SOCKET {path} is {facts.kind} in the jail, not a socket, {_NOTIFY_LOST}.",
             "remove it from the jail and let `jailshim run` bind the host's socket there",
         )
+    return None
+
+
+def _notify_connect_refused(check: str, path: str, facts: NotifyFacts, uid: int) -> Finding:
+    """A socket is there, and connect() said no: why, by its errno."""
+    err = facts.connect_errno
     if err in (errno.EACCES, errno.EPERM):
         return Finding(
             check,
@@ -350,3 +385,23 @@ def render_table(findings: list[Finding]) -> str:
         if f.remedy and not f.ok:
             lines.append(f"  {'':<{width}}  {'':<{len(whose)}}→ {f.remedy}")
     return "\n".join(lines)
+
+
+def log_findings(findings: Iterable[Finding], log: Logger, *, table: bool, **facts: Any) -> None:
+    """One `check` event per finding, as check, run and doctor all say them: info for a pass,
+    warning for a pass with a warning, error for a failure (with its remedy); all at debug
+    when ``table`` (the table on screen already says each finding once to a person; machines,
+    with no TTY, get every finding as a JSON event). ``facts`` (doctor: the PID) ride on each."""
+    for f in findings:
+        level = DEBUG if table else INFO if f.ok and not f.warning else WARNING if f.ok else ERROR
+        remedy = {"remedy": f.remedy} if f.remedy and not f.ok else {}
+        log.log(
+            level,
+            "check",
+            check=f.check,
+            ok=f.ok,
+            whose=f.whose,
+            detail=f.detail,
+            **facts,
+            **remedy,
+        )

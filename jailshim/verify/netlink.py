@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from jailshim.verify.findings import Finding
 
 if TYPE_CHECKING:
+    from jailshim.logs import Logger
     from jailshim.spec import WaitTarget
 
 __all__ = ["AddressFacts", "diagnose", "judge_address"]
@@ -89,7 +90,7 @@ def judge_address(facts: AddressFacts, bind_errno: int) -> Finding:
     )
 
 
-def diagnose(targets: list[WaitTarget], ensure_loopback: bool, log: Any) -> list[AddressFacts]:
+def diagnose(targets: list[WaitTarget], ensure_loopback: bool, log: Logger) -> list[AddressFacts]:
     """Ask netlink about each address that the fast path could not bind, with the stop
     signals held: pyroute2's bare `except:` swallowed their exception (a SIGTERM during the
     address wait was lost, and `run` waited out its --timeout)."""
@@ -99,7 +100,9 @@ def diagnose(targets: list[WaitTarget], ensure_loopback: bool, log: Any) -> list
         return _ask_netlink(targets, ensure_loopback, log)
 
 
-def _ask_netlink(targets: list[WaitTarget], ensure_loopback: bool, log: Any) -> list[AddressFacts]:
+def _ask_netlink(
+    targets: list[WaitTarget], ensure_loopback: bool, log: Logger
+) -> list[AddressFacts]:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:

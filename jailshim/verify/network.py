@@ -13,11 +13,14 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
 from jailshim.errors import UsageError
 from jailshim.spec import WaitTarget  # re-exported: it was defined here
 from jailshim.verify.findings import Finding
+
+if TYPE_CHECKING:
+    from jailshim.logs import Logger
 
 __all__ = [
     "WILDCARDS",
@@ -124,7 +127,9 @@ def _nonlocal_bind(family: int) -> bool:
         return False
 
 
-def network_findings(targets: list[WaitTarget], ensure_loopback: bool, log: Any) -> list[Finding]:
+def network_findings(
+    targets: list[WaitTarget], ensure_loopback: bool, log: Logger
+) -> list[Finding]:
     """One finding per target: ready, not waited for (nonlocal bind), or why not ready."""
     findings: dict[str, Finding] = {}
     failing: list[tuple[WaitTarget, int]] = []

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from logging import DEBUG, INFO, WARNING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jailshim.stopsignals import raise_if_received
 from jailshim.verify.findings import Finding
+
+if TYPE_CHECKING:
+    from jailshim.logs import Logger
 
 __all__ = ["Outcome", "verify_with_retries"]
 
@@ -73,7 +77,7 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def verify_with_retries(probe: Callable[[], list[Finding]], timeout: float, log: Any) -> Outcome:
+def verify_with_retries(probe: Callable[[], list[Finding]], timeout: float, log: Logger) -> Outcome:
     """Attempt until every check passes, one fails for good, or ``timeout`` seconds are spent."""
     start = time.monotonic()
     attempt = 0
@@ -90,7 +94,7 @@ def verify_with_retries(probe: Callable[[], list[Finding]], timeout: float, log:
         waiting = attempt == 1 and _waitable(findings) and remaining() > 0
         # one line when it starts waiting (what, and for how long), one when it passes after
         # waiting; the attempts in between are debug: 15 identical warnings read as a hang
-        level = 20 if not failing else 30 if attempt == 1 else 10
+        level = INFO if not failing else WARNING if attempt == 1 else DEBUG
         log.log(
             level,
             "check.attempt",

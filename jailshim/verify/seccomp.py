@@ -169,7 +169,11 @@ def getrandom_answer(filters: Sequence[bytes], machine: str) -> tuple[Getrandom,
         return Getrandom.UNKNOWN, f"its filter could not be read: {exc}"
     if _severity(first) != _severity(other) or (first & _DATA) != (other & _DATA):
         return Getrandom.UNKNOWN, "its filter's answer depends on the call site"
-    action, value = first & _ACTION, first & _DATA
+    return _getrandom_gets(first & _ACTION, first & _DATA)
+
+
+def _getrandom_gets(action: int, value: int) -> tuple[Getrandom, str]:
+    """getrandom()'s fate for the filters' one answer (``action``, its data ``value``)."""
     if action in (RET_ALLOW, RET_LOG):
         return Getrandom.WORKS, "its seccomp filter allows getrandom()"
     if action == RET_ERRNO:

@@ -101,14 +101,13 @@ _RECOVERS = frozenset({Library.OPENSSL_111, Library.OPENSSL_3, Library.GNUTLS})
 _MODERN_KERNEL = (4, 8)  # DEVRANDOM_SAFE_KERNEL: from here on OpenSSL wants the marker
 
 
+_ROWS = {"GnuTLS": Library.GNUTLS, "libsodium": Library.LIBSODIUM}  # families but OpenSSL
+
+
 def library_of(family: str, version: str) -> Library:
     """The table's row for a crypto library found by cryptolib ("OpenSSL", "OpenSSL 1.1.1r")."""
-    if family == "GnuTLS":
-        return Library.GNUTLS
-    if family == "libsodium":
-        return Library.LIBSODIUM
     if family != "OpenSSL":
-        return Library.UNKNOWN
+        return _ROWS.get(family, Library.UNKNOWN)
     import re
 
     found = re.search(r"(\d+)\.(\d+)\.(\d+)([a-z]*)", version)
@@ -147,40 +146,58 @@ def decide(facts: EntropyFacts) -> Decision:
     """The verdict and the remedy that really fixes it (PURE)."""
     lib = facts.library
     if lib is Library.UNKNOWN:
-        if facts.getrandom is Getrandom.WORKS and facts.nodes:
-            return Decision(
-                Verdict.SAFE, Remedy.NONE, "getrandom() works and the jail has its devices"
-            )
-        return _unknown("which crypto library the daemon uses, and so which source it reads,")
+        return _unknown_library(facts)
     if facts.getrandom is Getrandom.WORKS:
         return Decision(Verdict.SAFE, Remedy.NONE, f"{lib} reads getrandom(), which works")
     if facts.getrandom is Getrandom.UNKNOWN:
-        if facts.nodes and _reads_devices(facts._replace(getrandom=Getrandom.ENOSYS)) is True:
-            return Decision(
-                Verdict.SAFE, Remedy.NONE, f"{lib} has getrandom() or else the jail's devices"
-            )
-        return _unknown("what getrandom() does under the daemon's seccomp filter")
+        return _under_unknown_filter(facts)
     denied = f"getrandom() fails with {facts.getrandom} for it"
     devices = _reads_devices(facts)
     if devices is False:
-        if (
-            lib in (Library.OPENSSL_111, Library.OPENSSL_3)
-            and facts.getrandom in (_FALLS_BACK_ON[lib])
-        ):
-            why = (
-                f"{denied}, and on a kernel >= 4.8 without the shm marker (key 114) {lib} "
-                "never reads the devices"
-            )
-        else:
-            why = f"{denied}, and {lib} does not turn to the devices on that error"
-        when = "at its next reseed" if facts.running else "at start"
-        return Decision(Verdict.WILL_FAIL, Remedy.ALLOW_GETRANDOM, why, when)
+        return _no_fallback(facts, denied)
     if devices is None:
         return _unknown(
             f"{denied}; whether {lib} then reads the devices (the shm marker in its IPC "
             "namespace, the kernel release it sees)"
         )
-    reads = f"{denied}, so {lib} reads dev/urandom"
+    return _through_devices(facts, f"{denied}, so {lib} reads dev/urandom")
+
+
+def _unknown_library(facts: EntropyFacts) -> Decision:
+    """Which library the daemon uses is not known: safe only when every source works."""
+    if facts.getrandom is Getrandom.WORKS and facts.nodes:
+        return Decision(Verdict.SAFE, Remedy.NONE, "getrandom() works and the jail has its devices")
+    return _unknown("which crypto library the daemon uses, and so which source it reads,")
+
+
+def _under_unknown_filter(facts: EntropyFacts) -> Decision:
+    """What getrandom() does for the daemon is not known: safe only when the library falls
+    back to devices the jail has."""
+    if facts.nodes and _reads_devices(facts._replace(getrandom=Getrandom.ENOSYS)) is True:
+        return Decision(
+            Verdict.SAFE, Remedy.NONE, f"{facts.library} has getrandom() or else the jail's devices"
+        )
+    return _unknown("what getrandom() does under the daemon's seccomp filter")
+
+
+def _no_fallback(facts: EntropyFacts, denied: str) -> Decision:
+    """getrandom() fails and the library does not turn to the devices: it will fail."""
+    lib = facts.library
+    if lib in (Library.OPENSSL_111, Library.OPENSSL_3) and facts.getrandom in (_FALLS_BACK_ON[lib]):
+        why = (
+            f"{denied}, and on a kernel >= 4.8 without the shm marker (key 114) {lib} "
+            "never reads the devices"
+        )
+    else:
+        why = f"{denied}, and {lib} does not turn to the devices on that error"
+    when = "at its next reseed" if facts.running else "at start"
+    return Decision(Verdict.WILL_FAIL, Remedy.ALLOW_GETRANDOM, why, when)
+
+
+def _through_devices(facts: EntropyFacts, reads: str) -> Decision:
+    """getrandom() fails and the library reads dev/urandom (``reads`` says so): the jail's
+    node, or a device fd the library kept, decides."""
+    lib = facts.library
     if facts.nodes:
         return Decision(Verdict.SAFE, Remedy.NONE, f"{reads}, and the jail has it")
     if facts.nodes is None:
