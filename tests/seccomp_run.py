@@ -1,13 +1,16 @@
 """Run a command under a seccomp filter on getrandom(2). Needs Debian's python3-seccomp.
 
     /usr/bin/python3 seccomp_run.py deny ENOSYS|EPERM -- CMD...   getrandom always fails
-    /usr/bin/python3 seccomp_run.py not-ready SECONDS -- CMD...    getrandom(GRND_NONBLOCK)
-        answers EAGAIN for SECONDS, as on a kernel whose RNG is not initialised yet, then works
+    /usr/bin/python3 seccomp_run.py not-ready N -- CMD...    getrandom(GRND_NONBLOCK) called
+        in a chroot (jailshim's probe, once per attempt) answers EAGAIN the first N times, as on
+        a kernel whose RNG is not initialised yet, then works ("forever": never works)
     /usr/bin/python3 seccomp_run.py ... --shm-marker -- CMD...     also create OpenSSL's
         "random is seeded" marker (SysV shm key 114); run it inside `unshare --ipc`
 
 The not-ready mode uses SECCOMP_RET_USER_NOTIF: this process stays as supervisor, answering
-each getrandom call of the command (and its children) with EAGAIN or "continue".
+each getrandom call of the command (and its children) with EAGAIN or "continue". It counts
+the probe's calls, not seconds: a delay counted from the start was spent by a slow start on a
+loaded machine, and the check's first attempt then found the RNG ready (issue 32).
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ import errno
 import os
 import select
 import sys
-import time
 
 import seccomp
 
 GRND_NONBLOCK = 1
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 IPC_CREAT = 0o1000
+
+
+def _chrooted(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/root") != "/"
+    except OSError:
+        return False  # gone: its answer does not matter
 
 
 def main(argv: list[str]) -> int:
@@ -39,11 +48,10 @@ def main(argv: list[str]) -> int:
         f.add_rule(seccomp.ERRNO(getattr(errno, value)), "getrandom")
         f.load()
         os.execvp(cmd[0], cmd)
-    delay = float(value)
+    refusals = float("inf") if value == "forever" else int(value)
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     f.add_rule(seccomp.NOTIFY, "getrandom")
     f.load()
-    start = time.monotonic()
     pid = os.fork()
     if pid == 0:
         os.execvp(cmd[0], cmd)
@@ -59,7 +67,11 @@ def main(argv: list[str]) -> int:
             n = f.receive_notify()
         except (OSError, RuntimeError):
             continue  # the caller went away
-        not_ready = time.monotonic() - start < delay and n.syscall_args[2] & GRND_NONBLOCK
+        # the interpreters' own start-up calls (hash seeds) are not the probe's: only a call
+        # from a chrooted process counts
+        not_ready = refusals > 0 and n.syscall_args[2] & GRND_NONBLOCK and _chrooted(n.pid)
+        if not_ready:
+            refusals -= 1
         response = (
             seccomp.NotificationResponse(n, 0, -errno.EAGAIN, 0)
             if not_ready
