@@ -424,7 +424,11 @@ def test_dumb_init_all_processes_receive_term_on_exit(runner: str, tmp_path: Pat
     exits leaving a child behind: that child gets TERM. (jailshim does this in every mode, and
     waits for it: test_processes_dont_receive_term_on_exit_if_no_setsid is difference D5.)"""
     out = tmp_path / "signals.txt"
-    script = f"{sys.executable} {CHILD} {out} 0 stay & sleep 1"
+    # COMMAND exits once the recorder has said "ready" (its handlers set): after a fixed
+    # `sleep 1` a slow start could still be at the default TERM, which ended it unrecorded
+    script = (
+        f"{sys.executable} {CHILD} {out} 0 stay & until grep -qs ready {out}; do sleep 0.01; done"
+    )
     init = argv(_runner(runner, "dumb-init"), "dumb-init", ["--setsid"])
     if runner == "jailshim":
         init = [*init[:-1], "--grace", "1", "--"]
