@@ -177,6 +177,18 @@ class EventReader:
                 )
             self._read(min(left, 0.5))
 
+    def wait_for_text(self, needle: str, what: str, timeout: float = WAIT) -> None:
+        """Wait until ``needle`` is on stderr (any process's words, JSON or not); AssertionError
+        (with what was said) if the process ends or time runs out first."""
+        deadline = time.monotonic() + timeout
+        while needle.encode() not in self._fds[self._err]:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._open:
+                raise AssertionError(
+                    f"waited for {what}; it said:\n{self._fds[self._err].decode()}"
+                )
+            self._read(min(left, 0.5))
+
     def finish(self, timeout: float = WAIT * 2) -> Result:
         """Wait for the process to end and return its exit status and whole output."""
         deadline = time.monotonic() + timeout

@@ -109,6 +109,9 @@ def test_event_reader_waits_for_an_event_then_the_end() -> None:
         seen = reader.wait_for(lambda e: e["event"] == "waiting", "the talker to wait")
         assert seen["n"] == 2
         assert [e["event"] for e in reader.events] == ["started", "waiting"]
+        reader.wait_for_text("not json", "the line that is no event")
+        with pytest.raises(AssertionError, match="waited for done's words"):
+            reader.wait_for_text('"done"', "done's words", timeout=0.2)  # it waits for the go
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.close()
