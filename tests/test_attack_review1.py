@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.handshake import wait_until
 from tests.support import NOBODY, clean_env, need, run
 
 _EXCHANGER = r"""
@@ -324,7 +325,9 @@ def test_postfix_check_never_follows_a_queue_directory_swapped_after_the_vet(
             pass_fds=(area_fd,),
         )
         try:
-            time.sleep(0.1)
+            # racing once it has swapped (it was "0.1 s after the start": a slow start left
+            # the run unraced, and the test passed without looking)
+            wait_until(queue.is_symlink, "the racer to swap queue and link")
             run("run", "--no-verify", "--", "/usr/sbin/postfix", "status", env=env)
         finally:
             racer.send_signal(signal.SIGTERM)
