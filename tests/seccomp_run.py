@@ -4,6 +4,9 @@
     /usr/bin/python3 seccomp_run.py not-ready N -- CMD...    getrandom(GRND_NONBLOCK) called
         in a chroot (jailshim's probe, once per attempt) answers EAGAIN the first N times, as on
         a kernel whose RNG is not initialised yet, then works ("forever": never works)
+    /usr/bin/python3 seccomp_run.py hold SYSCALL DIR -- CMD...    CMD's first SYSCALL waits:
+        DIR/held is written when it is made, and it goes on once DIR/go exists (a test changes
+        things between a look and the act, at the very call, however slow the machine)
     /usr/bin/python3 seccomp_run.py ... --shm-marker -- CMD...     also create OpenSSL's
         "random is seeded" marker (SysV shm key 114); run it inside `unshare --ipc`
 
@@ -20,6 +23,7 @@ import errno
 import os
 import select
 import sys
+import time
 
 import seccomp
 
@@ -35,6 +39,40 @@ def _chrooted(pid: int) -> bool:
         return False  # gone: its answer does not matter
 
 
+def _hold(syscall: str, where: str, cmd: list[str]) -> int:
+    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    f.add_rule(seccomp.NOTIFY, syscall)
+    f.load()
+    pid = os.fork()
+    if pid == 0:
+        os.execvp(cmd[0], cmd)
+    notify_fd = f.get_notify_fd()
+    held = False
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        ready, _, _ = select.select([notify_fd], [], [], 0.05)
+        if not ready:
+            continue
+        try:
+            n = f.receive_notify()
+        except (OSError, RuntimeError):
+            continue
+        if not held:
+            held = True
+            with open(os.path.join(where, "held"), "w", encoding="ascii") as out:
+                out.write(f"{n.pid}\n")
+            while not os.path.exists(os.path.join(where, "go")):
+                time.sleep(0.005)
+        try:
+            f.respond_notify(
+                seccomp.NotificationResponse(n, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+            )
+        except (OSError, RuntimeError):
+            continue
+
+
 def main(argv: list[str]) -> int:
     sep = argv.index("--")
     mode, value, *flags = argv[:sep]
@@ -48,6 +86,8 @@ def main(argv: list[str]) -> int:
         f.add_rule(seccomp.ERRNO(getattr(errno, value)), "getrandom")
         f.load()
         os.execvp(cmd[0], cmd)
+    if mode == "hold":
+        return _hold(value, flags[0], cmd)
     refusals = float("inf") if value == "forever" else int(value)
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     f.add_rule(seccomp.NOTIFY, "getrandom")

@@ -15,13 +15,14 @@ import pytest
 from tests.daemons import status_field
 from tests.handshake import (
     FIFO_OPEN,
+    WAIT,
     EventReader,
     datagrams_until,
     exited,
     kernel_wait,
     wait_until,
 )
-from tests.support import spawn
+from tests.support import TESTS, need, spawn
 
 
 def test_wait_until_returns_the_value_or_names_what_never_came() -> None:
@@ -185,3 +186,27 @@ def test_datagrams_until_waits_for_a_late_last(tmp_path: Path) -> None:
         sender.close()
         for s in socks.values():
             s.close()
+
+
+def test_seccomp_run_hold_stops_the_first_call_until_the_go(tmp_path: Path, root: None) -> None:
+    """seccomp_run.py hold SYSCALL DIR: CMD's first SYSCALL waits (DIR/held says so) until
+    DIR/go exists; what the test does between is there when CMD goes on. Here uname(2), then
+    a file the test writes only once the call is held."""
+    seccomp = subprocess.run(
+        ["/usr/bin/python3", "-c", "import seccomp"], capture_output=True, check=False
+    )
+    need(seccomp.returncode == 0, "needs Debian's python3-seccomp for /usr/bin/python3")
+    hold, written = tmp_path / "hold", tmp_path / "written"
+    hold.mkdir()
+    argv = ["/usr/bin/python3", str(TESTS / "seccomp_run.py"), "hold", "uname", str(hold)]
+    script = f"uname -r; cat {written}"
+    proc = subprocess.Popen([*argv, "--", "sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until((hold / "held").exists, "uname's uname(2) to be held")
+        written.write_text("written while held\n")
+        (hold / "go").touch()
+        out, _ = proc.communicate(timeout=WAIT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0 and out == f"{os.uname().release}\nwritten while held\n", out
