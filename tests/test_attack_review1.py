@@ -169,12 +169,12 @@ def test_a_users_flock_kept_by_a_child_of_the_locker_does_not_stop_roots_prepare
     tmp_path.chmod(0o755)
     with _flock_kept_by_an_heir(jail) as heir:
         assert Path(f"/proc/{heir}").exists()
-        started = time.monotonic()
         result = run("prepare", "--chroot", str(jail), "--timeout", "3", "--no-verify")
-        took = time.monotonic() - started
         try:
+            # exit 0 within a budget the heir's lock outlasts, and said so: it was ignored, not
+            # waited for (was "took < 2.5 s", start-up included, on a loaded machine)
             assert result.code == 0, result.error
-            assert took < 2.5
+            assert result.named("lock.ignored"), result.stderr
         finally:
             run("teardown", "--chroot", str(jail))
 
