@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.handshake import wait_until
 from tests.support import NOBODY, clean_env, jailshim_argv, need
 
 _VFORK_HANG = r"""
@@ -88,10 +89,7 @@ def test_a_daemon_in_vfork_never_holds_doctors_read_filter(root: None, tmp_path:
     binary = _compile(tmp_path, "vforkhang", _VFORK_HANG)
     with _as_nobody([str(binary)]) as daemon:
         assert daemon.stdout is not None and daemon.stdout.readline() == "ready\n"
-        deadline = time.monotonic() + 5
-        while _state(daemon.pid) != "D" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert _state(daemon.pid) == "D"
+        wait_until(lambda: _state(daemon.pid) == "D", "the daemon's vfork wait (state D)")
         started = time.monotonic()
         try:
             done = subprocess.run(
@@ -356,16 +354,20 @@ def test_a_users_flock_held_through_a_setuid_program_does_not_stop_roots_prepare
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            status = Path(f"/proc/{locker.pid}/status").read_text()
-            if status.startswith("Name:\tsu\n") and f"/{jail.name}" in "".join(
-                os.readlink(f"/proc/{locker.pid}/fd/{fd}")
-                for fd in os.listdir(f"/proc/{locker.pid}/fd")
-            ):
-                break
-            time.sleep(0.05)
-        assert Path(f"/proc/{locker.pid}/status").read_text().startswith("Name:\tsu\n")
+
+        def su_holds_the_jail() -> bool:
+            try:
+                status = Path(f"/proc/{locker.pid}/status").read_text()
+                return status.startswith("Name:\tsu\n") and f"/{jail.name}" in "".join(
+                    os.readlink(f"/proc/{locker.pid}/fd/{fd}")
+                    for fd in os.listdir(f"/proc/{locker.pid}/fd")
+                )
+            except OSError:  # an fd closed while listed (su at work)
+                return False
+
+        # a deadline that fails only when it never happens (it was 10 s, then an assert on
+        # the name alone: su without the jail open passed it)
+        wait_until(su_holds_the_jail, "su to hold the jail open")
         done = subprocess.run(
             jailshim_argv("prepare", "--chroot", str(jail), "--no-verify", "--timeout", "3"),
             env=clean_env(),
