@@ -19,6 +19,7 @@ import pytest
 from jailshim.cli import parse_args
 from jailshim.errors import UsageError
 from tests.daemons import children, status_field, stop
+from tests.handshake import exited
 from tests.support import TESTS, clean_env, jailshim_argv, spawn
 
 CHILD = str(TESTS / "init_child.py")
@@ -520,12 +521,6 @@ def test_ctrl_c_reaches_the_daemon_and_the_supervisor_stays(jail: Path, area: Pa
     def recorded(name: str, times: int = 1) -> bool:
         return out.read_text().split().count(name) >= times
 
-    def _alive(pid: int) -> bool:
-        try:
-            return _state(pid) != "Z"
-        except OSError:  # reaped
-            return False
-
     try:
         _wait_for(lambda: out.exists() and "ready" in out.read_text())
         sup = children(term.pid)[0]
@@ -539,7 +534,7 @@ def test_ctrl_c_reaches_the_daemon_and_the_supervisor_stays(jail: Path, area: Pa
         # the supervisor is gone too if it stopped the daemon: then no signal reaches it
         with contextlib.suppress(ProcessLookupError):
             os.kill(sup, signal.SIGUSR1)
-            _wait_for(lambda: recorded("SIGUSR1", 2) or not _alive(daemon))
+            _wait_for(lambda: recorded("SIGUSR1", 2) or exited(daemon, timeout=0))
             os.kill(sup, signal.SIGTERM)
         code = term.wait()
     finally:
