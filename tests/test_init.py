@@ -18,8 +18,8 @@ import pytest
 
 from jailshim.cli import parse_args
 from jailshim.errors import UsageError
+from tests import handshake
 from tests.daemons import children, status_field, stop
-from tests.handshake import exited
 from tests.support import TESTS, clean_env, jailshim_argv, spawn
 
 CHILD = str(TESTS / "init_child.py")
@@ -534,7 +534,7 @@ def test_ctrl_c_reaches_the_daemon_and_the_supervisor_stays(jail: Path, area: Pa
         # the supervisor is gone too if it stopped the daemon: then no signal reaches it
         with contextlib.suppress(ProcessLookupError):
             os.kill(sup, signal.SIGUSR1)
-            _wait_for(lambda: recorded("SIGUSR1", 2) or exited(daemon, timeout=0))
+            _wait_for(lambda: recorded("SIGUSR1", 2) or handshake.exited(daemon, 0))
             os.kill(sup, signal.SIGTERM)
         code = term.wait()
     finally:
