@@ -342,8 +342,9 @@ def _one(text: str, env: dict[str, str], root: Path, facts: Facts, t: Tally) -> 
         ident = _status(proc.pid)
         listening = _listening(proc.pid)
         socket.create_connection(PROBE, timeout=WAIT).close()
-        # the probe frontend logs to "log global" targets, then to its own z, in that order
-        # (haproxy sends to a proxy's loggers in config order: src/log.c, cfgparse appends)
+        # the probe frontend logs to the "log global" targets, then to its own z: haproxy
+        # appends the global loggers' copies where "log global" stands (src/log.c,
+        # parse_logger) and sends along that list in order
         arrived = datagrams_until(socks, lambda host: host.endswith("/z"), WAIT)
         if arrived is None:
             with t.lock:
@@ -380,7 +381,7 @@ def _one(text: str, env: dict[str, str], root: Path, facts: Facts, t: Tally) -> 
 
 
 def _started(proc: subprocess.Popen[bytes]) -> str:
-    """ "started" once haproxy sleeps in epoll_wait, "exited" once it has ended, else ""."""
+    """Whether haproxy has "started" (asleep in epoll_wait) or "exited"; "" meanwhile."""
     if proc.poll() is not None:
         return "exited"
     try:
