@@ -74,6 +74,10 @@ def _recorder(cmd: list[str], out: Path, mode: str = "stay") -> Iterator[subproc
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
+        # a process group of its own, whose parent (pytest) is in another: never orphaned,
+        # so a job stop it sends itself is not discarded by the kernel, however pytest was
+        # started (a pytest whose launcher had exited failed the suspend test for jailshim)
+        process_group=0,
     )
     try:
         assert _wait_for(lambda: out.exists() and "ready" in out.read_text(), 60)
