@@ -1,13 +1,19 @@
 """Run a command under a seccomp filter on getrandom(2). Needs Debian's python3-seccomp.
 
     /usr/bin/python3 seccomp_run.py deny ENOSYS|EPERM -- CMD...   getrandom always fails
-    /usr/bin/python3 seccomp_run.py not-ready SECONDS -- CMD...    getrandom(GRND_NONBLOCK)
-        answers EAGAIN for SECONDS, as on a kernel whose RNG is not initialised yet, then works
+    /usr/bin/python3 seccomp_run.py not-ready N -- CMD...    getrandom(GRND_NONBLOCK) called
+        in a chroot (jailshim's probe, once per attempt) answers EAGAIN the first N times, as on
+        a kernel whose RNG is not initialised yet, then works ("forever": never works)
+    /usr/bin/python3 seccomp_run.py hold SYSCALL DIR -- CMD...    CMD's first SYSCALL waits:
+        DIR/held is written when it is made, and it goes on once DIR/go exists (a test changes
+        things between a look and the act, at the very call, however slow the machine)
     /usr/bin/python3 seccomp_run.py ... --shm-marker -- CMD...     also create OpenSSL's
         "random is seeded" marker (SysV shm key 114); run it inside `unshare --ipc`
 
 The not-ready mode uses SECCOMP_RET_USER_NOTIF: this process stays as supervisor, answering
-each getrandom call of the command (and its children) with EAGAIN or "continue".
+each getrandom call of the command (and its children) with EAGAIN or "continue". It counts
+the probe's calls, not seconds: a delay counted from the start was spent by a slow start on a
+loaded machine, and the check's first attempt then found the RNG ready (issue 32).
 """
 
 from __future__ import annotations
@@ -26,6 +32,47 @@ SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 IPC_CREAT = 0o1000
 
 
+def _chrooted(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/root") != "/"
+    except OSError:
+        return False  # gone: its answer does not matter
+
+
+def _hold(syscall: str, where: str, cmd: list[str]) -> int:
+    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    f.add_rule(seccomp.NOTIFY, syscall)
+    f.load()
+    pid = os.fork()
+    if pid == 0:
+        os.execvp(cmd[0], cmd)
+    notify_fd = f.get_notify_fd()
+    held = False
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        ready, _, _ = select.select([notify_fd], [], [], 0.05)
+        if not ready:
+            continue
+        try:
+            n = f.receive_notify()
+        except (OSError, RuntimeError):
+            continue
+        if not held:
+            held = True
+            with open(os.path.join(where, "held"), "w", encoding="ascii") as out:
+                out.write(f"{n.pid}\n")
+            while not os.path.exists(os.path.join(where, "go")):
+                time.sleep(0.005)
+        try:
+            f.respond_notify(
+                seccomp.NotificationResponse(n, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+            )
+        except (OSError, RuntimeError):
+            continue
+
+
 def main(argv: list[str]) -> int:
     sep = argv.index("--")
     mode, value, *flags = argv[:sep]
@@ -39,11 +86,12 @@ def main(argv: list[str]) -> int:
         f.add_rule(seccomp.ERRNO(getattr(errno, value)), "getrandom")
         f.load()
         os.execvp(cmd[0], cmd)
-    delay = float(value)
+    if mode == "hold":
+        return _hold(value, flags[0], cmd)
+    refusals = float("inf") if value == "forever" else int(value)
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     f.add_rule(seccomp.NOTIFY, "getrandom")
     f.load()
-    start = time.monotonic()
     pid = os.fork()
     if pid == 0:
         os.execvp(cmd[0], cmd)
@@ -59,7 +107,11 @@ def main(argv: list[str]) -> int:
             n = f.receive_notify()
         except (OSError, RuntimeError):
             continue  # the caller went away
-        not_ready = time.monotonic() - start < delay and n.syscall_args[2] & GRND_NONBLOCK
+        # the interpreters' own start-up calls (hash seeds) are not the probe's: only a call
+        # from a chrooted process counts
+        not_ready = refusals > 0 and n.syscall_args[2] & GRND_NONBLOCK and _chrooted(n.pid)
+        if not_ready:
+            refusals -= 1
         response = (
             seccomp.NotificationResponse(n, 0, -errno.EAGAIN, 0)
             if not_ready

@@ -24,6 +24,7 @@ import pytest
 
 from tests import pids
 from tests.daemons import process_state
+from tests.handshake import wait_until
 from tests.multiarch import LIBDIR
 from tests.planted import check_rows, evil_libcrypto, jailed_daemon, reseed_rows
 from tests.support import (
@@ -527,10 +528,7 @@ def test_a_daemon_in_vfork_never_holds_doctors_read_filter(root: None, tmp_path:
     binary = compile_c(tmp_path, "vforkhang", _VFORK_HANG, "-O2")
     with _as_nobody([str(binary)]) as daemon:
         assert daemon.stdout is not None and daemon.stdout.readline() == "ready\n"
-        deadline = time.monotonic() + 5
-        while process_state(daemon.pid) != "D" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert process_state(daemon.pid) == "D"
+        wait_until(lambda: process_state(daemon.pid) == "D", "the daemon's vfork wait (state D)")
         started = time.monotonic()
         try:
             done = subprocess.run(

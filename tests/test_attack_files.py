@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests import pids
+from tests.handshake import wait_until
 from tests.support import NOBODY, TESTS, clean_env, jailshim_argv, need, run
 
 _SECRET = b"TOPSECRET"
@@ -493,12 +494,12 @@ def test_a_users_flock_kept_by_a_child_of_the_locker_does_not_stop_roots_prepare
     tmp_path.chmod(0o755)
     with _flock_kept_by_an_heir(jail) as heir:
         assert Path(f"/proc/{heir}").exists()
-        started = time.monotonic()
         result = run("prepare", "--chroot", str(jail), "--timeout", "3", "--no-verify")
-        took = time.monotonic() - started
         try:
+            # exit 0 within a budget the heir's lock outlasts, and said so: it was ignored, not
+            # waited for (was "took < 2.5 s", start-up included, on a loaded machine)
             assert result.code == 0, result.error
-            assert took < 2.5
+            assert result.named("lock.ignored"), result.stderr
         finally:
             run("teardown", "--chroot", str(jail))
 
@@ -667,16 +668,20 @@ def test_a_users_flock_held_through_a_setuid_program_does_not_stop_roots_prepare
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            status = Path(f"/proc/{locker.pid}/status").read_text()
-            if status.startswith("Name:\tsu\n") and f"/{jail.name}" in "".join(
-                os.readlink(f"/proc/{locker.pid}/fd/{fd}")
-                for fd in os.listdir(f"/proc/{locker.pid}/fd")
-            ):
-                break
-            time.sleep(0.05)
-        assert Path(f"/proc/{locker.pid}/status").read_text().startswith("Name:\tsu\n")
+
+        def su_holds_the_jail() -> bool:
+            try:
+                status = Path(f"/proc/{locker.pid}/status").read_text()
+                return status.startswith("Name:\tsu\n") and f"/{jail.name}" in "".join(
+                    os.readlink(f"/proc/{locker.pid}/fd/{fd}")
+                    for fd in os.listdir(f"/proc/{locker.pid}/fd")
+                )
+            except OSError:  # an fd closed while listed (su at work)
+                return False
+
+        # a deadline that fails only when it never happens (it was 10 s, then an assert on
+        # the name alone: su without the jail open passed it)
+        wait_until(su_holds_the_jail, "su to hold the jail open")
         done = subprocess.run(
             jailshim_argv("prepare", "--chroot", str(jail), "--no-verify", "--timeout", "3"),
             env=clean_env(),

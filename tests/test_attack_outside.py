@@ -25,7 +25,10 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import SyslogSocket
+from tests.handshake import wait_until
 from tests.support import NOBODY, TESTS, clean_env, jailshim_argv, mounts_below, need, run, snapshot
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # the one python3-seccomp is installed for
 
 # Runs as root until its fds and its inotify watch are set up, then as NOBODY only: the
 # rename is the user's own (the kernel checks that user's rights), through fds, since the
@@ -364,22 +367,28 @@ def test_a_bound_file_replaced_on_the_host_during_prepare_asks_to_run_again(
     its open and the mount (the kernel then answers ENOENT for the unlinked source). That is
     the host changing under prepare: 78 "changed … run again", nothing left; not 71 naming
     /proc/self/fd paths. The same when the placeholder is unlinked in the jail (by the
-    daemon's user, in its own directory below root's). Deterministic: strace delays mount(2)."""
-    need(shutil.which("strace") is not None, "needs strace")
+    daemon's user, in its own directory below root's). Deterministic: prepare's mount(2) is
+    held (a seccomp notifier) until the test has made its change. (strace delayed it 0.4 s,
+    a window a loaded machine's test could miss; then prepare succeeded and the test failed.)"""
+    seccomp = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True, check=False
+    )
+    need(seccomp.returncode == 0, "needs Debian's python3-seccomp for /usr/bin/python3")
     host = area / "hosts"
     host.write_text("192.0.2.1 one.test\n")
     placeholder = jail / str(host).lstrip("/")
     placeholder.parent.mkdir(parents=True)
     os.chown(placeholder.parent, NOBODY, NOBODY)
     before = snapshot(jail)
+    hold = area / "hold"
+    hold.mkdir()
     argv = [
-        "strace",
-        "-f",
-        "-qq",
-        "-o",
-        "/dev/null",
-        "-e",
-        "inject=mount:delay_enter=400000:when=1",
+        SYSTEM_PYTHON,
+        str(TESTS / "seccomp_run.py"),
+        "hold",
+        "mount",
+        str(hold),
+        "--",
         sys.executable,
         "-m",
         "jailshim",
@@ -394,18 +403,17 @@ def test_a_bound_file_replaced_on_the_host_during_prepare_asks_to_run_again(
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        import time
-
-        time.sleep(0.25)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not placeholder.exists():
-            time.sleep(0.005)
+        wait_until(
+            lambda: (hold / "held").exists() or proc.poll() is not None, "prepare's mount(2)"
+        )
+        assert proc.poll() is None and placeholder.exists(), proc.communicate()
         if changed == "host":
             (area / "hosts.new").write_text("192.0.2.2 two.test\n")
             (area / "hosts.new").rename(host)
         else:
             placeholder.unlink()
-        _out, err = proc.communicate(timeout=60)
+        (hold / "go").touch()
+        _out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

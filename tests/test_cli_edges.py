@@ -7,14 +7,24 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.daemons import stop
+from tests.daemons import status_field, stop
+from tests.handshake import wait_until
 from tests.multiarch import MULTIARCH
-from tests.support import TESTS, Result, clean_env, in_shell, jailshim_argv, need, run, snapshot
+from tests.support import (
+    NOBODY,
+    TESTS,
+    Result,
+    clean_env,
+    in_shell,
+    jailshim_argv,
+    need,
+    run,
+    snapshot,
+)
 
 README = TESTS.parent / "README.md"
 SEED_LINE = (
@@ -112,6 +122,14 @@ def test_doctor_on_a_tty_says_each_finding_and_the_verdict_once(jail: Path) -> N
     assert "error=" not in text and "doctor.verdict" not in text, text
 
 
+def _uid(pid: int) -> int:
+    """``pid``'s effective UID (-1 when it is gone)."""
+    try:
+        return int(status_field(pid, "Uid").split()[1])
+    except OSError:
+        return -1
+
+
 _MASTER_AND_WORKER = """
 import os, sys, time
 master = os.getpid()
@@ -140,10 +158,12 @@ def test_doctor_on_a_tty_says_a_master_and_its_worker_in_a_heading(jail: Path) -
         text=True,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not (workers := chrooted_children(proc.pid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        (worker,) = workers
+        # chrooted AND nobody: doctor looking between the worker's chroot and its setuid saw
+        # root (the heading's "user nobody" raced a slow child on a loaded machine)
+        (worker,) = wait_until(
+            lambda: [w for w in chrooted_children(proc.pid) if _uid(w) == NOBODY],
+            "the worker to chroot and become nobody",
+        )
         args = ("doctor", "--pid", str(proc.pid), "--crypto-lib", libcrypto)
         code, text = _on_a_tty(jailshim_argv(*args))
         piped = run(*args)
@@ -171,9 +191,8 @@ def test_doctor_names_the_daemons_user(jail: Path) -> None:
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 10
-        while os.readlink(f"/proc/{proc.pid}/root") == "/" and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # the uid, not only the chroot: doctor between the two read "ran as root"
+        wait_until(lambda: _uid(proc.pid) == NOBODY, "the daemon to become nobody")
         result = run("doctor", "--pid", str(proc.pid))
     finally:
         stop(proc)

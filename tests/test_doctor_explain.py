@@ -12,11 +12,22 @@ from pathlib import Path
 
 from jailshim.explain import SIGNATURES, match
 from tests.daemons import free_port, stop
+from tests.handshake import EventReader, wait_until
 from tests.multiarch import MULTIARCH
 from tests.support import TESTS, clean_env, jailshim_argv, need, run
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SECCOMP_RUN = str(TESTS / "seccomp_run.py")
+
+
+def _connects(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except OSError:
+        return False
+    return True
 
 
 def _haproxy_config(area: Path, jail: Path, extra: str = "") -> Path:
@@ -346,18 +357,13 @@ def test_explain_haproxy_bind_and_syslog_from_real_haproxy(
     logged = _haproxy_config(area, jail, extra="    log /dev/log local0\n")
     port = int(logged.read_text().split("bind 127.0.0.1:")[1].split()[0])
     proc = _start([haproxy_bin, "-f", str(logged), "-db"])
-    try:
-        import socket
-
-        for _ in range(20):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        time.sleep(1.5)
-    finally:
-        _, stderr = stop(proc)
+    with EventReader(proc) as haproxy:
+        # a connection to log, then haproxy's ALERT about its logger: waited for (it was
+        # "whatever came within 1.5 s", and a connect loop whose failure went unnoticed)
+        wait_until(lambda: _connects(port), "haproxy to accept a connection")
+        haproxy.wait_for_text("logger", "haproxy's ALERT about the missing log socket")
+        _, rest = stop(proc)
+    stderr = haproxy.output()[1] + rest
     assert "logger" in stderr, stderr
     rc, out = _explain(bind.stderr + stderr)
     assert rc == 0

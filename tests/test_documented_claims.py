@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import stop
+from tests.handshake import wait_until
 from tests.planted import evil_libcrypto, jailed_daemon, reseed_rows
 from tests.support import clean_env, in_shell, jailshim_argv, run, spawn
 
@@ -86,6 +87,12 @@ def _root_holds_the_lock(jail: Path) -> Iterator[None]:
         os.close(fd)  # drops the flock
 
 
+def _holds_an_flock(pid: int) -> bool:
+    """/proc/locks lists an flock held (not awaited: "->") by ``pid``."""
+    rows = (line.split() for line in Path("/proc/locks").read_text().splitlines())
+    return any(len(r) > 4 and r[1] == "FLOCK" and r[4] == str(pid) for r in rows)
+
+
 def test_prepare_times_out_on_a_lock_root_holds(jail: Path) -> None:
     """README: prepare takes a per-jail lock "waiting up to --timeout": with root's process
     holding it, --timeout 1 fails after that second with one sentence and exit 71, and nothing
@@ -109,7 +116,12 @@ def test_prepare_waits_for_a_lock_root_holds_then_prepares(jail: Path) -> None:
     with _root_holds_the_lock(jail):
         proc = spawn(jailshim_argv("prepare", "--chroot", str(jail), "--timeout", "60"))
         try:
-            time.sleep(1.5)  # a slow start only makes "still waiting" more true
+            # prepare holds root's lock file: it is at the jail directory's lock, ours (it
+            # was "1.5 s later", which a slow start passed without prepare ever looking)
+            wait_until(
+                lambda: _holds_an_flock(proc.pid) or proc.poll() is not None,
+                "prepare to take root's lock file",
+            )
             assert proc.poll() is None, proc.communicate()
             assert list(jail.iterdir()) == []
         except BaseException:
@@ -120,6 +132,7 @@ def test_prepare_waits_for_a_lock_root_holds_then_prepares(jail: Path) -> None:
     finally:
         stop(proc)
     assert proc.returncode == 0, stderr
+    assert '"lock.ignored"' not in stderr, stderr  # waited for root's hold, did not pass it
     assert (jail / "dev" / "urandom").is_char_device()
     assert run("teardown", "--chroot", str(jail)).code == 0
 

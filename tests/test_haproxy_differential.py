@@ -25,9 +25,13 @@ import pytest
 
 from jailshim.daemons.haproxy import Facts, binary_facts, haproxy_targets, parse_config
 from jailshim.errors import ConfigError
+from tests.handshake import WAIT, datagrams_until, wait_until
 from tests.support import need
 
-CONFIGS = int(os.environ.get("JAILSHIM_DIFF_CONFIGS", "2300"))
+# No environment variable lowers these (one did, and with it the floor below): the README's
+# "2,000+ configs" is this test's claim.
+CONFIGS = 2300
+FLOOR = 2000  # configs haproxy runs that must be compared
 SEED = 14
 PROBE = ("127.0.0.1", 9)
 WORKERS = 2
@@ -305,19 +309,23 @@ def _one(text: str, env: dict[str, str], root: Path, facts: Facts, t: Tally) -> 
         cwd=root,
     )
     try:
-        ready = False
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if "epoll" in Path(f"/proc/{proc.pid}/wchan").read_text():
-                    ready = True
-                    break
-            except OSError:
-                pass
-            time.sleep(0.003)
-        if not ready:
-            proc.kill()
-            err = proc.communicate(timeout=5)[1].decode(errors="replace")
+        # Started: haproxy waits in its event loop (after chroot and setuid). Refused: it exited
+        # non-zero by itself. Anything slow is neither (a haproxy slower than a fixed 5 s
+        # was counted as refused): waited for, and failed only when it never comes.
+        try:
+            state = wait_until(
+                lambda: _started(proc), "haproxy to start or refuse", timeout=WAIT, interval=0.003
+            )
+        except AssertionError as never:
+            with t.lock:
+                t.diffs.append(f"{never}:\n{text}")
+            return
+        if state == "exited" and proc.returncode == 0:
+            with t.lock:
+                t.diffs.append(f"haproxy exited 0 without serving:\n{text}")
+            return
+        if state == "exited":
+            err = proc.communicate(timeout=WAIT)[1].decode(errors="replace")
             with t.lock:
                 t.rejected += 1
                 t.why.append(err)
@@ -332,18 +340,19 @@ def _one(text: str, env: dict[str, str], root: Path, facts: Facts, t: Tally) -> 
         root_link = os.readlink(f"/proc/{proc.pid}/root")
         ident = _status(proc.pid)
         listening = _listening(proc.pid)
-        socket.create_connection(PROBE, timeout=2).close()
+        socket.create_connection(PROBE, timeout=WAIT).close()
+        # the probe frontend logs to the "log global" targets, then to its own z: haproxy
+        # appends the global loggers' copies where "log global" stands (src/log.c,
+        # parse_logger) and sends along that list in order
+        arrived = datagrams_until(socks, lambda host: host.endswith("/z"), WAIT)
+        if arrived is None:
+            with t.lock:
+                t.diffs.append(f"the probe's log line never came ({WAIT:.0f}s):\n{text}")
+            return
         got: set[str] = set()
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline and not any(g.endswith("/z") for g in got):
-            time.sleep(0.005)
-            for host, s in socks.items():
-                try:
-                    s.recv(4096)
-                except BlockingIOError:
-                    continue
-                jail = next((str(root / j) for j in JAILS if host.startswith(f"{root}/{j}/")), "")
-                got.add(host[len(jail) :])
+        for host in arrived:
+            jail = next((str(root / j) for j in JAILS if host.startswith(f"{root}/{j}/")), "")
+            got.add(host[len(jail) :])
         targets, _ = haproxy_targets(mine.binds)
         theirs = {
             "chroot": root_link,
@@ -368,6 +377,16 @@ def _one(text: str, env: dict[str, str], root: Path, facts: Facts, t: Tally) -> 
         for host, s in socks.items():
             s.close()
             os.unlink(host)
+
+
+def _started(proc: subprocess.Popen[bytes]) -> str:
+    """Whether haproxy has "started" (asleep in epoll_wait) or "exited"; "" meanwhile."""
+    if proc.poll() is not None:
+        return "exited"
+    try:
+        return "started" if "epoll" in Path(f"/proc/{proc.pid}/wchan").read_text() else ""
+    except OSError:
+        return ""
 
 
 def _enter(netns: str) -> None:
@@ -406,7 +425,7 @@ def _worker(n: int, configs: list[int], base: Path, facts: Facts, t: Tally) -> N
 
 
 def test_reader_agrees_with_the_real_haproxy(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """For 2,000 generated configs haproxy runs, jailshim reads haproxy's own chroot, identity,
+    """For 2,000+ generated configs haproxy runs, jailshim reads haproxy's own chroot, identity,
     log sockets and bound IPs."""
     need(os.geteuid() == 0, "needs root (network namespaces, haproxy's setuid)")
     need(shutil.which("haproxy") is not None, "needs haproxy installed")
@@ -434,4 +453,4 @@ def test_reader_agrees_with_the_real_haproxy(tmp_path_factory: pytest.TempPathFa
         tally.diffs[:3]
     )
     assert tally.compared + tally.rejected == CONFIGS + len(_handwritten(""))
-    assert CONFIGS < 2300 or tally.compared >= 2000
+    assert tally.compared >= FLOOR, f"only {tally.compared} configs haproxy ran were compared"

@@ -173,6 +173,17 @@ def test_tini_signals(runner: str, sig: int) -> None:
     assert proc.returncode == 128 + sig
 
 
+def _comms(pids: list[int]) -> list[str]:
+    """The processes' names (python3.11 read as python), sorted; "" for one gone."""
+    names = []
+    for pid in pids:
+        try:
+            names.append(Path(f"/proc/{pid}/comm").read_text().strip().rstrip(".0123456789"))
+        except OSError:
+            names.append("")
+    return sorted(names)
+
+
 PGROUP = (
     "import signal, subprocess\n"
     "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\n"
@@ -190,10 +201,13 @@ def test_tini_process_group(runner: str) -> None:
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=clean_env())
     family: list[int] = []
     try:
-        assert wait_until(lambda: len(descendants(proc.pid)) == 2)
+        # the grandchild has exec'd sleep, not merely been forked: between its fork and its
+        # preexec_fn it still ignores USR1 (COMMAND's), and a USR1 then was lost: sleep ran
+        # on and the wait timed out, for tini as for jailshim (seen under load)
+        assert wait_until(lambda: _comms(descendants(proc.pid)) == ["python", "sleep"])
         family = pids.pin_descendants(proc.pid)
         os.kill(proc.pid, signal.SIGUSR1)
-        proc.wait(timeout=10)
+        proc.wait(timeout=60)
     finally:
         _kill(proc, family)
 
@@ -400,7 +414,11 @@ def test_dumb_init_all_processes_receive_term_on_exit(runner: str, tmp_path: Pat
     exits leaving a child behind: that child gets TERM. (jailshim does this in every mode, and
     waits for it: test_processes_dont_receive_term_on_exit_if_no_setsid is difference D5.)"""
     out = tmp_path / "signals.txt"
-    script = f"{sys.executable} {CHILD} {out} 0 stay & sleep 1"
+    # COMMAND exits once the recorder has said "ready" (its handlers set): after a fixed
+    # `sleep 1` a slow start could still be at the default TERM, which ended it unrecorded
+    script = (
+        f"{sys.executable} {CHILD} {out} 0 stay & until grep -qs ready {out}; do sleep 0.01; done"
+    )
     init = argv(_runner(runner, "dumb-init"), "dumb-init", ["--setsid"])
     if runner == "jailshim":
         init = [*init[:-1], "--grace", "1", "--"]

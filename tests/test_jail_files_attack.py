@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.handshake import FIFO_OPEN, kernel_wait, wait_until
 from tests.support import NOBODY, mounts_below, run, snapshot
 
 _ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
@@ -138,15 +139,19 @@ def test_a_host_file_that_is_no_regular_file_is_never_opened(jail: Path, area: P
     kmsg.symlink_to("/proc/kmsg")  # a "regular file" whose read consumes syslog's messages
     writer = subprocess.Popen(["sh", "-c", f"exec 3>{fifo}; echo woke"], stdout=subprocess.PIPE)
     try:
+        # The writer is asleep in the FIFO's open before prepare starts (an open that came
+        # before the writer's would wake nothing), and right after prepare it still is: any
+        # open of the reading end by prepare has made it runnable at once. (It was "not
+        # exited 0.2 s later", which a loaded machine turned into a pass without looking.)
+        wait_until(lambda: kernel_wait(writer.pid) == FIFO_OPEN, "the writer to block on the FIFO")
         args = ("prepare", "--chroot", str(jail), "--no-verify")
         result = run(*args, "--file", str(fifo), "--file", str(link), "--file", str(kmsg))
+        assert kernel_wait(writer.pid) == FIFO_OPEN, "prepare opened the FIFO: its writer woke"
         assert result.code == 0, result.stderr
         warned = {e["path"]: e["detail"] for e in result.named("jail_file")}
         assert "not a regular file" in warned[str(fifo)]
         assert "not a regular file" in warned[str(link)]
         assert "under /proc" in warned[str(kmsg)]
-        time.sleep(0.2)
-        assert writer.poll() is None, "prepare opened the FIFO: its writer woke"
     finally:
         writer.kill()  # by PID: the writer this test started
         writer.wait()

@@ -8,10 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +20,7 @@ from jailshim.errors import UsageError
 from jailshim.verify.netlink import AddressFacts, judge_address
 from jailshim.verify.network import parse_wait_addr
 from tests.daemons import stop, write_haproxy_config
+from tests.handshake import WAIT, EventReader, wait_until
 from tests.support import Result, assert_ran, clean_env, jailshim_argv, need, run, spawn
 
 ADDR6 = "2001:db8::1"  # documentation range, only ever inside the test's own namespaces
@@ -75,17 +76,20 @@ def popen_in_ns(ns: str, *args: str) -> subprocess.Popen[str]:
     return spawn(["ip", "netns", "exec", ns, *jailshim_argv(*args)])
 
 
-def later(seconds: float, *cmd: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["sh", "-c", f"sleep {seconds}; {' '.join(cmd)}"])
+def waiting(reason: str) -> Callable[[dict[str, Any]], bool]:
+    """The event of check's first failed attempt, for ``reason``: jailshim now waits. The
+    change the test makes comes after it (it came after a fixed 1 s, which a slow start on a
+    loaded machine outlasted: the first attempt then found the address ready)."""
+    return lambda e: e["event"] == "check.attempt" and not e["ok"] and reason in str(e["reason"])
 
 
 def test_tentative_address_is_waited_for(tentative_ns: str) -> None:
     """Tentative while the peer is down; the peer comes up during the wait; check passes."""
-    helper = later(1.0, "ip", "-n", tentative_ns, "link", "set", "v1", "up")
-    try:
-        result = in_ns(tentative_ns, "check", "--wait-addr", f"[{ADDR6}]:443", "--timeout", "20")
-    finally:
-        helper.wait()
+    argv = ("check", "--wait-addr", f"[{ADDR6}]:443", "--timeout", str(WAIT))
+    with EventReader(popen_in_ns(tentative_ns, *argv)) as check:
+        check.wait_for(waiting("tentative on v0"), "check to find the address tentative")
+        ip("-n", tentative_ns, "link", "set", "v1", "up")
+        result = check.finish()
     assert result.code == 0, result.stderr
     attempts = result.named("check.attempt")
     assert len(attempts) > 1 and "tentative on v0" in str(attempts[0]["reason"])
@@ -110,19 +114,20 @@ def test_dadfailed_fails_at_once(netns: str, root: None) -> None:
         ip("-n", other, "addr", "add", f"{ADDR6}/64", "dev", "b0", "nodad")
         ip("-n", netns, "link", "set", "a0", "up")
         ip("-n", netns, "addr", "add", f"{ADDR6}/64", "dev", "a0")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            proc = subprocess.run(
+
+        def dad_failed() -> bool:
+            shown = subprocess.run(
                 ["ip", "-n", netns, "addr", "show", "a0"],
                 capture_output=True,
                 text=True,
                 check=False,
             )
-            assert_ran(proc)
-            shown = proc.stdout
-            if "dadfailed" in shown:
-                break
-            time.sleep(0.2)
+            assert_ran(shown)
+            return "dadfailed" in shown.stdout
+
+        # the kernel's verdict first (the wait's end was not checked: a slow DAD left the
+        # address tentative, and check then waited instead of failing at once)
+        wait_until(dad_failed, "the kernel to mark the duplicate address dadfailed")
         result = in_ns(netns, "check", "--wait-addr", ADDR6, "--timeout", "30")
     finally:
         subprocess.run(["ip", "netns", "del", other], check=False, capture_output=True)
@@ -137,11 +142,11 @@ def test_absent_address_appears_during_the_wait(netns: str) -> None:
     ip("-n", netns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
     ip("-n", netns, "link", "set", "d0", "up")
     ip("-n", netns, "link", "set", "d1", "up")
-    helper = later(1.0, "ip", "-n", netns, "addr", "add", "192.0.2.7/24", "dev", "d0")
-    try:
-        result = in_ns(netns, "check", "--wait-addr", "192.0.2.7:80", "--timeout", "20")
-    finally:
-        helper.wait()
+    argv = ("check", "--wait-addr", "192.0.2.7:80", "--timeout", str(WAIT))
+    with EventReader(popen_in_ns(netns, *argv)) as check:
+        check.wait_for(waiting("absent"), "check to find the address absent")
+        ip("-n", netns, "addr", "add", "192.0.2.7/24", "dev", "d0")
+        result = check.finish()
     assert result.code == 0, result.stderr
     assert "absent" in str(result.named("check.attempt")[0]["reason"])
 
@@ -177,32 +182,33 @@ def test_haproxy_starts_only_after_dad(tentative_ns: str, area: Path) -> None:
     jail.mkdir(mode=0o755)
     # any port: haproxy listens in the test's own namespace, where nothing else binds
     setup = write_haproxy_config(area, jail, 9, bind_address=ADDR6, port=8443)
-    proc = popen_in_ns(
-        tentative_ns, "run", "--timeout", "30", "--", haproxy, "-f", str(setup.config), "-db"
-    )
-    helper = later(1.5, "ip", "-n", tentative_ns, "link", "set", "v1", "up")
+    argv = ("run", "--timeout", str(WAIT), "--", haproxy, "-f", str(setup.config), "-db")
+    # the client tries until haproxy answers, for as long as a slow start may take
     client = (
         "import ssl, socket, sys, time\n"
         "ctx = ssl.create_default_context(); ctx.check_hostname = False\n"
         "ctx.verify_mode = ssl.CERT_NONE\n"
-        "for _ in range(200):\n"
+        f"deadline = time.monotonic() + {WAIT}\n"
+        "while time.monotonic() < deadline:\n"
         "    try:\n"
         f"        s = socket.create_connection(('{ADDR6}', {setup.port}), timeout=2)\n"
         "        print(ctx.wrap_socket(s).version()); sys.exit(0)\n"
         "    except OSError: time.sleep(0.1)\n"
         "sys.exit(1)\n"
     )
-    try:
+    with EventReader(popen_in_ns(tentative_ns, *argv)) as jailshim:
+        # the peer comes up once jailshim has said it waits (it came after a fixed 1.5 s)
+        jailshim.wait_for(waiting("tentative on v0"), "run to find the bind address tentative")
+        ip("-n", tentative_ns, "link", "set", "v1", "up")
         answer = subprocess.run(
             ["ip", "netns", "exec", tentative_ns, sys.executable, "-c", client],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=WAIT * 2,
             check=False,
         )
-    finally:
-        helper.wait()
-        _, stderr = stop(proc)
+        _, rest = stop(jailshim.proc)
+    stderr = jailshim.output()[1] + rest
     assert answer.stdout.strip() == "TLSv1.3", stderr
     assert "tentative" in stderr and '"handover"' in stderr
     assert "cannot bind socket" not in stderr
