@@ -408,6 +408,10 @@ def _host_tree(area: Path, shape: str) -> tuple[Path, bytes]:
         named.write_bytes(content)
         if shape == "the user's file in a sticky directory":
             os.chown(named, NOBODY, NOBODY)
+        if shape == "root's file in a user's sticky directory":
+            # the sticky bit protects an entry from everyone but its owner AND the
+            # directory's owner: nobody may rename root's file away and put a link there
+            os.chown(sticky, NOBODY, NOBODY)
     return named, content
 
 
@@ -441,6 +445,7 @@ def test_a_host_file_its_directories_keep_is_taken(jail: Path, area: Path, shape
         ("root's file in the user's directory", "nobody"),
         ("a directory its group can write", "other than its owner"),
         ("the user's file in a sticky directory", "nobody"),
+        ("root's file in a user's sticky directory", "other than its owner"),
     ],
 )
 def test_a_host_file_another_user_could_point_elsewhere_is_refused(
