@@ -15,10 +15,11 @@ from jailshim.errors import (
 )
 
 if TYPE_CHECKING:
+    from jailshim.daemons import DaemonAdapter, DaemonPlan, PendingCheck
     from jailshim.init_options import StopOptions
-    from jailshim.logs import LogModule
+    from jailshim.logs import Logger, LogModule
     from jailshim.options import RunOptions
-    from jailshim.spec import Identity
+    from jailshim.spec import Identity, Spec
 
 __all__ = ["interpreter", "resolve_command", "run", "vet_jail"]
 
@@ -145,6 +146,44 @@ def _stop_options(options: RunOptions) -> StopOptions:
     )
 
 
+def _start_check(
+    options: RunOptions,
+    logger: Logger,
+    adapter: DaemonAdapter,
+    plan: DaemonPlan,
+    *,
+    chroot: str | None,
+    spec: Spec | None,
+    spec_error: JailshimError | None,
+) -> PendingCheck | None:
+    """The daemon's own checker, started (None when skipped); the jail is vetted first."""
+    if options.dry_run and adapter.check_writes and not options.no_config_check:
+        logger.info(
+            "config_check",
+            outcome="skipped",
+            detail=f"{adapter.name}'s checker changes files; --dry-run changes nothing",
+        )
+        return None
+    if options.no_config_check:
+        return None
+    # The jail is judged before the checker runs, as prepare judges it: `postfix
+    # check` with queue_directory = / made /active, /bounce … in the real / and then
+    # the refusal came (issue 25). The checker runs while the jail is prepared; its
+    # verdict is awaited before hand-over, and a rejection takes the prepare back.
+    if chroot is not None:
+        vet_jail(
+            chroot,
+            allow_writable=options.allow_writable_jail,
+            identity=spec.identity if spec is not None else None,
+        )
+    for path in plan.checker_dirs:
+        daemons.refuse_host_directory(path, f"{adapter.name}'s checker")
+    pending = plan.start_check()
+    if spec_error is not None:
+        pending.finish()  # its rejection, in the daemon's words, wins
+    return pending
+
+
 def run(options: RunOptions, log: LogModule) -> int:
     from jailshim import handover
 
@@ -189,29 +228,24 @@ def run(options: RunOptions, log: LogModule) -> int:
             # wrong thing (a daemon that keeps its starting gid checks with gid 0)
             group_given = options.group is not None or plan.group is not None
             spec = spec._replace(identity=plan.identity_rule(spec.identity, group_given))
-    if adapter is not None and plan is not None:
-        if options.dry_run and adapter.check_writes and not options.no_config_check:
-            logger.info(
-                "config_check",
-                outcome="skipped",
-                detail=f"{adapter.name}'s checker changes files; --dry-run changes nothing",
+    first = None
+    if spec is not None:
+        # The probe child is the run's critical path (issue 28): forked now, before the jail
+        # is vetted and the checker started, its loader and OpenSSL set-up overlap them. It
+        # reads nothing of the jail before prepare_and_verify says go; a failure before that
+        # cancels it (the child exits and is reaped).
+        from jailshim.verify.probe import start_probe
+
+        first = start_probe(spec)
+    try:
+        if adapter is not None and plan is not None:
+            pending = _start_check(
+                options, logger, adapter, plan, chroot=chroot, spec=spec, spec_error=spec_error
             )
-        elif not options.no_config_check:
-            # The jail is judged before the checker runs, as prepare judges it: `postfix
-            # check` with queue_directory = / made /active, /bounce … in the real / and then
-            # the refusal came (issue 25). The checker runs while the jail is prepared; its
-            # verdict is awaited before hand-over, and a rejection takes the prepare back.
-            if chroot is not None:
-                vet_jail(
-                    chroot,
-                    allow_writable=options.allow_writable_jail,
-                    identity=spec.identity if spec is not None else None,
-                )
-            for path in plan.checker_dirs:
-                daemons.refuse_host_directory(path, f"{adapter.name}'s checker")
-            pending = plan.start_check()
-            if spec_error is not None:
-                pending.finish()  # its rejection, in the daemon's words, wins
+    except BaseException:
+        if first is not None:
+            first.cancel()
+        raise
     if spec_error is not None:
         raise spec_error
     if spec is None:
@@ -232,7 +266,7 @@ def run(options: RunOptions, log: LogModule) -> int:
         from jailshim.ready import prepare_and_verify
 
         log.bind_context(chroot=spec.chroot)
-        prepare_and_verify(spec, logger, then_exec=True, config_check=pending)
+        prepare_and_verify(spec, logger, then_exec=True, config_check=pending, first=first)
     if options.dry_run:
         return 0
     keep = handover.inherited_signals() if options.inherited_signals == "keep" else None
