@@ -315,3 +315,28 @@ def test_run_forks_the_probe_before_check_and_reaps_it_on_a_refusal(
         assert "writable by a non-root user" in proc.stderr
     else:
         assert (seen["code"], seen["cancelled"], seen["collected"]) == (0, 0, 1)
+
+
+def test_cryptolib_compiles_no_regex_until_a_name_needs_one() -> None:
+    """The probe child classifies COMMAND's libraries before chroot (its critical path): the
+    library-name and version patterns are compiled when a name could match, not at import."""
+    script = (
+        "import re\n"
+        "calls = []\n"
+        "for name in ('compile', 'match', 'search', 'fullmatch'):\n"
+        "    def spy(*a, _f=getattr(re, name), **k):\n"
+        "        calls.append(a[0])\n"
+        "        return _f(*a, **k)\n"
+        "    setattr(re, name, spy)\n"
+        "from jailshim.verify import cryptolib\n"
+        "assert [cryptolib.classify(n) for n in ('libc.so.6', 'libz.so.1')] == ['', '']\n"
+        "assert not calls, calls\n"
+        "assert cryptolib.classify('libcrypto-2ade47cd.so.1.1.1b') == cryptolib.OPENSSL\n"
+        "assert cryptolib.classify('libcryptopp.so.8') == ''\n"
+        "assert cryptolib.version_in(b'x OpenSSL 3.0.11 19 Sep 2023 y') == "
+        "'OpenSSL 3.0.11 19 Sep 2023'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=clean_env(), check=False
+    )
+    assert proc.returncode == 0, proc.stderr
