@@ -82,7 +82,9 @@ def _phases(argv: list[str]) -> dict[str, float]:
 
 
 def _timed(owner: Any, name: str, record: Callable[[str, float, float], None], label: str) -> None:
-    original = getattr(owner, name)
+    original = getattr(owner, name, None)
+    if original is None:  # an older tree (run side by side) without this function
+        return
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         start = time.monotonic()
@@ -114,7 +116,7 @@ def one(argv: list[str]) -> None:
     marks["imports: run, check, probe"] = (time.monotonic() - at) * 1000
 
     _timed(cli, "parse_args", record, "parse")
-    _timed(daemons, "plan_for", record, "config read (adapter imported, read)")
+    _timed(daemons, "plan_for", record, "config read (adapter chosen, imported, read)")
     _timed(specs, "build_spec", record, "spec (jail files, devices, identity)")
     _timed(ready_mod, "start_probe", record, "probe fork")  # `prepare`'s, and no early one
     _timed(probe, "start_probe", record, "probe fork")  # run's, as soon as the spec is known
