@@ -267,7 +267,7 @@ def _imports(words: list[str], env: dict[str, str] | None = None) -> set[str]:
 def test_the_fast_path_is_taken(words: list[str], env: dict[str, str]) -> None:
     loaded = _imports(words, env)
     assert "jailshim.supervisor" in loaded  # it did run the init
-    heavy = {"structlog", "jailshim.cli", "jailshim.log", "logging", "asyncio", "json"}
+    heavy = {"structlog", "jailshim.cli", "jailshim.log", "logging", "asyncio", "json", "argparse"}
     assert not heavy & loaded
 
 
