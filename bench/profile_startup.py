@@ -38,6 +38,8 @@ _SHOWN = (
     "jailshim.files",
     "jailshim.plan",
     "jailshim.spec",
+    "jailshim.verify.probe",  # run imports it to fork the probe (issue 28)
+    "jailshim.ready",  # check, retry under it
     "jailshim.check",
     "jailshim.prepare",
     "jailshim.apply",
@@ -82,7 +84,9 @@ def _phases(argv: list[str]) -> dict[str, float]:
 
 
 def _timed(owner: Any, name: str, record: Callable[[str, float, float], None], label: str) -> None:
-    original = getattr(owner, name)
+    original = getattr(owner, name, None)
+    if original is None:  # an older tree (run side by side) without this function
+        return
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         start = time.monotonic()
@@ -114,9 +118,10 @@ def one(argv: list[str]) -> None:
     marks["imports: run, check, probe"] = (time.monotonic() - at) * 1000
 
     _timed(cli, "parse_args", record, "parse")
-    _timed(daemons, "plan_for", record, "config read (adapter imported, read)")
+    _timed(daemons, "plan_for", record, "config read (adapter chosen, imported, read)")
     _timed(specs, "build_spec", record, "spec (jail files, devices, identity)")
-    _timed(ready_mod, "start_probe", record, "probe fork")
+    _timed(ready_mod, "start_probe", record, "probe fork")  # `prepare`'s, and no early one
+    _timed(probe, "start_probe", record, "probe fork")  # run's, as soon as the spec is known
     _timed(ready_mod, "check", record, "verify (wait for the probe, judge)")
     _timed(run, "vet_jail", record, "vet jail (config check)")
     child_out, child_in = os.pipe()
@@ -153,8 +158,10 @@ def one(argv: list[str]) -> None:
 
     def prepare_and_verify(*args: Any, **kwargs: Any) -> None:
         at_prepare["start"] = time.monotonic()
+        forked = marks.get("probe fork", 0.0)  # run forks before this (issue 28), prepare in it
         original_pv(*args, **kwargs)
         at_prepare["end"] = time.monotonic()
+        at_prepare["fork inside"] = marks.get("probe fork", 0.0) - forked
 
     ready_mod.prepare_and_verify = prepare_and_verify
 
@@ -180,7 +187,7 @@ def one(argv: list[str]) -> None:
             marks["probe child: started after"] = (first - began) * 1000
     if at_prepare:
         total = (at_prepare["end"] - at_prepare["start"]) * 1000
-        inner = marks.get("probe fork", 0.0) + marks.get("verify (wait for the probe, judge)", 0.0)
+        inner = at_prepare["fork inside"] + marks.get("verify (wait for the probe, judge)", 0.0)
         marks["prepare (imports, lock, mounts, nodes)"] = total - inner
     print(json.dumps(marks))
 
@@ -285,9 +292,181 @@ def main(runs: int) -> str:
     return "\n".join(lines)
 
 
+# -- CPU time: the order of the work, which a loaded machine does not change -----------------
+
+
+def cpu_one(argv: list[str]) -> None:
+    """In this interpreter: one `jailshim ARGV` with the CPU time (ms, this process's since it
+    started; the child's since its fork) at the probe fork, at "go", at the hand-over, and the
+    child's at "ready to enter the jail". Only Probe and the hand-over are patched (no module
+    of the run is imported early), so the fork happens where the run puts it, in any tree."""
+    import importlib.abc
+    import importlib.util
+    from types import ModuleType
+
+    from jailshim import cli, log
+
+    marks: dict[str, float] = {}
+    child_out, child_in = os.pipe()
+
+    class _HandedOver(BaseException):
+        pass
+
+    def patch_probe(probe: ModuleType) -> None:
+        init, collect = probe.Probe.__init__, probe.Probe.collect
+
+        def forked(self: Any, *args: Any, **kwargs: Any) -> None:
+            marks.setdefault("parent CPU at the probe fork", time.process_time() * 1000)
+            init(self, *args, **kwargs)
+
+        def go(self: Any) -> Any:
+            marks.setdefault("parent CPU at go (the jail is ready)", time.process_time() * 1000)
+            return collect(self)
+
+        probe.Probe.__init__, probe.Probe.collect = forked, go
+
+    def patch_needs(needs: ModuleType) -> None:
+        before_chroot = needs.prepare_before_chroot
+
+        def ready(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return before_chroot(*args, **kwargs)
+            finally:  # a forked child's CPU times start at zero
+                os.write(child_in, f"{time.process_time() * 1000}\n".encode())
+
+        setattr(needs, "prepare_before_chroot", ready)  # noqa: B010
+
+    def patch_handover(handover: ModuleType) -> None:
+        def stop_here(*_: Any, **__: Any) -> None:
+            marks["parent CPU at the hand-over"] = time.process_time() * 1000
+            raise _HandedOver
+
+        setattr(handover, "exec_command", stop_here)  # noqa: B010 (a module's attribute)
+        setattr(handover, "supervise", stop_here)  # noqa: B010
+
+    hooks = {
+        "jailshim.verify.probe": patch_probe,
+        "jailshim.verify.needs": patch_needs,
+        "jailshim.handover": patch_handover,
+    }
+
+    class _Patcher(importlib.abc.MetaPathFinder):
+        """Patches each module above right after it is first imported, wherever the run
+        imports it (importing it here first would move the fork in an older tree)."""
+
+        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+            if name not in hooks:
+                return None
+            sys.meta_path.remove(self)
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                sys.meta_path.insert(0, self)
+            assert spec is not None and spec.loader is not None
+            run_module = spec.loader.exec_module
+
+            def exec_module(module: ModuleType) -> None:
+                run_module(module)
+                hooks[name](module)
+
+            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, _Patcher())
+    with contextlib.suppress(_HandedOver):
+        cli._main(argv, log)
+    os.close(child_in)
+    said = os.read(child_out, 4096).split()
+    if said:
+        marks["child CPU from fork to ready"] = float(said[0])
+    print(json.dumps(marks))
+
+
+def cpu_main(runs: int, trees: dict[str, Path]) -> str:
+    """CPU-time marks of a warm run and a haproxy-config run (with its checker), each tree
+    (its jailshim run from its own directory) interleaved; medians."""
+    work = Path(tempfile.mkdtemp(prefix="jailshim-cpu-"))
+    work.chmod(0o755)
+    jail, hp_jail = work / "warm", work / "hp"
+    for d in (jail, hp_jail):
+        d.mkdir(mode=0o755)
+    quiet = ["--log-level", "error"]
+    for d in (jail, hp_jail):
+        subprocess.run(
+            [PYTHON, "-m", "jailshim", "prepare", "--chroot", str(d), *quiet], check=True
+        )
+    cfg = work / "haproxy.cfg"
+    cfg.write_text(
+        f"global\n    chroot {hp_jail}\n    user nobody\n    group nogroup\n"
+        "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n"
+        "    timeout server 1s\nfrontend f\n    bind 127.0.0.1:18553\n"
+        "    default_backend b\nbackend b\n    server s 127.0.0.1:9\n"
+    )
+    runs_of = {
+        "warm run": ["run", "--chroot", str(jail), *quiet, "--", "/bin/true"],
+        "haproxy config and its checker": [
+            "run", "--haproxy-config", str(cfg), *quiet, "--", "/bin/true",
+        ],
+    }  # fmt: skip
+    here = Path(__file__).resolve().parent
+    marks: dict[tuple[str, str], dict[str, list[float]]] = {}
+    try:
+        for _ in range(runs):
+            for tree, path in trees.items():
+                for name, argv in runs_of.items():
+                    proc = subprocess.run(
+                        [PYTHON, "-c", _CPU_ONE, str(here.parent), *argv],
+                        capture_output=True, text=True, check=False, cwd=path,
+                        env={**os.environ, "PYTHONPATH": str(path)},
+                    )  # fmt: skip
+                    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+                    if not lines:
+                        raise RuntimeError(proc.stderr[-2000:])
+                    for mark, ms in json.loads(lines[-1]).items():
+                        marks.setdefault((tree, name), {}).setdefault(mark, []).append(ms)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    order = [
+        "parent CPU at the probe fork",
+        "child CPU from fork to ready",
+        "parent CPU at go (the jail is ready)",
+        "parent CPU at the hand-over",
+    ]
+    columns = [(t, n) for n in runs_of for t in trees]
+    lines = [
+        f"Machine: {machine()}; {runs} runs each, interleaved; median CPU ms (time.process_time:"
+        " the process's own, from its start; the child's from its fork); load "
+        f"{os.getloadavg()[0]:.1f}.",
+        "",
+        "| mark | " + " | ".join(f"{n}, {t}" for t, n in columns) + " |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " |",
+    ]
+    for mark in order:
+        cells = []
+        for column in columns:
+            values = marks.get(column, {}).get(mark)
+            cells.append(f"{statistics.median(values):.1f}" if values else "-")
+        lines.append(f"| {mark} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# run in the tree's own directory, with this bench's cpu_one (the tree may have none)
+_CPU_ONE = (
+    "import sys; sys.path.append(sys.argv[1]); from bench.profile_startup import cpu_one; "
+    "cpu_one(sys.argv[2:])"
+)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
         one(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--cpu-one":
+        cpu_one(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--cpu":  # --cpu RUNS [NAME=TREE_DIR ...]
+        precompile()
+        others = dict(arg.split("=", 1) for arg in sys.argv[3:])
+        trees = {"this tree": Path.cwd(), **{k: Path(v) for k, v in others.items()}}
+        print(cpu_main(int(sys.argv[2]), trees))
     else:
         report = main(int(sys.argv[1]) if len(sys.argv) > 1 else 15)
         print(report)

@@ -1,7 +1,7 @@
 """Start latency of jailshim against its baselines and the previous release, in the same run
 (medians, ratios, jailshim's own milliseconds above `import structlog`).
 
-sudo .venv/bin/python -m bench.startup [RUNS [COMMIT]]    (default 30, 13a4f29; needs root)
+sudo .venv/bin/python -m bench.startup [RUNS [COMMIT...]]    (default 30, 13a4f29; needs root)
 """
 
 from __future__ import annotations
@@ -61,11 +61,23 @@ def interleaved_env(commands: dict[str, Command], runs: int) -> dict[str, float]
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def main(runs: int, previous: str = PREVIOUS) -> str:
+WARM, COLD_ROW, HAPROXY = (
+    "jailshim run, warm jail",
+    "jailshim run, cold jail",
+    "jailshim run, haproxy config",
+)
+CHECKER = "jailshim run, haproxy config and its checker"
+NO_VERIFY = "jailshim run --no-verify, warm"
+
+
+def main(runs: int, previous: tuple[str, ...] = (PREVIOUS,)) -> str:
+    """The table of this tree against each of ``previous`` (commits), all in the same run."""
     precompile()
     work = Path(tempfile.mkdtemp(prefix="jailshim-bench-"))
     work.chmod(0o755)
-    trees = {"this tree": REPO, previous: _tree_of(previous, Path(tempfile.mkdtemp()))}
+    trees = {"this tree": REPO}
+    for commit in previous:
+        trees[commit] = _tree_of(commit, Path(tempfile.mkdtemp()))
     warm, hp_jail = work / "warm", work / "hp"
     for d in (warm, hp_jail):
         d.mkdir(mode=0o755)
@@ -96,16 +108,16 @@ def main(runs: int, previous: str = PREVIOUS) -> str:
         STRUCTLOG: ([PYTHON, "-c", "import structlog"], None, None),
     }
     rows = {
-        "jailshim run, warm jail": ["run", "--chroot", str(warm), *quiet, "--", "/bin/true"],
-        "jailshim run, cold jail": ["run", "--chroot", "COLD", *quiet, "--", "/bin/true"],
-        "jailshim run, haproxy config": [
+        WARM: ["run", "--chroot", str(warm), *quiet, "--", "/bin/true"],
+        COLD_ROW: ["run", "--chroot", "COLD", *quiet, "--", "/bin/true"],
+        HAPROXY: [
             "run", "--haproxy-config", str(cfg), "--no-config-check", *quiet, "--", "/bin/true",
         ],
-        "jailshim run --no-verify, warm": [
-            "run", "--chroot", str(warm), "--no-verify", *quiet, "--", "/bin/true",
-        ],
+        NO_VERIFY: ["run", "--chroot", str(warm), "--no-verify", *quiet, "--", "/bin/true"],
         INIT: ["run", "--init", *quiet, "--", "/bin/true"],
     }  # fmt: skip
+    if shutil.which("haproxy"):  # `haproxy -c` runs while the jail is vetted and prepared
+        rows[CHECKER] = ["run", "--haproxy-config", str(cfg), *quiet, "--", "/bin/true"]
     commands = dict(baselines)
     for tree, path in trees.items():
         for row, words in rows.items():
@@ -121,68 +133,76 @@ def main(runs: int, previous: str = PREVIOUS) -> str:
                 [*js, "teardown", "--chroot", str(cold), *quiet], check=False, cwd=trees[tree]
             )
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(trees[previous], ignore_errors=True)
+        for commit in previous:
+            shutil.rmtree(trees[commit], ignore_errors=True)
+    return _report(runs, medians, list(trees), list(rows))
+
+
+def _report(runs: int, medians: dict[str, float], trees: list[str], rows: list[str]) -> str:
     base = medians[STRUCTLOG]
+    named = ", ".join(f"`{t}`" for t in trees[1:])
+    head = " | ".join(f"{t} ms | × | own ms" for t in trees)
     lines = [
-        f"Machine: {machine()}; {runs} runs each, interleaved; median wall-clock ms. "
-        f"`{previous}` is the tree before issue 28, unpacked with `git archive` and run by the "
-        'same Python in the same run. "own ms": above `import structlog`.',
+        f"Machine: {machine()}; {runs} runs each, interleaved; median wall-clock ms; "
+        f"{_load()}. {named}: earlier trees, unpacked with `git archive` and run by the same "
+        'Python in the same run. "own ms": above `import structlog`.',
         "",
-        f"| command | ms | × import structlog | own ms | {previous} ms | × | own ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| command | {head} |",
+        "| --- | " + " | ".join("---: | ---: | ---:" for _ in trees) + " |",
     ]
-    for name in baselines:
+    for name in (n for n in medians if " @ " not in n):
         value = medians[name]
-        lines.append(f"| {name} | {value * 1000:.1f} | {value / base:.2f} | | | | |")
-    cells: dict[str, dict[str, float]] = {}
+        blank = " |" * (3 * len(trees) - 2)
+        lines.append(f"| {name} | {value * 1000:.1f} | {value / base:.2f} |{blank}")
     for row in rows:
-        cells[row] = {tree: medians[f"{row} @ {tree}"] for tree in trees}
-        now, then = cells[row]["this tree"], cells[row][previous]
-        lines.append(
-            f"| {row} | {now * 1000:.1f} | {now / base:.2f} | {(now - base) * 1000:+.1f} | "
-            f"{then * 1000:.1f} | {then / base:.2f} | {(then - base) * 1000:+.1f} |"
-        )
+        cells = []
+        for tree in trees:
+            value = medians[f"{row} @ {tree}"]
+            cells.append(f"{value * 1000:.1f} | {value / base:.2f} | {(value - base) * 1000:+.1f}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
 
-    def of(row: str, tree: str = "this tree") -> float:
-        return cells[row][tree]
+    def of(row: str, tree: str) -> float:
+        return medians[f"{row} @ {tree}"]
 
-    verify = {
-        t: of("jailshim run, warm jail", t) - of("jailshim run --no-verify, warm", t) for t in trees
-    }
-    cold_adds = {
-        t: of("jailshim run, cold jail", t) - of("jailshim run, warm jail", t) for t in trees
-    }
-    targets = [
-        ("warm run ≤ 1.07 × import structlog", of("jailshim run, warm jail") / base, 1.07, "×"),
-        ("haproxy config ≤ 1.12 ×", of("jailshim run, haproxy config") / base, 1.12, "×"),
-        ("cold jail adds ≤ 5 ms to warm", cold_adds["this tree"] * 1000, 5.0, "ms"),
-        ("`--init` with no jail ≤ 1.05 ×", of(INIT) / base, 1.05, "×"),
-        ("in-jail verification (warm − --no-verify) ≤ 4 ms", verify["this tree"] * 1000, 4.0, "ms"),
+    goals: list[tuple[str, Callable[[str], float], float, str]] = [
+        ("warm run ≤ 1.07 × import structlog", lambda t: of(WARM, t) / base, 1.07, "×"),
+        ("haproxy config ≤ 1.12 ×", lambda t: of(HAPROXY, t) / base, 1.12, "×"),
+        (
+            "cold jail adds ≤ 5 ms to warm",
+            lambda t: (of(COLD_ROW, t) - of(WARM, t)) * 1000,
+            5.0,
+            "ms",
+        ),
+        ("`--init` with no jail ≤ 1.05 ×", lambda t: of(INIT, t) / base, 1.05, "×"),
+        (
+            "in-jail verification (warm − --no-verify) ≤ 4 ms",
+            lambda t: (of(WARM, t) - of(NO_VERIFY, t)) * 1000,
+            4.0,
+            "ms",
+        ),
     ]
     lines += [
         "",
-        f"| target | measured | {previous} | met |",
-        "| --- | --- | --- | --- |",
+        "| target | " + " | ".join(trees) + " | met |",
+        "| --- | " + " | ".join("---" for _ in trees) + " | --- |",
     ]
-    earlier = {
-        targets[0][0]: f"{of('jailshim run, warm jail', previous) / base:.2f} ×",
-        targets[1][0]: f"{of('jailshim run, haproxy config', previous) / base:.2f} ×",
-        targets[2][0]: f"{cold_adds[previous] * 1000:+.1f} ms",
-        targets[3][0]: f"{of(INIT, previous) / base:.2f} ×",
-        targets[4][0]: f"{verify[previous] * 1000:.1f} ms",
-    }
-    for label, value, limit, unit in targets:
-        shown = f"{value:.2f} ×" if unit == "×" else f"{value:+.1f} ms"
-        lines.append(
-            f"| {label} | {shown} | {earlier[label]} | {'yes' if value <= limit else 'no'} |"
-        )
+    for label, value_of, limit, unit in goals:
+        shown = [f"{value_of(t):.2f} ×" if unit == "×" else f"{value_of(t):+.1f} ms" for t in trees]
+        met = "yes" if value_of(trees[0]) <= limit else "no"
+        lines.append(f"| {label} | " + " | ".join(shown) + f" | {met} |")
     return "\n".join(lines)
+
+
+def _load() -> str:
+    """The load averages when the table was made: this machine is shared."""
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f} (5 min {five:.1f})"
 
 
 if __name__ == "__main__":
     report = main(
         int(sys.argv[1]) if len(sys.argv) > 1 else 30,
-        sys.argv[2] if len(sys.argv) > 2 else PREVIOUS,
+        tuple(sys.argv[2:]) or (PREVIOUS,),
     )
     print(report)
     write_section("Start latency", report)

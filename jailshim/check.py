@@ -11,8 +11,7 @@ from jailshim.jail.safepath import Jail
 from jailshim.options import DEFAULT_TIMEOUT
 from jailshim.spec import Spec
 from jailshim.verify.findings import Finding, log_findings, render_table
-from jailshim.verify.needs import Needs
-from jailshim.verify.probe import CryptoSource, Probe
+from jailshim.verify.probe import Probe, crypto_source, needs_of, start_probe
 from jailshim.verify.retry import Outcome, verify_with_retries
 
 if TYPE_CHECKING:
@@ -21,7 +20,15 @@ if TYPE_CHECKING:
     from jailshim.spec import WaitTarget
     from jailshim.verify.entropy import ProbeEntropy
 
-__all__ = ["check", "check_network", "judge_probe", "report", "start_probe"]
+__all__ = [
+    "check",
+    "check_network",
+    "crypto_source",
+    "judge_probe",
+    "needs_of",
+    "report",
+    "start_probe",
+]
 
 
 def report(outcome: Outcome, log: Logger) -> list[Finding]:
@@ -45,20 +52,6 @@ def report(outcome: Outcome, log: Logger) -> list[Finding]:
         elapsed_ms=round(outcome.elapsed * 1000, 1),
     )
     return outcome.findings
-
-
-def start_probe(spec: Spec) -> Probe | None:
-    """Fork the first probe now, so it readies OpenSSL while the caller prepares the jail."""
-    if not spec.verify or spec.dry_run:
-        return None
-    return Probe(
-        spec.chroot,
-        spec.identity,
-        spec.devices,
-        needs_of(spec),
-        notify=spec.notify_socket,
-        crypto=crypto_source(spec),
-    )
 
 
 def judge_probe(findings: list[Finding], entropy: ProbeEntropy | None) -> list[Finding]:
@@ -90,21 +83,6 @@ def judge_probe(findings: list[Finding], entropy: ProbeEntropy | None) -> list[F
     )
     # after getrandom(): the one sentence of a failed check is the first failing row's
     return after_row(judged, "getrandom()", rows)
-
-
-def needs_of(spec: Spec) -> Needs:
-    """What the probe proves beyond /dev: the time zone always (a warning unless --files
-    time), getaddrinfo for --resolve, getservbyname with --files services."""
-    return Needs(
-        time_strict="time" in spec.file_sets,
-        resolve=spec.resolve_names,
-        services="services" in spec.file_sets,
-    )
-
-
-def crypto_source(spec: Spec) -> CryptoSource:
-    """--crypto-lib, else COMMAND's libraries, else (neither given) the host's libcrypto."""
-    return CryptoSource(paths=spec.crypto_libs, command=spec.command)
 
 
 def check(

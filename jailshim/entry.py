@@ -42,7 +42,9 @@ _VALUES = (
 _REPEATED = ("--rewrite-signal", "--map-exit")
 # within cli._OPTIONS' choices for the three options that have them (a test holds it)
 _CHOICES = {
-    "--inherited-signals": ("reset",),  # keep: the state read at start is cli's; full path
+    # keep: the ignored stop signals are recorded by stopsignals.catch_at_start, which main
+    # calls first on this path too (issue 28)
+    "--inherited-signals": ("reset", "keep"),
     "--log-format": ("auto", "json", "console"),
     "--log-level": ("debug", "info", "warning", "error"),
 }
@@ -258,12 +260,13 @@ def _start(run: FastInit, stop: StopOptions) -> int:
             "no_jail",
             detail="no --chroot and no chroot in the daemon's config: nothing to prepare",
         )
+        keep = run.values.get("inherited_signals") == "keep"
         handover.supervise(
             list(run.command),
             kill_group=run.kill_group,
             log=log,
             stop=stop,
-            keep=None,
+            keep=handover.inherited_signals() if keep else None,
             log_level=run.values.get("log_level"),
             log_format=run.values.get("log_format"),
         )

@@ -6,18 +6,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from jailshim.check import check, start_probe
+from jailshim.check import check
+from jailshim.verify.probe import start_probe
 
 if TYPE_CHECKING:
     from jailshim.daemons import PendingCheck
     from jailshim.logs import Logger
     from jailshim.spec import Spec
+    from jailshim.verify.probe import Probe
 
 __all__ = ["prepare_and_verify"]
 
 
 def prepare_and_verify(
-    spec: Spec, log: Logger, *, then_exec: bool = False, config_check: PendingCheck | None = None
+    spec: Spec,
+    log: Logger,
+    *,
+    then_exec: bool = False,
+    config_check: PendingCheck | None = None,
+    first: Probe | None = None,
 ) -> None:
     """`prepare`, then `check` (unless --no-verify or --dry-run), for `prepare` and `run`.
 
@@ -25,8 +32,10 @@ def prepare_and_verify(
     OpenSSL set-up runs on the other core while this process prepares the jail. ``config_check``
     is the daemon's own checker, started by `run` and still running: its verdict is awaited
     before the jail's lock is let go, and a rejection takes this run's changes back.
+    ``first``: the probe `run` forked as soon as the spec was known (verify/probe.start_probe),
+    owned from here (collected or cancelled); else it is forked now.
     """
-    probe = start_probe(spec)
+    probe = first if first is not None else start_probe(spec)
     from jailshim.prepare import prepare
 
     try:

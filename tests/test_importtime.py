@@ -234,3 +234,111 @@ def test_the_lookups_start_without_subprocess(tmp_path: Path) -> None:
         check=True,
     )
     assert proc.stdout.strip() == '[false, ["resolve", "services"]]', proc.stderr
+
+
+_EARLY_PROBE = """
+import json, os, sys
+from jailshim import handover
+from jailshim.verify import probe
+
+seen = {"check_at_fork": [], "cancelled": 0, "collected": 0}
+init, cancel, collect = probe.Probe.__init__, probe.Probe.cancel, probe.Probe.collect
+
+def forked(self, *args, **kwargs):
+    seen["check_at_fork"].append("jailshim.check" in sys.modules)
+    init(self, *args, **kwargs)
+
+def cancelled(self):
+    seen["cancelled"] += 1
+    cancel(self)
+
+def collected(self):
+    seen["collected"] += 1
+    return collect(self)
+
+def leftover():
+    try:
+        return os.waitpid(-1, os.WNOHANG)[0] != 0 or "running"
+    except ChildProcessError:
+        return False
+
+def handed_over(*_args, **_kwargs):  # instead of exec: report, and end as the exec would
+    print(json.dumps({**seen, "code": 0, "child left": leftover()}), flush=True)
+    os._exit(0)
+
+probe.Probe.__init__, probe.Probe.cancel, probe.Probe.collect = forked, cancelled, collected
+handover.exec_command = handed_over
+from jailshim import cli
+code = cli.main(sys.argv[1:])
+print(json.dumps({**seen, "code": code, "child left": leftover()}))
+"""
+
+
+@pytest.mark.parametrize("jail_mode", [0o755, 0o777])
+def test_run_forks_the_probe_before_check_after_the_checker_starts(
+    tmp_path: Path, jail_mode: int
+) -> None:
+    """`run` forks the probe before check and the prepare modules are imported (issue 28: the
+    child is the critical path), but after the daemon's checker is started (where there is one,
+    `haproxy -c` is the longer path: forked first, the run took ~7 ms more); a jail refused
+    for the checker (others can write it: 78) is refused before any probe is forked, and no
+    child is left behind."""
+    need(shutil.which("haproxy") is not None, "needs haproxy (its checker runs after the vet)")
+    import json
+
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    jail.chmod(jail_mode)
+    tmp_path.chmod(0o755)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        f"global\n    chroot {jail}\n    user nobody\n    group nogroup\n"
+        "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n"
+        "    timeout server 1s\nfrontend f\n    bind 127.0.0.1:18553\n"
+        "    default_backend b\nbackend b\n    server s 127.0.0.1:9\n"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _EARLY_PROBE, "run", "--haproxy-config", str(config),
+             *QUIET, "--", "/bin/true"],
+            capture_output=True, text=True, env=clean_env(), stdin=subprocess.DEVNULL,
+            timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "jailshim", "teardown", "--chroot", str(jail), *QUIET],
+            capture_output=True, env=clean_env(), check=False,
+        )  # fmt: skip
+    seen = json.loads(proc.stdout.splitlines()[-1])
+    assert seen["child left"] is False
+    if jail_mode == 0o777:
+        assert (seen["code"], seen["check_at_fork"], seen["cancelled"]) == (78, [], 0)
+        assert "writable by a non-root user" in proc.stderr
+    else:
+        assert seen["check_at_fork"] == [False], proc.stderr  # one probe, forked before check
+        assert (seen["code"], seen["cancelled"], seen["collected"]) == (0, 0, 1)
+
+
+def test_cryptolib_compiles_no_regex_until_a_name_needs_one() -> None:
+    """The probe child classifies COMMAND's libraries before chroot (its critical path): the
+    library-name and version patterns are compiled when a name could match, not at import."""
+    script = (
+        "import re\n"
+        "calls = []\n"
+        "for name in ('compile', 'match', 'search', 'fullmatch'):\n"
+        "    def spy(*a, _f=getattr(re, name), **k):\n"
+        "        calls.append(a[0])\n"
+        "        return _f(*a, **k)\n"
+        "    setattr(re, name, spy)\n"
+        "from jailshim.verify import cryptolib\n"
+        "assert [cryptolib.classify(n) for n in ('libc.so.6', 'libz.so.1')] == ['', '']\n"
+        "assert not calls, calls\n"
+        "assert cryptolib.classify('libcrypto-2ade47cd.so.1.1.1b') == cryptolib.OPENSSL\n"
+        "assert cryptolib.classify('libcryptopp.so.8') == ''\n"
+        "assert cryptolib.version_in(b'x OpenSSL 3.0.11 19 Sep 2023 y') == "
+        "'OpenSSL 3.0.11 19 Sep 2023'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=clean_env(), check=False
+    )
+    assert proc.returncode == 0, proc.stderr

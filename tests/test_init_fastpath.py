@@ -58,7 +58,7 @@ CASES: list[tuple[list[str], dict[str, str], bool]] = [
     (["--init", "--pdeath-signal", "TERM"], {}, True),
     (["--init", "--pdeath-signal", "KILL"], {}, False),
     (["--init", "--inherited-signals", "reset"], {}, True),
-    (["--init", "--inherited-signals", "keep"], {}, False),
+    (["--init", "--inherited-signals", "keep"], {}, True),
     (["--init", "--inherited-signals", "all"], {}, False),
     (["--init", "--log-level", "error"], {}, True),
     (["--init", "--log-level", "debug"], {}, True),
@@ -87,7 +87,7 @@ CASES: list[tuple[list[str], dict[str, str], bool]] = [
     (["--init"], {"JAILSHIM_STOP_DELAY": "0.2"}, True),
     (["--init"], {"JAILSHIM_PDEATH_SIGNAL": "HUP"}, True),
     (["--init"], {"JAILSHIM_PDEATH_SIGNAL": ""}, False),
-    (["--init"], {"JAILSHIM_INHERITED_SIGNALS": "keep"}, False),
+    (["--init"], {"JAILSHIM_INHERITED_SIGNALS": "keep"}, True),
     (["--init"], {"JAILSHIM_LOG_LEVEL": "warning"}, True),
     (["--init"], {"JAILSHIM_LOG_LEVEL": "WARNING"}, False),
     (["--init"], {"JAILSHIM_LOG_FORMAT": "xml"}, False),
@@ -261,18 +261,56 @@ def _imports(words: list[str], env: dict[str, str] | None = None) -> set[str]:
         (["run", "--init", "--", "true"], {}),
         (["run", "--init", "--grace", "1", "--map-exit", "143:0", "--", "/bin/true"], {}),
         (["run", "--", "/bin/true"], {"JAILSHIM_INIT": "1", "JAILSHIM_LOG_LEVEL": "error"}),
+        (["run", "--init", "--inherited-signals", "keep", "--", "true"], {}),
     ],
 )
 def test_the_fast_path_is_taken(words: list[str], env: dict[str, str]) -> None:
     loaded = _imports(words, env)
     assert "jailshim.supervisor" in loaded  # it did run the init
-    heavy = {"structlog", "jailshim.cli", "jailshim.log", "logging", "asyncio", "json"}
+    heavy = {"structlog", "jailshim.cli", "jailshim.log", "logging", "asyncio", "json", "argparse"}
     assert not heavy & loaded
 
 
 def test_the_full_path_when_it_must() -> None:
-    loaded = _imports(["run", "--init", "--inherited-signals", "keep", "--", "true"])
+    loaded = _imports(["run", "--init", "--log-format", "console", "--", "true"])
     assert "jailshim.cli" in loaded
+
+
+@pytest.mark.parametrize("mode", ["keep", "reset"])
+def test_signals_that_came_ignored_or_blocked_agree(mode: str) -> None:
+    """Started with SIGHUP (a stop signal: jailshim catches it until the hand-over) and SIGUSR2
+    ignored and SIGUSR1 blocked: --inherited-signals keep gives COMMAND all three back, reset
+    none, on the fast path (stopsignals.catch_at_start recorded them) as on the full one."""
+
+    def ignored_and_blocked() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+    said = []
+    # grep itself: a shell (SH) would set its children's mask itself, unblocking SIGUSR1
+    words = ["run", "--init", "--inherited-signals", mode, "--"]
+    words += ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]
+    for front in (FULL, FAST):
+        proc = subprocess.run(
+            [*front, *words],
+            capture_output=True,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            preexec_fn=ignored_and_blocked,
+            timeout=60,
+            check=False,
+        )
+        said.append((proc.returncode, proc.stdout.decode(), _said(proc.stderr)))
+    assert said[0] == said[1]
+    assert _taken(words, {})
+    masks = dict(re.findall(r"^(SigIgn|SigBlk):\s*([0-9a-f]+)$", said[1][1], re.M))
+    ignored, blocked = int(masks["SigIgn"], 16), int(masks["SigBlk"], 16)
+    bit = {s: 1 << (s - 1) for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)}
+    kept = mode == "keep"
+    assert bool(ignored & bit[signal.SIGHUP]) == kept
+    assert bool(ignored & bit[signal.SIGUSR2]) == kept
+    assert bool(blocked & bit[signal.SIGUSR1]) == kept
 
 
 def test_fast_options_are_runs_own() -> None:

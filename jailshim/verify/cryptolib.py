@@ -38,21 +38,22 @@ LIBSODIUM = "libsodium"  # no reseed probe; named so the entropy verdict knows i
 # Library file names (as linked, vendored with a hash as auditwheel and PyInstaller do, or
 # versioned) -> family. libssl (vendored libssl-<hash>.so.1.1 too) needs its libcrypto, which
 # the loader and the maps list as well: the DRBG lives there, so libcrypto is what is probed.
+# Compiled when a name has the prefix (re's own cache keeps it): the probe child classifies
+# COMMAND's libraries before chroot, on the run's critical path, and most are no crypto
+# library at all; compiling all six at import cost ~0.6 ms there (issue 28).
 _NAMES = (
     # a letter release in the name too: psycopg2-binary 2.8.3 vendors libcrypto-….so.1.1.1b
-    (re.compile(r"^libcrypto(-[0-9a-f]+)?\.so(\.[0-9.]+[a-z]?)?$"), OPENSSL),
-    (re.compile(r"^libgnutls(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), GNUTLS),
-    (re.compile(r"^libwolfssl(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), WOLFSSL),
-    (re.compile(r"^libmbedcrypto(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), MBEDTLS),
-    (re.compile(r"^libsodium(-[0-9a-f]+)?\.so(\.[0-9.]+)?$"), LIBSODIUM),
+    ("libcrypto", r"^libcrypto(-[0-9a-f]+)?\.so(\.[0-9.]+[a-z]?)?$", OPENSSL),
+    ("libgnutls", r"^libgnutls(-[0-9a-f]+)?\.so(\.[0-9.]+)?$", GNUTLS),
+    ("libwolfssl", r"^libwolfssl(-[0-9a-f]+)?\.so(\.[0-9.]+)?$", WOLFSSL),
+    ("libmbedcrypto", r"^libmbedcrypto(-[0-9a-f]+)?\.so(\.[0-9.]+)?$", MBEDTLS),
+    ("libsodium", r"^libsodium(-[0-9a-f]+)?\.so(\.[0-9.]+)?$", LIBSODIUM),
 )
 
 # The version string each library carries in its .rodata ("OpenSSL 1.1.1r  8 Feb 2022",
 # "GnuTLS 3.7.9" is not there: GnuTLS stores "3.7.9" alone, so its version comes from the
-# probe's gnutls_check_version(NULL)).
-_VERSION = re.compile(
-    rb"(OpenSSL \d+\.\d+\.\d+[a-z]{0,2}(?: [ -~]{0,20}\d{4})?|GnuTLS \d+\.\d+\.\d+)"
-)
+# probe's gnutls_check_version(NULL)). Compiled when first searched.
+_VERSION = rb"(OpenSSL \d+\.\d+\.\d+[a-z]{0,2}(?: [ -~]{0,20}\d{4})?|GnuTLS \d+\.\d+\.\d+)"
 
 
 class CryptoLib(NamedTuple):
@@ -85,8 +86,8 @@ class CryptoLib(NamedTuple):
 
 def classify(name: str) -> str:
     """The family of a library file name, "" when it is no crypto library jailshim knows."""
-    for pattern, family in _NAMES:
-        if pattern.match(name):
+    for prefix, pattern, family in _NAMES:
+        if name.startswith(prefix) and re.match(pattern, name):
             return family
     return ""
 
@@ -98,7 +99,7 @@ def version_in(data: bytes) -> str:
     plain regex search over libcrypto.so.3 takes ~10 ms, this well under 1, and a hostile
     file of nothing but "OpenSSL " 32 MB long ~0.3 s (a Python loop over its markers: 1.2)."""
     starts = [at for marker in (b"OpenSSL ", b"GnuTLS ") if (at := data.find(marker)) >= 0]
-    hit = _VERSION.search(data, min(starts)) if starts else None
+    hit = re.compile(_VERSION).search(data, min(starts)) if starts else None
     return hit.group(1).decode("ascii", "replace") if hit else ""
 
 

@@ -31,11 +31,12 @@ from jailshim.verify.findings import (
 from jailshim.verify.needs import Needs
 
 if TYPE_CHECKING:
+    from jailshim.spec import Spec
     from jailshim.verify.cryptolib import CryptoLib
     from jailshim.verify.entropy import ProbeEntropy, ProbeLibrary
     from jailshim.verify.libfind import CommandLibraries
 
-__all__ = ["CryptoSource", "Probe", "run_probe"]
+__all__ = ["CryptoSource", "Probe", "crypto_source", "needs_of", "run_probe", "start_probe"]
 
 
 class CryptoSource(NamedTuple):
@@ -487,6 +488,38 @@ class Probe:
         finally:
             os.close(read_end)
             os.waitpid(pid, 0)
+
+
+def needs_of(spec: Spec) -> Needs:
+    """What the probe proves beyond /dev: the time zone always (a warning unless --files
+    time), getaddrinfo for --resolve, getservbyname with --files services."""
+    return Needs(
+        time_strict="time" in spec.file_sets,
+        resolve=spec.resolve_names,
+        services="services" in spec.file_sets,
+    )
+
+
+def crypto_source(spec: Spec) -> CryptoSource:
+    """--crypto-lib, else COMMAND's libraries, else (neither given) the host's libcrypto."""
+    return CryptoSource(paths=spec.crypto_libs, command=spec.command)
+
+
+def start_probe(spec: Spec) -> Probe | None:
+    """Fork the first probe now, so it readies OpenSSL while the caller vets and prepares the
+    jail. Here, next to Probe, so that `run` forks it as soon as the spec is known, before
+    importing check (issue 28: the child is the run's critical path). Before "go" the child
+    reads only the host (COMMAND's loader, libcrypto, the time zone), never the jail."""
+    if not spec.verify or spec.dry_run:
+        return None
+    return Probe(
+        spec.chroot,
+        spec.identity,
+        spec.devices,
+        needs_of(spec),
+        notify=spec.notify_socket,
+        crypto=crypto_source(spec),
+    )
 
 
 def run_probe(
