@@ -31,6 +31,7 @@ from tests.test_containers import (  # the suite's podman, its base image and se
     podman,  # noqa: F401 (a fixture)
     shared,  # noqa: F401 (a fixture)
 )
+from tests.test_pipx import _clean_copy  # `git ls-files` as they are now
 
 pytestmark = pytest.mark.slow
 
@@ -65,14 +66,7 @@ def built() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="jailshim-deb-") as top:
         tree = Path(top) / "jailshim"
         tree.mkdir()
-        files = subprocess.run(
-            ["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True
-        ).stdout.split(b"\0")
-        for name in filter(None, files):
-            source = REPO / name.decode()
-            if source.is_file():  # a file deleted but not yet committed is not copied
-                (tree / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, tree / name.decode())
+        _clean_copy(tree)
         build = subprocess.run(
             ["dpkg-buildpackage", "-us", "-uc", "-b"],
             check=False,
