@@ -157,3 +157,11 @@ def test_bash_completes_commands_options_and_values(tmp_path: Path) -> None:
     for command in cli._COMMANDS:
         offered = set(_complete(script, "jailshim", command, "--"))
         assert {o.flag for o in cli._OPTIONS if command in o.commands} <= offered, command
+
+
+def test_no_module_of_the_package_imports_the_generator() -> None:
+    """Start-up time is part of the product: the generator runs at build time only."""
+    from tests.test_layers import PACKAGE, graph
+
+    edges, _ = graph(PACKAGE)
+    assert [m for m, others in edges.items() if "jailshim.manpage" in others] == []
