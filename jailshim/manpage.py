@@ -183,6 +183,17 @@ def _signal_names(numbers: Iterable[int]) -> list[str]:
     return [names[n] for n in sorted(set(numbers)) if n in names]
 
 
+# the options whose values the completion names itself (their case lines below)
+_VALUED = frozenset(
+    ("--daemon", "--device", "--user", "--group", "--pdeath-signal", "--pid", "--rewrite-signal")
+)
+
+
+def _alternatives(options: Iterable[cli._Opt]) -> str:
+    """A bash case pattern matching each option's flag (every option, not just a command's)."""
+    return "|".join(sorted({o.flag for o in options}))
+
+
 def _bash_words(words: Iterable[str]) -> str:
     return " ".join(words)
 
@@ -201,6 +212,15 @@ def completion() -> str:
         if o.choices
     )
     daemons = _bash_words(sorted(daemon_registry.REGISTRY))
+    # by the value's name in the table: a new PATH option completes file names unasked
+    directories = _alternatives(o for o in cli._OPTIONS if o.metavar == "DIR")
+    files = _alternatives(o for o in cli._OPTIONS if o.metavar in ("PATH", "FILE"))
+    free = _alternatives(  # a number, a name, an address: nothing to offer
+        o
+        for o in cli._OPTIONS
+        if not (o.switch or o.choices or o.flag in _VALUED)
+        and o.metavar not in ("DIR", "PATH", "FILE")
+    )
     forwarded = _bash_words(_signal_names(FORWARDED))
     every_signal = _bash_words(["0", *_signal_names(signal.valid_signals())])
     return f"""# bash completion for jailshim {__version__}
@@ -247,10 +267,10 @@ _jailshim()
                 compopt -o nospace 2>/dev/null
             fi
             ;;
-        --chroot) COMPREPLY=($(compgen -d -- "$cur")) ;;
+        {directories}) COMPREPLY=($(compgen -d -- "$cur")) ;;
         --pid) COMPREPLY=($(compgen -W "$(ps -e -o pid= 2>/dev/null)" -- "$cur")) ;;
-        --timeout|--grace|--stop-delay|--map-exit|--name|--resolve|--wait-addr) ;;
-        --*-config|--file|--log-socket|--crypto-lib|--output) COMPREPLY=($(compgen -f -- "$cur")) ;;
+        {files}) COMPREPLY=($(compgen -f -- "$cur")) ;;
+        {free}) ;;
         *)
             local opts=""
             case "$command" in

@@ -165,3 +165,14 @@ def test_no_module_of_the_package_imports_the_generator() -> None:
 
     edges, _ = graph(PACKAGE)
     assert [m for m, others in edges.items() if "jailshim.manpage" in others] == []
+
+
+def test_an_option_that_takes_a_value_is_never_offered_options_as_it(tmp_path: Path) -> None:
+    """After `--timeout ` Tab offered the command's options, as if --timeout were a switch."""
+    script = tmp_path / "jailshim"
+    script.write_text(manpage.completion(), encoding="utf-8")
+    for opt in cli._OPTIONS:
+        if not opt.switch:
+            offered = _complete(script, "jailshim", opt.commands[0], opt.flag, "")
+            assert not [word for word in offered if word.startswith("--")], opt.flag
+    assert "--grace" in _complete(script, "jailshim", "run", "--init", "")
