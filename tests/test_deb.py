@@ -11,6 +11,7 @@ dependency from what is installed, as it does on an administrator's host.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -36,7 +37,6 @@ from tests.test_pipx import _clean_copy  # `git ls-files` as they are now
 pytestmark = pytest.mark.slow
 
 REPO = TESTS.parent
-DEPS = "localhost/jailshim-deb-deps:test"
 BUILD_TOOLS = ("dpkg-buildpackage", "dh", "lintian")
 BUILD_ENV = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/nonexistent"}  # Debian's python3 only
 DEPS_FILE = """\
@@ -48,6 +48,8 @@ RUN apt-get update \\
       python3-pyroute2 man-db bash-completion \\
  && rm -rf /var/lib/apt/lists/*
 """
+# tagged by its Containerfile: a dependency added above builds a new layer, not a stale reuse
+DEPS = "localhost/jailshim-deb-deps:" + hashlib.sha256(DEPS_FILE.encode()).hexdigest()[:12]
 
 
 def _version() -> str:
