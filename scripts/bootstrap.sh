@@ -24,6 +24,7 @@ APT_PACKAGES=(
   tini dumb-init                         # --init's controls: the peers run the same signal tests
   pipx                                   # the README's pipx install, tested (tests/test_pipx.py)
   prometheus prometheus-node-exporter    # doctor --all: promtool checks its textfile, node_exporter serves it
+  debhelper dh-python pybuild-plugin-pyproject python3-hatchling python3-all lintian build-essential bash-completion  # the .deb (tests/test_deb.py) and completion test
 )
 
 missing=()

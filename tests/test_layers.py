@@ -14,8 +14,9 @@ from pathlib import Path
 import jailshim
 
 PACKAGE = Path(jailshim.__file__).resolve().parent
-# the command line: the only modules that may import argparse (and that nothing imports)
-COMMAND_LINE = {"jailshim.cli", "jailshim.__main__", "jailshim.entry"}
+# the command line: the only modules that may import argparse (and that nothing imports);
+# manpage generates jailshim.8 and the completion from cli's table at build time (issue 31)
+COMMAND_LINE = {"jailshim.cli", "jailshim.__main__", "jailshim.entry", "jailshim.manpage"}
 
 
 def modules(root: Path) -> dict[str, Path]:
@@ -99,7 +100,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 # The layers, top first (docs/ARCHITECTURE.md draws them): a module may import its own layer
 # and those below it, never one above. A module not named here is in "engine".
 LAYERS: tuple[tuple[str, set[str]], ...] = (
-    ("command line", {"entry", "cli", "__main__"}),
+    ("command line", {"entry", "cli", "__main__", "manpage"}),
     (
         "commands",
         {
