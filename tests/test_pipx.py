@@ -1,7 +1,8 @@
-"""The README's pipx install, and the path the systemd examples call: /usr/local/bin/jailshim.
+"""The README's pipx install, and how the systemd examples find it: by name, in systemd's path.
 
 README ("Install"): `PIPX_HOME=/opt/pipx PIPX_BIN_DIR=/usr/local/bin pipx install .` puts the
-command at /usr/local/bin/jailshim, which every unit in examples/systemd/ calls; `pipx install .`
+command at /usr/local/bin/jailshim, which every unit in examples/systemd/ finds by calling
+`jailshim` by name (systemd's fixed search path; the .deb's /usr/bin is in it too); `pipx install .`
 alone puts it in ~/.local/bin. Here both run offline: pipx gets the wheel built from the
 checkout's tracked files (no build backend fetched) and, with --system-site-packages, Debian's
 python3-structlog/-tenacity/-pyroute2 (bootstrap.sh) for the dependencies; PIP_NO_INDEX keeps
@@ -63,8 +64,15 @@ def _units_call() -> set[str]:
     return called
 
 
-def test_units_call_the_path_the_readme_installs_to() -> None:
-    assert _units_call() == {CLAIMED}
+def test_units_call_jailshim_by_name_where_every_install_puts_it() -> None:
+    """A bare command in Exec*= is resolved in systemd's fixed search path (systemd >= 239): the
+    pipx/venv link in /usr/local/bin and the .deb's /usr/bin are both in it, /usr/local first."""
+    assert _units_call() == {"jailshim"}
+    path = subprocess.run(
+        ["systemd-path", "search-binaries-default"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    dirs = path.split(":")
+    assert dirs.index("/usr/local/bin") < dirs.index("/usr/bin"), path
     assert (
         f"PIPX_BIN_DIR={CLAIMED.rsplit('/', 1)[0]} pipx install ."
         in (ROOT / "README.md").read_text()
