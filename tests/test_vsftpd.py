@@ -155,3 +155,48 @@ def test_settings_read_as_parseconf_does(tmp_path: Path) -> None:
     assert truthy("False") is False and truthy("on") is None
     with pytest.raises(UsageError, match="unrecognise option: -x"):
         read_settings(["vsftpd", "-x"])
+
+
+@pytest.mark.parametrize("where", ["plain", "userns"])
+def test_stock_debian_config_answers_from_its_jail(area: Path, vsftpd_bin: str, where: str) -> None:
+    """Debian's /etc/vsftpd.conf as installed (listen_ipv6=YES, local users, PAM), with only
+    its secure_chroot_dir, its port and its log files moved by -o (after the file: they win):
+    a client's banner and refused login come from a pre-login process whose root is the jail."""
+    stock = Path("/etc/vsftpd.conf")
+    need(stock.is_file(), "needs Debian's /etc/vsftpd.conf (package vsftpd)")
+    jail = area / "empty"
+    jail.mkdir(mode=0o755)
+    port = free_port()
+    argv = [
+        vsftpd_bin,
+        str(stock),
+        f"-olisten_port={port}",
+        f"-osecure_chroot_dir={jail}",
+        f"-ovsftpd_log_file={area}/vsftpd.log",
+        f"-oxferlog_file={area}/xferlog",
+    ]
+    wrap = [sys.executable, NSRUN, "--mount", "--"] if where == "userns" else []
+    proc = spawn([*wrap, *jailshim_argv("run", "--", *argv)])
+    try:
+        ftp = connect(port)
+        try:
+            assert ftp.getwelcome().startswith("220 (vsFTPd 3.")
+            deadline = time.monotonic() + 10
+            jailed: list[int] = []
+            while not jailed and time.monotonic() < deadline:
+                for pid in descendants(proc.pid):
+                    try:
+                        if os.readlink(f"/proc/{pid}/root") == str(jail):
+                            jailed.append(pid)
+                    except OSError:
+                        continue
+            assert jailed, "no pre-login process in the jail"
+            with pytest.raises(ftplib.error_perm, match="530"):
+                ftp.login("no-such-user-jailshim", "x")
+        finally:
+            ftp.close()
+    finally:
+        _, stderr = stop(proc)
+    assert "Traceback" not in stderr
+    handover = [ln for ln in stderr.splitlines() if '"event": "handover"' in ln]
+    assert handover and f'"chroot": "{jail}"' in handover[0], stderr
