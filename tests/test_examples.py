@@ -148,6 +148,7 @@ DAEMON_EXAMPLES = {
         "pdns_recursor",
         ("pdns_recursor.controlsocket",),
     ),
+    "vsftpd": (("/srv/ftp", "/var/run/vsftpd/empty"), ("10021",), "vsftpd", ()),
 }
 STOP_MARKER = "to stop:"  # a comment line: Ctrl-C ends the daemon; the commands below follow
 
