@@ -37,6 +37,7 @@ REGISTRY = {
     "radvd": Registered("jailshim.daemons.radvd"),
     "stunnel": Registered("jailshim.daemons.stunnel"),
     "unbound": Registered("jailshim.daemons.unbound"),
+    "vsftpd": Registered("jailshim.daemons.vsftpd"),
 }
 ADAPTERS = {name: entry.module for name, entry in REGISTRY.items()}
 # other names the same daemon is installed under (Debian: /usr/bin/stunnel4)

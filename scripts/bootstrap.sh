@@ -16,6 +16,7 @@ APT_PACKAGES=(
   bind9 bind9-utils                      # the named adapter's real-daemon tests
   postfix                                # the postfix adapter's real-daemon tests
   lighttpd lighttpd-mod-openssl pdns-recursor radvd ndisc6  # issue 30's adapters: lighttpd, PowerDNS, radvd and their clients
+  vsftpd  # issue 30: vsftpd (its client is python's ftplib)
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
   catatonit                              # podman kube play: the pods' pause image
   systemd                                # systemd-analyze verify for the example units

@@ -105,6 +105,7 @@ def test_named_drop_in_verifies_cleanly(root: None) -> None:
         ("lighttpd.service", "lighttpd.service"),
         ("pdns-recursor.service", "pdns-recursor.service"),
         ("radvd.service", "radvd.service"),
+        ("vsftpd.service", "vsftpd.service"),
     ],
 )
 def test_daemon_drop_ins_verify_cleanly(root: None, unit: str, instance: str) -> None:
@@ -147,6 +148,7 @@ DAEMON_EXAMPLES = {
         "pdns_recursor",
         ("pdns_recursor.controlsocket",),
     ),
+    "vsftpd": (("/srv/ftp", "/var/run/vsftpd/empty"), ("10021",), "vsftpd", ()),
 }
 STOP_MARKER = "to stop:"  # a comment line: Ctrl-C ends the daemon; the commands below follow
 
