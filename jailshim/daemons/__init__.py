@@ -8,7 +8,7 @@ only that module is imported, so a daemon without an adapter imports none.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from jailshim.daemon_registry import ADAPTERS, ALIASES, REGISTRY, Registered, config_options
@@ -30,6 +30,7 @@ __all__ = [
     "Registered",
     "choose",
     "config_options",
+    "ip_wait_targets",
     "load",
     "plan_for",
     "refuse_host_directory",
@@ -129,6 +130,30 @@ class Adapter:
     def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
         """The identity the daemon really runs with, given the one its user and group name."""
         return identity
+
+
+def ip_wait_targets(
+    found: Iterable[tuple[str, str, str]],
+) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
+    """The addresses to wait for from (host, source, named) triples an adapter read: each IP
+    literal once, as a WaitTarget from ``source``; 0.0.0.0 and :: bind wherever, so need no
+    wait; a host that is no IP literal (a name) is not waited for, and a note says so, naming
+    it as ``named``. One rule for every adapter (four copies of it had grown)."""
+    import ipaddress
+
+    from jailshim.spec import WaitTarget
+
+    targets: dict[str, WaitTarget] = {}
+    notes: list[str] = []
+    for host, source, named in found:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            notes.append(f"{named} is not an IP literal; not waited for")
+            continue
+        if not address.is_unspecified:
+            targets.setdefault(str(address), WaitTarget(str(address), source))
+    return tuple(targets.values()), tuple(notes)
 
 
 def load(name: str) -> DaemonAdapter:

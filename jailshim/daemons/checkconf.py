@@ -262,20 +262,11 @@ def ip_targets(
 ) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
     """The IPs of `KEYWORD: ADDR[@PORT]` values to wait for, and notes for those that are not
     IP literals (names are not waited for); 0.0.0.0 and :: bind wherever, so need no wait."""
-    import ipaddress
+    from jailshim.daemons import ip_wait_targets
 
-    from jailshim.spec import WaitTarget
-
-    targets: dict[str, WaitTarget] = {}
-    notes: list[str] = []
+    found = []
     for raw in lines:
         host = raw.split()[0].rsplit("@", 1)[0] if raw.split() else raw
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            notes.append(f"{where}: {keyword} {raw} is not an IP literal; not waited for")
-            continue
-        ip = str(address)
-        if not address.is_unspecified:
-            targets.setdefault(ip, WaitTarget(ip, f"{where}: {keyword} {raw}"))
-    return tuple(targets.values()), tuple(notes)
+        said = f"{where}: {keyword} {raw}"
+        found.append((host.split("%", 1)[0], said, said))
+    return ip_wait_targets(found)

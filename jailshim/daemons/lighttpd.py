@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from jailshim.daemons import Adapter, DaemonPlan, checkconf
+from jailshim.daemons import Adapter, DaemonPlan, checkconf, ip_wait_targets
 from jailshim.daemons.getopt import getopt, options_of
 from jailshim.errors import ConfigError, UsageError
 
@@ -142,29 +142,17 @@ def _targets(dump: Dump, where: str) -> tuple[tuple[WaitTarget, ...], tuple[str,
     """The IPs lighttpd binds: `server.bind` (the global socket) and each `$SERVER["socket"]`
     condition's HOST:PORT (network.c binds one socket per condition); a port alone, 0.0.0.0
     and :: bind every address, a path is a unix socket: nothing to wait for."""
-    import ipaddress
-
-    from jailshim.spec import WaitTarget
-
     found: list[tuple[str, str]] = []
     if dump.values.get("server.bind"):
         found.append((dump.values["server.bind"], f"server.bind = {dump.values['server.bind']}"))
     for socket in dump.sockets:
         host = socket.rsplit(":", 1)[0] if ":" in socket else socket
         found.append((host, f'$SERVER["socket"] == "{socket}"'))
-    targets: dict[str, WaitTarget] = {}
-    notes: list[str] = []
-    for host, said in found:
-        if not host or host.startswith("/"):
-            continue  # every address, or a unix socket
-        try:
-            address = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            notes.append(f"{where}: {said} is not an IP literal; not waited for")
-            continue
-        if not address.is_unspecified:
-            targets.setdefault(str(address), WaitTarget(str(address), f"{where}: {said}"))
-    return tuple(targets.values()), tuple(notes)
+    return ip_wait_targets(
+        (host.strip("[]"), f"{where}: {said}", f"{where}: {said}")
+        for host, said in found
+        if host and not host.startswith("/")  # every address, or a unix socket
+    )
 
 
 class _Lighttpd(Adapter):

@@ -120,26 +120,14 @@ def _jail_of(chroot: str) -> str | None:
 def _targets(
     values: Mapping[str, str], where: str
 ) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
-    import ipaddress
-
-    from jailshim.spec import WaitTarget
+    from jailshim.daemons import ip_wait_targets
 
     port = values.get("local-port", _DEFAULTS["local-port"])
-    targets: dict[str, WaitTarget] = {}
-    notes: list[str] = []
-    for host, item in local_addresses(
-        values.get("local-address", _DEFAULTS["local-address"]), port
-    ):
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            notes.append(f"{where}: local-address {item} is not an IP literal; not waited for")
-            continue
-        if not address.is_unspecified:
-            targets.setdefault(
-                str(address), WaitTarget(str(address), f"{where}: local-address {item}")
-            )
-    return tuple(targets.values()), tuple(notes)
+    addresses = local_addresses(values.get("local-address", _DEFAULTS["local-address"]), port)
+    return ip_wait_targets(
+        (host, f"{where}: local-address {item}", f"{where}: local-address {item}")
+        for host, item in addresses
+    )
 
 
 class _PdnsRecursor(Adapter):

@@ -135,24 +135,13 @@ def _targets(
     accepts: Sequence[tuple[str, str]],
 ) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
     """The IPs of `accept = HOST:PORT` lines to wait for (a bare port binds every address)."""
-    import ipaddress
+    from jailshim.daemons import ip_wait_targets
 
-    from jailshim.spec import WaitTarget
-
-    targets: dict[str, WaitTarget] = {}
-    notes: list[str] = []
-    for value, where in accepts:
-        if ":" not in value:
-            continue  # a port alone: every address
-        host = value.rsplit(":", 1)[0].strip("[]")
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            notes.append(f"{where}: accept = {value} is not an IP literal; not waited for")
-            continue
-        if not address.is_unspecified:
-            targets.setdefault(str(address), WaitTarget(str(address), f"{where}: accept"))
-    return tuple(targets.values()), tuple(notes)
+    return ip_wait_targets(
+        (value.rsplit(":", 1)[0].strip("[]"), f"{where}: accept", f"{where}: accept = {value}")
+        for value, where in accepts
+        if ":" in value  # a port alone: every address
+    )
 
 
 ADAPTER = _Stunnel()
