@@ -29,7 +29,6 @@ from bench.common import PYTHON, machine, precompile, write_section
 
 # top-level modules whose cumulative import time is reported, in the order a run meets them
 _SHOWN = (
-    "jailshim.entry",
     "jailshim.cli",
     "jailshim.log",
     "jailshim.run",

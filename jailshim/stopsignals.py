@@ -55,7 +55,7 @@ def interrupt(signum: int, _frame: object) -> None:
 def catch_at_start() -> None:
     """At jailshim's start (cli.main, once): note who started us and which stop signals came
     ignored, then catch the stop signals (they unwind until the hand-over). Once: the fast
-    `run --init` path (entry.py) calls it first and may then hand over to cli.main, whose second
+    `run --init` path (__main__.py) calls it first and may then hand over to cli.main, whose second
     call would read a later parent and see its own handler where SIG_IGN was."""
     if _parent_at_start:
         return

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/ruff check jailshim tests bench
-.venv/bin/ruff format --check jailshim tests bench
+.venv/bin/ruff check jailshim tests bench scripts
+.venv/bin/ruff format --check jailshim tests bench scripts
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -1,4 +1,4 @@
-"""`run --init` with no jail: the fast path (jailshim.entry) against the full command line
+"""`run --init` with no jail: the fast path (jailshim/__main__.py) against the full command line
 (jailshim.cli.main), over many command lines and JAILSHIM_ variables, init options and bad
 values among them. Both must exit alike, say the same sentences on stderr (timestamps and
 PIDs aside), start COMMAND alike (its arguments, environment, signal settings) and supervise
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from jailshim import cli, entry
+import jailshim.__main__ as entry
+from jailshim import cli
 from tests.support import clean_env, need
 
 FULL = [sys.executable, "-c", "import sys; from jailshim.cli import main; sys.exit(main())"]

@@ -1,9 +1,10 @@
 """jailshim.8 and the bash completion, generated from the command line's one option table.
 
-Run at package build time (debian/rules: ``python3 -m jailshim.manpage OUTDIR``), never at
-start-up: nothing in the command's path imports this module. Every option, variable, choice
-and exit code comes from cli._OPTIONS, cli._COMMANDS, cli._EXITS and errors.EXIT_CODES, so the
-page and the completion cannot drift from `--help` (tests/test_manpage.py compares them).
+Run at package build time (debian/rules: ``PYTHONPATH=. python3 scripts/manpage.py OUTDIR``),
+never at start-up: it lives outside the package, so nothing in the command's path can import
+it. Every option, variable, choice and exit code comes from cli._OPTIONS, cli._COMMANDS,
+cli._EXITS and errors.EXIT_CODES, so the page and the completion cannot drift from `--help`
+(tests/test_manpage.py compares them).
 """
 
 from __future__ import annotations
