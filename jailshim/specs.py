@@ -133,7 +133,7 @@ def build_spec(
         ensure_loopback=options.ensure_loopback,
         **_files_of(options, plan.file_sets if plan is not None else ()),
         notify_socket=notify_socket,
-        crypto_libs=crypto_libs_of(options),
+        crypto_libs=crypto_libs_of(options) or (plan.crypto_libs if plan is not None else ()),
         command=executable,
     )
 

@@ -65,6 +65,9 @@ class DaemonPlan(NamedTuple):
     notify: bool = False  # it sends READY=1 to $NOTIFY_SOCKET from inside its jail
     file_sets: tuple[str, ...] = ()  # named jail-file sets it needs (files.FILE_SETS keys)
     devices: tuple[str, ...] = ()  # device nodes it needs beyond jailshim's default ones
+    # crypto libraries it loads at run time, not linked by COMMAND (lighttpd's mod_openssl
+    # brings libcrypto): probed instead of COMMAND's, unless --crypto-lib names others
+    crypto_libs: tuple[str, ...] = ()
     # directories its checker creates entries in (postfix check makes queue directories):
     # each is judged as a jail is before the checker runs
     checker_dirs: tuple[str, ...] = ()

@@ -90,6 +90,29 @@ def parse_dump(text: str) -> Dump:
     return Dump(values, tuple(sockets))
 
 
+# lighttpd's TLS modules: each links its library, which lighttpd itself does not (mod_openssl
+# brings libcrypto at run time, plugin.c's dlopen)
+_TLS_MODULES = ("mod_openssl", "mod_gnutls", "mod_mbedtls", "mod_wolfssl", "mod_nss")
+_MODULES = re.compile(r"^    server\.modules\s*= \((.*?)\)", re.MULTILINE | re.DOTALL)
+_MODULE_DIR = "/usr/lib/lighttpd"  # lighttpd -h: "-m <name>  module directory (default: …)"
+
+
+def tls_libraries(binary: str, dump_text: str, module_dir: str) -> tuple[str, ...]:
+    """The crypto libraries lighttpd's TLS modules (in its dumped server.modules) load, as
+    lighttpd's own loader resolves them (`ld.so --list MODULE`, no code of theirs run): the
+    libraries the probe must reseed, since `ld.so --list lighttpd` finds none."""
+    from jailshim.verify.libfind import CommandLibraries
+
+    listed = _MODULES.search(dump_text)
+    names = re.findall(r'"([^"]+)"', listed.group(1)) if listed else []
+    paths: list[str] = []
+    for name in names:
+        if name in _TLS_MODULES:
+            libs, _ = CommandLibraries(f"{module_dir}/{name}.so", program=binary).result()
+            paths += [lib.path for lib in libs if not lib.static]
+    return tuple(dict.fromkeys(paths))
+
+
 def truthy(value: str | None) -> bool:
     """lighttpd's boolean (configfile-glue.c, config_plugin_value_tobool): enable, enabled,
     true, 1 (any case), or a non-zero number; the dump only holds values it accepted."""
@@ -186,6 +209,10 @@ class _Lighttpd(Adapter):
             notes.append(_errorlog_note(file, errorlog, chroot, user))
         targets, more = _targets(dump, file)
         read = [("tool", f"{argv[0]} -p"), ("port", values.get("server.port", "80"))]
+        module_dir = modules[-1] if modules else _MODULE_DIR
+        crypto = tls_libraries(argv[0], out, module_dir)
+        if crypto:
+            read.append(("tls_libraries", ", ".join(crypto)))
         if errorlog:
             read.append(("errorlog", errorlog))
         return DaemonPlan(
@@ -198,6 +225,7 @@ class _Lighttpd(Adapter):
             notes=(*notes, *more),
             read=tuple(read),
             file_sets=("time",),
+            crypto_libs=crypto,
         )
 
     def check_config(self, argv: Sequence[str]) -> None:

@@ -222,9 +222,11 @@ class CommandLibraries:
     probe child does its other work before chroot while `ld.so --list` runs (its biggest
     step there, 3-10 ms). ``cancel`` kills and reaps a loader whose answer is not wanted."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, program: str = "") -> None:
+        # ``program``: for a shared object (a daemon's module, with no PT_INTERP of its own),
+        # the program that will dlopen it, whose loader then lists it
         self.binary = binary
-        self.loader = _interpreter(read_bounded(binary, 65536))
+        self.loader = _interpreter(read_bounded(program or binary, 65536))
         self._listing = _spawn_list(self.loader, binary) if self.loader else None
         if self._listing is None:
             self.loader = ""  # could not run: as a binary without a loader (below)
