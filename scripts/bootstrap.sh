@@ -17,6 +17,8 @@ APT_PACKAGES=(
   postfix                                # the postfix adapter's real-daemon tests
   lighttpd lighttpd-mod-openssl pdns-recursor radvd ndisc6  # issue 30's adapters: lighttpd, PowerDNS, radvd and their clients
   vsftpd  # issue 30: vsftpd (its client is python's ftplib)
+  privoxy ntpsec openvpn pdns-server pdns-backend-bind  # issue 30: the rest of the long tail
+  openssh-server openssh-client curl     # issue 30: sshd's sftp jails and their client; curl for lighttpd and privoxy
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
   catatonit                              # podman kube play: the pods' pause image
   systemd                                # systemd-analyze verify for the example units
@@ -67,7 +69,7 @@ fi
 # the host's file was edited and no .deb is found.
 DEB_CACHE=/var/cache/jailshim-tests/debs
 mkdir -p "$DEB_CACHE"
-for pkg in bind9 unbound nsd stunnel4; do
+for pkg in bind9 unbound nsd stunnel4 privoxy ntpsec pdns-server; do
   version=$(dpkg-query -W -f='${Version}' "$pkg")
   arch=$(dpkg-query -W -f='${Architecture}' "$pkg")
   deb="$DEB_CACHE/${pkg}_${version//:/%3a}_${arch}.deb"
