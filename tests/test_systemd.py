@@ -358,3 +358,103 @@ def test_daemon_examples_run_under_systemd(env: Env) -> None:
         assert reply.startswith("HTTP/1.0 200 OK"), reply
         root, uids = _main_pid_jailed(env, name, "stunnel@jailshim")
         assert (root, uids) == ("/var/lib/stunnel4", "\t".join([uid["stunnel4"]] * 4))
+
+
+def _until(env: Env, name: str, probe: str, tries: int = 100) -> str:
+    """``probe``'s output once it prints something: a Type=simple unit is "started" before
+    its daemon listens. Bounded (tries times 0.1 s), then the last empty answer."""
+    return _sh(env, name, f"for i in $(seq {tries}); do {probe} && break; sleep 0.1; done; true")
+
+
+def _drop_in(env: Env, name: str, unit: str, setup: str) -> None:
+    ex = "/t/examples"
+    _sh(
+        env,
+        name,
+        f"mkdir -p /etc/systemd/system/{unit}.service.d && "
+        f"cp {ex}/systemd/{unit}.service.d/jailshim.conf /etc/systemd/system/{unit}.service.d/ && "
+        f"{setup} && systemctl daemon-reload && systemctl start {unit}",
+    )
+
+
+# Connects to vsftpd on port 21 and, while the connection is open, prints the banner and, for
+# each vsftpd process chrooted somewhere, its root and uids: the pre-login process of that
+# connection (a grandchild of the unit's main process). Silent when nothing listens yet.
+_PRE_LOGIN = (
+    "import os, socket\n"
+    "try:\n"
+    '    s = socket.create_connection(("127.0.0.1", 21), timeout=5)\n'
+    "except OSError:\n"
+    "    raise SystemExit(1)\n"
+    "print(s.makefile().readline().strip())\n"
+    'for p in filter(str.isdigit, os.listdir("/proc")):\n'
+    "    try:\n"
+    '        root = os.readlink(f"/proc/{p}/root")\n'
+    '        status = open(f"/proc/{p}/status").read().splitlines()\n'
+    "    except OSError:\n"
+    "        continue\n"
+    '    if root != "/" and status[0] == "Name:\\tvsftpd":\n'
+    "        print(root)\n"
+    '        print([ln for ln in status if ln.startswith("Uid:")][0].split(None, 1)[1])\n'
+)
+
+
+def test_long_tail_drop_ins_run_under_systemd(env: Env) -> None:
+    """The lighttpd, pdns-recursor and vsftpd drop-ins on Debian's own units (lighttpd's and
+    vsftpd's as shipped, pdns-recursor's Type=notify one), installed as examples/*/README.md
+    say: each unit is active, answers its client from the jail jailshim prepared, as its own
+    user, and `systemctl stop` takes back what jailshim made."""
+    ex = "/t/examples"
+    with _systemd(env) as name:
+        uid = {u: _sh(env, name, f"id -u {u}").strip() for u in ("www-data", "pdns", "nobody")}
+
+        # lighttpd: README's "add server.chroot to lighttpd.conf" is the example's whole file
+        _drop_in(
+            env,
+            name,
+            "lighttpd",
+            f"cp {ex}/lighttpd/jailshim.conf /etc/lighttpd/lighttpd.conf && "
+            f"mkdir -p /var/www/html && cp {ex}/lighttpd/jailshim.html /var/www/html/ && "
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 "
+            "-subj /CN=localhost -keyout /etc/lighttpd/jailshim-key.pem "
+            "-out /etc/lighttpd/jailshim-cert.pem 2>/dev/null",
+        )
+        page = _until(env, name, "curl -sfk https://127.0.0.1:10443/jailshim.html")
+        assert page == _sh(env, name, f"cat {ex}/lighttpd/jailshim.html") != "", page
+        assert _main_pid_jailed(env, name, "lighttpd") == (
+            "/var/www",
+            "\t".join([uid["www-data"]] * 4),
+        )
+        _sh(env, name, "systemctl stop lighttpd")
+        assert (
+            _sh(env, name, "find /var/www -mindepth 1 -path '/var/www/html*' -prune -o -print")
+            == ""
+        )
+
+        # pdns-recursor: the drop-in makes the unit Type=simple and starts jailshim as root
+        _drop_in(
+            env,
+            name,
+            "pdns-recursor",
+            f"cp {ex}/pdns-recursor/jailshim.conf /etc/powerdns/recursor.d/",
+        )
+        answer = _until(
+            env, name, "kdig @127.0.0.1 -p 10055 +short +timeout=1 +tries=1 localhost A | grep ."
+        )
+        assert answer == "127.0.0.1\n", _sh(
+            env, name, "systemctl status pdns-recursor; journalctl -u pdns-recursor -o cat"
+        )
+        root, uids = _main_pid_jailed(env, name, "pdns-recursor")
+        assert (root, uids) == ("/var/spool/powerdns", "\t".join([uid["pdns"]] * 4))
+        _sh(env, name, "systemctl stop pdns-recursor")
+        assert _sh(env, name, "find /var/spool/powerdns/dev 2>/dev/null; true") == ""
+
+        # vsftpd: Debian's stock /etc/vsftpd.conf (port 21, on lo only: --network=none); a
+        # connection's pre-login process is chrooted in secure_chroot_dir as nopriv_user
+        _drop_in(env, name, "vsftpd", "true")
+        banner_and_jail = _until(env, name, f"python3 -c '{_PRE_LOGIN}'")
+        banner, root, uids = banner_and_jail.splitlines()[:3]
+        assert banner.startswith("220 (vsFTPd 3."), banner_and_jail
+        assert (root, uids) == ("/var/run/vsftpd/empty", "\t".join([uid["nobody"]] * 4))
+        _sh(env, name, "systemctl stop vsftpd")
+        assert _sh(env, name, "find /var/run/vsftpd/empty -mindepth 1") == ""
