@@ -333,3 +333,17 @@ def test_stock_debian_server_answers_from_its_jail(area: Path, server_bin: str, 
     assert read[0]["bind_config"] == "/var/spool/powerdns/etc/powerdns/named.conf"
     assert "daemon's own user or group (pdns)" in stderr
     assert host_state(stock) == host_before
+
+
+def test_setgid_without_setuid_keeps_root_and_jailshim_says_so(area: Path, server_bin: str) -> None:
+    """`setgid=` alone: the server stays uid 0 in its jail (dropUserPrivs(0) does nothing);
+    jailshim, which takes no group without a user, checks as root and says why instead of
+    refusing the run as a usage error."""
+    jail = make_jail(area)
+    directory = area / "powerdns"
+    write_config(area, jail, free_port())
+    conf = directory / "pdns.conf"
+    conf.write_text(conf.read_text().replace("setuid=pdns\n", ""))
+    result = run("run", "--dry-run", "--", server_bin, "--daemon=no", f"--config-dir={directory}")
+    assert result.code == 0, result.stderr
+    assert "setgid=pdns without setuid=: pdns_server keeps uid 0" in result.stderr

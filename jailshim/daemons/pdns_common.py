@@ -29,6 +29,7 @@ __all__ = [
     "config_file",
     "file_words",
     "identity_as_set",
+    "identity_settings",
     "include_files",
     "jail_of",
     "local_addresses",
@@ -198,6 +199,24 @@ def refuse_notify_socket(
             "and $NOTIFY_SOCKET is set); run it as Type=simple, as it says.",
             chroot=chroot,
         )
+
+
+def identity_settings(
+    daemon: str, values: Mapping[str, str], where: str
+) -> tuple[str | None, str | None, list[str]]:
+    """`setuid` and `setgid` as jailshim's user and group (both read a name first, then a
+    number: strToUID, strToGID). A setgid alone leaves the daemon uid 0 (dropUserPrivs(0) does
+    nothing) with that gid: jailshim takes no group without a user, so it checks as root and
+    says so."""
+    user = values.get("setuid") or None
+    group = values.get("setgid") or None
+    if group and not user:
+        note = (
+            f"{where}: setgid={group} without setuid=: {daemon} keeps uid 0 (root) in its jail "
+            "(unix_utility.cc); jailshim checks the jail as root"
+        )
+        return None, None, [note]
+    return user, group, []
 
 
 def identity_as_set(identity: Identity, *, group_given: bool) -> Identity:

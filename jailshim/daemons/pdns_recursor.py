@@ -29,6 +29,7 @@ from jailshim.daemons import Adapter, DaemonPlan, checkconf
 from jailshim.daemons.pdns_common import (
     config_argv,
     identity_as_set,
+    identity_settings,
     jail_of,
     local_addresses,
     must_do,
@@ -87,15 +88,16 @@ class _PdnsRecursor(Adapter):
         if chroot:
             # its pid file and control socket, made there as root before its setuid
             read.append(("socket_dir", os.path.normpath(f"{chroot}/{socket_dir}")))
+        user, group, said = identity_settings("pdns_recursor", values, file)
         targets, more = wait_targets(values, file, _DEFAULTS)
         return DaemonPlan(
             files=(file,),
             chroot=chroot,
-            user=values.get("setuid") or None,
-            group=values.get("setgid") or None,
+            user=user,
+            group=group,
             sockets=("/dev/log",) if syslog else (),
             wait_targets=targets,
-            notes=more,
+            notes=(*said, *more),
             read=tuple(read),
         )
 

@@ -38,6 +38,7 @@ from jailshim.daemons.pdns_common import (
     config_file,
     file_words,
     identity_as_set,
+    identity_settings,
     include_files,
     jail_of,
     must_do,
@@ -155,16 +156,17 @@ class _PdnsServer(Adapter):
                     "guardian=yes: the process jailshim hands over to stays root outside the "
                     "jail; only the instance it starts chroots"
                 )
+        user, group, said = identity_settings("pdns_server", values, where)
         targets, more = wait_targets(values, where, _DEFAULTS)
         syslog = not must_do(values.get("disable-syslog", "no"))
         return DaemonPlan(
             files=tuple([file, *include_files(include_dir)] if file else ()),
             chroot=chroot,
-            user=values.get("setuid") or None,
-            group=values.get("setgid") or None,
+            user=user,
+            group=group,
             sockets=("/dev/log",) if syslog else (),
             wait_targets=targets,
-            notes=(*notes, *more),
+            notes=(*said, *notes, *more),
             read=tuple(read),
         )
 
