@@ -347,3 +347,27 @@ def test_setgid_without_setuid_keeps_root_and_jailshim_says_so(area: Path, serve
     result = run("run", "--dry-run", "--", server_bin, "--daemon=no", f"--config-dir={directory}")
     assert result.code == 0, result.stderr
     assert "setgid=pdns without setuid=: pdns_server keeps uid 0" in result.stderr
+
+
+def test_guardian_stays_outside_the_jail_and_jailshim_says_so(area: Path, server_bin: str) -> None:
+    """guardian=yes: the process jailshim hands over to is the guardian, root and unchrooted;
+    it exec's an instance (a child) that chroots and becomes pdns and answers; jailshim's note
+    says which is which."""
+    jail = make_jail(area)
+    port = free_port()
+    directory = write_config(area, jail, port)
+    command = [server_bin, "--daemon=no", "--guardian=yes", f"--config-dir={directory}"]
+    proc = spawn(jailshim_argv("run", "--", *command))
+    try:
+        assert ask(port, proc) == "192.0.2.80"
+        assert os.readlink(f"/proc/{proc.pid}/root") == "/"
+        assert status_field(proc.pid, "Uid").split() == ["0"] * 4
+        instances = [
+            p for p in descendants(proc.pid) if os.readlink(f"/proc/{p}/root") == str(jail)
+        ]
+        assert instances, descendants(proc.pid)
+        ids = pwd.getpwnam("pdns")
+        assert status_field(instances[0], "Uid").split() == [str(ids.pw_uid)] * 4
+    finally:
+        _, stderr = stop(proc)
+    assert "guardian=yes: the process jailshim hands over to stays root outside the jail" in stderr

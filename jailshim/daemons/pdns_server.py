@@ -23,7 +23,9 @@ chroot(), chdir("/"), setuid; only then are the backends instantiated (UeberBack
 backend parses bind-config and its zone files — inside the jail, as the setuid user; a missing
 bind-config is fatal: "Unable to open '…'"). Syslog (/dev/log) unless disable-syslog. With
 guardian=yes the process jailshim hands over to stays root outside the jail and exec's a
-`pdns_server-instance` that chroots.
+`pdns_server-instance` that chroots (the dump never shows guardian or daemon: main() sets
+both to no for --config, so guardian is read from the files). The "Reading random entropy
+from '/dev/urandom'" line of older releases is not in 4.7's source.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ class _PdnsServer(Adapter):
                     f"backends {', '.join(others)} start after the chroot to {chroot}: the "
                     "files and sockets they open must be inside it"
                 )
-            if must_do(values.get("guardian", "no")):
+            # the dump itself runs with guardian=no (main() sets it for --config): read it
+            if must_do(settings.get("guardian", "no")):
                 notes.append(
                     "guardian=yes: the process jailshim hands over to stays root outside the "
                     "jail; only the instance it starts chroots"
