@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from jailshim.daemons.pdns_common import file_words
-from jailshim.daemons.pdns_server import backend_settings, bind_configs, socket_directory
+from jailshim.daemons.pdns_server import (
+    backend_settings,
+    bind_configs,
+    missing_inside,
+    socket_directory,
+)
 from tests.daemons import descendants, free_port, own_network, status_field, stop
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
@@ -371,3 +376,21 @@ def test_guardian_stays_outside_the_jail_and_jailshim_says_so(area: Path, server
     finally:
         _, stderr = stop(proc)
     assert "guardian=yes: the process jailshim hands over to stays root outside the jail" in stderr
+
+
+def test_bind_config_is_looked_for_in_the_jail_without_following_symlinks(tmp_path: Path) -> None:
+    """A missing component or a non-file is surely missing; a symlink on the way resolves
+    inside the jail for the server (an absolute target is the jail's), so jailshim, which
+    never follows one, leaves it to the server."""
+    jail = tmp_path / "jail"
+    (jail / "etc").mkdir(parents=True)
+    (jail / "etc" / "named.conf").write_text(NAMED_CONF)
+    (jail / "link.conf").symlink_to("/etc/named.conf")  # the jail's, for the server
+    (jail / "host.conf").symlink_to(tmp_path / "nowhere")  # absent on the host: not judged
+    assert not missing_inside(str(jail), "/etc/named.conf")
+    assert not missing_inside(str(jail), "etc/./named.conf")
+    assert missing_inside(str(jail), "/etc/none.conf")
+    assert missing_inside(str(jail), "/etc")  # a directory is no file
+    assert missing_inside(str(jail), "/etc/named.conf/x")
+    assert not missing_inside(str(jail), "/link.conf")
+    assert not missing_inside(str(jail), "/host.conf")

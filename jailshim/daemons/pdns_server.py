@@ -55,7 +55,7 @@ from jailshim.errors import ConfigError
 if TYPE_CHECKING:
     from jailshim.spec import Identity
 
-__all__ = ["ADAPTER", "backend_settings", "bind_configs", "socket_directory"]
+__all__ = ["ADAPTER", "backend_settings", "bind_configs", "missing_inside", "socket_directory"]
 
 _DEFAULTS = {"local-address": "0.0.0.0, ::", "local-port": "53"}  # auth-main.cc, 4.7
 
@@ -104,6 +104,31 @@ def _in_jail(chroot: str, path: str) -> str:
     return os.path.normpath(os.path.join(chroot, path.lstrip("/")))
 
 
+def missing_inside(chroot: str, path: str) -> bool:
+    """PATH is surely absent from the jail as the chrooted server would see it: a component
+    is missing, or the last is no regular file. Walked with lstat only: a symlink on the way
+    resolves inside the jail for the server, not on the host, so it is left to the server to
+    judge (False), and nothing of a jail not yet judged is ever followed."""
+    import stat
+
+    parts = [p for p in os.path.normpath("/" + path).split("/") if p]
+    current = chroot
+    for index, part in enumerate(parts):
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+        last = index == len(parts) - 1
+        if (last and not stat.S_ISREG(mode)) or (not last and not stat.S_ISDIR(mode)):
+            return True
+    return False
+
+
 class _PdnsServer(Adapter):
     """pdns_server: chroot, setuid, setgid from `--config=diff`; `--config=check` checks."""
 
@@ -137,7 +162,7 @@ class _PdnsServer(Adapter):
             for setting, path in bind_configs(values.get("launch", ""), settings):
                 inside = _in_jail(chroot, path)
                 read.append((setting.replace("-", "_"), inside))
-                if not os.path.isfile(inside):
+                if missing_inside(chroot, path):
                     raise ConfigError(
                         f"pdns_server reads {setting}={path} after its chroot, so from "
                         f'{inside}, which is not a file: it would exit "Unable to open '
