@@ -394,3 +394,31 @@ def test_bind_config_is_looked_for_in_the_jail_without_following_symlinks(tmp_pa
     assert missing_inside(str(jail), "/etc/named.conf/x")
     assert not missing_inside(str(jail), "/link.conf")
     assert not missing_inside(str(jail), "/host.conf")
+
+
+def test_stock_debian_named_conf_outside_the_jail_is_refused(area: Path, server_bin: str) -> None:
+    """Debian's pdns.d/bind.conf names /etc/powerdns/named.conf: with only chroot, identity and
+    a port set, the server would exit after its chroot ("Unable to open"); jailshim refuses
+    (78) first and names the path inside the jail where named.conf must be."""
+    stock = ("/etc/powerdns", "/var/spool/powerdns")
+    need(all(Path(p).is_dir() for p in stock), f"needs Debian's {', '.join(stock)}")
+    etc, spool = copy_of("/etc/powerdns", area), copy_of("/var/spool/powerdns", area)
+    conf = etc / "pdns.conf"
+    text = conf.read_text()
+    for old, new in (
+        ("# chroot=\n", "chroot=/var/spool/powerdns\n"),
+        ("# setuid=\n", "setuid=pdns\n"),
+    ):
+        assert text.count(old) == 1, f"Debian's pdns.conf changed: {old!r}"
+        text = text.replace(old, new)
+    conf.write_text(text + f"local-port={free_port()}\n")
+    argv = in_stock_layout(
+        {"/etc/powerdns": etc, "/var/spool/powerdns": spool},
+        jailshim_argv("run", "--", server_bin, *UNIT_ARGS),
+        userns=False,
+    )
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 78, done.stderr
+    assert "bind-config=/etc/powerdns/named.conf after its chroot" in done.stderr
+    assert "/var/spool/powerdns/etc/powerdns/named.conf" in done.stderr
+    assert not (spool / "dev").exists()
