@@ -33,6 +33,7 @@ REGISTRY = {
     "named": Registered("jailshim.daemons.named"),
     "nsd": Registered("jailshim.daemons.nsd"),
     "pdns_recursor": Registered("jailshim.daemons.pdns_recursor"),
+    "pdns_server": Registered("jailshim.daemons.pdns_server"),
     "postfix": Registered("jailshim.daemons.postfix"),
     "radvd": Registered("jailshim.daemons.radvd"),
     "stunnel": Registered("jailshim.daemons.stunnel"),

@@ -104,6 +104,7 @@ def test_named_drop_in_verifies_cleanly(root: None) -> None:
         ("stunnel@.service", "stunnel@x.service"),
         ("lighttpd.service", "lighttpd.service"),
         ("pdns-recursor.service", "pdns-recursor.service"),
+        ("pdns.service", "pdns.service"),
         ("radvd.service", "radvd.service"),
         ("vsftpd.service", "vsftpd.service"),
     ],
@@ -147,6 +148,12 @@ DAEMON_EXAMPLES = {
         ("10055",),
         "pdns_recursor",
         ("pdns_recursor.controlsocket",),
+    ),
+    "pdns-server": (
+        ("/etc/powerdns", "/var/spool/powerdns"),
+        ("10056",),
+        "pdns_server",
+        ("pdns.controlsocket",),
     ),
     "vsftpd": (("/srv/ftp", "/var/run/vsftpd/empty"), ("10021",), "vsftpd", ()),
 }

@@ -28,6 +28,7 @@ from tests.support import clean_env, need
 ADAPTERS = {
     f"jailshim.daemons.{n}" for n in ("named", "nsd", "postfix", "stunnel", "unbound", "vsftpd")
 }
+ADAPTERS |= {f"jailshim.daemons.{n}" for n in ("pdns_common", "pdns_recursor", "pdns_server")}
 NETWORK = {"pyroute2", "tenacity", "jailshim.verify.network"}
 QUIET = ["--log-level", "error"]
 

@@ -5,7 +5,8 @@ reading the same file and command line a start reads (pdns/recursordist/rec-main
 laxFile(configname) then laxParse(argc, argv); the file is CONFIG-DIR/recursor.conf, or
 recursor-NAME.conf with --config-name). `--config=check` is the checker: the file and argv
 parsed strictly (an unknown setting is refused), nothing opened. Settings on the command line
-are `--name=value` (pdns/arguments.cc, ArgvMap::parseOne); a later one wins.
+are `--name=value` (pdns/arguments.cc, ArgvMap::parseOne); a later one wins. What it shares
+with pdns_server (settings, dump, identity rule, the Type=notify refusal) is in pdns_common.
 
 What pdns_recursor does with them (rec-main.cc, 4.8): the listening sockets, the Lua config,
 auth-zones and the hint file are read first; then dropGroupPrivs() sets `setgid` and the
@@ -25,10 +26,24 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from jailshim.daemons import Adapter, DaemonPlan, checkconf
+from jailshim.daemons.pdns_common import (
+    config_argv,
+    identity_as_set,
+    identity_settings,
+    jail_of,
+    local_addresses,
+    must_do,
+    parse_diff,
+    refuse_notify_socket,
+    rejected,
+    settings_of,
+    wait_targets,
+)
+from jailshim.daemons.pdns_common import config_file as _config_file
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
-    from jailshim.spec import Identity, WaitTarget
+    from jailshim.spec import Identity
 
 __all__ = [
     "ADAPTER",
@@ -39,95 +54,12 @@ __all__ = [
     "settings_of",
 ]
 
-DEFAULT_CONFIG_DIR = "/etc/powerdns"  # Debian's SYSCONFDIR build: `pdns_recursor --config`
 _DEFAULTS = {"local-address": "127.0.0.1", "local-port": "53"}  # rec-main.cc, 4.8
-_NOTIFY_REFUSAL = (
-    "Unable to chroot when running from systemd. Please disable chroot= or set the 'Type' for "
-    "this service to 'simple'"
-)
-
-
-def settings_of(argv: Sequence[str]) -> dict[str, str]:
-    """The `--name=value` settings of pdns_recursor's command line (`--name` alone is "";
-    `--name+=value` appends), as ArgvMap::parseOne reads them; other words are passed over."""
-    found: dict[str, str] = {}
-    for word in argv[1:]:
-        if not word.startswith("--"):
-            continue
-        name, equals, value = word[2:].partition("=")
-        value = value.lstrip(" \t")
-        if name.endswith("+") and equals:
-            name = name[:-1].strip()
-            found[name] = f"{found[name]}, {value}" if found.get(name) else value
-            continue
-        found[name.strip()] = value
-    return found
 
 
 def config_file(argv: Sequence[str]) -> str:
     """The file pdns_recursor reads (rec-main.cc: configname)."""
-    settings = settings_of(argv)
-    directory = settings.get("config-dir") or DEFAULT_CONFIG_DIR
-    name = settings.get("config-name", "")
-    path = f"{directory}/recursor-{name}.conf" if name else f"{directory}/recursor.conf"
-    return os.path.normpath(path)
-
-
-def parse_diff(text: str) -> dict[str, str]:
-    """`--config=diff`'s lines: `name=value` (ArgvMap::configstring), `#` a comment."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.strip() and not line.startswith("#") and "=" in line:
-            name, _, value = line.partition("=")
-            values[name.strip()] = value.strip()
-    return values
-
-
-def local_addresses(value: str, port: str) -> list[tuple[str, str]]:
-    """(IP text, the item as written) for each of `local-address`'s items: separated by spaces
-    or commas, each an address or ADDRESS:PORT ([v6]:PORT), as ComboAddress reads them."""
-    found = []
-    for item in value.replace(",", " ").split():
-        host = item
-        if host.startswith("["):
-            host = host[1:].split("]", 1)[0]
-        elif host.count(":") == 1:
-            host = host.split(":", 1)[0]
-        found.append((host, item if item != host else f"{item} (port {port})"))
-    return found
-
-
-def _rejected(argv: Sequence[str], code: int, output: str) -> ConfigError:
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    # its structured log lines start with a syslog-style stamp: "Dec 05 01:41:21 msg=…"
-    lines = [ln.split(" ", 3)[3] if ln[:3].isalpha() and ln.count(" ") >= 3 else ln for ln in lines]
-    words = " | ".join(lines[-3:]) or f"exit status {code}"
-    return ConfigError(
-        f"pdns_recursor rejected its configuration (`{' '.join(argv)}`, exit {code}): {words}",
-        pdns_output=lines[-20:],
-    )
-
-
-def _jail_of(chroot: str) -> str | None:
-    """chroot(chroot) from the directory it started in: daemonize() does not move it
-    (rec-main.cc), so a relative jail is taken from jailshim's own, which exec keeps."""
-    if not chroot:
-        return None
-    path = chroot if chroot.startswith("/") else os.path.join(os.getcwd(), chroot)
-    return os.path.normpath(path)
-
-
-def _targets(
-    values: Mapping[str, str], where: str
-) -> tuple[tuple[WaitTarget, ...], tuple[str, ...]]:
-    from jailshim.daemons import ip_wait_targets
-
-    port = values.get("local-port", _DEFAULTS["local-port"])
-    addresses = local_addresses(values.get("local-address", _DEFAULTS["local-address"]), port)
-    return ip_wait_targets(
-        (host, f"{where}: local-address {item}", f"{where}: local-address {item}")
-        for host, item in addresses
-    )
+    return _config_file(argv, "recursor")
 
 
 class _PdnsRecursor(Adapter):
@@ -140,36 +72,32 @@ class _PdnsRecursor(Adapter):
         dump = [argv[0], *argv[1:], "--config=diff"]
         code, out, err = checkconf.Tool(dump, "pdns-recursor").communicate(argv[0])
         if code != 0:
-            raise _rejected(dump, code, out + err)
+            raise rejected("pdns_recursor", dump, code, out + err)
         values = parse_diff(out)
-        chroot = _jail_of(values.get("chroot", ""))
-        if chroot and env.get("NOTIFY_SOCKET"):
-            raise ConfigError(
-                f"pdns_recursor would refuse to start: {_NOTIFY_REFUSAL!r} (chroot={chroot} in "
-                f"{file}, and $NOTIFY_SOCKET is set); run it as Type=simple, as it says.",
-                chroot=chroot,
-            )
+        chroot = jail_of(values.get("chroot", ""))
+        refuse_notify_socket("pdns_recursor", chroot, file, env)
         if chroot and values.get("api-config-dir"):
             raise ConfigError(
                 "pdns_recursor would refuse to start: 'Using chroot and enabling the API is not "
                 f"possible' (chroot={chroot}, api-config-dir={values['api-config-dir']} in "
                 f"{file}); give one of them."
             )
-        syslog = values.get("disable-syslog", "no") in ("no", "off")  # ArgvMap::mustDo
+        syslog = not must_do(values.get("disable-syslog", "no"))
         socket_dir = values.get("socket-dir") or ("/" if chroot else "")
         read = [("tool", f"{argv[0]} --config=diff")]
         if chroot:
             # its pid file and control socket, made there as root before its setuid
             read.append(("socket_dir", os.path.normpath(f"{chroot}/{socket_dir}")))
-        targets, more = _targets(values, file)
+        user, group, said = identity_settings("pdns_recursor", values, file)
+        targets, more = wait_targets(values, file, _DEFAULTS)
         return DaemonPlan(
             files=(file,),
             chroot=chroot,
-            user=values.get("setuid") or None,
-            group=values.get("setgid") or None,
+            user=user,
+            group=group,
             sockets=("/dev/log",) if syslog else (),
             wait_targets=targets,
-            notes=more,
+            notes=(*said, *more),
             read=tuple(read),
         )
 
@@ -177,33 +105,15 @@ class _PdnsRecursor(Adapter):
         check = [argv[0], *argv[1:], "--config=check"]
         code, output = checkconf.run(check, "pdns-recursor")
         if code != 0:
-            raise _rejected(check, code, output)
+            raise rejected("pdns_recursor", check, code, output)
 
     def config_argv(self, command: str, path: str) -> list[str]:
         """pdns_recursor names its file by directory and name: CONFIG-DIR/recursor.conf or
         CONFIG-DIR/recursor-NAME.conf, nothing else."""
-        directory, name = os.path.split(os.path.abspath(path))
-        if name == "recursor.conf":
-            return [command, f"--config-dir={directory}"]
-        if name.startswith("recursor-") and name.endswith(".conf"):
-            config_name = name.removeprefix("recursor-").removesuffix(".conf")
-            return [command, f"--config-dir={directory}", f"--config-name={config_name}"]
-        raise ConfigError(
-            f"pdns_recursor reads only DIR/recursor.conf or DIR/recursor-NAME.conf, not {path}; "
-            "name its file so."
-        )
+        return config_argv("pdns_recursor", "recursor", command, path)
 
     def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
         return identity_as_set(identity, group_given=group_given)
-
-
-def identity_as_set(identity: Identity, *, group_given: bool) -> Identity:
-    """The uid, gid and groups pdns_recursor really runs with: dropGroupPrivs() acts only on a
-    non-zero `setgid`, then initgroups(user, gid) — the user's memberships, what jailshim
-    resolves; without one it keeps the gid and groups it started with (root's here)."""
-    if group_given and identity.gid != 0:
-        return identity
-    return identity._replace(gid=os.getgid(), groups=tuple(sorted(set(os.getgroups()))))
 
 
 ADAPTER = _PdnsRecursor()
