@@ -131,16 +131,22 @@ def build_spec(
         sockets=sockets,
         wait_targets=targets,
         ensure_loopback=options.ensure_loopback,
-        **_files_of(options, plan.file_sets if plan is not None else ()),
+        **_files_of(
+            options,
+            plan.file_sets if plan is not None else (),
+            plan.jail_files if plan is not None else (),
+        ),
         notify_socket=notify_socket,
         crypto_libs=crypto_libs_of(options) or (plan.crypto_libs if plan is not None else ()),
         command=executable,
     )
 
 
-def _files_of(options: JailOptions, from_config: Sequence[str] = ()) -> dict[str, Any]:
-    """The jail files of this run: --file paths and the --files sets, with the sets the
-    daemon's adapter needs (union); --file-mode says how they are placed."""
+def _files_of(
+    options: JailOptions, from_config: Sequence[str] = (), paths: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The jail files of this run: --file paths and the --files sets, with the sets and
+    files the daemon's adapter needs (union); --file-mode says how they are placed."""
     from jailshim.files import FileMode, jail_files
 
     sets = tuple(dict.fromkeys([*options.files, *from_config]))
@@ -152,7 +158,7 @@ def _files_of(options: JailOptions, from_config: Sequence[str] = ()) -> dict[str
                 "mail.example.org."
             )
     return {
-        "files": jail_files(options.file, sets, source=options.origin("file")),
+        "files": jail_files((*options.file, *paths), sets, source=options.origin("file")),
         "file_mode": FileMode(options.file_mode),
         "file_sets": sets,
         "resolve_names": names,

@@ -269,6 +269,10 @@ def test_stock_debian_recursor_answers_from_its_jail(
     read = _config_events(stderr)
     assert read and read[0]["chroot"] == "/var/spool/powerdns", stderr
     assert read[0]["files"] == ["/etc/powerdns/recursor.conf"] and read[0]["log_sockets"] == []
+    # Debian's hint-file and trust anchors, read again inside the jail after the chroot: placed
+    # there (without them every thread died at start, "Exception in RecursorThread")
+    assert read[0]["jail_files"] == "/usr/share/dns/root.hints, /usr/share/dns/root.key"
+    assert "Exception in RecursorThread" not in stderr, stderr
     assert "daemon's own user or group (pdns)" in stderr
     assert host_state(stock) == host_before
 
@@ -284,3 +288,32 @@ def test_chroot_with_the_api_is_refused_in_the_recursors_words(
     assert result.code == 78, result.stderr
     assert "Using chroot and enabling the API is not possible" in result.error
     assert not (jail / "dev").exists()
+
+
+def test_socket_dir_under_systemds_runtime_directory_is_looked_for_in_the_jail(
+    area: Path, recursor_bin: str
+) -> None:
+    """Under Debian's unit (RuntimeDirectory=pdns-recursor) socket-dir defaults to
+    $RUNTIME_DIRECTORY, inside the jail once chrooted: the recursor exited "Problem with
+    socket directory" after jailshim had prepared the jail and said the jail's root (found by
+    test_systemd). Now 78 before anything is prepared, with the recursor's words and the
+    remedy; with the remedy (socket-dir=/) the same run answers."""
+    jail = make_jail(area)
+    port = free_port()
+    directory = write_config(area, jail, port)
+    env = clean_env(RUNTIME_DIRECTORY="/run/pdns-recursor")
+    command = [recursor_bin, "--daemon=no", f"--config-dir={directory}"]
+    result = run("run", "--", *command, env=env)
+    assert result.code == 78, result.stderr
+    assert "Problem with socket directory" in result.error
+    assert f"{jail}/run/pdns-recursor" in result.error and "socket-dir=/" in result.error
+    assert not (jail / "dev").exists()
+
+    proc = spawn(jailshim_argv("run", "--", *command, "--socket-dir=/"), env=env)
+    try:
+        assert ask(port, proc) == "127.0.0.1"
+        assert (jail / "pdns_recursor.controlsocket").is_socket()
+    finally:
+        _, stderr = stop(proc)
+    read = _config_events(stderr)
+    assert read and read[0]["socket_dir"] == str(jail), stderr

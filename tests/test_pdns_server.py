@@ -14,13 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from jailshim.daemons.pdns_common import file_words
-from jailshim.daemons.pdns_server import (
-    backend_settings,
-    bind_configs,
-    missing_inside,
-    socket_directory,
-)
+from jailshim.daemons.pdns_common import file_words, missing_inside, socket_directory
+from jailshim.daemons.pdns_server import backend_settings, bind_configs
 from tests.daemons import descendants, free_port, own_network, status_field, stop
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
@@ -268,9 +263,9 @@ def test_settings_files_are_read_as_argvmap_reads_them(tmp_path: Path) -> None:
         ("bind-config", "/b"),
         ("bind-two-config", "/two"),
     ]
-    assert socket_directory({}, {}, "/j") == "/j"
-    assert socket_directory({"socket-dir": "/s"}, {"RUNTIME_DIRECTORY": "/r"}, "/j") == "/j/s"
-    assert socket_directory({}, {"RUNTIME_DIRECTORY": "/run/pdns"}, "/j") == "/j/run/pdns"
+    assert socket_directory({}, {}, "/j", "/u") == "/j"
+    assert socket_directory({"socket-dir": "/s"}, {"RUNTIME_DIRECTORY": "/r"}, "/j", "/u") == "/j/s"
+    assert socket_directory({}, {"RUNTIME_DIRECTORY": "/run/pdns"}, "/j", "/u") == "/j/run/pdns"
 
 
 # -- Debian's own pdns.conf, pdns.d/bind.conf and named.conf -------------------------------------

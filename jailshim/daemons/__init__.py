@@ -64,6 +64,9 @@ class DaemonPlan(NamedTuple):
     read: tuple[tuple[str, str], ...] = ()  # more facts read, for the log (name, value)
     notify: bool = False  # it sends READY=1 to $NOTIFY_SOCKET from inside its jail
     file_sets: tuple[str, ...] = ()  # named jail-file sets it needs (files.FILE_SETS keys)
+    # host files it opens after its chroot at the same path (pdns_recursor's hint-file, read
+    # again inside the jail at every root refresh): placed as --file paths are
+    jail_files: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()  # device nodes it needs beyond jailshim's default ones
     # crypto libraries it loads at run time, not linked by COMMAND (lighttpd's mod_openssl
     # brings libcrypto): probed instead of COMMAND's, unless --crypto-lib names others

@@ -33,11 +33,13 @@ __all__ = [
     "include_files",
     "jail_of",
     "local_addresses",
+    "missing_inside",
     "must_do",
     "parse_diff",
     "refuse_notify_socket",
     "rejected",
     "settings_of",
+    "socket_directory",
     "wait_targets",
 ]
 
@@ -226,3 +228,45 @@ def identity_as_set(identity: Identity, *, group_given: bool) -> Identity:
     if group_given and identity.gid != 0:
         return identity
     return identity._replace(gid=os.getgid(), groups=tuple(sorted(set(os.getgroups()))))
+
+
+def socket_directory(
+    values: Mapping[str, str], env: Mapping[str, str], chroot: str | None, unjailed: str
+) -> str:
+    """Where either daemon makes its control socket and pid file (DynListener, writePid):
+    socket-dir, whose default is $RUNTIME_DIRECTORY when that is set (so under systemd
+    RuntimeDirectory=, never in the diff: it is the default), under the jail as text (chroot +
+    socket-dir); the jail itself when neither; ``unjailed`` (its build's LOCALSTATEDIR one)
+    without a chroot. A recursor under Debian's unit looked for CHROOT/run/pdns-recursor and
+    exited "Problem with socket directory" where jailshim had said the jail's root."""
+    socket_dir = values.get("socket-dir") or env.get("RUNTIME_DIRECTORY", "")
+    if chroot:
+        return os.path.normpath(chroot + "/" + socket_dir)
+    return os.path.normpath(socket_dir) if socket_dir else unjailed
+
+
+def missing_inside(chroot: str, path: str, *, directory: bool = False) -> bool:
+    """PATH is surely absent from the jail as the chrooted daemon would see it: a component
+    is missing, or the last is no regular file (no directory, with ``directory``). Walked
+    with lstat only: a symlink on the way resolves inside the jail for the daemon, not on the
+    host, so it is left to the daemon to judge (False), and nothing of a jail not yet judged
+    is ever followed."""
+    import stat
+
+    parts = [p for p in os.path.normpath("/" + path).split("/") if p]
+    current = chroot
+    for index, part in enumerate(parts):
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+        last = index == len(parts) - 1
+        kind = stat.S_ISDIR if directory else stat.S_ISREG
+        if (last and not kind(mode)) or (not last and not stat.S_ISDIR(mode)):
+            return True
+    return False

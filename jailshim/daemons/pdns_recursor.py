@@ -22,6 +22,7 @@ whatever is in its jail, so jailshim refuses that run before preparing anything.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -32,11 +33,13 @@ from jailshim.daemons.pdns_common import (
     identity_settings,
     jail_of,
     local_addresses,
+    missing_inside,
     must_do,
     parse_diff,
     refuse_notify_socket,
     rejected,
     settings_of,
+    socket_directory,
     wait_targets,
 )
 from jailshim.daemons.pdns_common import config_file as _config_file
@@ -50,11 +53,40 @@ __all__ = [
     "config_file",
     "identity_as_set",
     "local_addresses",
+    "opened_in_jail",
     "parse_diff",
     "settings_of",
 ]
 
 _DEFAULTS = {"local-address": "127.0.0.1", "local-port": "53"}  # rec-main.cc, 4.8
+_TRUST_ANCHORS = re.compile(r"""readTrustAnchorsFromFile\(\s*["']([^"']+)["']""")
+_DOFILE = re.compile(r"""dofile\(\s*["']([^"']+)["']""")
+
+
+def opened_in_jail(values: Mapping[str, str]) -> tuple[str, ...]:
+    """Host files the chrooted recursor opens again at the same path inside its jail:
+    `hint-file` (each thread primes the root hints from it after the chroot, and again at
+    every root refresh: Debian's /usr/share/dns/root.hints missing there killed the threads,
+    "Exception in RecursorThread: Unable to open file", and nothing was answered), and the
+    files its Lua config names in readTrustAnchorsFromFile() (re-read every 24 h by default,
+    inside the jail). The Lua config is read as text, not run: its file and the files it
+    dofile()s, one level (Debian's recursor.lua dofile()s rootkeys.lua)."""
+    found = [values["hint-file"]] if values.get("hint-file") else []
+    lua = _lua_text(values.get("lua-config-file", ""))
+    for included in _DOFILE.findall(lua):
+        lua += "\n" + _lua_text(included)
+    found.extend(_TRUST_ANCHORS.findall(lua))
+    return tuple(dict.fromkeys(os.path.normpath("/" + p.lstrip("/")) for p in found))
+
+
+def _lua_text(path: str) -> str:
+    """A Lua file's text without its line comments (`-- …`: Debian's files hold commented
+    examples); "" when unset or unreadable (the recursor's checker judges that)."""
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read() if path else ""  # noqa: SIM115
+    except OSError:
+        return ""
+    return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
 
 
 def config_file(argv: Sequence[str]) -> str:
@@ -83,11 +115,30 @@ class _PdnsRecursor(Adapter):
                 f"{file}); give one of them."
             )
         syslog = not must_do(values.get("disable-syslog", "no"))
-        socket_dir = values.get("socket-dir") or ("/" if chroot else "")
         read = [("tool", f"{argv[0]} --config=diff")]
         if chroot:
-            # its pid file and control socket, made there as root before its setuid
-            read.append(("socket_dir", os.path.normpath(f"{chroot}/{socket_dir}")))
+            # its pid file and control socket, made there as root before its setuid; the
+            # recursor makes no directory for them (rec-main.cc checkSocketDir)
+            sockets_in = socket_directory(values, env, chroot, "/var/run/pdns-recursor")
+            read.append(("socket_dir", sockets_in))
+            inside = sockets_in.removeprefix(chroot.rstrip("/")) or "/"
+            if os.path.isdir(chroot) and missing_inside(chroot, inside, directory=True):
+                raise ConfigError(
+                    "pdns_recursor would exit 'Problem with socket directory' (it does not "
+                    f"exist or cannot access): it makes its control socket in {sockets_in} "
+                    f"after chroot={chroot}"
+                    + (
+                        f" (socket-dir is $RUNTIME_DIRECTORY={env['RUNTIME_DIRECTORY']}, "
+                        "systemd's RuntimeDirectory=, when unset)"
+                        if not values.get("socket-dir") and env.get("RUNTIME_DIRECTORY")
+                        else ""
+                    )
+                    + "; set socket-dir=/ (the jail's root), or make that directory.",
+                    chroot=chroot,
+                )
+        inside = opened_in_jail(values) if chroot else ()
+        if inside:
+            read.append(("jail_files", ", ".join(inside)))
         user, group, said = identity_settings("pdns_recursor", values, file)
         targets, more = wait_targets(values, file, _DEFAULTS)
         return DaemonPlan(
@@ -99,6 +150,7 @@ class _PdnsRecursor(Adapter):
             wait_targets=targets,
             notes=(*said, *more),
             read=tuple(read),
+            jail_files=inside,
         )
 
     def check_config(self, argv: Sequence[str]) -> None:

@@ -43,11 +43,13 @@ from jailshim.daemons.pdns_common import (
     identity_settings,
     include_files,
     jail_of,
+    missing_inside,
     must_do,
     parse_diff,
     refuse_notify_socket,
     rejected,
     settings_of,
+    socket_directory,
     wait_targets,
 )
 from jailshim.errors import ConfigError
@@ -55,7 +57,7 @@ from jailshim.errors import ConfigError
 if TYPE_CHECKING:
     from jailshim.spec import Identity
 
-__all__ = ["ADAPTER", "backend_settings", "bind_configs", "missing_inside", "socket_directory"]
+__all__ = ["ADAPTER", "backend_settings", "bind_configs"]
 
 _DEFAULTS = {"local-address": "0.0.0.0, ::", "local-port": "53"}  # auth-main.cc, 4.7
 
@@ -89,44 +91,9 @@ def bind_configs(launch: str, settings: Mapping[str, str]) -> list[tuple[str, st
     return found
 
 
-def socket_directory(values: Mapping[str, str], env: Mapping[str, str], chroot: str | None) -> str:
-    """Where it makes its control socket and pid file (DynListener, writePid): socket-dir
-    ($RUNTIME_DIRECTORY when unset and that is set: its default, so never in the diff),
-    under the jail as text (chroot + socket-dir); the jail itself when none."""
-    socket_dir = values.get("socket-dir") or env.get("RUNTIME_DIRECTORY", "")
-    if chroot:
-        return os.path.normpath(chroot + "/" + socket_dir)
-    return os.path.normpath(socket_dir) if socket_dir else "/var/run/pdns"
-
-
 def _in_jail(chroot: str, path: str) -> str:
     """PATH as the chrooted server opens it (its working directory is the jail's /)."""
     return os.path.normpath(os.path.join(chroot, path.lstrip("/")))
-
-
-def missing_inside(chroot: str, path: str) -> bool:
-    """PATH is surely absent from the jail as the chrooted server would see it: a component
-    is missing, or the last is no regular file. Walked with lstat only: a symlink on the way
-    resolves inside the jail for the server, not on the host, so it is left to the server to
-    judge (False), and nothing of a jail not yet judged is ever followed."""
-    import stat
-
-    parts = [p for p in os.path.normpath("/" + path).split("/") if p]
-    current = chroot
-    for index, part in enumerate(parts):
-        current = os.path.join(current, part)
-        try:
-            mode = os.lstat(current).st_mode
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        if stat.S_ISLNK(mode):
-            return False
-        last = index == len(parts) - 1
-        if (last and not stat.S_ISREG(mode)) or (not last and not stat.S_ISDIR(mode)):
-            return True
-    return False
 
 
 class _PdnsServer(Adapter):
@@ -150,7 +117,7 @@ class _PdnsServer(Adapter):
         read = [("tool", f"{argv[0]} --config=diff")]
         notes: list[str] = []
         if chroot and os.path.isdir(chroot):  # else jailshim's own "the jail does not exist"
-            sockets_in = socket_directory(values, env, chroot)
+            sockets_in = socket_directory(values, env, chroot, "/var/run/pdns")
             read.append(("socket_dir", sockets_in))
             if not os.path.isdir(os.path.dirname(sockets_in.rstrip("/")) or "/"):
                 raise ConfigError(
