@@ -308,16 +308,18 @@ def test_unbound_image_cp_line_from_a_real_cp_without_cap_mknod(area: Path) -> N
 
 
 def test_cp_refused_for_another_reason_is_not_the_mknod_case(area: Path) -> None:
-    """Near miss: cp as an unprivileged user into a root-owned directory (EACCES: the
-    directory's permission, not mknod)."""
+    """Near miss: root with CAP_MKNOD but without CAP_DAC_OVERRIDE copying into a directory
+    another user owns (EACCES: the directory's permission, not mknod)."""
     dev = area / "dev"
     dev.mkdir(mode=0o755)
+    os.chown(dev, 65534, 65534)
     cp = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+         "--inh-caps", "-dac_override,-dac_read_search",
          "cp", "-a", "/dev/urandom", f"{dev}/"],
         capture_output=True, text=True, timeout=30, env=clean_env(LC_ALL="C"), check=False,
     )  # fmt: skip
-    assert "Permission denied" in cp.stderr, cp.stderr
+    assert f"cannot create special file '{dev}/urandom': Permission denied" in cp.stderr, cp
     assert CP_NODES not in names(cp.stderr)
 
 
