@@ -21,6 +21,7 @@ import pytest
 
 from jailshim.explain import SIGNATURES, match
 from tests.daemons import free_port, own_network, stop
+from tests.handshake import EventReader
 from tests.support import TESTS, clean_env, jailshim_argv, need, spawn
 from tests.test_vsftpd import connect, vsftpd_bin, write_config
 
@@ -244,6 +245,26 @@ def test_powerdns_auth_aborts_without_its_source(area: Path, own_network: None) 
     assert "what():  Cannot open /dev/urandom: No such file or directory" in output, output
     out = assert_explained_as(output, PDNS)
     assert "before it chroots" in out
+
+
+def test_powerdns_own_chroot_needs_no_device(area: Path, jail: Path, own_network: None) -> None:
+    """Why the cause says "a root pdns was started in", not its own jail: pdns_server with
+    rng=urandom and chroot= an empty jail opens the device before it chroots and runs on."""
+    need(os.access(PDNS_SERVER, os.X_OK), "needs pdns_server (Debian package pdns-server)")
+    (area / "pdns.conf").write_text("")  # the stock settings, nothing from /etc
+    proc = spawn(
+        [PDNS_SERVER, f"--config-dir={area}", "--launch=bind", "--guardian=no", "--daemon=no",
+         "--rng=urandom", f"--chroot={jail}", "--socket-dir=/", "--local-address=127.0.0.1",
+         f"--local-port={free_port()}"]
+    )  # fmt: skip
+    with EventReader(proc) as pdns:
+        pdns.wait_for_text("Done launching threads", "pdns_server to start after chroot")
+        assert os.readlink(f"/proc/{proc.pid}/root") == str(jail)
+        _, rest = stop(proc)
+    stderr = pdns.output()[1] + rest
+    assert f"Chrooted to '{jail}'" in stderr and "Cannot open" not in stderr, stderr
+    assert not (jail / "dev").exists()
+    assert PDNS not in names(stderr)
 
 
 def test_powerdns_recursor_falls_back_and_fails(area: Path, own_network: None) -> None:
