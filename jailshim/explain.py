@@ -304,7 +304,8 @@ SIGNATURES: tuple[Signature, ...] = (
         "chroot with `cp -a`, which makes new device nodes with mknod(); the kernel refuses "
         "(EPERM) without CAP_MKNOD — the runtime dropped it, or rootless podman/a user "
         "namespace, where mknod is never allowed. The script goes on and unbound starts with "
-        "no dev/ in its jail: fine while getrandom() works, a failure when it is denied.",
+        "an empty dev/ in its jail: harmless while getrandom() works; where a filter denies "
+        "it, a library that falls back to the device finds none.",
         "Fix: replace the cp line with `jailshim prepare --chroot /opt/unbound/etc/unbound "
         "--user _unbound`: where mknod is refused it bind-mounts the host's nodes (needs "
         "CAP_SYS_ADMIN over its mount namespace: `--cap-add=SYS_ADMIN`, rootless podman too), "
