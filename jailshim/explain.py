@@ -189,8 +189,9 @@ SIGNATURES: tuple[Signature, ...] = (
         "/dev/urandom) once at start, before it chroots, and keeps it open: its own `chroot=` "
         "jail needs no device for this. So the path was missing in the root pdns was started "
         "in (pdns run inside a jail or minimal image without /dev, or `entropy-source=` names "
-        "a file that is not there). Up to 4.1 it reads the source always and exits; 4.2-4.8 "
-        "open it only with `rng=urandom`/`kiss`, or when getrandom() fails (a seccomp filter: "
+        "a file that is not there). Up to 4.1 it reads the source always and exits; auth "
+        "4.2-4.8 and recursor 4.2-4.9 open it only with `rng=urandom`/`kiss`, or when "
+        "getrandom() fails (a seccomp filter: "
         '"getrandom() failed: …, falling back to /dev/urandom"), and abort. Auth 4.9 and '
         "recursor 5.0 use arc4random (getrandom()) and print neither.",
         "Fix: make the path exist in the root pdns starts in — where pdns is itself started "
