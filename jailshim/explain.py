@@ -174,6 +174,145 @@ SIGNATURES: tuple[Signature, ...] = (
         "(or `jailshim prepare --chroot /var/spool/postfix --files resolver --files time --files "
         "services`); `jailshim check … --resolve NAME` proves a name resolves inside.",
     ),
+    # --- daemons' own lines (issue 30): each quoted from the source file cited ---------------
+    _sig(
+        "PowerDNS: cannot open its random source",
+        # 3.x-4.1, pdns/randomhelper.cc seedRandom: "Unable to open source of random '%s': %s"
+        # (or "Unable to read random seed from %s: …"), exit(1), after the normal line "Reading
+        # random entropy from '/dev/urandom'". 4.2-4.8 (rec 4.2-4.9), pdns/dns_random.cc
+        # dns_random_setup: throw runtime_error("Cannot open " + rdev + ": " + stringerror());
+        # auth aborts ("terminate called … what():  Cannot open …"), the recursor logs
+        # msg="Fatal error" error="Cannot open …" (both measured with Debian's 4.7.3 / 4.8.8).
+        r"Unable to open source of random '|Unable to read random seed from |"
+        r"Cannot open \S*random\S*: |getrandom\(\) failed: [^\n]*falling back to",
+        "PowerDNS (auth and recursor) opens its entropy source (`entropy-source=`, default "
+        "/dev/urandom) once at start, before it chroots, and keeps it open: its own `chroot=` "
+        "jail needs no device for this. So the path was missing in the root pdns was started "
+        "in (pdns run inside a jail or minimal image without /dev, or `entropy-source=` names "
+        "a file that is not there). Up to 4.1 it reads the source always and exits; auth "
+        "4.2-4.8 and recursor 4.2-4.9 open it only with `rng=urandom`/`kiss`, or when "
+        "getrandom() fails (a seccomp filter: "
+        '"getrandom() failed: …, falling back to /dev/urandom"), and abort. Auth 4.9 and '
+        "recursor 5.0 use arc4random (getrandom()) and print neither.",
+        "Fix: make the path exist in the root pdns starts in — where pdns is itself started "
+        "inside a jail, `jailshim prepare --chroot THAT_ROOT --user USER` makes dev/urandom "
+        "there — or correct `entropy-source=`; from 4.2, `rng=auto` (the default) uses "
+        "getrandom() where no filter denies it. Then start pdns again: it has exited.",
+    ),
+    _sig(
+        "sshd: bad ownership or modes for chroot directory",
+        # openssh session.c safely_chroot: fatal("bad ownership or modes for chroot directory
+        # %s\"%s\"", cp == NULL ? "" : "component ", component) when st_uid != 0 or mode & 022
+        r"bad ownership or modes for chroot directory",
+        "sshd checks every component of ChrootDirectory (session.c safely_chroot) after the "
+        "user has authenticated: each must be a directory owned by root and not writable by "
+        "group or others, or the session ends (the client just sees the connection close). "
+        '"component" means a parent of the jail is at fault, not the jail itself. The check '
+        "is unconditional (StrictModes does not turn it off).",
+        "Fix: for the path named and every directory above it, `chown root` and "
+        "`chmod go-w`; give the user a writable subdirectory inside the jail (e.g. "
+        "JAIL/upload owned by the user) instead of a writable jail. `sshd -T -C "
+        "user=USER,host=HOST,addr=ADDR` shows which ChrootDirectory applies. No jailshim "
+        "command changes this: the ownership is sshd's rule, not a missing device.",
+    ),
+    _sig(
+        "vsftpd: secure_chroot_dir not found",
+        # vsftpd twoprocess.c drop_all_privs: lstat() fails ->
+        # die2("vsftpd: not found: directory given in 'secure_chroot_dir':", dir), sent to the
+        # client as "500 OOPS: …" (and logged)
+        r"not found: directory given in 'secure_chroot_dir'",
+        "Each connection's pre-login process chroots into secure_chroot_dir (Debian: "
+        "/var/run/vsftpd/empty) and vsftpd lstat()s it first; it is missing, so every "
+        "connection gets this 500 OOPS while the listener itself runs on. Typical in a "
+        "container or after a reboot: /run is empty and nothing (systemd-tmpfiles, Debian's "
+        "unit's ExecStartPre) created it.",
+        "Fix: create it root-owned and not writable by others (`mkdir -p -m 0755 DIR`) before "
+        "vsftpd starts — in a container's entrypoint, or RuntimeDirectory= in a unit. Starting "
+        "it as `jailshim run -- vsftpd CONFIG` prepares that jail and refuses at once (78, "
+        "naming the directory) when it is missing, instead of failing each connection.",
+    ),
+    _sig(
+        "vsftpd: refusing to run with writable root inside chroot()",
+        # vsftpd secutil.c vsf_secutil_change_credentials: after chroot and setuid,
+        # if (vsf_sysutil_write_access("/")) die("vsftpd: refusing to run with writable root
+        # inside chroot()") unless allow_writeable_chroot
+        r"refusing to run with writable root inside chroot",
+        "After chroot() and dropping to the user, vsftpd (secutil.c) refuses a root that user "
+        "can write. The root is the logged-in user's: their home with "
+        "chroot_local_user=YES (or chroot_list), anon_root for anonymous logins (as user ftp), "
+        "or secure_chroot_dir for the pre-login process (as nopriv_user).",
+        "Fix: take the user's write permission off that directory (`chmod a-w DIR`, or make "
+        "it root-owned) and give uploads a writable subdirectory inside it; or set "
+        "allow_writeable_chroot=YES (Debian's 3.0.3 has it) if a writable root is what you want. A "
+        "jailshim jail does not change this: it is the user's own root, not a missing device.",
+    ),
+    _sig(
+        "postfix: no entropy for TLS key generation",
+        # postfix src/tls/tls_server.c tls_server_init (and tls_client.c tls_client_init):
+        # if (tls_ext_seed(var_tls_daemon_rand_bytes) < 0) msg_warn("no entropy for TLS key
+        # generation: disabling TLS support"); tls_seed.c: tls_ext_seed asks tlsmgr(8)
+        r"no entropy for TLS key generation",
+        "smtpd/smtp (chrooted in the queue directory) ask tlsmgr(8) for seed bytes over "
+        "private/tlsmgr (tls_seed.c tls_ext_seed); the request failed, so this process runs "
+        "without TLS. tlsmgr is not in master.cf, not running, or not reachable — the "
+        'warnings just before it name the socket and error ("connect to private/tlsmgr: '
+        '…", "problem talking to server private/tlsmgr"). Not a device in the jail: tlsmgr '
+        "opens tls_random_source before it chroots (tlsmgr.c tlsmgr_pre_init).",
+        "Fix: make tlsmgr run — master.cf needs Debian's line `tlsmgr unix - - y 1000? 1 "
+        "tlsmgr`, then `postfix reload` — and fix the error the preceding warnings name. "
+        "A dev/urandom in the queue directory does not help here.",
+    ),
+    _sig(
+        "BIND (9.12 and older): could not open entropy source",
+        # bind9 bin/named/server.c (up to 9.12): "could not open entropy source %s: %s"
+        # (isc_entropy_createfilesource failed for random-device); isc_entropy was removed in
+        # 9.13.0 (commit 3a4f820), so 9.16/9.18 never print it. Case-sensitive: Rust's
+        # getrandom users panic with "Could not open entropy source!".
+        r"(?-i:could not open entropy source) \S+: ",
+        "named up to BIND 9.12 opens `random-device` (default /dev/random) when it loads its "
+        "config, which with `-t` happens after chroot: the path is resolved inside the jail, "
+        'which has no dev/random. It then uses a device it opened before chroot ("using '
+        'pre-chroot entropy source") where it has one; without it, what needs random data '
+        '(DNSSEC signing, TKEY) can fail "out of entropy". BIND 9.13 and later (9.16, 9.18) '
+        "take random numbers from the crypto library and no longer print this line.",
+        "Fix: `jailshim prepare --chroot JAIL --user bind` (or `jailshim run -- named -t JAIL "
+        "…`) makes dev/random and dev/urandom in the jail; then `rndc reload`. On 9.13 and "
+        "later this line does not occur: look for the crypto library's error instead.",
+    ),
+    _sig(
+        "OpenSSL 1.0.x/1.1.0: PRNG not seeded",
+        # OpenSSL 1.0.x crypto/rand/md_rand.c ssleay_rand_bytes:
+        # RANDerr(RAND_F_SSLEAY_RAND_BYTES, RAND_R_PRNG_NOT_SEEDED) ("SSLEAY_RAND_BYTES",
+        # "PRNG not seeded", rand_err.c; error:24064064); 1.1.0 the same as RAND_bytes
+        r"PRNG not seeded",
+        "OpenSSL before 1.1.1 (md_rand.c) polls the system once, at its first RAND_bytes() "
+        "(RAND_poll: /dev/urandom, /dev/random, /dev/srandom, EGD sockets; no getrandom()). "
+        "A daemon that first asks for random bytes after chroot finds none of them in the "
+        "jail, and the pool stays unseeded: every later call fails, because it never polls "
+        "again.",
+        "Fix: run `jailshim prepare --chroot JAIL --user USER` (or `jailshim run -- DAEMON …` "
+        "as the entrypoint) so dev/urandom and dev/random exist in the jail, then restart the "
+        "daemon: this OpenSSL never polls again by itself. `jailshim doctor --pid PID` checks "
+        "a running one.",
+    ),
+    _sig(
+        "unbound container image: cp cannot create the jail's device nodes",
+        # MatthewVance/unbound-docker data/unbound.sh: `mkdir -p /opt/unbound/etc/unbound/dev &&
+        # cp -a /dev/random /dev/urandom /dev/null /opt/unbound/etc/unbound/dev/` (no set -e,
+        # so unbound starts anyway); GNU cp: "cannot create special file %s"
+        r"cannot create special file [^\n]*dev/[^\n]*Operation not permitted",
+        "The image's entrypoint copies /dev/random, /dev/urandom and /dev/null into unbound's "
+        "chroot with `cp -a`, which makes new device nodes with mknod(); the kernel refuses "
+        "(EPERM) without CAP_MKNOD — the runtime dropped it, or rootless podman/a user "
+        "namespace, where mknod is never allowed. The script goes on and unbound starts with "
+        "an empty dev/ in its jail: harmless while getrandom() works; where a filter denies "
+        "it, a library that falls back to the device finds none.",
+        "Fix: replace the cp line with `jailshim prepare --chroot /opt/unbound/etc/unbound "
+        "--user _unbound`: where mknod is refused it bind-mounts the host's nodes (needs "
+        "CAP_SYS_ADMIN over its mount namespace: `--cap-add=SYS_ADMIN`, rootless podman too), "
+        "and exits 77 naming the missing capability when neither works. Or allow mknod "
+        "(`--cap-add=MKNOD`, rootful only).",
+    ),
 )
 
 
@@ -194,9 +333,11 @@ def explain(stream: TextIO, out: TextIO | None = None) -> int:
     matches = match(stream)
     if not matches:
         out.write(
-            "no known signature: jailshim recognises entropy failures (OpenSSL, GnuTLS, Python), "
-            "syslog sockets missing in a jail, haproxy bind failures, and a chrooted postfix "
-            "without its resolver files.\n"
+            "no known signature: jailshim recognises entropy failures (OpenSSL 1.0-3, GnuTLS, "
+            "Python, PowerDNS, BIND up to 9.12, postfix's TLS seed), syslog sockets missing in "
+            "a jail, haproxy bind failures, a chrooted postfix without its resolver files, "
+            "sshd's and vsftpd's chroot refusals (ownership, a writable root, a missing "
+            "secure_chroot_dir) and device nodes cp could not create (unbound's image).\n"
         )
         return 1
     for sig, line in matches:
