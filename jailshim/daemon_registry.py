@@ -35,6 +35,7 @@ REGISTRY = {
     "pdns_recursor": Registered("jailshim.daemons.pdns_recursor"),
     "postfix": Registered("jailshim.daemons.postfix"),
     "radvd": Registered("jailshim.daemons.radvd"),
+    "sshd": Registered("jailshim.daemons.sshd"),
     "stunnel": Registered("jailshim.daemons.stunnel"),
     "unbound": Registered("jailshim.daemons.unbound"),
     "vsftpd": Registered("jailshim.daemons.vsftpd"),

@@ -1,0 +1,282 @@
+"""`jailshim run -- sshd -D -f FILE`: the sftp jails of its Match blocks, read by `sshd -T`.
+
+Each daemon test runs in a private mount namespace of its own (also a user namespace for
+"userns") where the test's user exists in copies of /etc/passwd, shadow and group bound over the
+host's, the jails live under /srv (a directory of the test's, bound there: sshd wants every
+component of a jail's path root-owned, and pytest's /tmp is 1777), /run is a tmpfs with sshd's
+/run/sshd, and /dev is a tmpfs holding binds of the host's nodes and the test's syslog socket
+as /dev/log. The host's /etc, /srv, /run and /dev are never written; all of it goes with sshd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jailshim.daemons.sshd import expand_chroot, literal_users, match_lines, refusal
+from jailshim.errors import ConfigError
+from tests.daemons import SyslogSocket, free_port, own_network, stop
+from tests.support import NSRUN, jailshim_argv, need, run, spawn
+
+__all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
+
+SSHD = "/usr/sbin/sshd"
+STOCK = Path("/usr/share/openssh/sshd_config")  # Debian's pristine sshd_config
+USER, UID = "jsftp", 64200  # the test's user: only in the namespace's passwd copy
+_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+@pytest.fixture
+def sshd_bin(root: None, own_network: None) -> str:
+    need(os.access(SSHD, os.X_OK), "needs sshd (Debian package openssh-server)")
+    need(STOCK.is_file(), f"needs Debian's {STOCK} (package openssh-server)")
+    need(shutil.which("sftp") is not None, "needs sftp (Debian package openssh-client)")
+    return SSHD
+
+
+class Site:
+    """The test's /srv (jail, home), passwd, shadow and group copies, client key and config."""
+
+    def __init__(self, area: Path, port: int, match: str) -> None:
+        self.area, self.port = area, port
+        self.srv = area / "srv"
+        self.jail = self.srv / "jail" / USER  # ChrootDirectory /srv/jail/%u
+        (self.jail / "pub").mkdir(parents=True, mode=0o755)
+        (self.jail / "pub/hello.txt").write_text("hello from the jail\n")
+        ssh = self.srv / "home" / USER / ".ssh"
+        ssh.mkdir(parents=True, mode=0o755)
+        for d in (self.srv, self.srv / "jail", self.srv / "home", ssh.parent, self.jail):
+            d.chmod(0o755)
+        self.key = area / "client_key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True
+        )
+        (ssh / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
+        self.passwd = area / "passwd"
+        self.passwd.write_text(
+            Path("/etc/passwd").read_text()
+            + f"{USER}:x:{UID}:{UID}::/srv/home/{USER}:/usr/sbin/nologin\n"
+        )
+        # pam_unix's account check wants the user's shadow line ("*": no password, not locked)
+        self.shadow = area / "shadow"
+        shutil.copy2("/etc/shadow", self.shadow)
+        with self.shadow.open("a") as f:
+            f.write(f"{USER}:*:19000:0:99999:7:::\n")
+        self.group = area / "group"
+        self.group.write_text(Path("/etc/group").read_text() + f"{USER}:x:{UID}:\n")
+        self.config = area / "sshd_config"
+        stock = STOCK.read_text()
+        assert "#Port 22\n" in stock, "Debian's sshd_config changed"
+        self.config.write_text(stock.replace("#Port 22\n", f"Port {port}\n") + match)
+        self.log = SyslogSocket(area / "log")
+        # a datagram socket queues only net.unix.max_dgram_qlen (10) messages, then syslog()
+        # blocks the sender: sshd stalled mid-session until a thread kept reading
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+        (area / "hostdev").mkdir()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.lines.append(self.log.sock.recv(65536).decode(errors="replace"))
+            except OSError:  # closed
+                return
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.log.sock.shutdown(socket.SHUT_RDWR)
+        self.log.close()
+        self.reader.join(5)
+
+    def wrap(self, argv: list[str], *, userns: bool) -> list[str]:
+        """``argv`` in the private namespace described in the module's docstring."""
+        q = shlex.quote
+        steps = [
+            "set -e",
+            f"mount --bind {q(str(self.srv))} /srv",
+            f"mount --bind {q(str(self.passwd))} /etc/passwd",
+            f"mount --bind {q(str(self.group))} /etc/group",
+            f"mount --bind {q(str(self.shadow))} /etc/shadow",
+            "mount -t tmpfs -o mode=0755 tmpfs /run",
+            "mkdir -m 0755 /run/sshd",
+            f"mount --rbind /dev {q(str(self.area / 'hostdev'))}",
+            "mount -t tmpfs -o mode=0755 tmpfs /dev",
+            *(
+                f"touch /dev/{n}; mount --bind {q(str(self.area / 'hostdev' / n))} /dev/{n}"
+                for n in _NODES
+            ),
+            f"touch /dev/log; mount --bind {q(str(self.log.path))} /dev/log",
+            'exec "$@"',
+        ]
+        ns = (
+            [sys.executable, NSRUN, "--mount", "--"]
+            if userns
+            else ["unshare", "--mount", "--propagation", "private"]
+        )
+        return [*ns, "sh", "-c", "; ".join(steps), "sh", *argv]
+
+    def sftp(self, batch: str) -> subprocess.CompletedProcess[str]:
+        """An sftp session with the client's key, retried until sshd listens."""
+        (self.area / "batch").write_text(batch)
+        argv = [
+            "sftp",
+            "-b",
+            str(self.area / "batch"),
+            "-i",
+            str(self.key),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={self.area / 'known_hosts'}",
+            "-o",
+            "BatchMode=yes",
+            "-P",
+            str(self.port),
+            f"{USER}@127.0.0.1",
+        ]
+        deadline = time.monotonic() + 20
+        while True:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+            if done.returncode == 0 or time.monotonic() > deadline:
+                return done
+            if "Connection refused" not in done.stderr:
+                return done
+            time.sleep(0.2)
+
+
+_MATCH = (
+    f"\nMatch User {USER}\n\tChrootDirectory /srv/jail/%u\n\tForceCommand internal-sftp -l INFO\n"
+)
+
+
+@pytest.mark.parametrize("where", ["plain", "userns"])
+def test_sftp_session_is_served_from_the_jail_of_its_match_block(
+    area: Path, sshd_bin: str, where: str
+) -> None:
+    """Debian's stock sshd_config, its port moved and a Match block added: no --chroot, the
+    jail is /srv/jail/%u for the user the Match line names (sshd -T -C user=…); an sftp
+    session lists and gets the jail's file, and internal-sftp's INFO lines (logged after its
+    chroot) reach the test's syslog socket through the jail's dev/log."""
+    site = Site(area, free_port(), _MATCH)
+    try:
+        argv = jailshim_argv("run", "--", sshd_bin, "-D", "-f", str(site.config))
+        proc = spawn(site.wrap(argv, userns=where == "userns"))
+        try:
+            got = area / "got.txt"
+            done = site.sftp(f"ls pub\nget pub/hello.txt {got}\n")
+            assert done.returncode == 0, (done.stderr, site.lines)
+            assert "pub/hello.txt" in done.stdout
+            assert got.read_text() == "hello from the jail\n"
+            time.sleep(0.5)  # the session's last lines
+            lines = list(site.lines)
+        finally:
+            _, stderr = stop(proc)
+    finally:
+        site.close()
+    assert "Traceback" not in stderr
+    handover = [ln for ln in stderr.splitlines() if '"event": "handover"' in ln]
+    assert handover and '"chroot": "/srv/jail/jsftp"' in handover[0], stderr
+    assert '"log_sockets": ["/dev/log"]' in stderr, stderr
+    sftp_lines = [ln for ln in lines if "internal-sftp" in ln]
+    assert any(f"session opened for local user {USER}" in ln for ln in sftp_lines), lines
+    assert any('open "/pub/hello.txt"' in ln for ln in sftp_lines), lines  # path in the jail
+    assert (site.jail / "dev/log").exists() or where == "userns"
+
+
+def _error(stderr: str) -> str:
+    """The sentence of jailshim's "failed" event."""
+    failed = [json.loads(ln) for ln in stderr.splitlines() if '"event": "failed"' in ln]
+    assert failed, stderr
+    return str(failed[-1]["error"])
+
+
+def test_a_jail_with_bad_ownership_is_refused_in_sshds_words_before_it_starts(
+    area: Path, sshd_bin: str
+) -> None:
+    """The user's jail owned by the user: sshd would end every session after login; jailshim
+    refuses (78) before sshd starts, in sshd's words, and prepares nothing."""
+    site = Site(area, free_port(), _MATCH)
+    try:
+        os.chown(site.jail, UID, UID)
+        argv = jailshim_argv("run", "--", sshd_bin, "-D", "-f", str(site.config))
+        done = subprocess.run(
+            site.wrap(argv, userns=False), capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        site.close()
+    assert done.returncode == 78, done.stderr
+    words = 'bad ownership or modes for chroot directory "/srv/jail/jsftp"'
+    assert words in _error(done.stderr), done.stderr
+    assert '"event": "handover"' not in done.stderr
+    assert not (site.jail / "dev").exists(), "a jail sshd refuses was prepared"
+
+
+def test_a_broken_config_is_78_in_sshds_words(area: Path, sshd_bin: str) -> None:
+    site = Site(area, free_port(), _MATCH + "\tNoSuchOption yes\n")
+    try:
+        argv = jailshim_argv("run", "--", sshd_bin, "-D", "-f", str(site.config))
+        done = subprocess.run(
+            site.wrap(argv, userns=False), capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        site.close()
+    assert done.returncode == 78, done.stderr
+    assert "Bad configuration option: NoSuchOption" in _error(done.stderr), done.stderr
+    assert not (site.jail / "dev").exists()
+
+
+def test_a_missing_privilege_separation_directory_is_78_in_sshds_words(
+    area: Path, sshd_bin: str
+) -> None:
+    """No /run/sshd (a container whose /run is empty, no unit's RuntimeDirectory=): sshd -T
+    and sshd -t both refuse; 78 in sshd's words, nothing prepared."""
+    site = Site(area, free_port(), _MATCH)
+    try:
+        argv = jailshim_argv("run", "--", sshd_bin, "-D", "-f", str(site.config))
+        wrapped = site.wrap(argv, userns=False)
+        script = wrapped.index("sh") + 2
+        wrapped[script] = wrapped[script].replace("mkdir -m 0755 /run/sshd", "true")
+        done = subprocess.run(wrapped, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        site.close()
+    assert done.returncode == 78, done.stderr
+    assert "Missing privilege separation directory: /run/sshd" in _error(done.stderr)
+    assert not (site.jail / "dev").exists()
+
+
+def test_match_lines_and_tokens_are_read_as_sshd_does(tmp_path: Path) -> None:
+    debug = (
+        "debug3: checking syntax for 'Match User alice,bob Address 10.0.0.0/8'\n"
+        "debug3: checking syntax for 'Match User carol'\n"
+        "debug3: checking match for 'User carol' user (null) host (null)\n"
+    )
+    assert match_lines(debug) == ["User alice,bob Address 10.0.0.0/8", "User carol"]
+    assert literal_users("User alice,bob Address 10.0.0.0/8") == (["alice", "bob"], False)
+    assert literal_users("User carol") == (["carol"], True)
+    assert literal_users("user dan,sftp-*,!eve") == (["dan"], False)
+    assert literal_users("Group sftp") == ([], False)
+    assert expand_chroot("/srv/%u/%U/%%", "ann", 7, "/home/ann") == "/srv/ann/7/%"
+    assert expand_chroot("%h", "ann", 7, "/home/ann") == "/home/ann"
+    assert expand_chroot("~/jail", "ann", 7, "/home/ann") == "/home/ann/jail"
+    with pytest.raises(ConfigError, match="unknown key %x"):
+        expand_chroot("/srv/%x", "ann", 7, "/home/ann")
+    # safely_chroot: each prefix up to a "/", then the whole path
+    assert refusal("relative") == "chroot path does not begin at root"
+    assert refusal("/") == ""
+    assert refusal(str(tmp_path)) == 'bad ownership or modes for chroot directory component "/tmp/"'
+    assert refusal("/nonexistent-jailshim") == (
+        'safely_chroot: stat("/nonexistent-jailshim"): No such file or directory'
+    )
+    assert refusal("/etc/passwd") == 'chroot path "/etc/passwd" is not a directory'
