@@ -27,7 +27,7 @@ import pytest
 from jailshim.daemons.sshd import expand_chroot, literal_users, match_lines, refusal
 from jailshim.errors import ConfigError
 from tests.daemons import SyslogSocket, free_port, own_network, stop
-from tests.support import NSRUN, jailshim_argv, need, run, spawn
+from tests.support import NSRUN, jailshim_argv, need, spawn
 
 __all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
 
