@@ -46,35 +46,38 @@ def sshd_bin(root: None, own_network: None) -> str:
 
 
 class Site:
-    """The test's /srv (jail, home), passwd, shadow and group copies, client key and config."""
+    """The test's /srv (each user's jail /srv/jail/USER and home), passwd, shadow and group
+    copies with its users, the client's key, sshd's config and the syslog socket."""
 
-    def __init__(self, area: Path, port: int, match: str) -> None:
+    def __init__(self, area: Path, port: int, match: str, users: tuple[str, ...] = (USER,)) -> None:
         self.area, self.port = area, port
         self.srv = area / "srv"
-        self.jail = self.srv / "jail" / USER  # ChrootDirectory /srv/jail/%u
-        (self.jail / "pub").mkdir(parents=True, mode=0o755)
-        (self.jail / "pub/hello.txt").write_text("hello from the jail\n")
-        ssh = self.srv / "home" / USER / ".ssh"
-        ssh.mkdir(parents=True, mode=0o755)
-        for d in (self.srv, self.srv / "jail", self.srv / "home", ssh.parent, self.jail):
-            d.chmod(0o755)
         self.key = area / "client_key"
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True
         )
-        (ssh / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
-        self.passwd = area / "passwd"
-        self.passwd.write_text(
-            Path("/etc/passwd").read_text()
-            + f"{USER}:x:{UID}:{UID}::/srv/home/{USER}:/usr/sbin/nologin\n"
-        )
-        # pam_unix's account check wants the user's shadow line ("*": no password, not locked)
-        self.shadow = area / "shadow"
-        shutil.copy2("/etc/shadow", self.shadow)
-        with self.shadow.open("a") as f:
-            f.write(f"{USER}:*:19000:0:99999:7:::\n")
-        self.group = area / "group"
-        self.group.write_text(Path("/etc/group").read_text() + f"{USER}:x:{UID}:\n")
+        passwd, shadow, group = [], [], []
+        for uid, user in enumerate(users, UID):
+            jail = self.srv / "jail" / user  # ChrootDirectory /srv/jail/%u
+            (jail / "pub").mkdir(parents=True, mode=0o755)
+            (jail / "pub/hello.txt").write_text(f"hello {user}, from the jail\n")
+            ssh = self.srv / "home" / user / ".ssh"
+            ssh.mkdir(parents=True, mode=0o755)
+            for d in (self.srv, self.srv / "jail", self.srv / "home", ssh.parent, jail):
+                d.chmod(0o755)
+            (ssh / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
+            passwd.append(f"{user}:x:{uid}:{uid}::/srv/home/{user}:/usr/sbin/nologin\n")
+            # pam_unix's account check wants a shadow line ("*": no password, not locked)
+            shadow.append(f"{user}:*:19000:0:99999:7:::\n")
+            group.append(f"{user}:x:{uid}:\n")
+        self.jail = self.srv / "jail" / users[0]
+        self.copies = {}
+        for name, lines in (("passwd", passwd), ("shadow", shadow), ("group", group)):
+            copy = area / name
+            shutil.copy2(f"/etc/{name}", copy)
+            with copy.open("a") as f:
+                f.writelines(lines)
+            self.copies[f"/etc/{name}"] = copy
         self.config = area / "sshd_config"
         stock = STOCK.read_text()
         assert "#Port 22\n" in stock, "Debian's sshd_config changed"
@@ -100,15 +103,16 @@ class Site:
         self.log.close()
         self.reader.join(5)
 
-    def wrap(self, argv: list[str], *, userns: bool) -> list[str]:
-        """``argv`` in the private namespace described in the module's docstring."""
+    def wrap(
+        self, argv: list[str], *, userns: bool, before: tuple[list[str], ...] = ()
+    ) -> list[str]:
+        """``argv`` in the private namespace described in the module's docstring, after each
+        command of ``before`` (a unit's ExecStartPre=) has exited 0."""
         q = shlex.quote
         steps = [
             "set -e",
             f"mount --bind {q(str(self.srv))} /srv",
-            f"mount --bind {q(str(self.passwd))} /etc/passwd",
-            f"mount --bind {q(str(self.group))} /etc/group",
-            f"mount --bind {q(str(self.shadow))} /etc/shadow",
+            *(f"mount --bind {q(str(c))} {p}" for p, c in self.copies.items()),
             "mount -t tmpfs -o mode=0755 tmpfs /run",
             "mkdir -m 0755 /run/sshd",
             f"mount --rbind /dev {q(str(self.area / 'hostdev'))}",
@@ -118,6 +122,7 @@ class Site:
                 for n in _NODES
             ),
             f"touch /dev/log; mount --bind {q(str(self.log.path))} /dev/log",
+            *(shlex.join(cmd) for cmd in before),
             'exec "$@"',
         ]
         ns = (
@@ -127,7 +132,7 @@ class Site:
         )
         return [*ns, "sh", "-c", "; ".join(steps), "sh", *argv]
 
-    def sftp(self, batch: str) -> subprocess.CompletedProcess[str]:
+    def sftp(self, batch: str, user: str = USER) -> subprocess.CompletedProcess[str]:
         """An sftp session with the client's key, retried until sshd listens."""
         (self.area / "batch").write_text(batch)
         argv = [
@@ -144,7 +149,7 @@ class Site:
             "BatchMode=yes",
             "-P",
             str(self.port),
-            f"{USER}@127.0.0.1",
+            f"{user}@127.0.0.1",
         ]
         deadline = time.monotonic() + 20
         while True:
@@ -178,7 +183,7 @@ def test_sftp_session_is_served_from_the_jail_of_its_match_block(
             done = site.sftp(f"ls pub\nget pub/hello.txt {got}\n")
             assert done.returncode == 0, (done.stderr, site.lines)
             assert "pub/hello.txt" in done.stdout
-            assert got.read_text() == "hello from the jail\n"
+            assert got.read_text() == f"hello {USER}, from the jail\n"
             time.sleep(0.5)  # the session's last lines
             lines = list(site.lines)
         finally:
@@ -193,6 +198,50 @@ def test_sftp_session_is_served_from_the_jail_of_its_match_block(
     assert any(f"session opened for local user {USER}" in ln for ln in sftp_lines), lines
     assert any('open "/pub/hello.txt"' in ln for ln in sftp_lines), lines  # path in the jail
     assert (site.jail / "dev/log").exists() or where == "userns"
+
+
+def test_several_jails_run_prepares_the_first_and_prepare_the_rest(
+    area: Path, sshd_bin: str
+) -> None:
+    """`Match User jsftp,jother` with ChrootDirectory /srv/jail/%u: two jails. run prepares
+    the first (config order) and names the other with the `jailshim prepare` line that
+    prepares it; run as an ExecStartPre= before run, that line makes the second user's
+    session work too, its INFO lines reaching the syslog socket through its own jail."""
+    other = "jother"
+    match = _MATCH.replace(f"Match User {USER}", f"Match User {USER},{other}")
+    site = Site(area, free_port(), match, users=(USER, other))
+    second = site.srv / "jail" / other
+    try:
+        argv = jailshim_argv("run", "--", sshd_bin, "-D", "-f", str(site.config))
+        prepare = jailshim_argv(
+            "prepare", "--chroot", f"/srv/jail/{other}", "--log-socket", "/dev/log"
+        )
+        proc = spawn(site.wrap(argv, userns=False, before=(prepare,)))
+        try:
+            for user in (USER, other):
+                got = area / f"{user}.txt"
+                done = site.sftp(f"get pub/hello.txt {got}\n", user)
+                assert done.returncode == 0, (done.stderr, site.lines)
+                assert got.read_text() == f"hello {user}, from the jail\n"
+            time.sleep(0.5)
+            lines = list(site.lines)
+        finally:
+            _, stderr = stop(proc)
+    finally:
+        site.close()
+    assert "Traceback" not in stderr
+    handover = [ln for ln in stderr.splitlines() if '"event": "handover"' in ln]
+    assert handover and '"chroot": "/srv/jail/jsftp"' in handover[-1], stderr
+    note = (
+        f"the jail /srv/jail/{other} (for {other}) is not prepared by this run (it prepares "
+        f"one: /srv/jail/{USER}); prepare it with `jailshim prepare --chroot /srv/jail/{other} "
+        "--log-socket /dev/log`"
+    )
+    assert note in stderr, stderr
+    for user in (USER, other):
+        opened = f"session opened for local user {user}"
+        assert any("internal-sftp" in ln and opened in ln for ln in lines), lines
+    assert (second / "dev/log").exists() and (site.jail / "dev/log").exists()
 
 
 def _error(stderr: str) -> str:
