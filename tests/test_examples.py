@@ -105,6 +105,7 @@ def test_named_drop_in_verifies_cleanly(root: None) -> None:
         ("lighttpd.service", "lighttpd.service"),
         ("pdns-recursor.service", "pdns-recursor.service"),
         ("radvd.service", "radvd.service"),
+        ("ssh.service", "ssh.service"),
         ("vsftpd.service", "vsftpd.service"),
     ],
 )

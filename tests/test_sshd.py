@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,8 @@ import pytest
 
 from jailshim.daemons.sshd import expand_chroot, literal_users, match_lines, refusal
 from jailshim.errors import ConfigError
-from tests.daemons import SyslogSocket, free_port, own_network, stop
+from tests import pids
+from tests.daemons import SyslogSocket, descendants, free_port, own_network, stop
 from tests.support import NSRUN, jailshim_argv, need, spawn
 
 __all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
@@ -329,3 +331,85 @@ def test_match_lines_and_tokens_are_read_as_sshd_does(tmp_path: Path) -> None:
         'safely_chroot: stat("/nonexistent-jailshim"): No such file or directory'
     )
     assert refusal("/etc/passwd") == 'chroot path "/etc/passwd" is not a directory'
+
+
+def test_example_works_as_its_readme_says(area: Path, sshd_bin: str) -> None:
+    """examples/sshd-sftp/README.md's commands as written, in the test's namespace (its user
+    made in the passwd copies, as the README's useradd line would; /etc/ssh a copy): the
+    README's sftp line lists the file through sshd on 10022 from the jail jailshim prepared;
+    Ctrl-C stops sshd; the README's teardown exits 0 and takes dev/ back; /etc/ssh is the
+    host's as it was."""
+    from tests.stock import copy_of, host_state
+    from tests.test_examples import REPO, _parse_readme
+
+    known = area / "known_hosts"  # never root's own ~/.ssh/known_hosts
+
+    def edit(command: str) -> str:
+        return command.replace("sftp -b ", f"sftp -o UserKnownHostsFile={known} -b ")
+
+    setup, start, _, clients, after = _parse_readme("sshd-sftp", edit)
+    assert all(str(known) in c for c, _ in clients), clients
+    useradd = [c for c in setup if c.startswith("useradd ")]
+    assert useradd and useradd[0].split()[-1] == "sftpdemo", setup
+    setup = [c for c in setup if not c.startswith("useradd ")]
+    work = area / "example"
+    work.mkdir(mode=0o755)
+    for source in (REPO / "examples" / "sshd-sftp").iterdir():
+        (work / source.name).write_text(source.read_text())
+    site = Site(area, 10022, "", users=("sftpdemo",))
+    shutil.rmtree(site.srv / "jail")  # the README makes its own /srv/sftp
+    host_before = host_state(("/etc/ssh",))
+    site.copies["/etc/ssh"] = copy_of("/etc/ssh", area)
+    pidfile = area / "sshd.pid"
+    script = "; ".join(
+        [
+            f"cd {shlex.quote(str(work))}",
+            *setup,
+            f"{start} & echo $! > {pidfile}",
+            "status=0; wait $! || status=$?",
+            'echo "example-daemon-exit=$status" >&2',
+            *after,
+        ]
+    )
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    proc = spawn(site.wrap(["sh", "-c", script], userns=False), env)
+    jail = site.srv / "sftp" / "sftpdemo"
+    try:
+        assert clients, clients
+        for command, expected in clients:
+            deadline = time.monotonic() + 30
+            seen = ""
+            while expected not in seen and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.communicate()
+                done = subprocess.run(
+                    ["sh", "-c", f"timeout 10 {command}"],
+                    cwd=work,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                seen = done.stdout
+                time.sleep(0.2)
+            assert expected in seen, (command, done.stderr, site.lines)
+        assert (jail / "dev/log").exists()
+        pid = int(pidfile.read_text())
+        pinned = pids.pin(pid)  # pinned first, then proven ours: the signal reaches only it
+        assert pinned is not None
+        try:
+            assert pid in descendants(proc.pid)
+            assert os.readlink(f"/proc/{pid}/exe") == sshd_bin  # jailshim became sshd
+            pids.send(pinned, signal.SIGINT)  # Ctrl-C, as the README says
+        finally:
+            pids.close([pinned])
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+        site.close()
+    assert "Traceback" not in stderr
+    assert proc.returncode == 0, stderr  # the teardown after the stop exited 0
+    assert not (jail / "dev").exists(), list(jail.iterdir())
+    assert sorted(p.name for p in jail.iterdir()) == ["files"]
+    assert any("session opened for local user sftpdemo" in ln for ln in site.lines)
+    assert host_state(("/etc/ssh",)) == host_before
