@@ -292,7 +292,7 @@ def test_a_missing_privilege_separation_directory_is_78_in_sshds_words(
     area: Path, sshd_bin: str
 ) -> None:
     """No /run/sshd (a container whose /run is empty, no unit's RuntimeDirectory=): sshd -T
-    and sshd -t both refuse; 78 in sshd's words, nothing prepared."""
+    (sshd's checker: the same code as -t) refuses; 78 in sshd's words, nothing prepared."""
     site = Site(area, free_port(), _MATCH)
     try:
         argv = jailshim_argv("run", "--", sshd_bin, "-D", "-f", str(site.config))

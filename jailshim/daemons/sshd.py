@@ -15,8 +15,11 @@ stderr, every Match line it read, includes followed (servconf.c match_cfg_line: 
 syntax for 'Match …'"); `sshd -T ARGV -C user=U` prints the config for a connection of user U
 (Match blocks that test only User, or Group, apply; ones that test Address, Host, LocalAddress,
 LocalPort or RDomain do not, as no such value is given), with chrootdirectory unexpanded.
-`sshd -t ARGV` is the checker (it also needs the host keys and /run/sshd, the privilege
-separation directory: "Missing privilege separation directory: /run/sshd").
+That same `sshd -T` is also sshd's checker: sshd.c main() loads and checks everything for `-t`
+and `-T` alike (host keys; /run/sshd, the privilege separation directory: "Missing privilege
+separation directory: /run/sshd"; every Match line's syntax) and only then dumps and exits;
+`sshd -t` would run the same code again, so no separate checker runs (its failure is 78 in
+sshd's words from the read itself, --no-config-check or not).
 
 What `run` prepares: the jail of each user named literally in a `Match User` line (no
 wildcard, no negation) and a global ChrootDirectory without tokens; every one is judged by
@@ -262,12 +265,6 @@ class _Sshd(Adapter):
             notes=(*notes, *address_notes),
             read=tuple(read),
         )
-
-    def check_config(self, argv: Sequence[str]) -> None:
-        check = [argv[0], "-t", *argv[1:]]
-        code, output = checkconf.run(check, "openssh-server")
-        if code != 0:
-            raise _failed(check, code, output)
 
 
 ADAPTER = _Sshd()
