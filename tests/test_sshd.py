@@ -274,8 +274,11 @@ def test_a_jail_with_bad_ownership_is_refused_in_sshds_words_before_it_starts(
     assert not (site.jail / "dev").exists(), "a jail sshd refuses was prepared"
 
 
-def test_a_broken_config_is_78_in_sshds_words(area: Path, sshd_bin: str) -> None:
-    site = Site(area, free_port(), _MATCH + "\tNoSuchOption yes\n")
+@pytest.mark.parametrize("added", [_MATCH + "\tNoSuchOption yes\n", "\nNoSuchOption yes\n"])
+def test_a_broken_config_is_78_in_sshds_words(area: Path, sshd_bin: str, added: str) -> None:
+    """In a Match block (every `sshd -T -C user=…` refuses too) or with no Match block at all
+    (only the first `sshd -T` reads it): 78 in sshd's words, nothing prepared."""
+    site = Site(area, free_port(), added)
     try:
         argv = jailshim_argv("run", "--", sshd_bin, "-D", "-f", str(site.config))
         done = subprocess.run(
