@@ -21,11 +21,13 @@ separation directory: /run/sshd"; every Match line's syntax) and only then dumps
 `sshd -t` would run the same code again, so no separate checker runs (its failure is 78 in
 sshd's words from the read itself, --no-config-check or not).
 
-What `run` prepares: the jail of each user named literally in a `Match User` line (no
+(`sshd -T` chroots nowhere and opens nothing in a jail, so it runs before any jail is judged.)
+
+What `run` resolves: the jail of each user named literally in a `Match User` line (no
 wildcard, no negation) and a global ChrootDirectory without tokens; every one is judged by
-sshd's rule before anything runs (78, sshd's words). The engine prepares one jail per run:
-the first of them (config order), with /dev/log; each other is named in a note with the
-`jailshim prepare` line that prepares it (as does each Match line run cannot resolve).
+sshd's rule before anything is prepared (78, sshd's words). The engine prepares one jail per
+run: the first of them (config order), with /dev/log; each other is named in a note with the
+`jailshim prepare` line that prepares it (as is each Match line run cannot resolve).
 """
 
 from __future__ import annotations
