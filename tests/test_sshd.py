@@ -416,3 +416,45 @@ def test_example_works_as_its_readme_says(area: Path, sshd_bin: str) -> None:
     assert sorted(p.name for p in jail.iterdir()) == ["files"]
     assert any("session opened for local user sftpdemo" in ln for ln in site.lines)
     assert host_state(("/etc/ssh",)) == host_before
+
+
+@pytest.mark.parametrize(
+    ("added", "chroot", "note"),
+    [
+        # a global jail without tokens is every user's: run prepares it
+        ("\nChrootDirectory /srv/jail\n", "/srv/jail", ""),
+        # a global jail with a token is one per user: only Match User names them
+        ("\nChrootDirectory /srv/jail/%u\n", None, "has a jail per user"),
+        # a pattern names nobody: its jails are the operator's to prepare
+        (
+            "\nMatch User js*\n\tChrootDirectory /srv/jail/%u\n",
+            None,
+            "Match User js*: not resolved for users it does not name literally",
+        ),
+        # Group: not resolved, but a user named elsewhere is asked about (sshd applies it)
+        (
+            f"\nMatch User {USER}\n\tForceCommand internal-sftp\n"
+            "Match Group jsftp\n\tChrootDirectory /srv/jail/%u\n",
+            f"/srv/jail/{USER}",
+            "Match Group jsftp: not resolved",
+        ),
+    ],
+)
+def test_what_run_resolves_from_sshd_t(
+    area: Path, sshd_bin: str, added: str, chroot: str | None, note: str
+) -> None:
+    """--dry-run: the jail read (the sshd.config event) and the note for what is not."""
+    site = Site(area, free_port(), added)
+    try:
+        argv = jailshim_argv("run", "--dry-run", "--", sshd_bin, "-D", "-f", str(site.config))
+        done = subprocess.run(
+            site.wrap(argv, userns=False), capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        site.close()
+    assert done.returncode == 0, done.stderr
+    read = [json.loads(ln) for ln in done.stderr.splitlines() if '"sshd.config"' in ln]
+    facts = [event for event in read if "files" in event]
+    assert facts and facts[0]["chroot"] == chroot, done.stderr
+    notes = [str(event.get("note", "")) for event in read]
+    assert (not note and not any(notes)) or any(note in n for n in notes), done.stderr
