@@ -36,6 +36,7 @@ REGISTRY = {
     "pdns_server": Registered("jailshim.daemons.pdns_server"),
     "postfix": Registered("jailshim.daemons.postfix"),
     "radvd": Registered("jailshim.daemons.radvd"),
+    "sshd": Registered("jailshim.daemons.sshd"),
     "stunnel": Registered("jailshim.daemons.stunnel"),
     "unbound": Registered("jailshim.daemons.unbound"),
     "vsftpd": Registered("jailshim.daemons.vsftpd"),

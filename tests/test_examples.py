@@ -106,6 +106,7 @@ def test_named_drop_in_verifies_cleanly(root: None) -> None:
         ("pdns-recursor.service", "pdns-recursor.service"),
         ("pdns.service", "pdns.service"),
         ("radvd.service", "radvd.service"),
+        ("ssh.service", "ssh.service"),
         ("vsftpd.service", "vsftpd.service"),
     ],
 )

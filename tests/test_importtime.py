@@ -26,7 +26,8 @@ from jailshim.verify import libfind
 from tests.support import clean_env, need
 
 ADAPTERS = {
-    f"jailshim.daemons.{n}" for n in ("named", "nsd", "postfix", "stunnel", "unbound", "vsftpd")
+    f"jailshim.daemons.{n}"
+    for n in ("named", "nsd", "postfix", "sshd", "stunnel", "unbound", "vsftpd")
 }
 ADAPTERS |= {f"jailshim.daemons.{n}" for n in ("pdns_common", "pdns_recursor", "pdns_server")}
 NETWORK = {"pyroute2", "tenacity", "jailshim.verify.network"}
