@@ -28,6 +28,7 @@ from tests.support import clean_env, need
 ADAPTERS = {
     f"jailshim.daemons.{n}" for n in ("named", "nsd", "postfix", "stunnel", "unbound", "vsftpd")
 }
+ADAPTERS.add("jailshim.daemons.openvpn")  # its own line: the adapters of issue 30 merge apart
 NETWORK = {"pyroute2", "tenacity", "jailshim.verify.network"}
 QUIET = ["--log-level", "error"]
 

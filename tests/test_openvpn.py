@@ -157,7 +157,7 @@ def echo_reply(address: str, ident: int) -> bool:
     import struct
 
     def checksum(data: bytes) -> int:
-        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
         total = (total >> 16) + (total & 0xFFFF)
         return ~(total + (total >> 16)) & 0xFFFF
 
