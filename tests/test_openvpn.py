@@ -221,6 +221,9 @@ def test_sample_server_answers_a_ping_across_the_tunnel_from_its_jail(
         nobody = pwd.getpwnam("nobody")
         assert status_field(pid, "Uid").split() == [str(nobody.pw_uid)] * 4
         assert status_field(pid, "Gid").split() == [str(nobody.pw_gid)] * 4
+        # libcap-ng's capng_change_id(…, CAPNG_DROP_SUPP_GRP) keeping CAP_NET_ADMIN (bit 12)
+        assert status_field(pid, "Groups").split() == []
+        assert int(status_field(pid, "CapEff"), 16) == 1 << 12
     finally:
         if client is not None:
             stop(client)
@@ -247,6 +250,25 @@ def test_broken_config_exits_78_in_openvpns_words(area: Path, openvpn_bin: str) 
     assert "openvpn rejected its configuration" in result.stderr
     assert "Unrecognized option or missing or extra parameter(s) in server.conf:" in result.stderr
     assert not (jail / "dev").exists(), "the jail was not taken back"
+
+
+def test_the_dry_check_leaves_the_configs_log_alone(area: Path, openvpn_bin: str) -> None:
+    """A config with `daemon` and `log FILE`: the dry check (openvpn itself) still speaks to
+    jailshim (its --log-append /dev/stderr comes first: no syslog, no log file), so a broken
+    line is 78 in openvpn's words, and the operator's log file is neither made nor emptied."""
+    make_pki(area)
+    log = area / "openvpn.log"
+    sample_config(area, f"daemon\nlog {log}\nbogus-option 1\n")
+    make_jail(area)
+    result = run("run", "--", openvpn_bin, "--cd", str(area), "--config", "server.conf")
+    assert result.code == 78, result.stderr
+    assert "Unrecognized option or missing or extra parameter(s)" in result.stderr
+    assert not log.exists()
+    sample_config(area, f"daemon\nlog {log}\n")
+    log.write_text("kept\n")
+    dry = run("run", "--dry-run", "--", openvpn_bin, "--cd", str(area), "--config", "server.conf")
+    assert dry.code == 0, dry.stderr
+    assert log.read_text() == "kept\n"
 
 
 @pytest.mark.parametrize(
@@ -325,8 +347,8 @@ def test_plan_from_the_options(tmp_path: Path) -> None:
 
 
 def test_identity_as_openvpn_sets_it() -> None:
-    """--group: setgid + setgroups of that one group; --user alone: setuid only."""
+    """libcap-ng's capng_change_id: no supplementary groups; --user alone keeps the gid."""
     nobody = Identity("nobody", 65534, 65534, (65534, 100))
-    assert identity_as_set(nobody, group_given=True) == nobody._replace(groups=(65534,))
+    assert identity_as_set(nobody, group_given=True) == nobody._replace(groups=())
     alone = identity_as_set(nobody, group_given=False)
-    assert (alone.uid, alone.gid) == (65534, os.getgid())
+    assert (alone.uid, alone.gid, alone.groups) == (65534, os.getgid(), ())

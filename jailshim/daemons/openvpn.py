@@ -15,11 +15,12 @@ stderr there (error.c redirect_stdout_stderr: host paths, the first one wins), `
 When (init.c): the user and group are looked up with getpwnam()/getgrnam() before anything
 (do_init_first_time: the host's files); init_instance opens the tun device, the status and
 ifconfig-pool-persist files and the socket, and only then do_uid_gid_chroot() chroot()s (to
-the directory as the last `cd` left it, then chdir "/") and sets group (setgid + setgroups
-of that one group) and user (setuid only: with --user alone it keeps gid 0 and root's groups;
-platform.c). A client (`client`/`pull`/`up-delay`) waits for "Initialization Sequence
-Completed". Read inside the jail after that: `crl-verify` (reloaded as connections come,
-ssl_openssl.c), `client-config-dir`, `tmp-dir` (default $TMPDIR or /tmp: openvpn refuses to
+the directory as the last `cd` left it, then chdir "/") and changes ids (platform.c
+platform_user_group_set: with libcap-ng, as Debian builds it, capng_change_id() drops every
+supplementary group and keeps CAP_NET_ADMIN; --user alone keeps gid 0). A client
+(`client`/`pull`/`up-delay`) waits for "Initialization Sequence Completed". Read inside the
+jail: `crl-verify` (ssl.c init_ssl reads JAIL/FILE at start, and re-reads FILE before each
+TLS negotiation), `client-config-dir`, `tmp-dir` (default $TMPDIR or /tmp: openvpn refuses to
 start if the jail has none — options_postprocess_filechecks checks it under the chroot), the
 scripts run after the chroot (client-connect, learn-address, tls-verify…), the syslog socket
 (reconnected there when syslogd restarts), and on SIGHUP the config files themselves; without
@@ -277,11 +278,13 @@ def _log_of(read: Read) -> str:
 
 
 def identity_as_set(identity: Identity, *, group_given: bool) -> Identity:
-    """The uid, gid and groups openvpn really runs with: --group is setgid + setgroups of that
-    one group; --user alone is setuid only, keeping the gid and groups it started with."""
+    """The uid, gid and groups openvpn really runs with. Debian's build links libcap-ng, so
+    platform_user_group_set() changes ids with capng_change_id(uid, gid, CAPNG_DROP_SUPP_GRP)
+    keeping CAP_NET_ADMIN: no supplementary groups at all, and without --group the gid it
+    started with (a build without libcap-ng would setgroups() to the one --group instead)."""
     if group_given:
-        return identity._replace(groups=(identity.gid,))
-    return identity._replace(gid=os.getgid(), groups=tuple(sorted(set(os.getgroups()))))
+        return identity._replace(groups=())
+    return identity._replace(gid=os.getgid(), groups=())
 
 
 def _jail_notes(read: Read, jail: str, env: Mapping[str, str]) -> list[str]:
