@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -237,6 +238,34 @@ def test_sample_server_answers_a_ping_across_the_tunnel_from_its_jail(
     assert (read[0]["user"], read[0]["group"]) == ("nobody", "nogroup")
     assert read[0]["files"] == [str(area / "server.conf")]
     assert strategies(stderr) == ({"bind"} if where == "userns" else {"mknod"}), stderr
+
+
+def test_sighup_re_reads_the_options_inside_the_jail(area: Path, openvpn_bin: str) -> None:
+    """The trap jailshim warns of: a SIGHUP makes openvpn parse its argv again after its
+    chroot, and `--cd DIR` (not in the jail) is then fatal — seen, not assumed."""
+    make_pki(area)
+    sample_config(area)
+    make_jail(area)
+    argv = [openvpn_bin, "--cd", str(area), "--config", "server.conf"]
+    server = spawn(["unshare", "--net", "sh", "-c", _SERVER_NETNS, "sh",
+                    *jailshim_argv("run", "--", *argv)])  # fmt: skip
+    client = None
+    try:
+        moved = subprocess.run(["ip", "link", "set", "ov0", "netns", str(netns_pid(server))],
+                               capture_output=True, text=True, check=False)  # fmt: skip
+        assert moved.returncode == 0, moved.stderr
+        client = start_client(area)
+        ping_across(server, client)
+        os.kill(openvpn_pid(server), signal.SIGHUP)
+        server.wait(20)
+    finally:
+        if client is not None:
+            stop(client)
+        stdout, stderr = stop(server)
+    assert server.returncode == 1, stdout
+    assert f"cd to '{area}' failed" in stdout, stdout
+    assert f"inside the jail, which lacks {area}/jail{area}, " in stderr, stderr
+    assert "a SIGHUP would stop it" in stderr
 
 
 def test_broken_config_exits_78_in_openvpns_words(area: Path, openvpn_bin: str) -> None:

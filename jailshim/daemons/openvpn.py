@@ -23,7 +23,8 @@ jail: `crl-verify` (ssl.c init_ssl reads JAIL/FILE at start, and re-reads FILE b
 TLS negotiation), `client-config-dir`, `tmp-dir` (default $TMPDIR or /tmp: openvpn refuses to
 start if the jail has none — options_postprocess_filechecks checks it under the chroot), the
 scripts run after the chroot (client-connect, learn-address, tls-verify…), the syslog socket
-(reconnected there when syslogd restarts), and on SIGHUP the config files themselves; without
+(reconnected there when syslogd restarts), and on SIGHUP its whole argv again, from the
+jail's / (a `--cd DIR` or config the jail lacks is then fatal: seen, the server exits); without
 `persist-key` a SIGUSR1 restart (keepalive's ping-restart) re-reads the keys there, without
 `persist-tun` it reopens the tun device as the user. sd_notify's READY=1 is sent before the
 chroot (init.c context_init_1): no notify socket is needed inside.
@@ -147,7 +148,8 @@ class Read(NamedTuple):
     order: list[str]  # option names in the order read (syslog against log)
     cwd: str  # the directory after the last `cd`: where chroot() starts from
     files: list[str]  # config files read
-    named: list[str]  # the same as named (a SIGHUP re-reads these names inside the jail)
+    # ("cd" or "config", its word as written), in order: a SIGHUP re-reads them in the jail
+    reparsed: list[tuple[str, str]]
     locals_: list[tuple[str, str]]  # (address, where) of every `local`
 
 
@@ -165,7 +167,7 @@ class _Reader:
             return
         name, args = p[0], p[1:]
         if name == "config" and len(args) == 1:
-            self.read.named.append(args[0])
+            self.read.reparsed.append(("config", args[0]))
             self.config(args[0] if args[0] == "stdin" else self.path(args[0]), where, level)
             return
         if name == "cd" and len(args) == 1:
@@ -173,6 +175,7 @@ class _Reader:
             if not os.path.isdir(target):
                 raise ConfigError(f"openvpn would exit: \"cd to '{args[0]}' failed\" ({where}).")
             self.read = self.read._replace(cwd=target)
+            self.read.reparsed.append(("cd", args[0]))
         if name == "local" and len(args) == 1:
             self.read.locals_.append((args[0], where))
         if name == "connection" and inline is not None:
@@ -287,17 +290,34 @@ def identity_as_set(identity: Identity, *, group_given: bool) -> Identity:
     return identity._replace(gid=os.getgid(), groups=())
 
 
+def _sighup_note(read: Read, jail: str) -> str:
+    """A SIGHUP re-parses argv after the chroot, from the jail's / (platform_chroot chdir()s
+    there): each `cd` and `config` is looked for inside the jail, and one missing is fatal
+    ("cd to '…' failed", seen: the server exits)."""
+    cwd, seen, missing = "/", [], []
+    for kind, word in read.reparsed:
+        named = os.path.normpath(os.path.join(cwd, word))
+        path = os.path.join(jail, named.lstrip("/"))
+        seen.append(path)
+        if kind == "cd":
+            cwd = named
+        if not (os.path.isdir(path) if kind == "cd" else os.path.isfile(path)):
+            missing.append(path)
+    if missing:
+        return (
+            "on SIGHUP openvpn re-reads its options inside the jail, which lacks "
+            f"{', '.join(missing)}: a SIGHUP would stop it (use SIGUSR1 to restart it)"
+        )
+    return f"on SIGHUP openvpn re-reads its options inside the jail: {', '.join(seen)}"
+
+
 def _jail_notes(read: Read, jail: str, env: Mapping[str, str]) -> list[str]:
     """What openvpn reads from inside its jail later, each one said."""
 
     def inside(path: str) -> str:
         return os.path.normpath(os.path.join(jail, path.lstrip("/")))
 
-    # a SIGHUP restarts option parsing after the chroot, from the jail's / (platform_chroot)
-    notes = [
-        "on SIGHUP openvpn re-reads its config files inside the jail: "
-        + ", ".join(inside(name) for name in read.named)
-    ]
+    notes = [_sighup_note(read, jail)]
     crl = read.values.get("crl-verify")
     if crl and crl[0] != "[inline]":
         notes.append(f"crl-verify is re-read inside the jail as clients connect: {inside(crl[0])}")
