@@ -85,6 +85,20 @@ def make_pki(area: Path) -> None:
         key.chmod(0o600)
 
 
+def make_client_certificate(area: Path) -> None:
+    """client.crt/client.key from the CA in ``area`` (ca.crt, ca.key), for clientAuth."""
+    for argv in (
+        ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=client"],
+        ["x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "client.crt", "-days", "2", "-extfile", "client.ext"],
+    ):  # fmt: skip
+        (area / "client.ext").write_text(
+            "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyAgreement\n"
+        )
+        subprocess.run(["openssl", *argv], cwd=area, capture_output=True, check=True)
+
+
 def sample_config(area: Path, extra: str = "") -> Path:
     """Debian's sample server.conf changed only for the jail: `user nobody`, `group nogroup`
     (its commented ;user/;group lines), `chroot jail` (relative: from --cd), and its two files
@@ -266,6 +280,59 @@ def test_sighup_re_reads_the_options_inside_the_jail(area: Path, openvpn_bin: st
     assert f"cd to '{area}' failed" in stdout, stdout
     assert f"inside the jail, which lacks {area}/jail{area}, " in stderr, stderr
     assert "a SIGHUP would stop it" in stderr
+
+
+def _readme_commands() -> list[str]:
+    """The commands of examples/openvpn/README.md's first ```sh block (comments left out)."""
+    text = (Path(__file__).parent.parent / "examples/openvpn/README.md").read_text()
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_readme_example_runs_as_written(area: Path, openvpn_bin: str) -> None:
+    """examples/openvpn/README.md's commands, with /etc/openvpn/server and /var/log/openvpn
+    moved into the test's area (the host's stay untouched): the server they set up, started by
+    their `jailshim run` line, serves a client of the same CA; Ctrl-C stops it; their teardown
+    exits 0 and takes dev/ back."""
+    commands = _readme_commands()
+    here = {"/etc/openvpn/server": str(area), "/var/log/openvpn": str(area / "log")}
+
+    def moved(command: str) -> str:
+        for host, test in here.items():
+            command = command.replace(host, test)
+        return command
+
+    start = next(c for c in commands if c.startswith("jailshim run "))
+    teardown = next(c for c in commands if c.startswith("jailshim teardown "))
+    for command in commands:
+        if command not in (start, teardown) and not command.startswith("cd "):
+            done = subprocess.run(["sh", "-c", moved(command)], cwd=area,
+                                  capture_output=True, text=True, check=False)  # fmt: skip
+            assert done.returncode == 0, (command, done.stderr)
+    config = area / "server.conf"
+    config.write_text(moved(config.read_text()))  # the sample's status and pool files
+    make_client_certificate(area)
+    words = moved(start).split()
+    server = spawn(["unshare", "--net", "sh", "-c", _SERVER_NETNS, "sh",
+                    *jailshim_argv(*words[1:])])  # fmt: skip
+    client = None
+    try:
+        into = subprocess.run(["ip", "link", "set", "ov0", "netns", str(netns_pid(server))],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert into.returncode == 0, into.stderr
+        client = start_client(area)
+        ping_across(server, client)
+        assert os.readlink(f"/proc/{openvpn_pid(server)}/root") == str(area / "jail")
+    finally:
+        if client is not None:
+            stop(client)
+        _, stderr = stop(server, signal.SIGINT)  # the README's Ctrl-C
+    assert "Traceback" not in stderr
+    assert server.returncode is not None
+    result = run(*moved(teardown).split()[1:])
+    assert result.code == 0, result.stderr
+    assert not (area / "jail/dev").exists()
+    assert (area / "jail/tmp").is_dir()  # the README's: "What stays is yours: jail/tmp"
 
 
 def test_broken_config_exits_78_in_openvpns_words(area: Path, openvpn_bin: str) -> None:
