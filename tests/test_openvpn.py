@@ -415,6 +415,13 @@ def test_options_read_as_options_c_reads_them(tmp_path: Path) -> None:
     assert read.values["chroot"] == ["jail"] and read.values["user"] == ["nobody"]
     assert read.files == [str(tmp_path / "etc/s.conf"), str(tmp_path / "etc/more.conf")]
     assert [a for a, _ in read.locals_] == ["10.1.2.3", "10.4.5.6"]
+    # only "\n" ends a line (fgets), \x1c is no blank (isspace); 255 characters is the most
+    (tmp_path / "odd.conf").write_text("chroot a\x1cb\n#" + "x" * 253 + "\n")
+    odd = read_options(["openvpn", "odd.conf"], cwd=str(tmp_path))
+    assert odd.values["chroot"] == ["a\x1cb"]
+    (tmp_path / "odd.conf").write_text("#" + "x" * 254 + "\n")
+    with pytest.raises(ConfigError, match=r"odd.conf:1: Maximum option line length \(256\)"):
+        read_options(["openvpn", "odd.conf"], cwd=str(tmp_path))
     assert argv_words(["openvpn", "--cd", "/x", "--config", "a", "--verb", "3"]) == [
         ["cd", "/x"],
         ["config", "a"],

@@ -132,13 +132,17 @@ def parse_line(line: str, file: str, line_num: int) -> list[str]:
 
 
 def _chunks(text: str) -> list[str]:
-    """The pieces fgets(line, OPTION_LINE_SIZE + 1) returns: a line, or 256 characters of one."""
-    pieces: list[str] = []
-    for line in text.splitlines(keepends=True):
-        pieces.extend(
-            line[at : at + OPTION_LINE_SIZE] for at in range(0, len(line), OPTION_LINE_SIZE)
-        )
-    return pieces
+    """The pieces fgets(line, OPTION_LINE_SIZE + 1) returns: a line (ended by "\n" only, not
+    by the other line breaks str.splitlines knows), or 256 characters of one (which openvpn
+    refuses: seen, 2.6.14)."""
+    lines = [f"{line}\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]  # the text after the last newline has none
+    return [
+        line[at : at + OPTION_LINE_SIZE]
+        for line in lines
+        if line
+        for at in range(0, len(line), OPTION_LINE_SIZE)
+    ]
 
 
 class Read(NamedTuple):
@@ -213,6 +217,11 @@ class _Reader:
         while number < len(pieces):
             line = pieces[number]
             number += 1
+            if len(line) == OPTION_LINE_SIZE:  # fgets filled the buffer: a fatal error
+                raise ConfigError(
+                    f'openvpn would refuse to start: "In {file}:{number}: Maximum option line '
+                    f'length ({OPTION_LINE_SIZE}) exceeded"; shorten that line.'
+                )
             p = parse_line(line, file, number)
             if not p:
                 continue
@@ -221,7 +230,7 @@ class _Reader:
             if len(p) == 1 and len(p[0]) > 1 and p[0][0] == "<" and p[0][-1] == ">":
                 p[0] = p[0][1:-1]  # check_inline_file: <tag> … </tag>
                 close, body = f"</{p[0]}>", []
-                while number < len(pieces) and not pieces[number].lstrip().startswith(close):
+                while number < len(pieces) and not pieces[number].lstrip(_BLANK).startswith(close):
                     body.append(pieces[number])
                     number += 1
                 if number >= len(pieces):
