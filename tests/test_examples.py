@@ -108,6 +108,7 @@ def test_named_drop_in_verifies_cleanly(root: None) -> None:
         ("radvd.service", "radvd.service"),
         ("ssh.service", "ssh.service"),
         ("vsftpd.service", "vsftpd.service"),
+        ("openvpn-server@.service", "openvpn-server@x.service"),
     ],
 )
 def test_daemon_drop_ins_verify_cleanly(root: None, unit: str, instance: str) -> None:

@@ -27,9 +27,11 @@ from tests.support import clean_env, need
 
 ADAPTERS = {
     f"jailshim.daemons.{n}"
-    for n in ("named", "nsd", "postfix", "sshd", "stunnel", "unbound", "vsftpd")
+    for n in (
+        *("named", "nsd", "ntpsec", "openvpn", "pdns_common", "pdns_recursor", "pdns_server"),
+        *("postfix", "privoxy", "sshd", "stunnel", "unbound", "vsftpd"),
+    )
 }
-ADAPTERS |= {f"jailshim.daemons.{n}" for n in ("pdns_common", "pdns_recursor", "pdns_server")}
 NETWORK = {"pyroute2", "tenacity", "jailshim.verify.network"}
 QUIET = ["--log-level", "error"]
 
