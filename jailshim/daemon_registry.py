@@ -34,6 +34,7 @@ REGISTRY = {
     "nsd": Registered("jailshim.daemons.nsd"),
     "pdns_recursor": Registered("jailshim.daemons.pdns_recursor"),
     "postfix": Registered("jailshim.daemons.postfix"),
+    "privoxy": Registered("jailshim.daemons.privoxy"),
     "radvd": Registered("jailshim.daemons.radvd"),
     "stunnel": Registered("jailshim.daemons.stunnel"),
     "unbound": Registered("jailshim.daemons.unbound"),
