@@ -13,6 +13,7 @@ import http.server
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -23,7 +24,16 @@ import pytest
 
 from jailshim.daemons.privoxy import argv_options, make_path, parse_config, split_listen
 from jailshim.errors import UsageError
-from tests.daemons import daemon_pid, free_port, own_network, pristine_copy, status_field, stop
+from tests import pids
+from tests.daemons import (
+    daemon_pid,
+    descendants,
+    free_port,
+    own_network,
+    pristine_copy,
+    status_field,
+    stop,
+)
 from tests.stock import in_stock_layout, strategies
 from tests.support import jailshim_argv, need, spawn
 
@@ -164,6 +174,99 @@ def test_stock_privoxy_proxies_a_name_it_resolves_in_its_jail(
     assert handover and f'"chroot": "{jail}"' in handover[0], stderr
     assert (jail / "etc/hosts").read_bytes() == Path("/etc/hosts").read_bytes()
     assert strategies(stderr) == ({"bind"} if where == "userns" else {"mknod"}), stderr
+
+
+def _forked_privoxy(proc: subprocess.Popen[str], jail: Path) -> tuple[int, int]:
+    """(pid, pidfd) of the privoxy that privoxy's main() forked (its parent, which jailshim
+    became, waits 1 s and exits): a privoxy whose parent is privoxy and whose root is the jail
+    (not the checker, whose root is its private view), pinned while its parent lives."""
+
+    def forked(pid: int) -> bool:
+        return pids.exe_is("privoxy")(pids.parent(pid)) and os.readlink(f"/proc/{pid}/root") == str(
+            jail
+        )
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for child in descendants(proc.pid):
+            pinned = pids.pin(child, pids.exe_is("privoxy"), forked)
+            if pinned is not None:
+                return child, pinned
+        if proc.poll() is not None:
+            _, err = stop(proc)
+            raise AssertionError(f"exited {proc.returncode} and left no privoxy:\n{err}")
+        time.sleep(0.01)
+    raise AssertionError("privoxy did not fork")
+
+
+@pytest.mark.parametrize("where", ["plain", "userns"])
+def test_debians_unit_arguments_log_inside_the_jail(
+    area: Path, privoxy_bin: str, where: str
+) -> None:
+    """Debian's ExecStart (`--pidfile FILE --user privoxy CONFIG`, daemonizing) with --chroot:
+    privoxy forks, writes its pid file on the host before the chroot, and appends to its
+    logfile inside the jail (var/log/privoxy/logfile, as privoxy), which jailshim said; it
+    proxies a name resolved in the jail."""
+    port = free_port()
+    jail = stock_jail(area, port)
+    logs = jail / "var/log/privoxy"
+    logs.mkdir(parents=True)
+    user = pwd.getpwnam("privoxy")
+    os.chown(logs, user.pw_uid, user.pw_gid)
+    pidfile = area / "privoxy.pid"
+    argv = [privoxy_bin, "--pidfile", str(pidfile), "--user", "privoxy", "--chroot"]
+    argv.append("/etc/privoxy/config")
+    proc = spawn(jailed_run(area, jail, argv, userns=where == "userns"))
+    pid, pinned = _forked_privoxy(proc, jail)
+    try:
+        with web_server() as web:
+            assert through_privoxy(port, f"http://localhost:{web}/", proc) == PAGE
+        assert os.readlink(f"/proc/{pid}/root") == str(jail)
+        assert int(pidfile.read_text()) == pid
+        logfile = logs / "logfile"
+        assert logfile.stat().st_uid == user.pw_uid  # created by privoxy, in the jail
+        _, stderr = proc.communicate(timeout=30)  # the parent's exit after its 1 s wait
+        assert proc.returncode == 0, stderr
+    finally:
+        pids.send(pinned, signal.SIGTERM)
+        assert pids.ended(pinned, 10)
+        pids.close([pinned])
+        stop(proc)
+    assert f"appends to its logfile /var/log/privoxy/logfile inside the jail ({logs}/" in stderr
+
+
+def test_daemon_mode_without_a_log_directory_in_the_jail_is_refused(
+    area: Path, privoxy_bin: str
+) -> None:
+    """Daemonizing, privoxy opens its logfile inside the jail and exits when it cannot:
+    jailshim refuses first (78), nothing prepared."""
+    jail = stock_jail(area, free_port())
+    argv = [privoxy_bin, "--user", "privoxy", "--chroot", "/etc/privoxy/config"]
+    result = subprocess.run(
+        jailed_run(area, jail, argv, userns=False),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 78, result.stderr
+    assert "can't open logfile: '/var/log/privoxy/logfile'" in result.stderr, result.stderr
+    assert f"{jail}/var/log/privoxy is no directory" in result.stderr
+    assert not (jail / "dev").exists()
+
+
+def test_a_home_that_is_root_is_no_jail(area: Path, privoxy_bin: str) -> None:
+    """privoxy would chroot("/"): no jail at all; refused (78) before anything."""
+    argv = [privoxy_bin, "--no-daemon", "--chroot", "--user", "privoxy", "/etc/privoxy/config"]
+    result = subprocess.run(
+        jailed_run(area, Path("/"), argv, userns=False),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 78, result.stderr
+    assert "privoxy's is /: no jail at all" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
