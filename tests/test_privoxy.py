@@ -15,6 +15,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from jailshim.daemons.privoxy import argv_options, make_path, parse_config, split_listen
+from jailshim.daemons.privoxy import (
+    VIEW_FAILED,
+    argv_options,
+    make_path,
+    parse_config,
+    split_listen,
+)
 from jailshim.errors import UsageError
 from tests import pids
 from tests.daemons import (
@@ -428,3 +435,20 @@ def test_config_read_as_load_config_reads_it() -> None:
     assert split_listen(":8118") == ("", 8118)
     assert split_listen("::1:8118") is None  # privoxy: "invalid bind port spec"
     assert split_listen("127.0.0.1") is None
+
+
+def test_a_view_that_cannot_be_built_is_said_as_jailshims_not_privoxys(tmp_path: Path) -> None:
+    """The checker's helper exits 125 with one line of its own when it cannot build the view
+    (here: the binary is gone), so the adapter does not report it as privoxy's verdict."""
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "jailshim.daemons.privoxy", str(tmp_path), "0:0:", "/"),
+            *(str(tmp_path / "no-privoxy"), "privoxy", "--config-test"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == VIEW_FAILED, result.stderr
+    assert result.stderr.startswith("jailshim-view: jailshim could not build the view")

@@ -61,6 +61,9 @@ _SYMLINK_HOPS = 40  # the kernel's limit (ELOOP)
 _SPACE = " \t\n\v\f\r"  # isspace() in the C locale
 # host trees the checker's view takes from the host: the binary, its loader and libraries
 _HOST_TREES = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_CLONE_NEWNS = 0x00020000
+VIEW_FAILED = 125  # the view's own failure, told apart from privoxy's exit 1
+_VIEW_PREFIX = "jailshim-view: "
 
 
 class Args(NamedTuple):
@@ -466,11 +469,6 @@ class _Privoxy(Adapter):
             name, uid, gid, _ = _user_of(args)
             groups = [gid] if args.group else sorted(set(os.getgrouplist(name, gid)))
             view = [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
                 sys.executable,
                 "-m",
                 "jailshim.daemons.privoxy",
@@ -485,6 +483,11 @@ class _Privoxy(Adapter):
         if code == 0:
             return
         lines = [_words(ln) for ln in output.splitlines() if ln.strip()]
+        if code == VIEW_FAILED and lines and lines[-1].startswith(_VIEW_PREFIX):
+            raise ConfigError(
+                f"{lines[-1].removeprefix(_VIEW_PREFIX)}; privoxy's checker did not run. Pass "
+                "--no-config-check to start without it."
+            )
         fatal = [ln for ln in lines if ln.startswith(("Fatal error:", "Error:"))]
         words = " | ".join(fatal[-3:] or lines[-3:]) or f"exit status {code}"
         raise ConfigError(
@@ -531,11 +534,12 @@ def _wait_targets(
 
 
 def _view_main(argv: Sequence[str]) -> int:
-    """The checker's view (run as `unshare --mount … python -m jailshim.daemons.privoxy JAIL
-    UID:GID:GROUPS CWD PRIVOXY ARGS…`, root in a private mount namespace): a tmpfs over the
-    jail's path holding the jail's top-level entries (bound through a descriptor taken before)
-    and the host's /usr with its /lib links; chroot() there, the user's identity, exec privoxy
-    through a descriptor opened on the host. With no JAIL: only the identity."""
+    """The checker's view (run as `python -m jailshim.daemons.privoxy JAIL UID:GID:GROUPS CWD
+    PRIVOXY ARGS…`, as root): a mount namespace of its own (private: nothing propagates back),
+    a tmpfs over the jail's path holding the jail's top-level entries (bound through a
+    descriptor taken before) and the host's /usr with its /lib links; chroot() there, the
+    user's identity, exec privoxy through a descriptor opened on the host. With no JAIL: only
+    the identity."""
     import ctypes
 
     jail, ids, cwd, binary, *rest = argv
@@ -545,6 +549,9 @@ def _view_main(argv: Sequence[str]) -> int:
     exe = os.open(binary, os.O_RDONLY | os.O_CLOEXEC)
     if jail:
         libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(_CLONE_NEWNS) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
 
         def mount(source: str, target: str, fstype: str | None, flags: int, data: str) -> None:
             if libc.mount(
@@ -557,7 +564,8 @@ def _view_main(argv: Sequence[str]) -> int:
                 err = ctypes.get_errno()
                 raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
-        ms_nosuid, ms_nodev, ms_bind, ms_rec = 2, 4, 4096, 16384
+        ms_nosuid, ms_nodev, ms_bind, ms_rec, ms_private = 2, 4, 4096, 16384, 1 << 18
+        mount("none", "/", None, ms_rec | ms_private, "")
         jail_fd = os.open(jail, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         names = os.listdir(jail_fd)
         mount("jailshim-privoxy-check", jail, "tmpfs", ms_nosuid | ms_nodev, "mode=0755")
@@ -600,4 +608,12 @@ ADAPTER = _Privoxy()
 if __name__ == "__main__":
     import sys
 
-    sys.exit(_view_main(sys.argv[1:]))
+    try:
+        sys.exit(_view_main(sys.argv[1:]))
+    except OSError as exc:
+        print(
+            f"{_VIEW_PREFIX}jailshim could not build the view of the jail for privoxy's "
+            f"checker ({exc})",
+            file=sys.stderr,
+        )
+        sys.exit(VIEW_FAILED)
