@@ -452,3 +452,30 @@ def test_a_view_that_cannot_be_built_is_said_as_jailshims_not_privoxys(tmp_path:
     )
     assert result.returncode == VIEW_FAILED, result.stderr
     assert result.stderr.startswith("jailshim-view: jailshim could not build the view")
+
+
+def test_the_checkers_view_stays_its_own_where_mounts_propagate(
+    area: Path, privoxy_bin: str
+) -> None:
+    """Under a shared / (systemd makes it so), a mount in a copied namespace propagates back
+    unless made private first: after the checker ran, the namespace jailshim ran in shows none
+    of the view's mounts (its tmpfs over the jail would hide the jail from the daemon)."""
+    jail = stock_jail(area, free_port())
+    with (jail / "etc/privoxy/config").open("a") as f:
+        f.write("actionsfile nonexistent.action\n")  # the checker runs, then 78: quick
+    passwd = passwd_with_home(area, jail)
+    argv = [privoxy_bin, "--no-daemon", "--chroot", "--user", "privoxy", "/etc/privoxy/config"]
+    script = (
+        f'mount --bind {passwd} /etc/passwd; "$@"; echo code=$? >&2; '
+        "echo view-mounts=$(grep -c jailshim-privoxy-check /proc/self/mountinfo) >&2"
+    )
+    wrap = ["unshare", "--mount", "--propagation", "shared", "sh", "-c", script, "sh"]
+    result = subprocess.run(
+        [*wrap, *jailshim_argv("run", "--", *argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "code=78" in result.stderr, result.stderr
+    assert "view-mounts=0" in result.stderr, result.stderr
