@@ -479,3 +479,16 @@ def test_the_checkers_view_stays_its_own_where_mounts_propagate(
     )
     assert "code=78" in result.stderr, result.stderr
     assert "view-mounts=0" in result.stderr, result.stderr
+
+
+def test_user_dot_group_is_that_group_alone() -> None:
+    """`--user USER.GROUP`: setgid(GROUP), setgroups(1, [GROUP]) (jcc.c main); `--user USER`:
+    initgroups, the memberships jailshim resolves."""
+    from jailshim.daemons import DaemonPlan
+    from jailshim.daemons.privoxy import ADAPTER
+    from jailshim.spec import Identity
+
+    resolved = Identity("privoxy", 113, 65534, (4, 65534))
+    grouped = ADAPTER.identity(resolved, DaemonPlan((), group="nogroup"), group_given=True)
+    assert grouped.groups == (65534,)
+    assert ADAPTER.identity(resolved, DaemonPlan(()), group_given=False) == resolved

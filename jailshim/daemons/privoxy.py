@@ -414,6 +414,8 @@ class _Privoxy(Adapter):
         ]
         if args.pidfile:
             read.append(("pidfile", f"{args.pidfile} (on the host, written before chroot)"))
+        if args.nslookup:  # glibc 2.34+ has files and dns in libc: the jail's files suffice
+            read.append(("pre_chroot_nslookup", args.nslookup))
         return DaemonPlan(
             files=(where,),
             chroot=jail,
