@@ -36,6 +36,7 @@ REGISTRY = {
     "pdns_recursor": Registered("jailshim.daemons.pdns_recursor"),
     "pdns_server": Registered("jailshim.daemons.pdns_server"),
     "postfix": Registered("jailshim.daemons.postfix"),
+    "privoxy": Registered("jailshim.daemons.privoxy"),
     "radvd": Registered("jailshim.daemons.radvd"),
     "sshd": Registered("jailshim.daemons.sshd"),
     "stunnel": Registered("jailshim.daemons.stunnel"),
