@@ -32,6 +32,7 @@ REGISTRY = {
     "lighttpd": Registered("jailshim.daemons.lighttpd"),
     "named": Registered("jailshim.daemons.named"),
     "nsd": Registered("jailshim.daemons.nsd"),
+    "ntpd": Registered("jailshim.daemons.ntpsec"),
     "pdns_recursor": Registered("jailshim.daemons.pdns_recursor"),
     "postfix": Registered("jailshim.daemons.postfix"),
     "radvd": Registered("jailshim.daemons.radvd"),

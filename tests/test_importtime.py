@@ -26,7 +26,8 @@ from jailshim.verify import libfind
 from tests.support import clean_env, need
 
 ADAPTERS = {
-    f"jailshim.daemons.{n}" for n in ("named", "nsd", "postfix", "stunnel", "unbound", "vsftpd")
+    f"jailshim.daemons.{n}"
+    for n in ("named", "nsd", "ntpsec", "postfix", "stunnel", "unbound", "vsftpd")
 }
 NETWORK = {"pyroute2", "tenacity", "jailshim.verify.network"}
 QUIET = ["--log-level", "error"]
