@@ -35,7 +35,7 @@ from jailshim.daemons.ntpsec import argv_options, read_config, words_of
 from jailshim.errors import ConfigError, UsageError
 from tests.daemons import daemon_pid, own_network, pristine_copy, status_field, stop
 from tests.stock import strategies
-from tests.support import NSRUN, TESTS, jailshim_argv, need, run, spawn
+from tests.support import NSRUN, TESTS, Result, jailshim_argv, need, run, spawn
 
 __all__ = ["own_network"]  # a fixture (tests/daemons.py) the fixtures here use
 
@@ -280,6 +280,13 @@ def test_ntpd_answers_from_its_jail_in_a_user_namespace(area: Path, ntpd_bin: st
 # -- broken configs ---------------------------------------------------------------------------
 
 
+def run_guarded(*args: str) -> Result:
+    """`jailshim ARGS` under the clock guard: a jailshim that failed to refuse a config would
+    start ntpd, which writes the kernel's clock state at once (seen: a test run with the
+    refusal broken and no guard left STA_PLL set; it was put back by hand)."""
+    return run(*args, wrap=GUARD)
+
+
 def _ntpd_own_log(config: Path) -> str:
     """What ntpd itself logs for ``config`` (no jail, no user): started under the guard in the
     test's network namespace, stopped once it serves."""
@@ -304,7 +311,7 @@ def test_a_line_ntpd_would_ignore_exits_78_in_its_words(area: Path, ntpd_bin: st
     number = text.split("\n").index("  restirct 127.0.0.1") + 1
     words = f"CONFIG: syntax error in {config} line {number}, column 2"
     with host_clock_untouched():
-        result = run(
+        result = run_guarded(
             "run", "--", ntpd_bin, "-n", "-c", str(config), "-u", "ntpsec", "-i", str(jail)
         )
         own = _ntpd_own_log(config)
@@ -321,7 +328,8 @@ def test_an_includefile_ntpd_cannot_open_exits_78(area: Path, ntpd_bin: str) -> 
     jail = make_jail(area)
     config = write_config(area, stock_config(area) + "includefile extra/site.conf\n")
     argv = [ntpd_bin, "-n", "-c", str(config), "-u", "ntpsec", "-i", str(jail)]
-    result = run("run", "--", *argv)
+    with host_clock_untouched():
+        result = run_guarded("run", "--", *argv)
     assert result.code == 78, result.stderr
     assert "CONFIG: Couldn't open <extra/site.conf>" in result.error, result.error
     assert f"{config.parent}/extra/site.conf cannot be read" in result.error
@@ -329,7 +337,9 @@ def test_an_includefile_ntpd_cannot_open_exits_78(area: Path, ntpd_bin: str) -> 
     (config.parent / "extra").mkdir()
     (config.parent / "extra/site.conf").write_text("restrict ::1\n")
     assert load("ntpd").read(argv, {}).files == (str(config), f"{config.parent}/extra/site.conf")
-    missing = run("run", "--", ntpd_bin, "-n", "-c", str(area / "nope.conf"), "-i", str(jail))
+    missing = run_guarded(
+        "run", "--", ntpd_bin, "-n", "-c", str(area / "nope.conf"), "-i", str(jail)
+    )
     assert missing.code == 78, missing.stderr
     assert "ntpd would run without its configuration" in missing.error
 
