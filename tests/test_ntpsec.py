@@ -344,6 +344,34 @@ def test_an_includefile_ntpd_cannot_open_exits_78(area: Path, ntpd_bin: str) -> 
     assert "ntpd would run without its configuration" in missing.error
 
 
+def test_a_jail_without_libgcc_s_is_refused_when_ntpd_resolves_names(
+    area: Path, ntpd_bin: str
+) -> None:
+    """Debian's pools resolved after the chroot: ntpd's DNS thread ends with pthread_exit(),
+    which loads libgcc_s.so.1 from the jail, else aborts; 78 before anything is prepared. With
+    it in the jail, or with no name to resolve, the config is read."""
+    jail = make_jail(area)
+    text = (pristine_copy("ntpsec", "/etc/ntpsec", area) / "ntp.conf").read_text()
+    config = write_config(area, text + NO_DISCIPLINE)
+    argv = [ntpd_bin, "-n", "-c", str(config), "-u", "ntpsec:ntpsec", "-i", str(jail)]
+    with host_clock_untouched():
+        result = run_guarded("run", "--", *argv)
+    assert result.code == 78, result.stderr
+    assert "libgcc_s.so.1 must be installed for pthread_exit to work" in result.error
+    assert "0.debian.pool.ntp.org" in result.error
+    assert not (jail / "dev").exists()
+    arch = getattr(sys.implementation, "_multiarch", "x86_64-linux-gnu")
+    (jail / "lib" / arch).mkdir(parents=True)
+    (jail / "lib" / arch / "libgcc_s.so.1").write_bytes(b"")
+    assert load("ntpd").read(argv, {}).file_sets == ("resolver",)
+    (jail / "lib" / arch / "libgcc_s.so.1").unlink()
+    (jail / "lib" / arch / "libgcc_s.so.1").symlink_to(f"/lib/{arch}/libgcc_s.so.1")
+    with pytest.raises(ConfigError, match="has none"):  # a link out of the jail is none
+        load("ntpd").read(argv, {})
+    no_names = write_config(area, stock_config(area))
+    assert load("ntpd").read([*argv[:3], str(no_names), *argv[4:]], {}).file_sets == ()
+
+
 def test_interface_rules_with_dash_i_are_refused_in_ntpds_words(area: Path) -> None:
     """ntpd exits when the config has interface rules and argv has -I or -L."""
     config = write_config(area, "interface listen 127.0.0.1\nrestrict default ignore\n")
@@ -411,6 +439,9 @@ def test_config_is_read_as_ntpsecs_scanner_reads_it(area: Path) -> None:
     assert words_of("\tserver 127.0.0.1#c") == [(1, "server"), (8, "127.0.0.1")]
     conf = area / "etc"
     (conf / "inc").mkdir(parents=True)
+    arch = getattr(sys.implementation, "_multiarch", "x86_64-linux-gnu")
+    (area / "jail/usr/lib" / arch).mkdir(parents=True)
+    (area / "jail/usr/lib" / arch / "libgcc_s.so.1").write_bytes(b"")
     (conf / "ntp.d").mkdir()
     (conf / "inc/b.conf").write_text("server time.example iburst\n")
     (conf / "inc/a.conf").write_text("interface listen 127.0.0.7\n")
@@ -424,7 +455,6 @@ def test_config_is_read_as_ntpsecs_scanner_reads_it(area: Path) -> None:
         str(conf / n) for n in ("ntp.conf", "inc/a.conf", "inc/b.conf", "ntp.d/z.conf")
     )
     jail = area / "jail"
-    jail.mkdir()
     plan = load("ntpd").read(["ntpd", "-c", str(conf / "ntp.conf"), "-i", str(jail)], {})
     assert plan.file_sets == ("resolver",)
     assert [t.ip for t in plan.wait_targets] == ["127.0.0.7"]
@@ -458,3 +488,86 @@ def test_the_clock_check_sees_a_jump_and_a_changed_frequency(
     readings = iter([ClockState(100.0, 0, 64), ClockState(100.0, 5, 64)])
     with pytest.raises(AssertionError), host_clock_untouched():
         pass
+
+
+def test_example_runs_as_its_readme_says_under_the_guard(area: Path, ntpd_bin: str) -> None:
+    """examples/ntpsec/README.md's commands as written (tests/test_examples.py's reader), on
+    copies of Debian's /etc/ntpsec (as shipped) and /var/lib/ntpsec bound at their real paths in
+    a private mount namespace, the jail in the test's area, in the test's network namespace
+    (the pools resolve nowhere), the whole shell under the clock guard (the README's ntpd
+    disciplines the clock: -g, and Debian's config): the README's ntpq line gets its promised
+    answer while the jail holds the resolver files, Ctrl-C stops ntpd, teardown exits 0, the
+    jail keeps only what the README says stays, the host's directories are untouched.
+    Not in test_examples.py's table: its harness waits on a TCP port and has no clock guard."""
+    import signal
+
+    from tests import pids
+    from tests.daemons import descendants
+    from tests.stock import copy_of, host_state, in_stock_layout
+    from tests.support import clean_env
+    from tests.test_examples import _parse_readme
+
+    jail = area / "ntpsec-jail"  # the README's /var/lib/ntpsec-jail, which the host lacks
+    setup, start, backends, clients, after = _parse_readme(
+        "ntpsec", lambda command: command.replace("/var/lib/ntpsec-jail", str(jail))
+    )
+    assert start and clients and after and not backends
+    stock = ("/etc/ntpsec", "/var/lib/ntpsec")
+    need(all(Path(p).is_dir() for p in stock), "needs Debian's /etc/ntpsec and /var/lib/ntpsec")
+    host_before = host_state(stock)
+    binds = {path: copy_of(path, area) for path in stock}
+    pidfile = area / "daemon.pid"
+    steps = [
+        "set -e",
+        *setup,
+        f"{start} & echo $! > {pidfile}",
+        "status=0; wait $! || status=$?",
+        'echo "example-daemon-exit=$status" >&2',
+        *after,
+    ]
+    bin_dir = os.path.dirname(sys.executable)  # this tree's `jailshim`
+    env = {**clean_env(), "PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    shell = in_stock_layout(binds, ["sh", "-c", "; ".join(steps)], userns=False)
+    stderr = ""
+    with host_clock_untouched():
+        proc = spawn([*GUARD, *shell], env)
+        try:
+            for command, expected in clients:
+                answer = ""
+                deadline = time.monotonic() + 30
+                while expected not in answer and time.monotonic() < deadline:
+                    assert proc.poll() is None, proc.communicate()
+                    time.sleep(0.2)
+                    answer = subprocess.run(
+                        ["sh", "-c", f"timeout 10 {command}"],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ).stdout
+                assert expected in answer, (command, answer)
+            assert (jail / "etc/resolv.conf").is_file()  # the pool names resolve in the jail
+            time.sleep(3)  # ntpd's first lookups (one a second): it aborted here without
+            # libgcc_s.so.1 in the jail, before the README copied it
+            assert proc.poll() is None, proc.communicate()
+            pid = int(pidfile.read_text())
+            pinned = pids.pin(pid)
+            assert pinned is not None and pid in descendants(proc.pid)
+            try:
+                pids.send(pinned, signal.SIGINT)  # Ctrl-C, as the README says
+            finally:
+                pids.close([pinned])
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None or not stderr:
+                _, stderr = stop(proc)
+    assert "Traceback" not in stderr
+    assert proc.returncode == 0, stderr  # each command after the stop exited 0 (set -e)
+    assert "example-daemon-exit=0" in stderr, stderr
+    assert REFUSED_WRITE in stderr, stderr
+    read = config_events(stderr)
+    assert read and read[0]["chroot"] == str(jail), stderr
+    assert not (jail / "dev").exists()
+    left = {str(p.relative_to(jail)) for p in jail.rglob("*") if not p.is_dir()}
+    kept = {"usr/share/zoneinfo/leap-seconds.list", "lib/x86_64-linux-gnu/libgcc_s.so.1"}
+    assert left <= {*kept, "var/lib/ntpsec/ntp.drift"}, left
+    assert host_state(stock) == host_before

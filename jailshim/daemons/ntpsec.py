@@ -28,8 +28,12 @@ NTS cookie keys are read and rewritten (nts_cookie_init2; `nts cookie`, default
 /var/lib/ntpsec/nts-keys), server/pool/peer names are resolved by getaddrinfo in a thread
 (ntp_dns.c; etc/resolv.conf, etc/hosts, etc/nsswitch.conf), an NTS client's own `ca` file is
 loaded at its NTS-KE (nts_client.c), and syslog reconnects to /dev/log when its connection
-breaks. localtime is read once, at the first log line, before the chroot (libntp/msyslog.c
-localtime_r: glibc reads the zone on the first call only), so the jail needs no etc/localtime.
+breaks. The DNS thread ends with pthread_exit() (ntp_dns.c dns_lookup; NTS-KE runs there too),
+for which glibc dlopen()s libgcc_s.so.1 — in the jail: without it ntpd aborts at its first
+lookup ("libgcc_s.so.1 must be installed for pthread_exit to work", seen with Debian's pools),
+so a jail without it is refused when ntpd has names to resolve. localtime is read once, at
+the first log line, before the chroot (libntp/msyslog.c localtime_r: glibc reads the zone on
+the first call only), so the jail needs no etc/localtime.
 
 The config's scanner (ntp_scanner.c yylex): whitespace separates words, `#` starts a comment
 to the end of the line, "…" is one word, a line is one command; `end` stops all parsing.
@@ -401,6 +405,8 @@ class _Ntpd(Adapter):
         ):
             if value:
                 read.append((fact, value))
+        if jail and (lookups or nts_clients):
+            _unwinder_in_jail(jail, lookups or [x.words[1] for x in nts_clients])
         if jail:
             notes += _jail_notes(jail, drift, statsdir, leapfile, config)
             if nts_server:
@@ -447,6 +453,31 @@ def _nts_value(config: NtpConfig, key: str) -> str:
 def _user_word(text: str) -> str:
     """ntp_sandbox.c: digits (strtoul, nothing after) are a number, anything else a name."""
     return f"+{text}" if text.isascii() and text.isdigit() else text
+
+
+UNWINDER = "libgcc_s.so.1"  # glibc's LIBGCC_S_SO: dlopen()ed by pthread_exit
+
+
+def _unwinder_in_jail(jail: str, names: Sequence[str]) -> None:
+    """glibc finds libgcc_s.so.1 by dlopen() in its default directories (no ld.so.cache in a
+    jail): one of them inside the jail must hold it (not a link leading out of the jail)."""
+    import sys
+
+    arch = getattr(sys.implementation, "_multiarch", "")
+    places = [f"lib/{arch}", f"usr/lib/{arch}"] if arch else []
+    places += ["lib", "usr/lib", "lib64", "usr/lib64"]
+    for place in places:
+        path = os.path.join(jail, place, UNWINDER)
+        if os.path.isfile(path) and os.path.realpath(path).startswith(jail.rstrip("/") + "/"):
+            return
+    host = next((f"/{p}/{UNWINDER}" for p in places if os.path.isfile(f"/{p}/{UNWINDER}")), "")
+    raise ConfigError(
+        f"ntpd resolves {names[0]} after its chroot in a thread that ends with pthread_exit(), "
+        f"for which glibc loads {UNWINDER} inside the jail, and {jail} has none: ntpd would "
+        f'abort at its first lookup ("{UNWINDER} must be installed for pthread_exit to work"). '
+        f"Copy {host or UNWINDER} to the same path in the jail.",
+        chroot=jail,
+    )
 
 
 def _jail_notes(
