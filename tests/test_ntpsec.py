@@ -228,6 +228,9 @@ def test_ntpd_answers_from_the_jail_its_argv_names(area: Path, ntpd_bin: str) ->
     assert read[0]["log_sockets"] == ["/dev/log"]
     assert read[0]["files"] == [str(config)]
     assert strategies(stderr) == {"mknod"}, stderr
+    checks = [json.loads(ln) for ln in stderr.splitlines() if '"event": "check"' in ln]
+    reseed = [c for c in checks if str(c.get("check", "")).endswith("reseed")]
+    assert reseed and reseed[0]["ok"] is True, checks  # ntpd's libcrypto (NTS) in the jail
 
 
 _IN_USERNS = """
@@ -488,6 +491,54 @@ def test_the_clock_check_sees_a_jump_and_a_changed_frequency(
     readings = iter([ClockState(100.0, 0, 64), ClockState(100.0, 5, 64)])
     with pytest.raises(AssertionError), host_clock_untouched():
         pass
+
+
+def test_nts_key_exchange_from_the_jail(area: Path, ntpd_bin: str) -> None:
+    """An NTS server (`nts enable`): ntpd loads its certificate and key after the chroot, as
+    ntpsec (nts_init2) — without them in the jail it would exit ("troubles during init2"), so
+    78 first; with them copied to the same paths in the jail (the key ntpsec's), a TLS 1.3
+    client gets ALPN ntske/1 from the jailed ntpd on 127.0.0.1:4460, and ntpd's cookie keys
+    are written inside the jail by ntpsec, as jailshim's note says."""
+    from tests.daemons import make_certificate
+
+    jail = make_jail(area)
+    make_certificate(area)  # area/cert.pem, area/key.pem
+    text = stock_config(area) + f"nts cert {area}/cert.pem\nnts key {area}/key.pem\nnts enable\n"
+    config = write_config(area, text)
+    argv = [ntpd_bin, "-n", "-c", str(config), "-u", "ntpsec:ntpsec", "-i", str(jail)]
+    with host_clock_untouched():
+        refused = run_guarded("run", "--", *argv)
+    assert refused.code == 78, refused.stderr
+    assert "NTS: troubles during init2.  Bailing." in refused.error, refused.error
+    assert f"{jail}{area}/cert.pem, which does not exist" in refused.error
+    inside = Path(f"{jail}{area}")
+    inside.mkdir(parents=True)
+    for name in ("cert.pem", "key.pem"):
+        (inside / name).write_bytes((area / name).read_bytes())
+    (inside / "key.pem").chmod(0o600)
+    user = pwd.getpwnam("ntpsec")
+    os.chown(inside / "key.pem", user.pw_uid, user.pw_gid)
+    client = ["openssl", "s_client", "-connect", "127.0.0.1:4460", "-alpn", "ntske/1", "-tls1_3"]
+    with host_clock_untouched():
+        proc = spawn([*GUARD, *jailshim_argv("run", "--", *argv)])
+        try:
+            ntpq_variables(proc)
+            said = ""
+            for _ in range(50):
+                said = subprocess.run(
+                    client, input="", capture_output=True, text=True, timeout=20, check=False
+                ).stdout
+                if "ALPN protocol: ntske/1" in said:
+                    break
+                time.sleep(0.2)
+        finally:
+            _, stderr = stop(proc)
+    assert "ALPN protocol: ntske/1" in said, said + stderr
+    assert "TLSv1.3" in said
+    keys = jail / "var/lib/ntpsec/nts-keys"
+    assert keys.is_file() and keys.stat().st_uid == user.pw_uid, stderr
+    notes = [json.loads(ln)["note"] for ln in stderr.splitlines() if '"note"' in ln]
+    assert any(f"{jail}/var/lib/ntpsec/nts-keys" in n for n in notes), notes
 
 
 def test_example_runs_as_its_readme_says_under_the_guard(area: Path, ntpd_bin: str) -> None:

@@ -14,26 +14,30 @@ of -f is spelled "driftile" in ntpd.c.
 Order of a start (ntpd.c main, built without ENABLE_EARLY_DROPROOT; ntpd/ntp_sandbox.c
 sandbox()): openlog(LOG_NDELAY) and -l's log file, -p's pid file, then readconfig() (the file,
 then the ntp.d directory beside it, *.conf in order; `includefile` relative to the including
-file's directory, a directory meaning its *.conf): the drift file is READ, the leap file,
-keys, `logfile` and the NTS server's certificate and key (nts_init) are opened here, all at
-their host paths; then sandbox(): getpwnam/getgrnam in the HOST's passwd and group (no jail
-etc/passwd needed), chdir(jail), chroot(jail), chdir("/"), initgroups(user, gid) and, with a
-group, setgroups(1, [gid]) (so a group given means that group alone), setuid, and the
-capabilities cut to cap_sys_nice,cap_sys_time (which is why a bounding set without
-CAP_SYS_TIME makes it exit "cap_set_proc() failed to drop root privs"). After the chroot,
-inside the jail: the drift file is rewritten (ntp_util.c drift_write: PATH-tmp then rename),
-statistics files under statsdir (default /var/log/ntpsec/; "statistics directory … does not
-exist or is unwriteable" is logged at start), the leap file is re-read (check_leap_file), the
-NTS cookie keys are read and rewritten (nts_cookie_init2; `nts cookie`, default
-/var/lib/ntpsec/nts-keys), server/pool/peer names are resolved by getaddrinfo in a thread
-(ntp_dns.c; etc/resolv.conf, etc/hosts, etc/nsswitch.conf), an NTS client's own `ca` file is
-loaded at its NTS-KE (nts_client.c), and syslog reconnects to /dev/log when its connection
-breaks. The DNS thread ends with pthread_exit() (ntp_dns.c dns_lookup; NTS-KE runs there too),
-for which glibc dlopen()s libgcc_s.so.1 — in the jail: without it ntpd aborts at its first
-lookup ("libgcc_s.so.1 must be installed for pthread_exit to work", seen with Debian's pools),
-so a jail without it is refused when ntpd has names to resolve. localtime is read once, at
-the first log line, before the chroot (libntp/msyslog.c localtime_r: glibc reads the zone on
-the first call only), so the jail needs no etc/localtime.
+file's directory, a directory meaning its *.conf): the drift file is READ, the leap file, keys
+and `logfile` are opened here, all at their host paths (nts_init makes the NTS-KE listening
+sockets, not the certificate); then sandbox(): getpwnam/getgrnam in the HOST's passwd and group
+(no jail etc/passwd needed), chdir(jail), chroot(jail), chdir("/"), initgroups(user, gid) and,
+with a group, setgroups(1, [gid]) (so a group given means that group alone), setuid, and the
+capabilities cut to cap_sys_nice,cap_sys_time (which is why a bounding set without CAP_SYS_TIME
+makes it exit "cap_set_proc() failed to drop root privs"). After the chroot, inside the jail:
+an NTS server's certificate and key are loaded (nts.c nts_init2 → nts_server.c nts_server_init2
+→ nts_load_certificate, as the user; `nts cert`/`nts key`, Debian's defaults
+/etc/ntpsec/cert-chain.pem and /etc/ntpsec/key.pem; missing: "NTSs: can't stat certificate
+(chain) from …" then "NTS: troubles during init2. Bailing." and exit 1, refused here first) and
+re-checked hourly and on SIGHUP; the drift file is rewritten (ntp_util.c drift_write: PATH-tmp
+then rename), statistics files under statsdir (default /var/log/ntpsec/; "statistics directory
+… does not exist or is unwriteable" is logged at start), the leap file is re-read
+(check_leap_file), the NTS cookie keys are read and rewritten (nts_cookie_init2; `nts cookie`,
+default /var/lib/ntpsec/nts-keys), server/pool/peer names are resolved by getaddrinfo in a
+thread (ntp_dns.c; etc/resolv.conf, etc/hosts, etc/nsswitch.conf), an NTS client's own `ca`
+file is loaded at its NTS-KE (nts_client.c), and syslog reconnects to /dev/log when its
+connection breaks. The DNS thread ends with pthread_exit() (ntp_dns.c dns_lookup; NTS-KE runs
+there too), for which glibc dlopen()s libgcc_s.so.1 — in the jail: without it ntpd aborts at
+its first lookup ("libgcc_s.so.1 must be installed for pthread_exit to work", seen with
+Debian's pools), so a jail without it is refused when ntpd has names to resolve. localtime is
+read once, at the first log line, before the chroot (libntp/msyslog.c localtime_r: glibc reads
+the zone on the first call only), so the jail needs no etc/localtime.
 
 The config's scanner (ntp_scanner.c yylex): whitespace separates words, `#` starts a comment
 to the end of the line, "…" is one word, a line is one command; `end` stops all parsing.
@@ -64,6 +68,8 @@ __all__ = ["ADAPTER", "NtpConfig", "argv_options", "read_config", "words_of"]
 DEFAULT_CONFIG = "/etc/ntpsec/ntp.conf"
 DEFAULT_STATSDIR = "/var/log/ntpsec/"
 DEFAULT_COOKIE_KEYS = "/var/lib/ntpsec/nts-keys"
+DEFAULT_NTS_CERT = "/etc/ntpsec/cert-chain.pem"
+DEFAULT_NTS_KEY = "/etc/ntpsec/key.pem"
 CONFIG_DIR = "ntp.d"  # include/ntp_config.h: beside the config file
 MAX_INCLUDE_LEVEL = 5  # include/ntp_config.h MAXINCLUDELEVEL
 _MAX_CONFIG = 1 << 20
@@ -407,6 +413,8 @@ class _Ntpd(Adapter):
                 read.append((fact, value))
         if jail and (lookups or nts_clients):
             _unwinder_in_jail(jail, lookups or [x.words[1] for x in nts_clients])
+        if jail and nts_server:
+            _nts_files_in_jail(jail, config)
         if jail:
             notes += _jail_notes(jail, drift, statsdir, leapfile, config)
             if nts_server:
@@ -439,6 +447,29 @@ class _Ntpd(Adapter):
         return identity
 
 
+def _nts_files_in_jail(jail: str, config: NtpConfig) -> None:
+    """nts_server_init2 loads the certificate and key after the chroot, as ntpd's user: both
+    must be in the jail at their configured paths, or ntpd exits ("troubles during init2")."""
+    for what, path in (
+        ("certificate", _nts_value(config, "cert") or DEFAULT_NTS_CERT),
+        ("key", _nts_value(config, "key") or DEFAULT_NTS_KEY),
+    ):
+        inside = _in_jail(jail, path)
+        if not (os.path.isfile(inside) and _stays_in(jail, inside)):
+            raise ConfigError(
+                f"ntpd loads its NTS {what} {path} after its chroot (nts_init2), from "
+                f"{inside}, which does not exist: it would log \"NTSs: can't stat certificate "
+                '(chain) from …" or fail to load it, then "NTS: troubles during init2.  '
+                f"Bailing.\" and exit. Copy {path} there, readable by ntpd's user.",
+                chroot=jail,
+            )
+
+
+def _stays_in(jail: str, path: str) -> bool:
+    """``path`` (in the jail) does not lead out of it through a link."""
+    return os.path.realpath(path).startswith(jail.rstrip("/") + "/")
+
+
 def _nts_value(config: NtpConfig, key: str) -> str:
     """`nts cookie FILE` (also `nts enable cookie FILE …`): the last one's value."""
     value = ""
@@ -468,7 +499,7 @@ def _unwinder_in_jail(jail: str, names: Sequence[str]) -> None:
     places += ["lib", "usr/lib", "lib64", "usr/lib64"]
     for place in places:
         path = os.path.join(jail, place, UNWINDER)
-        if os.path.isfile(path) and os.path.realpath(path).startswith(jail.rstrip("/") + "/"):
+        if os.path.isfile(path) and _stays_in(jail, path):
             return
     host = next((f"/{p}/{UNWINDER}" for p in places if os.path.isfile(f"/{p}/{UNWINDER}")), "")
     raise ConfigError(
