@@ -32,6 +32,7 @@ REGISTRY = {
     "lighttpd": Registered("jailshim.daemons.lighttpd"),
     "named": Registered("jailshim.daemons.named"),
     "nsd": Registered("jailshim.daemons.nsd"),
+    "ntpd": Registered("jailshim.daemons.ntpsec"),
     "openvpn": Registered("jailshim.daemons.openvpn"),
     "pdns_recursor": Registered("jailshim.daemons.pdns_recursor"),
     "pdns_server": Registered("jailshim.daemons.pdns_server"),

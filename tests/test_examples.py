@@ -103,6 +103,7 @@ def test_named_drop_in_verifies_cleanly(root: None) -> None:
         ("nsd.service", "nsd.service"),
         ("stunnel@.service", "stunnel@x.service"),
         ("lighttpd.service", "lighttpd.service"),
+        ("ntpsec.service", "ntpsec.service"),
         ("pdns-recursor.service", "pdns-recursor.service"),
         ("pdns.service", "pdns.service"),
         ("radvd.service", "radvd.service"),
