@@ -121,8 +121,8 @@ class _PdnsRecursor(Adapter):
             # recursor makes no directory for them (rec-main.cc checkSocketDir)
             sockets_in = socket_directory(values, env, chroot, "/var/run/pdns-recursor")
             read.append(("socket_dir", sockets_in))
-            inside = sockets_in.removeprefix(chroot.rstrip("/")) or "/"
-            if os.path.isdir(chroot) and missing_inside(chroot, inside, directory=True):
+            in_jail = sockets_in.removeprefix(chroot.rstrip("/")) or "/"
+            if os.path.isdir(chroot) and missing_inside(chroot, in_jail, directory=True):
                 raise ConfigError(
                     "pdns_recursor would exit 'Problem with socket directory' (it does not "
                     f"exist or cannot access): it makes its control socket in {sockets_in} "
@@ -136,9 +136,9 @@ class _PdnsRecursor(Adapter):
                     + "; set socket-dir=/ (the jail's root), or make that directory.",
                     chroot=chroot,
                 )
-        inside = opened_in_jail(values) if chroot else ()
-        if inside:
-            read.append(("jail_files", ", ".join(inside)))
+        reread = opened_in_jail(values) if chroot else ()
+        if reread:
+            read.append(("jail_files", ", ".join(reread)))
         user, group, said = identity_settings("pdns_recursor", values, file)
         targets, more = wait_targets(values, file, _DEFAULTS)
         return DaemonPlan(
@@ -150,7 +150,7 @@ class _PdnsRecursor(Adapter):
             wait_targets=targets,
             notes=(*said, *more),
             read=tuple(read),
-            jail_files=inside,
+            jail_files=reread,
         )
 
     def check_config(self, argv: Sequence[str]) -> None:
