@@ -25,9 +25,11 @@ sshd's words from the read itself, --no-config-check or not).
 
 What `run` resolves: the jail of each user named literally in a `Match User` line (no
 wildcard, no negation) and a global ChrootDirectory without tokens; every one is judged by
-sshd's rule before anything is prepared (78, sshd's words). The engine prepares one jail per
-run: the first of them (config order), with /dev/log; each other is named in a note with the
-`jailshim prepare` line that prepares it (as is each Match line run cannot resolve).
+sshd's rule before anything is prepared: one sshd would refuse is a warning in sshd's words and
+is not prepared, and sshd still starts (it ends only that user's sessions: refusing the whole
+start would lock every other user out). The engine prepares one jail per run: the first good
+one (config order), with /dev/log; each other is named in a note with the `jailshim prepare`
+line that prepares it (as is each Match line run cannot resolve).
 """
 
 from __future__ import annotations
@@ -203,8 +205,9 @@ def _templates(
 
 
 def _jails(wanted: Sequence[tuple[str, str]], notes: list[str]) -> dict[str, list[str]]:
-    """Each jail (expanded as session.c does, judged by sshd's rule: a refusal raises, in its
-    words) -> the users it is for, in config order; a user unknown here gets a note."""
+    """Each jail (expanded as session.c does, judged by sshd's rule) -> the users it is for,
+    in config order; a jail sshd would refuse, and a user unknown here, get a note in sshd's
+    words instead."""
     import pwd
 
     jails: dict[str, list[str]] = {}
@@ -222,12 +225,15 @@ def _jails(wanted: Sequence[tuple[str, str]], notes: list[str]) -> dict[str, lis
             path = expand_chroot(template, user, pw.pw_uid, pw.pw_dir)
         why = refusal(path)
         if why:
-            raise ConfigError(
-                f'sshd would end {user or "every user"}\'s session after login: "{why}" '
-                f"(ChrootDirectory {template}); sshd wants every component of the jail's "
-                "path owned by root and not writable by group or others.",
-                chroot=path,
+            # A warning, not a refusal: sshd itself starts and ends only this user's sessions;
+            # refusing the start (78) locked every other user out too, admins on Debian's
+            # ssh.service included.
+            notes.append(
+                f'sshd will end {user or "every user"}\'s sessions after login: "{why}" '
+                f"(ChrootDirectory {template}); this jail is not prepared: make every component "
+                "of its path root's and not writable by group or others."
             )
+            continue
         jails.setdefault(os.path.normpath(path), []).append(user or "every user")
     return jails
 
