@@ -236,6 +236,7 @@ def test_ntpd_answers_from_the_jail_its_argv_names(area: Path, ntpd_bin: str) ->
 _IN_USERNS = """
 set -e
 ip link set lo up
+[ -z "$HOSTS" ] || mount --bind "$HOSTS" /etc/hosts
 "$@" 2> "$JAILSHIM_ERR" &
 daemon=$!
 for attempt in $(seq 150); do
@@ -244,6 +245,16 @@ for attempt in $(seq 150); do
     kill -0 "$daemon"
     sleep 0.2
 done
+if [ -n "$PEER" ]; then
+    for attempt in $(seq 150); do
+        if ntpq -pn 127.0.0.1 2>&1 | grep -q "$PEER"; then break; fi
+        kill -0 "$daemon"
+        sleep 0.2
+    done
+    sleep 2
+    kill -0 "$daemon"
+    echo "alive after the lookup: $(ntpq -pn 127.0.0.1 2>&1 | grep -c "$PEER")"
+fi
 echo "root=$(readlink /proc/$daemon/root)"
 echo "uid=$(awk '/^Uid:/ {print $2}' /proc/$daemon/status)"
 kill "$daemon"
@@ -267,7 +278,13 @@ def test_ntpd_answers_from_its_jail_in_a_user_namespace(area: Path, ntpd_bin: st
             capture_output=True,
             text=True,
             timeout=120,
-            env={**os.environ, "JAILSHIM_ERR": str(err), "NTPQ_OUT": str(out)},
+            env={
+                **os.environ,
+                "JAILSHIM_ERR": str(err),
+                "NTPQ_OUT": str(out),
+                "HOSTS": "",
+                "PEER": "",
+            },
             check=False,
         )
     stderr = err.read_text() if err.exists() else ""
@@ -347,32 +364,143 @@ def test_an_includefile_ntpd_cannot_open_exits_78(area: Path, ntpd_bin: str) -> 
     assert "ntpd would run without its configuration" in missing.error
 
 
-def test_a_jail_without_libgcc_s_is_refused_when_ntpd_resolves_names(
+# -- libgcc_s.so.1: what ntpd's DNS thread loads after its chroot -----------------------------
+
+RESOLVED = "ntp.jailshim.test"  # a server name ntpd resolves in the jail, from its etc/hosts
+UNREACHABLE = "192.0.2.123"  # TEST-NET-1 (RFC 5737): no route in the test's network namespace
+UNWINDER_IN_JAIL = "lib/x86_64-linux-gnu/libgcc_s.so.1"
+
+
+def hosts_naming_the_server(area: Path) -> Path:
+    """The host's /etc/hosts plus RESOLVED -> UNREACHABLE, bound over /etc/hosts in the test's
+    mount namespace: jailshim's resolver set copies it into the jail, where ntpd's DNS thread
+    finds the name (no network), and the server it names is no clock to follow."""
+    hosts = area / "hosts"
+    hosts.write_text(Path("/etc/hosts").read_text() + f"\n{UNREACHABLE} {RESOLVED}\n")
+    return hosts
+
+
+def test_ntpd_survives_its_dns_thread_in_a_jail_jailshim_prepared(
     area: Path, ntpd_bin: str
 ) -> None:
-    """Debian's pools resolved after the chroot: ntpd's DNS thread ends with pthread_exit(),
-    which loads libgcc_s.so.1 from the jail, else aborts; 78 before anything is prepared. With
-    it in the jail, or with no name to resolve, the config is read."""
+    """`server NAME`: ntpd resolves it after its chroot in a thread that ends with
+    pthread_exit(), which loads libgcc_s.so.1 from the jail (without it: abort ~1 s after the
+    start). No one copies the library: jailshim places the host's at its own path (the
+    loader's first directory); the name resolves, ntpd lists the server by its address and is
+    still alive and answering 2 s later; teardown takes the copy back."""
+    from tests.stock import in_stock_layout
+
     jail = make_jail(area)
-    text = (pristine_copy("ntpsec", "/etc/ntpsec", area) / "ntp.conf").read_text()
-    config = write_config(area, text + NO_DISCIPLINE)
+    config = write_config(area, stock_config(area) + f"server {RESOLVED} iburst\n")
     argv = [ntpd_bin, "-n", "-c", str(config), "-u", "ntpsec:ntpsec", "-i", str(jail)]
+    hosts = hosts_naming_the_server(area)
+    shell = in_stock_layout({"/etc/hosts": hosts}, jailshim_argv("run", "--", *argv), userns=False)
+    peers = ""
     with host_clock_untouched():
-        result = run_guarded("run", "--", *argv)
-    assert result.code == 78, result.stderr
-    assert "libgcc_s.so.1 must be installed for pthread_exit to work" in result.error
-    assert "0.debian.pool.ntp.org" in result.error
-    assert not (jail / "dev").exists()
-    arch = getattr(sys.implementation, "_multiarch", "x86_64-linux-gnu")
-    (jail / "lib" / arch).mkdir(parents=True)
-    (jail / "lib" / arch / "libgcc_s.so.1").write_bytes(b"")
-    assert load("ntpd").read(argv, {}).file_sets == ("resolver",)
-    (jail / "lib" / arch / "libgcc_s.so.1").unlink()
-    (jail / "lib" / arch / "libgcc_s.so.1").symlink_to(f"/lib/{arch}/libgcc_s.so.1")
-    with pytest.raises(ConfigError, match="has none"):  # a link out of the jail is none
-        load("ntpd").read(argv, {})
-    no_names = write_config(area, stock_config(area))
-    assert load("ntpd").read([*argv[:3], str(no_names), *argv[4:]], {}).file_sets == ()
+        proc = spawn([*GUARD, *shell])
+        try:
+            ntpq_variables(proc)
+            deadline = time.monotonic() + 30
+            while UNREACHABLE not in peers and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.2)
+                peers = subprocess.run(
+                    ["ntpq", "-pn", "127.0.0.1"], capture_output=True, text=True, check=False
+                ).stdout
+            assert UNREACHABLE in peers, peers  # the DNS thread resolved the name
+            time.sleep(2)  # it aborted here when the jail had no libgcc_s.so.1
+            assert proc.poll() is None, proc.communicate()
+            ntpq_variables(proc)
+            placed = jail / UNWINDER_IN_JAIL
+            assert placed.is_file() and not placed.is_symlink()
+            assert placed.read_bytes() == Path(f"/{UNWINDER_IN_JAIL}").read_bytes()
+            assert placed.stat().st_uid == 0
+        finally:
+            _, stderr = stop(proc)
+    assert "must be installed for pthread_exit" not in stderr, stderr
+    assert REFUSED_WRITE in stderr, stderr
+    read = config_events(stderr)
+    assert read and read[0]["jail_files"] == f"/{UNWINDER_IN_JAIL}", stderr
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert not (jail / UNWINDER_IN_JAIL).exists()
+
+
+def test_ntpd_survives_its_dns_thread_in_a_user_namespace(area: Path, ntpd_bin: str) -> None:
+    """The same in a user+mount+network namespace (nsrun): jailshim places libgcc_s.so.1 there
+    too; ntpd lists the resolved server and is alive 2 s later."""
+    jail = make_jail(area)
+    config = write_config(area, stock_config(area) + f"server {RESOLVED} iburst\n")
+    err, out = area / "jailshim.err", area / "ntpq.out"
+    argv = [ntpd_bin, "-n", "-c", str(config), "-u", "ntpsec:ntpsec", "-i", str(jail)]
+    wrap = [sys.executable, NSRUN, "--mount", "--", "unshare", "--net", "sh", "-c", _IN_USERNS]
+    env = {
+        **os.environ,
+        "JAILSHIM_ERR": str(err),
+        "NTPQ_OUT": str(out),
+        "HOSTS": str(hosts_naming_the_server(area)),
+        "PEER": UNREACHABLE,
+    }
+    with host_clock_untouched():
+        done = subprocess.run(
+            [*GUARD, *wrap, "sh", *jailshim_argv("run", "--", *argv)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+    stderr = err.read_text() if err.exists() else ""
+    assert done.returncode == 0, done.stdout + done.stderr + stderr
+    assert "alive after the lookup: 1" in done.stdout, done.stdout + stderr
+    assert f"root={jail}" in done.stdout, done.stdout
+    assert "must be installed for pthread_exit" not in stderr, stderr
+    assert strategies(stderr) == {"bind"}, stderr
+    assert (jail / UNWINDER_IN_JAIL).is_file()
+
+
+def test_the_loader_dirs_are_this_loaders_and_the_jails_own_copy_is_used(
+    area: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """loader_dirs() is what Debian's ld.so says it searches (`--list-diagnostics`); the host's
+    copy is placed unless the jail has one where the loader finds it — not lib64, which it
+    never searches, nor a link leading out of the jail; with none on the host either, 78."""
+    from jailshim.daemons import ntpsec
+
+    diagnostics = subprocess.run(
+        ["/lib64/ld-linux-x86-64.so.2", "--list-diagnostics"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    listed = [ln.split("=", 1)[1].strip('"/') for ln in diagnostics.splitlines()
+              if ln.startswith("path.system_dirs[")]  # fmt: skip
+    assert [d.strip("/") for d in ntpsec.loader_dirs()] == listed, diagnostics
+    config = write_config(area, f"server {RESOLVED}\n")
+    jail = area / "jail"
+    argv = ["ntpd", "-c", str(config), "-i", str(jail)]
+    placed = (f"/{UNWINDER_IN_JAIL}",)
+    jail.mkdir()
+    assert load("ntpd").read(argv, {}).jail_files == placed  # an empty jail
+    (jail / "lib64").mkdir()
+    (jail / "lib64/libgcc_s.so.1").write_bytes(b"")
+    assert load("ntpd").read(argv, {}).jail_files == placed  # lib64 is not searched
+    (jail / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    (jail / "usr/lib/x86_64-linux-gnu/libgcc_s.so.1").write_bytes(b"")
+    assert load("ntpd").read(argv, {}).jail_files == ()  # the jail's own, found there
+    (jail / "lib").symlink_to("usr/lib")  # a debootstrap jail: lib -> usr/lib
+    assert load("ntpd").read(argv, {}).jail_files == ()
+    (jail / "lib").unlink()
+    (jail / "usr/lib/x86_64-linux-gnu/libgcc_s.so.1").unlink()
+    (jail / "lib/x86_64-linux-gnu").mkdir(parents=True)
+    (jail / UNWINDER_IN_JAIL).symlink_to(f"/{UNWINDER_IN_JAIL}")  # leads out of the jail
+    assert load("ntpd").read(argv, {}).jail_files == placed
+    assert load("ntpd").read(["ntpd", "-c", str(config)], {}).jail_files == ()  # no jail
+    # the host without the library (faked: this host's libgcc_s.so.1 is not the test's to
+    # remove): nothing to place, refused in glibc's words
+    with monkeypatch.context() as patched:
+        patched.setattr(ntpsec, "loader_dirs", lambda: (str(area / "nowhere"),))
+        with pytest.raises(ConfigError, match="must be installed for pthread_exit to work"):
+            load("ntpd").read(argv, {})
+    write_config(area, "server 192.0.2.1\n")  # no name to resolve: nothing loads it
+    assert load("ntpd").read(argv, {}).jail_files == ()
 
 
 def test_interface_rules_with_dash_i_are_refused_in_ntpds_words(area: Path) -> None:
@@ -598,7 +726,8 @@ def test_example_runs_as_its_readme_says_under_the_guard(area: Path, ntpd_bin: s
                 assert expected in answer, (command, answer)
             assert (jail / "etc/resolv.conf").is_file()  # the pool names resolve in the jail
             time.sleep(3)  # ntpd's first lookups (one a second): it aborted here without
-            # libgcc_s.so.1 in the jail, before the README copied it
+            # libgcc_s.so.1 in the jail, which jailshim now places (the README copies none)
+            assert (jail / UNWINDER_IN_JAIL).is_file()
             assert proc.poll() is None, proc.communicate()
             pid = int(pidfile.read_text())
             pinned = pids.pin(pid)
@@ -619,6 +748,6 @@ def test_example_runs_as_its_readme_says_under_the_guard(area: Path, ntpd_bin: s
     assert read and read[0]["chroot"] == str(jail), stderr
     assert not (jail / "dev").exists()
     left = {str(p.relative_to(jail)) for p in jail.rglob("*") if not p.is_dir()}
-    kept = {"usr/share/zoneinfo/leap-seconds.list", "lib/x86_64-linux-gnu/libgcc_s.so.1"}
-    assert left <= {*kept, "var/lib/ntpsec/ntp.drift"}, left
+    kept = {"usr/share/zoneinfo/leap-seconds.list", "var/lib/ntpsec/ntp.drift"}
+    assert left <= kept, left  # jailshim's libgcc_s.so.1 taken back with dev/ and resolver
     assert host_state(stock) == host_before

@@ -33,9 +33,12 @@ default /var/lib/ntpsec/nts-keys), server/pool/peer names are resolved by getadd
 thread (ntp_dns.c; etc/resolv.conf, etc/hosts, etc/nsswitch.conf), an NTS client's own `ca`
 file is loaded at its NTS-KE (nts_client.c), and syslog reconnects to /dev/log when its
 connection breaks. The DNS thread ends with pthread_exit() (ntp_dns.c dns_lookup; NTS-KE runs
-there too), for which glibc dlopen()s libgcc_s.so.1 — in the jail: without it ntpd aborts at
-its first lookup ("libgcc_s.so.1 must be installed for pthread_exit to work", seen with
-Debian's pools), so a jail without it is refused when ntpd has names to resolve. localtime is
+there too), for which glibc dlopen()s libgcc_s.so.1 (misc/unwind-link.c) — in the jail, where
+no ld.so.cache answers and the loader searches its system directories (loader_dirs): without it
+ntpd aborts at its first lookup ("libgcc_s.so.1 must be installed for pthread_exit to work",
+seen with Debian's pools). So when ntpd has names to resolve, the host's copy is placed in the
+jail at its own path (/lib/TRIPLET/, the loader's first directory), unless the jail has one
+where the loader finds it; refused only when the host has none either. localtime is
 read once, at the first log line, before the chroot (libntp/msyslog.c localtime_r: glibc reads
 the zone on the first call only), so the jail needs no etc/localtime.
 
@@ -411,8 +414,11 @@ class _Ntpd(Adapter):
         ):
             if value:
                 read.append((fact, value))
+        unwinder: tuple[str, ...] = ()
         if jail and (lookups or nts_clients):
-            _unwinder_in_jail(jail, lookups or [x.words[1] for x in nts_clients])
+            unwinder = _unwinder_for_jail(jail, lookups or [x.words[1] for x in nts_clients])
+            if unwinder:
+                read.append(("jail_files", ", ".join(unwinder)))
         if jail and nts_server:
             _nts_files_in_jail(jail, config)
         if jail:
@@ -438,6 +444,7 @@ class _Ntpd(Adapter):
             notes=tuple(notes),
             read=tuple(read),
             file_sets=("resolver",) if lookups or nts_clients else (),
+            jail_files=unwinder,
         )
 
     def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
@@ -467,7 +474,7 @@ def _nts_files_in_jail(jail: str, config: NtpConfig) -> None:
 
 def _stays_in(jail: str, path: str) -> bool:
     """``path`` (in the jail) does not lead out of it through a link."""
-    return os.path.realpath(path).startswith(jail.rstrip("/") + "/")
+    return os.path.realpath(path).startswith(os.path.realpath(jail).rstrip("/") + "/")
 
 
 def _nts_value(config: NtpConfig, key: str) -> str:
@@ -489,26 +496,44 @@ def _user_word(text: str) -> str:
 UNWINDER = "libgcc_s.so.1"  # glibc's LIBGCC_S_SO: dlopen()ed by pthread_exit
 
 
-def _unwinder_in_jail(jail: str, names: Sequence[str]) -> None:
-    """glibc finds libgcc_s.so.1 by dlopen() in its default directories (no ld.so.cache in a
-    jail): one of them inside the jail must hold it (not a link leading out of the jail)."""
+def loader_dirs() -> tuple[str, ...]:
+    """Where Debian's glibc loader looks for a dlopen()ed library that no ld.so.cache names
+    (a jail has no etc/ld.so.cache): its SYSTEM_DIRS, `ld.so --list-diagnostics`'s
+    path.system_dirs — /lib/TRIPLET, /usr/lib/TRIPLET, /lib, /usr/lib (each after its
+    glibc-hwcaps subdirectories). Not lib64 or usr/lib64: a jail with libgcc_s.so.1 only there
+    still aborts (tried: tests/cdaemons/exit_thread.c)."""
     import sys
 
     arch = getattr(sys.implementation, "_multiarch", "")
-    places = [f"lib/{arch}", f"usr/lib/{arch}"] if arch else []
-    places += ["lib", "usr/lib", "lib64", "usr/lib64"]
-    for place in places:
-        path = os.path.join(jail, place, UNWINDER)
-        if os.path.isfile(path) and _stays_in(jail, path):
-            return
-    host = next((f"/{p}/{UNWINDER}" for p in places if os.path.isfile(f"/{p}/{UNWINDER}")), "")
-    raise ConfigError(
-        f"ntpd resolves {names[0]} after its chroot in a thread that ends with pthread_exit(), "
-        f"for which glibc loads {UNWINDER} inside the jail, and {jail} has none: ntpd would "
-        f'abort at its first lookup ("{UNWINDER} must be installed for pthread_exit to work"). '
-        f"Copy {host or UNWINDER} to the same path in the jail.",
-        chroot=jail,
-    )
+    return (*((f"/lib/{arch}", f"/usr/lib/{arch}") if arch else ()), "/lib", "/usr/lib")
+
+
+def _unwinder_for_jail(jail: str, names: Sequence[str]) -> tuple[str, ...]:
+    """The host's libgcc_s.so.1 for ntpd's jail, placed at the same path (a jail file): the
+    first of the loader's directories that holds it on the host, which the loader searches in
+    the jail too. None when the jail has its own copy where the loader finds it first (a
+    debootstrap jail: lib -> usr/lib); refused only when the host has none to place."""
+    dirs = loader_dirs()
+    host = next((f"{d}/{UNWINDER}" for d in dirs if os.path.isfile(f"{d}/{UNWINDER}")), "")
+    for directory in dirs:
+        inside = _in_jail(jail, f"{directory}/{UNWINDER}")
+        if not (os.path.isfile(inside) and _stays_in(jail, inside)):
+            continue
+        plain = os.path.realpath(inside) == os.path.realpath(jail) + f"{directory}/{UNWINDER}"
+        if host and plain and f"{directory}/{UNWINDER}" == host:
+            break  # at the very path jailshim places it: placed again (kept, or refreshed)
+        return ()
+    if not host:
+        raise ConfigError(
+            f"ntpd resolves {names[0]} after its chroot in a thread that ends with "
+            f"pthread_exit(), for which glibc loads {UNWINDER} inside the jail, and neither "
+            f"{jail} nor the host has one where the loader looks ({', '.join(dirs)}): ntpd "
+            f'would abort at its first lookup ("{UNWINDER} must be installed for pthread_exit '
+            f'to work"). Install libgcc-s1, or put {UNWINDER} in one of those directories in '
+            "the jail.",
+            chroot=jail,
+        )
+    return (host,)
 
 
 def _jail_notes(
