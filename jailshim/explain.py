@@ -296,6 +296,50 @@ SIGNATURES: tuple[Signature, ...] = (
         "a running one.",
     ),
     _sig(
+        "glibc: libgcc_s.so.1 loaded after chroot, missing in the jail",
+        # glibc 2.34+ nptl/pthread_exit.c __pthread_exit and nptl/pthread_cancel.c:
+        # __libc_fatal(LIBGCC_S_SO " must be installed for pthread_exit to work\n") / "… for
+        # pthread_cancel to work", when misc/unwind-link.c __libc_unwind_link_get's
+        # __libc_dlopen(LIBGCC_S_SO) fails; up to 2.33 sysdeps/nptl/unwind-forcedunwind.c
+        # pthread_cancel_init said "pthread_cancel" for pthread_exit too; since 2.27
+        # unwind-resume.c (_Unwind_Resume) "… for unwinding to work". Then abort().
+        r"libgcc_s\.so\.\d+ must be installed for (pthread_exit|pthread_cancel|unwinding) to work",
+        "glibc loads libgcc_s.so.1 (the unwinder) lazily, with dlopen(), the first time a thread "
+        "ends with pthread_exit(), is cancelled, or unwinds — not at start. A daemon that has "
+        "chrooted by then (ntpd's DNS thread, any threaded daemon) looks for it inside the "
+        "jail, where there is no etc/ld.so.cache and the loader searches only its own "
+        "directories (Debian: lib/x86_64-linux-gnu, usr/lib/x86_64-linux-gnu, lib, usr/lib — "
+        "not lib64); it is in none of them, so glibc prints this and aborts the whole "
+        'process. glibc up to 2.33 says "pthread_cancel" for pthread_exit() too.',
+        "Fix: put the host's library at the same path in the jail: `jailshim run -- ntpd …` "
+        "does it for ntpd by itself; for another daemon add `--file "
+        "/lib/x86_64-linux-gnu/libgcc_s.so.1` to `jailshim run` or `jailshim prepare` (the "
+        "loader's first directory in the jail; `jailshim teardown` takes it back). A copy in "
+        "lib64 is never found.",
+    ),
+    _sig(
+        "ntpsec: NTS certificate or key could not be loaded after the chroot",
+        # ntpsec 1.2.2 ntpd/nts.c nts_init2 (after sandbox(): chroot and setuid):
+        # msyslog(LOG_ERR, "NTS: troubles during init2.  Bailing."); exit(1) — only when
+        # nts_server_init2 → nts.c nts_load_certificate fails ("NTSs: can't stat certificate
+        # (chain) from …", "can't load certificate (chain) from …", "can't load private key
+        # from …", "Private Key doesn't work"); nts_cookie_init2 always succeeds. nts_init
+        # (before the chroot) says "troubles during init." instead.
+        r"NTS: troubles during init2\.",
+        "ntpd with `nts enable` loads its NTS certificate and key (`nts cert`/`nts key`, "
+        "Debian's /etc/ntpsec/cert-chain.pem and /etc/ntpsec/key.pem) after it has chrooted "
+        "(-i) and dropped to its user (-u): so from inside the jail, as that user. The "
+        '"NTSs:" line just before says which failed: can\'t stat (the file is not in the '
+        "jail at that path), can't load the private key (not readable by ntpd's user — a key "
+        "only root may read — or not PEM), or the key does not match the certificate. ntpd "
+        "exits.",
+        "Fix: copy the certificate and key to the same paths inside the jail, the key readable "
+        "by ntpd's user (`chown ntpsec` or group ntpsec, mode 0640), and check they belong "
+        "together (`openssl x509 -noout -pubkey -in CERT` equals `openssl pkey -pubout -in "
+        "KEY`). `jailshim run -- ntpd … -i JAIL` refuses (78) a jail without them, naming the "
+        "file, before ntpd starts.",
+    ),
+    _sig(
         "unbound container image: cp cannot create the jail's device nodes",
         # MatthewVance/unbound-docker data/unbound.sh: `mkdir -p /opt/unbound/etc/unbound/dev &&
         # cp -a /dev/random /dev/urandom /dev/null /opt/unbound/etc/unbound/dev/` (no set -e,
@@ -337,7 +381,9 @@ def explain(stream: TextIO, out: TextIO | None = None) -> int:
             "Python, PowerDNS, BIND up to 9.12, postfix's TLS seed), syslog sockets missing in "
             "a jail, haproxy bind failures, a chrooted postfix without its resolver files, "
             "sshd's and vsftpd's chroot refusals (ownership, a writable root, a missing "
-            "secure_chroot_dir) and device nodes cp could not create (unbound's image).\n"
+            "secure_chroot_dir), device nodes cp could not create (unbound's image), "
+            "libgcc_s.so.1 missing in a jail (pthread_exit) and ntpd's NTS certificate or "
+            "key after its chroot.\n"
         )
         return 1
     for sig, line in matches:

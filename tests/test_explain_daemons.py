@@ -1,7 +1,8 @@
 """explain on the daemons' own error lines (issue 30).
 
 Each line comes from the real program where it is installed here (vsftpd, sshd, PowerDNS auth
-and recursor, GNU cp), run in a network namespace the test made; the others (postfix, BIND up to
+and recursor, GNU cp, ntpd under the clock guard, glibc's own abort from a small C program in
+tests/cdaemons), run in a network namespace the test made; the others (postfix, BIND up to
 9.12, OpenSSL 1.0.x) are quoted as their sources print them, the source line cited. Every
 family also gets a near miss — a line that looks alike but has another cause, or a good
 outcome — which must not be explained as the failure.
@@ -418,5 +419,145 @@ def test_fixes_never_advertise_jailshim_where_it_does_not_help() -> None:
 def test_no_known_signature_lists_the_daemons() -> None:
     code, out = explained("all good\n")
     assert code == 1
-    for word in ("PowerDNS", "BIND", "sshd", "vsftpd", "unbound", "OpenSSL 1.0"):
+    for word in ("PowerDNS", "BIND", "sshd", "vsftpd", "unbound", "OpenSSL 1.0", "libgcc_s", "NTS"):
         assert word in out, word
+
+
+# ---- glibc: libgcc_s.so.1 loaded after the chroot (any threaded daemon) -------------------
+
+LIBGCC = "glibc: libgcc_s.so.1 loaded after chroot, missing in the jail"
+NTS_INIT2 = "ntpsec: NTS certificate or key could not be loaded after the chroot"
+EXIT_THREAD = TESTS / "cdaemons" / "exit_thread.c"
+UNWINDER = "/lib/x86_64-linux-gnu/libgcc_s.so.1"  # the path the fix names
+
+
+@pytest.fixture
+def exit_thread(area: Path) -> str:
+    """tests/cdaemons/exit_thread.c built here: it chroots, then a thread ends with
+    pthread_exit() (or is cancelled), as ntpd's DNS thread does after its chroot."""
+    need(shutil.which("gcc") is not None, "needs gcc (Debian package gcc)")
+    need(os.path.isfile(UNWINDER), f"needs {UNWINDER} (Debian package libgcc-s1)")
+    binary = area / "exit_thread"
+    cc = subprocess.run(
+        ["gcc", "-O1", "-Wall", "-Werror", "-pthread", "-o", str(binary), str(EXIT_THREAD)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert cc.returncode == 0, cc.stderr
+    return str(binary)
+
+
+def _in_jail(binary: str, jail: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [binary, str(jail), mode], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_libgcc_lines_from_a_real_thread_after_chroot(area: Path, exit_thread: str) -> None:
+    """In an empty jail glibc's lazy dlopen of libgcc_s.so.1 fails: pthread_exit() and
+    pthread_cancel() each print their line and abort; both are explained. The fix is true:
+    `jailshim prepare --file /lib/x86_64-linux-gnu/libgcc_s.so.1` and the same program runs
+    to its end in that jail."""
+    jail = area / "jail"
+    jail.mkdir()
+    for mode, line in (
+        ("exit", "libgcc_s.so.1 must be installed for pthread_exit to work"),
+        ("cancel", "libgcc_s.so.1 must be installed for pthread_cancel to work"),
+    ):
+        died = _in_jail(exit_thread, jail, mode)
+        assert died.returncode == -6, died  # SIGABRT: the whole process
+        assert line in died.stderr, died.stderr
+        out = assert_explained_as(died.stderr, LIBGCC)
+        assert f"--file {UNWINDER}" in out and "jailshim run -- ntpd" in out
+        assert names(died.stderr) == {LIBGCC}
+    prepared = subprocess.run(
+        jailshim_argv("prepare", "--chroot", str(jail), "--user", "nobody", "--file", UNWINDER),
+        capture_output=True, text=True, env=clean_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stderr
+    try:
+        for mode, said in (("exit", "thread exited"), ("cancel", "thread cancelled")):
+            lived = _in_jail(exit_thread, jail, mode)
+            assert (lived.returncode, lived.stdout.strip()) == (0, said), lived
+    finally:
+        torn = subprocess.run(
+            jailshim_argv("teardown", "--chroot", str(jail)),
+            capture_output=True, text=True, env=clean_env(), timeout=60, check=False,
+        )  # fmt: skip
+    assert torn.returncode == 0, torn.stderr
+    assert not (jail / UNWINDER.lstrip("/")).exists()
+
+
+def test_libgcc_near_misses_are_not_the_lazy_load(area: Path, exit_thread: str) -> None:
+    """A jail with the library only in lib64 still aborts (the loader never looks there: the
+    fix's path is the right one); the loader's own "cannot open shared object file" for the
+    library (real: the program's dlopen in an empty jail) and a good run are not the line."""
+    jail = area / "jail"
+    (jail / "lib64").mkdir(parents=True)
+    (jail / "lib64/libgcc_s.so.1").write_bytes(Path(UNWINDER).read_bytes())
+    assert _in_jail(exit_thread, jail, "exit").returncode == -6
+    (jail / "lib64/libgcc_s.so.1").unlink()
+    missing = _in_jail(exit_thread, jail, "dlopen")
+    assert "libgcc_s.so.1: cannot open shared object file" in missing.stdout, missing
+    assert LIBGCC not in names(missing.stdout)
+    (jail / "lib/x86_64-linux-gnu").mkdir(parents=True)
+    (jail / UNWINDER.lstrip("/")).write_bytes(Path(UNWINDER).read_bytes())
+    good = _in_jail(exit_thread, jail, "dlopen")
+    assert good.stdout.strip() == f"loaded {UNWINDER}", good
+    assert LIBGCC not in names(good.stdout + _in_jail(exit_thread, jail, "exit").stdout)
+
+
+# ---- ntpsec: NTS certificate and key after the chroot ---------------------------------------
+
+
+def test_ntpd_nts_init2_line_from_the_real_daemon(area: Path, own_network: None) -> None:
+    """ntpd (`nts enable`, -u ntpsec -i JAIL, under the clock guard) in a jail without its
+    certificate: "NTSs: can't stat certificate (chain) from …" then "NTS: troubles during
+    init2.  Bailing." and exit 1 — explained; with the certificate in the jail but the key
+    root's 0600 (unreadable by ntpsec after the drop), "can't load private key" and the same
+    line. Near misses: the good lines of a start that loaded both, and nts_init's "troubles
+    during init." (before the chroot, another cause)."""
+    from tests.daemons import make_certificate
+    from tests.test_ntpsec import GUARD, NTPD, host_clock_untouched
+
+    need(os.access(NTPD, os.X_OK), "needs ntpd (Debian package ntpsec)")
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import seccomp"], capture_output=True, check=False
+    )
+    need(probe.returncode == 0, "needs python3-seccomp for the clock guard")
+    make_certificate(area)  # area/cert.pem, area/key.pem
+    config = area / "ntp.conf"
+    config.write_text(
+        f"restrict 127.0.0.1\nnts cert {area}/cert.pem\nnts key {area}/key.pem\nnts enable\n"
+        "disable ntp\ndisable kernel\n"
+    )
+    jail = area / "jail"
+    jail.mkdir()
+    argv = [*GUARD, NTPD, "-n", "-c", str(config), "-u", "ntpsec:ntpsec", "-i", str(jail)]
+
+    def bails() -> str:
+        with host_clock_untouched():
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 1, done.stderr
+        assert "NTS: troubles during init2.  Bailing." in done.stderr, done.stderr
+        return done.stderr
+
+    missing = bails()
+    assert f"NTSs: can't stat certificate (chain) from {area}/cert.pem" in missing, missing
+    out = assert_explained_as(missing, NTS_INIT2)
+    assert "readable by ntpd's user" in out and "refuses (78)" in out
+    inside = Path(f"{jail}{area}")
+    inside.mkdir(parents=True)
+    for name in ("cert.pem", "key.pem"):
+        (inside / name).write_bytes((area / name).read_bytes())
+    (inside / "key.pem").chmod(0o600)  # root's: ntpd has dropped to ntpsec when it loads it
+    unreadable = bails()
+    assert f"NTSs: can't load private key from {area}/key.pem" in unreadable, unreadable
+    assert NTS_INIT2 in names(unreadable)
+    good = (
+        f"ntpd[1]: NTSs: loaded certificate (chain) from {area}/cert.pem\n"
+        f"ntpd[1]: NTSs: loaded private key from {area}/key.pem\n"
+        "ntpd[1]: NTSs: Private Key OK\n"
+        # ntpsec ntpd/nts.c nts_init, before the chroot: another cause
+        "ntpd[1]: NTS: troubles during init.  Bailing.\n"
+    )
+    assert NTS_INIT2 not in names(good)
