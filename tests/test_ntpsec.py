@@ -561,6 +561,24 @@ def test_user_group_and_identity_as_ntpd_sets_them(area: Path) -> None:
     assert adapter.identity(identity, alone, group_given=False).groups == (102, 7)
 
 
+def test_nts_key_readable_as_ntpd_sets_its_identity(area: Path, ntpd_bin: str) -> None:
+    """The key's mode bits against ntpd's identity after its drop: root's 0640 with group
+    ntpsec is readable by `-u ntpsec` (initgroups) and `-u ntpsec:ntpsec`, not by
+    `-u ntpsec:nogroup` (that group alone), nor 0600; without -u ntpd stays root."""
+    from jailshim.daemons.ntpsec import _readable_by
+
+    key = area / "key.pem"
+    key.write_text("k")
+    os.chown(key, 0, grp.getgrnam("ntpsec").gr_gid)
+    key.chmod(0o640)
+    assert _readable_by(str(key), "ntpsec", "") and _readable_by(str(key), "ntpsec", "ntpsec")
+    assert not _readable_by(str(key), "ntpsec", "nogroup")
+    key.chmod(0o600)
+    assert not _readable_by(str(key), "ntpsec", "")
+    assert not _readable_by(str(key), str(pwd.getpwnam("ntpsec").pw_uid), "")
+    assert _readable_by(str(key), "root", "")
+
+
 def test_config_is_read_as_ntpsecs_scanner_reads_it(area: Path) -> None:
     """Comments, quotes and columns as yylex gives them; includefile relative to the including
     file (a directory: its *.conf in order), the ntp.d directory beside the config, `end`;
@@ -623,10 +641,11 @@ def test_the_clock_check_sees_a_jump_and_a_changed_frequency(
 
 def test_nts_key_exchange_from_the_jail(area: Path, ntpd_bin: str) -> None:
     """An NTS server (`nts enable`): ntpd loads its certificate and key after the chroot, as
-    ntpsec (nts_init2) — without them in the jail it would exit ("troubles during init2"), so
-    78 first; with them copied to the same paths in the jail (the key ntpsec's), a TLS 1.3
-    client gets ALPN ntske/1 from the jailed ntpd on 127.0.0.1:4460, and ntpd's cookie keys
-    are written inside the jail by ntpsec, as jailshim's note says."""
+    ntpsec (nts_init2) — without them in the jail, or with a key only root may read, it would
+    exit ("troubles during init2"), so 78 first; with them copied to the same paths in the
+    jail (the key ntpsec's), a TLS 1.3 client gets ALPN ntske/1 from the jailed ntpd on
+    127.0.0.1:4460, and ntpd's cookie keys are written inside the jail by ntpsec, as
+    jailshim's note says."""
     from tests.daemons import make_certificate
 
     jail = make_jail(area)
@@ -643,7 +662,12 @@ def test_nts_key_exchange_from_the_jail(area: Path, ntpd_bin: str) -> None:
     inside.mkdir(parents=True)
     for name in ("cert.pem", "key.pem"):
         (inside / name).write_bytes((area / name).read_bytes())
-    (inside / "key.pem").chmod(0o600)
+    (inside / "key.pem").chmod(0o600)  # root's: ntpd loads it as ntpsec, after its setuid
+    with host_clock_untouched():
+        unreadable = run_guarded("run", "--", *argv)
+    assert unreadable.code == 78, unreadable.stderr
+    assert f"{inside}/key.pem is not readable by ntpsec" in unreadable.error, unreadable.error
+    assert "NTS: troubles during init2.  Bailing." in unreadable.error
     user = pwd.getpwnam("ntpsec")
     os.chown(inside / "key.pem", user.pw_uid, user.pw_gid)
     client = ["openssl", "s_client", "-connect", "127.0.0.1:4460", "-alpn", "ntske/1", "-tls1_3"]

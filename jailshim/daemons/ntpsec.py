@@ -420,7 +420,7 @@ class _Ntpd(Adapter):
             if unwinder:
                 read.append(("jail_files", ", ".join(unwinder)))
         if jail and nts_server:
-            _nts_files_in_jail(jail, config)
+            _nts_files_in_jail(jail, config, user, group)
         if jail:
             notes += _jail_notes(jail, drift, statsdir, leapfile, config)
             if nts_server:
@@ -454,9 +454,10 @@ class _Ntpd(Adapter):
         return identity
 
 
-def _nts_files_in_jail(jail: str, config: NtpConfig) -> None:
+def _nts_files_in_jail(jail: str, config: NtpConfig, user: str, group: str) -> None:
     """nts_server_init2 loads the certificate and key after the chroot, as ntpd's user: both
-    must be in the jail at their configured paths, or ntpd exits ("troubles during init2")."""
+    must be in the jail at their configured paths and readable by that user, or ntpd exits
+    ("troubles during init2"; seen with a root-only key: "NTSs: can't load private key")."""
     for what, path in (
         ("certificate", _nts_value(config, "cert") or DEFAULT_NTS_CERT),
         ("key", _nts_value(config, "key") or DEFAULT_NTS_KEY),
@@ -470,6 +471,39 @@ def _nts_files_in_jail(jail: str, config: NtpConfig) -> None:
                 f"Bailing.\" and exit. Copy {path} there, readable by ntpd's user.",
                 chroot=jail,
             )
+        if user and not _readable_by(inside, user, group):
+            raise ConfigError(
+                f"ntpd loads its NTS {what} {path} after its chroot as {user} (nts_init2), "
+                f"and {inside} is not readable by {user}: it would log \"NTSs: can't load … "
+                f'from {path}", then "NTS: troubles during init2.  Bailing." and exit. Make it '
+                f"readable by {user} (its owner, or its group with mode 0640).",
+                chroot=jail,
+            )
+
+
+def _readable_by(path: str, user: str, group: str) -> bool:
+    """Mode bits only, as ntp_sandbox.c sets the identity: -u's user (a name or digits, looked
+    up in the host's passwd as ntpd does), with a group that group alone, else the user's
+    groups (initgroups). A user the host does not know is jailshim's identity check's to say."""
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        if group:
+            groups = {int(group) if group.isdigit() else grp.getgrnam(group).gr_gid}
+        else:
+            groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        st = os.stat(path)
+    except (KeyError, OSError):
+        return True
+    if entry.pw_uid == 0:
+        return True
+    if st.st_uid == entry.pw_uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid in groups:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
 
 
 def _stays_in(jail: str, path: str) -> bool:
