@@ -60,6 +60,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from jailshim.daemons import Adapter, DaemonPlan
+from jailshim.daemons.getopt import getopt_long, last
 from jailshim.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -133,61 +134,11 @@ def _refused(word: str, why: str) -> UsageError:
 def argv_options(argv: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
     """Each option letter's values as ntp_getopt_long reads ntpd's argv, and the words after
     the options (servers on the command line): no permutation — the first word that is no
-    option ends them, as `--` does."""
-    found: dict[str, list[str]] = {}
-    words = list(argv[1:])
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word == "--":
-            i += 1
-            break
-        if not word.startswith("-") or word == "-":
-            break
-        i += 1
-        if word.startswith("--") and len(word) > 2:
-            letter, value, i = _long_option(word, words, i)
-            found.setdefault(letter, []).append(value)
-            continue
-        j = 1
-        while j < len(word):
-            letter = word[j]
-            at = _SHORT.find(letter)
-            if letter == ":" or at < 0:
-                raise _refused(f"-{letter}", "is not one it takes")
-            if _SHORT[at + 1 : at + 2] == ":":
-                value = word[j + 1 :]
-                if not value:
-                    if i >= len(words):
-                        raise _refused(f"-{letter}", "needs a value and COMMAND ends there")
-                    value, i = words[i], i + 1
-                found.setdefault(letter, []).append(value)
-                break
-            found.setdefault(letter, []).append("")
-            j += 1
-    return found, words[i:]
-
-
-def _long_option(word: str, words: Sequence[str], i: int) -> tuple[str, str, int]:
-    """libntp/getopt.c: the text before `=` must be a prefix of exactly one name (an exact
-    name that is also another's prefix counts twice: refused as ntpd refuses it)."""
-    name, equals, value = word[2:].partition("=")
-    matches = [n for n in _LONG if n.startswith(name)]
-    if len(matches) != 1:
-        raise _refused(word, "is not one it takes" if not matches else "is ambiguous")
-    letter, takes = _LONG[matches[0]]
-    if takes and not equals:
-        if i >= len(words):
-            raise _refused(word, "needs a value and COMMAND ends there")
-        return letter, words[i], i + 1
-    if not takes and equals:
-        raise _refused(word, "takes no value")
-    return letter, value, i
-
-
-def _last(options: Mapping[str, list[str]], letter: str, default: str = "") -> str:
-    values = options.get(letter)
-    return values[-1] if values else default
+    option ends them, as `--` does; libntp/getopt.c takes the text before `=` as a prefix of
+    exactly one name (an exact name that is also another's prefix counts twice: refused as
+    ntpd refuses it)."""
+    parsed = getopt_long(argv, _SHORT, _LONG, _refused, permute=False, exact_wins=False)
+    return parsed.options, parsed.operands
 
 
 def words_of(line: str) -> list[tuple[int, str]]:
@@ -379,12 +330,12 @@ class _Ntpd(Adapter):
             raise UsageError(
                 'ntpd would refuse to start: "ERROR: more than one -u given."; give -u once.'
             )
-        config_path = _last(options, "c", DEFAULT_CONFIG)
+        config_path = last(options, "c", DEFAULT_CONFIG)
         config = read_config(config_path)
-        user, colon, group = _last(options, "u").rpartition(":")  # strrchr(user, ':')
+        user, colon, group = last(options, "u").rpartition(":")  # strrchr(user, ':')
         if not colon:
             user, group = group, ""
-        chroot = _last(options, "i")
+        chroot = last(options, "i")
         jail = _jail_of(chroot) if chroot else None
         nic_rules = list(config.all("interface", "nic"))
         if nic_rules and ("I" in options or "L" in options):
@@ -399,9 +350,9 @@ class _Ntpd(Adapter):
         names = [_address_of(x.words) for x in config.all("server", "pool", "peer")] + servers
         lookups = sorted({a for a in names if a and not _is_ip(a)})
         nts_clients = [x for x in config.all("server", "pool", "peer") if "nts" in x.words[2:]]
-        logfile = _last(options, "l") or config.value("logfile")
-        drift = _last(options, "f") or config.value("driftfile")
-        statsdir = _last(options, "s") or config.value("statsdir") or DEFAULT_STATSDIR
+        logfile = last(options, "l") or config.value("logfile")
+        drift = last(options, "f") or config.value("driftfile")
+        statsdir = last(options, "s") or config.value("statsdir") or DEFAULT_STATSDIR
         leapfile = config.value("leapfile")
         nts_server = any("enable" in x.words[1:] for x in config.all("nts"))
         cookie = _nts_value(config, "cookie") or DEFAULT_COOKIE_KEYS

@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from jailshim.daemons import Adapter, DaemonPlan, checkconf
+from jailshim.daemons.getopt import getopt_long, last
 from jailshim.errors import ConfigError, UsageError
 
 __all__ = ["ADAPTER", "argv_options", "jail_user"]
@@ -54,65 +55,13 @@ def argv_options(argv: Sequence[str]) -> dict[str, list[str]]:
     """Each option letter's values as glibc's getopt_long reads radvd's argv: short options
     combine (-nu radvd), long ones take `=VALUE` or the next word and may be shortened to a
     unique prefix, options may follow other words (it permutes) until `--`."""
-    found: dict[str, list[str]] = {}
-    words = list(argv[1:])
-    i = 0
-    while i < len(words):
-        word = words[i]
-        i += 1
-        if word == "--":
-            break
-        if word.startswith("--"):
-            letter, value, i = _long_option(word, words, i)
-            found.setdefault(letter, []).append(value)
-            continue
-        if not word.startswith("-") or word == "-":
-            continue  # a word that is no option: passed over
-        j = 1
-        while j < len(word):
-            letter = word[j]
-            at = _SHORT.find(letter)
-            if letter == ":" or at < 0:
-                raise _refused(f"-{letter}", "is not one it takes")
-            if _SHORT[at + 1 : at + 2] == ":":
-                value = word[j + 1 :]
-                if not value:
-                    if i >= len(words):
-                        raise _refused(f"-{letter}", "needs a value and COMMAND ends there")
-                    value, i = words[i], i + 1
-                found.setdefault(letter, []).append(value)
-                break
-            found.setdefault(letter, []).append("")
-            j += 1
-    return found
-
-
-def _long_option(word: str, words: Sequence[str], i: int) -> tuple[str, str, int]:
-    """`--name[=value]` (a unique prefix of a name will do): its letter, its value (the next
-    word when it takes one and has no `=`) and the index of the word after it."""
-    name, equals, value = word[2:].partition("=")
-    matches = [n for n in _LONG if n == name] or [n for n in _LONG if n.startswith(name)]
-    if len(matches) != 1:
-        raise _refused(word, "is not one it takes" if not matches else "is ambiguous")
-    letter, takes = _LONG[matches[0]]
-    if takes and not equals:
-        if i >= len(words):
-            raise _refused(word, "needs a value and COMMAND ends there")
-        return letter, words[i], i + 1
-    if not takes and equals:
-        raise _refused(word, "takes no value")
-    return letter, value, i
-
-
-def _last(options: Mapping[str, list[str]], letter: str, default: str = "") -> str:
-    values = options.get(letter)
-    return values[-1] if values else default
+    return getopt_long(argv, _SHORT, _LONG, _refused, permute=True, exact_wins=True).options
 
 
 def _log_method(options: Mapping[str, list[str]]) -> str:
     """radvd's log method: -m's last value, else stderr_syslog when it daemonizes, else stderr;
     an unknown one is radvd's own refusal."""
-    method = _last(options, "m")
+    method = last(options, "m")
     if method and method not in _METHODS:
         raise UsageError(
             f'radvd would refuse to start: "unknown log method: {method}"; give one of '
@@ -157,10 +106,10 @@ class _Radvd(Adapter):
 
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         options = argv_options(argv)
-        chroot = _last(options, "t")
-        user = _last(options, "u") or None
+        chroot = last(options, "t")
+        user = last(options, "u") or None
         method = _log_method(options)
-        config = _last(options, "C", DEFAULT_CONFIG)
+        config = last(options, "C", DEFAULT_CONFIG)
         if chroot and not user:
             raise ConfigError(
                 'radvd would refuse to start: "Chroot as root is not safe, exiting" (-t '
@@ -168,11 +117,11 @@ class _Radvd(Adapter):
             )
         jail = _jail_of(chroot) if chroot else None
         where = f" inside {jail}" if jail else ""
-        read = [("config", f"{config}{where}"), ("pidfile", _last(options, "p", DEFAULT_PID))]
+        read = [("config", f"{config}{where}"), ("pidfile", last(options, "p", DEFAULT_PID))]
         read.append(("logmethod", method))
         notes = []
         if method == "logfile" and jail:
-            log = _last(options, "l", DEFAULT_LOG)
+            log = last(options, "l", DEFAULT_LOG)
             notes.append(f"radvd opens its log file {log} inside the jail ({jail}{log})")
         return DaemonPlan(
             files=(f"{config}{where}",),
@@ -194,7 +143,7 @@ class _Radvd(Adapter):
                 radvd_output=lines[-20:],
             )
         options = argv_options(argv)
-        chroot, user = _last(options, "t"), _last(options, "u")
+        chroot, user = last(options, "t"), last(options, "u")
         if chroot and user:
             _user_in_jail(_jail_of(chroot), user)
 
