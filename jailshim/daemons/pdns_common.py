@@ -18,13 +18,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from jailshim.daemons import Adapter
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
+    from jailshim.daemons import DaemonPlan
     from jailshim.spec import Identity, WaitTarget
 
 __all__ = [
     "DEFAULT_CONFIG_DIR",
+    "PdnsAdapter",
     "config_argv",
     "config_file",
     "file_words",
@@ -270,3 +273,27 @@ def missing_inside(chroot: str, path: str, *, directory: bool = False) -> bool:
         if (last and not kind(mode)) or (not last and not stat.S_ISDIR(mode)):
             return True
     return False
+
+
+class PdnsAdapter(Adapter):
+    """What both PowerDNS adapters do alike: `--config=check` over the command line read,
+    the file named by directory and name (CONFIG-DIR/STEM.conf or STEM-NAME.conf), and the
+    identity dropGroupPrivs() sets. ``stem`` and ``package`` name the daemon's file and
+    Debian package."""
+
+    stem = ""
+    package = ""
+
+    def check_config(self, argv: Sequence[str]) -> None:
+        from jailshim.daemons import checkconf
+
+        check = [argv[0], *argv[1:], "--config=check"]
+        code, output = checkconf.run(check, self.package)
+        if code != 0:
+            raise rejected(self.name, check, code, output)
+
+    def config_argv(self, command: str, path: str) -> list[str]:
+        return config_argv(self.name, self.stem, command, path)
+
+    def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
+        return identity_as_set(identity, group_given=group_given)

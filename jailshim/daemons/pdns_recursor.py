@@ -24,11 +24,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from jailshim.daemons import Adapter, DaemonPlan, checkconf
+from jailshim.daemons import DaemonPlan, checkconf
 from jailshim.daemons.pdns_common import (
-    config_argv,
+    PdnsAdapter,
     identity_as_set,
     identity_settings,
     jail_of,
@@ -44,9 +43,6 @@ from jailshim.daemons.pdns_common import (
 )
 from jailshim.daemons.pdns_common import config_file as _config_file
 from jailshim.errors import ConfigError
-
-if TYPE_CHECKING:
-    from jailshim.spec import Identity
 
 __all__ = [
     "ADAPTER",
@@ -94,10 +90,12 @@ def config_file(argv: Sequence[str]) -> str:
     return _config_file(argv, "recursor")
 
 
-class _PdnsRecursor(Adapter):
+class _PdnsRecursor(PdnsAdapter):
     """pdns_recursor: chroot, setuid, setgid from `--config=diff`; `--config=check` checks."""
 
     name = "pdns_recursor"
+    stem = "recursor"
+    package = "pdns-recursor"
 
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         file = config_file(argv)
@@ -152,20 +150,6 @@ class _PdnsRecursor(Adapter):
             read=tuple(read),
             jail_files=reread,
         )
-
-    def check_config(self, argv: Sequence[str]) -> None:
-        check = [argv[0], *argv[1:], "--config=check"]
-        code, output = checkconf.run(check, "pdns-recursor")
-        if code != 0:
-            raise rejected("pdns_recursor", check, code, output)
-
-    def config_argv(self, command: str, path: str) -> list[str]:
-        """pdns_recursor names its file by directory and name: CONFIG-DIR/recursor.conf or
-        CONFIG-DIR/recursor-NAME.conf, nothing else."""
-        return config_argv("pdns_recursor", "recursor", command, path)
-
-    def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
-        return identity_as_set(identity, group_given=group_given)
 
 
 ADAPTER = _PdnsRecursor()

@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from jailshim.daemons import Adapter, DaemonPlan, checkconf
+from jailshim.daemons import DaemonPlan, checkconf
 from jailshim.daemons.pdns_common import (
-    config_argv,
+    PdnsAdapter,
     config_file,
     file_words,
-    identity_as_set,
     identity_settings,
     include_files,
     jail_of,
@@ -53,9 +51,6 @@ from jailshim.daemons.pdns_common import (
     wait_targets,
 )
 from jailshim.errors import ConfigError
-
-if TYPE_CHECKING:
-    from jailshim.spec import Identity
 
 __all__ = ["ADAPTER", "backend_settings", "bind_configs"]
 
@@ -96,10 +91,12 @@ def _in_jail(chroot: str, path: str) -> str:
     return os.path.normpath(os.path.join(chroot, path.lstrip("/")))
 
 
-class _PdnsServer(Adapter):
+class _PdnsServer(PdnsAdapter):
     """pdns_server: chroot, setuid, setgid from `--config=diff`; `--config=check` checks."""
 
     name = "pdns_server"
+    stem = "pdns"
+    package = "pdns-server"
 
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         given = settings_of(argv)
@@ -164,20 +161,6 @@ class _PdnsServer(Adapter):
             notes=(*said, *notes, *more),
             read=tuple(read),
         )
-
-    def check_config(self, argv: Sequence[str]) -> None:
-        check = [argv[0], *argv[1:], "--config=check"]
-        code, output = checkconf.run(check, "pdns-server")
-        if code != 0:
-            raise rejected("pdns_server", check, code, output)
-
-    def config_argv(self, command: str, path: str) -> list[str]:
-        """pdns_server names its file by directory and name: CONFIG-DIR/pdns.conf or
-        CONFIG-DIR/pdns-NAME.conf, nothing else."""
-        return config_argv("pdns_server", "pdns", command, path)
-
-    def identity(self, identity: Identity, config: DaemonPlan, *, group_given: bool) -> Identity:
-        return identity_as_set(identity, group_given=group_given)
 
 
 ADAPTER = _PdnsServer()
