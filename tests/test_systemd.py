@@ -624,7 +624,23 @@ def test_more_long_tail_drop_ins_run_under_systemd(env: Env) -> None:
             "/etc/privoxy/var/log/privoxy/logfile",
         }, after
 
-        # ssh: the example's sftp-only sshd_config as Debian's /etc/ssh/sshd_config (a container
+        # ssh, first on Debian's stock sshd_config (no sftp jail): jailshim prepares nothing and
+        # sshd serves; the drop-in's teardown of the example's jail, absent here, exits 78, and
+        # its "-" keeps that from leaving the login service "failed" on stop
+        _drop_in(env, name, "ssh", "true")
+        banner = _sh(
+            env,
+            name,
+            'python3 -c "import socket; '
+            "print(socket.create_connection(('127.0.0.1', 22), timeout=5).recv(8).decode())\"",
+        )
+        assert banner == "SSH-2.0-\n", banner
+        _sh(env, name, "systemctl stop ssh")
+        state = _sh(
+            env, name, "systemctl is-active ssh; systemctl show -p Result --value ssh", check=False
+        )
+        assert state.split() == ["inactive", "success"], state
+        # then the example's sftp-only sshd_config as Debian's /etc/ssh/sshd_config (a container
         # of its own: no logins to lock out); a session's processes are chrooted as sftpdemo
         _drop_in(
             env,
