@@ -561,6 +561,7 @@ def test_more_long_tail_drop_ins_run_under_systemd(env: Env) -> None:
     jailshim prepared, the serving process's root is the jail and its uids the daemon's user's,
     and `systemctl stop` takes back what jailshim made (ExecStopPost=jailshim teardown)."""
     ex = "/t/examples"
+    need(Path("/dev/net/tun").exists(), "needs /dev/net/tun (the tun module) for openvpn")
     # openvpn-server@.service opens /dev/net/tun and configures it (netlink): both from podman
     with _systemd(env, "--device=/dev/net/tun", "--cap-add=NET_ADMIN") as name:
         uid = {u: _sh(env, name, f"id -u {u}").strip() for u in ("pdns", "privoxy", "nobody")}
