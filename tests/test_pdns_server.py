@@ -221,7 +221,8 @@ def test_socket_dir_from_runtime_directory_must_have_its_parent_in_the_jail(
 ) -> None:
     """Under systemd socket-dir defaults to $RUNTIME_DIRECTORY (/run/pdns), made as
     CHROOT/run/pdns by one mkdir: without CHROOT/run the server would exit; jailshim says so
-    (78) before preparing anything, and accepts the run once the jail has run/."""
+    (78) before preparing anything, naming $RUNTIME_DIRECTORY as the source (under pdns.service
+    the operator never wrote that path), and accepts the run once the jail has run/."""
     jail = make_jail(area)
     directory = write_config(area, jail, free_port())
     argv = ["run", "--dry-run", "--", server_bin, "--daemon=no", f"--config-dir={directory}"]
@@ -230,6 +231,11 @@ def test_socket_dir_from_runtime_directory_must_have_its_parent_in_the_jail(
     assert f"{jail}/run/pdns" in result.error and "Unable to create socket directory" in (
         result.error
     )
+    # the operator never wrote run/pdns: the sentence says it is systemd's, and the way out
+    assert "socket-dir is $RUNTIME_DIRECTORY=/run/pdns, systemd's RuntimeDirectory=" in (
+        result.error
+    )
+    assert "socket-dir=/: the jail's root" in result.error
     (jail / "run").mkdir()
     result = run(*argv, env=clean_env(RUNTIME_DIRECTORY="/run/pdns"))
     assert result.code == 0, result.stderr

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from jailshim.daemons.sshd import expand_chroot, literal_users, match_lines, refusal
+from jailshim.daemons.sshd import (
+    expand_chroot,
+    literal_users,
+    match_lines,
+    refusal,
+    unenterable,
+)
 from jailshim.errors import ConfigError
 from tests import pids
 from tests.daemons import SyslogSocket, descendants, free_port, own_network, stop
@@ -281,6 +287,46 @@ def test_a_jail_with_bad_ownership_is_a_warning_in_sshds_words_and_sshd_still_st
     assert '"event": "handover"' in stderr, stderr
     assert any(words in ln for ln in lines), lines  # what sshd itself said: the same
     assert not (site.jail / "dev").exists(), "a jail sshd refuses was prepared"
+
+
+def test_a_jail_its_user_cannot_search_is_a_warning_and_sshd_still_starts(
+    area: Path, sshd_bin: str
+) -> None:
+    """The user's jail 0700 root's: sshd's rule takes it, but the session, as the user, sees
+    nothing after its chroot (and its dev/log lines are lost); jailshim's checks, as root,
+    had passed. Run under Debian's ssh.service, the example's session said "Can't ls".
+    jailshim now says so before it starts, prepares nothing there, and still starts sshd."""
+    site = Site(area, free_port(), _MATCH)
+    try:
+        site.jail.chmod(0o700)
+        argv = jailshim_argv("run", "--", sshd_bin, "-D", "-f", str(site.config))
+        proc = spawn(site.wrap(argv, userns=False))
+        try:
+            done = site.sftp("ls pub\n")
+            assert done.returncode != 0, done.stdout
+        finally:
+            _, stderr = stop(proc)
+    finally:
+        site.close()
+    assert "not found" in done.stderr, done.stderr  # sftp: Can't ls: "/pub" not found
+    events = [json.loads(ln) for ln in stderr.splitlines() if ln.startswith("{")]
+    notes = [str(e.get("note")) for e in events if e["level"] == "warning"]
+    words = f"{USER} cannot enter the jail /srv/jail/{USER} (mode 0700"
+    assert any(words in n and "not prepared" in n for n in notes), stderr
+    assert '"event": "handover"' in stderr, stderr
+    assert not (site.jail / "dev").exists(), "a jail its user cannot enter was prepared"
+
+
+def test_unenterable_reads_the_mode_as_the_kernel_would(tmp_path: Path) -> None:
+    """Search permission on the jail itself for the user: owner root, so group bits for its
+    groups, other bits else; root always."""
+    tmp_path.chmod(0o750)
+    gid = tmp_path.stat().st_gid
+    assert unenterable(str(tmp_path), "u", 1000, [gid]) == ""
+    assert "cannot enter" in unenterable(str(tmp_path), "u", 1000, [gid + 1])
+    assert unenterable(str(tmp_path), "root", 0, []) == ""
+    tmp_path.chmod(0o711)
+    assert unenterable(str(tmp_path), "u", 1000, [gid + 1]) == ""
 
 
 @pytest.mark.parametrize("added", [_MATCH + "\tNoSuchOption yes\n", "\nNoSuchOption yes\n"])

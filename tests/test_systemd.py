@@ -366,14 +366,16 @@ def _until(env: Env, name: str, probe: str, tries: int = 100) -> str:
     return _sh(env, name, f"for i in $(seq {tries}); do {probe} && break; sleep 0.1; done; true")
 
 
-def _drop_in(env: Env, name: str, unit: str, setup: str) -> None:
+def _drop_in(env: Env, name: str, unit: str, setup: str, start: str = "") -> None:
+    """``unit``'s drop-in from examples/systemd/, ``setup``, then `systemctl start` (``start``:
+    a template's instance)."""
     ex = "/t/examples"
     _sh(
         env,
         name,
         f"mkdir -p /etc/systemd/system/{unit}.service.d && "
         f"cp {ex}/systemd/{unit}.service.d/jailshim.conf /etc/systemd/system/{unit}.service.d/ && "
-        f"{setup} && systemctl daemon-reload && systemctl start {unit}",
+        f"{setup} && systemctl daemon-reload && systemctl start {start or unit}",
     )
 
 
@@ -462,3 +464,243 @@ def test_long_tail_drop_ins_run_under_systemd(env: Env) -> None:
         assert (root, uids) == ("/run/vsftpd/empty", "\t".join([uid["nobody"]] * 4))
         _sh(env, name, "systemctl stop vsftpd")
         assert _sh(env, name, "find /var/run/vsftpd/empty -mindepth 1") == ""
+
+
+# Prints, for each process chrooted in the sftp jail, its root and its uids: the session's
+# processes (the jailed user's sshd and internal-sftp), while an sftp batch waits 5 s to run.
+_SFTP_SESSION = (
+    "cd /root && (sleep 5; echo 'ls files') | sftp -b - -i sftpdemo_key "
+    "-o StrictHostKeyChecking=accept-new -P 10022 sftpdemo@127.0.0.1 > /tmp/sftp.out 2>&1 & "
+    "for i in $(seq 45); do sleep 0.1; for p in /proc/[0-9]*; do "
+    'r=$(readlink $p/root 2>/dev/null) || continue; [ "$r" = /srv/sftp/sftpdemo ] && '
+    'echo "$r $(grep ^Uid: $p/status | cut -f2-)"; done | sort -u | grep . && break; done; '
+    "wait; cat /tmp/sftp.out"
+)
+
+
+# examples/openvpn/README.md's commands: Debian's sample server.conf with user, group and jail
+# changed, its keys made with openssl; then a client certificate of the same CA.
+_OPENVPN_SERVER = " && ".join(
+    [
+        "cd /etc/openvpn/server",
+        "cp /usr/share/doc/openvpn/examples/sample-config-files/server.conf .",
+        "sed -i -e 's/^;user openvpn/user nobody/' "
+        "-e 's/^;group openvpn/group nogroup\\nchroot jail/' server.conf",
+        *(
+            f"openssl req {x509} -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+            f"-keyout {who}.key -out {out} -subj /CN={cn} 2>/dev/null"
+            for x509, who, out, cn in (
+                ("-x509 -days 365", "ca", "ca.crt", "example-ca"),
+                ("", "server", "server.csr", "server"),
+                ("", "client", "client.csr", "client"),
+            )
+        ),
+        *(
+            f"printf 'extendedKeyUsage={usage}\\nkeyUsage=digitalSignature,keyAgreement\\n' "
+            f"> {who}.ext && openssl x509 -req -in {who}.csr -CA ca.crt -CAkey ca.key "
+            f"-CAcreateserial -out {who}.crt -days 365 -extfile {who}.ext 2>/dev/null"
+            for who, usage in (("server", "serverAuth"), ("client", "clientAuth"))
+        ),
+        "openssl genpkey -genparam -algorithm DH -pkeyopt group:ffdhe2048 -out dh2048.pem",
+        "mkdir -p jail/tmp /var/log/openvpn && chmod 1777 jail/tmp",
+    ]
+)
+_OPENVPN_CLIENT = (
+    "exec nsenter --net=/run/netns/client "
+    "openvpn --client --dev tun --proto udp --nobind --remote 192.0.2.1 1194 "
+    "--ca ca.crt --cert client.crt --key client.key --remote-cert-tls server --verb 3 "
+    "--connect-retry 1"
+)
+
+# The client's network namespace, /run/netns/client, joined to the container's by a veth pair:
+# vpn0 192.0.2.1/24 here (where the server listens on 0.0.0.0:1194), vpn1 192.0.2.2/24 there.
+_CLIENT_NETNS = """
+from pyroute2 import IPRoute, NetNS
+ns = NetNS("client", flags=0o100)  # O_CREAT
+ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+with IPRoute() as ip:
+    ip.link("add", ifname="vpn0", kind="veth", peer="vpn1")
+    here = ip.link_lookup(ifname="vpn0")[0]
+    ip.addr("add", index=here, address="192.0.2.1", prefixlen=24)
+    ip.link("set", index=here, state="up")
+    ip.link("set", index=ip.link_lookup(ifname="vpn1")[0], net_ns_fd="client")
+there = ns.link_lookup(ifname="vpn1")[0]
+ns.addr("add", index=there, address="192.0.2.2", prefixlen=24)
+ns.link("set", index=there, state="up")
+ns.close()
+"""
+# One ICMP echo request to argv[1]; exit 0 on its reply within a second (the image has no ping;
+# tests/test_openvpn.py's echo_reply, run in the container).
+_ECHO = """
+import select, socket, struct, sys, time
+def checksum(data):
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+payload = b"jailshim-openvpn"
+header = struct.pack("!BBHHH", 8, 0, 0, 4242, 1)
+packet = struct.pack("!BBHHH", 8, 0, checksum(header + payload), 4242, 1) + payload
+with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+    try:
+        s.sendto(packet, (sys.argv[1], 0))
+    except OSError:  # no route yet: the client's tun is not up
+        raise SystemExit(1)
+    deadline = time.monotonic() + 1
+    while (left := deadline - time.monotonic()) > 0 and select.select([s], [], [], left)[0]:
+        data, (source, _) = s.recvfrom(2048)
+        icmp = data[(data[0] & 0x0F) * 4 :]
+        if source == sys.argv[1] and icmp[0] == 0 and icmp[8:] == payload:
+            raise SystemExit(0)
+raise SystemExit(1)
+"""
+
+
+def test_more_long_tail_drop_ins_run_under_systemd(env: Env) -> None:
+    """The pdns, privoxy, ssh and openvpn-server@ drop-ins on Debian's own units, installed as
+    examples/*/README.md say: each unit is active, a real client is answered from the jail
+    jailshim prepared, the serving process's root is the jail and its uids the daemon's user's,
+    and `systemctl stop` takes back what jailshim made (ExecStopPost=jailshim teardown)."""
+    ex = "/t/examples"
+    need(Path("/dev/net/tun").exists(), "needs /dev/net/tun (the tun module) for openvpn")
+    # openvpn-server@.service opens /dev/net/tun and configures it (netlink): both from podman
+    with _systemd(env, "--device=/dev/net/tun", "--cap-add=NET_ADMIN") as name:
+        uid = {u: _sh(env, name, f"id -u {u}").strip() for u in ("pdns", "privoxy", "nobody")}
+
+        # pdns: the drop-in makes Debian's Type=notify unit Type=simple, started as root
+        _drop_in(
+            env,
+            name,
+            "pdns",
+            f"cp {ex}/pdns-server/jailshim.conf /etc/powerdns/pdns.d/ && "
+            f"cp {ex}/pdns-server/named.conf {ex}/pdns-server/jailshim.test.zone "
+            "/var/spool/powerdns/",
+        )
+        answer = _until(
+            env,
+            name,
+            "kdig @127.0.0.1 -p 10056 +short +timeout=1 +retry=0 www.jailshim.test A | grep .",
+        )
+        assert answer == "192.0.2.80\n", _sh(env, name, "journalctl -u pdns -o cat --no-pager")
+        root, uids = _main_pid_jailed(env, name, "pdns")
+        assert (root, uids) == ("/var/spool/powerdns", "\t".join([uid["pdns"]] * 4))
+        _sh(env, name, "systemctl stop pdns")
+        # what stays: the example's files and the server's own control socket (socket-dir=/)
+        left = _sh(env, name, "find /var/spool/powerdns -mindepth 1 | sort")
+        assert left.split() == [
+            "/var/spool/powerdns/jailshim.test.zone",
+            "/var/spool/powerdns/named.conf",
+            "/var/spool/powerdns/pdns.controlsocket",
+        ], left
+
+        # privoxy: Debian's stock config (127.0.0.1:8118), the jail's layout as the README says
+        before = _sh(env, name, "find /etc/privoxy | sort")
+        _drop_in(
+            env,
+            name,
+            "privoxy",
+            "mkdir -p /etc/privoxy/etc /etc/privoxy/var/log/privoxy && "
+            "ln -s .. /etc/privoxy/etc/privoxy && "
+            "chown privoxy:adm /etc/privoxy/var/log/privoxy && "
+            "chmod 2750 /etc/privoxy/var/log/privoxy",
+        )
+        env.podman(
+            *("exec", "-d", "-w", "/tmp", name),
+            *("python3", "-m", "http.server", "--bind", "127.0.0.1", "10080"),
+        )
+        page = _until(env, name, "curl -sf -x http://127.0.0.1:8118 http://localhost:10080/")
+        assert "Directory listing for /" in page, _sh(
+            env, name, "journalctl -u privoxy -o cat --no-pager"
+        )
+        root, uids = _main_pid_jailed(env, name, "privoxy")
+        assert (root, uids) == ("/etc/privoxy", "\t".join([uid["privoxy"]] * 4))
+        _sh(env, name, "systemctl stop privoxy")
+        # what stays is the operator's: etc/privoxy (the link), var/log/privoxy and its logfile
+        after = _sh(env, name, "find /etc/privoxy | sort")
+        assert set(after.split()) - set(before.split()) == {
+            "/etc/privoxy/etc",
+            "/etc/privoxy/etc/privoxy",
+            "/etc/privoxy/var",
+            "/etc/privoxy/var/log",
+            "/etc/privoxy/var/log/privoxy",
+            "/etc/privoxy/var/log/privoxy/logfile",
+        }, after
+
+        # ssh, first on Debian's stock sshd_config (no sftp jail): jailshim prepares nothing and
+        # sshd serves; the drop-in's teardown of the example's jail, absent here, exits 78, and
+        # its "-" keeps that from leaving the login service "failed" on stop
+        _drop_in(env, name, "ssh", "true")
+        banner = _sh(
+            env,
+            name,
+            'python3 -c "import socket; '
+            "print(socket.create_connection(('127.0.0.1', 22), timeout=5).recv(8).decode())\"",
+        )
+        assert banner == "SSH-2.0-\n", banner
+        _sh(env, name, "systemctl stop ssh")
+        state = _sh(
+            env, name, "systemctl is-active ssh; systemctl show -p Result --value ssh", check=False
+        )
+        assert state.split() == ["inactive", "success"], state
+        # then the example's sftp-only sshd_config as Debian's /etc/ssh/sshd_config (a container
+        # of its own: no logins to lock out); a session's processes are chrooted as sftpdemo
+        _drop_in(
+            env,
+            name,
+            "ssh",
+            "useradd --system --home-dir /srv/sftp/sftpdemo --shell /usr/sbin/nologin sftpdemo"
+            " && install -d -m 0755 /srv/sftp/sftpdemo/files && "
+            f"cp {ex}/sshd-sftp/jailshim.txt /srv/sftp/sftpdemo/files/ && "
+            "ssh-keygen -q -t ed25519 -N '' -f /root/sftpdemo_key && "
+            "install -d -m 0755 /etc/ssh/sftp-keys && "
+            "install -m 0644 /root/sftpdemo_key.pub /etc/ssh/sftp-keys/sftpdemo && "
+            f"cp {ex}/sshd-sftp/sshd_config /etc/ssh/sshd_config",
+        )
+        sftpdemo = _sh(env, name, "id -u sftpdemo").strip()
+        session = _sh(env, name, _SFTP_SESSION)
+        jailed = "/srv/sftp/sftpdemo " + "\t".join([sftpdemo] * 4)
+        assert session.splitlines()[0] == jailed, session
+        assert "files/jailshim.txt" in session, session
+        # internal-sftp -l INFO, from inside the jail, through the dev/log jailshim bound there
+        journal = _sh(env, name, "journalctl -u ssh -o cat --no-pager")
+        assert 'opendir "/files/"' in journal, journal
+        _sh(env, name, "systemctl stop ssh")
+        left = _sh(env, name, "find /srv/sftp/sftpdemo -mindepth 1 | sort")
+        assert left.split() == [
+            "/srv/sftp/sftpdemo/files",
+            "/srv/sftp/sftpdemo/files/jailshim.txt",
+        ], left
+        assert "/srv/sftp/sftpdemo" not in _sh(env, name, "cat /proc/self/mountinfo")
+
+        # openvpn-server@server: Debian's sample server.conf, as examples/openvpn/README.md
+        # makes it, and a client of the same CA in a network namespace of its own, across a
+        # veth pair: an echo reply from the server's tunnel address 10.8.0.1 came through the
+        # tunnel, that is through the jailed server (in one namespace both tunnel ends would be
+        # local addresses, answered by the kernel without the tunnel)
+        _drop_in(env, name, "openvpn-server@", _OPENVPN_SERVER, start="openvpn-server@server")
+        assert _sh(env, name, "systemctl is-active openvpn-server@server") == "active\n"
+        env.podman("exec", name, "python3", "-c", _CLIENT_NETNS)
+        env.podman(
+            *("exec", "-d", "-w", "/etc/openvpn/server", name),
+            *("sh", "-c", f"{_OPENVPN_CLIENT} > /tmp/client.log 2>&1"),
+        )
+        deadline = time.monotonic() + 45
+        while (
+            env.podman(
+                *("exec", name, "nsenter", "--net=/run/netns/client"),
+                *("python3", "-c", _ECHO, "10.8.0.1"),
+                check=False,
+            ).returncode
+            != 0
+        ):
+            assert time.monotonic() < deadline, _sh(
+                env, name, "cat /tmp/client.log; journalctl -u openvpn-server@server -o cat"
+            )
+            time.sleep(0.2)
+        server = _sh(env, name, "journalctl -u openvpn-server@server -o cat --no-pager")
+        assert "chroot to 'jail' and cd to '/' succeeded" in server, server
+        assert "[client] Peer Connection Initiated" in server, server
+        root, uids = _main_pid_jailed(env, name, "openvpn-server@server")
+        assert (root, uids) == ("/etc/openvpn/server/jail", "\t".join([uid["nobody"]] * 4))
+        _sh(env, name, "systemctl stop openvpn-server@server")
+        left = _sh(env, name, "find /etc/openvpn/server/jail -mindepth 1")
+        assert left == "/etc/openvpn/server/jail/tmp\n", left

@@ -117,11 +117,23 @@ class _PdnsServer(PdnsAdapter):
             sockets_in = socket_directory(values, env, chroot, "/var/run/pdns")
             read.append(("socket_dir", sockets_in))
             if not os.path.isdir(os.path.dirname(sockets_in.rstrip("/")) or "/"):
+                # Under Debian's pdns.service the operator never wrote that path: say where it
+                # came from (a start under systemd named only CHROOT/run/pdns)
+                from_unit = not values.get("socket-dir") and env.get("RUNTIME_DIRECTORY")
                 raise ConfigError(
                     f"pdns_server makes its control socket in {sockets_in} (socket-dir inside "
-                    f"chroot={chroot}) before it chroots, and would exit 'Unable to create "
-                    f"socket directory': {os.path.dirname(sockets_in)} does not exist; make "
-                    "it, or set socket-dir to a directory the jail has."
+                    f"chroot={chroot}"
+                    + (
+                        f"; socket-dir is $RUNTIME_DIRECTORY={env['RUNTIME_DIRECTORY']}, "
+                        "systemd's RuntimeDirectory=, when unset"
+                        if from_unit
+                        else ""
+                    )
+                    + ") before it chroots, and would exit 'Unable to create socket directory': "
+                    f"{os.path.dirname(sockets_in)} does not exist; make it, or set socket-dir "
+                    "to a directory the jail has (socket-dir=/: the jail's root, where "
+                    "pdns_control finds it).",
+                    chroot=chroot,
                 )
             for setting, path in bind_configs(values.get("launch", ""), settings):
                 inside = _in_jail(chroot, path)

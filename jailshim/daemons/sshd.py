@@ -27,9 +27,11 @@ What `run` resolves: the jail of each user named literally in a `Match User` lin
 wildcard, no negation) and a global ChrootDirectory without tokens; every one is judged by
 sshd's rule before anything is prepared: one sshd would refuse is a warning in sshd's words and
 is not prepared, and sshd still starts (it ends only that user's sessions: refusing the whole
-start would lock every other user out). The engine prepares one jail per run: the first good
-one (config order), with /dev/log; each other is named in a note with the `jailshim prepare`
-line that prepares it (as is each Match line run cannot resolve).
+start would lock every other user out). So is a jail its named user cannot search (sshd takes
+a 0700 jail; the session then sees nothing in it and logs nothing through its dev/log).
+The engine prepares one jail per run: the first good one (config order), with /dev/log;
+each other is named in a note with the `jailshim prepare` line that prepares it (as is each
+Match line run cannot resolve).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from jailshim.daemons import Adapter, DaemonPlan, checkconf, ip_wait_targets
 from jailshim.errors import ConfigError
 
-__all__ = ["ADAPTER", "expand_chroot", "literal_users", "match_lines", "refusal"]
+__all__ = ["ADAPTER", "expand_chroot", "literal_users", "match_lines", "refusal", "unenterable"]
 
 _MATCH_LINE = re.compile(r"checking syntax for 'Match (.*)'$")
 _TOKEN = re.compile(r"%(.)")
@@ -136,6 +138,28 @@ def refusal(path: str) -> str:
             return ""
 
 
+def unenterable(path: str, user: str, uid: int, groups: Sequence[int]) -> str:
+    """Why ``user`` cannot search the jail ``path`` itself, or "" when it can. sshd's rule lets
+    a jail be 0700 root's, but after the chroot the session runs as the user from the jail's
+    "/": without search permission there internal-sftp opens nothing and its log lines through
+    dev/log are lost, while jailshim's checks, as root, passed (seen under ssh.service: "Can't
+    ls: "/files" not found", and no internal-sftp line in the journal)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""  # refusal() has said it
+    if uid == 0:
+        return ""
+    bit = 0o010 if st.st_gid in groups else 0o001
+    if st.st_mode & bit:
+        return ""
+    return (
+        f"{user} cannot enter the jail {path} (mode {stat.S_IMODE(st.st_mode):04o}, group "
+        f"{st.st_gid}; {user} is uid {uid}): after the chroot internal-sftp finds no file and "
+        "its log lines through dev/log are lost"
+    )
+
+
 def _dump(lines: str) -> dict[str, list[str]]:
     """`sshd -T`'s output: keyword -> its values (a keyword may repeat: listenaddress)."""
     found: dict[str, list[str]] = {}
@@ -224,6 +248,14 @@ def _jails(wanted: Sequence[tuple[str, str]], notes: list[str]) -> dict[str, lis
                 continue
             path = expand_chroot(template, user, pw.pw_uid, pw.pw_dir)
         why = refusal(path)
+        if user and not why:
+            locked = unenterable(path, user, pw.pw_uid, os.getgrouplist(user, pw.pw_gid))
+            if locked:
+                notes.append(
+                    f"{user}'s sessions will see nothing: {locked}; this jail is not prepared: "
+                    "let its user search it (0755 root's, as sshd allows)."
+                )
+                continue
         if why:
             # A warning, not a refusal: sshd itself starts and ends only this user's sessions;
             # refusing the start (78) locked every other user out too, admins on Debian's
