@@ -12,11 +12,14 @@ they must keep failing until the proposed patch (in /work/notes/s4/attack.md) la
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ RECURSOR = "/usr/sbin/pdns_recursor"
 OPENVPN = "/usr/sbin/openvpn"
 NTPD = "/usr/sbin/ntpd"
 VSFTPD = "/usr/sbin/vsftpd"
+PDNS_SERVER = "/usr/sbin/pdns_server"
 HANG_S = 25  # every refusal here takes well under a second; the recursor's dump ~50 ms
 
 
@@ -275,3 +279,55 @@ def test_ntpsec_includefile_that_is_no_file_never_holds_jailshim(
         HANG_S, "run", "--dry-run", "--", NTPD, "-n", "-c", str(conf), "-i", str(jail), "-u",
         "ntpsec",
     )  # fmt: skip
+
+
+# --- pdns_server: include-dir's files, read again by jailshim after the server's dump --------
+
+_IN_CLOSE_NOWRITE = 0x10
+
+
+def _swap_after_first_read(watched: Path, replacement: Path) -> threading.Thread:
+    """An attacker (the writer of include-dir) who renames ``replacement`` over ``watched``
+    as soon as a reader has read it once and closed it (inotify), as a loop could."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    assert fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(watched), _IN_CLOSE_NOWRITE) >= 0
+
+    def attacker() -> None:
+        try:
+            os.read(fd, 4096)  # the server's dump has read it
+            os.rename(replacement, watched)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=attacker, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pdns_server.py backend_settings() re-reads include-dir's files with a blocking, "
+    "unbounded open()/read() after the dump: a FIFO renamed in between holds jailshim as root "
+    "for ever (patch proposed in /work/notes/s4/attack.md)",
+)
+def test_pdns_server_include_file_swapped_for_a_fifo_after_the_dump_never_holds_jailshim(
+    area: Path, root: None
+) -> None:
+    """The server's own `--config=diff` reads include-dir's x.conf (a regular file then);
+    whoever can write include-dir renames a FIFO over it the moment the dump has closed it.
+    pdns_server.py then reads the directory again for the backend settings the dump drops,
+    with open(): jailshim, as root, waits for a writer for ever."""
+    need(os.access(PDNS_SERVER, os.X_OK), "needs pdns_server (Debian package pdns-server)")
+    include = area / "pdns.d"
+    include.mkdir()
+    (include / "x.conf").write_text("local-port=5300\n")
+    os.mkfifo(include / ".fifo")
+    (area / "pdns.conf").write_text(f"include-dir={include}\nlaunch=\n")
+    attacker = _swap_after_first_read(include / "x.conf", include / ".fifo")
+    result = _jailshim_within(
+        HANG_S, "run", "--dry-run", "--", PDNS_SERVER, f"--config-dir={area}", "--guardian=no"
+    )
+    attacker.join(timeout=5)
+    assert stat.S_ISFIFO(os.lstat(include / "x.conf").st_mode), "the attacker never swapped"
+    assert result.code in (0, 78), result.stderr
