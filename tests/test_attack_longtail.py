@@ -331,3 +331,29 @@ def test_pdns_server_include_file_swapped_for_a_fifo_after_the_dump_never_holds_
     attacker.join(timeout=5)
     assert stat.S_ISFIFO(os.lstat(include / "x.conf").st_mode), "the attacker never swapped"
     assert result.code in (0, 78), result.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ntpsec.py quotes the first word of an unknown line of any includefile in its 78 "
+    "sentence, a root-only file's too (patch proposed in /work/notes/s4/attack.md)",
+)
+def test_ntpsec_never_quotes_a_root_only_includefile_in_its_refusal(area: Path, root: None) -> None:
+    """The config's author writes `includefile /etc/shadow`: jailshim reads it as root and
+    refused with "'root:$y$…:20228:…' is no ntpd command" — the hash, in a log the author
+    reads (a pod's, a CI job's). ntpd itself logs only the file, line and column."""
+    need(os.access(NTPD, os.X_OK), "needs ntpd (Debian package ntpsec)")
+    secret = area / "shadow"
+    secret.write_text("root:$y$j9T$SECRET-HASH-xyz:20228:0:99999:7:::\n")
+    secret.chmod(0o600)
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    conf = area / "ntp.conf"
+    conf.write_text(f"includefile {secret}\nserver 127.0.0.1\n")
+    result = _jailshim_within(
+        HANG_S, "run", "--dry-run", "--", NTPD, "-n", "-c", str(conf), "-i", str(jail), "-u",
+        "ntpsec",
+    )  # fmt: skip
+    assert result.code == 78, result.stderr
+    assert str(secret) in result.error
+    assert "SECRET-HASH" not in result.stdout + result.stderr
