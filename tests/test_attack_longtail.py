@@ -181,6 +181,24 @@ def test_recursor_lua_config_never_holds_jailshim(
     assert time.monotonic() - started < HANG_S
 
 
+@pytest.mark.parametrize("hint", ["/proc/version", "/x/../dev/zero", "/etc/.jailshim-new-x"])
+def test_recursor_hint_file_jailshim_cannot_place_is_the_configs_error(
+    area: Path, recursor_bin: str, hint: str
+) -> None:
+    """hint-file under /proc or /dev (or a name jailshim keeps for itself): the copy is refused
+    as the config's error (78, naming the config), not as a `--file` the operator never gave
+    (64), and nothing is made."""
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    directory = _recursor_config(area, jail, f"hint-file={hint}\n")
+    result = _jailshim_within(
+        HANG_S, "run", "--", recursor_bin, "--daemon=no", f"--config-dir={directory}"
+    )
+    assert result.code == 78, result.stderr
+    assert "--file" not in result.error and str(directory) in result.error, result.error
+    assert not (jail / "dev").exists()
+
+
 # --- radvd: the jail's etc/passwd, read by root to compare radvd's user ---------------------
 
 
