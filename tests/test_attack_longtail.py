@@ -375,3 +375,34 @@ def test_ntpsec_never_quotes_a_root_only_includefile_in_its_refusal(area: Path, 
     assert result.code == 78, result.stderr
     assert str(secret) in result.error
     assert "SECRET-HASH" not in result.stdout + result.stderr
+
+
+# --- privoxy: its config is read as root inside the jail, which its user owns (its home) ----
+
+
+@pytest.mark.parametrize("link", ["absolute", "dot-dot", "fifo"])
+def test_privoxy_config_in_the_jail_never_leads_root_out_of_it(area: Path, link: str) -> None:
+    """privoxy's jail is its user's home, which that user owns: it makes etc/privoxy/config a
+    link to a host file (absolute, or climbing with ..) or a FIFO. Root reads the config as
+    the chrooted privoxy would: links resolve inside the jail, where there is no such file,
+    and a FIFO is no file (None at once, never a wait)."""
+    outside = area / "outside"
+    outside.mkdir()
+    (outside / "config").write_text("listen-address HOST-SECRET:8118\n")
+    jail = area / "jail"
+    (jail / "etc/privoxy").mkdir(parents=True)
+    config = jail / "etc/privoxy/config"
+    if link == "absolute":
+        config.symlink_to(outside / "config")
+    elif link == "dot-dot":
+        config.symlink_to("../" * 12 + str(outside / "config").lstrip("/"))
+    else:
+        os.mkfifo(config)
+    code = (
+        "from jailshim.daemons import privoxy; "
+        f"print(privoxy.read_in_jail({str(jail)!r}, '/etc/privoxy/config'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S, check=True
+    )
+    assert done.stdout.strip() == "None", done.stdout
