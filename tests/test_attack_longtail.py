@@ -406,3 +406,44 @@ def test_privoxy_config_in_the_jail_never_leads_root_out_of_it(area: Path, link:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S, check=True
     )
     assert done.stdout.strip() == "None", done.stdout
+
+
+# --- sshd: one Match block's ChrootDirectory must not stop every user's sshd ---------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sshd.py passes a ChrootDirectory that is a host directory (/var/lib) to the "
+    "engine, which refuses the whole start (78): sshd never starts, every user is locked out "
+    "(patch proposed in /work/notes/s4/attack.md)",
+)
+def test_sshd_still_starts_when_a_match_blocks_jail_is_a_host_directory(
+    area: Path, own_network: None
+) -> None:
+    """The config's author gives one sftp user `ChrootDirectory /var/lib` (root's, 0755:
+    sshd's own rule accepts it). jailshim must prepare nothing in /var/lib — and, as for a
+    jail sshd itself would refuse, say so and still start sshd: a 78 locked every user out,
+    admins on Debian's ssh.service included."""
+    from tests.test_sshd import SSHD, Site
+
+    need(os.access(SSHD, os.X_OK), "needs sshd (Debian package openssh-server)")
+    match = "\nMatch User jsftp\n\tChrootDirectory /var/lib\n\tForceCommand internal-sftp\n"
+    site = Site(area, free_port(), match)
+    try:
+        argv = jailshim_argv("run", "--", SSHD, "-D", "-f", str(site.config))
+        proc = subprocess.Popen(
+            site.wrap(argv, userns=False),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    finally:
+        site.close()
+    assert not os.path.exists("/var/lib/dev/.jailshim-state.json")
+    assert '"event": "handover"' in err, err
