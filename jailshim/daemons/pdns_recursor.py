@@ -75,14 +75,85 @@ def opened_in_jail(values: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(os.path.normpath("/" + p.lstrip("/")) for p in found))
 
 
+_LUA_MAX = 1 << 20  # Debian's recursor.lua and rootkeys.lua are a few KiB
+
+
 def _lua_text(path: str) -> str:
     """A Lua file's text without its line comments (`-- …`: Debian's files hold commented
-    examples); "" when unset or unreadable (the recursor's checker judges that)."""
+    examples); "" when unset, unreadable or no regular file (the recursor's checker judges
+    that). Opened non-blocking, at most 1 MiB: the recursor's dump never opens it, and a FIFO
+    there held jailshim (root) in open() for ever, a dofile("/dev/zero") read without end."""
+    import stat
+
+    if not path:
+        return ""
     try:
-        text = open(path, encoding="utf-8", errors="replace").read() if path else ""  # noqa: SIM115
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return ""
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        text = f.read(_LUA_MAX).decode(errors="replace")
     return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+
+
+def _refuse_unplaceable(path: str, file: str) -> None:
+    """A file of the config that jailshim cannot place in the jail is the config's error (78,
+    naming it): `hint-file=/proc/version` was blamed on a `--file` the operator never gave,
+    as a usage error (64)."""
+    from jailshim.files import refuse_reserved
+
+    top = path.strip("/").split("/", 1)[0]
+    if top in ("dev", "proc", "sys"):
+        raise ConfigError(
+            f"pdns_recursor reads {path} (its hint-file or a trust-anchor file of its Lua "
+            f"config, {file}) again inside its jail, and jailshim places no file under /{top}, "
+            "which it manages otherwise; name a file elsewhere."
+        )
+    refuse_reserved(path, f"{file}: hint-file or trust-anchor file", config=True)
+
+
+def unreadable_by(user: str | None, group: str | None, paths: Sequence[str]) -> list[str]:
+    """The ``paths`` the recursor's user cannot read on the host (setuid, with setgid and
+    initgroups — or the gid and groups it started with when no setgid; nobody when no setuid:
+    then every reader of the jail counts). jailshim copies them into the jail with
+    their mode under 0755 directories: a 0644 file in a 0700 directory, named by the config's
+    author as hint-file, became readable there by pdns and by every reader of the jail (a
+    root-only copy). access() in a child with exactly those ids (ACLs count); 5 s at most."""
+    import grp
+    import pwd
+    import time
+
+    try:
+        entry = pwd.getpwnam(user) if user else pwd.getpwnam("nobody")
+        gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    except KeyError:
+        return []  # jailshim's identity check names the unknown user or group
+    groups = os.getgrouplist(entry.pw_name, gid) if user else []
+    if user and not group:  # no dropGroupPrivs(): it keeps the gid and groups it started with
+        gid, groups = os.getgid(), os.getgroups()
+    found = []
+    for path in paths:
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                os.setgroups(groups)
+                os.setgid(gid)
+                os.setuid(entry.pw_uid)
+                code = 0 if os.access(path, os.R_OK) else 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 5
+        while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if done[0] == 0:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+        if done[0] == 0 or os.waitstatus_to_exitcode(done[1]) != 0:
+            found.append(path)
+    return found
 
 
 def config_file(argv: Sequence[str]) -> str:
@@ -138,6 +209,18 @@ class _PdnsRecursor(PdnsAdapter):
         if reread:
             read.append(("jail_files", ", ".join(reread)))
         user, group, said = identity_settings("pdns_recursor", values, file)
+        for path in reread:
+            _refuse_unplaceable(path, file)
+        hidden = unreadable_by(user, group, reread)
+        if hidden:
+            who = f"its user {user}" if user else "nobody (it sets no setuid=)"
+            raise ConfigError(
+                f"pdns_recursor reads {', '.join(hidden)} again inside its jail, and {who} "
+                "cannot read it on the host; jailshim copies into a jail only what the daemon's "
+                "user can read, never a file only root can reach. Make it readable by that user, "
+                f"or copy it into {chroot} yourself.",
+                chroot=chroot,
+            )
         targets, more = wait_targets(values, file, _DEFAULTS)
         return DaemonPlan(
             files=(file,),

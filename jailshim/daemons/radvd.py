@@ -78,10 +78,20 @@ def _jail_of(chroot: str) -> str:
 
 def jail_user(jail: str, user: str) -> tuple[int, int] | None:
     """(uid, gid) of ``user`` in the jail's etc/passwd as glibc's files module reads it (the
-    first `name:x:uid:gid:…` line), or None. Not followed if a symlink; a non-file is none."""
-    path = os.path.join(jail, "etc/passwd")
+    first `name:x:uid:gid:…` line), or None. Neither etc nor passwd is followed if a symlink
+    (the jail's user may own both: with O_NOFOLLOW on passwd alone, an etc linked out of the
+    jail had root read OUTSIDE/passwd and take its ids for the jail's); a non-file is none."""
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        jail_fd = os.open(jail, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            etc = os.open("etc", os.O_PATH | os.O_DIRECTORY | nofollow, dir_fd=jail_fd)
+        finally:
+            os.close(jail_fd)
+        try:
+            fd = os.open("passwd", os.O_RDONLY | os.O_NONBLOCK | nofollow, dir_fd=etc)
+        finally:
+            os.close(etc)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
