@@ -6,8 +6,8 @@ again inside its jail) and the daemon's user who owns its jail (a symlink on the
 root reads there, a FIFO at such a file).
 
 A run that would hang is bounded here (``_jailshim_within``): a hang is a failure, never a
-stuck suite. Attacks that succeed against an adapter another helper owns are xfail(strict):
-they must keep failing until the proposed patch (in /work/notes/s4/attack.md) lands.
+stuck suite. Every attack here once succeeded or was shown able to (each fix names its test);
+they all hold now (see /work/notes/s4/attack.md for each, and the break that fails it).
 """
 
 from __future__ import annotations
@@ -260,11 +260,6 @@ def test_vsftpd_secure_chroot_dir_that_is_the_hosts_is_refused(
 # --- openvpn: `config FILE` includes are read by root before anything -----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="openvpn.py reads `config FILE` with a blocking open(): a FIFO holds jailshim as "
-    "root for ever (patch proposed in /work/notes/s4/attack.md)",
-)
 def test_openvpn_config_include_fifo_never_holds_jailshim(area: Path, root: None) -> None:
     """The config's author writes `config /path/fifo`: openvpn.py's reader opened it with a
     blocking open() and jailshim, as root, waited for a writer for ever."""
@@ -323,12 +318,6 @@ def _swap_after_first_read(watched: Path, replacement: Path) -> threading.Thread
     return thread
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pdns_server.py backend_settings() re-reads include-dir's files with a blocking, "
-    "unbounded open()/read() after the dump: a FIFO renamed in between holds jailshim as root "
-    "for ever (patch proposed in /work/notes/s4/attack.md)",
-)
 def test_pdns_server_include_file_swapped_for_a_fifo_after_the_dump_never_holds_jailshim(
     area: Path, root: None
 ) -> None:
@@ -351,11 +340,6 @@ def test_pdns_server_include_file_swapped_for_a_fifo_after_the_dump_never_holds_
     assert result.code in (0, 78), result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ntpsec.py quotes the first word of an unknown line of any includefile in its 78 "
-    "sentence, a root-only file's too (patch proposed in /work/notes/s4/attack.md)",
-)
 def test_ntpsec_never_quotes_a_root_only_includefile_in_its_refusal(area: Path, root: None) -> None:
     """The config's author writes `includefile /etc/shadow`: jailshim reads it as root and
     refused with "'root:$y$…:20228:…' is no ntpd command" — the hash, in a log the author
@@ -411,12 +395,6 @@ def test_privoxy_config_in_the_jail_never_leads_root_out_of_it(area: Path, link:
 # --- sshd: one Match block's ChrootDirectory must not stop every user's sshd ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sshd.py passes a ChrootDirectory that is a host directory (/var/lib) to the "
-    "engine, which refuses the whole start (78): sshd never starts, every user is locked out "
-    "(patch proposed in /work/notes/s4/attack.md)",
-)
 def test_sshd_still_starts_when_a_match_blocks_jail_is_a_host_directory(
     area: Path, own_network: None
 ) -> None:

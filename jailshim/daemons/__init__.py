@@ -33,6 +33,7 @@ __all__ = [
     "ip_wait_targets",
     "load",
     "plan_for",
+    "read_regular",
     "refuse_host_directory",
 ]
 
@@ -218,6 +219,31 @@ def choose(
         adapter = load(name)
         return adapter, adapter.config_argv(command, path)
     return load(name), [command, *argv[1:]]
+
+
+def read_regular(
+    path: str, limit: int, *, dir_fd: int | None = None, nofollow: bool = False
+) -> bytes | None:
+    """A regular file's first ``limit`` bytes, or None when it cannot be opened or is no
+    regular file. The one way adapters read a file a config names (or one inside a jail):
+    opened non-blocking — a FIFO in its place held jailshim, root, in open() for ever
+    (openvpn's `config`, pdns's include-dir and Lua files, ntpd's includefile) — and bounded,
+    so a link to /dev/zero is no endless read; ``nofollow`` for a last component a jail's
+    user may have made a symlink (with ``dir_fd``: relative to that directory)."""
+    import stat
+
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | (os.O_NOFOLLOW if nofollow else 0), dir_fd=dir_fd)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return f.read(limit)
+        except OSError:
+            return None
 
 
 def _readable(path: str, source: str, daemon: str) -> None:

@@ -59,7 +59,7 @@ import stat
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from jailshim.daemons import Adapter, DaemonPlan
+from jailshim.daemons import Adapter, DaemonPlan, read_regular
 from jailshim.daemons.getopt import getopt_long, last
 from jailshim.errors import ConfigError, UsageError
 
@@ -198,16 +198,27 @@ class NtpConfig(NamedTuple):
         return line.words[1] if line is not None and len(line.words) > 1 else ""
 
 
+def _readable_by_all(path: str) -> bool:
+    """Every user may read ``path`` by its mode bits: the file, and each directory above it
+    searchable by others."""
+    try:
+        if not os.stat(path).st_mode & stat.S_IROTH:
+            return False
+        parent = os.path.dirname(os.path.abspath(path))
+        while True:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+            if parent == "/":
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
+
+
 def _open_text(path: str) -> str | None:
     """A regular file's text (None if it cannot be opened); never blocks on a FIFO."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return f.read(_MAX_CONFIG).decode(errors="replace")
+    data = read_regular(path, _MAX_CONFIG)
+    return None if data is None else data.decode(errors="replace")
 
 
 def _conf_files(directory: str) -> list[str]:
@@ -248,8 +259,12 @@ class _Reader:
             return
         column, first = words[0]
         if first not in COMMANDS:
+            # a word of a file not everyone may read is not quoted: `includefile /etc/shadow`
+            # put root's hash in this sentence, in a log the config's author reads (ntpd
+            # itself logs only file, line and column)
+            shown = f"{first!r}" if _readable_by_all(path) else "its first word"
             raise ConfigError(
-                f"ntpd would ignore line {number} of {path} ({first!r} is no ntpd command) "
+                f"ntpd would ignore line {number} of {path} ({shown} is no ntpd command) "
                 f'and log "CONFIG: syntax error in {path} line {number}, column {column}"; '
                 "fix the line (a `restrict` ntpd ignored would open it to everyone)."
             )

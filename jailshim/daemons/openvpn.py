@@ -44,7 +44,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from jailshim.daemons import Adapter, DaemonPlan, checkconf
+from jailshim.daemons import Adapter, DaemonPlan, checkconf, read_regular
 from jailshim.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -203,14 +203,13 @@ class _Reader:
                 "openvpn reads `config stdin` from its standard input, which jailshim cannot "
                 "read before it; give openvpn its config file."
             )
-        try:
-            with open(file, "rb") as f:
-                text = f.read(16 << 20).decode(errors="replace")
-        except OSError:
+        data = read_regular(file, 16 << 20)  # never a FIFO's open() (it held jailshim for ever)
+        if data is None:
             raise ConfigError(
                 f'openvpn would refuse to start: "In {where}: Error opening configuration '
                 f'file: {file}".'
-            ) from None
+            )
+        text = data.decode(errors="replace")
         self.read.files.append(file)
         pieces = _chunks(text.removeprefix("\ufeff"))
         number = 0

@@ -83,18 +83,9 @@ def _lua_text(path: str) -> str:
     examples); "" when unset, unreadable or no regular file (the recursor's checker judges
     that). Opened non-blocking, at most 1 MiB: the recursor's dump never opens it, and a FIFO
     there held jailshim (root) in open() for ever, a dofile("/dev/zero") read without end."""
-    import stat
+    from jailshim.daemons import read_regular
 
-    if not path:
-        return ""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        text = f.read(_LUA_MAX).decode(errors="replace")
+    text = (read_regular(path, _LUA_MAX) or b"").decode(errors="replace") if path else ""
     return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from jailshim.daemons import DaemonPlan, checkconf
+from jailshim.daemons import DaemonPlan, checkconf, read_regular
 from jailshim.daemons.pdns_common import (
     PdnsAdapter,
     config_file,
@@ -64,12 +64,11 @@ def backend_settings(argv: Sequence[str], file: str | None, include_dir: str) ->
     found: dict[str, str] = {}
     files = [file, *include_files(include_dir)] if file else []
     for path in files:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                words = file_words(handle.read())
-        except OSError:
-            continue
-        settings_of(["", *words], found)
+        # the dump read them a moment ago, but whoever writes include-dir can have renamed a
+        # FIFO or a link to /dev/zero over one since: read_regular never blocks nor reads on
+        data = read_regular(path, 4 << 20)
+        if data is not None:
+            settings_of(["", *file_words(data.decode("utf-8", errors="replace"))], found)
     return settings_of(argv, found)
 
 

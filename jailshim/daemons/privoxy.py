@@ -43,10 +43,10 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from jailshim.daemons import Adapter, DaemonPlan, checkconf, ip_wait_targets
+from jailshim.daemons import Adapter, DaemonPlan, checkconf, ip_wait_targets, read_regular
 from jailshim.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -313,16 +313,9 @@ def read_in_jail(jail: str, path: str) -> bytes | None:
         return None
     fd, name = walked
     try:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-        file_fd = os.open(name, flags, dir_fd=fd)
-    except OSError:
-        return None
+        return read_regular(name, CONFIG_MAX, dir_fd=fd, nofollow=True)
     finally:
         os.close(fd)
-    with os.fdopen(file_fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return f.read(CONFIG_MAX)
 
 
 def _user_of(args: Args) -> tuple[str, int, int, str]:
@@ -535,6 +528,27 @@ def _wait_targets(
     return ip_wait_targets(found)
 
 
+def _place_entry(jail_fd: int, name: str, target: str, bind: Callable[[str, str], None]) -> None:
+    """One top-level entry of the jail into the checker's view: a symlink as a symlink, else
+    a bind of exactly the entry looked at — opened once without following and bound through
+    that descriptor: bound by name, mount(2) follows a last-component link, so a name the
+    jail's user swapped for a link between the look and the mount bound the link's host
+    target into the view (tests/test_attack_longtail.py's review; no race was won here)."""
+    entry = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=jail_fd)
+    try:
+        mode = os.fstat(entry).st_mode
+        if stat.S_ISLNK(mode):
+            os.symlink(os.readlink(name, dir_fd=jail_fd), target)
+            return
+        if stat.S_ISDIR(mode):
+            os.mkdir(target)
+        else:
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        bind(f"/proc/self/fd/{entry}", target)
+    finally:
+        os.close(entry)
+
+
 def _view_main(argv: Sequence[str]) -> int:
     """The checker's view (run as `python -m jailshim.daemons.privoxy JAIL UID:GID:GROUPS CWD
     PRIVOXY ARGS…`, as root): a mount namespace of its own (private: nothing propagates back),
@@ -575,16 +589,9 @@ def _view_main(argv: Sequence[str]) -> int:
             target = f"{jail}/{name}"
             if name in _HOST_TREES:
                 continue
-            source = f"/proc/self/fd/{jail_fd}/{name}"
-            st = os.stat(name, dir_fd=jail_fd, follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(name, dir_fd=jail_fd), target)
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                os.mkdir(target)
-            else:
-                os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-            mount(source, target, None, ms_bind | ms_rec, "")
+            _place_entry(
+                jail_fd, name, target, lambda src, dst: mount(src, dst, None, ms_bind | ms_rec, "")
+            )
         for name in _HOST_TREES:
             host = f"/{name}"
             if os.path.islink(host):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from jailshim.daemons import Adapter, DaemonPlan, checkconf
+from jailshim.daemons import Adapter, DaemonPlan, checkconf, read_regular
 from jailshim.daemons.getopt import getopt_long, last
 from jailshim.errors import ConfigError, UsageError
 
@@ -89,17 +89,13 @@ def jail_user(jail: str, user: str) -> tuple[int, int] | None:
         finally:
             os.close(jail_fd)
         try:
-            fd = os.open("passwd", os.O_RDONLY | os.O_NONBLOCK | nofollow, dir_fd=etc)
+            data = read_regular("passwd", 4 << 20, dir_fd=etc, nofollow=True)
         finally:
             os.close(etc)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        import stat
-
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        for raw in f.read(4 << 20).splitlines():
+    if data is not None:
+        for raw in data.splitlines():
             fields = raw.decode(errors="replace").split(":")
             if len(fields) >= 4 and fields[0] == user:
                 try:

@@ -266,8 +266,34 @@ def _jails(wanted: Sequence[tuple[str, str]], notes: list[str]) -> dict[str, lis
                 "of its path root's and not writable by group or others."
             )
             continue
+        host = _host_directory(path)
+        if host:
+            # sshd accepts it (root's, 0755) and jailshim makes nothing there: handed to the
+            # engine, its refusal (78) locked every user out (tests/test_attack_longtail.py)
+            notes.append(
+                f"ChrootDirectory {template} for {user or 'every user'} is {host}, the host's "
+                "own: jailshim prepares no jail there (no /dev/log for those sessions); sshd "
+                "still starts"
+            )
+            continue
         jails.setdefault(os.path.normpath(path), []).append(user or "every user")
     return jails
+
+
+def _host_directory(path: str) -> str:
+    """ "/" or the host's system directory ``path`` is (jail/hostdirs.py); "" for a jail of its
+    own or one that cannot be opened (sshd's own refusal covers that)."""
+    from jailshim.jail.hostdirs import host_directory
+
+    try:
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        return "/" if real == "/" else host_directory(os.fstat(fd), real) or ""
+    finally:
+        os.close(fd)
 
 
 class _Sshd(Adapter):
