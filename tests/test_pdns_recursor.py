@@ -9,6 +9,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -317,3 +318,30 @@ def test_socket_dir_under_systemds_runtime_directory_is_looked_for_in_the_jail(
         _, stderr = stop(proc)
     read = _config_events(stderr)
     assert read and read[0]["socket_dir"] == str(jail), stderr
+
+
+def test_a_file_read_again_inside_that_others_cannot_read_is_refused(
+    area: Path, recursor_bin: str
+) -> None:
+    """hint-file 0640 root:pdns: pdns reads it on the host through its group, but jailshim's
+    copy in the jail is root's with the host's mode (never the user's: a root-only copy must
+    not become the daemon's), so the recursor could not read it there and its threads would
+    die after the start. 78 before anything, naming the file and the remedy."""
+    jail = make_jail(area)
+    shared = Path(tempfile.mkdtemp(prefix="jailshim-hints-"))  # pdns can reach it (0755)
+    try:
+        shared.chmod(0o755)
+        hints = shared / "root.hints"
+        hints.write_text(". 3600000 NS a.root-servers.net.\n")
+        os.chown(hints, 0, pwd.getpwnam("pdns").pw_gid)
+        hints.chmod(0o640)
+        directory = write_config(area, jail, free_port(), f"hint-file={hints}\n")
+        argv = ["run", "--dry-run", "--", recursor_bin, f"--config-dir={directory}"]
+        result = run(*argv)
+        assert result.code == 78, result.stderr
+        assert str(hints) in result.error and "chmod o+r" in result.error
+        assert not (jail / "dev").exists()
+        hints.chmod(0o644)  # the same file readable by others: placed, the run goes on
+        assert run(*argv).code == 0
+    finally:
+        shutil.rmtree(shared)

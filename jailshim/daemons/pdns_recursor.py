@@ -147,6 +147,17 @@ def unreadable_by(user: str | None, group: str | None, paths: Sequence[str]) -> 
     return found
 
 
+def _others_may_read(path: str) -> bool:
+    """The host file's mode lets others read it (what its root-owned copy in the jail keeps);
+    a missing file is the placing step's warning, not this refusal."""
+    import stat
+
+    try:
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return True
+
+
 def config_file(argv: Sequence[str]) -> str:
     """The file pdns_recursor reads (rec-main.cc: configname)."""
     return _config_file(argv, "recursor")
@@ -210,6 +221,18 @@ class _PdnsRecursor(PdnsAdapter):
                 "cannot read it on the host; jailshim copies into a jail only what the daemon's "
                 "user can read, never a file only root can reach. Make it readable by that user, "
                 f"or copy it into {chroot} yourself.",
+                chroot=chroot,
+            )
+        private = [p for p in reread if not _others_may_read(p)]
+        if private:
+            # jailshim's copy is root's with the host's mode (apply.py: never the user's), so
+            # a file pdns reads through its group or ownership (0640 root:pdns) is one it
+            # cannot read in the jail: the recursor would fail after its start
+            raise ConfigError(
+                f"pdns_recursor reads {', '.join(private)} again inside its jail; jailshim's "
+                "copy there is root's with the host file's mode, which others may not read, so "
+                f"the recursor could not. Make it readable by others (chmod o+r), or copy it "
+                f"into {chroot} yourself.",
                 chroot=chroot,
             )
         targets, more = wait_targets(values, file, _DEFAULTS)
