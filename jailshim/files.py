@@ -28,6 +28,7 @@ __all__ = [
     "decide_file",
     "jail_files",
     "missing_host_file",
+    "readable_by_all",
     "refuse_reserved",
 ]
 
@@ -120,6 +121,28 @@ def jail_files(
         clean = _checked_path(path, source)
         found[clean] = JailFile(clean)
     return tuple(found.values())
+
+
+def readable_by_all(path: str) -> bool:
+    """Every user may read the host's ``path`` by its mode bits: the file others may read, and
+    each directory above it others may search. What a file a daemon's config names must be
+    before jailshim copies it into the jail (the copy is root's with the file's mode): a file
+    some cannot read became readable there (a 0644 file in a 0700 directory: a root-only
+    copy), or unreadable by the daemon (0640 root:pdns). Symlinks followed, as the copy does."""
+    import stat
+
+    try:
+        if not os.stat(path).st_mode & stat.S_IROTH:
+            return False
+        parent = os.path.dirname(os.path.realpath(path))
+        while True:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+            if parent == "/":
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
 
 
 def missing_host_file(path: str, why: str) -> str:

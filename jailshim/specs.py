@@ -135,6 +135,7 @@ def build_spec(
             options,
             plan.file_sets if plan is not None else (),
             plan.jail_files if plan is not None else (),
+            daemon=os.path.basename(executable) or "the daemon",
         ),
         notify_socket=notify_socket,
         crypto_libs=crypto_libs_of(options) or (plan.crypto_libs if plan is not None else ()),
@@ -143,11 +144,26 @@ def build_spec(
 
 
 def _files_of(
-    options: JailOptions, from_config: Sequence[str] = (), paths: Sequence[str] = ()
+    options: JailOptions,
+    from_config: Sequence[str] = (),
+    paths: Sequence[str] = (),
+    *,
+    daemon: str = "the daemon",
 ) -> dict[str, Any]:
     """The jail files of this run: --file paths and the --files sets, with the sets and
-    files the daemon's adapter needs (union); --file-mode says how they are placed."""
-    from jailshim.files import FileMode, jail_files
+    files the daemon's adapter needs (union); --file-mode says how they are placed. A file
+    the daemon's config names is placed only if everyone may read it on the host."""
+    from jailshim.files import FileMode, jail_files, readable_by_all
+
+    private = [p for p in paths if os.path.lexists(p) and not readable_by_all(p)]
+    if private:
+        raise ConfigError(
+            f"{daemon}'s configuration makes it read {', '.join(private)} again inside its "
+            "jail, and jailshim copies there only what everyone may read on the host: its copy "
+            "is root's with the file's mode, so one some cannot read would become readable in "
+            f"the jail, or stay unreadable by {daemon}. Make it readable by others (chmod o+r, "
+            "and o+x on its directories), or place it in the jail yourself."
+        )
 
     sets = tuple(dict.fromkeys([*options.files, *from_config]))
     names = tuple(dict.fromkeys(n.strip() for n in options.resolve if n.strip()))

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from jailshim.daemons import Adapter, DaemonPlan, read_regular
 from jailshim.daemons.getopt import getopt_long, last
 from jailshim.errors import ConfigError, UsageError
+from jailshim.files import readable_by_all
 
 if TYPE_CHECKING:
     from jailshim.spec import Identity, WaitTarget
@@ -198,23 +199,6 @@ class NtpConfig(NamedTuple):
         return line.words[1] if line is not None and len(line.words) > 1 else ""
 
 
-def _readable_by_all(path: str) -> bool:
-    """Every user may read ``path`` by its mode bits: the file, and each directory above it
-    searchable by others."""
-    try:
-        if not os.stat(path).st_mode & stat.S_IROTH:
-            return False
-        parent = os.path.dirname(os.path.abspath(path))
-        while True:
-            if not os.stat(parent).st_mode & stat.S_IXOTH:
-                return False
-            if parent == "/":
-                return True
-            parent = os.path.dirname(parent)
-    except OSError:
-        return False
-
-
 def _open_text(path: str) -> str | None:
     """A regular file's text (None if it cannot be opened); never blocks on a FIFO."""
     data = read_regular(path, _MAX_CONFIG)
@@ -262,7 +246,7 @@ class _Reader:
             # a word of a file not everyone may read is not quoted: `includefile /etc/shadow`
             # put root's hash in this sentence, in a log the config's author reads (ntpd
             # itself logs only file, line and column)
-            shown = f"{first!r}" if _readable_by_all(path) else "its first word"
+            shown = f"{first!r}" if readable_by_all(path) else "its first word"
             raise ConfigError(
                 f"ntpd would ignore line {number} of {path} ({shown} is no ntpd command) "
                 f'and log "CONFIG: syntax error in {path} line {number}, column {column}"; '

@@ -105,59 +105,6 @@ def _refuse_unplaceable(path: str, file: str) -> None:
     refuse_reserved(path, f"{file}: hint-file or trust-anchor file", config=True)
 
 
-def unreadable_by(user: str | None, group: str | None, paths: Sequence[str]) -> list[str]:
-    """The ``paths`` the recursor's user cannot read on the host (setuid, with setgid and
-    initgroups — or the gid and groups it started with when no setgid; nobody when no setuid:
-    then every reader of the jail counts). jailshim copies them into the jail with
-    their mode under 0755 directories: a 0644 file in a 0700 directory, named by the config's
-    author as hint-file, became readable there by pdns and by every reader of the jail (a
-    root-only copy). access() in a child with exactly those ids (ACLs count); 5 s at most."""
-    import grp
-    import pwd
-    import time
-
-    try:
-        entry = pwd.getpwnam(user) if user else pwd.getpwnam("nobody")
-        gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
-    except KeyError:
-        return []  # jailshim's identity check names the unknown user or group
-    groups = os.getgrouplist(entry.pw_name, gid) if user else []
-    if user and not group:  # no dropGroupPrivs(): it keeps the gid and groups it started with
-        gid, groups = os.getgid(), os.getgroups()
-    found = []
-    for path in paths:
-        child = os.fork()
-        if child == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                os.setgroups(groups)
-                os.setgid(gid)
-                os.setuid(entry.pw_uid)
-                code = 0 if os.access(path, os.R_OK) else 1
-            finally:
-                os._exit(code)
-        deadline = time.monotonic() + 5
-        while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.002)
-        if done[0] == 0:
-            os.kill(child, 9)
-            os.waitpid(child, 0)
-        if done[0] == 0 or os.waitstatus_to_exitcode(done[1]) != 0:
-            found.append(path)
-    return found
-
-
-def _others_may_read(path: str) -> bool:
-    """The host file's mode lets others read it (what its root-owned copy in the jail keeps);
-    a missing file is the placing step's warning, not this refusal."""
-    import stat
-
-    try:
-        return bool(os.stat(path).st_mode & stat.S_IROTH)
-    except OSError:
-        return True
-
-
 def config_file(argv: Sequence[str]) -> str:
     """The file pdns_recursor reads (rec-main.cc: configname)."""
     return _config_file(argv, "recursor")
@@ -213,28 +160,6 @@ class _PdnsRecursor(PdnsAdapter):
         user, group, said = identity_settings("pdns_recursor", values, file)
         for path in reread:
             _refuse_unplaceable(path, file)
-        hidden = unreadable_by(user, group, reread)
-        if hidden:
-            who = f"its user {user}" if user else "nobody (it sets no setuid=)"
-            raise ConfigError(
-                f"pdns_recursor reads {', '.join(hidden)} again inside its jail, and {who} "
-                "cannot read it on the host; jailshim copies into a jail only what the daemon's "
-                "user can read, never a file only root can reach. Make it readable by that user, "
-                f"or copy it into {chroot} yourself.",
-                chroot=chroot,
-            )
-        private = [p for p in reread if not _others_may_read(p)]
-        if private:
-            # jailshim's copy is root's with the host's mode (apply.py: never the user's), so
-            # a file pdns reads through its group or ownership (0640 root:pdns) is one it
-            # cannot read in the jail: the recursor would fail after its start
-            raise ConfigError(
-                f"pdns_recursor reads {', '.join(private)} again inside its jail; jailshim's "
-                "copy there is root's with the host file's mode, which others may not read, so "
-                f"the recursor could not. Make it readable by others (chmod o+r), or copy it "
-                f"into {chroot} yourself.",
-                chroot=chroot,
-            )
         targets, more = wait_targets(values, file, _DEFAULTS)
         return DaemonPlan(
             files=(file,),
