@@ -17,7 +17,7 @@ APT_PACKAGES=(
   postfix                                # the postfix adapter's real-daemon tests
   lighttpd lighttpd-mod-openssl pdns-recursor radvd ndisc6  # issue 30's adapters: lighttpd, PowerDNS, radvd and their clients
   vsftpd  # issue 30: vsftpd (its client is python's ftplib)
-  privoxy ntpsec openvpn pdns-server pdns-backend-bind  # issue 30: the rest of the long tail
+  privoxy ntpsec openvpn pdns-server pdns-backend-bind  # issue 30: the rest of the long tail (ntpsec replaces systemd-timesyncd/chrony: README)
   openssh-server openssh-client curl     # issue 30: sshd's sftp jails and their client; curl for lighttpd and privoxy
   podman buildah runc slirp4netns fuse-overlayfs debootstrap  # the container tests
   catatonit                              # podman kube play: the pods' pause image
