@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,6 +30,7 @@ from jailshim.errors import (
     SystemRefused,
     UsageError,
 )
+from jailshim.jail.namespaces import root_identity
 
 if TYPE_CHECKING:
     from jailshim.devices import Device
@@ -107,23 +107,6 @@ class Scan(NamedTuple):
 
 
 # --- discovery (syscalls, each bounded: /proc reads and nsfs stats only) -------------------
-
-_AT_STATX_DONT_SYNC, _STATX_INO = 0x4000, 0x100
-
-
-def _root_identity(pid: int | str) -> Identity | None:
-    """(st_dev, st_ino) of /proc/PID/root from the attributes the kernel has cached."""
-    import ctypes
-
-    from jailshim.verify.libfind import _libc
-
-    buf = ctypes.create_string_buffer(256)  # struct statx
-    path = f"/proc/{pid}/root".encode()
-    if _libc().statx(-100, path, _AT_STATX_DONT_SYNC, _STATX_INO, buf) != 0:
-        return None
-    (ino,) = struct.unpack_from("<Q", buf.raw, 0x20)
-    major, minor = struct.unpack_from("<II", buf.raw, 0x88)
-    return os.makedev(major, minor), ino
 
 
 def _namespace(pid: int | str) -> Identity:
@@ -225,7 +208,7 @@ def _procs_of(candidates: Sequence[tuple[int, str]], notes: list[str]) -> list[P
         try:
             name, ppid, started = _stat(pid)
             namespace = _namespace(pid)
-            root_id = _root_identity(pid)
+            root_id = root_identity(pid)
         except (OSError, IndexError, ValueError):
             root_id = None
         if root_id is None:
@@ -264,7 +247,7 @@ def _namespace_roots(wanted: set[Identity], plain: Sequence[int]) -> dict[Identi
                 continue
             if pid == "self" and os.readlink("/proc/self/root") != "/":
                 continue
-            root = _root_identity(pid)
+            root = root_identity(pid)
         except OSError:
             continue
         if root is not None:

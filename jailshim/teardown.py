@@ -4,7 +4,8 @@ Under the jail's lock, newest record first, each record dropped from the journal
 is undone (a killed teardown leaves the rest recorded; running it again finishes). Mount
 records belong to one mount namespace: this one's are undone here; another's are left while
 that namespace may still exist, and with them everything on disk that it may be using (a
-placeholder under its bind, the nodes its daemon opens).
+placeholder under its bind, the nodes its daemon opens). Nothing is undone while a process
+this one can see is still chrooted in the jail.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from jailshim.jail import mounts
 from jailshim.jail.lock import JailLock
-from jailshim.jail.namespaces import namespace_alive
+from jailshim.jail.namespaces import namespace_alive, processes_rooted_at
 from jailshim.jail.safepath import Jail
 from jailshim.jail.undo import describe, sweep_new_dev
 from jailshim.options import DEFAULT_TIMEOUT
@@ -42,6 +43,19 @@ def teardown(
     ``dry_run``, how many would be, changing nothing)."""
     with JailLock(jail.fd, jail.real, timeout) as lock:
         say_lock_ignored(lock, log)
+        st = os.fstat(jail.fd)
+        users = processes_rooted_at((st.st_dev, st.st_ino))
+        if users:
+            # A daemon still chrooted there opens dev/urandom and dev/log after this: taking
+            # them away is the original failure, made by jailshim (ssh.service's stop keeps
+            # the sessions, KillMode=process, and its ExecStopPost= teardown emptied their jails).
+            log.warning(
+                "teardown.in_use",
+                pids=users,
+                detail="processes are still chrooted in this jail: nothing is undone while they "
+                "run; run teardown again when they are gone (a restart's prepare keeps it as is)",
+            )
+            return 0
         bring_back_moved_dev(jail, log, dry_run=dry_run)
         dev_fd = jail.open_dir("dev")
         try:

@@ -133,3 +133,32 @@ def test_sigterm_during_prepare_leaves_nothing_half_made(jail: Path, area: Path)
     ]
     assert events[-1]["event"] == "interrupted" and events[-1]["signal"] == "SIGTERM"
     assert snapshot(jail) == before
+
+
+def test_teardown_leaves_a_jail_a_process_is_still_chrooted_in(jail: Path) -> None:
+    """A process still chrooted in the jail (ssh.service's stop keeps the sessions,
+    KillMode=process, and its ExecStopPost= teardown emptied their jails: dev/urandom and
+    dev/log gone under a live daemon, the original failure made by jailshim): teardown undoes
+    nothing, exits 0 and names the PID; once it is gone, the same teardown restores the jail."""
+    before = snapshot(jail)
+    assert run("prepare", "--chroot", str(jail)).code == 0
+    prepared = snapshot(jail)
+    # a child chrooted in the jail, holding there until the test closes its pipe
+    script = "import os, sys; os.chroot(sys.argv[1]); print('in', flush=True); sys.stdin.read()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(jail)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "in\n"
+        held = run("teardown", "--chroot", str(jail))
+        assert held.code == 0, held.stderr
+        in_use = held.named("teardown.in_use")
+        assert in_use and in_use[0]["pids"] == [child.pid], held.stderr
+        assert snapshot(jail) == prepared
+    finally:
+        child.communicate("", timeout=30)
+    assert run("teardown", "--chroot", str(jail)).code == 0
+    assert snapshot(jail) == before

@@ -17,6 +17,8 @@ __all__ = [
     "mounts_vanish_on_exit",
     "namespace_alive",
     "pid_namespace",
+    "processes_rooted_at",
+    "root_identity",
 ]
 
 # The initial PID namespace's inode number is fixed by the kernel (PROC_PID_INIT_INO).
@@ -74,3 +76,41 @@ def mounts_vanish_on_exit() -> bool | None:
         return os.stat("/proc/self/ns/mnt").st_ino != os.stat("/proc/1/ns/mnt").st_ino
     except OSError:
         return None
+
+
+_AT_STATX_DONT_SYNC, _STATX_INO = 0x4000, 0x100
+
+
+def root_identity(pid: int | str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of /proc/PID/root from the attributes the kernel has cached (statx
+    AT_STATX_DONT_SYNC: a root on a server that never answers cannot hold the caller); None
+    when it cannot be read (gone, a zombie, refused)."""
+    import ctypes
+    import struct
+
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    path = f"/proc/{pid}/root".encode()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statx(-100, path, _AT_STATX_DONT_SYNC, _STATX_INO, buf) != 0:
+        return None
+    (ino,) = struct.unpack_from("<Q", buf.raw, 0x20)
+    major, minor = struct.unpack_from("<II", buf.raw, 0x88)
+    return os.makedev(major, minor), ino
+
+
+def processes_rooted_at(identity: tuple[int, int]) -> list[int]:
+    """The PIDs this process can see whose root directory is the directory ``identity``
+    ((st_dev, st_ino)): the daemons still chrooted in a jail, in any mount namespace. A
+    process whose root reads "/" is passed over without a stat (most of them)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{name}/root") == "/":
+                continue
+        except OSError:  # gone, a zombie, or refused: nothing it can be told to use
+            continue
+        if root_identity(name) == identity:
+            found.append(int(name))
+    return sorted(found)
