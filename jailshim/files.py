@@ -90,35 +90,45 @@ def refuse_reserved(path: str, source: str, *, config: bool = False) -> None:
             )
 
 
-def _checked_path(path: str, source: str) -> str:
+def _checked_path(path: str, source: str, *, config: bool = False) -> str:
+    """``path`` as placed in the jail, or one sentence: a usage error (64) for an option's
+    path, the config's error (78) for one a daemon's config names (pdns_recursor's
+    `hint-file=/proc/version` was blamed on a --file the operator never gave)."""
+    error = ConfigError if config else UsageError
     if not path.startswith("/"):
-        raise UsageError(f"{said(source, path)} must be an absolute path, such as /etc/hosts.")
+        raise error(f"{said(source, path)} must be an absolute path, such as /etc/hosts.")
     parts = [p for p in path.split("/") if p and p != "."]
     if not parts or ".." in parts or "\0" in path or len(os.fsencode(path)) > _MAX_PATH:
-        raise UsageError(
+        raise error(
             f"{said(source, path)} is not a file path jailshim can place in a jail; give a "
             "plain absolute path without '..', such as /etc/hosts."
         )
     if parts[0] in ("dev", "proc", "sys"):
-        raise UsageError(
+        raise error(
             f"{said(source, path)} is under /{parts[0]}, which jailshim manages otherwise; give "
             "a file such as /etc/hosts (devices: --device, log sockets: --log-socket)."
         )
-    refuse_reserved(path, source)
+    refuse_reserved(path, source, config=config)
     return "/" + "/".join(parts)
 
 
 def jail_files(
-    paths: tuple[str, ...], sets: tuple[str, ...], *, source: str = "--file"
+    paths: tuple[str, ...],
+    sets: tuple[str, ...],
+    *,
+    source: str = "--file",
+    config_paths: tuple[str, ...] = (),
+    config_source: str = "the daemon's config",
 ) -> tuple[JailFile, ...]:
-    """The files of ``sets`` (known names) and ``paths``, each path once (a path given by
-    --file is never optional)."""
+    """The files of ``sets`` (known names), ``paths`` (an option's) and ``config_paths`` (a
+    daemon's config's), each path once (a path given by either is never optional)."""
     found: dict[str, JailFile] = {}
     for name in sets:
         for f in FILE_SETS[name]:
             found.setdefault(f.path, f)
-    for path in paths:
-        clean = _checked_path(path, source)
+    given = [(p, source, False) for p in paths] + [(p, config_source, True) for p in config_paths]
+    for path, where, config in given:
+        clean = _checked_path(path, where, config=config)
         found[clean] = JailFile(clean)
     return tuple(found.values())
 

@@ -136,6 +136,7 @@ def build_spec(
             plan.file_sets if plan is not None else (),
             plan.jail_files if plan is not None else (),
             daemon=os.path.basename(executable) or "the daemon",
+            read=plan.files if plan is not None else (),
         ),
         notify_socket=notify_socket,
         crypto_libs=crypto_libs_of(options) or (plan.crypto_libs if plan is not None else ()),
@@ -149,6 +150,7 @@ def _files_of(
     paths: Sequence[str] = (),
     *,
     daemon: str = "the daemon",
+    read: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The jail files of this run: --file paths and the --files sets, with the sets and
     files the daemon's adapter needs (union); --file-mode says how they are placed. A file
@@ -174,7 +176,13 @@ def _files_of(
                 "mail.example.org."
             )
     return {
-        "files": jail_files((*options.file, *paths), sets, source=options.origin("file")),
+        "files": jail_files(
+            options.file,
+            sets,
+            source=options.origin("file"),
+            config_paths=tuple(paths),
+            config_source=f"{daemon}'s configuration ({', '.join(read) or 'its command line'})",
+        ),
         "file_mode": FileMode(options.file_mode),
         "file_sets": sets,
         "resolve_names": names,

@@ -89,22 +89,6 @@ def _lua_text(path: str) -> str:
     return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
 
 
-def _refuse_unplaceable(path: str, file: str) -> None:
-    """A file of the config that jailshim cannot place in the jail is the config's error (78,
-    naming it): `hint-file=/proc/version` was blamed on a `--file` the operator never gave,
-    as a usage error (64)."""
-    from jailshim.files import refuse_reserved
-
-    top = path.strip("/").split("/", 1)[0]
-    if top in ("dev", "proc", "sys"):
-        raise ConfigError(
-            f"pdns_recursor reads {path} (its hint-file or a trust-anchor file of its Lua "
-            f"config, {file}) again inside its jail, and jailshim places no file under /{top}, "
-            "which it manages otherwise; name a file elsewhere."
-        )
-    refuse_reserved(path, f"{file}: hint-file or trust-anchor file", config=True)
-
-
 def config_file(argv: Sequence[str]) -> str:
     """The file pdns_recursor reads (rec-main.cc: configname)."""
     return _config_file(argv, "recursor")
@@ -158,8 +142,6 @@ class _PdnsRecursor(PdnsAdapter):
         if reread:
             read.append(("jail_files", ", ".join(reread)))
         user, group, said = identity_settings("pdns_recursor", values, file)
-        for path in reread:
-            _refuse_unplaceable(path, file)
         targets, more = wait_targets(values, file, _DEFAULTS)
         return DaemonPlan(
             files=(file,),
