@@ -276,13 +276,25 @@ def missing_inside(chroot: str, path: str, *, directory: bool = False) -> bool:
 
 
 class PdnsAdapter(Adapter):
-    """What both PowerDNS adapters do alike: `--config=check` over the command line read,
+    """What both PowerDNS adapters do alike: `--config=diff` for the settings,
+    `--config=check` over the command line read,
     the file named by directory and name (CONFIG-DIR/STEM.conf or STEM-NAME.conf), and the
     identity dropGroupPrivs() sets. ``stem`` and ``package`` name the daemon's file and
     Debian package."""
 
     stem = ""
     package = ""
+
+    def settings(self, argv: Sequence[str]) -> dict[str, str]:
+        """Every setting that differs from its default, from `ARGV --config=diff`: the file,
+        include-dir and command line read as a start reads them; its refusal is 78."""
+        from jailshim.daemons import checkconf
+
+        dump = [argv[0], *argv[1:], "--config=diff"]
+        code, out, err = checkconf.Tool(dump, self.package).communicate(argv[0])
+        if code != 0:
+            raise rejected(self.name, dump, code, out + err)
+        return parse_diff(out)
 
     def check_config(self, argv: Sequence[str]) -> None:
         from jailshim.daemons import checkconf

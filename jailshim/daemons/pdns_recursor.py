@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-from jailshim.daemons import DaemonPlan, checkconf
+from jailshim.daemons import DaemonPlan
 from jailshim.daemons.pdns_common import (
     PdnsAdapter,
     identity_as_set,
@@ -36,7 +36,6 @@ from jailshim.daemons.pdns_common import (
     must_do,
     parse_diff,
     refuse_notify_socket,
-    rejected,
     settings_of,
     socket_directory,
     wait_targets,
@@ -103,11 +102,7 @@ class _PdnsRecursor(PdnsAdapter):
 
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         file = config_file(argv)
-        dump = [argv[0], *argv[1:], "--config=diff"]
-        code, out, err = checkconf.Tool(dump, "pdns-recursor").communicate(argv[0])
-        if code != 0:
-            raise rejected("pdns_recursor", dump, code, out + err)
-        values = parse_diff(out)
+        values = self.settings(argv)
         chroot = jail_of(values.get("chroot", ""))
         refuse_notify_socket("pdns_recursor", chroot, file, env)
         if chroot and values.get("api-config-dir"):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from jailshim.daemons import DaemonPlan, checkconf, read_regular
+from jailshim.daemons import DaemonPlan, read_regular
 from jailshim.daemons.pdns_common import (
     PdnsAdapter,
     config_file,
@@ -43,9 +43,7 @@ from jailshim.daemons.pdns_common import (
     jail_of,
     missing_inside,
     must_do,
-    parse_diff,
     refuse_notify_socket,
-    rejected,
     settings_of,
     socket_directory,
     wait_targets,
@@ -100,11 +98,7 @@ class _PdnsServer(PdnsAdapter):
     def read(self, argv: Sequence[str], env: Mapping[str, str]) -> DaemonPlan:
         given = settings_of(argv)
         file = None if must_do(given.get("no-config", "no")) else config_file(argv, "pdns")
-        dump = [argv[0], *argv[1:], "--config=diff"]
-        code, out, err = checkconf.Tool(dump, "pdns-server").communicate(argv[0])
-        if code != 0:
-            raise rejected("pdns_server", dump, code, out + err)
-        values = parse_diff(out)
+        values = self.settings(argv)
         where = file or "its command line"
         chroot = jail_of(values.get("chroot", ""))
         refuse_notify_socket("pdns_server", chroot, where, env)
