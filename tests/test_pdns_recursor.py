@@ -7,10 +7,8 @@ import json
 import os
 import pwd
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,14 @@ from jailshim.daemons.pdns_recursor import (
     settings_of,
 )
 from jailshim.spec import Identity
-from tests.daemons import descendants, free_port, own_network, status_field, stop
+from tests.daemons import (
+    daemon_pid,
+    free_port,
+    own_network,
+    status_field,
+    stop,
+    wait_for_dns,
+)
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
 
@@ -68,39 +73,6 @@ def make_jail(area: Path) -> Path:
     return jail
 
 
-def ask(port: int, proc: subprocess.Popen[str], name: str = "localhost") -> str:
-    """kdig's short answer for NAME A from 127.0.0.1:PORT, retried until the daemon answers
-    (the recursor serves localhost itself: no internet needed)."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _, err = stop(proc)
-            raise AssertionError(f"exited with {proc.returncode}: {err}")
-        done = subprocess.run(
-            ["kdig", "+short", "+time=1", "+retry=0", "@127.0.0.1", "-p", str(port), name, "A"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode == 0 and done.stdout.strip():
-            return done.stdout.strip()
-        time.sleep(0.1)
-    raise AssertionError(f"no DNS answer on 127.0.0.1:{port}")
-
-
-def recursor_pid(proc: subprocess.Popen[str]) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for pid in (proc.pid, *descendants(proc.pid)):
-            try:
-                if os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "pdns_recursor":
-                    return pid
-            except OSError:
-                continue
-        time.sleep(0.05)
-    raise AssertionError("no pdns_recursor process")
-
-
 def _config_events(stderr: str) -> list[dict[str, object]]:
     events = [json.loads(ln) for ln in stderr.splitlines() if '"pdns_recursor.config"' in ln]
     return [event for event in events if "files" in event]  # not the notes' warnings
@@ -120,8 +92,8 @@ def test_recursor_answers_kdig_from_the_jail_its_config_names(
     command = [recursor_bin, "--daemon=no", f"--config-dir={directory}"]
     proc = spawn([*wrap, *jailshim_argv("run", "--", *command)])
     try:
-        assert ask(port, proc) == "127.0.0.1"
-        pid = recursor_pid(proc)
+        wait_for_dns(port, proc, "127.0.0.1", name="localhost")
+        pid = daemon_pid(proc, "pdns_recursor")
         assert os.readlink(f"/proc/{pid}/root") == str(jail)
         ids = pwd.getpwnam("pdns")
         assert status_field(pid, "Uid").split() == [str(ids.pw_uid)] * 4
@@ -150,7 +122,7 @@ def test_without_setgid_the_recursor_keeps_root_gid_and_the_check_runs_so(
         jailshim_argv("run", "--", recursor_bin, "--daemon=no", f"--config-dir={directory}")
     )
     try:
-        assert ask(port, proc) == "127.0.0.1"
+        wait_for_dns(port, proc, "127.0.0.1", name="localhost")
         assert status_field(proc.pid, "Uid").split() == [str(pwd.getpwnam("pdns").pw_uid)] * 4
         assert status_field(proc.pid, "Gid").split() == ["0"] * 4
         groups = sorted(int(g) for g in status_field(proc.pid, "Groups").split())
@@ -259,8 +231,8 @@ def test_stock_debian_recursor_answers_from_its_jail(
     )
     proc = spawn(argv)
     try:
-        assert ask(port, proc) == "127.0.0.1"
-        pid = recursor_pid(proc)
+        wait_for_dns(port, proc, "127.0.0.1", name="localhost")
+        pid = daemon_pid(proc, "pdns_recursor")
         assert os.readlink(f"/proc/{pid}/root") == "/var/spool/powerdns"
         assert status_field(pid, "Uid").split() == [str(pwd.getpwnam("pdns").pw_uid)] * 4
     finally:
@@ -312,7 +284,7 @@ def test_socket_dir_under_systemds_runtime_directory_is_looked_for_in_the_jail(
 
     proc = spawn(jailshim_argv("run", "--", *command, "--socket-dir=/"), env=env)
     try:
-        assert ask(port, proc) == "127.0.0.1"
+        wait_for_dns(port, proc, "127.0.0.1", name="localhost")
         assert (jail / "pdns_recursor.controlsocket").is_socket()
     finally:
         _, stderr = stop(proc)

@@ -9,14 +9,21 @@ import pwd
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from jailshim.daemons.pdns_common import file_words, missing_inside, socket_directory
 from jailshim.daemons.pdns_server import backend_settings, bind_configs
-from tests.daemons import descendants, free_port, own_network, status_field, stop
+from tests.daemons import (
+    daemon_pid,
+    descendants,
+    free_port,
+    own_network,
+    status_field,
+    stop,
+    wait_for_dns,
+)
 from tests.stock import copy_of, host_state, in_stock_layout, strategies
 from tests.support import NSRUN, clean_env, jailshim_argv, need, run, spawn
 
@@ -78,38 +85,6 @@ def make_jail(area: Path, *, zone: bool = True) -> Path:
     return jail
 
 
-def ask(port: int, proc: subprocess.Popen[str], name: str = "www.example.test") -> str:
-    """kdig's short answer for NAME A from 127.0.0.1:PORT, retried until the server answers."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _, err = stop(proc)
-            raise AssertionError(f"exited with {proc.returncode}: {err}")
-        done = subprocess.run(
-            ["kdig", "+short", "+time=1", "+retry=0", "@127.0.0.1", "-p", str(port), name, "A"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode == 0 and done.stdout.strip():
-            return done.stdout.strip()
-        time.sleep(0.1)
-    raise AssertionError(f"no DNS answer on 127.0.0.1:{port}")
-
-
-def server_pid(proc: subprocess.Popen[str]) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for pid in (proc.pid, *descendants(proc.pid)):
-            try:
-                if os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "pdns_server":
-                    return pid
-            except OSError:
-                continue
-        time.sleep(0.05)
-    raise AssertionError("no pdns_server process")
-
-
 def _config_events(stderr: str) -> list[dict[str, object]]:
     events = [json.loads(ln) for ln in stderr.splitlines() if '"pdns_server.config"' in ln]
     return [event for event in events if "files" in event]  # not the notes' warnings
@@ -129,8 +104,8 @@ def test_server_answers_kdig_from_the_jail_its_config_names(
     command = [server_bin, "--daemon=no", "--guardian=no", f"--config-dir={directory}"]
     proc = spawn([*wrap, *jailshim_argv("run", "--", *command)])
     try:
-        assert ask(port, proc) == "192.0.2.80"
-        pid = server_pid(proc)
+        wait_for_dns(port, proc, "192.0.2.80", name="www.example.test")
+        pid = daemon_pid(proc, "pdns_server")
         assert os.readlink(f"/proc/{pid}/root") == str(jail)
         ids = pwd.getpwnam("pdns")
         assert status_field(pid, "Uid").split() == [str(ids.pw_uid)] * 4
@@ -324,8 +299,8 @@ def test_stock_debian_server_answers_from_its_jail(area: Path, server_bin: str, 
     )
     proc = spawn(argv)
     try:
-        assert ask(port, proc) == "192.0.2.80"
-        pid = server_pid(proc)
+        wait_for_dns(port, proc, "192.0.2.80", name="www.example.test")
+        pid = daemon_pid(proc, "pdns_server")
         assert os.readlink(f"/proc/{pid}/root") == "/var/spool/powerdns"
         assert status_field(pid, "Uid").split() == [str(pwd.getpwnam("pdns").pw_uid)] * 4
     finally:
@@ -365,7 +340,7 @@ def test_guardian_stays_outside_the_jail_and_jailshim_says_so(area: Path, server
     command = [server_bin, "--daemon=no", "--guardian=yes", f"--config-dir={directory}"]
     proc = spawn(jailshim_argv("run", "--", *command))
     try:
-        assert ask(port, proc) == "192.0.2.80"
+        wait_for_dns(port, proc, "192.0.2.80", name="www.example.test")
         assert os.readlink(f"/proc/{proc.pid}/root") == "/"
         assert status_field(proc.pid, "Uid").split() == ["0"] * 4
         instances = [
