@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
@@ -425,3 +426,35 @@ def test_sshd_still_starts_when_a_match_blocks_jail_is_a_host_directory(
         site.close()
     assert not os.path.exists("/var/lib/dev/.jailshim-state.json")
     assert '"event": "handover"' in err, err
+
+
+# --- every adapter's own config file, named on its command line ----------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["haproxy", "-f", "{fifo}"],
+        ["stunnel4", "{fifo}"],
+        ["vsftpd", "{fifo}"],
+        ["privoxy", "--no-daemon", "{fifo}"],
+    ],
+    ids=["haproxy", "stunnel", "vsftpd", "privoxy"],
+)
+def test_a_config_file_that_is_a_fifo_never_holds_jailshim(
+    area: Path, root: None, command: list[str]
+) -> None:
+    """The config's author (a ConfigMap, a unit's argument) names a FIFO as the daemon's
+    configuration: haproxy's, stunnel's, vsftpd's and privoxy's readers open()ed it blocking
+    and jailshim, as root, waited for a writer for ever (found in the last read of this
+    change). Now 78 at once, in one sentence naming the file; nothing is prepared."""
+    need(shutil.which(command[0]) is not None, f"needs {command[0]}")
+    fifo = area / "daemon.conf"
+    os.mkfifo(fifo)
+    jail = area / "jail"
+    jail.mkdir(mode=0o755)
+    argv = [word.format(fifo=fifo) for word in command]
+    result = _jailshim_within(HANG_S, "run", "--chroot", str(jail), "--", *argv)
+    assert result.code == 78, result.stderr
+    assert str(fifo) in result.error, result.error
+    assert not (jail / "dev").exists()

@@ -33,6 +33,7 @@ __all__ = [
     "ip_wait_targets",
     "load",
     "plan_for",
+    "read_file",
     "read_regular",
     "refuse_host_directory",
 ]
@@ -221,29 +222,37 @@ def choose(
     return load(name), [command, *argv[1:]]
 
 
-def read_regular(
-    path: str, limit: int, *, dir_fd: int | None = None, nofollow: bool = False
-) -> bytes | None:
-    """A regular file's first ``limit`` bytes, or None when it cannot be opened or is no
-    regular file. The one way adapters read a file a config names (or one inside a jail):
-    opened non-blocking — a FIFO in its place held jailshim, root, in open() for ever
-    (openvpn's `config`, pdns's include-dir and Lua files, ntpd's includefile) — and bounded,
-    so a link to /dev/zero is no endless read; ``nofollow`` for a last component a jail's
-    user may have made a symlink (with ``dir_fd``: relative to that directory)."""
+def read_file(path: str, limit: int, *, dir_fd: int | None = None, nofollow: bool = False) -> bytes:
+    """A regular file's content, or OSError (its strerror one a sentence can carry). The one
+    way adapters read a file a config names (or one inside a jail): opened non-blocking — a
+    FIFO in its place held jailshim, root, in open() for ever (haproxy's -f, stunnel's,
+    vsftpd's and privoxy's config, openvpn's `config`, pdns's include-dir and Lua files,
+    ntpd's includefile) — and bounded, so a link to /dev/zero is no endless read and a file
+    over ``limit`` bytes is refused, never parsed cut short; ``nofollow`` for a last
+    component a jail's user may have made a symlink (with ``dir_fd``: relative to it)."""
+    import errno
     import stat
 
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags | (os.O_NOFOLLOW if nofollow else 0), dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
+    return data
+
+
+def read_regular(
+    path: str, limit: int, *, dir_fd: int | None = None, nofollow: bool = False
+) -> bytes | None:
+    """:func:`read_file`, or None where it raises (missing, unreadable, no regular file, too
+    large): for readers whose daemon passes over such a file, or judges it itself."""
     try:
-        fd = os.open(path, flags | (os.O_NOFOLLOW if nofollow else 0), dir_fd=dir_fd)
+        return read_file(path, limit, dir_fd=dir_fd, nofollow=nofollow)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            return f.read(limit)
-        except OSError:
-            return None
 
 
 def _readable(path: str, source: str, daemon: str) -> None:

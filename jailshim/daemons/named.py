@@ -23,7 +23,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from jailshim.daemons import Adapter, DaemonPlan, checkconf
+from jailshim.daemons import Adapter, DaemonPlan, checkconf, read_regular
 from jailshim.daemons.getopt import GetoptError, getopt
 from jailshim.errors import ConfigError, UsageError
 
@@ -266,11 +266,10 @@ def _user(value: str) -> str:
 def default_options_note(path: str) -> str | None:
     """A warning when Debian's OPTIONS (the file the unit reads) carry -t or -u that are not
     on named's argv; None when the file is absent or says neither."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
+    data = read_regular(path, 1 << 20)
+    if data is None:
         return None
+    lines = data.decode(errors="replace").splitlines()
     options = ""
     for raw in lines:
         line = raw.strip()

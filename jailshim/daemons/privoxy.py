@@ -502,11 +502,7 @@ def _words(line: str) -> str:
 
 
 def _read_host(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read(CONFIG_MAX)
-    except OSError:
-        return None
+    return read_regular(path, CONFIG_MAX)
 
 
 def _wait_targets(

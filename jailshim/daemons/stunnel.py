@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from jailshim.daemons import Adapter, DaemonPlan
+from jailshim.daemons import Adapter, DaemonPlan, read_file
 from jailshim.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -94,8 +94,12 @@ class _Stunnel(Adapter):
                 "cannot read ahead; give stunnel a configuration file."
             )
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
+            data = read_file(path, 16 << 20)  # never a FIFO's open(), nor an endless read
+            text = (
+                data.decode("utf-8", errors="surrogateescape")
+                .replace("\r\n", "\n")
+                .replace("\r", "\n")
+            )  # as universal newlines
         except OSError as exc:
             raise ConfigError(
                 f"stunnel's configuration {path} cannot be read ({exc.strerror}); give its "

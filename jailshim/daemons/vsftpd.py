@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from jailshim.daemons import Adapter, DaemonPlan, checkconf
+from jailshim.daemons import Adapter, DaemonPlan, checkconf, read_file
 from jailshim.errors import ConfigError, UsageError
 
 __all__ = ["ADAPTER", "read_settings", "truthy"]
@@ -57,8 +57,7 @@ def _setting(line: str, settings: dict[str, str]) -> None:
 
 def _load_file(path: str, settings: dict[str, str]) -> None:
     try:
-        with open(path, "rb") as f:
-            text = f.read(CONF_FILE_MAX).decode(errors="replace")
+        text = read_file(path, CONF_FILE_MAX).decode(errors="replace")
     except OSError:
         raise ConfigError(
             f'vsftpd would refuse to start: "cannot read config file: {path}".'

@@ -16,6 +16,7 @@ import stat
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from jailshim.daemons import read_file
 from jailshim.daemons.haproxy.tokenizer import SPACE, ParseError, env_expand, parse_line
 from jailshim.errors import ConfigError
 
@@ -41,6 +42,8 @@ __all__ = [
 
 _ARG_OPTIONS = {"-f", "-C", "-L", "-N", "-m", "-n", "-p", "-S", "-x"}
 _PID_LIST_OPTIONS = {"-sf", "-st"}
+# a configuration file larger than this is no configuration file (a link to /dev/zero)
+CONFIG_MAX = 64 << 20
 
 
 def cfg_args(argv: Sequence[str]) -> tuple[list[str], str | None]:
@@ -505,9 +508,10 @@ def read_config(
     texts = []
     for path in files:
         try:
-            # newline="": haproxy splits on \n only (fgets), a \r is the line's business
-            with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-                texts.append((path, f.read()))
+            # bytes, not universal newlines: haproxy splits on \n only (fgets), a \r is the
+            # line's business
+            data = read_file(path, CONFIG_MAX)
+            texts.append((path, data.decode("utf-8", errors="surrogateescape")))
         except OSError as exc:
             raise unreadable(path, exc) from None
     return parse_config(texts, env, facts, binary)
